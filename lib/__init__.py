@@ -1,0 +1,1 @@
+"""Domain code of the uploads function: one module per concern (see README)."""

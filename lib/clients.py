@@ -1,0 +1,106 @@
+"""Firestore and Storage clients, one per instance, plus the call budget for each.
+
+Clients are created lazily on first use (so tests and `make run` can point the
+environment at the emulators first) and shared by all request threads: both
+libraries' clients are thread-safe.
+
+Every upstream call takes an explicit per-attempt timeout and a retry policy
+with a total deadline, so a missing or stalled backend costs a request at most
+about `deadline + one attempt` (about 7 s for Firestore, 11 s for Storage)
+before it answers 503; never the function's own timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator, TypeVar
+
+import requests
+from google.api_core import exceptions as gexc
+from google.api_core import retry as gretry
+from google.auth import exceptions as auth_exc
+from google.cloud import firestore, storage
+from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_DEFAULT_RETRY
+
+from lib.config import FirestoreSettings
+from lib.errors import ServiceUnavailable
+
+T = TypeVar("T")
+
+# Firestore (gRPC): seconds per attempt, and the retry budget across attempts.
+FIRESTORE_ATTEMPT_TIMEOUT = 2.5
+FIRESTORE_RETRY = gretry.Retry(
+    initial=0.05,
+    maximum=1.0,
+    multiplier=2.0,
+    timeout=4.0,
+    predicate=gretry.if_exception_type(
+        gexc.ServiceUnavailable, gexc.InternalServerError, gexc.DeadlineExceeded, gexc.TooManyRequests
+    ),
+)
+# Cleanup after a failure is best effort (a lease expires anyway): one short try.
+FIRESTORE_CLEANUP_TIMEOUT = 1.5
+
+# Storage (HTTP): (connect, read) seconds per attempt; storage's own transient
+# predicate (429, 5xx, connection errors) with a total budget. Initiating a
+# session with if_generation_match=0 is conditional, so retrying it is safe.
+STORAGE_TIMEOUT = (2.0, 4.0)
+STORAGE_RETRY = STORAGE_DEFAULT_RETRY.with_delay(initial=0.1, maximum=1.0, multiplier=2.0).with_timeout(5.0)
+
+# Library errors that mean "the backend is unavailable or slow right now".
+_TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.GatewayTimeout,
+    gexc.TooManyRequests,
+    gexc.Aborted,
+    gexc.RetryError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    auth_exc.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@contextlib.contextmanager
+def upstream() -> Iterator[None]:
+    """Turn a backend's transient failure into our 503, keeping the cause.
+
+    Anything else (a 403 from a misconfigured bucket, a bug) propagates and
+    becomes a 500 with its traceback in the log.
+    """
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise ServiceUnavailable() from exc
+
+
+_lock = threading.Lock()
+_clients: dict[tuple, object] = {}
+
+
+def _shared(key: tuple, make: Callable[[], T]) -> T:
+    """The instance's one client for `key`, made on first use by one thread only."""
+    client = _clients.get(key)
+    if client is None:
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = make()
+    return client
+
+
+def firestore_client(settings: FirestoreSettings) -> firestore.Client:
+    """The instance's Firestore client (honours FIRESTORE_EMULATOR_HOST)."""
+    return _shared(("firestore", settings),
+                   lambda: firestore.Client(project=settings.project, database=settings.database))
+
+
+def storage_client(project: str) -> storage.Client:
+    """The instance's Storage client (honours STORAGE_EMULATOR_HOST)."""
+    return _shared(("storage", project), lambda: storage.Client(project=project))

@@ -1,0 +1,104 @@
+"""Settings, read once from the environment and validated on first use.
+
+Terraform sets exactly the names read here; `tests/test_terraform_contract.py`
+(issue 3) will hold the two together. A missing or malformed variable raises
+`ConfigError` naming the variable, which the entrypoint turns into a 500 with
+the name in the log (never in the response body).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+# Every environment variable the function reads, required first. Terraform's
+# function resource must set exactly these (the optional ones may be omitted).
+REQUIRED = ("GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "CDN_BASE_URL")
+OPTIONAL = (
+    "UPLOAD_URL_TTL_SECONDS",
+    "IDEMPOTENCY_TTL_SECONDS",
+    "IDEMPOTENCY_LEASE_SECONDS",
+    "FIRESTORE_DATABASE",
+)
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class FirestoreSettings:
+    project: str
+    database: str = "(default)"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "FirestoreSettings":
+        return cls(
+            project=_required(env, "GOOGLE_CLOUD_PROJECT"),
+            database=env.get("FIRESTORE_DATABASE", "").strip() or "(default)",
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    firestore: FirestoreSettings
+    upload_bucket: str
+    cdn_base_url: str
+    upload_url_ttl_seconds: int = 3600
+    idempotency_ttl_seconds: int = 24 * 3600
+    # How long an in-flight claim blocks its key. Every upstream call is bounded
+    # far below this (see lib/clients.py), so a live request never outlives it;
+    # a claim left by a crashed instance frees the key when it runs out.
+    idempotency_lease_seconds: int = 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        cdn = _required(env, "CDN_BASE_URL").rstrip("/")
+        parts = urlsplit(cdn)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError("CDN_BASE_URL must be an absolute http(s) URL without query or fragment")
+        return cls(
+            firestore=FirestoreSettings.from_env(env),
+            upload_bucket=_required(env, "UPLOAD_BUCKET"),
+            cdn_base_url=cdn,
+            upload_url_ttl_seconds=_seconds(env, "UPLOAD_URL_TTL_SECONDS", 3600),
+            idempotency_ttl_seconds=_seconds(env, "IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
+            idempotency_lease_seconds=_seconds(env, "IDEMPOTENCY_LEASE_SECONDS", 30),
+        )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"missing required environment variable {name}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+    if not 1 <= value <= 7 * 24 * 3600:
+        raise ConfigError(f"{name} must be between 1 and 604800 seconds, got {value}")
+    return value
+
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The instance's settings, parsed on first use (so tests can set the env first)."""
+    global _settings
+    if _settings is None:
+        with _lock:
+            if _settings is None:
+                _settings = Settings.from_env(os.environ)
+    return _settings

@@ -1,0 +1,103 @@
+"""The API's error family: the only place that knows the JSON envelope.
+
+Each class carries its HTTP status and stable `code`; raising one anywhere in a
+request ends it with `{"error": {"code", "message", "details"}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+    message = "An internal error occurred. Retry later; if it persists, contact support with the X-Request-Id."
+
+    def __init__(self, message: str | None = None, details: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.details = details if details is not None else {}
+        self.headers = dict(headers or {})
+
+    def envelope(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class InvalidJson(ApiError):
+    status, code = 400, "invalid_json"
+    message = "The request body must be a JSON object."
+
+
+class InvalidIdempotencyKey(ApiError):
+    status, code = 400, "invalid_idempotency_key"
+    message = "Idempotency-Key must be 1 to 255 printable ASCII characters."
+
+
+class InvalidApiKey(ApiError):
+    status, code = 401, "invalid_api_key"
+    message = "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'."
+
+    def __init__(self, reason: str):
+        # The reason is for the log only: every failure looks the same to the client.
+        super().__init__(headers={"WWW-Authenticate": "Bearer"})
+        self.reason = reason
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+    message = "No such route."
+
+
+class MethodNotAllowed(ApiError):
+    status, code = 405, "method_not_allowed"
+
+    def __init__(self, allowed: tuple[str, ...]):
+        super().__init__(
+            f"Method not allowed here; use {', '.join(allowed)}.",
+            details={"allowed_methods": list(allowed)},
+            headers={"Allow": ", ".join(allowed)},
+        )
+
+
+class IdempotencyKeyReused(ApiError):
+    status, code = 409, "idempotency_key_reused"
+    message = "This Idempotency-Key was already used with a different request body."
+
+
+class IdempotencyKeyInUse(ApiError):
+    status, code = 409, "idempotency_key_in_use"
+    message = "A request with this Idempotency-Key is still in progress. Retry after the delay in Retry-After."
+
+    def __init__(self, retry_after: int = 1):
+        super().__init__(headers={"Retry-After": str(retry_after)})
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+    def __init__(self, limit: int):
+        super().__init__(f"The request body exceeds {limit} bytes.", details={"max_bytes": limit})
+
+
+class ValidationFailed(ApiError):
+    status, code = 422, "validation_error"
+    message = "The request body is not valid."
+
+
+class UnsupportedContentType(ApiError):
+    status, code = 422, "unsupported_content_type"
+
+    def __init__(self, supported: list[str]):
+        super().__init__(
+            "content_type is not a supported media type.",
+            details={"supported_content_types": supported},
+        )
+
+
+class ServiceUnavailable(ApiError):
+    status, code = 503, "service_unavailable"
+    message = "A backing service is unavailable. Retry after the delay in Retry-After."
+
+    def __init__(self, retry_after: int = 2):
+        super().__init__(headers={"Retry-After": str(retry_after)})

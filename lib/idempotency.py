@@ -1,0 +1,194 @@
+"""Idempotency-Key records: claim, replay, complete, release.
+
+A small state machine over one Firestore document per (workspace, key), id =
+SHA-256 of both. The common case is a new key, so a request first *creates*
+its claim (`create()` is a conditional write: exactly one racer wins); on
+"already exists" it reads the record and branches on its state:
+
+    different fingerprint           -> 409 idempotency_key_reused
+    completed                       -> replay the stored 201 body with 200
+    in progress, lease running      -> 409 idempotency_key_in_use + Retry-After
+    in progress, lease run out      -> take the claim over (a crashed request)
+    past expires_at                 -> treat as absent: take it over
+
+Every write after the claim is conditioned on the claim's `update_time`, so
+of two requests that both think they own a key only one can complete it: the
+other answers 409 and its URL is never returned. That is the invariant: racers
+on one key never receive two different upload URLs.
+
+A request that fails after claiming deletes its claim (conditioned the same
+way); if even that fails, the lease frees the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_CLEANUP_TIMEOUT, FIRESTORE_RETRY, upstream
+from lib.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
+
+COLLECTION = "idempotency_keys"
+IN_PROGRESS, COMPLETED = "in_progress", "completed"
+_PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def parse_key(header: str | None) -> str | None:
+    """The Idempotency-Key header's value; None when absent.
+
+    Raises:
+        InvalidIdempotencyKey: empty, longer than 255, or not printable ASCII.
+    """
+    if header is None:
+        return None
+    if not _PRINTABLE.fullmatch(header):
+        raise InvalidIdempotencyKey()
+    return header
+
+
+def fingerprint(body: Any) -> str:
+    """SHA-256 of the body as canonical JSON: key order and whitespace don't matter."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record_id(workspace_id: str, key: str) -> str:
+    # The NUL cannot occur in either part, so (ws, key) pairs cannot collide.
+    return hashlib.sha256(f"{workspace_id}\x00{key}".encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Claim:
+    """This request owns the key until it completes or releases the claim."""
+
+    ref: firestore.DocumentReference
+    token: str
+    update_time: Any
+
+
+@dataclass(frozen=True)
+class Replay:
+    body: dict
+
+
+def begin(db: firestore.Client, workspace_id: str, key: str, body_fingerprint: str,
+          ttl_seconds: int, lease_seconds: int) -> Claim | Replay:
+    """Claim the key for this request, or return the stored response to replay.
+
+    Raises:
+        IdempotencyKeyReused: the key was used with another body.
+        IdempotencyKeyInUse: another request holds the key right now.
+        ServiceUnavailable: Firestore is down or slow.
+    """
+    ref = db.collection(COLLECTION).document(record_id(workspace_id, key))
+    token = secrets.token_hex(16)
+
+    def claim_fields(now: datetime) -> dict:
+        return {
+            "workspace_id": workspace_id,
+            "fingerprint": body_fingerprint,
+            "state": IN_PROGRESS,
+            "claim_token": token,
+            "response": None,
+            "created_at": now,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            # Firestore's TTL policy deletes on this field; we also treat a
+            # record past it as absent, since TTL deletion lags by up to a day.
+            "expires_at": now + timedelta(seconds=ttl_seconds),
+        }
+
+    # Two rounds cover a record deleted (released) between our create and get.
+    for _ in range(2):
+        now = datetime.now(timezone.utc)
+        try:
+            with upstream():
+                result = ref.create(claim_fields(now), retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+            return Claim(ref, token, result.update_time)
+        except gexc.AlreadyExists:
+            pass
+        with upstream():
+            snap = ref.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+        if not snap.exists:
+            continue
+        doc = snap.to_dict()
+        now = datetime.now(timezone.utc)
+        if doc.get("claim_token") == token:
+            # Our own create went through but its answer was lost and retried.
+            return Claim(ref, token, snap.update_time)
+        expired = doc["expires_at"] <= now
+        if not expired:
+            if doc["fingerprint"] != body_fingerprint:
+                raise IdempotencyKeyReused()
+            if doc["state"] == COMPLETED:
+                return Replay(doc["response"])
+            remaining = (doc["lease_expires_at"] - now).total_seconds()
+            if remaining > 0:
+                raise IdempotencyKeyInUse(retry_after=min(max(1, math.ceil(remaining)), 5))
+        # A crashed request's claim, or an expired record: take it over, but
+        # only if nobody else has written it since we read it.
+        try:
+            with upstream():
+                result = ref.update(
+                    claim_fields(now),
+                    option=db.write_option(last_update_time=snap.update_time),
+                    retry=FIRESTORE_RETRY,
+                    timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+                )
+            return Claim(ref, token, result.update_time)
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            raise IdempotencyKeyInUse() from None
+    raise IdempotencyKeyInUse()
+
+
+def complete(db: firestore.Client, claim: Claim, response_body: dict) -> None:
+    """Store the response under the claim; only the claim's owner can.
+
+    Raises:
+        IdempotencyKeyInUse: the claim was taken over (our lease ran out), so
+            this request's result must not be returned.
+        ServiceUnavailable: Firestore is down or slow; the caller releases.
+    """
+    try:
+        with upstream():
+            claim.update_time = claim.ref.update(
+                {"state": COMPLETED, "response": response_body},
+                option=db.write_option(last_update_time=claim.update_time),
+                retry=FIRESTORE_RETRY,
+                timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+            ).update_time
+            return
+    except (gexc.FailedPrecondition, gexc.NotFound):
+        pass
+    # The write may have landed with its answer lost, so a retry saw our own
+    # update as a conflict: look before concluding the claim was lost.
+    with upstream():
+        snap = claim.ref.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    doc = snap.to_dict() if snap.exists else {}
+    if doc.get("claim_token") == claim.token and doc.get("state") == COMPLETED and doc.get("response") == response_body:
+        return
+    raise IdempotencyKeyInUse()
+
+
+def release(db: firestore.Client, claim: Claim) -> bool:
+    """Delete our claim after a failure so a retry can go ahead. Best effort.
+
+    Returns whether the claim is known to be gone; if not, its lease frees it.
+    """
+    try:
+        claim.ref.delete(
+            option=db.write_option(last_update_time=claim.update_time),
+            retry=None,
+            timeout=FIRESTORE_CLEANUP_TIMEOUT,
+        )
+        return True
+    except Exception:  # noqa: BLE001 - the lease is the fallback; the caller logs
+        return False

@@ -1,0 +1,58 @@
+"""One structured JSON line per request on stdout, in Cloud Logging's format.
+
+Cloud Run turns each stdout line that is a JSON object into a LogEntry:
+`severity`, `message`, `httpRequest` and `logging.googleapis.com/trace` are
+read from it; the rest lands in jsonPayload. API keys, Authorization values
+and upload URLs never belong here; as a second line of defence every line is
+scrubbed of anything shaped like a key or a session URL's upload_id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from typing import Any
+
+_SECRETS = (
+    # Whole keys only: the display prefix (fl_live_ + 4 characters) stays readable.
+    (re.compile(r"fl_(live|test)_[A-Za-z0-9_-]{16,}"), r"fl_\1_[REDACTED]"),
+    (re.compile(r"(upload_id=)[^&\s\"'\\]+"), r"\1[REDACTED]"),
+    (re.compile(r"(?i)(bearer\s+)[^\s\"'\\]+"), r"\1[REDACTED]"),
+)
+_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/.*)?")
+_write_lock = threading.Lock()
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def trace_field(project: str | None, header: str | None) -> dict[str, str]:
+    """`logging.googleapis.com/trace` from X-Cloud-Trace-Context (`TRACE_ID/SPAN;o=1`)."""
+    if not project or not header:
+        return {}
+    match = _TRACE.fullmatch(header.split(";", 1)[0].strip())
+    if not match:
+        return {}
+    return {"logging.googleapis.com/trace": f"projects/{project}/traces/{match.group(1).lower()}"}
+
+
+def severity_for(status: int) -> str:
+    if status >= 500:
+        return "ERROR"
+    if status >= 400:
+        return "WARNING"
+    return "INFO"
+
+
+def emit(entry: dict[str, Any], stream=None) -> None:
+    """Write one log entry as a single JSON line, scrubbed of secrets."""
+    line = redact(json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":")))
+    out = stream or sys.stdout
+    with _write_lock:  # whole lines, even with many request threads
+        out.write(line + "\n")
+        out.flush()

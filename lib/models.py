@@ -1,0 +1,105 @@
+"""Request and response bodies of POST /v1/uploads (the seed's schemas), and
+the strict reading of a request body into them."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
+from lib.errors import InvalidJson, PayloadTooLarge, ValidationFailed
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class UploadRequest(BaseModel):
+    # Strict: a number is not a content type, and an unknown field is a typo the
+    # client wants to hear about rather than have silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    content_type: StrictStr
+    filename: StrictStr | None = None
+
+
+class UploadOut(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    upload_url: str
+    source_url: str
+    expires_at: str
+
+
+def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, at most `limit` bytes, without reading an oversized one whole.
+
+    Raises:
+        PayloadTooLarge: declared or actual length over the limit.
+    """
+    if content_length is not None and content_length > limit:
+        raise PayloadTooLarge(limit)
+    raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(limit)
+    return raw
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Parsers disagree on which duplicate wins; refuse to guess.
+        raise InvalidJson("The request body has a duplicate key in a JSON object.")
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise InvalidJson(f"The request body is not valid JSON ({name} is not a JSON value).")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode strict JSON (UTF-8, no duplicate keys, no NaN) that must be an object.
+
+    Raises:
+        InvalidJson: anything else, including nesting too deep to parse.
+    """
+    try:
+        text = raw.decode("utf-8")
+        body = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except InvalidJson:
+        raise
+    except UnicodeDecodeError:
+        raise InvalidJson("The request body is not valid UTF-8.") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(f"The request body is not valid JSON (line {exc.lineno}, column {exc.colno}).") from None
+    except RecursionError:
+        raise InvalidJson("The request body is nested too deeply.") from None
+    if not isinstance(body, dict):
+        raise InvalidJson("The request body must be a JSON object.")
+    return body
+
+
+def validate_upload_request(body: dict[str, Any]) -> UploadRequest:
+    """The body as an UploadRequest, or 422 with one entry per bad field.
+
+    The details name the field and the rule it broke, never the value sent.
+    """
+    try:
+        return UploadRequest.model_validate(body)
+    except PydanticValidationError as exc:
+        fields = [
+            {
+                "field": ".".join(str(part) for part in err["loc"])[:100] or "body",
+                "type": err["type"],
+                "message": _MESSAGES.get(err["type"], err["msg"]),
+            }
+            for err in exc.errors(include_input=False, include_url=False, include_context=False)
+        ]
+        raise ValidationFailed(details={"fields": fields}) from None
+
+
+_MESSAGES = {
+    "missing": "This field is required.",
+    "string_type": "Must be a string.",
+    "extra_forbidden": "Unknown field.",
+}
