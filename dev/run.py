@@ -1,0 +1,102 @@
+"""`make run`: the whole service on this machine, on the emulators, until Ctrl-C.
+
+Starts the Firestore emulator and fake-gcs-server on loopback, creates the
+bucket and a demo API key, serves the function with functions-framework on
+127.0.0.1:8080, and prints curls that create an upload and PUT a file to it.
+Ports: FUNCTION_PORT (8080), FIRESTORE_PORT (8681), STORAGE_PORT (4443).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from dev import emulators
+
+PROJECT = "framelane-local"
+BUCKET = "framelane-local-uploads"
+WORKSPACE = "ws_demo"
+
+
+def main() -> int:
+    ports = {name: int(os.environ.get(name, default)) for name, default in
+             (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443))}
+    busy = [f"{name}={port}" for name, port in ports.items() if emulators.port_in_use(port)]
+    if busy:
+        print(f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
+              f"e.g. `make run FUNCTION_PORT=8090`.", file=sys.stderr)
+        return 1
+
+    log_dir = emulators.new_log_dir("framelane-run-")
+    services: list[emulators.Service] = []
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        print("Starting the Firestore emulator and fake-gcs-server ...", file=sys.stderr)
+        firestore = emulators.start_firestore(log_dir, ports["FIRESTORE_PORT"])
+        services.append(firestore)
+        storage = emulators.start_fake_gcs(log_dir, ports["STORAGE_PORT"])
+        services.append(storage)
+        emulators.create_bucket(storage.url, BUCKET)
+
+        env = emulators.function_env(firestore, storage, PROJECT, BUCKET)
+        key = _demo_key(env)
+        function = emulators.start_function(env, log_dir, ports["FUNCTION_PORT"])
+        services.append(function)
+        _print_instructions(function.url, key, env, log_dir)
+        while not stop.is_set():
+            for service in services:
+                if not service.alive():
+                    print(f"error: {service.name} exited:\n{service.log_tail()}", file=sys.stderr)
+                    return 1
+            stop.wait(0.5)
+        print("\nStopping ...", file=sys.stderr)
+        return 0
+    except emulators.SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def _demo_key(env: dict) -> str:
+    """A fresh live key for the demo workspace, created through the same code as the CLI."""
+    os.environ["FIRESTORE_EMULATOR_HOST"] = env["FIRESTORE_EMULATOR_HOST"]
+    from lib import auth
+    from lib.clients import firestore_client
+    from lib.config import FirestoreSettings
+
+    key, _ = auth.create_key(firestore_client(FirestoreSettings(project=PROJECT)), WORKSPACE, "make run demo", "live")
+    return key
+
+
+def _print_instructions(url: str, key: str, env: dict, log_dir) -> None:
+    print(f"""
+Framelane uploads is serving on {url} (emulators: Firestore {env['FIRESTORE_EMULATOR_HOST']}, Storage {env['STORAGE_EMULATOR_HOST']}).
+Demo API key for workspace {WORKSPACE}: {key}
+
+1. Create an upload:
+
+  curl -sS -X POST {url}/v1/uploads \\
+    -H 'Authorization: Bearer {key}' \\
+    -H 'Content-Type: application/json' \\
+    -H "Idempotency-Key: $(date +%s%N)" \\
+    -d '{{"content_type": "video/mp4", "filename": "clip.mp4"}}'
+
+2. PUT a file to the upload_url it returned (here: this README), then fetch it from source_url:
+
+  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d '{{"content_type": "video/mp4"}}')
+  curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upload_url"])')"
+  curl -sS "$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["source_url"])')" | head -3
+
+More keys: FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin create-key --workspace ws_other
+Logs: {log_dir}   Ctrl-C stops everything.
+""", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
