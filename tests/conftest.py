@@ -1,0 +1,161 @@
+"""Fixtures: real emulators for the session, the function in-process and served.
+
+- `backends`: the Firestore emulator (a JVM) and fake-gcs-server, started once
+  and stopped by PID; the process environment points the libraries at them
+  before `main` is first imported.
+- `client`: the function through functions-framework's Flask app, in-process.
+- `serve`: the function served by `functions-framework` (gunicorn, threads),
+  as deployed, with per-test environment overrides; stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from dev import emulators
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "framelane-test"
+BUCKET = "framelane-test-uploads"
+SEED = ROOT.parent / "shared" / "seed" / "uploads-openapi.yaml"
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    return emulators.new_log_dir("framelane-test-")
+
+
+@pytest.fixture(scope="session")
+def backends(log_dir):
+    firestore = emulators.start_firestore(log_dir)
+    try:
+        storage = emulators.start_fake_gcs(log_dir)
+    except BaseException:
+        firestore.stop()
+        raise
+    try:
+        emulators.create_bucket(storage.url, BUCKET)
+        env = emulators.function_env(firestore, storage, PROJECT, BUCKET)
+        for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
+                     "UPLOAD_BUCKET", "CDN_BASE_URL"):
+            os.environ[name] = env[name]
+        yield {"firestore": firestore, "storage": storage, "env": env}
+    finally:
+        storage.stop()
+        firestore.stop()
+
+
+@pytest.fixture(scope="session")
+def db(backends):
+    from google.cloud import firestore
+    return firestore.Client(project=PROJECT)
+
+
+@pytest.fixture(scope="session")
+def gcs(backends):
+    from google.cloud import storage
+    return storage.Client(project=PROJECT)
+
+
+@pytest.fixture(scope="session")
+def app(backends):
+    import functions_framework
+    return functions_framework.create_app("uploads", str(ROOT / "main.py"))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_key(db):
+    """Create a key in a fresh workspace (or a given one); returns (key, workspace_id)."""
+    from lib import auth
+
+    def make(workspace: str | None = None, mode: str = "live") -> tuple[str, str]:
+        workspace = workspace or f"ws_{uuid.uuid4().hex[:12]}"
+        key, _ = auth.create_key(db, workspace, "pytest", mode)
+        return key, workspace
+
+    return make
+
+
+@pytest.fixture
+def key(make_key) -> str:
+    return make_key()[0]
+
+
+@pytest.fixture
+def auth_headers(key) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+class Served:
+    """A function served by functions-framework, with its log for inspection."""
+
+    def __init__(self, service: emulators.Service):
+        self.service = service
+        self.url = service.url
+        self.session = requests.Session()
+
+    def post(self, path: str = "/v1/uploads", **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return self.session.post(self.url + path, **kwargs)
+
+    def log_lines(self) -> list[dict]:
+        """Every JSON line the function wrote (stdout and stderr share the log)."""
+        lines = []
+        for raw in self.service.log_path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                lines.append(json.loads(raw))
+        return lines
+
+    def log_text(self) -> str:
+        return self.service.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def serve(backends, log_dir):
+    """Start a served function with environment overrides; all are stopped at teardown."""
+    started: list[emulators.Service] = []
+
+    def start(drop: tuple[str, ...] = (), **overrides: str) -> Served:
+        env = dict(backends["env"], **overrides)
+        for name in drop:
+            env.pop(name, None)
+        service = emulators.start_function(env, log_dir, name=f"function-{secrets.token_hex(4)}")
+        started.append(service)
+        return Served(service)
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def served_default(backends, log_dir):
+    """One served function on the default settings, shared by the tests that only read it."""
+    service = emulators.start_function(backends["env"], log_dir, name="function-shared")
+    yield Served(service)
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def openapi_doc() -> dict:
+    return yaml.safe_load((ROOT / "openapi.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def seed_doc() -> dict:
+    if not SEED.exists():
+        pytest.skip(f"the seed contract is not beside the repo at {SEED}")
+    return yaml.safe_load(SEED.read_text())

@@ -1,0 +1,91 @@
+"""Test helpers: schema validation against the OpenAPI documents, and a
+recording HTTP proxy that shows what the function sends to Storage."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+
+def schema_errors(doc: dict, ref: str, instance) -> list[str]:
+    """Messages for every way `instance` breaks `doc`'s schema at `ref` (e.g. '#/components/schemas/UploadOut')."""
+    registry = Registry().with_resource("urn:doc", Resource.from_contents(doc, default_specification=DRAFT202012))
+    validator = Draft202012Validator({"$ref": f"urn:doc{ref}"}, registry=registry)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+def response_schema_errors(doc: dict, status: int, body) -> list[str]:
+    """Check a POST /v1/uploads response against the document's declared response for `status`."""
+    responses = doc["paths"]["/v1/uploads"]["post"]["responses"]
+    if str(status) not in responses:
+        if status == 404 and "Error" in doc["components"]["schemas"]:
+            return schema_errors(doc, "#/components/schemas/Error", body)
+        return [f"status {status} is not documented"]
+    content = responses[str(status)].get("content")
+    if not content:
+        return []
+    return schema_errors(doc, "#/paths/~1v1~1uploads/post/responses/" + str(status) + "/content/application~1json/schema", body)
+
+
+def parse_rfc3339_utc(value: str) -> datetime:
+    assert value.endswith("Z"), value
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+class RecordingProxy:
+    """A loopback HTTP proxy in front of a real server, recording each request.
+
+    Used as STORAGE_EMULATOR_HOST to see exactly what the function sends to
+    Storage (headers fake-gcs-server accepts but ignores, such as Origin).
+    """
+
+    def __init__(self, target_url: str):
+        target = urlsplit(target_url)
+        self.requests: list[dict] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                proxy.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "RecordingProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

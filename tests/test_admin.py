@@ -1,0 +1,107 @@
+"""`python -m lib.admin`: the ops key CLI, run as ops run it, against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from lib import auth
+from tests.conftest import ROOT
+
+
+def cli(*args: str, env_drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    return subprocess.run([sys.executable, "-m", "lib.admin", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def workspace() -> str:
+    return f"ws_{uuid.uuid4().hex[:10]}"
+
+
+def test_create_key_json_prints_exactly_the_documented_object(backends, db, workspace):
+    out = cli("create-key", "--workspace", workspace, "--name", "render backend", "--json")
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    assert set(created) == {"id", "key", "workspace_id", "prefix", "mode"}
+    assert re.fullmatch(r"fl_live_[A-Za-z0-9_-]{43}", created["key"])
+    assert created["id"] == auth.key_id(created["key"])
+    assert (created["workspace_id"], created["mode"], created["prefix"]) == (workspace, "live", created["key"][:12])
+    doc = db.collection(auth.COLLECTION).document(created["id"]).get().to_dict()
+    assert doc["name"] == "render backend" and created["key"] not in json.dumps(doc, default=str)
+
+
+def test_created_key_authenticates_and_revoked_key_does_not(backends, client, workspace):
+    created = json.loads(cli("create-key", "--workspace", workspace, "--test", "--json").stdout)
+    assert created["mode"] == "test" and created["key"].startswith("fl_test_")
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    assert client.post("/v1/uploads", json={"content_type": "video/mp4"}, headers=headers).status_code == 201
+
+    out = cli("revoke-key", created["id"])
+    assert out.returncode == 0, out.stderr
+    assert created["id"] in out.stdout
+    assert client.post("/v1/uploads", json={"content_type": "video/mp4"}, headers=headers).status_code == 401
+    again = cli("revoke-key", created["id"])  # idempotent
+    assert again.returncode == 0 and again.stdout == out.stdout
+
+
+def test_revoke_key_also_accepts_the_key_itself(backends, client, workspace):
+    created = json.loads(cli("create-key", "--workspace", workspace, "--json").stdout)
+    assert cli("revoke-key", created["key"]).returncode == 0
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    assert client.post("/v1/uploads", json={"content_type": "video/mp4"}, headers=headers).status_code == 401
+
+
+def test_create_key_plain_prints_the_key_alone_on_stdout(backends, workspace):
+    out = cli("create-key", "--workspace", workspace)
+    assert out.returncode == 0
+    assert re.fullmatch(r"fl_live_[A-Za-z0-9_-]{43}\n", out.stdout)
+    assert "cannot be shown again" in out.stderr
+
+
+def test_list_keys_shows_ids_and_prefixes_never_secrets(backends, workspace):
+    keys = [json.loads(cli("create-key", "--workspace", workspace, "--json").stdout) for _ in range(2)]
+    cli("revoke-key", keys[0]["id"])
+    listed = cli("list-keys", "--workspace", workspace, "--json")
+    assert listed.returncode == 0
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert set(rows) == {k["id"] for k in keys}
+    assert rows[keys[0]["id"]]["revoked_at"] and rows[keys[1]["id"]]["revoked_at"] is None
+    table = cli("list-keys", "--workspace", workspace)
+    for created in keys:
+        assert created["key"] not in listed.stdout + table.stdout
+        assert created["prefix"] in table.stdout
+    other = cli("list-keys", "--workspace", f"{workspace}x", "--json")
+    assert json.loads(other.stdout) == []
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param((), id="no-command"),
+    pytest.param(("create-key",), id="no-workspace"),
+    pytest.param(("create-key", "--workspace", "bad/ws"), id="bad-workspace"),
+    pytest.param(("create-key", "--workspace", "ws", "--mode", "x"), id="unknown-flag"),
+    pytest.param(("revoke-key",), id="no-id"),
+    pytest.param(("revoke-key", "not-an-id"), id="bad-id"),
+    pytest.param(("frobnicate",), id="unknown-command"),
+])
+def test_bad_arguments_get_usage_and_exit_2(backends, args):
+    out = cli(*args)
+    assert out.returncode == 2
+    assert "usage:" in out.stderr or "KEY_ID" in out.stderr
+
+
+def test_revoking_an_unknown_key_exits_1(backends):
+    out = cli("revoke-key", "0" * 64)
+    assert out.returncode == 1 and "no key" in out.stderr
+
+
+def test_missing_project_is_named(backends):
+    out = cli("list-keys", "--workspace", "ws", env_drop=("GOOGLE_CLOUD_PROJECT",))
+    assert out.returncode == 2 and "GOOGLE_CLOUD_PROJECT" in out.stderr

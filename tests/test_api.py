@@ -1,0 +1,224 @@
+"""POST /v1/uploads through functions-framework's Flask app, on the emulators."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from lib import auth, uploads
+from tests.conftest import BUCKET
+from tests.helpers import parse_rfc3339_utc, response_schema_errors, schema_errors
+
+VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
+
+
+def post(client, body=VIDEO, headers=None, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(body)
+    return client.post("/v1/uploads", data=data, headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def assert_error(resp, status: int, code: str, openapi_doc: dict) -> dict:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/json"
+    body = resp.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    assert response_schema_errors(openapi_doc, status, body) == []
+    assert resp.headers["Cache-Control"] == "no-store" and resp.headers["X-Request-Id"]
+    return body["error"]
+
+
+# --- 201 ---------------------------------------------------------------------
+
+def test_if_key_valid_then_201_with_the_seed_shape(client, make_key, seed_doc, openapi_doc):
+    key, workspace = make_key()
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    resp = post(client, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert schema_errors(seed_doc, "#/components/schemas/UploadOut", body) == []
+    assert response_schema_errors(openapi_doc, 201, body) == []
+    assert set(body) == {"upload_url", "source_url", "expires_at"}
+
+    match = re.fullmatch(rf"http://127\.0\.0\.1:\d+/{BUCKET}/uploads/{workspace}/([0-9a-f]{{32}})\.mp4", body["source_url"])
+    assert match, body["source_url"]
+    assert "upload_id=" in body["upload_url"]
+    expires = parse_rfc3339_utc(body["expires_at"])
+    assert before + timedelta(seconds=3600) <= expires <= datetime.now(timezone.utc) + timedelta(seconds=3600)
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-Id"])
+    assert "Idempotent-Replayed" not in resp.headers
+
+
+def test_every_upload_gets_a_distinct_object_and_session(client, auth_headers):
+    bodies = [post(client, headers=auth_headers).get_json() for _ in range(5)]
+    assert len({b["upload_url"] for b in bodies}) == 5
+    assert len({b["source_url"] for b in bodies}) == 5
+
+
+@pytest.mark.parametrize("body, suffix", [
+    pytest.param({"content_type": "video/quicktime", "filename": "Holiday.MOV"}, ".mov", id="filename-suffix"),
+    pytest.param({"content_type": "image/png"}, ".png", id="canonical"),
+    pytest.param({"content_type": "image/png", "filename": None}, ".png", id="null-filename"),
+    pytest.param({"content_type": "audio/mpeg", "filename": "../../../etc/passwd"}, ".mp3", id="traversal"),
+    pytest.param({"content_type": "audio/x-wav", "filename": "take 2"}, ".wav", id="alias"),
+])
+def test_object_name_takes_only_a_safe_extension_from_the_filename(client, make_key, body, suffix):
+    key, workspace = make_key()
+    resp = post(client, body=body, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 201
+    name = resp.get_json()["source_url"].split(f"/{BUCKET}/", 1)[1]
+    assert re.fullmatch(rf"uploads/{workspace}/[0-9a-f]{{32}}" + re.escape(suffix), name)
+
+
+def test_blob_is_created_with_the_normalised_content_type(client, auth_headers, gcs):
+    resp = post(client, body={"content_type": "Video/MP4; codecs=avc1"}, headers=auth_headers)
+    assert resp.status_code == 201
+    body = resp.get_json()
+    import requests
+    put = requests.put(body["upload_url"], data=b"\x00\x01movie", timeout=10)
+    assert put.status_code in (200, 201)
+    name = body["source_url"].split(f"/{BUCKET}/", 1)[1]
+    blob = gcs.bucket(BUCKET).get_blob(name)
+    assert blob.content_type == "video/mp4" and blob.size == 7
+
+
+def test_test_mode_key_also_works(client, make_key):
+    key, _ = make_key(mode="test")
+    assert key.startswith("fl_test_")
+    assert post(client, headers={"Authorization": f"Bearer {key}"}).status_code == 201
+
+
+def test_request_content_type_header_is_not_required(client, auth_headers):
+    resp = client.post("/v1/uploads", data=json.dumps(VIDEO), headers={**auth_headers, "Content-Type": "text/plain"})
+    assert resp.status_code == 201
+
+
+# --- 401 ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [
+    pytest.param(None, id="missing"),
+    pytest.param("Basic Zm9vOmJhcg==", id="other-scheme"),
+    pytest.param("Bearer ", id="empty"),
+    pytest.param("Bearer not-a-key", id="malformed"),
+    pytest.param("Bearer fl_live_" + "A" * 43, id="unknown"),
+])
+def test_if_key_missing_or_bad_then_401(client, header, openapi_doc):
+    headers = {"Authorization": header} if header is not None else {}
+    resp = post(client, headers=headers)
+    assert_error(resp, 401, "invalid_api_key", openapi_doc)
+    assert resp.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_if_key_revoked_then_401(client, make_key, db, openapi_doc):
+    key, _ = make_key()
+    assert post(client, headers={"Authorization": f"Bearer {key}"}).status_code == 201
+    db.collection(auth.COLLECTION).document(auth.key_id(key)).update({"revoked_at": datetime.now(timezone.utc)})
+    resp = post(client, headers={"Authorization": f"Bearer {key}"})
+    assert_error(resp, 401, "invalid_api_key", openapi_doc)
+
+
+def test_every_401_is_identical_to_the_client(client, make_key, db):
+    revoked, _ = make_key()
+    db.collection(auth.COLLECTION).document(auth.key_id(revoked)).update({"revoked_at": datetime.now(timezone.utc)})
+    bodies = {post(client, headers=h).get_data() for h in (
+        {}, {"Authorization": "Bearer x"}, {"Authorization": "Bearer fl_live_" + "B" * 43},
+        {"Authorization": f"Bearer {revoked}"})}
+    assert len(bodies) == 1
+
+
+def test_auth_comes_before_body_validation(client):
+    resp = post(client, raw=b"not json", headers={"Authorization": "Bearer nope"})
+    assert resp.status_code == 401
+
+
+def test_stored_key_document_holds_a_hash_not_the_key(make_key, db):
+    key, workspace = make_key()
+    snap = db.collection(auth.COLLECTION).document(auth.key_id(key)).get()
+    doc = snap.to_dict()
+    assert set(doc) == {"workspace_id", "name", "prefix", "mode", "created_at", "revoked_at"}
+    assert doc["workspace_id"] == workspace and doc["mode"] == "live" and doc["revoked_at"] is None
+    assert doc["prefix"] == key[:12]
+    assert key[12:] not in json.dumps(doc, default=str) and snap.id != key
+
+
+# --- 400 / 413 / 422 -----------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"{content_type: video/mp4}", id="not-json"),
+    pytest.param(b'["video/mp4"]', id="array"),
+    pytest.param(b'{"content_type": "video/mp4", "content_type": "image/png"}', id="duplicate-keys"),
+    pytest.param(b"[" * 20000 + b"]" * 20000, id="deeply-nested"),
+])
+def test_if_body_not_a_json_object_then_400_invalid_json(client, auth_headers, raw, openapi_doc):
+    assert_error(post(client, headers=auth_headers, raw=raw), 400, "invalid_json", openapi_doc)
+
+
+def test_if_body_over_64_kib_then_413(client, auth_headers, openapi_doc):
+    raw = json.dumps({"content_type": "video/mp4", "filename": "x" * (64 * 1024)}).encode()
+    err = assert_error(post(client, headers=auth_headers, raw=raw), 413, "payload_too_large", openapi_doc)
+    assert err["details"] == {"max_bytes": 65536}
+
+
+def test_body_of_exactly_64_kib_is_accepted(client, auth_headers):
+    body = {"content_type": "video/mp4", "filename": ""}
+    pad = 64 * 1024 - len(json.dumps(body).encode())
+    raw = json.dumps(body).encode()[:-1] + b" " * pad + b"}"
+    assert len(raw) == 64 * 1024
+    assert post(client, headers=auth_headers, raw=raw).status_code == 201
+
+
+@pytest.mark.parametrize("body, field", [
+    pytest.param({}, "content_type", id="missing"),
+    pytest.param({"content_type": 42}, "content_type", id="wrong-type"),
+    pytest.param({"content_type": "video/mp4", "filename": ["a.mp4"]}, "filename", id="filename-wrong-type"),
+    pytest.param({"content_type": "video/mp4", "colour": "red"}, "colour", id="unknown-field"),
+    pytest.param({"content_type": "video/mp4\r\nX-Injected: 1"}, "content_type", id="control-characters"),
+])
+def test_if_field_invalid_then_422_validation_error(client, auth_headers, body, field, openapi_doc):
+    err = assert_error(post(client, body=body, headers=auth_headers), 422, "validation_error", openapi_doc)
+    assert [f["field"] for f in err["details"]["fields"]] == [field]
+    assert "X-Injected" not in json.dumps(err)
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/pdf", "image/svg+xml", "video/x-msvideo"])
+def test_if_content_type_unsupported_then_422_with_the_list(client, auth_headers, content_type, openapi_doc):
+    err = assert_error(post(client, body={"content_type": content_type}, headers=auth_headers), 422,
+                       "unsupported_content_type", openapi_doc)
+    assert err["details"]["supported_content_types"] == uploads.SUPPORTED
+
+
+@pytest.mark.parametrize("value", ["", "x" * 256, "naïve", "a\tb"])
+def test_if_idempotency_key_invalid_then_400(client, auth_headers, value, openapi_doc):
+    resp = post(client, headers={**auth_headers, "Idempotency-Key": value})
+    assert_error(resp, 400, "invalid_idempotency_key", openapi_doc)
+
+
+# --- routing -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/", "/v1/uploads/", "/v1/upload", "/v2/uploads", "/v1/uploads/abc"])
+def test_if_path_unknown_then_404(client, auth_headers, path, openapi_doc):
+    assert_error(client.post(path, json=VIDEO, headers=auth_headers), 404, "not_found", openapi_doc)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_if_method_not_post_then_405_with_allow(client, auth_headers, method, openapi_doc):
+    resp = client.open("/v1/uploads", method=method, headers=auth_headers)
+    assert_error(resp, 405, "method_not_allowed", openapi_doc)
+    assert resp.headers["Allow"] == "POST"
+
+
+# --- headers -----------------------------------------------------------------
+
+def test_sane_request_id_is_echoed_and_insane_one_replaced(client, auth_headers):
+    assert post(client, headers={**auth_headers, "X-Request-Id": "req-123.abc:9"}).headers["X-Request-Id"] == "req-123.abc:9"
+    for bad in ("has space", "x" * 129, "<script>"):
+        rid = post(client, headers={**auth_headers, "X-Request-Id": bad}).headers["X-Request-Id"]
+        assert rid != bad and re.fullmatch(r"[0-9a-f]{32}", rid)
+    err = client.get("/nowhere", headers={"X-Request-Id": "trace-me"})
+    assert err.headers["X-Request-Id"] == "trace-me" and err.headers["Cache-Control"] == "no-store"

@@ -1,0 +1,150 @@
+"""The function served as deployed (functions-framework, gunicorn threads),
+over real HTTP: a real upload, upstream failures, logs, and what reaches Storage."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+from dev import emulators
+from lib import idempotency
+from tests.conftest import BUCKET
+from tests.helpers import RecordingProxy, response_schema_errors
+
+VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
+# The documented worst case for one upstream (lib/clients.py) is about 11 s;
+# anything near the 60 s function timeout would mean a hang.
+UPSTREAM_BOUND_SECONDS = 15
+
+
+def test_a_real_put_to_the_upload_url_lands_under_the_source_url(served_default, key, gcs):
+    resp = served_default.post(json={"content_type": "image/png", "filename": "frame.PNG"},
+                               headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    payload = bytes(range(256)) * 40  # 10,240 bytes, every byte value
+    put = requests.put(body["upload_url"], data=payload, headers={"Content-Type": "image/png"}, timeout=30)
+    assert put.status_code in (200, 201), put.text
+
+    name = body["source_url"].split(f"/{BUCKET}/", 1)[1]
+    assert name.endswith(".png")
+    blob = gcs.bucket(BUCKET).get_blob(name)
+    assert blob is not None and blob.content_type == "image/png" and blob.size == len(payload)
+    assert blob.download_as_bytes() == payload
+    # Locally CDN_BASE_URL is the emulator's public path, so source_url itself serves the bytes.
+    fetched = requests.get(body["source_url"], timeout=10)
+    assert fetched.status_code == 200 and fetched.content == payload
+
+
+def test_session_initiation_carries_type_origin_and_create_only_precondition(backends, serve, key):
+    with RecordingProxy(backends["storage"].url) as proxy:
+        served = serve(STORAGE_EMULATOR_HOST=proxy.url)
+        resp = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}", "Origin": "https://app.example.com"})
+        assert resp.status_code == 201, resp.text
+        no_origin = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}", "Origin": "null"})
+        assert no_origin.status_code == 201
+    initiations = [r for r in proxy.requests if "uploadType=resumable" in r["path"]]
+    assert len(initiations) == 2
+    first, second = ({k.lower(): v for k, v in r["headers"].items()} for r in initiations)
+    assert first["origin"] == "https://app.example.com"
+    assert "origin" not in second
+    assert first["x-upload-content-type"] == "video/mp4"
+    assert "ifGenerationMatch=0" in initiations[0]["path"]
+
+
+def test_if_storage_is_down_then_bounded_503_and_the_key_is_not_blocked(backends, serve, make_key, db, openapi_doc):
+    key, workspace = make_key()
+    served = serve(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{emulators.free_port()}")
+    idem = f"k-{uuid.uuid4()}"
+    started = time.monotonic()
+    resp = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem})
+    elapsed = time.monotonic() - started
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "service_unavailable"
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert response_schema_errors(openapi_doc, 503, resp.json()) == []
+    assert elapsed < UPSTREAM_BOUND_SECONDS
+    # The failed request released its claim: nothing blocks the retry.
+    doc = db.collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, idem)).get()
+    assert not doc.exists
+
+
+def test_if_firestore_is_down_then_bounded_503_but_malformed_keys_still_401(serve, openapi_doc):
+    served = serve(FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{emulators.free_port()}")
+    started = time.monotonic()
+    resp = served.post(json=VIDEO, headers={"Authorization": "Bearer fl_live_" + "C" * 43})
+    assert resp.status_code == 503, resp.text
+    assert time.monotonic() - started < UPSTREAM_BOUND_SECONDS
+    assert response_schema_errors(openapi_doc, 503, resp.json()) == []
+    # A malformed key is refused before any Firestore call, so at once.
+    started = time.monotonic()
+    resp = served.post(json=VIDEO, headers={"Authorization": "Bearer fl_live_short"})
+    assert resp.status_code == 401
+    assert time.monotonic() - started < 2
+
+
+def test_if_a_required_setting_is_missing_then_500_naming_it_in_the_log_only(serve, key, openapi_doc):
+    served = serve(drop=("UPLOAD_BUCKET",))
+    resp = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 500
+    assert resp.json()["error"]["code"] == "internal_error"
+    assert "UPLOAD_BUCKET" not in resp.text and "Traceback" not in resp.text
+    assert response_schema_errors(openapi_doc, 500, resp.json()) == []
+    line = next(line for line in served.log_lines() if line.get("error_code") == "internal_error")
+    assert line["severity"] == "ERROR"
+    assert "UPLOAD_BUCKET" in line["reason"] and "Traceback" in line["message"]
+
+
+def test_if_bucket_does_not_exist_then_500_not_503(serve, key):
+    served = serve(UPLOAD_BUCKET="no-such-bucket-" + uuid.uuid4().hex[:8])
+    resp = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal_error"
+
+
+def test_concurrent_requests_on_one_key_never_get_two_urls(served_default, key):
+    idem = f"race-{uuid.uuid4()}"
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem}
+
+    def one(_):
+        return requests.post(served_default.url + "/v1/uploads", json=VIDEO, headers=headers, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(one, range(16)))
+    urls = {r.json()["upload_url"] for r in responses if r.status_code in (200, 201)}
+    codes = {r.json()["error"]["code"] for r in responses if r.status_code == 409}
+    assert sorted({r.status_code for r in responses}) <= [200, 201, 409]
+    assert sum(r.status_code == 201 for r in responses) == 1
+    assert len(urls) == 1 and codes <= {"idempotency_key_in_use"}
+
+
+def test_one_structured_log_line_per_request_without_secrets(served_default, make_key):
+    key, workspace = make_key()
+    idem = f"log-{uuid.uuid4()}"
+    trace = uuid.uuid4().hex
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem, "X-Cloud-Trace-Context": f"{trace}/1;o=1"}
+    first = served_default.post(json=VIDEO, headers={**headers, "X-Request-Id": "log-test-1"})
+    again = served_default.post(json=VIDEO, headers={**headers, "X-Request-Id": "log-test-2"})
+    bad = served_default.post(json=VIDEO, headers={"Authorization": "Bearer " + key[:-1] + "Z", "X-Request-Id": "log-test-3"})
+    assert (first.status_code, again.status_code, bad.status_code) == (201, 200, 401)
+
+    lines = {line["request_id"]: line for line in served_default.log_lines() if "request_id" in line}
+    created, replayed, refused = lines["log-test-1"], lines["log-test-2"], lines["log-test-3"]
+    assert created["severity"] == "INFO" and refused["severity"] == "WARNING"
+    assert created["httpRequest"]["requestMethod"] == "POST"
+    assert created["httpRequest"]["requestUrl"] == "/v1/uploads"
+    assert created["httpRequest"]["status"] == 201
+    assert created["httpRequest"]["latency"].endswith("s")
+    assert created["logging.googleapis.com/trace"] == f"projects/framelane-test/traces/{trace}"
+    assert created["workspace_id"] == workspace and created["key_prefix"] == key[:12]
+    assert replayed["idempotent_replayed"] is True and "idempotent_replayed" not in created
+    assert refused["error_code"] == "invalid_api_key" and "unknown" in refused["reason"]
+
+    text = served_default.log_text()
+    upload_id = first.json()["upload_url"].split("upload_id=", 1)[1]
+    for secret in (key, key[:-1] + "Z", f"Bearer {key}", first.json()["upload_url"], upload_id):
+        assert secret not in text

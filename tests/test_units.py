@@ -1,0 +1,256 @@
+"""Pure functions, tested without emulators: naming, types, parsing, hashing, config."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from lib import auth, idempotency, logs, models, uploads
+from lib.config import ConfigError, Settings
+from lib.errors import (InvalidApiKey, InvalidIdempotencyKey, InvalidJson, PayloadTooLarge,
+                        UnsupportedContentType, ValidationFailed)
+
+
+@pytest.mark.parametrize("given, expected", [
+    pytest.param("video/mp4", "video/mp4", id="plain"),
+    pytest.param("Video/MP4", "video/mp4", id="upper-case"),
+    pytest.param("video/mp4; codecs=\"avc1.42E01E\"", "video/mp4", id="parameters"),
+    pytest.param("  audio/mpeg ", "audio/mpeg", id="whitespace"),
+    pytest.param("audio/x-wav", "audio/wav", id="alias-x-wav"),
+    pytest.param("image/jpg", "image/jpeg", id="alias-jpg"),
+    pytest.param("font/woff2", "font/woff2", id="font"),
+    pytest.param("text/vtt", "text/vtt", id="subtitles"),
+])
+def test_if_content_type_supported_then_normalised(given, expected):
+    assert uploads.normalize_content_type(given) == expected
+
+
+@pytest.mark.parametrize("given", [
+    pytest.param("text/html", id="html"),
+    pytest.param("image/svg+xml", id="svg"),
+    pytest.param("application/octet-stream", id="octet-stream"),
+    pytest.param("", id="empty"),
+    pytest.param("video", id="no-subtype"),
+    pytest.param("video/mp4/x", id="extra-slash"),
+])
+def test_if_content_type_not_on_allow_list_then_unsupported(given):
+    with pytest.raises(UnsupportedContentType) as info:
+        uploads.normalize_content_type(given)
+    assert info.value.details["supported_content_types"] == sorted(uploads.CONTENT_TYPES)
+    assert "video/mp4" in info.value.details["supported_content_types"]
+
+
+@pytest.mark.parametrize("given", ["video/mp4\r\nX-Evil: 1", "video/mp4\x00", "video/\tmp4", "video/mp4;\x7f"])
+def test_if_content_type_has_control_characters_then_validation_error(given):
+    with pytest.raises(ValidationFailed) as info:
+        uploads.normalize_content_type(given)
+    assert info.value.details["fields"][0]["field"] == "content_type"
+    assert given not in json.dumps(info.value.envelope())
+
+
+@pytest.mark.parametrize("filename, content_type, expected", [
+    pytest.param("clip.MP4", "video/mp4", "mp4", id="lower-cased"),
+    pytest.param("my.clip.mov", "video/mp4", "mov", id="last-suffix"),
+    pytest.param("noext", "video/quicktime", "mov", id="no-suffix"),
+    pytest.param(None, "image/jpeg", "jpg", id="no-filename"),
+    pytest.param("", "audio/mpeg", "mp3", id="empty-filename"),
+    pytest.param("clip.", "video/webm", "webm", id="trailing-dot"),
+    pytest.param("x.abcdefghijk", "video/mp4", "mp4", id="suffix-too-long"),
+    pytest.param("x.abcdefghij", "video/mp4", "abcdefghij", id="suffix-ten"),
+    pytest.param("x.m-p4", "video/mp4", "mp4", id="suffix-punctuation"),
+    pytest.param("../../etc/passwd", "video/mp4", "mp4", id="traversal"),
+    pytest.param("a.mp4/../../b", "video/mp4", "mp4", id="traversal-after-dot"),
+    pytest.param("x.mp4\x00", "video/mp4", "mp4", id="nul"),
+    pytest.param("x.ñ", "video/mp4", "mp4", id="non-ascii"),
+    pytest.param("x.tar.gz", "video/mp4", "gz", id="double-suffix"),
+])
+def test_extension_comes_from_filename_only_when_safe(filename, content_type, expected):
+    assert uploads.choose_extension(filename, content_type) == expected
+
+
+def test_object_name_is_workspace_scoped_and_unguessable():
+    names = {uploads.new_object_name("ws_1", "mp4") for _ in range(1000)}
+    assert len(names) == 1000
+    for name in names:
+        assert re.fullmatch(r"uploads/ws_1/[0-9a-f]{32}\.mp4", name)
+
+
+def test_source_url_joins_cdn_base_and_object_name():
+    assert uploads.source_url("https://cdn-user.framelane.io", "uploads/ws_1/ab.mp4") == \
+        "https://cdn-user.framelane.io/uploads/ws_1/ab.mp4"
+
+
+def test_expiry_is_rfc3339_utc_whole_seconds():
+    now = datetime(2026, 11, 28, 15, 59, 59, 987654, tzinfo=timezone.utc)
+    assert uploads.expiry(now, 3600) == "2026-11-28T16:59:59Z"
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("https://app.example.com", "https://app.example.com"),
+    ("http://localhost:3000", "http://localhost:3000"),
+    ("null", None),
+    ("https://a.example\r\nX: y", None),
+    ("javascript:alert(1)", None),
+    (None, None),
+])
+def test_only_a_well_formed_origin_is_forwarded(header, expected):
+    assert uploads.browser_origin(header) == expected
+
+
+def test_keys_have_the_documented_shape_and_entropy():
+    live, test = auth.generate_key("live"), auth.generate_key("test")
+    assert re.fullmatch(r"fl_live_[A-Za-z0-9_-]{43}", live)
+    assert re.fullmatch(r"fl_test_[A-Za-z0-9_-]{43}", test)
+    assert auth.is_well_formed(live) and auth.is_well_formed(test)
+    assert auth.key_id(live) != auth.key_id(auth.generate_key("live"))
+    assert re.fullmatch(r"[0-9a-f]{64}", auth.key_id(live))
+    assert auth.display_prefix(live) == live[:12]
+
+
+@pytest.mark.parametrize("header, reason", [
+    (None, "missing"),
+    ("", "missing"),
+    ("Basic dXNlcjpwYXNz", "scheme"),
+    ("Bearer", "malformed"),
+    ("Bearer fl_live_short", "malformed"),
+    ("Bearer fl_prod_" + "a" * 43, "malformed"),
+    ("Bearer FL_LIVE_" + "a" * 43, "malformed"),
+    ("Bearer fl_live_" + "a" * 42 + "!", "malformed"),
+    ("Bearer fl_live_" + "a" * 43 + ",Bearer fl_live_" + "b" * 43, "malformed"),
+])
+def test_if_bearer_header_bad_then_invalid_api_key(header, reason):
+    with pytest.raises(InvalidApiKey) as info:
+        auth.bearer_key(header)
+    assert reason in info.value.reason
+    assert info.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+def test_bearer_scheme_is_case_insensitive():
+    key = auth.generate_key("live")
+    assert auth.bearer_key(f"bearer {key}") == key
+
+
+def test_fingerprint_ignores_key_order_and_whitespace_but_not_values():
+    a = json.loads('{"content_type": "video/mp4", "filename": "a.mp4"}')
+    b = json.loads('{ "filename":"a.mp4",\n"content_type":"video/mp4" }')
+    c = json.loads('{"content_type": "video/mp4", "filename": "b.mp4"}')
+    assert idempotency.fingerprint(a) == idempotency.fingerprint(b)
+    assert idempotency.fingerprint(a) != idempotency.fingerprint(c)
+
+
+def test_idempotency_record_ids_are_scoped_by_workspace():
+    assert idempotency.record_id("ws_a", "k") != idempotency.record_id("ws_b", "k")
+    assert idempotency.record_id("ws_a", "k") == idempotency.record_id("ws_a", "k")
+
+
+@pytest.mark.parametrize("header", ["", "x" * 256, "é", "a\tb", "a\nb", "\x7f"])
+def test_if_idempotency_key_malformed_then_rejected(header):
+    with pytest.raises(InvalidIdempotencyKey):
+        idempotency.parse_key(header)
+
+
+@pytest.mark.parametrize("header", ["a", "x" * 255, "order-42 / retry #1", "~!@#$%^&*()"])
+def test_if_idempotency_key_printable_ascii_then_accepted(header):
+    assert idempotency.parse_key(header) == header
+
+
+@pytest.mark.parametrize("raw, message", [
+    pytest.param(b"", "not valid JSON", id="empty"),
+    pytest.param(b"{", "not valid JSON", id="truncated"),
+    pytest.param(b"[]", "must be a JSON object", id="array"),
+    pytest.param(b'"video/mp4"', "must be a JSON object", id="string"),
+    pytest.param(b"null", "must be a JSON object", id="null"),
+    pytest.param(b"\xff\xfe", "UTF-8", id="not-utf8"),
+    pytest.param(b'{"a": NaN}', "NaN", id="nan"),
+    pytest.param(b'{"content_type": "video/mp4", "content_type": "text/html"}', "duplicate", id="duplicate-keys"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested", id="deep-nesting"),
+])
+def test_if_body_not_a_json_object_then_invalid_json(raw, message):
+    with pytest.raises(InvalidJson) as info:
+        models.parse_json_object(raw)
+    assert message in info.value.message
+
+
+def test_body_over_limit_is_refused_without_reading_it_whole():
+    stream = io.BytesIO(b"x" * (models.MAX_BODY_BYTES + 10))
+    with pytest.raises(PayloadTooLarge):
+        models.read_body(stream, None)
+    assert stream.tell() == models.MAX_BODY_BYTES + 1
+    with pytest.raises(PayloadTooLarge):
+        models.read_body(io.BytesIO(b""), models.MAX_BODY_BYTES + 1)
+    assert models.read_body(io.BytesIO(b"x" * models.MAX_BODY_BYTES), None) == b"x" * models.MAX_BODY_BYTES
+
+
+@pytest.mark.parametrize("body, field, kind", [
+    ({}, "content_type", "missing"),
+    ({"content_type": 5}, "content_type", "string_type"),
+    ({"content_type": None}, "content_type", "string_type"),
+    ({"content_type": "video/mp4", "filename": 7}, "filename", "string_type"),
+    ({"content_type": "video/mp4", "size": 1}, "size", "extra_forbidden"),
+])
+def test_if_field_missing_wrong_type_or_unknown_then_validation_error(body, field, kind):
+    with pytest.raises(ValidationFailed) as info:
+        models.validate_upload_request(body)
+    fields = info.value.details["fields"]
+    assert {"field": field, "type": kind} == {k: fields[0][k] for k in ("field", "type")}
+
+
+def test_validation_details_do_not_echo_the_input():
+    secret_value = "SENSITIVE-VALUE-123"
+    with pytest.raises(ValidationFailed) as info:
+        models.validate_upload_request({"content_type": ["x", secret_value], "filename": {"v": secret_value}})
+    assert secret_value not in json.dumps(info.value.envelope())
+    assert sorted(f["field"] for f in info.value.details["fields"]) == ["content_type", "filename"]
+
+
+def test_null_filename_is_allowed():
+    assert models.validate_upload_request({"content_type": "video/mp4", "filename": None}).filename is None
+
+
+def test_log_lines_are_scrubbed_of_keys_session_urls_and_bearer_values():
+    key = auth.generate_key("live")
+    text = (f"key {key} url http://x/upload?uploadType=resumable&upload_id=SECRETID&name=a "
+            f"header Bearer abc.def prefix {auth.display_prefix(key)}")
+    scrubbed = logs.redact(text)
+    assert key not in scrubbed and "SECRETID" not in scrubbed and "abc.def" not in scrubbed
+    assert auth.display_prefix(key) in scrubbed
+
+
+def test_trace_header_becomes_cloud_logging_trace_field():
+    field = logs.trace_field("proj", "105445aa7843bc8bf206b12000100000/1;o=1")
+    assert field == {"logging.googleapis.com/trace": "projects/proj/traces/105445aa7843bc8bf206b12000100000"}
+    assert logs.trace_field("proj", "garbage") == {}
+    assert logs.trace_field(None, "105445aa7843bc8bf206b12000100000/1") == {}
+
+
+BASE_ENV = {"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "CDN_BASE_URL": "https://cdn.example.com/"}
+
+
+def test_settings_defaults_and_overrides():
+    s = Settings.from_env(BASE_ENV)
+    assert (s.upload_url_ttl_seconds, s.idempotency_ttl_seconds, s.idempotency_lease_seconds) == (3600, 86400, 30)
+    assert s.firestore.database == "(default)" and s.cdn_base_url == "https://cdn.example.com"
+    s = Settings.from_env(dict(BASE_ENV, UPLOAD_URL_TTL_SECONDS="60", FIRESTORE_DATABASE="uploads"))
+    assert s.upload_url_ttl_seconds == 60 and s.firestore.database == "uploads"
+
+
+@pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "CDN_BASE_URL"])
+def test_if_required_setting_missing_then_error_names_it(name):
+    env = {k: v for k, v in BASE_ENV.items() if k != name}
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ({"UPLOAD_URL_TTL_SECONDS": "soon"}, "UPLOAD_URL_TTL_SECONDS"),
+    ({"IDEMPOTENCY_TTL_SECONDS": "0"}, "IDEMPOTENCY_TTL_SECONDS"),
+    ({"CDN_BASE_URL": "cdn.example.com"}, "CDN_BASE_URL"),
+    ({"CDN_BASE_URL": "https://cdn.example.com/?a=1"}, "CDN_BASE_URL"),
+])
+def test_if_setting_malformed_then_error_names_it(overrides, name):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(dict(BASE_ENV, **overrides))
