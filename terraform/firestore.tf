@@ -1,0 +1,28 @@
+resource "google_firestore_database" "main" {
+  project     = var.project_id
+  name        = var.firestore_database
+  location_id = local.firestore_location
+  type        = "FIRESTORE_NATIVE"
+
+  concurrency_mode                  = "OPTIMISTIC"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = "DELETE_PROTECTION_ENABLED"
+  # `terraform destroy` leaves the database (and its keys) in place.
+  deletion_policy = "ABANDON"
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Firestore deletes idempotency records once their expires_at has passed (the
+# code already treats them as absent; TTL deletion can lag by a day).
+resource "google_firestore_field" "idempotency_ttl" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "idempotency_keys"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  # Records are only ever read by id: no single-field index on this field.
+  index_config {}
+}

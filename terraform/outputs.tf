@@ -1,0 +1,52 @@
+output "function_url" {
+  description = "The function's own HTTPS URL: POST <function_url>/v1/uploads."
+  value       = google_cloudfunctions2_function.uploads.url
+}
+
+output "cdn_ip_address" {
+  description = "Point an A record for cdn_domain at this address (and wait for the managed certificate)."
+  value       = google_compute_global_address.cdn.address
+}
+
+output "cdn_base_url" {
+  description = "The CDN_BASE_URL given to the function: source_url = this + / + object name."
+  value       = local.cdn_base_url
+}
+
+output "api_ip_address" {
+  description = "With api_domain set: point an A record for it at this address. Otherwise null."
+  value       = local.api_enabled ? google_compute_global_address.api[0].address : null
+}
+
+output "dns_records" {
+  description = "The DNS records to create by hand."
+  value = merge(
+    { (var.cdn_domain) = "A ${google_compute_global_address.cdn.address}" },
+    local.api_enabled ? { (var.api_domain) = "A ${google_compute_global_address.api[0].address}" } : {},
+  )
+}
+
+output "upload_bucket" {
+  description = "The private bucket uploads are written to."
+  value       = google_storage_bucket.uploads.name
+}
+
+output "function_source_bucket" {
+  description = "The bucket holding the function's source archives."
+  value       = google_storage_bucket.function_source.name
+}
+
+output "runtime_service_account" {
+  description = "The function's identity."
+  value       = google_service_account.runtime.email
+}
+
+output "build_service_account" {
+  description = "The identity Cloud Build builds the function as."
+  value       = google_service_account.build.email
+}
+
+output "firestore_database" {
+  description = "The Firestore database id (FIRESTORE_DATABASE for the key CLI)."
+  value       = google_firestore_database.main.name
+}

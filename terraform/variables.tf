@@ -1,0 +1,260 @@
+variable "project_id" {
+  type        = string
+  description = "The Google Cloud project to deploy into (it must exist and have billing enabled)."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project id: 6-30 lower-case letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  type        = string
+  description = "Region of the function (and of Firestore unless firestore_location is set)."
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a Cloud region such as us-central1 or europe-west1."
+  }
+}
+
+variable "name" {
+  type        = string
+  description = "Prefix of every resource name (service accounts add up to 6 characters to it)."
+  default     = "framelane-uploads"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,22}[a-z0-9]$", var.name))
+    error_message = "name must be 4-24 lower-case letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "labels" {
+  type        = map(string)
+  description = "Extra labels for every resource that takes labels."
+  default     = {}
+}
+
+# --- Storage ----------------------------------------------------------------
+
+variable "upload_bucket_name" {
+  type        = string
+  description = "Name of the uploads bucket. Default: <project_id>-uploads."
+  default     = null
+
+  validation {
+    condition     = var.upload_bucket_name == null || can(regex("^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$", var.upload_bucket_name))
+    error_message = "upload_bucket_name must be 3-63 lower-case letters, digits, hyphens or underscores."
+  }
+}
+
+variable "bucket_location" {
+  type        = string
+  description = "Location of the uploads bucket: a multi-region (US, EU, ASIA), dual- or single region."
+  default     = "US"
+}
+
+variable "cors_origins" {
+  type        = list(string)
+  description = <<-EOT
+    Origins allowed to PUT to upload URLs from a browser. The default, ["*"],
+    lets any customer's web app upload: an upload URL is itself the
+    credential, and each session is also bound to the Origin that asked for it.
+  EOT
+  default     = ["*"]
+
+  validation {
+    condition     = length(var.cors_origins) > 0 && alltrue([for o in var.cors_origins : o == "*" || can(regex("^https?://[a-z0-9.-]+(:[0-9]+)?$", o))])
+    error_message = "cors_origins must be \"*\" or origins such as https://app.example.com (scheme, host, optional port)."
+  }
+}
+
+variable "upload_soft_delete_days" {
+  type        = number
+  description = "Days a deleted or overwritten upload stays recoverable (soft delete). 0 disables; otherwise 7-90."
+  default     = 7
+
+  validation {
+    condition     = var.upload_soft_delete_days == 0 || (var.upload_soft_delete_days >= 7 && var.upload_soft_delete_days <= 90)
+    error_message = "upload_soft_delete_days must be 0 or 7-90."
+  }
+}
+
+variable "upload_retention_days" {
+  type        = number
+  description = "Delete uploads this many days after they were written. 0 keeps them until deleted otherwise."
+  default     = 0
+
+  validation {
+    condition     = var.upload_retention_days >= 0 && floor(var.upload_retention_days) == var.upload_retention_days
+    error_message = "upload_retention_days must be a whole number, 0 or more."
+  }
+}
+
+# --- Firestore --------------------------------------------------------------
+
+variable "firestore_location" {
+  type        = string
+  description = "Firestore location (a region, or nam5 / eur3 for multi-region). Default: var.region."
+  default     = null
+}
+
+variable "firestore_database" {
+  type        = string
+  description = "Firestore database id. \"(default)\" unless the project's default database is used for something else."
+  default     = "(default)"
+
+  validation {
+    condition     = var.firestore_database == "(default)" || can(regex("^[a-z][a-z0-9-]{2,62}$", var.firestore_database))
+    error_message = "firestore_database must be \"(default)\" or 3-63 lower-case letters, digits or hyphens."
+  }
+}
+
+# --- Function ---------------------------------------------------------------
+
+variable "function_name" {
+  type        = string
+  description = "Name of the Cloud Function (and of the Cloud Run service behind it)."
+  default     = "uploads"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,48}[a-z0-9]$", var.function_name))
+    error_message = "function_name must be lower-case letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "min_instances" {
+  type        = number
+  description = "Instances kept warm. 1 avoids cold starts on the first request after idle."
+  default     = 1
+
+  validation {
+    condition     = var.min_instances >= 0 && var.min_instances <= 100
+    error_message = "min_instances must be 0-100."
+  }
+}
+
+variable "max_instances" {
+  type        = number
+  description = "Upper bound on instances: a cost ceiling and a cap on load on Firestore."
+  default     = 20
+
+  validation {
+    condition     = var.max_instances >= 1 && var.max_instances <= 1000
+    error_message = "max_instances must be 1-1000."
+  }
+}
+
+variable "concurrency" {
+  type        = number
+  description = "Requests one instance serves at once. The code is thread-safe; most of a request is waiting on GCS and Firestore."
+  default     = 16
+
+  validation {
+    condition     = var.concurrency >= 1 && var.concurrency <= 1000
+    error_message = "concurrency must be 1-1000."
+  }
+}
+
+variable "cpu" {
+  type        = string
+  description = "vCPUs per instance (concurrency above 1 needs at least 1)."
+  default     = "1"
+
+  validation {
+    condition     = contains(["1", "2", "4", "6", "8"], var.cpu)
+    error_message = "cpu must be one of 1, 2, 4, 6, 8."
+  }
+}
+
+variable "memory" {
+  type        = string
+  description = "Memory per instance."
+  default     = "512Mi"
+
+  validation {
+    condition     = can(regex("^[0-9]+(Mi|Gi)$", var.memory))
+    error_message = "memory must look like 512Mi or 1Gi."
+  }
+}
+
+variable "timeout_seconds" {
+  type        = number
+  description = "Request timeout. Every upstream call is bounded far below it (about 11 s worst case)."
+  default     = 60
+
+  validation {
+    condition     = var.timeout_seconds >= 15 && var.timeout_seconds <= 3600
+    error_message = "timeout_seconds must be 15-3600."
+  }
+}
+
+# --- Behaviour (the function's optional settings) -------------------------------
+
+variable "upload_url_ttl_seconds" {
+  type        = number
+  description = "expires_at of a new upload URL, in seconds from its creation (UPLOAD_URL_TTL_SECONDS)."
+  default     = 3600
+
+  validation {
+    condition     = var.upload_url_ttl_seconds >= 60 && var.upload_url_ttl_seconds <= 604800
+    error_message = "upload_url_ttl_seconds must be 60-604800 (a resumable session lives a week at most)."
+  }
+}
+
+variable "idempotency_ttl_seconds" {
+  type        = number
+  description = "How long an Idempotency-Key is remembered (IDEMPOTENCY_TTL_SECONDS)."
+  default     = 86400
+
+  validation {
+    condition     = var.idempotency_ttl_seconds >= 3600 && var.idempotency_ttl_seconds <= 604800
+    error_message = "idempotency_ttl_seconds must be 3600-604800."
+  }
+}
+
+variable "idempotency_lease_seconds" {
+  type        = number
+  description = "How long a crashed request's claim blocks its Idempotency-Key (IDEMPOTENCY_LEASE_SECONDS)."
+  default     = 30
+
+  validation {
+    condition     = var.idempotency_lease_seconds >= 15 && var.idempotency_lease_seconds <= 600
+    error_message = "idempotency_lease_seconds must be 15-600 (above the worst-case request time)."
+  }
+}
+
+# --- CDN and domains ------------------------------------------------------------
+
+variable "cdn_domain" {
+  type        = string
+  description = "Host name that serves uploads through Cloud CDN, e.g. cdn-user.framelane.io. source_url is https://<cdn_domain>/<object>."
+
+  validation {
+    condition     = can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,}$", var.cdn_domain))
+    error_message = "cdn_domain must be a lower-case DNS name such as cdn-user.framelane.io."
+  }
+}
+
+variable "cdn_default_ttl_seconds" {
+  type        = number
+  description = "How long the CDN caches an upload. Objects are immutable (random names, never overwritten), so long is safe."
+  default     = 2592000
+
+  validation {
+    condition     = var.cdn_default_ttl_seconds >= 60 && var.cdn_default_ttl_seconds <= 31622400
+    error_message = "cdn_default_ttl_seconds must be 60-31622400."
+  }
+}
+
+variable "api_domain" {
+  type        = string
+  description = "Optional: also serve the function at https://<api_domain>/v1/uploads through a load balancer (e.g. api.framelane.io). Empty: off."
+  default     = ""
+
+  validation {
+    condition     = var.api_domain == "" || can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,}$", var.api_domain))
+    error_message = "api_domain must be empty or a lower-case DNS name such as api.framelane.io."
+  }
+}
