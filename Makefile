@@ -1,21 +1,31 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-# Both create .venv from the pinned requirements on first use.
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
+# Both create their virtualenvs from the pinned requirements on first use.
+PYTHON       ?= python3
+VENV         ?= .venv
+CHECKOV_VENV ?= .venv-checkov
+PY           := $(VENV)/bin/python
 
-.PHONY: run test clean
+.PHONY: run test tfcheck clean
 
 run: $(VENV)/.installed
 	$(PY) -m dev.run
 
-test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
+	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
+
+# Only the offline Terraform checks (fmt, checkov, provider schema, contracts).
+tfcheck: $(VENV)/.installed $(CHECKOV_VENV)/.installed
+	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest tests/test_terraform.py $(PYTEST_ARGS)
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache terraform/.build

@@ -200,16 +200,20 @@ def function_env(firestore: Service, storage: Service, project: str, bucket: str
 
 
 def start_function(env: dict, log_dir: Path, port: int | None = None, timeout: float = 30.0,
-                   name: str = "function") -> Service:
-    """`functions-framework --target uploads` from the repo root, as deployed."""
+                   name: str = "function", source_dir: Path = ROOT, bin_dir: Path | None = None) -> Service:
+    """`functions-framework --target uploads` in `source_dir`, as deployed.
+
+    `bin_dir` is the virtualenv's bin/ to take functions-framework from (this
+    interpreter's by default).
+    """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    ff = Path(sys.executable).parent / "functions-framework"
-    argv = [str(ff), "--target", "uploads", "--source", str(ROOT / "main.py"), "--host", "127.0.0.1",
+    ff = (bin_dir or Path(sys.executable).parent) / "functions-framework"
+    argv = [str(ff), "--target", "uploads", "--source", str(source_dir / "main.py"), "--host", "127.0.0.1",
             "--port", str(port)]
     # Any HTTP answer means the server is up (unknown paths answer 404 from our code).
     ready = _http_ok(url + "/__ready__", expect=lambda status: status == 404)
-    return _start(name, argv, url, ready, env, log_dir, timeout, cwd=ROOT)
+    return _start(name, argv, url, ready, env, log_dir, timeout, cwd=source_dir)
 
 
 def new_log_dir(prefix: str = "framelane-") -> Path:

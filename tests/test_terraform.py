@@ -1,0 +1,359 @@
+"""terraform/, checked offline: fmt, checkov, the provider schema, and the
+contracts between the code and the infrastructure.
+
+`terraform init`/`validate` need the Terraform registry, which is unreachable
+here; these checks stand in for them.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import hcl2
+import pytest
+import requests
+
+from dev import emulators, tfschema
+from lib import config, idempotency
+from tests.conftest import ROOT
+
+TF = ROOT / "terraform"
+
+
+def load_tf(name: str) -> dict:
+    with (TF / name).open() as handle:
+        return hcl2.load(handle)
+
+
+def unquote(value: str) -> str:
+    return value[1:-1] if isinstance(value, str) and value[:1] == value[-1:] == '"' else value
+
+
+def resource(tf: dict, type_name: str, name: str, kind: str = "resource") -> dict:
+    for entry in tf.get(kind, []):
+        for type_label, named in entry.items():
+            if unquote(type_label) == type_name:
+                for name_label, body in named.items():
+                    if unquote(name_label) == name:
+                        return body
+    raise KeyError(f"{kind} {type_name}.{name}")
+
+
+# --- 1. terraform fmt ----------------------------------------------------------------
+
+def test_terraform_files_are_formatted():
+    binary = shutil.which("terraform")
+    if binary is None:
+        pytest.skip("no terraform binary on PATH (no registry here offers one); fmt is checked where it exists")
+    result = subprocess.run([binary, "fmt", "-check", "-recursive", "-diff", str(TF)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}"
+
+
+# --- 2. checkov ----------------------------------------------------------------------
+
+def test_checkov_passes_with_every_skip_inline_and_reasoned():
+    binary = os.environ.get("CHECKOV_BIN", str(ROOT / ".venv-checkov/bin/checkov"))
+    assert Path(binary).exists(), f"checkov not found at {binary}: run `make test`, which installs it in .venv-checkov"
+    result = subprocess.run([binary, "-d", str(TF), "--skip-download", "--framework", "terraform", "-o", "json"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    report = json.loads(result.stdout)
+    report = report[0] if isinstance(report, list) else report
+    summary, results = report["summary"], report["results"]
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in results["failed_checks"]]
+    assert failed == [] and summary["failed"] == 0
+    assert summary["parsing_errors"] == 0
+    assert summary["resource_count"] >= 30, summary  # it really read the configuration
+    for skipped in results["skipped_checks"]:
+        reason = skipped["check_result"].get("suppress_comment", "")
+        assert len(reason.strip()) >= 20, f"{skipped['check_id']} on {skipped['resource']} is skipped without a reason"
+    assert result.returncode == 0
+
+
+# --- 3. provider schema -----------------------------------------------------------------
+
+def test_every_type_argument_and_block_exists_in_the_pinned_providers():
+    problems = tfschema.check(TF)
+    assert [str(p) for p in problems] == []
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict:
+    return {provider: tfschema.load_schema(provider) for provider in tfschema.PROVIDERS}
+
+
+def check_snippet(tmp_path: Path, schemas: dict, text: str) -> list[str]:
+    (tmp_path / "main.tf").write_text(text)
+    return [f"{p.address}: {p.message}" for p in tfschema.check(tmp_path, dict(schemas))]
+
+
+def test_schema_check_catches_a_misspelled_argument(tmp_path, schemas):
+    problems = check_snippet(tmp_path, schemas, '''
+resource "google_storage_bucket" "b" {
+  name     = "b"
+  location = "US"
+  uniform_bucket_level_acess = true
+}''')
+    assert problems == ["google_storage_bucket.b: unknown argument 'uniform_bucket_level_acess'"]
+
+
+def test_schema_check_catches_a_misspelled_nested_argument_and_block(tmp_path, schemas):
+    problems = check_snippet(tmp_path, schemas, '''
+resource "google_storage_bucket" "b" {
+  name     = "b"
+  location = "US"
+  cors {
+    orign = ["*"]
+  }
+  dynamic "lifecycle_rules" {
+    for_each = [1]
+    content {}
+  }
+}''')
+    assert sorted(problems) == ["google_storage_bucket.b.cors: unknown argument 'orign'",
+                                "google_storage_bucket.b: unknown block 'lifecycle_rules' (dynamic)"]
+
+
+def test_schema_check_catches_a_missing_required_argument_and_block(tmp_path, schemas):
+    problems = check_snippet(tmp_path, schemas, '''
+resource "google_compute_backend_bucket" "b" {
+  name = "b"
+}
+resource "google_compute_managed_ssl_certificate" "c" {
+  name = "c"
+  managed {}
+}''')
+    assert sorted(problems) == ["google_compute_backend_bucket.b: missing required argument 'bucket_name'",
+                                "google_compute_managed_ssl_certificate.c.managed: missing required argument 'domains'"]
+
+
+def test_schema_check_catches_an_unknown_resource_and_data_type(tmp_path, schemas):
+    problems = check_snippet(tmp_path, schemas, '''
+resource "google_cloudfunction2_function" "f" {
+  name = "f"
+}
+data "google_projectt" "p" {}
+''')
+    assert sorted(problems) == [
+        "data.google_projectt.p: unknown data type 'google_projectt' in provider 8.7.0",
+        "google_cloudfunction2_function.f: unknown resource type 'google_cloudfunction2_function' in provider 8.7.0",
+    ]
+
+
+def test_schema_check_catches_a_block_written_as_an_argument(tmp_path, schemas):
+    problems = check_snippet(tmp_path, schemas, '''
+resource "google_firestore_field" "f" {
+  collection = "c"
+  field      = "f"
+  ttl_config = {}
+}''')
+    assert problems == ["google_firestore_field.f: unknown argument 'ttl_config' (it is a block)"]
+
+
+def test_schema_check_accepts_meta_arguments_and_other_providers(tmp_path, schemas):
+    problems = check_snippet(tmp_path, schemas, '''
+resource "random_id" "k" {
+  count       = 1
+  byte_length = 16
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+data "archive_file" "z" {
+  type        = "zip"
+  output_path = "x.zip"
+  source {
+    content  = "x"
+    filename = "x"
+  }
+}''')
+    assert problems == []
+
+
+def test_schema_check_reads_the_version_constraints(tmp_path, schemas):
+    problems = check_snippet(tmp_path, schemas, '''
+terraform {
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = "~> 7.0"
+    }
+  }
+}''')
+    assert problems == ["terraform: google '~> 7.0' does not admit 8.7.0, the schema checked"]
+
+
+@pytest.mark.parametrize("constraint, version, admits", [
+    ("~> 8.0", "8.7.0", True), ("~> 8.0", "9.0.0", False), ("~> 8.7.1", "8.7.9", True),
+    ("~> 8.7.1", "8.8.0", False), (">= 8.0, < 9.0", "8.7.0", True), ("= 8.6.0", "8.7.0", False),
+    ("~> 2.4", "2.8.1", True), ("~> 3.6", "3.9.1", True), ("!= 8.7.0", "8.7.0", False),
+])
+def test_version_constraints_follow_terraform_semantics(constraint, version, admits):
+    assert tfschema.constraint_admits(constraint, version) is admits
+
+
+def test_extraction_reads_types_arguments_and_required_flags_from_an_assembly():
+    doc = "registry.terraform.io/providers/hashicorp/google/8.7.0/docs"
+    assembly = {"types": {
+        "p.thing.Thing": {"kind": "class", "base": "cdktn.TerraformResource",
+                          "docs": {"summary": f"Represents a {{@link https://{doc}/resources/thing google_thing}}."},
+                          "initializer": {"parameters": [{"name": "scope"}, {"name": "id"},
+                                                         {"name": "config", "type": {"fqn": "p.thing.ThingConfig"}}]}},
+        "p.thing.ThingConfig": {"kind": "interface", "datatype": True, "properties": [
+            {"name": "bucketName", "docs": {"remarks": f"{{@link https://{doc}/resources/thing#bucket_name Thing#bucket_name}}"},
+             "type": {"primitive": "string"}},
+            {"name": "cdnPolicy", "optional": True, "type": {"union": {"types": [
+                {"fqn": "cdktn.IResolvable"}, {"collection": {"kind": "array", "elementtype": {"fqn": "p.thing.ThingCdnPolicy"}}}]}}},
+        ]},
+        "p.thing.ThingCdnPolicy": {"kind": "interface", "datatype": True, "properties": [
+            {"name": "defaultTtl", "optional": True, "type": {"primitive": "number"}}]},
+    }}
+    schema = tfschema.extract(assembly, "google", "8.7.0")
+    thing = schema["structs"][schema["resource"]["google_thing"]]
+    assert thing["attrs"] == {"bucket_name": True}
+    required, policy = thing["blocks"]["cdn_policy"]
+    assert required is False and schema["structs"][policy]["attrs"] == {"default_ttl": False}
+
+
+def test_the_extracted_google_schema_has_what_we_rely_on(schemas):
+    google = schemas["google"]
+    bucket = google["structs"][google["resource"]["google_storage_bucket"]]
+    assert bucket["attrs"]["name"] is True and bucket["attrs"]["location"] is True
+    assert bucket["attrs"]["uniform_bucket_level_access"] is False and "cors" in bucket["blocks"]
+    assert len(google["resource"]) > 1000 and "google_project" in google["data"]
+
+
+# --- 4. contracts between the code and the infrastructure ----------------------------------
+
+def function_resource() -> dict:
+    return resource(load_tf("function.tf"), "google_cloudfunctions2_function", "uploads")
+
+
+def test_function_env_vars_are_exactly_the_settings_the_code_reads():
+    class Recording(dict):
+        read: set = set()
+
+        def get(self, key, default=None):
+            self.read.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key):
+            self.read.add(key)
+            return super().__getitem__(key)
+
+    env = Recording(GOOGLE_CLOUD_PROJECT="p", UPLOAD_BUCKET="b", CDN_BASE_URL="https://cdn.example.com")
+    config.Settings.from_env(env)
+    declared = set(config.REQUIRED) | set(config.OPTIONAL)
+    assert env.read == declared
+
+    terraform_env = set(function_resource()["service_config"][0]["environment_variables"])
+    assert terraform_env == declared
+
+
+def test_no_other_code_reads_the_environment():
+    readers = []
+    for path in [ROOT / "main.py", *sorted((ROOT / "lib").glob("*.py"))]:
+        if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text()):
+            readers.append(path.relative_to(ROOT).as_posix())
+    # config.py parses it; admin.py hands os.environ to config's FirestoreSettings.from_env.
+    assert sorted(readers) == ["lib/admin.py", "lib/config.py"]
+
+
+def test_entry_point_names_the_http_function_in_main():
+    build = function_resource()["build_config"][0]
+    assert unquote(build["entry_point"]) == "uploads"
+    tree = ast.parse((ROOT / "main.py").read_text())
+    decorated = {node.name: [ast.unparse(d) for d in node.decorator_list]
+                 for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert "functions_framework.http" in decorated["uploads"]
+
+
+def test_runtime_is_the_python_the_tests_run_on():
+    runtime = unquote(function_resource()["build_config"][0]["runtime"])
+    assert runtime == f"python{sys.version_info.major}{sys.version_info.minor}"
+
+
+def test_firestore_ttl_policy_is_on_the_field_the_code_writes():
+    field = resource(load_tf("firestore.tf"), "google_firestore_field", "idempotency_ttl")
+    assert unquote(field["collection"]) == idempotency.COLLECTION
+    assert unquote(field["field"]) == "expires_at"
+
+
+def archive_files() -> list[str]:
+    """The files terraform's archive_file zips, from function.tf's `function_files` local.
+
+    The expression is `setunion([literal files], fileset(local.repo_root, "glob"), ...)`;
+    anything else there should fail this test rather than be guessed at.
+    """
+    locals_ = {k: v for block in load_tf("function.tf")["locals"] for k, v in block.items()}
+    expression = locals_["function_files"]
+    match = re.fullmatch(r'\$\{setunion\(\[(.*?)\], (.*)\)\}', expression)
+    assert match, f"unexpected function_files expression: {expression}"
+    files = set(re.findall(r'"([^"]+)"', match.group(1)))
+    for pattern in re.findall(r'fileset\(local\.repo_root, "([^"]+)"\)', match.group(2)):
+        files |= {p.relative_to(ROOT).as_posix() for p in ROOT.glob(pattern) if p.is_file()}
+    return sorted(files)
+
+
+def imported_lib_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "lib":
+            names |= {f"lib/{alias.name}.py" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lib."):
+            names.add(node.module.replace(".", "/") + ".py")
+    return names
+
+
+def test_archive_holds_exactly_what_the_function_needs():
+    files = archive_files()
+    expected = {"main.py", "requirements.txt", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "lib").glob("*.py"))}
+    assert set(files) == expected
+    assert not any(f.startswith(("dev/", "tests/", "terraform/")) for f in files)
+    # Every lib module main.py needs, directly or through lib, is in it.
+    needed, todo = set(), [ROOT / "main.py"]
+    while todo:
+        for module in imported_lib_modules(todo.pop()) - needed:
+            needed.add(module)
+            todo.append(ROOT / module)
+    assert needed and needed <= set(files)
+
+
+def test_archive_installed_with_only_requirements_serves_a_request(tmp_path, backends, make_key, log_dir):
+    """Build the zip as archive_file would, install requirements.txt alone into a
+    fresh virtualenv, and serve it: main imports and answers a real request."""
+    zip_path = tmp_path / "function-source.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in archive_files():
+            zf.write(ROOT / name, name)
+    source = tmp_path / "source"
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(source)
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    install = subprocess.run([str(env_dir / "bin/python"), "-m", "pip", "install", "--quiet",
+                              "--disable-pip-version-check", "-r", str(source / "requirements.txt")],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+
+    env = {k: v for k, v in backends["env"].items() if k != "PYTHONPATH"}
+    function = emulators.start_function(env, log_dir, name="function-from-archive", source_dir=source,
+                                        bin_dir=env_dir / "bin")
+    try:
+        key, _ = make_key()
+        resp = requests.post(function.url + "/v1/uploads", json={"content_type": "video/mp4"},
+                             headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert resp.status_code == 201, resp.text
+        assert set(resp.json()) == {"upload_url", "source_url", "expires_at"}
+    finally:
+        function.stop()
