@@ -54,14 +54,16 @@ ALIASES: dict[str, str] = {
 
 SUPPORTED = sorted(CONTENT_TYPES)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_TOKEN = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 
 
 def normalize_content_type(value: str) -> str:
     """Canonical media type for `value`, or an error the client can act on.
 
-    Lower-cases it, drops parameters (`; codecs=...`), resolves aliases.
+    Drops parameters (`; codecs=...`) and surrounding spaces, lower-cases
+    (ASCII only: no Unicode case mapping can turn something else into a
+    supported type), resolves aliases. `content_type_pattern()` states the
+    same rule as a regular expression for the OpenAPI document.
 
     Raises:
         ValidationFailed: it holds control characters.
@@ -72,11 +74,25 @@ def normalize_content_type(value: str) -> str:
             details={"fields": [{"field": "content_type", "type": "control_characters",
                                  "message": "content_type must not contain control characters"}]}
         )
-    essence = value.split(";", 1)[0].strip().lower()
-    essence = ALIASES.get(essence, essence)
-    if essence not in CONTENT_TYPES or not _TOKEN.fullmatch(essence):
+    essence = value.split(";", 1)[0].strip(" ")
+    if not essence.isascii():
+        raise UnsupportedContentType(SUPPORTED)
+    essence = ALIASES.get(essence.lower(), essence.lower())
+    if essence not in CONTENT_TYPES:
         raise UnsupportedContentType(SUPPORTED)
     return essence
+
+
+def content_type_pattern() -> str:
+    """The accepted `content_type` values as one regular expression (JSON Schema dialect)."""
+    def caseless(name: str) -> str:
+        # Escape only what is syntax: ECMA regexes in unicode mode reject `\-`.
+        return "".join(f"[{c}{c.upper()}]" if c.isalpha() else "\\" + c if c in ".+" else c for c in name)
+
+    names = "|".join(caseless(name) for name in sorted({*CONTENT_TYPES, *ALIASES}))
+    # `(?![\s\S])` ends the string in both ECMA and Python regexes; `$` would
+    # also match before a trailing newline in Python, which the service refuses.
+    return f"^ *(?:{names}) *(?:;[^\\x00-\\x1f\\x7f-\\x9f]*)?(?![\\s\\S])"
 
 
 def choose_extension(filename: str | None, content_type: str) -> str:

@@ -222,3 +222,8 @@ def test_sane_request_id_is_echoed_and_insane_one_replaced(client, auth_headers)
         assert rid != bad and re.fullmatch(r"[0-9a-f]{32}", rid)
     err = client.get("/nowhere", headers={"X-Request-Id": "trace-me"})
     assert err.headers["X-Request-Id"] == "trace-me" and err.headers["Cache-Control"] == "no-store"
+
+
+def test_openapi_content_type_pattern_is_the_codes_rule(openapi_doc):
+    schema = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"]["content_type"]
+    assert schema["pattern"] == uploads.content_type_pattern()

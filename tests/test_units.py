@@ -254,3 +254,26 @@ def test_if_required_setting_missing_then_error_names_it(name):
 def test_if_setting_malformed_then_error_names_it(overrides, name):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(dict(BASE_ENV, **overrides))
+
+
+@pytest.mark.parametrize("given", [
+    pytest.param("video/mp4\u00a0", id="no-break-space"),
+    pytest.param("image/webp\u212a", id="kelvin-sign"),
+    pytest.param("vİdeo/mp4", id="dotted-capital-i"),
+])
+def test_only_ascii_is_case_folded_or_trimmed(given):
+    with pytest.raises(UnsupportedContentType):
+        uploads.normalize_content_type(given)
+
+
+def test_content_type_pattern_accepts_exactly_what_normalisation_accepts():
+    pattern = re.compile(uploads.content_type_pattern())
+    cases = ["video/mp4", " VIDEO/MP4 ", "audio/x-wav;rate=44100", "image/jpg; q=1", "font/woff2",
+             "video/mp4\n", "video/mp4\x00", "text/html", "", "video/mp4\u00a0", "vİdeo/mp4", "video/mp4;\x7f"]
+    for value in cases:
+        try:
+            uploads.normalize_content_type(value)
+            accepted = True
+        except (UnsupportedContentType, ValidationFailed):
+            accepted = False
+        assert bool(pattern.search(value)) is accepted, repr(value)
