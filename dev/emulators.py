@@ -64,21 +64,36 @@ class Service:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+        """SIGTERM to its process group, then SIGKILL if it has not exited within `timeout`.
+
+        The group (started with its own session, so its id is our PID) takes
+        children too: gunicorn serves from a worker process under the master.
+        """
         if self.process.poll() is not None:
+            self._reap_group()
             return
-        os.kill(self.pid, signal.SIGTERM)
+        self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
+            self._signal_group(signal.SIGKILL)
             self.process.wait(timeout=timeout)
+        self._reap_group()
 
     def kill(self) -> None:
-        """SIGKILL at once, as a crash would."""
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        """SIGKILL to the whole group at once, as a crash of the instance would."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap_group(self) -> None:
+        """Leave nothing of the group behind (a worker whose master already exited)."""
+        self._signal_group(signal.SIGKILL)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
