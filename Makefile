@@ -5,7 +5,7 @@ VENV         ?= .venv
 CHECKOV_VENV ?= .venv-checkov
 PY           := $(VENV)/bin/python
 
-.PHONY: run test tfcheck clean
+.PHONY: run test tfcheck audit clean
 
 run: $(VENV)/.installed
 	$(PY) -m dev.run
@@ -16,6 +16,11 @@ test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 # Only the offline Terraform checks (fmt, checkov, provider schema, contracts).
 tfcheck: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest tests/test_terraform.py $(PYTEST_ARGS)
+
+# Known vulnerabilities in what the function deploys. Needs PyPI's JSON API
+# (or OSV: add --vulnerability-service osv), which these machines cannot reach.
+audit: $(VENV)/.installed
+	$(VENV)/bin/pip-audit -r requirements.txt --strict
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from dev import emulators
+from tests.helpers import SESSION_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "framelane-test"
@@ -84,6 +85,7 @@ def make_key(db):
     def make(workspace: str | None = None, mode: str = "live") -> tuple[str, str]:
         workspace = workspace or f"ws_{uuid.uuid4().hex[:12]}"
         key, _ = auth.create_key(db, workspace, "pytest", mode)
+        SESSION_KEYS.add(key)
         return key, workspace
 
     return make
@@ -159,3 +161,8 @@ def seed_doc() -> dict:
     if not SEED.exists():
         pytest.skip(f"the seed contract is not beside the repo at {SEED}")
     return yaml.safe_load(SEED.read_text())
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `audit` look back over the whole session: run them last."""
+    items.sort(key=lambda item: item.get_closest_marker("audit") is not None)

@@ -13,6 +13,11 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+# Every API key minted through the `make_key` fixture this session, for the
+# secrets audit that runs last. (It lives here, not in conftest, because pytest
+# imports conftest under another module name than the tests do.)
+SESSION_KEYS: set[str] = set()
+
 
 def schema_errors(doc: dict, ref: str, instance) -> list[str]:
     """Messages for every way `instance` breaks `doc`'s schema at `ref` (e.g. '#/components/schemas/UploadOut')."""
@@ -57,7 +62,8 @@ class RecordingProxy:
             def _forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                proxy.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
+                proxy.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                       "body": body or b""})
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 conn.request(self.command, self.path, body=body, headers=headers)

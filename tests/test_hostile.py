@@ -1,0 +1,292 @@
+"""Inputs built to break the endpoint, against the served function (gunicorn
+parses the HTTP), two ways: named cases, and schemathesis generating requests
+from openapi.yaml. Storage sits behind a recording proxy, so the tests see
+exactly what would reach GCS: no client input may land in an object name or a
+header there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import uuid
+from urllib.parse import unquote
+
+import pytest
+import requests
+
+from dev import emulators
+from tests.conftest import BUCKET, ROOT
+from tests.helpers import RecordingProxy
+
+VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
+
+
+@pytest.fixture(scope="module")
+def target(backends, log_dir):
+    """A served function whose Storage traffic goes through a recording proxy."""
+    with RecordingProxy(backends["storage"].url) as proxy:
+        env = dict(backends["env"], STORAGE_EMULATOR_HOST=proxy.url)
+        function = emulators.start_function(env, log_dir, name="function-hostile")
+        try:
+            yield function.url, proxy
+        finally:
+            function.stop()
+
+
+@pytest.fixture
+def ws_key(make_key):
+    return make_key()
+
+
+def post(url, key, body=None, raw: bytes | None = None, headers=None):
+    data = raw if raw is not None else json.dumps(body if body is not None else VIDEO).encode()
+    all_headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})}
+    return requests.post(url + "/v1/uploads", data=data, headers=all_headers, timeout=30)
+
+
+def raw_request(url: str, header_lines: list[bytes], body: bytes = json.dumps(VIDEO).encode()) -> tuple[int, bytes]:
+    """Send bytes `requests` would refuse to (duplicate or malformed headers)."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [b"POST /v1/uploads HTTP/1.1", b"Host: " + host.encode(), b"Content-Type: application/json",
+             b"Content-Length: %d" % len(body), b"Connection: close", *header_lines]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    response = b"".join(chunks)
+    status = int(response.split(b" ", 2)[1])
+    return status, response.split(b"\r\n\r\n", 1)[1]
+
+
+def initiations(proxy: RecordingProxy, since: int) -> list[dict]:
+    return [r for r in proxy.requests[since:] if "uploadType=resumable" in r["path"]]
+
+
+def assert_envelope(resp, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]["code"] == code
+    assert resp.headers["Content-Type"] == "application/json"
+
+
+# --- filename: never reaches the object name or a header -----------------------------------------
+
+@pytest.mark.parametrize("filename, extension", [
+    pytest.param("../../etc/passwd", "mp4", id="traversal"),
+    pytest.param("..\\..\\windows\\system32\\x.mp4", "mp4", id="traversal-backslash"),
+    pytest.param("/abs/path/x.MOV", "mov", id="absolute"),
+    pytest.param("x.mp4\x00.sh", "sh", id="nul"),
+    pytest.param("x\r\nX-Evil: injected\r\n.mp4", "mp4", id="crlf"),
+    pytest.param("é" * 5000 + ".mp4", "mp4", id="long-unicode"),
+    pytest.param("😀" * 4000, "mp4", id="long-emoji-no-suffix"),
+    pytest.param("x.%2e%2e%2fmp4", "mp4", id="percent-encoded"),
+    pytest.param("x." + "a" * 11, "mp4", id="suffix-too-long"),
+])
+def test_hostile_filename_never_reaches_object_name_or_headers(target, ws_key, filename, extension):
+    url, proxy = target
+    key, workspace = ws_key
+    seen = len(proxy.requests)
+    resp = post(url, key, {"content_type": "video/mp4", "filename": filename})
+    assert resp.status_code == 201, resp.text
+    name = resp.json()["source_url"].split(f"/{BUCKET}/", 1)[1]
+    assert re.fullmatch(rf"uploads/{workspace}/[0-9a-f]{{32}}\.{extension}", name)
+
+    (initiation,) = initiations(proxy, seen)
+    assert json.loads(initiation["body"])["name"] == name
+    wire = "\n".join([unquote(initiation["path"]), initiation["body"].decode("utf-8", "replace"),
+                      *(f"{k}: {v}" for k, v in initiation["headers"].items())]).replace(name, "")
+    for fragment in ("..", "X-Evil", "\r", "é", "😀", "passwd", "windows"):
+        assert fragment not in wire
+
+
+# --- content_type: refused before anything is sent to Storage ------------------------------------------
+
+@pytest.mark.parametrize("content_type, code", [
+    pytest.param("video/mp4\r\nX-Evil: injected", "validation_error", id="crlf"),
+    pytest.param("video/mp4\x00", "validation_error", id="nul"),
+    pytest.param("video/mp4; x=\r\n", "validation_error", id="crlf-in-parameter"),
+    pytest.param("../../video/mp4", "unsupported_content_type", id="traversal"),
+    pytest.param("é" * 5000, "unsupported_content_type", id="long-unicode"),
+    pytest.param("video/mp4\u2028", "unsupported_content_type", id="unicode-line-separator"),
+    pytest.param("vıdeo/mp4", "unsupported_content_type", id="dotless-i"),
+    pytest.param("text/html", "unsupported_content_type", id="html"),
+])
+def test_hostile_content_type_is_refused_and_nothing_reaches_storage(target, ws_key, content_type, code):
+    url, proxy = target
+    key, _ = ws_key
+    seen = len(proxy.requests)
+    resp = post(url, key, {"content_type": content_type})
+    assert_envelope(resp, 422, code)
+    assert "X-Evil" not in resp.text and "é" not in resp.text
+    assert initiations(proxy, seen) == []
+
+
+def test_content_type_parameters_never_reach_storage(target, ws_key):
+    url, proxy = target
+    key, _ = ws_key
+    seen = len(proxy.requests)
+    resp = post(url, key, {"content_type": 'Video/MP4; codecs="avc1"; name="é"'})
+    assert resp.status_code == 201
+    (initiation,) = initiations(proxy, seen)
+    headers = {k.lower(): v for k, v in initiation["headers"].items()}
+    assert headers["x-upload-content-type"] == "video/mp4"
+
+
+# --- bodies ---------------------------------------------------------------------------------------
+
+def test_one_mib_body_is_refused_with_413(target, ws_key):
+    url, _ = target
+    key, _ = ws_key
+    raw = json.dumps({"content_type": "video/mp4", "filename": "x" * (1 << 20)}).encode()
+    assert_envelope(post(url, key, raw=raw), 413, "payload_too_large")
+
+
+def test_one_mib_chunked_body_without_length_is_refused_with_413(target, ws_key):
+    url, _ = target
+    key, _ = ws_key
+
+    def chunks():
+        yield b'{"content_type": "video/mp4", "filename": "'
+        for _ in range(64):
+            yield b"x" * 16384
+        yield b'"}'
+
+    resp = requests.post(url + "/v1/uploads", data=chunks(), timeout=30,
+                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert_envelope(resp, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(b"[" * 30000 + b"]" * 30000, id="deeply-nested-arrays"),
+    pytest.param(b'{"a":' * 10000 + b"1" + b"}" * 10000, id="deeply-nested-objects"),
+    pytest.param(b'{"content_type": "image/png", "content_type": "video/mp4"}', id="duplicate-keys"),
+    pytest.param(b"content_type=video%2Fmp4", id="form-encoded"),
+    pytest.param(b'{"content_type": "video/mp4"', id="truncated"),
+    pytest.param(b"\xef\xbb\xbf{}", id="byte-order-mark"),
+])
+def test_malformed_json_is_400(target, ws_key, raw):
+    url, _ = target
+    key, _ = ws_key
+    assert_envelope(post(url, key, raw=raw), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml",
+])
+def test_request_content_type_header_does_not_matter_for_a_json_body(target, ws_key, content_type):
+    url, _ = target
+    key, _ = ws_key
+    headers = {"Authorization": f"Bearer {key}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    resp = requests.post(url + "/v1/uploads", data=json.dumps(VIDEO), headers=headers, timeout=30)
+    assert resp.status_code == 201, resp.text
+
+
+# --- Idempotency-Key ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    pytest.param("k" * 256, id="too-long"),
+    pytest.param("a\tb", id="tab"),
+    pytest.param("", id="empty"),
+])
+def test_bad_idempotency_key_is_400_in_the_envelope(target, ws_key, value):
+    url, _ = target
+    key, _ = ws_key
+    assert_envelope(post(url, key, headers={"Idempotency-Key": value}), 400, "invalid_idempotency_key")
+
+
+@pytest.mark.parametrize("value, enveloped", [
+    pytest.param(b"caf\xc3\xa9", True, id="non-ascii"),
+    pytest.param(b"a\x01b", False, id="control-char"),
+    pytest.param(b"a\x7fb", False, id="delete-char"),
+])
+def test_idempotency_key_bytes_that_http_forbids_are_400_and_store_nothing(target, ws_key, db, value, enveloped):
+    """Non-ASCII reaches our check (400 in the envelope). Control characters are
+    not valid HTTP: gunicorn answers 400 itself, before the function runs."""
+    url, _ = target
+    key, workspace = ws_key
+    status, body = raw_request(url, [b"Authorization: Bearer " + key.encode(), b"Idempotency-Key: " + value])
+    assert status == 400
+    if enveloped:
+        assert json.loads(body)["error"]["code"] == "invalid_idempotency_key"
+    from lib import idempotency
+    from google.cloud.firestore_v1.base_query import FieldFilter
+    stored = db.collection(idempotency.COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace))
+    assert list(stored.stream()) == []
+
+
+# --- Authorization --------------------------------------------------------------------------------
+
+def test_two_authorization_headers_are_refused(target, ws_key):
+    url, _ = target
+    key, _ = ws_key
+    status, body = raw_request(url, [b"Authorization: Bearer " + key.encode()] * 2)
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+def _variants(key: str) -> dict[str, tuple[str, int]]:
+    secret = key[len("fl_live_"):]
+    return {
+        "exact": (f"Bearer {key}", 201),
+        "scheme-lower-case": (f"bearer {key}", 201),
+        "surrounding-spaces": (f"Bearer   {key}  ", 201),
+        "key-upper-case": (f"Bearer {key.upper()}", 401),
+        "key-case-swapped": (f"Bearer {key.swapcase()}", 401),
+        "truncated": (f"Bearer {key[:-1]}", 401),
+        "one-char-longer": (f"Bearer {key}A", 401),
+        "inner-space": (f"Bearer {key[:20]} {key[20:]}", 401),
+        "other-mode-prefix": (f"Bearer fl_test_{secret}", 401),
+        "valid-prefix-random-secret": (f"Bearer fl_live_{secrets.token_urlsafe(32)}", 401),
+        "secret-only": (f"Bearer {secret}", 401),
+        "other-scheme": (f"Token {key}", 401),
+        "basic": (f"Basic {key}", 401),
+    }
+
+
+@pytest.mark.parametrize("variant", list(_variants("fl_live_" + "x" * 43)))
+def test_key_variants(target, ws_key, variant):
+    url, _ = target
+    key, _ = ws_key
+    header, status = _variants(key)[variant]
+    resp = requests.post(url + "/v1/uploads", json=VIDEO, headers={"Authorization": header}, timeout=30)
+    assert resp.status_code == status, resp.text
+    if status == 401:
+        assert resp.json()["error"]["code"] == "invalid_api_key" and resp.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_one_workspaces_idempotency_key_replayed_by_another_gets_its_own_upload(target, make_key):
+    url, _ = target
+    (key_a, ws_a), (key_b, ws_b) = make_key(), make_key()
+    idem = f"shared-{uuid.uuid4()}"
+    first = post(url, key_a, headers={"Idempotency-Key": idem})
+    other = post(url, key_b, headers={"Idempotency-Key": idem})
+    assert (first.status_code, other.status_code) == (201, 201)
+    assert first.json()["upload_url"] != other.json()["upload_url"]
+    assert f"/uploads/{ws_a}/" in first.json()["source_url"] and f"/uploads/{ws_b}/" in other.json()["source_url"]
+    # Different body under B's own record: B's key space is untouched by A.
+    assert post(url, key_b, {"content_type": "image/png"}, headers={"Idempotency-Key": idem}).status_code == 409
+
+
+# --- property-based: schemathesis against openapi.yaml ------------------------------------------------
+
+def test_schemathesis_finds_no_5xx_and_no_response_off_the_document(target, key):
+    """Every check schemathesis has: no server error, status codes, content types,
+    headers and bodies as documented, invalid input refused, valid input accepted,
+    auth enforced, unsupported methods answered with Allow."""
+    url, _ = target
+    seed = os.environ.get("SCHEMATHESIS_SEED", "20261128")
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/schemathesis"), "run", str(ROOT / "openapi.yaml"), "--url", url,
+         "--header", f"Authorization: Bearer {key}", "--checks", "all", "--max-examples", "300",
+         "--seed", seed, "--suppress-health-check", "too_slow"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+    summary = re.search(r"(\d+) generated, .*", result.stdout)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert summary and int(summary.group(1)) >= 300, result.stdout[-2000:]
