@@ -275,7 +275,7 @@ def test_one_workspaces_idempotency_key_replayed_by_another_gets_its_own_upload(
 
 # --- property-based: schemathesis against openapi.yaml ------------------------------------------------
 
-def test_schemathesis_finds_no_5xx_and_no_response_off_the_document(target, key):
+def test_schemathesis_finds_no_5xx_and_no_response_off_the_document(target, key, tmp_path):
     """Every check schemathesis has: no server error, status codes, content types,
     headers and bodies as documented, invalid input refused, valid input accepted,
     auth enforced, unsupported methods answered with Allow."""
@@ -285,7 +285,7 @@ def test_schemathesis_finds_no_5xx_and_no_response_off_the_document(target, key)
         [str(ROOT / ".venv/bin/schemathesis"), "run", str(ROOT / "openapi.yaml"), "--url", url,
          "--header", f"Authorization: Bearer {key}", "--checks", "all", "--max-examples", "300",
          "--seed", seed, "--suppress-health-check", "too_slow"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     summary = re.search(r"(\d+) generated, .*", result.stdout)
     assert result.returncode == 0, result.stdout[-4000:]
