@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 import traceback
-import uuid
 from typing import Any, Callable
 
 import flask
@@ -32,7 +32,8 @@ def create_upload(request: flask.Request, log: dict[str, Any]) -> Result:
     """POST /v1/uploads: authenticate, validate, (claim,) mint, (complete,) answer."""
     settings = get_settings()
     db = firestore_client(settings.firestore)
-    key = auth.authenticate(db, request.headers.get("Authorization"))
+    key = auth.authenticate(db, request.headers.get("Authorization"),
+                            auth.lookup_cache(settings.api_key_cache_ttl_seconds))
     log.update(workspace_id=key.workspace_id, key_prefix=key.prefix)
 
     idem_key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
@@ -123,7 +124,7 @@ def _framework_not_found(_exc: HTTPException) -> flask.Response:
 def _request_id(incoming: str | None) -> str:
     if incoming and _REQUEST_ID.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def _respond(request: flask.Request, status: int, body: dict[str, Any], headers: dict[str, str],

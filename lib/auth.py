@@ -12,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable, Generic, TypeVar
 
 from google.cloud import firestore
 
@@ -69,24 +73,114 @@ def bearer_key(authorization: str | None) -> str:
     return key
 
 
-def authenticate(db: firestore.Client, authorization: str | None) -> ApiKey:
-    """The active key behind the header. Malformed keys never reach Firestore.
+V = TypeVar("V")
+
+
+class _TtlLru(Generic[V]):
+    """A bounded map whose entries expire: least recently used goes first when full."""
+
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]):
+        self.ttl, self.max_entries, self._clock = ttl, max_entries, clock
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+
+    def get(self, name: str) -> V | None:
+        entry = self._entries.get(name)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[name]
+            return None
+        self._entries.move_to_end(name)
+        return entry[1]
+
+    def put(self, name: str, value: V) -> None:
+        if self.ttl <= 0:
+            return
+        self._entries[name] = (self._clock() + self.ttl, value)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class KeyLookupCache:
+    """Key lookups remembered per instance, so a warm instance reads no Firestore
+    for a key it has seen within `ttl` seconds; thread-safe.
+
+    `ttl` is the longest a revoked key keeps working on an instance that saw it
+    before the revocation. Failed lookups (unknown or revoked) are remembered for
+    at most NEGATIVE_TTL, in a table of their own so that a flood of made-up keys
+    cannot push the real ones out. Both tables are bounded.
+    """
+
+    NEGATIVE_TTL = 5.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self._lock = threading.Lock()
+        self._found: _TtlLru[ApiKey] = _TtlLru(ttl, self.MAX_ENTRIES, clock)
+        self._refused: _TtlLru[str] = _TtlLru(min(ttl, self.NEGATIVE_TTL), self.MAX_ENTRIES, clock)
+
+    def get(self, key_hash: str) -> ApiKey | str | None:
+        """The cached key, the reason it was refused, or None when not cached."""
+        with self._lock:
+            return self._found.get(key_hash) or self._refused.get(key_hash)
+
+    def found(self, key_hash: str, key: ApiKey) -> None:
+        with self._lock:
+            self._found.put(key_hash, key)
+
+    def refused(self, key_hash: str, reason: str) -> None:
+        with self._lock:
+            self._refused.put(key_hash, reason)
+
+    def sizes(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._found), len(self._refused)
+
+
+_caches: dict[float, KeyLookupCache] = {}
+_caches_lock = threading.Lock()
+
+
+def lookup_cache(ttl: float) -> KeyLookupCache:
+    """The instance's cache of key lookups (one per TTL setting, made once)."""
+    cache = _caches.get(ttl)
+    if cache is None:
+        with _caches_lock:
+            cache = _caches.setdefault(ttl, KeyLookupCache(ttl))
+    return cache
+
+
+def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLookupCache) -> ApiKey:
+    """The active key behind the header. Malformed keys never reach Firestore;
+    keys looked up recently are answered from `cache` without it.
 
     Raises:
         InvalidApiKey: missing, malformed, unknown or revoked.
         ServiceUnavailable: Firestore is down or slow.
     """
     key = bearer_key(authorization)
+    key_hash = key_id(key)
+    cached = cache.get(key_hash)
+    if isinstance(cached, ApiKey):
+        return cached
+    if cached is not None:
+        raise InvalidApiKey(f"{cached} (cached)")
     with upstream():
-        snap = db.collection(COLLECTION).document(key_id(key)).get(
+        snap = db.collection(COLLECTION).document(key_hash).get(
             retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT
         )
-    if not snap.exists:
-        raise InvalidApiKey(f"unknown API key {display_prefix(key)}")
-    doc = snap.to_dict() or {}
-    if doc.get("revoked_at") is not None:
-        raise InvalidApiKey(f"revoked API key {display_prefix(key)}")
-    return ApiKey(id=snap.id, workspace_id=doc["workspace_id"], prefix=doc["prefix"], mode=doc["mode"])
+    doc = snap.to_dict() if snap.exists else None
+    if doc is None or doc.get("revoked_at") is not None:
+        reason = f"{'unknown' if doc is None else 'revoked'} API key {display_prefix(key)}"
+        cache.refused(key_hash, reason)
+        raise InvalidApiKey(reason)
+    found = ApiKey(id=snap.id, workspace_id=doc["workspace_id"], prefix=doc["prefix"], mode=doc["mode"])
+    cache.found(key_hash, found)
+    return found
 
 
 def create_key(db: firestore.Client, workspace_id: str, name: str | None, mode: str) -> tuple[str, ApiKey]:

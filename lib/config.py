@@ -21,6 +21,7 @@ OPTIONAL = (
     "UPLOAD_URL_TTL_SECONDS",
     "IDEMPOTENCY_TTL_SECONDS",
     "IDEMPOTENCY_LEASE_SECONDS",
+    "API_KEY_CACHE_TTL_SECONDS",
     "FIRESTORE_DATABASE",
 )
 
@@ -53,6 +54,9 @@ class Settings:
     # far below this (see lib/clients.py), so a live request never outlives it;
     # a claim left by a crashed instance frees the key when it runs out.
     idempotency_lease_seconds: int = 30
+    # How long an instance trusts a key lookup: the longest a revoked key keeps
+    # working there. 0 turns the cache off.
+    api_key_cache_ttl_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -67,6 +71,7 @@ class Settings:
             upload_url_ttl_seconds=_seconds(env, "UPLOAD_URL_TTL_SECONDS", 3600),
             idempotency_ttl_seconds=_seconds(env, "IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
             idempotency_lease_seconds=_seconds(env, "IDEMPOTENCY_LEASE_SECONDS", 30),
+            api_key_cache_ttl_seconds=_seconds(env, "API_KEY_CACHE_TTL_SECONDS", 30, minimum=0, maximum=300),
         )
 
 
@@ -77,7 +82,7 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
+def _seconds(env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int = 7 * 24 * 3600) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -85,8 +90,8 @@ def _seconds(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number of seconds, got {raw!r}") from None
-    if not 1 <= value <= 7 * 24 * 3600:
-        raise ConfigError(f"{name} must be between 1 and 604800 seconds, got {value}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum} seconds, got {value}")
     return value
 
 

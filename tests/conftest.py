@@ -48,6 +48,10 @@ def backends(log_dir):
         for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
                      "UPLOAD_BUCKET", "CDN_BASE_URL"):
             os.environ[name] = env[name]
+        # The in-process app forgets key lookups at once, so tests that revoke a
+        # key see it refused straight away; served functions keep the deployed
+        # default (tests/test_served.py covers the cache itself).
+        os.environ["API_KEY_CACHE_TTL_SECONDS"] = "0"
         yield {"firestore": firestore, "storage": storage, "env": env}
     finally:
         storage.stop()

@@ -238,12 +238,14 @@ def test_storage_down_gives_bounded_503s_and_the_running_function_recovers(fault
 
 def test_firestore_down_gives_bounded_503s_and_the_running_function_recovers(faults, serve_faults, log_dir):
     function = serve_faults()
-    key = new_key(faults)
-    assert post(function.url, key).status_code == 201
+    warm, cold = new_key(faults), new_key(faults)
+    assert post(function.url, warm).status_code == 201
     faults["firestore"].stop()
     try:
-        # The key lookup path, and the idempotency path.
-        for idem in (None, f"down-{uuid.uuid4()}"):
+        # A key this instance looked up recently needs no Firestore at all...
+        assert post(function.url, warm).status_code == 201
+        # ...but an uncached key lookup does, and so does an Idempotency-Key.
+        for key, idem in ((cold, None), (warm, f"down-{uuid.uuid4()}")):
             resp, elapsed = timed(lambda: post(function.url, key, idem))
             assert resp.status_code == 503 and resp.json()["error"]["code"] == "service_unavailable", resp.text
             assert elapsed < UPSTREAM_BOUND_SECONDS

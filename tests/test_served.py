@@ -4,11 +4,9 @@ over real HTTP: a real upload, upstream failures, logs, and what reaches Storage
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import time
 import uuid
 
-import pytest
 import requests
 
 from dev import emulators
@@ -148,3 +146,36 @@ def test_one_structured_log_line_per_request_without_secrets(served_default, mak
     upload_id = first.json()["upload_url"].split("upload_id=", 1)[1]
     for secret in (key, key[:-1] + "Z", f"Bearer {key}", first.json()["upload_url"], upload_id):
         assert secret not in text
+
+
+def test_a_revoked_key_keeps_working_at_most_the_cache_ttl(serve, make_key, db):
+    from datetime import datetime, timezone
+    from lib import auth
+    served = serve(API_KEY_CACHE_TTL_SECONDS="2")
+    key, _ = make_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert served.post(json=VIDEO, headers=headers).status_code == 201
+    db.collection(auth.COLLECTION).document(auth.key_id(key)).update({"revoked_at": datetime.now(timezone.utc)})
+    revoked_at = time.monotonic()
+    assert served.post(json=VIDEO, headers=headers).status_code == 201  # the instance still trusts it
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - revoked_at)))  # the TTL is the clock under test
+    assert served.post(json=VIDEO, headers=headers).status_code == 401
+
+
+def test_an_unknown_key_is_refused_from_the_cache_briefly(serve, db):
+    from datetime import datetime, timezone
+    from lib import auth
+    served = serve(API_KEY_CACHE_TTL_SECONDS="2")
+    key = auth.generate_key("live")
+    headers = {"Authorization": f"Bearer {key}"}
+    assert served.post(json=VIDEO, headers=headers).status_code == 401
+    db.collection(auth.COLLECTION).document(auth.key_id(key)).create({
+        "workspace_id": "ws_late", "name": None, "prefix": auth.display_prefix(key), "mode": "live",
+        "created_at": datetime.now(timezone.utc), "revoked_at": None})
+    created_at = time.monotonic()
+    refused = served.post(json=VIDEO, headers=headers)
+    assert refused.status_code == 401
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - created_at)))
+    assert served.post(json=VIDEO, headers=headers).status_code == 201
+    line = next(line for line in served.log_lines() if line.get("request_id") == refused.headers["X-Request-Id"])
+    assert line["reason"].endswith("(cached)")

@@ -277,3 +277,95 @@ def test_content_type_pattern_accepts_exactly_what_normalisation_accepts():
         except (UnsupportedContentType, ValidationFailed):
             accepted = False
         assert bool(pattern.search(value)) is accepted, repr(value)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _key(n: int = 0) -> auth.ApiKey:
+    return auth.ApiKey(id=f"id{n}", workspace_id="ws", prefix="fl_live_abcd", mode="live")
+
+
+def test_key_cache_answers_until_its_ttl_then_forgets():
+    clock = FakeClock()
+    cache = auth.KeyLookupCache(30, clock=clock)
+    cache.found("h", _key())
+    clock.now += 29.9
+    assert cache.get("h") == _key()
+    clock.now += 0.2
+    assert cache.get("h") is None
+
+
+def test_key_cache_remembers_refusals_briefly_and_apart():
+    clock = FakeClock()
+    cache = auth.KeyLookupCache(30, clock=clock)
+    cache.refused("bad", "unknown API key fl_live_xxxx")
+    assert cache.get("bad") == "unknown API key fl_live_xxxx"
+    clock.now += auth.KeyLookupCache.NEGATIVE_TTL + 0.1
+    assert cache.get("bad") is None
+    # A flood of made-up keys cannot evict a real one.
+    cache.found("good", _key())
+    for n in range(auth.KeyLookupCache.MAX_ENTRIES + 50):
+        cache.refused(f"made-up-{n}", "unknown")
+    assert cache.get("good") == _key()
+    assert cache.sizes() == (1, auth.KeyLookupCache.MAX_ENTRIES)
+
+
+def test_key_cache_is_bounded_least_recently_used_first():
+    cache = auth.KeyLookupCache(30, clock=FakeClock())
+    for n in range(auth.KeyLookupCache.MAX_ENTRIES):
+        cache.found(f"k{n}", _key(n))
+    assert cache.get("k0") == _key(0)  # now the most recently used
+    cache.found("new", _key(-1))
+    assert cache.get("k1") is None and cache.get("k0") == _key(0) and cache.get("new") == _key(-1)
+    assert cache.sizes()[0] == auth.KeyLookupCache.MAX_ENTRIES
+
+
+def test_key_cache_with_ttl_zero_caches_nothing():
+    cache = auth.KeyLookupCache(0, clock=FakeClock())
+    cache.found("h", _key())
+    cache.refused("x", "unknown")
+    assert cache.get("h") is None and cache.get("x") is None
+
+
+def test_key_cache_is_safe_under_threads():
+    import threading
+    cache = auth.KeyLookupCache(30)
+    errors = []
+
+    def hammer(t):
+        try:
+            for n in range(2000):
+                cache.found(f"{t}-{n % 300}", _key(n))
+                cache.refused(f"bad-{t}-{n}", "unknown")
+                cache.get(f"{(t + 1) % 8}-{n % 300}")
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    found, refused = cache.sizes()
+    assert found == 8 * 300 and refused == auth.KeyLookupCache.MAX_ENTRIES
+
+
+def test_key_cache_ttl_setting():
+    assert Settings.from_env(BASE_ENV).api_key_cache_ttl_seconds == 30
+    assert Settings.from_env(dict(BASE_ENV, API_KEY_CACHE_TTL_SECONDS="0")).api_key_cache_ttl_seconds == 0
+    with pytest.raises(ConfigError, match="API_KEY_CACHE_TTL_SECONDS"):
+        Settings.from_env(dict(BASE_ENV, API_KEY_CACHE_TTL_SECONDS="3600"))
+
+
+def test_storage_client_skips_the_per_call_proxy_environment_scan(monkeypatch):
+    from lib import clients
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # no credentials needed; nothing is sent
+    client = clients._without_proxy_lookup(__import__("google.cloud.storage", fromlist=["Client"]).Client(project="p"))
+    assert client._http.trust_env is False
