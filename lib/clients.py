@@ -103,4 +103,12 @@ def firestore_client(settings: FirestoreSettings) -> firestore.Client:
 
 def storage_client(project: str) -> storage.Client:
     """The instance's Storage client (honours STORAGE_EMULATOR_HOST)."""
-    return _shared(("storage", project), lambda: storage.Client(project=project))
+    return _shared(("storage", project), lambda: _without_proxy_lookup(storage.Client(project=project)))
+
+
+def _without_proxy_lookup(client: storage.Client) -> storage.Client:
+    # requests looks for proxy settings by scanning the whole environment on
+    # every call (twice per initiation; make bench measured ~0.7 ms with 90
+    # variables). A Cloud Function reaches GCS directly: no HTTP(S)_PROXY.
+    client._http.trust_env = False
+    return client
