@@ -117,7 +117,7 @@ def _start(name: str, argv: list[str], url: str, ready: Callable[[], bool], env:
                              f"{service.log_tail()}")
         if ready():
             return service
-        time.sleep(0.05)  # poll interval between readiness checks, not a stand-in for one
+        time.sleep(0.02)  # poll interval between readiness checks, not a stand-in for one
     service.stop()
     raise SetupError(f"{name} was not ready after {timeout:.0f}s:\n{service.log_tail()}")
 
@@ -201,7 +201,10 @@ def create_bucket(storage_url: str, bucket: str) -> None:
 
 def function_env(firestore: Service, storage: Service, project: str, bucket: str, **overrides: str) -> dict:
     """The environment the served function gets: the deployed names, pointed at the emulators."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
+    from lib import config  # the function's own settings never leak in from this process
+
+    ours = {*config.REQUIRED, *config.OPTIONAL, "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update({
         "FIRESTORE_EMULATOR_HOST": firestore.extra["host"],
         "STORAGE_EMULATOR_HOST": storage.url,
@@ -215,18 +218,20 @@ def function_env(firestore: Service, storage: Service, project: str, bucket: str
 
 
 def start_function(env: dict, log_dir: Path, port: int | None = None, timeout: float = 30.0,
-                   name: str = "function", source_dir: Path = ROOT, bin_dir: Path | None = None) -> Service:
+                   name: str = "function", source_dir: Path = ROOT, bin_dir: Path | None = None,
+                   source_file: str = "main.py", target: str = "uploads") -> Service:
     """`functions-framework --target uploads` in `source_dir`, as deployed.
 
     `bin_dir` is the virtualenv's bin/ to take functions-framework from (this
-    interpreter's by default).
+    interpreter's by default); `source_file` and `target` serve another function
+    the same way (the benchmark's floor).
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     ff = (bin_dir or Path(sys.executable).parent) / "functions-framework"
-    argv = [str(ff), "--target", "uploads", "--source", str(source_dir / "main.py"), "--host", "127.0.0.1",
+    argv = [str(ff), "--target", target, "--source", str(source_dir / source_file), "--host", "127.0.0.1",
             "--port", str(port)]
-    # Any HTTP answer means the server is up (unknown paths answer 404 from our code).
+    # Any HTTP answer means the server is up (unknown paths answer 404).
     ready = _http_ok(url + "/__ready__", expect=lambda status: status == 404)
     return _start(name, argv, url, ready, env, log_dir, timeout, cwd=source_dir)
 
