@@ -56,14 +56,18 @@ resource "google_cloudfunctions2_function" "uploads" {
     ingress_settings                 = "ALLOW_ALL"
     all_traffic_on_latest_revision   = true
 
-    # Exactly the settings lib/config.py reads (tests/test_terraform.py holds them together).
+    # Exactly the settings lib/config.py reads (tests/test_terraform.py holds them
+    # together), plus THREADS for functions-framework: it serves with gunicorn
+    # threads = THREADS, else 4 per vCPU, which would cap the concurrency below.
     environment_variables = {
+      THREADS                   = tostring(var.concurrency)
       GOOGLE_CLOUD_PROJECT      = var.project_id
       UPLOAD_BUCKET             = google_storage_bucket.uploads.name
       CDN_BASE_URL              = local.cdn_base_url
       UPLOAD_URL_TTL_SECONDS    = tostring(var.upload_url_ttl_seconds)
       IDEMPOTENCY_TTL_SECONDS   = tostring(var.idempotency_ttl_seconds)
       IDEMPOTENCY_LEASE_SECONDS = tostring(var.idempotency_lease_seconds)
+      API_KEY_CACHE_TTL_SECONDS = tostring(var.api_key_cache_ttl_seconds)
       FIRESTORE_DATABASE        = google_firestore_database.main.name
     }
   }

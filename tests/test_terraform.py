@@ -256,7 +256,14 @@ def test_function_env_vars_are_exactly_the_settings_the_code_reads():
     assert env.read == declared
 
     terraform_env = set(function_resource()["service_config"][0]["environment_variables"])
-    assert terraform_env == declared
+    # THREADS is functions-framework's (its gunicorn thread count), matched to the concurrency.
+    assert terraform_env == declared | {"THREADS"}
+
+
+def test_framework_threads_match_the_request_concurrency():
+    service = function_resource()["service_config"][0]
+    assert service["environment_variables"]["THREADS"] == "${tostring(var.concurrency)}"
+    assert service["max_instance_request_concurrency"] == "${var.concurrency}"
 
 
 def test_no_other_code_reads_the_environment():
