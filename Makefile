@@ -5,7 +5,7 @@ VENV         ?= .venv
 CHECKOV_VENV ?= .venv-checkov
 PY           := $(VENV)/bin/python
 
-.PHONY: run test tfcheck audit clean
+.PHONY: run test tfcheck audit bench clean
 
 run: $(VENV)/.installed
 	$(PY) -m dev.run
@@ -16,6 +16,10 @@ test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 # Only the offline Terraform checks (fmt, checkov, provider schema, contracts).
 tfcheck: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest tests/test_terraform.py $(PYTEST_ARGS)
+
+# The request path beside its floor; writes the tables into BENCHMARKS.md.
+bench: $(VENV)/.installed
+	$(PY) -m bench.run
 
 # Known vulnerabilities in what the function deploys. Needs PyPI's JSON API
 # (or OSV: add --vulnerability-service osv), which these machines cannot reach.

@@ -1,0 +1,1 @@
+"""`make bench`: the request path measured beside its floor (see BENCHMARKS.md)."""

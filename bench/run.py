@@ -1,0 +1,330 @@
+"""`make bench`: the endpoint beside its floor, on the emulators, as deployed.
+
+Both are served by functions-framework (gunicorn, threads) from the same
+environment; load comes from a separate process (bench/load.py); endpoint and
+floor rounds are interleaved so drift on the machine hits both alike. Prints
+the tables and writes them into BENCHMARKS.md between its markers.
+
+BENCH_ROUNDS (3) and BENCH_SCALE (1.0) trade time for precision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+from dev import emulators
+
+ROOT = emulators.ROOT
+PROJECT, BUCKET = "framelane-bench", "framelane-bench-uploads"
+BODY = json.dumps({"content_type": "video/mp4", "filename": "clip.mp4"})
+REPLAY_KEY = "bench-replay"
+SCENARIOS = {  # name: (endpoint path, floor path, idempotency)
+    "a": ("/v1/uploads", "/a", "none"),
+    "b": ("/v1/uploads", "/b", "fresh"),
+    "c": ("/v1/uploads", "/c", REPLAY_KEY),
+}
+TITLES = {"a": "(a) no Idempotency-Key", "b": "(b) a fresh Idempotency-Key each time", "c": "(c) replays"}
+CONCURRENCY = (1, 8, 32)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5, pgrp, counting from the state
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def worker_pid(service: emulators.Service) -> int:
+    """gunicorn's worker: the process of the group that is not the master."""
+    return next(pid for pid in group_pids(service.pid) if pid != service.pid)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def load(url: str, path: str, key: str, concurrency: int, count: int, idempotency: str) -> dict:
+    spec = {"url": url, "path": path, "body": BODY, "concurrency": concurrency, "requests": count,
+            "idempotency": idempotency,
+            "headers": {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}}
+    out = subprocess.run([sys.executable, "-m", "bench.load", json.dumps(spec)], cwd=ROOT,
+                         capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(out.stdout)
+
+
+def measured(service: emulators.Service, path: str, key: str, concurrency: int, count: int, idem: str) -> dict:
+    before = group_cpu_seconds(service.pid)
+    result = load(service.url, path, key, concurrency, count, idem)
+    result["cpu_ms"] = (group_cpu_seconds(service.pid) - before) * 1000 / result["requests"]
+    good = sum(n for status, n in result["statuses"].items() if status in ("200", "201"))
+    if good != result["requests"]:
+        raise RuntimeError(f"{service.name} {path}: {result['statuses']}")
+    return result
+
+
+def median_of(rounds: list[dict], field: str) -> float:
+    return statistics.median(r[field] for r in rounds)
+
+
+def in_process_reference(env: dict, rounds: int = 300) -> dict:
+    """The same upstream calls made directly from this process: no HTTP, no framework."""
+    os.environ.update({k: env[k] for k in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
+                                          "GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET")})
+    sys.path.insert(0, str(ROOT / "bench"))
+    import floor  # the floor's own functions, called without HTTP
+
+    def p50(fn) -> float:
+        samples = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples) * 1000
+
+    class Path:  # the floor function only reads request.path
+        def __init__(self, path):
+            self.path = path
+
+    return {name: p50(lambda p=floor_path: floor.floor(Path(p))) for name, (_, floor_path, _) in SCENARIOS.items()}
+
+
+def import_times(runs: int = 7) -> dict:
+    """The import of `main` against the import of the libraries it needs.
+
+    "The libraries it needs" are exactly the modules `import main` brings in
+    that are not ours (pydantic builds its machinery lazily, so `import
+    pydantic` alone would leave that out). One fresh process imports them, then
+    `main`: the second step is our own import work. Median of `runs` processes;
+    across processes the library import alone varies by a third here.
+    """
+    probe = f"import sys; sys.path.insert(0, {str(ROOT)!r}); before = set(sys.modules); import main; " \
+            f"print(' '.join(m for m in sys.modules if m not in before and m != 'main' and not m.startswith('lib')))"
+    needed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=ROOT).stdout.split()
+    code = (f"import importlib, sys, time; sys.path.insert(0, {str(ROOT)!r}); t0 = time.perf_counter(); "
+            f"[importlib.import_module(m) for m in {needed!r}]; t1 = time.perf_counter(); import main; "
+            f"print(t1 - t0, time.perf_counter() - t1)")
+    samples = [tuple(map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                check=True, cwd=ROOT).stdout.split())) for _ in range(runs)]
+    libraries = statistics.median(s[0] for s in samples) * 1000
+    ours = statistics.median(s[1] for s in samples) * 1000
+    return {"libraries": libraries, "main": libraries + ours, "ours": ours, "modules": len(needed)}
+
+
+def cold_starts(env: dict, key: str, log_dir: Path, runs: int = 3) -> list[float]:
+    """Process start to the first 201, cache and connections cold."""
+    results = []
+    for n in range(runs):
+        started = time.perf_counter()
+        service = emulators.start_function(env, log_dir, name=f"bench-cold-{n}")
+        try:
+            while True:
+                resp = requests.post(service.url + "/v1/uploads", data=BODY, timeout=30,
+                                     headers={"Authorization": f"Bearer {key}"})
+                if resp.status_code == 201:
+                    break
+            results.append((time.perf_counter() - started) * 1000)
+        finally:
+            service.stop()
+    return results
+
+
+STEPS = (  # (label, frame prefixes): the steps of a request inside our function
+    ("GCS session initiation (`mint_session`: library and network)", ("mint_session (",)),
+    ("request log line (`logs.emit`)", ("emit (",)),
+    ("request id", ("_request_id (",)),
+    ("API key lookup (`authenticate`, cached)", ("authenticate (",)),
+    ("body reading, JSON, validation", ("read_body (", "parse_json_object (", "validate_upload_request (")),
+    ("content type, extension, object name, expiry", ("normalize_content_type (", "choose_extension (",
+                                                      "new_object_name (", "expiry (", "source_url (")),
+)
+
+
+def profile(service: emulators.Service, key: str, seconds: int = 8) -> tuple[int, list[tuple[str, float]]]:
+    """Where a request's time goes inside our function under load: py-spy samples of
+    the worker during (a) at concurrency 8, attributed inclusively to our steps."""
+    out = Path(service.log_path).with_suffix(".pyspy.txt")
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(worker_pid(service)),
+                            "-d", str(seconds), "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        load(service.url, "/v1/uploads", key, 8, 400, "none")
+    spy.wait(timeout=60)
+    if not out.exists():
+        return 0, []
+    inside, steps = 0, {label: 0 for label, _ in STEPS}
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not any(f.startswith("uploads (") and "main.py" in f for f in frames):
+            continue
+        inside += int(count)
+        for label, prefixes in STEPS:
+            if any(f.startswith(prefixes) for f in frames):
+                steps[label] += int(count)
+                break
+    if not inside:
+        return 0, []
+    rows = [(label, 100 * n / inside) for label, n in steps.items()]
+    rows.append(("everything else in `uploads()` (routing, headers, the response)",
+                 100 - sum(share for _, share in rows)))
+    return inside, rows
+
+
+def main() -> int:
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    scale = float(os.environ.get("BENCH_SCALE", "1.0"))
+    counts = {1: int(300 * scale), 8: int(1200 * scale), 32: int(1600 * scale)}
+    log_dir = emulators.new_log_dir("framelane-bench-")
+    services: list[emulators.Service] = []
+    try:
+        firestore_emulator = emulators.start_firestore(log_dir)
+        services.append(firestore_emulator)
+        storage_emulator = emulators.start_fake_gcs(log_dir)
+        services.append(storage_emulator)
+        emulators.create_bucket(storage_emulator.url, BUCKET)
+        env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET)
+        key = _make_key(env)
+
+        endpoint = emulators.start_function(env, log_dir, name="bench-endpoint")
+        floor = emulators.start_function(env, log_dir, name="bench-floor", source_file="bench/floor.py",
+                                         target="floor")
+        services += [endpoint, floor]
+        _prepare_replays(endpoint, floor, key)
+        for service, path in ((endpoint, "/v1/uploads"), (floor, "/a")):  # warm: connections, caches
+            load(service.url, path, key, 8, 300, "none")
+
+        results: dict[tuple[str, int], dict[str, list[dict]]] = {}
+        for scenario, (endpoint_path, floor_path, idem) in SCENARIOS.items():
+            for concurrency in CONCURRENCY:
+                runs = results[(scenario, concurrency)] = {"endpoint": [], "floor": []}
+                for _ in range(rounds):  # interleaved: endpoint, floor, endpoint, floor, ...
+                    runs["endpoint"].append(measured(endpoint, endpoint_path, key, concurrency, counts[concurrency], idem))
+                    runs["floor"].append(measured(floor, floor_path, key, concurrency, counts[concurrency], idem))
+                print(_row(scenario, concurrency, runs), file=sys.stderr)
+
+        rss = [rss_mib(worker_pid(endpoint))]
+        for _ in range(2):
+            measured(endpoint, "/v1/uploads", key, 8, 10_000, "none")
+            rss.append(rss_mib(worker_pid(endpoint)))
+        where = profile(endpoint, key)
+        reference = in_process_reference(env)
+        imports = import_times()
+        cold = cold_starts(env, key, log_dir)
+        report = _report(results, reference, imports, cold, rss, where, rounds, counts)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    print(report)
+    _write(report)
+    return 0
+
+
+def _make_key(env: dict) -> str:
+    os.environ["FIRESTORE_EMULATOR_HOST"] = env["FIRESTORE_EMULATOR_HOST"]
+    from lib import auth
+    from lib.clients import firestore_client
+    from lib.config import FirestoreSettings
+    return auth.create_key(firestore_client(FirestoreSettings(project=PROJECT)), "ws_bench", "bench", "live")[0]
+
+
+def _prepare_replays(endpoint: emulators.Service, floor: emulators.Service, key: str) -> None:
+    first = requests.post(endpoint.url + "/v1/uploads", data=BODY, timeout=30,
+                          headers={"Authorization": f"Bearer {key}", "Idempotency-Key": REPLAY_KEY})
+    assert first.status_code == 201, first.text
+    from google.cloud import firestore
+    firestore.Client(project=PROJECT).collection("floor").document("replay").set({"response": first.json()})
+
+
+def _row(scenario: str, concurrency: int, runs: dict) -> str:
+    e, f = runs["endpoint"], runs["floor"]
+    return (f"{scenario} c={concurrency:<2} endpoint {median_of(e, 'rps'):7.0f} req/s p50 {median_of(e, 'p50'):6.2f} ms | "
+            f"floor {median_of(f, 'rps'):7.0f} req/s p50 {median_of(f, 'p50'):6.2f} ms | "
+            f"p50 ratio {median_of(e, 'p50') / median_of(f, 'p50'):.2f}, throughput ratio "
+            f"{median_of(e, 'rps') / median_of(f, 'rps'):.2f}")
+
+
+def _report(results, reference, imports, cold, rss, where, rounds, counts) -> str:
+    cores = os.cpu_count()
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    lines = [
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, "
+        f"{cores} cores, {mem:.0f} GiB, Python {platform.python_version()}; emulators on loopback; "
+        f"{rounds} interleaved rounds per cell (median shown), {counts[1]}/{counts[8]}/{counts[32]} requests per "
+        f"round at concurrency 1/8/32.", "",
+    ]
+    for scenario in SCENARIOS:
+        lines += [f"**{TITLES[scenario]}**", "",
+                  "| concurrency | endpoint req/s | p50 ms | p95 ms | p99 ms | floor req/s | p50 ms | p95 ms | p99 ms "
+                  "| p50 ratio | throughput ratio | CPU ms/req endpoint / floor |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for concurrency in CONCURRENCY:
+            e, f = results[(scenario, concurrency)]["endpoint"], results[(scenario, concurrency)]["floor"]
+            lines.append(
+                f"| {concurrency} | {median_of(e, 'rps'):.0f} | {median_of(e, 'p50'):.2f} | {median_of(e, 'p95'):.2f} "
+                f"| {median_of(e, 'p99'):.2f} | {median_of(f, 'rps'):.0f} | {median_of(f, 'p50'):.2f} "
+                f"| {median_of(f, 'p95'):.2f} | {median_of(f, 'p99'):.2f} "
+                f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** | **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
+                f"| {median_of(e, 'cpu_ms'):.2f} / {median_of(f, 'cpu_ms'):.2f} |")
+        lines.append("")
+    lines += [
+        "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "
+        + ", ".join(f"({s}) {reference[s]:.2f} ms" for s in SCENARIOS) + ".", "",
+        f"**Import** (fresh processes, median of 7): the {imports['modules']} library modules `main` loads take "
+        f"{imports['libraries']:.0f} ms; `main` on top of them {imports['ours']:.0f} ms (our modules and "
+        f"our two pydantic models): `import main` / libraries = **{imports['main'] / imports['libraries']:.2f}**.", "",
+        "**Cold start** (process start to the first 201, key cache and connections cold): "
+        + ", ".join(f"{c:.0f} ms" for c in cold) + f"; median {statistics.median(cold):.0f} ms.", "",
+        f"**Memory** (gunicorn worker RSS): {rss[0]:.1f} MiB warm, {rss[1]:.1f} MiB after 10,000 more requests, "
+        f"{rss[2]:.1f} MiB after 20,000.", "",
+        f"**Where a request's time goes** inside our function (py-spy, {where[0]} samples of the worker during "
+        "(a) at concurrency 8; waiting counts, so the GCS call dominates):", "",
+        "| step | share |", "|---|---|",
+        *(f"| {name} | {share:.1f}% |" for name, share in where[1]), "",
+    ]
+    return "\n".join(lines)
+
+
+def _write(report: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "<!-- bench:begin -->\n<!-- bench:end -->\n"
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{report}\n{end}{tail}")
+    print(f"\nWritten to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
