@@ -26,3 +26,17 @@ resource "google_firestore_field" "idempotency_ttl" {
   # Records are only ever read by id: no single-field index on this field.
   index_config {}
 }
+
+# Idempotency records are only ever read by id, so indexing their fields is pure
+# write cost (and `response` holds long URLs). Exempt every field the code writes;
+# expires_at is exempted above, with its TTL.
+resource "google_firestore_field" "idempotency_unindexed" {
+  for_each = toset(["workspace_id", "fingerprint", "state", "claim_token", "response", "created_at", "lease_expires_at"])
+
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "idempotency_keys"
+  field      = each.value
+
+  index_config {}
+}

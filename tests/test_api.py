@@ -226,3 +226,21 @@ def test_sane_request_id_is_echoed_and_insane_one_replaced(client, auth_headers)
 def test_openapi_content_type_pattern_is_the_codes_rule(openapi_doc):
     schema = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"]["content_type"]
     assert schema["pattern"] == uploads.content_type_pattern()
+
+
+def test_a_warm_request_imports_nothing_and_builds_no_client(client, auth_headers, db):
+    """Clients are made once per instance, and nothing is imported on the request path."""
+    import sys
+    from lib import clients
+    from lib.config import get_settings
+    idem = {"Idempotency-Key": "warm-" + __import__("secrets").token_hex(8)}
+    assert post(client, headers=auth_headers).status_code == 201  # warm: every path once
+    assert post(client, headers={**auth_headers, **idem}).status_code == 201
+    settings = get_settings()
+    before_modules = set(sys.modules)
+    before_clients = (clients.firestore_client(settings.firestore), clients.storage_client(settings.firestore.project))
+    for headers in (auth_headers, {**auth_headers, **idem}, {"Authorization": "Bearer nope"}):
+        post(client, headers=headers)
+    assert set(sys.modules) - before_modules == set()
+    assert clients.firestore_client(settings.firestore) is before_clients[0]
+    assert clients.storage_client(settings.firestore.project) is before_clients[1]

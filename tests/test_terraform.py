@@ -295,6 +295,17 @@ def test_firestore_ttl_policy_is_on_the_field_the_code_writes():
     assert unquote(field["field"]) == "expires_at"
 
 
+def test_every_idempotency_field_the_code_writes_is_exempt_from_indexing(db, backends):
+    """The records are only read by id: no field of theirs should be indexed."""
+    exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "idempotency_unindexed")
+    assert unquote(exempt["collection"]) == idempotency.COLLECTION
+    fields = set(re.findall(r'"([a-z_]+)"', exempt["for_each"])) | {"expires_at"}
+    claim = idempotency.begin(db, "ws_index_check", "k-" + os.urandom(4).hex(), "f" * 64, 60, 30)
+    written = set(claim.ref.get().to_dict())
+    claim.ref.delete()
+    assert written == fields
+
+
 def archive_files() -> list[str]:
     """The files terraform's archive_file zips, from function.tf's `function_files` local.
 
