@@ -3,7 +3,8 @@ truly needs, served exactly like the endpoint. Anything the endpoint costs
 beyond this is our overhead.
 
   /a  one GCS resumable-session initiation (as POST /v1/uploads without a key)
-  /b  Firestore create, the initiation, a conditional update (a fresh key)
+  /b  Firestore create of the same idempotency record, the initiation, the same
+      conditional update (a fresh key)
   /c  one Firestore get (the least a replay needs)
 
 Same clients, same call options as lib/ (timeouts, retry budgets, the content
@@ -40,9 +41,13 @@ def floor(request):
     if request.path == "/a":
         body = {"upload_url": _initiate()}
     elif request.path == "/b":
+        # The same record as lib/idempotency.py writes: the fields are part of the work.
         now = datetime.now(timezone.utc)
-        ref = _db.collection("floor").document(secrets.token_hex(16))
-        claim = ref.create({"state": "in_progress", "expires_at": now + timedelta(days=1)},
+        ref = _db.collection("floor").document(secrets.token_hex(32))
+        claim = ref.create({"workspace_id": "ws_bench", "fingerprint": secrets.token_hex(32),
+                            "state": "in_progress", "claim_token": secrets.token_hex(16), "response": None,
+                            "created_at": now, "lease_expires_at": now + timedelta(seconds=30),
+                            "expires_at": now + timedelta(days=1)},
                            retry=_FS_RETRY, timeout=2.5)
         body = {"upload_url": _initiate()}
         ref.update({"state": "completed", "response": body},
