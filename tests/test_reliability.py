@@ -8,7 +8,6 @@ disturb the rest of the suite.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import statistics
 import threading
 import time
@@ -122,20 +121,8 @@ def fault_env(faults, **overrides) -> dict:
 
 
 def fault_db(faults) -> firestore.Client:
-    """A fresh client for our own emulator (it may have been restarted under an old one).
-
-    The client reads FIRESTORE_EMULATOR_HOST once, when constructed; the
-    session's value is restored straight after.
-    """
-    saved = os.environ.get("FIRESTORE_EMULATOR_HOST")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = faults["firestore"].extra["host"]
-    try:
-        return firestore.Client(project=PROJECT)
-    finally:
-        if saved is None:
-            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
-        else:
-            os.environ["FIRESTORE_EMULATOR_HOST"] = saved
+    """A fresh client for our own emulator (it may have been restarted under an old one)."""
+    return emulators.firestore_client_for(faults["firestore"], PROJECT)
 
 
 def new_key(faults) -> str:
