@@ -49,10 +49,9 @@ def severity_for(status: int) -> str:
     return "INFO"
 
 
-def emit(entry: dict[str, Any], stream=None) -> None:
-    """Write one log entry as a single JSON line, scrubbed of secrets."""
+def emit(entry: dict[str, Any]) -> None:
+    """Write one log entry to stdout as a single JSON line, scrubbed of secrets."""
     line = redact(json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":")))
-    out = stream or sys.stdout
     with _write_lock:  # whole lines, even with many request threads
-        out.write(line + "\n")
-        out.flush()
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
