@@ -179,3 +179,12 @@ def test_an_unknown_key_is_refused_from_the_cache_briefly(serve, db):
     assert served.post(json=VIDEO, headers=headers).status_code == 201
     line = next(line for line in served.log_lines() if line.get("request_id") == refused.headers["X-Request-Id"])
     assert line["reason"].endswith("(cached)")
+
+
+def test_paths_the_framework_answers_itself_still_get_the_envelope(served_default):
+    """functions-framework answers /robots.txt and /favicon.ico before our function runs."""
+    for path in ("/robots.txt", "/favicon.ico"):
+        resp = requests.get(served_default.url + path, headers={"X-Request-Id": "framework-404"}, timeout=10)
+        assert resp.status_code == 404
+        assert resp.json()["error"]["code"] == "not_found"
+        assert resp.headers["X-Request-Id"] == "framework-404" and resp.headers["Cache-Control"] == "no-store"
