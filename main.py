@@ -18,45 +18,51 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import auth, idempotency, logs, models, uploads as media
-from lib.clients import firestore_client, storage_client
-from lib.config import ConfigError, get_settings
-from lib.errors import ApiError, InvalidApiKey, MethodNotAllowed, NotFound
+from lib import auth, idempotency, lifecycle, logs, models, oidc, uploads as media
+from lib.clients import firestore_client, session_http, storage_client
+from lib.config import ConfigError, Settings, get_settings
+from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, UploadTooLarge
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Result = tuple[int, dict[str, Any], dict[str, str]]
 
 
-def create_upload(request: flask.Request, log: dict[str, Any]) -> Result:
-    """POST /v1/uploads: authenticate, validate, (claim,) mint, (complete,) answer."""
+def create_upload(request: flask.Request, log: dict[str, Any], _params: dict[str, str]) -> Result:
+    """POST /v1/uploads: authenticate, validate, (claim,) mint, record, (complete,) answer."""
     settings = get_settings()
     db = firestore_client(settings.firestore)
-    key = auth.authenticate(db, request.headers.get("Authorization"),
-                            auth.lookup_cache(settings.api_key_cache_ttl_seconds))
-    log.update(workspace_id=key.workspace_id, key_prefix=key.prefix)
+    key = _authenticate(request, log, db)
 
     idem_key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
     body = models.parse_json_object(models.read_body(request.stream, request.content_length))
     upload = models.validate_upload_request(body)
     content_type = media.normalize_content_type(upload.content_type)
+    if upload.size_bytes is not None and upload.size_bytes > settings.max_upload_bytes:
+        raise UploadTooLarge(settings.max_upload_bytes)
     extension = media.choose_extension(upload.filename, content_type)
     origin = media.browser_origin(request.headers.get("Origin"))
 
-    def mint() -> dict[str, Any]:
-        name = media.new_object_name(key.workspace_id, extension)
-        url = media.mint_session(
-            storage_client(settings.firestore.project), settings.upload_bucket, name, content_type, origin
-        )
+    def mint() -> tuple[models.UploadOut, str, dict[str, Any]]:
+        upload_id, name = media.new_upload(key.workspace_id, extension, key.mode)
+        url = media.mint_session(storage_client(settings.firestore.project), settings.upload_bucket, name,
+                                 content_type, origin, upload.size_bytes)
+        created, expires = media.lifetime(media.now(), settings.upload_url_ttl_seconds)
         out = models.UploadOut(
+            id=upload_id,
             upload_url=url,
             source_url=media.source_url(settings.cdn_base_url, name),
-            expires_at=media.expiry(media.now(), settings.upload_url_ttl_seconds),
+            expires_at=media.rfc3339(expires),
         )
-        return out.model_dump()
+        record = lifecycle.new_fields(key.workspace_id, key.mode, name, content_type, upload.size_bytes,
+                                      created, expires, url)
+        log["upload_id"] = upload_id
+        return out, upload_id, record
 
     if idem_key is None:
-        return 201, mint(), {}
+        out, upload_id, record = mint()
+        lifecycle.create_record(db, upload_id, record)
+        return 201, out.model_dump(), {}
 
     outcome = idempotency.begin(
         db, key.workspace_id, idem_key, idempotency.fingerprint(body),
@@ -64,23 +70,97 @@ def create_upload(request: flask.Request, log: dict[str, Any]) -> Result:
     )
     if isinstance(outcome, idempotency.Replay):
         log["idempotent_replayed"] = True
-        # Through the model, so the replay has the original's field order.
-        replay = models.UploadOut.model_validate(outcome.body).model_dump()
+        # In the model's field order (Firestore gives a map's keys back sorted).
+        replay = {name: outcome.body[name] for name in models.UploadOut.model_fields if name in outcome.body}
         return 200, replay, {"Idempotent-Replayed": "true"}
     try:
-        out = mint()
-        idempotency.complete(db, outcome, out)
+        out, upload_id, record = mint()
+        # One atomic commit: the upload is recorded if and only if the key completes.
+        idempotency.complete(db, outcome, out.model_dump(), also_create=(lifecycle.ref(db, upload_id), record))
     except BaseException:
         # Nothing this request stored may block the client's retry.
         if not idempotency.release(db, outcome):
             log["claim_left_to_lease"] = True
         raise
-    return 201, out, {}
+    return 201, out.model_dump(), {}
 
 
-ROUTES: dict[str, dict[str, Callable[[flask.Request, dict[str, Any]], Result]]] = {
-    "/v1/uploads": {"POST": create_upload},
-}
+def get_upload(request: flask.Request, log: dict[str, Any], params: dict[str, str]) -> Result:
+    """GET /v1/uploads/{id}: the upload, its status brought up to date."""
+    return _on_upload(request, log, params["upload_id"],
+                      lambda db, gcs, record: lifecycle.refresh(db, gcs, record, media.now()))
+
+
+def cancel_upload(request: flask.Request, log: dict[str, Any], params: dict[str, str]) -> Result:
+    """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
+    return _on_upload(request, log, params["upload_id"], lifecycle.cancel)
+
+
+def _on_upload(request: flask.Request, log: dict[str, Any], upload_id: str,
+               act: Callable[[Any, lifecycle.Storage, lifecycle.Record], lifecycle.Record]) -> Result:
+    """Authenticate, load the caller's upload, `act` on it, answer with it."""
+    settings = get_settings()
+    db = firestore_client(settings.firestore)
+    key = _authenticate(request, log, db)
+    record = lifecycle.load(db, key.workspace_id, key.mode, upload_id)
+    log["upload_id"] = record.id
+    record = act(db, _storage(settings), record)
+    return 200, lifecycle.view(record, settings.cdn_base_url).model_dump(), {}
+
+
+def run_sweep(request: flask.Request, log: dict[str, Any], _params: dict[str, str]) -> Result:
+    """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at."""
+    settings = get_settings()
+    oidc.verify(request.headers.get("Authorization"), settings.sweep_audience, settings.sweep_service_account,
+                oidc.cert_cache(settings.oidc_certs_url, session_http()))
+    failures: list[str] = []
+
+    def on_error(upload_id: str, exc: BaseException) -> None:
+        cause = exc.__cause__ or exc
+        failures.append(f"{upload_id}: {type(cause).__name__}")
+
+    result = lifecycle.sweep(firestore_client(settings.firestore), _storage(settings), media.now(),
+                             SWEEP_BUDGET_SECONDS, on_error=on_error)
+    log["sweep"] = result.as_dict()
+    if failures:
+        log["sweep_failures"] = failures[:20]
+    if result.failed:
+        # Done work stays done; the scheduler's retry (or the next run) takes the rest.
+        raise ServiceUnavailable(retry_after=30, details={"sweep": result.as_dict()})
+    return 200, result.as_dict(), {}
+
+
+# The sweep stops taking new pages after this, well inside the function's timeout (60 s).
+SWEEP_BUDGET_SECONDS = 40.0
+
+
+def _authenticate(request: flask.Request, log: dict[str, Any], db: Any) -> auth.ApiKey:
+    key = auth.authenticate(db, request.headers.get("Authorization"),
+                            auth.lookup_cache(get_settings().api_key_cache_ttl_seconds))
+    log.update(workspace_id=key.workspace_id, key_prefix=key.prefix)
+    return key
+
+
+def _storage(settings: Settings) -> lifecycle.Storage:
+    return lifecycle.Storage(storage_client(settings.firestore.project), settings.upload_bucket, session_http())
+
+
+Handler = Callable[[flask.Request, dict[str, Any], dict[str, str]], Result]
+# Path patterns (whole-path matches) and the methods each answers.
+ROUTES: tuple[tuple[re.Pattern[str], dict[str, Handler]], ...] = (
+    (re.compile(r"/v1/uploads"), {"POST": create_upload}),
+    (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)"), {"GET": get_upload}),
+    (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/cancel"), {"POST": cancel_upload}),
+    (re.compile(r"/internal/sweep"), {"POST": run_sweep}),
+)
+
+
+def _route(path: str) -> tuple[dict[str, Handler], dict[str, str]]:
+    for pattern, methods in ROUTES:
+        match = pattern.fullmatch(path)
+        if match:
+            return methods, match.groupdict()
+    raise NotFound()
 
 
 @functions_framework.http
@@ -89,17 +169,15 @@ def uploads(request: flask.Request) -> flask.Response:
     request_id = _request_id(request.headers.get("X-Request-Id"))
     log: dict[str, Any] = {"request_id": request_id}
     try:
-        methods = ROUTES.get(request.path)
-        if methods is None:
-            raise NotFound()
+        methods, params = _route(request.path)
         handler = methods.get(request.method)
         if handler is None:
             raise MethodNotAllowed(tuple(methods))
-        status, body, headers = handler(request, log)
+        status, body, headers = handler(request, log, params)
     except ApiError as err:
         status, body, headers = err.status, err.envelope(), err.headers
         log["error_code"] = err.code
-        if isinstance(err, InvalidApiKey):
+        if err.reason is not None:
             log["reason"] = err.reason
         elif err.__cause__ is not None:
             log["reason"] = f"{type(err.__cause__).__name__}: {err.__cause__}"[:500]

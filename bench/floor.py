@@ -2,9 +2,11 @@
 truly needs, served exactly like the endpoint. Anything the endpoint costs
 beyond this is our overhead.
 
-  /a  one GCS resumable-session initiation (as POST /v1/uploads without a key)
-  /b  Firestore create of the same idempotency record, the initiation, the same
-      conditional update (a fresh key)
+  /a  one GCS resumable-session initiation and one Firestore create of the
+      same upload record (as POST /v1/uploads without an Idempotency-Key)
+  /b  Firestore create of the same idempotency record, the initiation, then
+      one commit of the upload record's create with the same conditional
+      update (a fresh key)
   /c  one Firestore get (the least a replay needs)
 
 Same clients, same call options as lib/ (timeouts, retry budgets, the content
@@ -29,17 +31,31 @@ _FS_RETRY = gretry.Retry(initial=0.05, maximum=1.0, multiplier=2.0, timeout=4.0)
 _GCS_RETRY = DEFAULT_RETRY.with_delay(initial=0.1, maximum=1.0, multiplier=2.0).with_timeout(5.0)
 
 
-def _initiate() -> str:
-    blob = _bucket.blob(f"uploads/floor/{secrets.token_hex(16)}.mp4")
+def _initiate() -> tuple[str, dict]:
+    """A session, and the upload record lib/lifecycle.py writes for it (the fields are part of the work)."""
+    token = secrets.token_hex(16)
+    name = f"uploads/floor/{token}.mp4"
+    blob = _bucket.blob(name)
     blob.content_type = "video/mp4"
-    return blob.create_resumable_upload_session(content_type="video/mp4", if_generation_match=0,
-                                                timeout=(2.0, 4.0), retry=_GCS_RETRY)
+    url = blob.create_resumable_upload_session(content_type="video/mp4", if_generation_match=0,
+                                               timeout=(2.0, 4.0), retry=_GCS_RETRY)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    record = {"workspace_id": "ws_bench", "mode": "live", "object_name": name, "content_type": "video/mp4",
+              "size_bytes": None, "created_at": now, "expires_at": now + timedelta(hours=1), "state": "pending",
+              "session_url": url}
+    return url, record
+
+
+def _upload_ref():
+    return _db.collection("floor_uploads").document(f"upl_{secrets.token_hex(16)}")
 
 
 @functions_framework.http
 def floor(request):
     if request.path == "/a":
-        body = {"upload_url": _initiate()}
+        url, record = _initiate()
+        _upload_ref().create(record, retry=_FS_RETRY, timeout=2.5)
+        body = {"upload_url": url}
     elif request.path == "/b":
         # The same record as lib/idempotency.py writes: the fields are part of the work.
         now = datetime.now(timezone.utc)
@@ -49,9 +65,13 @@ def floor(request):
                             "created_at": now, "lease_expires_at": now + timedelta(seconds=30),
                             "expires_at": now + timedelta(days=1)},
                            retry=_FS_RETRY, timeout=2.5)
-        body = {"upload_url": _initiate()}
-        ref.update({"state": "completed", "response": body},
-                   option=_db.write_option(last_update_time=claim.update_time), retry=_FS_RETRY, timeout=2.5)
+        url, record = _initiate()
+        body = {"upload_url": url}
+        batch = _db.batch()
+        batch.create(_upload_ref(), record)
+        batch.update(ref, {"state": "completed", "response": body},
+                     option=_db.write_option(last_update_time=claim.update_time))
+        batch.commit(retry=_FS_RETRY, timeout=2.5)
     elif request.path == "/c":
         body = _replay.get(retry=_FS_RETRY, timeout=2.5).to_dict()["response"]
     else:

@@ -162,12 +162,14 @@ def cold_starts(env: dict, key: str, log_dir: Path, runs: int = 3) -> list[float
 
 STEPS = (  # (label, frame prefixes): the steps of a request inside our function
     ("GCS session initiation (`mint_session`: library and network)", ("mint_session (",)),
+    ("upload record (`lifecycle.create_record`: library and network)", ("create_record (",)),
     ("request log line (`logs.emit`)", ("emit (",)),
     ("request id", ("_request_id (",)),
     ("API key lookup (`authenticate`, cached)", ("authenticate (",)),
     ("body reading, JSON, validation", ("read_body (", "parse_json_object (", "validate_upload_request (")),
-    ("content type, extension, object name, expiry", ("normalize_content_type (", "choose_extension (",
-                                                      "new_object_name (", "expiry (", "source_url (")),
+    ("content type, extension, id and object name, times", ("normalize_content_type (", "choose_extension (",
+                                                             "new_upload (", "lifetime (", "rfc3339 (",
+                                                             "source_url (", "new_fields (")),
 )
 
 

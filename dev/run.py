@@ -84,11 +84,22 @@ Demo API key for workspace {WORKSPACE}: {key}
     -H "Idempotency-Key: $(date +%s%N)" \\
     -d '{{"content_type": "video/mp4", "filename": "clip.mp4"}}'
 
-2. PUT a file to the upload_url it returned (here: this README), then fetch it from source_url:
+2. Declare the size, PUT a file to the upload_url it returned (here: this README), fetch it from
+   source_url, and look the upload up by its id ("status": "completed", the stored size):
 
-  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d '{{"content_type": "video/mp4"}}')
-  curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upload_url"])')"
-  curl -sS "$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["source_url"])')" | head -3
+  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\"content_type\": \"video/mp4\", \"size_bytes\": $(wc -c < README.md)}}")
+  field() {{ echo "$RESP" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }}
+  curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$(field upload_url)"
+  curl -sS "$(field source_url)" | head -3
+  curl -sS {url}/v1/uploads/$(field id) -H 'Authorization: Bearer {key}'
+
+3. Cancel an upload before its bytes arrive ("status": "cancelled"; again: the same answer):
+
+  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d '{{"content_type": "image/png"}}')
+  curl -sS -X POST {url}/v1/uploads/$(field id)/cancel -H 'Authorization: Bearer {key}'
+
+(The expiry sweep, POST /internal/sweep, is shut here: it takes only Cloud Scheduler's OIDC token.
+A GET after expires_at still expires the upload.)
 
 More keys: FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin create-key --workspace ws_other
 Logs: {log_dir}   Ctrl-C stops everything.

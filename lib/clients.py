@@ -106,6 +106,20 @@ def storage_client(project: str) -> storage.Client:
     return _shared(("storage", project), lambda: _without_proxy_lookup(storage.Client(project=project)))
 
 
+def session_http() -> requests.Session:
+    """The instance's plain HTTP session for upload session URLs.
+
+    No credentials: a session URL is its own credential, and sending our
+    token along with it would only widen what a leaked request shows.
+    """
+    def make() -> requests.Session:
+        http = requests.Session()
+        http.trust_env = False
+        return http
+
+    return _shared(("session_http",), make)
+
+
 def _without_proxy_lookup(client: storage.Client) -> storage.Client:
     # requests looks for proxy settings by scanning the whole environment on
     # every call (twice per initiation; make bench measured ~0.7 ms with 90

@@ -1,7 +1,7 @@
 """Settings, read once from the environment and validated on first use.
 
-Terraform sets exactly the names read here; `tests/test_terraform_contract.py`
-(issue 3) will hold the two together. A missing or malformed variable raises
+Terraform sets exactly the names read here but LOCAL_ONLY;
+`tests/test_terraform.py` holds the two together. A missing or malformed variable raises
 `ConfigError` naming the variable, which the entrypoint turns into a 500 with
 the name in the log (never in the response body).
 """
@@ -9,6 +9,7 @@ the name in the log (never in the response body).
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Mapping
@@ -23,7 +24,20 @@ OPTIONAL = (
     "IDEMPOTENCY_LEASE_SECONDS",
     "API_KEY_CACHE_TTL_SECONDS",
     "FIRESTORE_DATABASE",
+    "MAX_UPLOAD_BYTES",
+    "SWEEP_SERVICE_ACCOUNT",
+    "SWEEP_AUDIENCE",
+    "OIDC_CERTS_URL",
 )
+# Read, but left to their defaults in a deployment: they exist so tests and
+# `make run` can verify sweep tokens against keys they serve themselves.
+LOCAL_ONLY = ("OIDC_CERTS_URL",)
+
+GIB = 1024**3
+# GCS's own ceiling for one object.
+GCS_MAX_OBJECT_BYTES = 5 * 1024**4
+GOOGLE_OIDC_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class ConfigError(RuntimeError):
@@ -57,6 +71,13 @@ class Settings:
     # How long an instance trusts a key lookup: the longest a revoked key keeps
     # working there. 0 turns the cache off.
     api_key_cache_ttl_seconds: int = 30
+    # The largest `size_bytes` a client may declare.
+    max_upload_bytes: int = 5 * GIB
+    # Who may call POST /internal/sweep: the OIDC token's `email` and `aud`.
+    # Unset, the sweep route refuses every call.
+    sweep_service_account: str | None = None
+    sweep_audience: str | None = None
+    oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -72,7 +93,22 @@ class Settings:
             idempotency_ttl_seconds=_seconds(env, "IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
             idempotency_lease_seconds=_seconds(env, "IDEMPOTENCY_LEASE_SECONDS", 30),
             api_key_cache_ttl_seconds=_seconds(env, "API_KEY_CACHE_TTL_SECONDS", 30, minimum=0, maximum=300),
+            max_upload_bytes=_integer(env, "MAX_UPLOAD_BYTES", 5 * GIB, 1, GCS_MAX_OBJECT_BYTES, "bytes"),
+            **_sweep(env),
         )
+
+
+def _sweep(env: Mapping[str, str]) -> dict:
+    account = env.get("SWEEP_SERVICE_ACCOUNT", "").strip() or None
+    audience = env.get("SWEEP_AUDIENCE", "").strip() or None
+    if (account is None) != (audience is None):
+        raise ConfigError("SWEEP_SERVICE_ACCOUNT and SWEEP_AUDIENCE must be set together")
+    if account is not None and not _EMAIL.fullmatch(account):
+        raise ConfigError(f"SWEEP_SERVICE_ACCOUNT must be a service account's email, got {account!r}")
+    certs = env.get("OIDC_CERTS_URL", "").strip() or GOOGLE_OIDC_CERTS_URL
+    if urlsplit(certs).scheme not in ("https", "http") or not urlsplit(certs).netloc:
+        raise ConfigError("OIDC_CERTS_URL must be an absolute http(s) URL")
+    return {"sweep_service_account": account, "sweep_audience": audience, "oidc_certs_url": certs}
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -83,15 +119,19 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int = 7 * 24 * 3600) -> int:
+    return _integer(env, name, default, minimum, maximum, "seconds")
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int, unit: str) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+        raise ConfigError(f"{name} must be a whole number of {unit}, got {raw!r}") from None
     if not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum} and {maximum} seconds, got {value}")
+        raise ConfigError(f"{name} must be between {minimum} and {maximum} {unit}, got {value}")
     return value
 
 

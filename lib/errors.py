@@ -14,11 +14,14 @@ class ApiError(Exception):
     code = "internal_error"
     message = "An internal error occurred. Retry later; if it persists, contact support with the X-Request-Id."
 
-    def __init__(self, message: str | None = None, details: Any = None, headers: dict[str, str] | None = None):
+    def __init__(self, message: str | None = None, details: Any = None, headers: dict[str, str] | None = None,
+                 reason: str | None = None):
         super().__init__(message or self.message)
         self.message = message or self.message
         self.details = details if details is not None else {}
         self.headers = dict(headers or {})
+        # For the log only, never the response.
+        self.reason = reason
 
     def envelope(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -40,13 +43,38 @@ class InvalidApiKey(ApiError):
 
     def __init__(self, reason: str):
         # The reason is for the log only: every failure looks the same to the client.
-        super().__init__(headers={"WWW-Authenticate": "Bearer"})
-        self.reason = reason
+        super().__init__(headers={"WWW-Authenticate": "Bearer"}, reason=reason)
+
+
+class InvalidToken(ApiError):
+    """POST /internal/sweep without a valid Google-signed OIDC token for our audience."""
+
+    status, code = 401, "invalid_token"
+    message = "Missing or invalid OIDC token. Send a Google-signed ID token as 'Authorization: Bearer <token>'."
+
+    def __init__(self, reason: str):
+        super().__init__(headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}, reason=reason)
+
+
+class Forbidden(ApiError):
+    """A valid token, but not from the identity allowed to call this route."""
+
+    status, code = 403, "forbidden"
+    message = "This identity may not call this route."
+
+    def __init__(self, reason: str):
+        super().__init__(reason=reason)
 
 
 class NotFound(ApiError):
     status, code = 404, "not_found"
     message = "No such route."
+
+
+class UploadNotFound(ApiError):
+    # Also another workspace's upload: whether an id exists elsewhere is not ours to tell.
+    status, code = 404, "upload_not_found"
+    message = "No upload with this id in your workspace."
 
 
 class MethodNotAllowed(ApiError):
@@ -73,6 +101,11 @@ class IdempotencyKeyInUse(ApiError):
         super().__init__(headers={"Retry-After": str(retry_after)})
 
 
+class UploadCompleted(ApiError):
+    status, code = 409, "upload_completed"
+    message = "The upload has completed; a completed upload cannot be cancelled."
+
+
 class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
@@ -95,9 +128,17 @@ class UnsupportedContentType(ApiError):
         )
 
 
+class UploadTooLarge(ApiError):
+    status, code = 422, "upload_too_large"
+
+    def __init__(self, limit: int):
+        super().__init__(f"size_bytes exceeds the largest upload allowed, {limit} bytes.",
+                         details={"max_size_bytes": limit})
+
+
 class ServiceUnavailable(ApiError):
     status, code = 503, "service_unavailable"
     message = "A backing service is unavailable. Retry after the delay in Retry-After."
 
-    def __init__(self, retry_after: int = 2):
-        super().__init__(headers={"Retry-After": str(retry_after)})
+    def __init__(self, retry_after: int = 2, details: Any = None, reason: str | None = None):
+        super().__init__(details=details, headers={"Retry-After": str(retry_after)}, reason=reason)

@@ -149,27 +149,31 @@ def begin(db: firestore.Client, workspace_id: str, key: str, body_fingerprint: s
     raise IdempotencyKeyInUse()
 
 
-def complete(db: firestore.Client, claim: Claim, response_body: dict) -> None:
+def complete(db: firestore.Client, claim: Claim, response_body: dict,
+             also_create: tuple[firestore.DocumentReference, dict] | None = None) -> None:
     """Store the response under the claim; only the claim's owner can.
+
+    `also_create` is a document created in the same atomic commit (the upload
+    record), so it exists if and only if the key completes.
 
     Raises:
         IdempotencyKeyInUse: the claim was taken over (our lease ran out), so
             this request's result must not be returned.
         ServiceUnavailable: Firestore is down or slow; the caller releases.
     """
+    batch = db.batch()
+    if also_create is not None:
+        batch.create(*also_create)
+    batch.update(claim.ref, {"state": COMPLETED, "response": response_body},
+                 option=db.write_option(last_update_time=claim.update_time))
     try:
         with upstream():
-            claim.update_time = claim.ref.update(
-                {"state": COMPLETED, "response": response_body},
-                option=db.write_option(last_update_time=claim.update_time),
-                retry=FIRESTORE_RETRY,
-                timeout=FIRESTORE_ATTEMPT_TIMEOUT,
-            ).update_time
+            claim.update_time = batch.commit(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)[-1].update_time
             return
-    except (gexc.FailedPrecondition, gexc.NotFound):
+    except (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists):
         pass
-    # The write may have landed with its answer lost, so a retry saw our own
-    # update as a conflict: look before concluding the claim was lost.
+    # The commit may have landed with its answer lost, so a retry saw our own
+    # writes as a conflict: look before concluding the claim was lost.
     with upstream():
         snap = claim.ref.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
     doc = snap.to_dict() if snap.exists else {}

@@ -4,7 +4,7 @@ Cloud Run turns each stdout line that is a JSON object into a LogEntry:
 `severity`, `message`, `httpRequest` and `logging.googleapis.com/trace` are
 read from it; the rest lands in jsonPayload. API keys, Authorization values
 and upload URLs never belong here; as a second line of defence every line is
-scrubbed of anything shaped like a key or a session URL's upload_id.
+scrubbed of anything shaped like a key, a session URL's upload_id or a JWT.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ _SECRETS = (
     (re.compile(r"fl_(live|test)_[A-Za-z0-9_-]{16,}"), r"fl_\1_[REDACTED]"),
     (re.compile(r"(upload_id=)[^&\s\"'\\]+"), r"\1[REDACTED]"),
     (re.compile(r"(?i)(bearer\s+)[^\s\"'\\]+"), r"\1[REDACTED]"),
+    # A JWT (the sweep's OIDC token): header and payload are base64url JSON.
+    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[REDACTED]"),
 )
 _TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/.*)?")
 _write_lock = threading.Lock()
@@ -51,7 +53,8 @@ def severity_for(status: int) -> str:
 
 def emit(entry: dict[str, Any]) -> None:
     """Write one log entry to stdout as a single JSON line, scrubbed of secrets."""
-    line = redact(json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":")))
+    # ASCII only: a request path may hold U+2028 or U+0085, which some readers take for line breaks.
+    line = redact(json.dumps(entry, ensure_ascii=True, default=str, separators=(",", ":")))
     with _write_lock:  # whole lines, even with many request threads
         sys.stdout.write(line + "\n")
         sys.stdout.flush()

@@ -1,12 +1,12 @@
-"""Request and response bodies of POST /v1/uploads (the seed's schemas), and
-the strict reading of a request body into them."""
+"""Request and response bodies of the uploads API (the seed's schemas,
+extended), and the strict reading of a request body into them."""
 
 from __future__ import annotations
 
 import json
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from lib.errors import InvalidJson, PayloadTooLarge, ValidationFailed
@@ -21,13 +21,45 @@ class UploadRequest(BaseModel):
 
     content_type: StrictStr
     filename: StrictStr | None = None
+    # Bound into the session, so GCS refuses any other length. The upper limit
+    # is a setting (MAX_UPLOAD_BYTES), checked by the caller.
+    size_bytes: StrictInt | None = Field(default=None, gt=0)
+
+    @field_validator("size_bytes", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # JSON has one number type: 2048.0 is the integer 2048 (JSON Schema
+        # agrees), so take it as such. Fractions, strings and booleans still fail.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class UploadOut(BaseModel):
+    """The 201 body of POST /v1/uploads (and of its idempotent replays)."""
+
     model_config = ConfigDict(frozen=True)
 
+    id: str
     upload_url: str
     source_url: str
+    expires_at: str
+
+
+Status = Literal["pending", "completed", "cancelled", "expired"]
+
+
+class Upload(BaseModel):
+    """An upload as GET /v1/uploads/{id} and its cancel show it: never its URL."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: Status
+    source_url: str
+    content_type: str
+    size_bytes: int | None
+    created_at: str
     expires_at: str
 
 
@@ -101,5 +133,7 @@ def validate_upload_request(body: dict[str, Any]) -> UploadRequest:
 _MESSAGES = {
     "missing": "This field is required.",
     "string_type": "Must be a string.",
+    "int_type": "Must be an integer.",
+    "greater_than": "Must be a positive integer.",
     "extra_forbidden": "Unknown field.",
 }

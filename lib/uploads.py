@@ -1,6 +1,7 @@
-"""Uploads: content types, object naming, and minting the resumable session.
+"""Uploads: content types, ids and object naming, and the GCS side of a
+session's life: minting it, cancelling it, finding the object it made.
 
-Everything but `mint_session` is pure and tested without emulators.
+Everything but the last three is pure and tested without emulators.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
+import requests
+from google.api_core import exceptions as gexc
 from google.cloud import storage
 
 from lib.clients import STORAGE_RETRY, STORAGE_TIMEOUT, upstream
@@ -104,40 +107,91 @@ def choose_extension(filename: str | None, content_type: str) -> str:
     return CONTENT_TYPES[content_type]
 
 
-def new_object_name(workspace_id: str, extension: str) -> str:
-    """`uploads/{workspace}/{128 random bits as hex}.{ext}`: unguessable, never client-chosen."""
-    return f"uploads/{workspace_id}/{secrets.token_hex(16)}.{extension}"
+# Test-mode objects live under their own prefix, which a bucket lifecycle rule
+# deletes a day after upload (terraform/storage.tf).
+PREFIXES = {"live": "uploads/", "test": "test-uploads/"}
+UPLOAD_ID = re.compile(r"upl_[0-9a-f]{32}")
+
+
+def new_upload(workspace_id: str, extension: str, mode: str) -> tuple[str, str]:
+    """A new upload's id and object name, from one 128-bit random token.
+
+    The object is `{prefix}{workspace}/{token}.{ext}` (prefix by the key's
+    mode): unguessable, never client-chosen; the id is `upl_{token}`.
+    """
+    token = secrets.token_hex(16)
+    return f"upl_{token}", f"{PREFIXES[mode]}{workspace_id}/{token}.{extension}"
 
 
 def source_url(cdn_base_url: str, object_name: str) -> str:
     return f"{cdn_base_url}/{quote(object_name, safe='/')}"
 
 
-def expiry(now: datetime, ttl_seconds: int) -> str:
+def rfc3339(at: datetime) -> str:
     """RFC 3339 UTC, whole seconds: `2026-11-28T16:50:18Z`."""
-    at = now.astimezone(timezone.utc).replace(microsecond=0) + timedelta(seconds=ttl_seconds)
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lifetime(now: datetime, ttl_seconds: int) -> tuple[datetime, datetime]:
+    """(created_at, expires_at) for an upload made at `now`, in whole UTC seconds."""
+    created = now.astimezone(timezone.utc).replace(microsecond=0)
+    return created, created + timedelta(seconds=ttl_seconds)
 
 
 def mint_session(client: storage.Client, bucket: str, object_name: str, content_type: str,
-                 origin: str | None) -> str:
+                 origin: str | None, size: int | None = None) -> str:
     """Initiate a GCS resumable upload session and return its URL (a bearer secret).
 
     The content type is set on the blob before the session is created so the
     object is stored with it whatever the PUT says; `if_generation_match=0`
     means the session can only ever create, never overwrite; `origin` makes GCS
-    answer the browser's CORS checks on the session URL.
+    answer the browser's CORS checks on the session URL; `size` (sent as
+    `X-Upload-Content-Length`) makes GCS refuse any other length.
     """
     blob = client.bucket(bucket).blob(object_name)
     blob.content_type = content_type
     with upstream():
         return blob.create_resumable_upload_session(
             content_type=content_type,
+            size=size,
             origin=origin,
             if_generation_match=0,
             timeout=STORAGE_TIMEOUT,
             retry=STORAGE_RETRY,
         )
+
+
+# What a DELETE on a session URL answers once the session takes no more bytes:
+# 499 is GCS's "cancelled"; 404/410 a session already gone. 200/201 mean the
+# upload had finished: the caller's look for the object settles that.
+_SESSION_ENDED = frozenset({499, 404, 410, 200, 201})
+
+
+def cancel_session(http: requests.Session, session_url: str) -> None:
+    """Cancel a resumable session (DELETE on its URL), so it accepts no more bytes.
+
+    Raises:
+        ServiceUnavailable: GCS is unavailable or slow (after retries).
+        RuntimeError: an answer that means neither "cancelled" nor "gone"; the
+            message holds the status only, never the URL.
+    """
+    def attempt() -> int:
+        status = http.delete(session_url, headers={"Content-Length": "0"}, timeout=STORAGE_TIMEOUT).status_code
+        if status == 429 or status >= 500:
+            raise gexc.from_http_status(status, "cancelling an upload session")
+        return status
+
+    with upstream():
+        status = STORAGE_RETRY(attempt)()
+    if status not in _SESSION_ENDED:
+        raise RuntimeError(f"cancelling an upload session: unexpected HTTP {status}")
+
+
+def stored_size(client: storage.Client, bucket: str, object_name: str) -> int | None:
+    """The size of the object if it exists (its upload completed), else None."""
+    with upstream():
+        blob = client.bucket(bucket).get_blob(object_name, timeout=STORAGE_TIMEOUT, retry=STORAGE_RETRY)
+    return None if blob is None else blob.size
 
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")

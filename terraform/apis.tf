@@ -4,6 +4,7 @@ locals {
     "cloudbuild.googleapis.com",           # builds the function from source
     "cloudfunctions.googleapis.com",       # the function
     "cloudresourcemanager.googleapis.com", # project IAM bindings
+    "cloudscheduler.googleapis.com",       # the sweep that enforces upload expiry
     "compute.googleapis.com",              # load balancers, Cloud CDN, certificates
     "firestore.googleapis.com",            # API keys and idempotency records
     "iam.googleapis.com",                  # service accounts

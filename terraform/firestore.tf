@@ -40,3 +40,37 @@ resource "google_firestore_field" "idempotency_unindexed" {
 
   index_config {}
 }
+
+# The sweep's query: state == "pending" and expires_at <= now, ordered by
+# expires_at (lib/lifecycle.py sweep). Equality on one field with a range on
+# another needs this composite index.
+resource "google_firestore_index" "uploads_sweep" {
+  project     = var.project_id
+  database    = google_firestore_database.main.name
+  collection  = "uploads"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "expires_at"
+    order      = "ASCENDING"
+  }
+}
+
+# Upload records are read by id, and queried only on state and expires_at (the
+# sweep, above). `session_url` is a long secret; no field but those two needs
+# an index.
+resource "google_firestore_field" "uploads_unindexed" {
+  for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "session_url", "settled_at"])
+
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "uploads"
+  field      = each.value
+
+  index_config {}
+}

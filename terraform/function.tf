@@ -69,6 +69,9 @@ resource "google_cloudfunctions2_function" "uploads" {
       IDEMPOTENCY_LEASE_SECONDS = tostring(var.idempotency_lease_seconds)
       API_KEY_CACHE_TTL_SECONDS = tostring(var.api_key_cache_ttl_seconds)
       FIRESTORE_DATABASE        = google_firestore_database.main.name
+      MAX_UPLOAD_BYTES          = tostring(var.max_upload_bytes)
+      SWEEP_SERVICE_ACCOUNT     = google_service_account.sweep.email
+      SWEEP_AUDIENCE            = local.sweep_audience
     }
   }
 
@@ -77,6 +80,7 @@ resource "google_cloudfunctions2_function" "uploads" {
     google_project_iam_member.build,
     google_project_iam_member.runtime_firestore,
     google_storage_bucket_iam_member.runtime_uploads,
+    google_storage_bucket_iam_member.runtime_uploads_read,
   ]
 }
 

@@ -50,3 +50,13 @@ output "firestore_database" {
   description = "The Firestore database id (FIRESTORE_DATABASE for the key CLI)."
   value       = google_firestore_database.main.name
 }
+
+output "sweep_job" {
+  description = "The Cloud Scheduler job that expires uploads (run it now: gcloud scheduler jobs run NAME --location REGION)."
+  value       = google_cloud_scheduler_job.sweep.name
+}
+
+output "sweep_service_account" {
+  description = "The identity the sweep's OIDC tokens are signed as (SWEEP_SERVICE_ACCOUNT)."
+  value       = google_service_account.sweep.email
+}

@@ -22,6 +22,17 @@ resource "google_storage_bucket" "uploads" {
     retention_duration_seconds = var.upload_soft_delete_days * 86400
   }
 
+  # Test-mode traffic never lingers: lib/uploads.py PREFIXES["test"].
+  lifecycle_rule {
+    action {
+      type = "Delete"
+    }
+    condition {
+      age            = var.test_upload_retention_days
+      matches_prefix = ["test-uploads/"]
+    }
+  }
+
   dynamic "lifecycle_rule" {
     for_each = var.upload_retention_days > 0 ? [var.upload_retention_days] : []
     content {

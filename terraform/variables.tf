@@ -92,6 +92,17 @@ variable "upload_retention_days" {
   }
 }
 
+variable "test_upload_retention_days" {
+  type        = number
+  description = "Delete test-mode uploads (fl_test_ keys; the test-uploads/ prefix) this many days after they were written."
+  default     = 1
+
+  validation {
+    condition     = var.test_upload_retention_days >= 1 && floor(var.test_upload_retention_days) == var.test_upload_retention_days
+    error_message = "test_upload_retention_days must be a whole number, 1 or more."
+  }
+}
+
 # --- Firestore --------------------------------------------------------------
 
 variable "firestore_location" {
@@ -233,6 +244,30 @@ variable "api_key_cache_ttl_seconds" {
   validation {
     condition     = var.api_key_cache_ttl_seconds >= 0 && var.api_key_cache_ttl_seconds <= 300
     error_message = "api_key_cache_ttl_seconds must be 0-300."
+  }
+}
+
+variable "max_upload_bytes" {
+  type        = number
+  description = "The largest size_bytes a client may declare (MAX_UPLOAD_BYTES). Default 5 GiB; GCS's own limit is 5 TiB."
+  default     = 5368709120
+
+  validation {
+    condition     = var.max_upload_bytes >= 1 && var.max_upload_bytes <= 5497558138880 && floor(var.max_upload_bytes) == var.max_upload_bytes
+    error_message = "max_upload_bytes must be a whole number of bytes, 1 to 5497558138880 (5 TiB)."
+  }
+}
+
+# --- Expiry sweep ---------------------------------------------------------------
+
+variable "sweep_schedule" {
+  type        = string
+  description = "Cron schedule (UTC) of the sweep that cancels the sessions of uploads pending past expires_at. The longest an expired URL keeps working is about this period."
+  default     = "*/5 * * * *"
+
+  validation {
+    condition     = length(split(" ", var.sweep_schedule)) == 5
+    error_message = "sweep_schedule must be a five-field cron expression, e.g. \"*/5 * * * *\"."
   }
 }
 

@@ -35,7 +35,17 @@ def log_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def backends(log_dir):
+def oidc_issuer():
+    """Stands in for Google's token signer: the sweep's tokens are verified against it."""
+    from tests.oidc_issuer import Issuer
+
+    issuer = Issuer()
+    yield issuer
+    issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def backends(log_dir, oidc_issuer):
     firestore = emulators.start_firestore(log_dir)
     try:
         storage = emulators.start_fake_gcs(log_dir)
@@ -44,9 +54,9 @@ def backends(log_dir):
         raise
     try:
         emulators.create_bucket(storage.url, BUCKET)
-        env = emulators.function_env(firestore, storage, PROJECT, BUCKET)
+        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, **oidc_issuer.env())
         for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
-                     "UPLOAD_BUCKET", "CDN_BASE_URL"):
+                     "UPLOAD_BUCKET", "CDN_BASE_URL", *oidc_issuer.env()):
             os.environ[name] = env[name]
         # The in-process app forgets key lookups at once, so tests that revoke a
         # key see it refused straight away; served functions keep the deployed

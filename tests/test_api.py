@@ -41,10 +41,12 @@ def test_if_key_valid_then_201_with_the_seed_shape(client, make_key, seed_doc, o
     body = resp.get_json()
     assert schema_errors(seed_doc, "#/components/schemas/UploadOut", body) == []
     assert response_schema_errors(openapi_doc, 201, body) == []
-    assert set(body) == {"upload_url", "source_url", "expires_at"}
+    # The seed's three fields, and the id this service adds (issue 6), first.
+    assert list(body) == ["id", "upload_url", "source_url", "expires_at"]
 
     match = re.fullmatch(rf"http://127\.0\.0\.1:\d+/{BUCKET}/uploads/{workspace}/([0-9a-f]{{32}})\.mp4", body["source_url"])
     assert match, body["source_url"]
+    assert body["id"] == f"upl_{match.group(1)}"
     assert "upload_id=" in body["upload_url"]
     expires = parse_rfc3339_utc(body["expires_at"])
     assert before + timedelta(seconds=3600) <= expires <= datetime.now(timezone.utc) + timedelta(seconds=3600)
@@ -200,9 +202,23 @@ def test_if_idempotency_key_invalid_then_400(client, auth_headers, value, openap
 
 # --- routing -----------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/", "/v1/uploads/", "/v1/upload", "/v2/uploads", "/v1/uploads/abc"])
+@pytest.mark.parametrize("path", ["/", "/v1/uploads/", "/v1/upload", "/v2/uploads", "/v1/uploads//cancel",
+                                  "/v1/uploads/upl_1/cancel/", "/v1/uploads/upl_1/x", "/internal", "/internal/sweep/"])
 def test_if_path_unknown_then_404(client, auth_headers, path, openapi_doc):
     assert_error(client.post(path, json=VIDEO, headers=auth_headers), 404, "not_found", openapi_doc)
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("POST", "/v1/uploads/upl_1", "GET"),
+    ("DELETE", "/v1/uploads/upl_1", "GET"),
+    ("GET", "/v1/uploads/upl_1/cancel", "POST"),
+    ("GET", "/internal/sweep", "POST"),
+])
+def test_if_method_not_served_on_a_lifecycle_route_then_405_with_allow(client, auth_headers, method, path, allowed):
+    resp = client.open(path, method=method, headers=auth_headers)
+    assert resp.status_code == 405
+    assert resp.get_json()["error"]["code"] == "method_not_allowed"
+    assert resp.headers["Allow"] == allowed
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"])

@@ -1,5 +1,6 @@
 """After everything else has run: nothing any served function wrote, and no
-Firestore document, holds an API key, an Authorization value or an upload URL.
+Firestore document, holds an API key, an Authorization value or an upload URL
+(settled upload records included: they forget their session URL).
 
 The served functions of the whole session (the shared one, the fault-injection
 ones, the hostile-input one, the one built from the deployment archive) all
@@ -35,11 +36,17 @@ def test_no_function_log_holds_a_key_an_authorization_value_or_an_upload_url(log
         assert not KEY_SHAPE.search(text), f"{name} holds something shaped like an API key"
         assert "upload_id=" not in text, f"{name} holds an upload URL"
         assert not re.search(r"(?i)bearer\s+\S", text), f"{name} holds an Authorization value"
+        assert not re.search(r"eyJ[A-Za-z0-9_-]{8,}\.", text), f"{name} holds a JWT (a sweep token)"
         # The log scrubber is a safety net: the code must never have needed it.
         assert "[REDACTED]" not in text, f"{name} tried to log a secret"
-    for line in lines:
-        entry = json.loads(line)
-        assert "severity" in entry and "message" in entry
+    for name, text in logs.items():
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.startswith("{"):
+                try:
+                    entry = json.loads(line)
+                except ValueError as exc:
+                    pytest.fail(f"{name}:{number} is not one JSON object ({exc}): {line[:300]!r}")
+                assert "severity" in entry and "message" in entry
 
 
 def test_no_firestore_document_holds_a_plaintext_key(db):
@@ -52,3 +59,16 @@ def test_no_firestore_document_holds_a_plaintext_key(db):
             for key in SESSION_KEYS:
                 assert key[12:] not in text
     assert documents >= 100
+
+
+def test_settled_uploads_have_forgotten_their_session_urls(db):
+    from lib import lifecycle
+
+    states = {}
+    for snap in db.collection(lifecycle.COLLECTION).stream():
+        doc = snap.to_dict()
+        states[doc["state"]] = states.get(doc["state"], 0) + 1
+        if doc["state"] != lifecycle.PENDING:
+            assert "session_url" not in doc, f"{snap.id} is {doc['state']} but still holds its session URL"
+    # The session saw every state, or this audit read nothing.
+    assert set(states) == {lifecycle.PENDING, lifecycle.COMPLETED, lifecycle.CANCELLED, lifecycle.EXPIRED}, states

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from dev import emulators, tfschema
-from lib import config, idempotency
+from lib import config, idempotency, lifecycle, uploads
 from tests.conftest import ROOT
 
 TF = ROOT / "terraform"
@@ -256,8 +256,10 @@ def test_function_env_vars_are_exactly_the_settings_the_code_reads():
     assert env.read == declared
 
     terraform_env = set(function_resource()["service_config"][0]["environment_variables"])
-    # THREADS is functions-framework's (its gunicorn thread count), matched to the concurrency.
-    assert terraform_env == declared | {"THREADS"}
+    # THREADS is functions-framework's (its gunicorn thread count), matched to the concurrency;
+    # LOCAL_ONLY settings keep their defaults in a deployment.
+    assert set(config.LOCAL_ONLY) <= set(config.OPTIONAL)
+    assert terraform_env == (declared - set(config.LOCAL_ONLY)) | {"THREADS"}
 
 
 def test_framework_threads_match_the_request_concurrency():
@@ -306,6 +308,77 @@ def test_every_idempotency_field_the_code_writes_is_exempt_from_indexing(db, bac
     assert written == fields
 
 
+def test_uploads_fields_but_the_sweeps_two_are_exempt_from_indexing():
+    exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "uploads_unindexed")
+    assert unquote(exempt["collection"]) == lifecycle.COLLECTION
+    fields = set(re.findall(r'"([a-z_]+)"', exempt["for_each"]))
+    assert fields == set(lifecycle.FIELDS) - {"state", "expires_at"}
+    from datetime import datetime, timezone
+    written = lifecycle.new_fields("ws", "live", "o", "video/mp4", None, datetime.now(timezone.utc),
+                                   datetime.now(timezone.utc), "u")
+    # What a new record holds, plus what settling adds.
+    assert set(written) | {"settled_at"} == set(lifecycle.FIELDS)
+
+
+def test_the_sweeps_query_has_its_composite_index():
+    index = resource(load_tf("firestore.tf"), "google_firestore_index", "uploads_sweep")
+    assert unquote(index["collection"]) == lifecycle.COLLECTION
+    assert unquote(index["query_scope"]) == "COLLECTION"
+    assert [(unquote(f["field_path"]), unquote(f["order"])) for f in index["fields"]] == [
+        ("state", "ASCENDING"), ("expires_at", "ASCENDING")]
+    source = (ROOT / "lib/lifecycle.py").read_text()
+    assert 'FieldFilter("state", "==", PENDING)' in source and 'FieldFilter("expires_at", "<="' in source
+    assert '.order_by("expires_at")' in source
+
+
+def test_the_test_prefix_has_its_lifecycle_rule():
+    bucket = resource(load_tf("storage.tf"), "google_storage_bucket", "uploads")
+    rules = [rule["condition"][0] for rule in bucket["lifecycle_rule"]]
+    prefixes = [unquote(p) for rule in rules for p in rule.get("matches_prefix", [])]
+    assert uploads.PREFIXES["test"] in prefixes
+    test_rule = next(rule for rule in rules if uploads.PREFIXES["test"] in [unquote(p) for p in rule["matches_prefix"]])
+    assert test_rule["age"] == "${var.test_upload_retention_days}"
+    variables = {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
+    assert variables["test_upload_retention_days"]["default"] == 1
+    dynamic = bucket["dynamic"][0]['"lifecycle_rule"'] if "dynamic" in bucket else None
+    assert dynamic is None or "uploads/" in json.dumps(dynamic)  # the live retention rule keeps to uploads/
+
+
+def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function_checks():
+    job = resource(load_tf("scheduler.tf"), "google_cloud_scheduler_job", "sweep")
+    target = job["http_target"][0]
+    assert unquote(target["http_method"]) == "POST"
+    assert unquote(target["uri"]).endswith("/internal/sweep")
+    assert unquote(target["uri"]).startswith("${google_cloudfunctions2_function.uploads.service_config[0].uri}")
+    import main
+    assert any(pattern.fullmatch("/internal/sweep") and "POST" in methods for pattern, methods in main.ROUTES)
+    token = target["oidc_token"][0]
+    env = function_resource()["service_config"][0]["environment_variables"]
+    assert token["service_account_email"] == env["SWEEP_SERVICE_ACCOUNT"] == "${google_service_account.sweep.email}"
+    assert token["audience"] == env["SWEEP_AUDIENCE"] == "${local.sweep_audience}"
+    # The job gives up only after the function's timeout, and the sweep stops well inside it.
+    assert unquote(job["attempt_deadline"]) == "${var.timeout_seconds}s"
+    variables = {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
+    assert main.SWEEP_BUDGET_SECONDS + 15 <= variables["timeout_seconds"]["default"]
+    assert "cloudscheduler.googleapis.com" in (TF / "apis.tf").read_text()
+
+
+def test_max_upload_bytes_default_is_the_codes_and_the_documents():
+    variables = {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
+    assert variables["max_upload_bytes"]["default"] == config.Settings.max_upload_bytes
+    import yaml
+    doc = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    size = doc["components"]["schemas"]["UploadRequest"]["properties"]["size_bytes"]["anyOf"][0]
+    assert size["maximum"] == config.Settings.max_upload_bytes and size["minimum"] == 1
+
+
+def test_runtime_account_may_read_objects_in_the_uploads_bucket():
+    binding = resource(load_tf("iam.tf"), "google_storage_bucket_iam_member", "runtime_uploads_read")
+    assert unquote(binding["role"]) == "roles/storage.objectViewer"
+    assert binding["bucket"] == "${google_storage_bucket.uploads.name}"
+    assert unquote(binding["member"]) == "serviceAccount:${google_service_account.runtime.email}"
+
+
 def archive_files() -> list[str]:
     """The files terraform's archive_file zips, from function.tf's `function_files` local.
 
@@ -346,9 +419,11 @@ def test_archive_holds_exactly_what_the_function_needs():
     assert needed and needed <= set(files)
 
 
-def test_archive_installed_with_only_requirements_serves_a_request(tmp_path, backends, make_key, log_dir):
+def test_archive_installed_with_only_requirements_serves_a_request(tmp_path, backends, make_key, log_dir,
+                                                                   oidc_issuer):
     """Build the zip as archive_file would, install requirements.txt alone into a
-    fresh virtualenv, and serve it: main imports and answers a real request."""
+    fresh virtualenv, and serve it: main imports and answers real requests on
+    every route (the sweep's token check needs google-auth's crypto)."""
     zip_path = tmp_path / "function-source.zip"
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in archive_files():
@@ -372,6 +447,12 @@ def test_archive_installed_with_only_requirements_serves_a_request(tmp_path, bac
         resp = requests.post(function.url + "/v1/uploads", json={"content_type": "video/mp4"},
                              headers={"Authorization": f"Bearer {key}"}, timeout=30)
         assert resp.status_code == 201, resp.text
-        assert set(resp.json()) == {"upload_url", "source_url", "expires_at"}
+        assert set(resp.json()) == {"id", "upload_url", "source_url", "expires_at"}
+        status = requests.get(f"{function.url}/v1/uploads/{resp.json()['id']}",
+                              headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert status.status_code == 200 and status.json()["status"] == "pending"
+        sweep = requests.post(function.url + "/internal/sweep",
+                              headers={"Authorization": f"Bearer {oidc_issuer.token()}"}, timeout=60)
+        assert sweep.status_code == 200, sweep.text
     finally:
         function.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -72,11 +72,20 @@ def test_extension_comes_from_filename_only_when_safe(filename, content_type, ex
     assert uploads.choose_extension(filename, content_type) == expected
 
 
-def test_object_name_is_workspace_scoped_and_unguessable():
-    names = {uploads.new_object_name("ws_1", "mp4") for _ in range(1000)}
-    assert len(names) == 1000
-    for name in names:
-        assert re.fullmatch(r"uploads/ws_1/[0-9a-f]{32}\.mp4", name)
+def test_object_name_is_workspace_scoped_and_unguessable_and_the_id_names_it():
+    made = [uploads.new_upload("ws_1", "mp4", "live") for _ in range(1000)]
+    assert len({name for _, name in made}) == 1000
+    for upload_id, name in made:
+        token = re.fullmatch(r"uploads/ws_1/([0-9a-f]{32})\.mp4", name).group(1)
+        assert upload_id == f"upl_{token}" and uploads.UPLOAD_ID.fullmatch(upload_id)
+
+
+def test_test_mode_objects_go_under_the_test_prefix():
+    _, name = uploads.new_upload("ws_1", "png", "test")
+    assert re.fullmatch(r"test-uploads/ws_1/[0-9a-f]{32}\.png", name)
+    # The prefixes must not nest, or one lifecycle rule would match the other's objects.
+    live, test = uploads.PREFIXES["live"], uploads.PREFIXES["test"]
+    assert not live.startswith(test) and not test.startswith(live)
 
 
 def test_source_url_joins_cdn_base_and_object_name():
@@ -84,9 +93,13 @@ def test_source_url_joins_cdn_base_and_object_name():
         "https://cdn-user.framelane.io/uploads/ws_1/ab.mp4"
 
 
-def test_expiry_is_rfc3339_utc_whole_seconds():
+def test_lifetime_is_whole_utc_seconds_and_rfc3339_prints_it():
     now = datetime(2026, 11, 28, 15, 59, 59, 987654, tzinfo=timezone.utc)
-    assert uploads.expiry(now, 3600) == "2026-11-28T16:59:59Z"
+    created, expires = uploads.lifetime(now, 3600)
+    assert uploads.rfc3339(created) == "2026-11-28T15:59:59Z"
+    assert uploads.rfc3339(expires) == "2026-11-28T16:59:59Z"
+    east = timezone(timedelta(hours=2))
+    assert uploads.rfc3339(datetime(2026, 11, 28, 17, 0, 0, tzinfo=east)) == "2026-11-28T15:00:00Z"
 
 
 @pytest.mark.parametrize("header, expected", [
@@ -218,6 +231,19 @@ def test_log_lines_are_scrubbed_of_keys_session_urls_and_bearer_values():
     scrubbed = logs.redact(text)
     assert key not in scrubbed and "SECRETID" not in scrubbed and "abc.def" not in scrubbed
     assert auth.display_prefix(key) in scrubbed
+
+
+def test_a_jwt_is_scrubbed_from_log_lines():
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL2FjY291bnRzLmdvb2dsZS5jb20ifQ.c2lnbmF0dXJl"
+    assert token not in logs.redact(f"reason {token} end") and "end" in logs.redact(f"reason {token} end")
+
+
+@pytest.mark.parametrize("path", ["/v1/uploads/\u2028x", "/v1/uploads/\x85x", "/v1/uploads/\fx", "/\u00e9"])
+def test_a_log_entry_is_one_line_whatever_the_path_holds(capsys, path):
+    logs.emit({"severity": "INFO", "message": f"GET {path} 404"})
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and out.isascii()
+    assert json.loads(out)["message"] == f"GET {path} 404"
 
 
 def test_trace_header_becomes_cloud_logging_trace_field():

@@ -1,0 +1,237 @@
+"""Upload records and their states: pending, then completed, cancelled or expired.
+
+One Firestore document per upload, `uploads/{upl_...}`. A record leaves
+`pending` exactly once, by a write conditioned on the `update_time` it was
+read at, so a cancel, a GET and a sweep racing on one upload agree on one
+outcome: whoever writes second re-reads and reports what the first decided.
+
+`completed` is what the bucket says (the object exists). Cancelling and
+expiring first cancel the GCS session, then look for the object once more:
+an upload that finished in between is `completed`, never lost and never
+reported cancelled. Once settled, the record forgets its session URL.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import requests
+from google.api_core import exceptions as gexc
+from google.cloud import firestore, storage
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from lib import uploads as media
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
+from lib.errors import UploadCompleted, UploadNotFound
+from lib.models import Upload
+
+COLLECTION = "uploads"
+PENDING, COMPLETED, CANCELLED, EXPIRED = "pending", "completed", "cancelled", "expired"
+# Fields the record holds; only `state` and `expires_at` are ever queried (the sweep).
+FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
+          "state", "session_url", "settled_at")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    data: dict[str, Any]
+    update_time: Any
+
+    @property
+    def state(self) -> str:
+        return self.data["state"]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """What settling a record needs of GCS: the client, the bucket, plain HTTP for session URLs."""
+
+    client: storage.Client
+    bucket: str
+    http: requests.Session
+
+
+def new_fields(workspace_id: str, mode: str, object_name: str, content_type: str, size_bytes: int | None,
+               created_at: datetime, expires_at: datetime, session_url: str) -> dict[str, Any]:
+    return {
+        "workspace_id": workspace_id,
+        "mode": mode,
+        "object_name": object_name,
+        "content_type": content_type,
+        "size_bytes": size_bytes,
+        "created_at": created_at,
+        "expires_at": expires_at,
+        "state": PENDING,
+        "session_url": session_url,
+    }
+
+
+def ref(db: firestore.Client, upload_id: str) -> firestore.DocumentReference:
+    return db.collection(COLLECTION).document(upload_id)
+
+
+def create_record(db: firestore.Client, upload_id: str, fields: dict[str, Any]) -> None:
+    """Record a new upload. A retry that finds its own first write is not an error."""
+    try:
+        with upstream():
+            ref(db, upload_id).create(fields, retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    except gexc.AlreadyExists:
+        # The id is 128 random bits: only our own write, its answer lost, can be there.
+        pass
+
+
+def load(db: firestore.Client, workspace_id: str, mode: str, upload_id: str) -> Record:
+    """The caller's upload.
+
+    Raises:
+        UploadNotFound: no such id, or it belongs to another workspace or mode
+            (the answer is the same: whether it exists elsewhere is not told).
+    """
+    if not media.UPLOAD_ID.fullmatch(upload_id):
+        raise UploadNotFound()
+    with upstream():
+        snap = ref(db, upload_id).get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    if not snap.exists:
+        raise UploadNotFound()
+    data = snap.to_dict()
+    if data.get("workspace_id") != workspace_id or data.get("mode") != mode:
+        raise UploadNotFound()
+    return Record(upload_id, data, snap.update_time)
+
+
+def view(record: Record, cdn_base_url: str) -> Upload:
+    data = record.data
+    return Upload(
+        id=record.id,
+        status=data["state"],
+        source_url=media.source_url(cdn_base_url, data["object_name"]),
+        content_type=data["content_type"],
+        size_bytes=data.get("size_bytes"),
+        created_at=media.rfc3339(data["created_at"]),
+        expires_at=media.rfc3339(data["expires_at"]),
+    )
+
+
+def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime) -> Record:
+    """A pending record brought up to date: completed if its object exists,
+    expired (its session cancelled) if past `expires_at`, else unchanged."""
+    if record.state != PENDING:
+        return record
+    return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None)
+
+
+def cancel(db: firestore.Client, gcs: Storage, record: Record) -> Record:
+    """Cancel a pending upload. Cancelled or expired ones are returned as they are.
+
+    Raises:
+        UploadCompleted: the upload had completed (maybe just now).
+    """
+    if record.state == PENDING:
+        record = settle(db, gcs, record, CANCELLED)
+    if record.state == COMPLETED:
+        raise UploadCompleted()
+    return record
+
+
+def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None) -> Record:
+    """Move a pending record on: `completed` if its object exists; otherwise,
+    when `end` is given, cancel its session and mark it `end`.
+
+    Returns the record as stored afterwards (another request's decision if it
+    settled the record first).
+    """
+    size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
+    if size is None and end is not None:
+        media.cancel_session(gcs.http, record.data["session_url"])
+        # The upload may have finished between the look and the cancel.
+        size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
+    if size is not None:
+        changes: dict[str, Any] = {"state": COMPLETED, "size_bytes": size}
+    elif end is not None:
+        changes = {"state": end}
+    else:
+        return record
+    changes.update(settled_at=firestore.SERVER_TIMESTAMP, session_url=firestore.DELETE_FIELD)
+    document = ref(db, record.id)
+    try:
+        with upstream():
+            document.update(changes, option=db.write_option(last_update_time=record.update_time),
+                            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    except gexc.FailedPrecondition:
+        # Settled by someone else first (or our own write, its answer lost): theirs stands.
+        pass
+    with upstream():
+        snap = document.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return Record(record.id, snap.to_dict(), snap.update_time)
+
+
+@dataclass
+class SweepResult:
+    expired: int = 0
+    completed: int = 0
+    failed: int = 0
+    more: bool = False  # stopped at the time budget with records left
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"expired": self.expired, "completed": self.completed, "failed": self.failed, "more": self.more}
+
+
+def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: float,
+          page_size: int = 200, workers: int = 8, on_error: Callable[[str, BaseException], None] | None = None,
+          ) -> SweepResult:
+    """Settle every upload still pending after its `expires_at`, oldest first.
+
+    Pages through the query with a cursor, so a record that fails (and stays
+    pending) is left for the next run rather than retried in a loop. Stops
+    taking pages once `budget_seconds` have passed.
+
+    Raises:
+        ServiceUnavailable: the query itself failed.
+    """
+    deadline = time.monotonic() + budget_seconds
+    result = SweepResult()
+    query = (db.collection(COLLECTION)
+             .where(filter=FieldFilter("state", "==", PENDING))
+             .where(filter=FieldFilter("expires_at", "<=", now))
+             .order_by("expires_at")
+             .limit(page_size))
+    cursor = None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while True:
+            if time.monotonic() >= deadline:
+                result.more = True
+                break
+            page = query.start_after(cursor) if cursor is not None else query
+            with upstream():
+                snaps = list(page.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT))
+            if not snaps:
+                break
+            records = [Record(s.id, s.to_dict(), s.update_time) for s in snaps]
+            for record, outcome in zip(records, pool.map(_settle_expired(db, gcs), records)):
+                if isinstance(outcome, BaseException):
+                    result.failed += 1
+                    if on_error is not None:
+                        on_error(record.id, outcome)
+                elif outcome == COMPLETED:
+                    result.completed += 1
+                elif outcome == EXPIRED:
+                    result.expired += 1
+            if len(snaps) < page_size:
+                break
+            cursor = snaps[-1]
+    return result
+
+
+def _settle_expired(db: firestore.Client, gcs: Storage) -> Callable[[Record], str | BaseException]:
+    def run(record: Record) -> str | BaseException:
+        try:
+            return settle(db, gcs, record, EXPIRED).state
+        except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the rest
+            return exc
+
+    return run

@@ -1,0 +1,163 @@
+"""Verifying the OIDC token Cloud Scheduler sends with each sweep call.
+
+The token is a Google-signed ID token (RS256 JWT). It is accepted only when
+its signature checks out against Google's published certificates, it is
+within its validity (30 s of clock skew), its issuer is Google, its audience
+is ours (`SWEEP_AUDIENCE`) and its signer is the scheduler's service account
+(`SWEEP_SERVICE_ACCOUNT`, verified email). Certificates are fetched from
+`OIDC_CERTS_URL` (Google's by default; tests serve their own) and cached by
+their Cache-Control max-age, refetched early at most every 30 s when a token
+names a key id not yet seen (Google rotates keys).
+
+Failure reasons go to the log as fixed phrases, never the token or a library
+message that might quote it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from typing import Any, Mapping
+
+import requests
+from google.auth import exceptions as auth_exc
+from google.auth import jwt
+
+from lib.clients import upstream
+from lib.errors import Forbidden, InvalidToken, ServiceUnavailable
+
+GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
+CLOCK_SKEW_SECONDS = 30
+_MAX_AGE = re.compile(r"max-age=(\d+)")
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+class CertCache:
+    """Google's signing certificates ({key id: PEM}), fetched and kept per instance."""
+
+    def __init__(self, url: str, http: requests.Session, default_ttl: float = 3600, max_ttl: float = 6 * 3600,
+                 min_refetch: float = 30):
+        self.url = url
+        self._http = http
+        self._default_ttl, self._max_ttl, self._min_refetch = default_ttl, max_ttl, min_refetch
+        self._certs: dict[str, str] = {}
+        self._fresh_until = 0.0
+        self._fetched_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def certs_for(self, key_id: str) -> Mapping[str, str]:
+        """The certificates, refetched if stale, or if `key_id` is unknown and
+        the last fetch is older than the minimum interval.
+
+        Raises:
+            ServiceUnavailable: the certificates could not be fetched.
+        """
+        with self._lock:
+            now = time.monotonic()
+            stale = now >= self._fresh_until
+            unknown = key_id not in self._certs and now - self._fetched_at >= self._min_refetch
+            if stale or unknown:
+                self._fetch(now)
+            return self._certs
+
+    def _fetch(self, now: float) -> None:
+        with upstream():
+            response = self._http.get(self.url, timeout=(2.0, 4.0))
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ServiceUnavailable(reason=f"OIDC certificates: HTTP {response.status_code}")
+        response.raise_for_status()
+        certs = response.json()
+        if not isinstance(certs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in certs.items()):
+            raise RuntimeError("OIDC certificates: expected a JSON object of key id -> PEM certificate")
+        match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
+        ttl = min(float(match.group(1)), self._max_ttl) if match else self._default_ttl
+        self._certs, self._fetched_at, self._fresh_until = certs, now, now + ttl
+
+
+_caches: dict[str, CertCache] = {}
+_caches_lock = threading.Lock()
+
+
+def cert_cache(url: str, http: requests.Session) -> CertCache:
+    """The instance's certificate cache for `url`."""
+    with _caches_lock:
+        cache = _caches.get(url)
+        if cache is None:
+            cache = _caches[url] = CertCache(url, http)
+        return cache
+
+
+def verify(authorization: str | None, audience: str | None, service_account: str | None,
+           certs: CertCache) -> dict[str, Any]:
+    """The token's claims, if it is Google's, for `audience`, from `service_account`.
+
+    Raises:
+        Forbidden: the route is not configured, or a valid token from another identity.
+        InvalidToken: missing, malformed, badly signed, expired, or for another audience or issuer.
+        ServiceUnavailable: Google's certificates could not be fetched.
+    """
+    if not audience or not service_account:
+        raise Forbidden("sweep not configured (SWEEP_AUDIENCE, SWEEP_SERVICE_ACCOUNT)")
+    token = _bearer(authorization)
+    try:
+        header = _header(token)
+    except ValueError:
+        raise InvalidToken("malformed token") from None
+    if header.get("alg") != "RS256":
+        raise InvalidToken("token not signed with RS256")
+    key_id = header.get("kid")
+    if not isinstance(key_id, str):
+        raise InvalidToken("token has no key id")
+    known = certs.certs_for(key_id)
+    if key_id not in known:
+        raise InvalidToken("token signed by an unknown key")
+    try:
+        claims = jwt.decode(token, certs={key_id: known[key_id]}, audience=None,
+                            clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
+    except (auth_exc.GoogleAuthError, ValueError) as exc:
+        raise InvalidToken(_decode_failure(exc)) from None
+    if claims.get("iss") not in GOOGLE_ISSUERS:
+        raise InvalidToken("token not issued by Google")
+    if claims.get("aud") != audience:
+        raise InvalidToken("token is for another audience")
+    if claims.get("email") != service_account or claims.get("email_verified") is not True:
+        raise Forbidden("token is not from the sweep's service account")
+    return claims
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise InvalidToken("missing Authorization header")
+    scheme, _, credentials = authorization.partition(" ")
+    token = credentials.strip()
+    if scheme.lower() != "bearer":
+        raise InvalidToken("Authorization scheme is not Bearer")
+    if not _JWT.fullmatch(token):
+        raise InvalidToken("credentials are not a JWT")
+    return token
+
+
+def _header(token: str) -> dict[str, Any]:
+    part = token.split(".", 1)[0]
+    try:
+        value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not base64url JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _decode_failure(exc: Exception) -> str:
+    # google-auth's messages may quote the token; keep only what kind of failure it was.
+    text = str(exc).lower()
+    if "expired" in text or "too early" in text:
+        return "token expired or not yet valid"
+    if "signature" in text:
+        return "bad token signature"
+    if "iat" in text or "exp" in text:
+        return "token lacks iat or exp"
+    return "malformed token"

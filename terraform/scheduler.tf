@@ -1,0 +1,38 @@
+locals {
+  # The audience the sweep's tokens are minted for and the function checks. It
+  # names the sweep but cannot be the function's own run.app URL: the function's
+  # settings would then depend on the function. Any string both sides agree on
+  # serves; this one is fixed by the inputs alone.
+  sweep_audience = "https://${var.region}-${var.project_id}.cloudfunctions.net/${var.function_name}/internal/sweep"
+}
+
+# Every few minutes: cancel the sessions of uploads still pending after their
+# expires_at (POST /internal/sweep, authenticated by a Google-signed OIDC token).
+resource "google_cloud_scheduler_job" "sweep" {
+  name        = "${var.name}-sweep"
+  project     = var.project_id
+  region      = var.region
+  description = "Expires uploads pending past expires_at: POST /internal/sweep on the uploads function."
+  schedule    = var.sweep_schedule
+  time_zone   = "Etc/UTC"
+  # The sweep stops taking work after about 40 s; the function's timeout bounds it.
+  attempt_deadline = "${var.timeout_seconds}s"
+
+  retry_config {
+    # A failed run is retried once; the next scheduled run picks up anything left.
+    retry_count          = 1
+    min_backoff_duration = "30s"
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/sweep"
+
+    oidc_token {
+      service_account_email = google_service_account.sweep.email
+      audience              = local.sweep_audience
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
