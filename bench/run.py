@@ -304,7 +304,7 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts) -> st
         + ", ".join(f"({s}) {reference[s]:.2f} ms" for s in SCENARIOS) + ".", "",
         f"**Import** (fresh processes, median of 7): the {imports['modules']} library modules `main` loads take "
         f"{imports['libraries']:.0f} ms; `main` on top of them {imports['ours']:.0f} ms (our modules and "
-        f"our two pydantic models): `import main` / libraries = **{imports['main'] / imports['libraries']:.2f}**.", "",
+        f"our pydantic models): `import main` / libraries = **{imports['main'] / imports['libraries']:.2f}**.", "",
         "**Cold start** (process start to the first 201, key cache and connections cold): "
         + ", ".join(f"{c:.0f} ms" for c in cold) + f"; median {statistics.median(cold):.0f} ms.", "",
         f"**Memory** (gunicorn worker RSS): {rss[0]:.1f} MiB warm, {rss[1]:.1f} MiB after 10,000 more requests, "

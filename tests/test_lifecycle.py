@@ -333,6 +333,23 @@ def test_sweep_with_storage_down_is_503_and_leaves_uploads_pending_for_the_next_
     assert record(db, out["id"])["state"] == "expired"
 
 
+def test_get_and_cancel_with_storage_down_are_bounded_503s_and_change_nothing(serve, make_key, db):
+    import time
+    from dev.emulators import free_port
+
+    key, _ = make_key()
+    out = serve().post(json=VIDEO, headers=bearer(key)).json()
+    broken = serve(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}")
+    url = f"{broken.url}/v1/uploads/{out['id']}"
+    for call in (lambda: broken.session.get(url, headers=bearer(key), timeout=60),
+                 lambda: broken.session.post(url + "/cancel", headers=bearer(key), timeout=60)):
+        started = time.monotonic()
+        resp = call()
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "service_unavailable"
+        assert resp.headers["Retry-After"] and time.monotonic() - started < 15
+    assert record(db, out["id"])["state"] == "pending" and record(db, out["id"])["session_url"]
+
+
 def test_racing_cancels_gets_and_sweeps_agree_on_one_outcome(serve, make_key, db, oidc_issuer):
     key, _ = make_key()
     served = serve()
