@@ -87,7 +87,7 @@ Demo API key for workspace {WORKSPACE}: {key}
 2. Declare the size, PUT a file to the upload_url it returned (here: this README), fetch it from
    source_url, and look the upload up by its id ("status": "completed", the stored size):
 
-  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\"content_type\": \"video/mp4\", \"size_bytes\": $(wc -c < README.md)}}")
+  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\\"content_type\\": \\"video/mp4\\", \\"size_bytes\\": $(wc -c < README.md)}}")
   field() {{ echo "$RESP" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }}
   curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$(field upload_url)"
   curl -sS "$(field source_url)" | head -3
