@@ -256,6 +256,20 @@ def test_cancel_deletes_the_session_marks_it_cancelled_and_is_idempotent(client,
     assert len(session_wire.sent) == 1  # nothing left to cancel
 
 
+def test_over_http_pending_then_cancelled_then_cancelled_again(served_default, make_key, openapi_doc):
+    key, _ = make_key()
+    out = served_default.post(json=VIDEO, headers=bearer(key)).json()
+    url = f"{served_default.url}/v1/uploads/{out['id']}"
+    assert served_default.session.get(url, headers=bearer(key), timeout=30).json()["status"] == "pending"
+    first = served_default.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+    again = served_default.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+    assert first.status_code == again.status_code == 200
+    assert first.json()["status"] == "cancelled" and again.json() == first.json()
+    assert first.headers["Cache-Control"] == "no-store" and first.headers["Content-Type"] == "application/json"
+    assert_upload_schema(openapi_doc, first.json())
+    assert served_default.session.get(url, headers=bearer(key), timeout=30).json() == first.json()
+
+
 # --- pending -> expired ---------------------------------------------------------------------------------------
 
 def test_get_after_expires_at_expires_the_upload_cancelling_its_session(client, make_key, db, session_wire):
