@@ -26,6 +26,8 @@ from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable,
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Result = tuple[int, dict[str, Any], dict[str, str]]
+# The sweep stops taking new pages after this, well inside the function's timeout (60 s).
+SWEEP_BUDGET_SECONDS = 40.0
 
 
 def create_upload(request: flask.Request, log: dict[str, Any], _params: dict[str, str]) -> Result:
@@ -128,10 +130,6 @@ def run_sweep(request: flask.Request, log: dict[str, Any], _params: dict[str, st
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
         raise ServiceUnavailable(retry_after=30, details={"sweep": result.as_dict()})
     return 200, result.as_dict(), {}
-
-
-# The sweep stops taking new pages after this, well inside the function's timeout (60 s).
-SWEEP_BUDGET_SECONDS = 40.0
 
 
 def _authenticate(request: flask.Request, log: dict[str, Any], db: Any) -> auth.ApiKey:

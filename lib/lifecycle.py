@@ -147,9 +147,12 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None) 
     """
     size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
     if size is None and end is not None:
-        media.cancel_session(gcs.http, record.data["session_url"])
+        status = media.cancel_session(gcs.http, record.data["session_url"])
         # The upload may have finished between the look and the cancel.
         size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
+        if size is None and not media.session_ended(status):
+            # Neither cancelled nor finished: leave it pending (the message holds no URL).
+            raise RuntimeError(f"cancelling an upload session: unexpected HTTP {status}")
     if size is not None:
         changes: dict[str, Any] = {"state": COMPLETED, "size_bytes": size}
     elif end is not None:

@@ -162,18 +162,20 @@ def mint_session(client: storage.Client, bucket: str, object_name: str, content_
 
 
 # What a DELETE on a session URL answers once the session takes no more bytes:
-# 499 is GCS's "cancelled"; 404/410 a session already gone. 200/201 mean the
-# upload had finished: the caller's look for the object settles that.
-_SESSION_ENDED = frozenset({499, 404, 410, 200, 201})
+# 499 is GCS's "cancelled"; 404/410 a session already gone.
+_SESSION_ENDED = frozenset({499, 404, 410})
 
 
-def cancel_session(http: requests.Session, session_url: str) -> None:
+def cancel_session(http: requests.Session, session_url: str) -> int:
     """Cancel a resumable session (DELETE on its URL), so it accepts no more bytes.
+
+    Returns the HTTP status; `session_ended(status)` says whether it means the
+    session is cancelled or gone. Anything else (a session that had just
+    finished answers with its object) is for the caller's next look at the
+    bucket to settle.
 
     Raises:
         ServiceUnavailable: GCS is unavailable or slow (after retries).
-        RuntimeError: an answer that means neither "cancelled" nor "gone"; the
-            message holds the status only, never the URL.
     """
     def attempt() -> int:
         status = http.delete(session_url, headers={"Content-Length": "0"}, timeout=STORAGE_TIMEOUT).status_code
@@ -182,9 +184,11 @@ def cancel_session(http: requests.Session, session_url: str) -> None:
         return status
 
     with upstream():
-        status = STORAGE_RETRY(attempt)()
-    if status not in _SESSION_ENDED:
-        raise RuntimeError(f"cancelling an upload session: unexpected HTTP {status}")
+        return STORAGE_RETRY(attempt)()
+
+
+def session_ended(status: int) -> bool:
+    return status in _SESSION_ENDED
 
 
 def stored_size(client: storage.Client, bucket: str, object_name: str) -> int | None:

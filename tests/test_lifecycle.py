@@ -526,3 +526,82 @@ def test_served_sweep_checks_tokens_over_http(serve, oidc_issuer):
     text = served.log_text()
     assert "eyJ" not in text
     assert '"reason":"token is for another audience"' in text
+
+
+# --- cancelling a session: what each GCS answer means -----------------------------------------------------------
+
+class ScriptedSessionServer:
+    """A loopback stand-in for a GCS session URL answering DELETEs with scripted statuses
+    (fake-gcs-server answers 499 to everything, so it cannot show the others)."""
+
+    def __init__(self, statuses: list[int]):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.statuses, self.deletes = list(statuses), 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_DELETE(self):
+                server.deletes += 1
+                self.send_response(server.statuses.pop(0) if len(server.statuses) > 1 else server.statuses[0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/upload?upload_id=x"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("statuses, ended, deletes", [
+    pytest.param([499], True, 1, id="cancelled"),
+    pytest.param([404], True, 1, id="already-gone"),
+    pytest.param([410], True, 1, id="expired-session"),
+    pytest.param([200], False, 1, id="finished"),
+    pytest.param([503, 429, 499], True, 3, id="transient-then-cancelled"),
+])
+def test_cancel_session_reads_each_gcs_answer(statuses, ended, deletes):
+    from lib import uploads
+
+    server = ScriptedSessionServer(statuses)
+    try:
+        status = uploads.cancel_session(requests.Session(), server.url)
+        assert uploads.session_ended(status) is ended and server.deletes == deletes
+    finally:
+        server.close()
+
+
+def test_cancel_session_gives_up_on_a_failing_gcs_with_a_503():
+    from lib import uploads
+    from lib.errors import ServiceUnavailable
+
+    server = ScriptedSessionServer([503])
+    try:
+        with pytest.raises(ServiceUnavailable):
+            uploads.cancel_session(requests.Session(), server.url)
+        assert server.deletes >= 2  # retried within the budget, then gave up
+    finally:
+        server.close()
+
+
+def test_a_session_neither_cancelled_nor_finished_stays_pending_and_the_sweep_says_so(client, make_key, db,
+                                                                                   oidc_issuer):
+    key, _ = make_key()
+    out = create(client, key)
+    server = ScriptedSessionServer([400])
+    ref = db.collection(lifecycle.COLLECTION).document(out["id"])
+    try:
+        ref.update({"session_url": server.url})
+        backdate(db, out["id"])
+        resp = client.post("/internal/sweep", headers=bearer(oidc_issuer.token()))
+        assert resp.status_code == 503 and resp.get_json()["error"]["details"]["sweep"]["failed"] == 1
+        assert server.deletes == 1 and record(db, out["id"])["state"] == "pending"
+    finally:
+        ref.delete()  # a record no sweep can settle would fail every later sweep of the session
+        server.close()
