@@ -167,12 +167,19 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     retry = idempotency.begin(db, workspace, idem, fp, ttl_seconds=86400, lease_seconds=30)
     assert isinstance(retry, idempotency.Claim) and retry.token != slow.token
 
+    # The slow request's upload record rides in the same commit: it is not written either.
+    slow_upload = db.collection("uploads").document(f"upl_{uuid.uuid4().hex}")
     with pytest.raises(idempotency.IdempotencyKeyInUse):
-        idempotency.complete(db, slow, {"upload_url": "slow", "source_url": "slow", "expires_at": "x"})
+        idempotency.complete(db, slow, {"upload_url": "slow", "source_url": "slow", "expires_at": "x"},
+                             also_create=(slow_upload, {"state": "pending"}))
+    assert not slow_upload.get().exists
     assert idempotency.release(db, slow) is False
     assert record(db, workspace, idem).get().to_dict()["claim_token"] == retry.token
 
     winner = {"upload_url": "retry", "source_url": "retry", "expires_at": "x"}
-    idempotency.complete(db, retry, winner)
+    winner_upload = db.collection("uploads").document(f"upl_{uuid.uuid4().hex}")
+    idempotency.complete(db, retry, winner, also_create=(winner_upload, {"state": "pending"}))
+    assert winner_upload.get().exists
+    winner_upload.delete()  # not a real upload: keep it out of the sweeps
     replay = idempotency.begin(db, workspace, idem, fp, ttl_seconds=86400, lease_seconds=30)
     assert replay == idempotency.Replay(winner)
