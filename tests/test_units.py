@@ -264,6 +264,17 @@ def test_settings_defaults_and_overrides():
     assert s.upload_url_ttl_seconds == 60 and s.firestore.database == "uploads"
 
 
+def test_lifecycle_settings_default_to_5_gib_and_a_shut_sweep():
+    s = Settings.from_env(BASE_ENV)
+    assert s.max_upload_bytes == 5 * 1024**3
+    assert s.sweep_audience is None and s.sweep_service_account is None
+    assert s.oidc_certs_url == "https://www.googleapis.com/oauth2/v1/certs"
+    s = Settings.from_env(dict(BASE_ENV, MAX_UPLOAD_BYTES="1000", SWEEP_AUDIENCE="aud",
+                               SWEEP_SERVICE_ACCOUNT="sweep@p.iam.gserviceaccount.com"))
+    assert (s.max_upload_bytes, s.sweep_audience, s.sweep_service_account) == (
+        1000, "aud", "sweep@p.iam.gserviceaccount.com")
+
+
 @pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "CDN_BASE_URL"])
 def test_if_required_setting_missing_then_error_names_it(name):
     env = {k: v for k, v in BASE_ENV.items() if k != name}
@@ -276,6 +287,13 @@ def test_if_required_setting_missing_then_error_names_it(name):
     ({"IDEMPOTENCY_TTL_SECONDS": "0"}, "IDEMPOTENCY_TTL_SECONDS"),
     ({"CDN_BASE_URL": "cdn.example.com"}, "CDN_BASE_URL"),
     ({"CDN_BASE_URL": "https://cdn.example.com/?a=1"}, "CDN_BASE_URL"),
+    ({"MAX_UPLOAD_BYTES": "0"}, "MAX_UPLOAD_BYTES"),
+    ({"MAX_UPLOAD_BYTES": str(6 * 1024**4)}, "MAX_UPLOAD_BYTES"),
+    ({"MAX_UPLOAD_BYTES": "5GB"}, "MAX_UPLOAD_BYTES"),
+    ({"SWEEP_SERVICE_ACCOUNT": "sweep@p.iam.gserviceaccount.com"}, "SWEEP_AUDIENCE"),
+    ({"SWEEP_AUDIENCE": "https://x/internal/sweep"}, "SWEEP_SERVICE_ACCOUNT"),
+    ({"SWEEP_AUDIENCE": "https://x/internal/sweep", "SWEEP_SERVICE_ACCOUNT": "not-an-email"}, "SWEEP_SERVICE_ACCOUNT"),
+    ({"OIDC_CERTS_URL": "file:///etc/passwd"}, "OIDC_CERTS_URL"),
 ])
 def test_if_setting_malformed_then_error_names_it(overrides, name):
     with pytest.raises(ConfigError, match=name):
