@@ -84,8 +84,8 @@ _lock = threading.Lock()
 _clients: dict[tuple, object] = {}
 
 
-def _shared(key: tuple, make: Callable[[], T]) -> T:
-    """The instance's one client for `key`, made on first use by one thread only."""
+def shared(key: tuple, make: Callable[[], T]) -> T:
+    """The instance's one object for `key` (a client, a cache), made on first use by one thread only."""
     client = _clients.get(key)
     if client is None:
         with _lock:
@@ -97,13 +97,13 @@ def _shared(key: tuple, make: Callable[[], T]) -> T:
 
 def firestore_client(settings: FirestoreSettings) -> firestore.Client:
     """The instance's Firestore client (honours FIRESTORE_EMULATOR_HOST)."""
-    return _shared(("firestore", settings),
+    return shared(("firestore", settings),
                    lambda: firestore.Client(project=settings.project, database=settings.database))
 
 
 def storage_client(project: str) -> storage.Client:
     """The instance's Storage client (honours STORAGE_EMULATOR_HOST)."""
-    return _shared(("storage", project), lambda: _without_proxy_lookup(storage.Client(project=project)))
+    return shared(("storage", project), lambda: _without_proxy_lookup(storage.Client(project=project)))
 
 
 def session_http() -> requests.Session:
@@ -117,7 +117,7 @@ def session_http() -> requests.Session:
         http.trust_env = False
         return http
 
-    return _shared(("session_http",), make)
+    return shared(("session_http",), make)
 
 
 def _without_proxy_lookup(client: storage.Client) -> storage.Client:

@@ -26,7 +26,7 @@ import requests
 from google.auth import exceptions as auth_exc
 from google.auth import jwt
 
-from lib.clients import upstream
+from lib.clients import shared, upstream
 from lib.errors import Forbidden, InvalidToken, ServiceUnavailable
 
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
@@ -77,17 +77,9 @@ class CertCache:
         self._certs, self._fetched_at, self._fresh_until = certs, now, now + ttl
 
 
-_caches: dict[str, CertCache] = {}
-_caches_lock = threading.Lock()
-
-
 def cert_cache(url: str, http: requests.Session) -> CertCache:
     """The instance's certificate cache for `url`."""
-    with _caches_lock:
-        cache = _caches.get(url)
-        if cache is None:
-            cache = _caches[url] = CertCache(url, http)
-        return cache
+    return shared(("oidc_certs", url), lambda: CertCache(url, http))
 
 
 def verify(authorization: str | None, audience: str | None, service_account: str | None,
