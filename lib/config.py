@@ -29,8 +29,8 @@ OPTIONAL = (
     "SWEEP_AUDIENCE",
     "OIDC_CERTS_URL",
 )
-# Read, but left to their defaults in a deployment: they exist so tests and
-# `make run` can verify sweep tokens against keys they serve themselves.
+# Read, but left to their defaults in a deployment: they exist so the tests can
+# verify sweep tokens against certificates they serve themselves.
 LOCAL_ONLY = ("OIDC_CERTS_URL",)
 
 GIB = 1024**3

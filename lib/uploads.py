@@ -1,7 +1,8 @@
 """Uploads: content types, ids and object naming, and the GCS side of a
 session's life: minting it, cancelling it, finding the object it made.
 
-Everything but the last three is pure and tested without emulators.
+Everything but `mint_session`, `cancel_session` and `stored_size` is pure and
+tested without emulators.
 """
 
 from __future__ import annotations
