@@ -31,6 +31,31 @@ resource "google_compute_backend_bucket" "uploads" {
   }
 }
 
+# Test-mode objects (test-uploads/, deleted a day after upload) through a
+# backend of their own that caches for an hour, so the edge cannot keep serving
+# them for the main backend's 30 days after the bucket has dropped them.
+resource "google_compute_backend_bucket" "uploads_test" {
+  project          = var.project_id
+  name             = "${var.name}-cdn-test"
+  description      = "Test-mode uploads (test-uploads/), cached briefly."
+  bucket_name      = google_storage_bucket.uploads.name
+  enable_cdn       = true
+  compression_mode = "DISABLED"
+
+  cdn_policy {
+    cache_mode        = "FORCE_CACHE_ALL"
+    default_ttl       = 3600
+    client_ttl        = 3600
+    serve_while_stale = 0
+    negative_caching  = true
+    negative_caching_policy {
+      code = 404
+      ttl  = 10
+    }
+    request_coalescing = true
+  }
+}
+
 # The bucket stays private. Cloud CDN fills from it as the project's
 # cloud-cdn-fill service account, which Google creates when a backend bucket
 # first gets a signed URL key. The key signs nothing: Cloud CDN still serves
@@ -58,6 +83,22 @@ resource "google_compute_url_map" "cdn" {
   project         = var.project_id
   name            = "${var.name}-cdn"
   default_service = google_compute_backend_bucket.uploads.id
+
+  host_rule {
+    hosts        = ["*"]
+    path_matcher = "media"
+  }
+
+  path_matcher {
+    name            = "media"
+    default_service = google_compute_backend_bucket.uploads.id
+
+    # lib/uploads.py PREFIXES["test"]
+    path_rule {
+      paths   = ["/test-uploads/*"]
+      service = google_compute_backend_bucket.uploads_test.id
+    }
+  }
 }
 
 resource "google_compute_managed_ssl_certificate" "cdn" {

@@ -344,6 +344,19 @@ def test_the_test_prefix_has_its_lifecycle_rule():
     assert dynamic is None or "uploads/" in json.dumps(dynamic)  # the live retention rule keeps to uploads/
 
 
+def test_test_mode_objects_are_served_through_a_briefly_caching_backend():
+    cdn = load_tf("cdn.tf")
+    url_map = resource(cdn, "google_compute_url_map", "cdn")
+    rules = url_map["path_matcher"][0]["path_rule"]
+    assert [[unquote(p) for p in rule["paths"]] for rule in rules] == [[f"/{uploads.PREFIXES['test']}*"]]
+    assert rules[0]["service"] == "${google_compute_backend_bucket.uploads_test.id}"
+    test_backend = resource(cdn, "google_compute_backend_bucket", "uploads_test")
+    assert test_backend["bucket_name"] == "${google_storage_bucket.uploads.name}"
+    policy = test_backend["cdn_policy"][0]
+    # Cached at most an hour, never served stale: gone from the edge soon after the bucket drops it.
+    assert policy["default_ttl"] <= 3600 and policy["client_ttl"] <= 3600 and policy["serve_while_stale"] == 0
+
+
 def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function_checks():
     job = resource(load_tf("scheduler.tf"), "google_cloud_scheduler_job", "sweep")
     target = job["http_target"][0]
