@@ -244,6 +244,21 @@ def test_openapi_content_type_pattern_is_the_codes_rule(openapi_doc):
     assert schema["pattern"] == uploads.content_type_pattern()
 
 
+def test_every_error_code_is_in_the_openapi_enum_and_the_readme_table(openapi_doc):
+    import inspect
+    from lib import errors
+    from tests.conftest import ROOT
+
+    codes = {cls.code for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.ApiError)}
+    enum = openapi_doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+    table = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE)
+    statuses = {cls.code: cls.status for _, cls in inspect.getmembers(errors, inspect.isclass)
+                if issubclass(cls, errors.ApiError)}
+    assert set(enum) == codes and len(enum) == len(codes)
+    assert {code for _, code in table} == codes
+    assert all(statuses[code] == int(status) for status, code in table)
+
+
 def test_a_warm_request_imports_nothing_and_builds_no_client(client, auth_headers, db):
     """Clients are made once per instance, and nothing is imported on the request path."""
     import sys
