@@ -159,18 +159,22 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None) 
         changes = {"state": end}
     else:
         return record
-    changes.update(settled_at=firestore.SERVER_TIMESTAMP, session_url=firestore.DELETE_FIELD)
     document = ref(db, record.id)
     try:
         with upstream():
-            document.update(changes, option=db.write_option(last_update_time=record.update_time),
-                            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+            result = document.update(
+                {**changes, "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD},
+                option=db.write_option(last_update_time=record.update_time),
+                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
     except gexc.FailedPrecondition:
         # Settled by someone else first (or our own write, its answer lost): theirs stands.
-        pass
-    with upstream():
-        snap = document.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
-    return Record(record.id, snap.to_dict(), snap.update_time)
+        with upstream():
+            snap = document.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+        return Record(record.id, snap.to_dict(), snap.update_time)
+    # Ours landed: the stored record is the one we read plus our changes (no second read).
+    data = {k: v for k, v in record.data.items() if k != "session_url"}
+    data.update(changes, settled_at=result.update_time)
+    return Record(record.id, data, result.update_time)
 
 
 @dataclass
