@@ -38,6 +38,11 @@ def unquote(value: str) -> str:
     return value[1:-1] if isinstance(value, str) and value[:1] == value[-1:] == '"' else value
 
 
+def tf_variables() -> dict:
+    """variables.tf as {name: body}."""
+    return {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
+
+
 def resource(tf: dict, type_name: str, name: str, kind: str = "resource") -> dict:
     for entry in tf.get(kind, []):
         for type_label, named in entry.items():
@@ -338,7 +343,7 @@ def test_the_test_prefix_has_its_lifecycle_rule():
     assert uploads.PREFIXES["test"] in prefixes
     test_rule = next(rule for rule in rules if uploads.PREFIXES["test"] in [unquote(p) for p in rule["matches_prefix"]])
     assert test_rule["age"] == "${var.test_upload_retention_days}"
-    variables = {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
+    variables = tf_variables()
     assert variables["test_upload_retention_days"]["default"] == 1
     dynamic = bucket["dynamic"][0]['"lifecycle_rule"'] if "dynamic" in bucket else None
     assert dynamic is None or "uploads/" in json.dumps(dynamic)  # the live retention rule keeps to uploads/
@@ -371,13 +376,13 @@ def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function
     assert token["audience"] == env["SWEEP_AUDIENCE"] == "${local.sweep_audience}"
     # The job gives up only after the function's timeout, and the sweep stops well inside it.
     assert unquote(job["attempt_deadline"]) == "${min(var.timeout_seconds, 1800)}s"
-    variables = {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
+    variables = tf_variables()
     assert main.SWEEP_BUDGET_SECONDS + 15 <= variables["timeout_seconds"]["default"]
     assert "cloudscheduler.googleapis.com" in (TF / "apis.tf").read_text()
 
 
 def test_max_upload_bytes_default_is_the_codes_and_the_documents():
-    variables = {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
+    variables = tf_variables()
     assert variables["max_upload_bytes"]["default"] == config.Settings.max_upload_bytes
     import yaml
     doc = yaml.safe_load((ROOT / "openapi.yaml").read_text())
