@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from lib import auth, idempotency, lifecycle, logs, models, oidc, uploads as media
 from lib.clients import firestore_client, session_http, storage_client
 from lib.config import ConfigError, Settings, get_settings
-from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, UploadTooLarge
+from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded, UploadTooLarge
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -66,9 +66,12 @@ def create_upload(request: flask.Request, log: dict[str, Any], _params: dict[str
         lifecycle.create_record(db, upload_id, record)
         return 201, out.model_dump(), {}
 
+    # What the request means, so equivalent bodies (2048 and 2048.0, a null and an absent filename) replay.
+    meaning = {"content_type": content_type, "filename": upload.filename, "size_bytes": upload.size_bytes}
     outcome = idempotency.begin(
-        db, key.workspace_id, idem_key, idempotency.fingerprint(body),
+        db, key.workspace_id, key.mode, idem_key, idempotency.fingerprint(meaning),
         settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds,
+        also_matches=idempotency.legacy_fingerprint(body),
     )
     if isinstance(outcome, idempotency.Replay):
         log["idempotent_replayed"] = True
@@ -89,8 +92,11 @@ def create_upload(request: flask.Request, log: dict[str, Any], _params: dict[str
 
 def get_upload(request: flask.Request, log: dict[str, Any], params: dict[str, str]) -> Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
+    def unsettled(exc: SessionNotEnded) -> None:
+        log["unsettled"] = exc.reason
+
     return _on_upload(request, log, params["upload_id"],
-                      lambda db, gcs, record: lifecycle.refresh(db, gcs, record, media.now()))
+                      lambda db, gcs, record: lifecycle.refresh(db, gcs, record, media.now(), unsettled))
 
 
 def cancel_upload(request: flask.Request, log: dict[str, Any], params: dict[str, str]) -> Result:

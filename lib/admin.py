@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--workspace", required=True, type=_workspace)
     listing.add_argument("--json", action="store_true", help="print a JSON array")
 
-    revoke = commands.add_parser("revoke-key", help="revoke a key; it stops working at once")
+    revoke = commands.add_parser(
+        "revoke-key", help="revoke a key; instances stop trusting it within API_KEY_CACHE_TTL_SECONDS (30 s)")
     revoke.add_argument("key_id", metavar="KEY_ID", help="the id from create-key or list-keys (or the key itself)")
     return parser
 
@@ -124,7 +125,8 @@ def _revoke(db, args) -> int:
         except gexc.FailedPrecondition:
             print("error: the key changed while revoking it; run the command again", file=sys.stderr)
             return 1
-    print(f"Revoked key {key_id} ({snap.get('prefix')}) at {_iso(revoked_at)}.")
+    print(f"Revoked key {key_id} ({snap.get('prefix')}) at {_iso(revoked_at)}; "
+          "instances that looked it up recently accept it for up to API_KEY_CACHE_TTL_SECONDS (30 s) more.")
     return 0
 
 

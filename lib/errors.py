@@ -142,3 +142,11 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, retry_after: int = 2, details: Any = None, reason: str | None = None):
         super().__init__(details=details, headers={"Retry-After": str(retry_after)}, reason=reason)
+
+
+class SessionNotEnded(ServiceUnavailable):
+    """Cancelling an upload session got an answer that is neither "cancelled"
+    nor "finished": the upload stays pending until a later try settles it."""
+
+    def __init__(self, status: int):
+        super().__init__(retry_after=30, reason=f"cancelling an upload session: unexpected HTTP {status}")

@@ -1,7 +1,8 @@
 """Idempotency-Key records: claim, replay, complete, release.
 
-A small state machine over one Firestore document per (workspace, key), id =
-SHA-256 of both. The common case is a new key, so a request first *creates*
+A small state machine over one Firestore document per (workspace, mode, key),
+id = SHA-256 of the three: a test key and a live key of one workspace never
+share a record, as they never share an upload. The common case is a new key, so a request first *creates*
 its claim (`create()` is a conditional write: exactly one racer wins); on
 "already exists" it reads the record and branches on its state:
 
@@ -55,15 +56,40 @@ def parse_key(header: str | None) -> str | None:
     return header
 
 
-def fingerprint(body: Any) -> str:
-    """SHA-256 of the body as canonical JSON: key order and whitespace don't matter."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+def fingerprint(request: dict[str, Any]) -> str:
+    """SHA-256 of the *validated, normalised* request as canonical JSON.
+
+    Pass what the request means, not its bytes: `size_bytes` 2048 and 2048.0,
+    a null and an absent `filename`, `video/MP4` and `video/mp4` are one
+    request, so they replay rather than conflict.
+    """
+    return "v2:" + hashlib.sha256(_canonical(request)).hexdigest()
 
 
-def record_id(workspace_id: str, key: str) -> str:
-    # The NUL cannot occur in either part, so (ws, key) pairs cannot collide.
-    return hashlib.sha256(f"{workspace_id}\x00{key}".encode("utf-8")).hexdigest()
+def legacy_fingerprint(body: dict[str, Any]) -> str:
+    """The fingerprint records written before "v2" carry (SHA-256 of the raw body).
+
+    Accepted too, so a retry across the deploy that introduced v2 still
+    replays. Delete once IDEMPOTENCY_TTL_SECONDS (at most 7 days) has passed
+    since that deploy.
+    """
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def _canonical(value: Any) -> bytes:
+    # Key order and whitespace don't matter. (Bodies hold no lone surrogates:
+    # models.parse_json_object refuses them, so UTF-8 always encodes.)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def record_id(workspace_id: str, mode: str, key: str) -> str:
+    """The record's document id. The NUL cannot occur in any part, so ids cannot collide.
+
+    Live records keep the id they had before modes were part of it, so a live
+    client's retry across that deploy still finds its record.
+    """
+    parts = (workspace_id, key) if mode == "live" else (workspace_id, key, mode)
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -80,21 +106,25 @@ class Replay:
     body: dict
 
 
-def begin(db: firestore.Client, workspace_id: str, key: str, body_fingerprint: str,
-          ttl_seconds: int, lease_seconds: int) -> Claim | Replay:
+def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fingerprint: str,
+          ttl_seconds: int, lease_seconds: int, also_matches: str | None = None) -> Claim | Replay:
     """Claim the key for this request, or return the stored response to replay.
+
+    `also_matches` is another fingerprint a stored record may carry for the
+    same request (`legacy_fingerprint`).
 
     Raises:
         IdempotencyKeyReused: the key was used with another body.
         IdempotencyKeyInUse: another request holds the key right now.
         ServiceUnavailable: Firestore is down or slow.
     """
-    ref = db.collection(COLLECTION).document(record_id(workspace_id, key))
+    ref = db.collection(COLLECTION).document(record_id(workspace_id, mode, key))
     token = secrets.token_hex(16)
 
     def claim_fields(now: datetime) -> dict:
         return {
             "workspace_id": workspace_id,
+            "mode": mode,
             "fingerprint": body_fingerprint,
             "state": IN_PROGRESS,
             "claim_token": token,
@@ -126,7 +156,7 @@ def begin(db: firestore.Client, workspace_id: str, key: str, body_fingerprint: s
             return Claim(ref, token, snap.update_time)
         expired = doc["expires_at"] <= now
         if not expired:
-            if doc["fingerprint"] != body_fingerprint:
+            if doc["fingerprint"] not in (body_fingerprint, also_matches):
                 raise IdempotencyKeyReused()
             if doc["state"] == COMPLETED:
                 return Replay(doc["response"])

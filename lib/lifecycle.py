@@ -26,7 +26,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from lib import uploads as media
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
-from lib.errors import UploadCompleted, UploadNotFound
+from lib.errors import SessionNotEnded, UploadCompleted, UploadNotFound
 from lib.models import Upload
 
 COLLECTION = "uploads"
@@ -117,12 +117,23 @@ def view(record: Record, cdn_base_url: str) -> Upload:
     )
 
 
-def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime) -> Record:
+def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
+            on_unsettled: Callable[[SessionNotEnded], None] | None = None) -> Record:
     """A pending record brought up to date: completed if its object exists,
-    expired (its session cancelled) if past `expires_at`, else unchanged."""
+    expired (its session cancelled) if past `expires_at`, else unchanged.
+
+    If its session cannot be cancelled (an unexpected answer), the record is
+    returned as stored, still pending, and `on_unsettled` is told: a GET
+    answers what is known; the sweep settles it later.
+    """
     if record.state != PENDING:
         return record
-    return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None)
+    try:
+        return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None)
+    except SessionNotEnded as exc:
+        if on_unsettled is not None:
+            on_unsettled(exc)
+        return record
 
 
 def cancel(db: firestore.Client, gcs: Storage, record: Record) -> Record:
@@ -151,8 +162,8 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None) 
         # The upload may have finished between the look and the cancel.
         size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
         if size is None and not media.session_ended(status):
-            # Neither cancelled nor finished: leave it pending (the message holds no URL).
-            raise RuntimeError(f"cancelling an upload session: unexpected HTTP {status}")
+            # Neither cancelled nor finished: leave it pending for a later try.
+            raise SessionNotEnded(status)
     if size is not None:
         changes: dict[str, Any] = {"state": COMPLETED, "size_bytes": size}
     elif end is not None:

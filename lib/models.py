@@ -89,15 +89,50 @@ def _reject_constant(name: str) -> None:
     raise InvalidJson(f"The request body is not valid JSON ({name} is not a JSON value).")
 
 
+# More digits than any value we take can have (5 TiB has 13). Python refuses to
+# convert integer strings over 4,300 digits (a ValueError json.loads lets out).
+_INT_DIGITS = 32
+
+
+def _parse_int(text: str) -> int:
+    """An integer literal; past `_INT_DIGITS` digits, one of the same sign and
+    number of digits, so limits still refuse it, without the costly (and above
+    4,300 digits refused) conversion of every digit."""
+    digits = text.lstrip("-")
+    if len(digits) <= _INT_DIGITS:
+        return int(text)
+    magnitude = 10 ** (len(digits) - 1)
+    return -magnitude if text.startswith("-") else magnitude
+
+
+def _reject_lone_surrogates(value: Any) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"); that is no character,
+    and nothing downstream (UTF-8, Firestore) can store it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= ch <= "\udfff" for ch in item):
+                raise InvalidJson("The request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                                  "which is not a Unicode character.")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode strict JSON (UTF-8, no duplicate keys, no NaN) that must be an object.
+    """Decode strict JSON (UTF-8, no duplicate keys, no NaN, no lone surrogates)
+    that must be an object.
 
     Raises:
         InvalidJson: anything else, including nesting too deep to parse.
     """
     try:
         text = raw.decode("utf-8")
-        body = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        body = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+                          parse_int=_parse_int)
     except InvalidJson:
         raise
     except UnicodeDecodeError:
@@ -108,6 +143,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidJson("The request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidJson("The request body must be a JSON object.")
+    _reject_lone_surrogates(body)
     return body
 
 

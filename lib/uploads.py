@@ -19,29 +19,34 @@ from google.cloud import storage
 from lib.clients import STORAGE_RETRY, STORAGE_TIMEOUT, upstream
 from lib.errors import UnsupportedContentType, ValidationFailed
 
-# What the renderer takes, each with the extension its objects get when the
-# filename offers none. Subtitles and fonts are here because caption and text
-# elements reference them by source_url like any other media.
-CONTENT_TYPES: dict[str, str] = {
-    "video/mp4": "mp4",
-    "video/quicktime": "mov",
-    "video/webm": "webm",
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/webp": "webp",
-    "image/gif": "gif",
-    "audio/mpeg": "mp3",
-    "audio/wav": "wav",
-    "audio/aac": "aac",
-    "audio/mp4": "m4a",
-    "audio/ogg": "ogg",
-    "text/vtt": "vtt",
-    "application/x-subrip": "srt",
-    "font/ttf": "ttf",
-    "font/otf": "otf",
-    "font/woff": "woff",
-    "font/woff2": "woff2",
+# What the renderer takes, each with the extensions its objects may get: the
+# first is used when the filename offers none of the others. An extension is
+# what the CDN's visitors (and their tools) go by, so it is never the client's
+# free choice: `clip.html` uploaded as video/mp4 is stored as `.mp4`.
+# Subtitles and fonts are here because caption and text elements reference
+# them by source_url like any other media.
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "video/mp4": ("mp4", "m4v"),
+    "video/quicktime": ("mov", "qt"),
+    "video/webm": ("webm",),
+    "image/png": ("png",),
+    "image/jpeg": ("jpg", "jpeg", "jpe", "jfif"),
+    "image/webp": ("webp",),
+    "image/gif": ("gif",),
+    "audio/mpeg": ("mp3", "mpga"),
+    "audio/wav": ("wav", "wave"),
+    "audio/aac": ("aac",),
+    "audio/mp4": ("m4a", "mp4"),
+    "audio/ogg": ("ogg", "oga", "opus"),
+    "text/vtt": ("vtt",),
+    "application/x-subrip": ("srt",),
+    "font/ttf": ("ttf",),
+    "font/otf": ("otf",),
+    "font/woff": ("woff",),
+    "font/woff2": ("woff2",),
 }
+# Each type's own extension.
+CONTENT_TYPES: dict[str, str] = {name: extensions[0] for name, extensions in EXTENSIONS.items()}
 
 # Names browsers and tools commonly report for the same formats (a File's
 # `type` for a .wav is audio/x-wav in some browsers); they are stored under the
@@ -58,7 +63,6 @@ ALIASES: dict[str, str] = {
 
 SUPPORTED = sorted(CONTENT_TYPES)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 
 
 def normalize_content_type(value: str) -> str:
@@ -100,11 +104,13 @@ def content_type_pattern() -> str:
 
 
 def choose_extension(filename: str | None, content_type: str) -> str:
-    """The filename's last suffix if it is 1-10 of [a-z0-9] once lower-cased, else the type's own."""
+    """The filename's last suffix, ASCII-lower-cased, if it is one of the content
+    type's usual extensions (`EXTENSIONS`); otherwise the type's own."""
     if filename and "." in filename:
-        suffix = filename.rsplit(".", 1)[1].lower()
-        if _EXTENSION.fullmatch(suffix):
-            return suffix
+        suffix = filename.rsplit(".", 1)[1]
+        # ASCII only: str.lower() maps the Kelvin sign (U+212A) to "k".
+        if suffix.isascii() and suffix.lower() in EXTENSIONS[content_type]:
+            return suffix.lower()
     return CONTENT_TYPES[content_type]
 
 

@@ -31,7 +31,7 @@ resource "google_firestore_field" "idempotency_ttl" {
 # write cost (and `response` holds long URLs). Exempt every field the code writes;
 # expires_at is exempted above, with its TTL.
 resource "google_firestore_field" "idempotency_unindexed" {
-  for_each = toset(["workspace_id", "fingerprint", "state", "claim_token", "response", "created_at", "lease_expires_at"])
+  for_each = toset(["workspace_id", "mode", "fingerprint", "state", "claim_token", "response", "created_at", "lease_expires_at"])
 
   project    = var.project_id
   database   = google_firestore_database.main.name

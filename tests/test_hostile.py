@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from dev import emulators
+from lib import idempotency
 from tests.conftest import BUCKET, ROOT
 from tests.helpers import RecordingProxy
 
@@ -79,8 +80,11 @@ def assert_envelope(resp, status: int, code: str) -> None:
 @pytest.mark.parametrize("filename, extension", [
     pytest.param("../../etc/passwd", "mp4", id="traversal"),
     pytest.param("..\\..\\windows\\system32\\x.mp4", "mp4", id="traversal-backslash"),
-    pytest.param("/abs/path/x.MOV", "mov", id="absolute"),
-    pytest.param("x.mp4\x00.sh", "sh", id="nul"),
+    pytest.param("/abs/path/x.M4V", "m4v", id="absolute"),
+    pytest.param("x.mp4\x00.sh", "mp4", id="nul"),
+    pytest.param("x.html", "mp4", id="html"),
+    pytest.param("x.svg", "mp4", id="svg"),
+    pytest.param("x.\u212a", "mp4", id="kelvin-sign"),
     pytest.param("x\r\nX-Evil: injected\r\n.mp4", "mp4", id="crlf"),
     pytest.param("é" * 5000 + ".mp4", "mp4", id="long-unicode"),
     pytest.param("😀" * 4000, "mp4", id="long-emoji-no-suffix"),
@@ -173,6 +177,38 @@ def test_malformed_json_is_400(target, ws_key, raw):
     url, _ = target
     key, _ = ws_key
     assert_envelope(post(url, key, raw=raw), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("idempotent", [False, True], ids=["plain", "idempotency-key"])
+@pytest.mark.parametrize("raw, status, code", [
+    # Past Python's 4,300-digit limit for int(str): once a 500.
+    pytest.param(b'{"content_type": "video/mp4", "size_bytes": ' + b"9" * 5000 + b"}", 422, "upload_too_large",
+                 id="size-5000-digits"),
+    pytest.param(b'{"content_type": "video/mp4", "size_bytes": -' + b"9" * 5000 + b"}", 422, "validation_error",
+                 id="size-minus-5000-digits"),
+    pytest.param(b'{"content_type": "video/mp4", "size_bytes": 1e5000}', 422, "validation_error", id="size-1e5000"),
+    pytest.param(b'{"content_type": "video/mp4", "filename": ' + b"9" * 5000 + b"}", 422, "validation_error",
+                 id="filename-5000-digits"),
+    # Half a UTF-16 pair: valid JSON syntax, no character. Once a 500 with an Idempotency-Key.
+    pytest.param(b'{"content_type": "video/mp4", "filename": "\\ud800.mp4"}', 400, "invalid_json",
+                 id="lone-high-surrogate"),
+    pytest.param(b'{"content_type": "video/mp4", "filename": "x\\udfff"}', 400, "invalid_json",
+                 id="lone-low-surrogate"),
+    pytest.param(b'{"content_type": "video/mp4", "\\ud800": 1}', 400, "invalid_json", id="lone-surrogate-key"),
+])
+def test_numbers_and_strings_python_cannot_hold_are_4xx_and_store_nothing(target, ws_key, db, raw, status, code,
+                                                                          idempotent):
+    url, proxy = target
+    key, workspace = ws_key
+    seen = len(proxy.requests)
+    idem = f"hostile-{uuid.uuid4()}"
+    headers = {"Idempotency-Key": idem} if idempotent else {}
+    resp = requests.post(url + "/v1/uploads", data=raw, timeout=30,
+                         headers={"Authorization": f"Bearer {key}", **headers})
+    assert_envelope(resp, status, code)
+    assert initiations(proxy, seen) == []
+    doc = db.collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, "live", idem)).get()
+    assert not doc.exists
 
 
 @pytest.mark.parametrize("content_type", [

@@ -20,8 +20,13 @@ def post(client, key, idem, body=VIDEO, raw=None):
     return client.post("/v1/uploads", data=raw if raw is not None else json.dumps(body), headers=headers)
 
 
-def record(db, workspace, idem):
-    return db.collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, idem))
+def record(db, workspace, idem, mode="live"):
+    return db.collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, mode, idem))
+
+
+def meaning(body):
+    """The validated, normalised request a body stands for (what main.py fingerprints)."""
+    return {"content_type": body["content_type"], "filename": body.get("filename"), "size_bytes": body.get("size_bytes")}
 
 
 @pytest.fixture
@@ -42,7 +47,8 @@ def test_first_call_creates_and_stores_a_completed_record(client, db, ws_key, id
     doc = snap.to_dict()
     assert doc["state"] == "completed"
     assert doc["response"] == resp.get_json()
-    assert doc["fingerprint"] == idempotency.fingerprint(VIDEO)
+    assert doc["fingerprint"] == idempotency.fingerprint(meaning(VIDEO))
+    assert doc["mode"] == "live"
     assert doc["workspace_id"] == workspace
     assert timedelta(hours=23, minutes=59) < doc["expires_at"] - doc["created_at"] <= timedelta(hours=24)
     assert idem not in json.dumps(doc, default=str)  # the key itself is not stored
@@ -72,7 +78,7 @@ def _leave_claim(db, workspace, idem, body=VIDEO, lease_left=timedelta(seconds=3
     """The record a request leaves while it runs (or when it crashes mid-way)."""
     now = datetime.now(timezone.utc) - age
     record(db, workspace, idem).create({
-        "workspace_id": workspace, "fingerprint": idempotency.fingerprint(body), "state": "in_progress",
+        "workspace_id": workspace, "fingerprint": idempotency.fingerprint(meaning(body)), "state": "in_progress",
         "claim_token": "someone-else", "response": None, "created_at": now,
         "lease_expires_at": datetime.now(timezone.utc) + lease_left, "expires_at": now + timedelta(hours=24),
     })
@@ -133,6 +139,54 @@ def test_two_keys_of_one_workspace_share_its_idempotency_records(client, make_ke
     assert again.status_code == 200 and again.get_json() == first.get_json()
 
 
+def test_a_test_key_and_a_live_key_of_one_workspace_never_share_a_record(client, db, make_key, idem):
+    live_key, workspace = make_key()
+    test_key, _ = make_key(workspace, mode="test")
+    live = post(client, live_key, idem)
+    test = post(client, test_key, idem)
+    live_again = post(client, live_key, idem)
+    assert (live.status_code, test.status_code, live_again.status_code) == (201, 201, 200)
+    assert live_again.get_json() == live.get_json()
+    assert test.get_json()["upload_url"] != live.get_json()["upload_url"]
+    assert "/test-uploads/" in test.get_json()["source_url"] and "/uploads/" in live.get_json()["source_url"]
+    # Each key can see its own upload.
+    for key, body in ((live_key, live), (test_key, test)):
+        got = client.get(f"/v1/uploads/{body.get_json()['id']}", headers={"Authorization": f"Bearer {key}"})
+        assert got.status_code == 200
+    assert record(db, workspace, idem, "test").get().to_dict()["mode"] == "test"
+
+
+@pytest.mark.parametrize("first, second", [
+    pytest.param({"content_type": "video/mp4", "size_bytes": 2048}, {"content_type": "video/mp4", "size_bytes": 2048.0},
+                 id="integer-as-float"),
+    pytest.param({"content_type": "video/mp4", "filename": None}, {"content_type": "video/mp4"}, id="null-filename"),
+    pytest.param({"content_type": "video/mp4", "size_bytes": None}, {"content_type": "video/mp4"}, id="null-size"),
+    pytest.param({"content_type": "video/mp4"}, {"content_type": " Video/MP4; codecs=avc1 "}, id="content-type-spelling"),
+    pytest.param({"content_type": "audio/wav"}, {"content_type": "audio/x-wav"}, id="content-type-alias"),
+])
+def test_equivalent_bodies_replay_rather_than_conflict(client, ws_key, idem, first, second):
+    key, _ = ws_key
+    original = post(client, key, idem, body=first)
+    replay = post(client, key, idem, body=second)
+    assert (original.status_code, replay.status_code) == (201, 200), replay.get_data(as_text=True)
+    assert replay.get_json() == original.get_json()
+
+
+def test_a_record_written_before_v2_fingerprints_still_replays(client, db, ws_key, idem):
+    key, workspace = ws_key
+    now = datetime.now(timezone.utc)
+    stored = {"id": "upl_" + "0" * 32, "upload_url": "http://stored", "source_url": "http://stored",
+              "expires_at": "2030-01-01T00:00:00Z"}
+    record(db, workspace, idem).create({
+        "workspace_id": workspace, "fingerprint": idempotency.legacy_fingerprint(VIDEO), "state": "completed",
+        "claim_token": "before-v2", "response": stored, "created_at": now,
+        "lease_expires_at": now, "expires_at": now + timedelta(hours=24),
+    })
+    replay = post(client, key, idem)
+    assert replay.status_code == 200 and replay.get_json() == stored
+    assert post(client, key, idem, body={"content_type": "video/mp4", "filename": "x.mp4"}).status_code == 409
+
+
 @pytest.mark.parametrize("body, status", [
     pytest.param({"content_type": "text/html"}, 422, id="unsupported"),
     pytest.param({"content_type": 1}, 422, id="invalid"),
@@ -159,12 +213,12 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     """A slow request outlives its lease; a retry takes the key over. The slow one
     must not store (or later return) its URL, nor delete the new owner's claim."""
     _, workspace = ws_key
-    fp = idempotency.fingerprint(VIDEO)
-    slow = idempotency.begin(db, workspace, idem, fp, ttl_seconds=86400, lease_seconds=1)
+    fp = idempotency.fingerprint(meaning(VIDEO))
+    slow = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=1)
     assert isinstance(slow, idempotency.Claim)
     # Let the lease run out without waiting: move it into the past.
     record(db, workspace, idem).update({"lease_expires_at": datetime.now(timezone.utc) - timedelta(seconds=1)})
-    retry = idempotency.begin(db, workspace, idem, fp, ttl_seconds=86400, lease_seconds=30)
+    retry = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=30)
     assert isinstance(retry, idempotency.Claim) and retry.token != slow.token
 
     # The slow request's upload record rides in the same commit: it is not written either.
@@ -181,5 +235,5 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     idempotency.complete(db, retry, winner, also_create=(winner_upload, {"state": "pending"}))
     assert winner_upload.get().exists
     winner_upload.delete()  # not a real upload: keep it out of the sweeps
-    replay = idempotency.begin(db, workspace, idem, fp, ttl_seconds=86400, lease_seconds=30)
+    replay = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=30)
     assert replay == idempotency.Replay(winner)

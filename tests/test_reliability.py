@@ -168,7 +168,7 @@ def test_a_request_killed_after_its_claim_frees_the_key_after_the_lease(faults, 
     key = new_key(faults)
     workspace = fault_db(faults).collection(auth.COLLECTION).document(auth.key_id(key)).get().get("workspace_id")
     idem = f"crash-{uuid.uuid4()}"
-    record = fault_db(faults).collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, idem))
+    record = fault_db(faults).collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, "live", idem))
 
     # Storage stalls, so the request sits between its claim and its completion.
     with TcpProxy("127.0.0.1", storage_port(faults), TcpProxy.STALL) as stall:

@@ -68,7 +68,7 @@ def test_if_storage_is_down_then_bounded_503_and_the_key_is_not_blocked(backends
     assert response_schema_errors(openapi_doc, 503, resp.json()) == []
     assert elapsed < UPSTREAM_BOUND_SECONDS
     # The failed request released its claim: nothing blocks the retry.
-    doc = db.collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, idem)).get()
+    doc = db.collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, "live", idem)).get()
     assert not doc.exists
 
 

@@ -307,7 +307,7 @@ def test_every_idempotency_field_the_code_writes_is_exempt_from_indexing(db, bac
     exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "idempotency_unindexed")
     assert unquote(exempt["collection"]) == idempotency.COLLECTION
     fields = set(re.findall(r'"([a-z_]+)"', exempt["for_each"])) | {"expires_at"}
-    claim = idempotency.begin(db, "ws_index_check", "k-" + os.urandom(4).hex(), "f" * 64, 60, 30)
+    claim = idempotency.begin(db, "ws_index_check", "live", "k-" + os.urandom(4).hex(), "f" * 64, 60, 30)
     written = set(claim.ref.get().to_dict())
     claim.ref.delete()
     assert written == fields
