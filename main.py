@@ -26,8 +26,11 @@ from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable,
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Result = tuple[int, dict[str, Any], dict[str, str]]
-# The sweep stops taking new pages after this, well inside the function's timeout (60 s).
-SWEEP_BUDGET_SECONDS = 40.0
+# The sweep starts no record after SWEEP_BUDGET_SECONDS and no upstream step
+# after SWEEP_BUDGET_SECONDS + SWEEP_GRACE_SECONDS; a step takes at most ~8 s
+# (lib/clients.py), so a call ends by ~45 s, inside the function's timeout (60 s).
+SWEEP_BUDGET_SECONDS = 25.0
+SWEEP_GRACE_SECONDS = 12.0
 
 
 def create_upload(request: flask.Request, log: dict[str, Any], _params: dict[str, str]) -> Result:
@@ -125,10 +128,11 @@ def run_sweep(request: flask.Request, log: dict[str, Any], _params: dict[str, st
 
     def on_error(upload_id: str, exc: BaseException) -> None:
         cause = exc.__cause__ or exc
-        failures.append(f"{upload_id}: {type(cause).__name__}")
+        reason = getattr(exc, "reason", None)
+        failures.append(f"{upload_id}: {type(cause).__name__}" + (f" ({reason})" if reason else ""))
 
     result = lifecycle.sweep(firestore_client(settings.firestore), _storage(settings), media.now(),
-                             SWEEP_BUDGET_SECONDS, on_error=on_error)
+                             SWEEP_BUDGET_SECONDS, SWEEP_GRACE_SECONDS, on_error=on_error)
     log["sweep"] = result.as_dict()
     if failures:
         log["sweep_failures"] = failures[:20]

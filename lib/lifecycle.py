@@ -14,7 +14,7 @@ reported cancelled. Once settled, the record forgets its session URL.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
@@ -26,7 +26,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from lib import uploads as media
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
-from lib.errors import SessionNotEnded, UploadCompleted, UploadNotFound
+from lib.errors import ServiceUnavailable, SessionNotEnded, UploadCompleted, UploadNotFound
 from lib.models import Upload
 
 COLLECTION = "uploads"
@@ -149,17 +149,32 @@ def cancel(db: firestore.Client, gcs: Storage, record: Record) -> Record:
     return record
 
 
-def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None) -> Record:
+class OutOfTime(Exception):
+    """A settle step would start after its deadline; the record stays pending."""
+
+
+def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
+           deadline: float | None = None) -> Record:
     """Move a pending record on: `completed` if its object exists; otherwise,
     when `end` is given, cancel its session and mark it `end`.
+
+    `deadline` (time.monotonic()) bounds when an upstream step may *start*:
+    a later step raises OutOfTime instead, leaving the record pending (a
+    session cancelled but not yet recorded is settled by the next try).
 
     Returns the record as stored afterwards (another request's decision if it
     settled the record first).
     """
+    def step() -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise OutOfTime()
+
     size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
     if size is None and end is not None:
+        step()
         status = media.cancel_session(gcs.http, record.data["session_url"])
         # The upload may have finished between the look and the cancel.
+        step()
         size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
         if size is None and not media.session_ended(status):
             # Neither cancelled nor finished: leave it pending for a later try.
@@ -170,6 +185,7 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None) 
         changes = {"state": end}
     else:
         return record
+    step()
     document = ref(db, record.id)
     try:
         with upstream():
@@ -193,63 +209,87 @@ class SweepResult:
     expired: int = 0
     completed: int = 0
     failed: int = 0
-    more: bool = False  # stopped at the time budget with records left
+    more: bool = False  # stopped (time budget, or a backend down) with records maybe left
 
     def as_dict(self) -> dict[str, Any]:
         return {"expired": self.expired, "completed": self.completed, "failed": self.failed, "more": self.more}
 
 
-def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: float,
+def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: float, grace_seconds: float,
           page_size: int = 200, workers: int = 8, on_error: Callable[[str, BaseException], None] | None = None,
           ) -> SweepResult:
     """Settle every upload still pending after its `expires_at`, oldest first.
 
     Pages through the query with a cursor, so a record that fails (and stays
-    pending) is left for the next run rather than retried in a loop. Stops
-    taking pages once `budget_seconds` have passed.
+    pending) is left for the next run rather than retried in a loop. At most
+    `workers` records are in flight. Bounds, so the call ends well inside the
+    function's timeout whatever Storage does:
+
+    - no page is read and no record started after `budget_seconds`;
+    - no upstream step of a record started after `budget_seconds +
+      grace_seconds` (lib/clients.py bounds each step: ~8 s Storage, ~7 s
+      Firestore);
+    - after a record fails because a backend is unavailable, no more are
+      started: the rest would only fail the same way.
+
+    Records not reached are left pending and `more` is set.
 
     Raises:
         ServiceUnavailable: the query itself failed.
     """
-    deadline = time.monotonic() + budget_seconds
+    started = time.monotonic()
+    start_by, finish_by = started + budget_seconds, started + budget_seconds + grace_seconds
     result = SweepResult()
     query = (db.collection(COLLECTION)
              .where(filter=FieldFilter("state", "==", PENDING))
              .where(filter=FieldFilter("expires_at", "<=", now))
              .order_by("expires_at")
              .limit(page_size))
+    backend_down = False
+    in_flight: dict[Future, Record] = {}
+
+    def collect(done: set[Future]) -> None:
+        nonlocal backend_down
+        for future in done:
+            record = in_flight.pop(future)
+            try:
+                outcome = future.result().state
+            except OutOfTime:
+                result.more = True
+                continue
+            except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the rest
+                result.failed += 1
+                backend_down = backend_down or (isinstance(exc, ServiceUnavailable)
+                                                and not isinstance(exc, SessionNotEnded))
+                if on_error is not None:
+                    on_error(record.id, exc)
+                continue
+            if outcome == COMPLETED:
+                result.completed += 1
+            elif outcome == EXPIRED:
+                result.expired += 1
+
+    def may_start() -> bool:
+        if backend_down or time.monotonic() >= start_by:
+            result.more = True
+            return False
+        return True
+
     cursor = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        while True:
-            if time.monotonic() >= deadline:
-                result.more = True
-                break
+        while may_start():
             page = query.start_after(cursor) if cursor is not None else query
             with upstream():
                 snaps = list(page.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT))
-            if not snaps:
-                break
-            records = [Record(s.id, s.to_dict(), s.update_time) for s in snaps]
-            for record, outcome in zip(records, pool.map(_settle_expired(db, gcs), records)):
-                if isinstance(outcome, BaseException):
-                    result.failed += 1
-                    if on_error is not None:
-                        on_error(record.id, outcome)
-                elif outcome == COMPLETED:
-                    result.completed += 1
-                elif outcome == EXPIRED:
-                    result.expired += 1
-            if len(snaps) < page_size:
+            for snap in snaps:
+                while len(in_flight) >= workers:
+                    collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
+                if not may_start():
+                    break
+                record = Record(snap.id, snap.to_dict(), snap.update_time)
+                in_flight[pool.submit(settle, db, gcs, record, EXPIRED, finish_by)] = record
+            if len(snaps) < page_size or result.more:
                 break
             cursor = snaps[-1]
+        collect(wait(in_flight).done)
     return result
-
-
-def _settle_expired(db: firestore.Client, gcs: Storage) -> Callable[[Record], str | BaseException]:
-    def run(record: Record) -> str | BaseException:
-        try:
-            return settle(db, gcs, record, EXPIRED).state
-        except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the rest
-            return exc
-
-    return run

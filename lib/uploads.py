@@ -171,6 +171,9 @@ def mint_session(client: storage.Client, bucket: str, object_name: str, content_
 # What a DELETE on a session URL answers once the session takes no more bytes:
 # 499 is GCS's "cancelled"; 404/410 a session already gone.
 _SESSION_ENDED = frozenset({499, 404, 410})
+# What STORAGE_RETRY retries. Any other answer (a 501 from a stand-in, a 400)
+# is returned for the caller to settle by the bucket, never raised as a 500.
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def cancel_session(http: requests.Session, session_url: str) -> int:
@@ -186,7 +189,8 @@ def cancel_session(http: requests.Session, session_url: str) -> int:
     """
     def attempt() -> int:
         status = http.delete(session_url, headers={"Content-Length": "0"}, timeout=STORAGE_TIMEOUT).status_code
-        if status == 429 or status >= 500:
+        if status in _TRANSIENT_STATUSES:
+            # Retried within the Storage budget, then a 503 (lib/clients.py upstream()).
             raise gexc.from_http_status(status, "cancelling an upload session")
         return status
 

@@ -348,6 +348,50 @@ def test_sweep_with_storage_down_is_503_and_leaves_uploads_pending_for_the_next_
     assert record(db, out["id"])["state"] == "expired"
 
 
+def test_a_sweep_with_storage_down_stops_after_the_first_wave_of_failures(serve, make_key, db, oidc_issuer):
+    """Once 120 expired uploads with Storage unreachable took 72 s (past the
+    function's 60 s timeout): every record spent its retry budget in turn."""
+    from dev.emulators import free_port
+
+    key, _ = make_key()
+    healthy = serve()
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda _: healthy.post(json=VIDEO, headers=bearer(key)).json(), range(40)))
+    for out in outs:
+        backdate(db, out["id"])
+    broken = serve(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}")
+    resp = broken.post("/internal/sweep", headers=bearer(oidc_issuer.token()))
+    assert resp.status_code == 503
+    counts = resp.json()["error"]["details"]["sweep"]
+    # At most one wave (8 workers) was tried; the rest were not started.
+    assert 1 <= counts["failed"] <= 8 and counts["more"] is True and counts["expired"] == 0
+    assert {record(db, out["id"])["state"] for out in outs} == {"pending"}
+    # The next run, with Storage back, takes them all.
+    assert healthy.post("/internal/sweep", headers=bearer(oidc_issuer.token())).status_code == 200
+    assert {record(db, out["id"])["state"] for out in outs} == {"expired"}
+
+
+def test_a_sweep_starts_nothing_after_its_budget_and_no_step_after_its_grace(client, make_key, db):
+    from lib.clients import session_http, storage_client
+    from lib.config import get_settings
+
+    key, _ = make_key()
+    out = create(client, key)
+    backdate(db, out["id"])
+    gcs = lifecycle.Storage(storage_client(get_settings().firestore.project), BUCKET, session_http())
+    now = datetime.now(timezone.utc)
+    result = lifecycle.sweep(db, gcs, now, budget_seconds=0, grace_seconds=0)
+    assert result.as_dict() == {"expired": 0, "completed": 0, "failed": 0, "more": True}
+    snap = db.collection(lifecycle.COLLECTION).document(out["id"]).get()
+    stale = lifecycle.Record(out["id"], snap.to_dict(), snap.update_time)
+    with pytest.raises(lifecycle.OutOfTime):
+        lifecycle.settle(db, gcs, stale, lifecycle.EXPIRED, deadline=0.0)
+    assert record(db, out["id"])["state"] == "pending"
+    # Within its budget the same sweep settles it.
+    assert lifecycle.sweep(db, gcs, now, budget_seconds=20, grace_seconds=10).expired >= 1
+    assert record(db, out["id"])["state"] == "expired"
+
+
 def test_get_and_cancel_with_storage_down_are_bounded_503s_and_change_nothing(serve, make_key, db):
     import time
     from dev.emulators import free_port
@@ -605,4 +649,24 @@ def test_a_session_neither_cancelled_nor_finished_stays_pending_and_the_sweep_sa
         assert server.deletes == 1 and record(db, out["id"])["state"] == "pending"
     finally:
         ref.delete()  # a record no sweep can settle would fail every later sweep of the session
+        server.close()
+
+
+def test_an_expired_upload_whose_session_answers_oddly_is_got_as_known_and_cancel_is_a_503(client, make_key, db):
+    """gcp-storage-emulator answers a session DELETE with 501: once a 500 for GET and cancel."""
+    key, _ = make_key()
+    out = create(client, key)
+    server = ScriptedSessionServer([501, 501])
+    ref = db.collection(lifecycle.COLLECTION).document(out["id"])
+    try:
+        ref.update({"session_url": server.url})
+        backdate(db, out["id"])
+        got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key))
+        assert got.status_code == 200 and got.get_json()["status"] == "pending"
+        cancelled = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+        assert cancelled.status_code == 503, cancelled.get_data(as_text=True)
+        assert cancelled.get_json()["error"]["code"] == "service_unavailable" and cancelled.headers["Retry-After"]
+        assert server.deletes == 2 and record(db, out["id"])["state"] == "pending"
+    finally:
+        ref.delete()
         server.close()
