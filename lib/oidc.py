@@ -36,16 +36,33 @@ _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class CertCache:
-    """Google's signing certificates ({key id: PEM}), fetched and kept per instance."""
+    """Google's signing certificates ({key id: PEM}), fetched and kept per instance.
+
+    One fetch at a time, run by the request that found the cache stale; other
+    requests wait for it at most FETCH_SECONDS (the fetch's own bound), never
+    in a queue behind one another. A failed fetch is remembered for
+    `failure_ttl` seconds: meanwhile calls that need a fetch answer 503 at
+    once, and a token whose key is still in the (stale) cache is checked
+    against it, since Google keeps publishing a key well after it stops
+    signing with it.
+    """
+
+    # The whole fetch (connect, answer, body; + one 2 s read at most), and the most of a body we read.
+    FETCH_SECONDS = 5.0
+    MAX_BYTES = 256 * 1024
 
     def __init__(self, url: str, http: requests.Session, default_ttl: float = 3600, max_ttl: float = 6 * 3600,
-                 min_refetch: float = 30):
+                 min_refetch: float = 30, failure_ttl: float = 10):
         self.url = url
         self._http = http
         self._default_ttl, self._max_ttl, self._min_refetch = default_ttl, max_ttl, min_refetch
+        self._failure_ttl = failure_ttl
         self._certs: dict[str, str] = {}
         self._fresh_until = 0.0
         self._fetched_at = float("-inf")
+        self._failed_until = float("-inf")
+        self._failure: ServiceUnavailable | None = None
+        self._fetching: threading.Event | None = None
         self._lock = threading.Lock()
 
     def certs_for(self, key_id: str) -> Mapping[str, str]:
@@ -53,28 +70,75 @@ class CertCache:
         the last fetch is older than the minimum interval.
 
         Raises:
-            ServiceUnavailable: the certificates could not be fetched.
+            ServiceUnavailable: a needed fetch failed (now or within `failure_ttl`).
         """
         with self._lock:
             now = time.monotonic()
             stale = now >= self._fresh_until
             unknown = key_id not in self._certs and now - self._fetched_at >= self._min_refetch
-            if stale or unknown:
-                self._fetch(now)
-            return self._certs
+            if not (stale or unknown):
+                return self._certs
+            if now < self._failed_until:
+                return self._fallback(key_id)
+            leader = self._fetching is None
+            if leader:
+                self._fetching = threading.Event()
+            done = self._fetching
+        if leader:
+            self._fetch_and_publish(done)
+        elif not done.wait(self.FETCH_SECONDS + 1):
+            raise ServiceUnavailable(reason="OIDC certificates: waited out another request's fetch")
+        with self._lock:
+            if self._fetched_at >= now:  # fetched since this call began
+                return self._certs
+            return self._fallback(key_id)
 
-    def _fetch(self, now: float) -> None:
+    def _fallback(self, key_id: str) -> Mapping[str, str]:
+        # Called with the lock held, after a failed fetch.
+        if key_id in self._certs:
+            return self._certs
+        raise self._failure or ServiceUnavailable(reason="OIDC certificates: fetch failed")
+
+    def _fetch_and_publish(self, done: threading.Event) -> None:
+        try:
+            certs, ttl = self._fetch()
+        except Exception as exc:  # noqa: BLE001 - remembered, and raised to the waiting calls as a 503
+            failure = exc if isinstance(exc, ServiceUnavailable) else ServiceUnavailable(
+                reason=f"OIDC certificates: {type(exc).__name__}")
+            with self._lock:
+                self._failure, self._failed_until = failure, time.monotonic() + self._failure_ttl
+                self._fetching = None
+            done.set()
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._certs, self._fetched_at, self._fresh_until = certs, now, now + ttl
+            self._failure, self._failed_until, self._fetching = None, float("-inf"), None
+        done.set()
+
+    def _fetch(self) -> tuple[dict[str, str], float]:
+        """Google's certificates and how long to keep them, within FETCH_SECONDS in all."""
+        deadline = time.monotonic() + self.FETCH_SECONDS
         with upstream():
-            response = self._http.get(self.url, timeout=(2.0, 4.0))
-        if response.status_code >= 500 or response.status_code == 429:
-            raise ServiceUnavailable(reason=f"OIDC certificates: HTTP {response.status_code}")
-        response.raise_for_status()
-        certs = response.json()
+            with self._http.get(self.url, timeout=(2.0, 2.0), stream=True) as response:
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise ServiceUnavailable(reason=f"OIDC certificates: HTTP {response.status_code}")
+                response.raise_for_status()
+                body = bytearray()
+                # read1: whatever one socket read brings (each within the 2 s read
+                # timeout), so a server dribbling bytes cannot hold us past the deadline.
+                while chunk := response.raw.read1(16384, decode_content=True):
+                    body += chunk
+                    if len(body) > self.MAX_BYTES:
+                        raise RuntimeError("OIDC certificates: answer too large")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("OIDC certificates: fetch took too long")
+                cache_control = response.headers.get("Cache-Control", "")
+        certs = json.loads(bytes(body))
         if not isinstance(certs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in certs.items()):
             raise RuntimeError("OIDC certificates: expected a JSON object of key id -> PEM certificate")
-        match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
-        ttl = min(float(match.group(1)), self._max_ttl) if match else self._default_ttl
-        self._certs, self._fetched_at, self._fresh_until = certs, now, now + ttl
+        match = _MAX_AGE.search(cache_control)
+        return certs, (min(float(match.group(1)), self._max_ttl) if match else self._default_ttl)
 
 
 def cert_cache(url: str, http: requests.Session) -> CertCache:
