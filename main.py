@@ -18,14 +18,20 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import auth, idempotency, lifecycle, logs, models, oidc, uploads as media
+from lib import auth, idempotency, lifecycle, logs, models, oidc, server, uploads as media
 from lib.clients import firestore_client, session_http, storage_client
 from lib.config import ConfigError, Settings, get_settings
-from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded, UploadTooLarge
+from lib.errors import (ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded, UploadTooLarge,
+                        UriTooLong)
+
+# Before functions-framework builds its gunicorn (it imports this module first).
+server.install()
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Result = tuple[int, dict[str, Any], dict[str, str]]
+# Our longest route is ~50 characters; anything past this is refused before routing.
+MAX_PATH_BYTES = 2048
 # The sweep starts no record after SWEEP_BUDGET_SECONDS and no upstream step
 # after SWEEP_BUDGET_SECONDS + SWEEP_GRACE_SECONDS; a step takes at most ~8 s
 # (lib/clients.py), so a call ends by ~45 s, inside the function's timeout (60 s).
@@ -33,14 +39,14 @@ SWEEP_BUDGET_SECONDS = 25.0
 SWEEP_GRACE_SECONDS = 12.0
 
 
-def create_upload(request: flask.Request, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /v1/uploads: authenticate, validate, (claim,) mint, record, (complete,) answer."""
     settings = get_settings()
     db = firestore_client(settings.firestore)
     key = _authenticate(request, log, db)
 
     idem_key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
-    body = models.parse_json_object(models.read_body(request.stream, request.content_length))
+    body = models.parse_json_object(raw)
     upload = models.validate_upload_request(body)
     content_type = media.normalize_content_type(upload.content_type)
     if upload.size_bytes is not None and upload.size_bytes > settings.max_upload_bytes:
@@ -93,7 +99,7 @@ def create_upload(request: flask.Request, log: dict[str, Any], _params: dict[str
     return 201, out.model_dump(), {}
 
 
-def get_upload(request: flask.Request, log: dict[str, Any], params: dict[str, str]) -> Result:
+def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
     def unsettled(exc: SessionNotEnded) -> None:
         log["unsettled"] = exc.reason
@@ -102,7 +108,7 @@ def get_upload(request: flask.Request, log: dict[str, Any], params: dict[str, st
                       lambda db, gcs, record: lifecycle.refresh(db, gcs, record, media.now(), unsettled))
 
 
-def cancel_upload(request: flask.Request, log: dict[str, Any], params: dict[str, str]) -> Result:
+def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
     return _on_upload(request, log, params["upload_id"], lifecycle.cancel)
 
@@ -119,7 +125,7 @@ def _on_upload(request: flask.Request, log: dict[str, Any], upload_id: str,
     return 200, lifecycle.view(record, settings.cdn_base_url).model_dump(), {}
 
 
-def run_sweep(request: flask.Request, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at."""
     settings = get_settings()
     oidc.verify(request.headers.get("Authorization"), settings.sweep_audience, settings.sweep_service_account,
@@ -153,7 +159,8 @@ def _storage(settings: Settings) -> lifecycle.Storage:
     return lifecycle.Storage(storage_client(settings.firestore.project), settings.upload_bucket, session_http())
 
 
-Handler = Callable[[flask.Request, dict[str, Any], dict[str, str]], Result]
+# (request, its body as read, the log line's fields, the path's parameters)
+Handler = Callable[[flask.Request, bytes, dict[str, Any], dict[str, str]], Result]
 # Path patterns (whole-path matches) and the methods each answers.
 ROUTES: tuple[tuple[re.Pattern[str], dict[str, Handler]], ...] = (
     (re.compile(r"/v1/uploads"), {"POST": create_upload}),
@@ -177,11 +184,17 @@ def uploads(request: flask.Request) -> flask.Response:
     request_id = _request_id(request.headers.get("X-Request-Id"))
     log: dict[str, Any] = {"request_id": request_id}
     try:
+        if len(request.path) > MAX_PATH_BYTES:
+            raise UriTooLong(MAX_PATH_BYTES)
+        # Every request's body is read (at most 64 KiB, each read bounded by
+        # lib/server.py) before anything can answer early: otherwise
+        # functions-framework reads it after our answer, unbounded by us.
+        raw = models.read_body(request.stream, request.content_length)
         methods, params = _route(request.path)
         handler = methods.get(request.method)
         if handler is None:
             raise MethodNotAllowed(tuple(methods))
-        status, body, headers = handler(request, log, params)
+        status, body, headers = handler(request, raw, log, params)
     except ApiError as err:
         status, body, headers = err.status, err.envelope(), err.headers
         log["error_code"] = err.code
@@ -215,7 +228,12 @@ def _request_id(incoming: str | None) -> str:
 
 def _respond(request: flask.Request, status: int, body: dict[str, Any], headers: dict[str, str],
              request_id: str, log: dict[str, Any], started: float) -> flask.Response:
-    response = flask.Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    payload = json.dumps(body, separators=(",", ":"))
+    # functions-framework reads the rest of the request body after each response
+    # unless the response is streamed. A response that closes the connection
+    # (408: the body stalled; 413: it is too large) is streamed, so it does not.
+    content = iter([payload]) if headers.get("Connection") == "close" else payload
+    response = flask.Response(content, status=status, mimetype="application/json")
     response.headers.update(headers)
     response.headers["X-Request-Id"] = request_id
     response.headers["Cache-Control"] = "no-store"
@@ -225,13 +243,14 @@ def _respond(request: flask.Request, status: int, body: dict[str, Any], headers:
 
 def _log_request(request: flask.Request, status: int, log: dict[str, Any], started: float) -> None:
     stack = log.pop("stack_trace", None)
+    path = logs.bounded(request.path)
     entry: dict[str, Any] = {
         "severity": logs.severity_for(status),
         # Error Reporting groups entries whose message is a stack trace.
-        "message": stack or f"{request.method} {request.path} {status}",
+        "message": stack or f"{logs.bounded(request.method, 16)} {path} {status}",
         "httpRequest": {
-            "requestMethod": request.method,
-            "requestUrl": request.path,
+            "requestMethod": logs.bounded(request.method, 16),
+            "requestUrl": path,
             "status": status,
             "latency": f"{time.perf_counter() - started:.6f}s",
         },

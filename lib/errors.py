@@ -32,6 +32,13 @@ class InvalidJson(ApiError):
     message = "The request body must be a JSON object."
 
 
+class BadHttpRequest(ApiError):
+    """Refused by the HTTP server before the function runs (lib/server.py)."""
+
+    status, code = 400, "bad_request"
+    message = "The request is not valid HTTP/1.1."
+
+
 class InvalidIdempotencyKey(ApiError):
     status, code = 400, "invalid_idempotency_key"
     message = "Idempotency-Key must be 1 to 255 printable ASCII characters."
@@ -88,6 +95,14 @@ class MethodNotAllowed(ApiError):
         )
 
 
+class RequestTimeout(ApiError):
+    status, code = 408, "request_timeout"
+    message = "The request body stopped arriving before it was complete."
+
+    def __init__(self):
+        super().__init__(headers={"Connection": "close"})
+
+
 class IdempotencyKeyReused(ApiError):
     status, code = 409, "idempotency_key_reused"
     message = "This Idempotency-Key was already used with a different request body."
@@ -110,7 +125,23 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
     def __init__(self, limit: int):
-        super().__init__(f"The request body exceeds {limit} bytes.", details={"max_bytes": limit})
+        # The rest of the body is not read: the connection is closed instead.
+        super().__init__(f"The request body exceeds {limit} bytes.", details={"max_bytes": limit},
+                         headers={"Connection": "close"})
+
+
+class UriTooLong(ApiError):
+    status, code = 414, "uri_too_long"
+
+    def __init__(self, limit: int):
+        super().__init__(f"The request's path or line exceeds {limit} bytes.", details={"max_bytes": limit})
+
+
+class RequestHeadersTooLarge(ApiError):
+    """Refused by the HTTP server before the function runs (lib/server.py)."""
+
+    status, code = 431, "request_headers_too_large"
+    message = "The request's headers are too many or too large."
 
 
 class ValidationFailed(ApiError):

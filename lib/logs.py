@@ -43,6 +43,13 @@ def trace_field(project: str | None, header: str | None) -> dict[str, str]:
     return {"logging.googleapis.com/trace": f"projects/{project}/traces/{match.group(1).lower()}"}
 
 
+def bounded(text: str, limit: int = 256) -> str:
+    """At most `limit` characters of a client's string, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
 def severity_for(status: int) -> str:
     if status >= 500:
         return "ERROR"

@@ -9,7 +9,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from lib.errors import InvalidJson, PayloadTooLarge, ValidationFailed
+from lib.errors import InvalidJson, PayloadTooLarge, RequestTimeout, ValidationFailed
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -71,7 +71,11 @@ def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BO
     """
     if content_length is not None and content_length > limit:
         raise PayloadTooLarge(limit)
-    raw = stream.read(limit + 1)
+    try:
+        raw = stream.read(limit + 1)
+    except (BlockingIOError, TimeoutError):
+        # The server's per-read timeout (lib/server.py): the client stopped sending.
+        raise RequestTimeout() from None
     if len(raw) > limit:
         raise PayloadTooLarge(limit)
     return raw

@@ -237,20 +237,19 @@ def test_bad_idempotency_key_is_400_in_the_envelope(target, ws_key, value):
     assert_envelope(post(url, key, headers={"Idempotency-Key": value}), 400, "invalid_idempotency_key")
 
 
-@pytest.mark.parametrize("value, enveloped", [
-    pytest.param(b"caf\xc3\xa9", True, id="non-ascii"),
-    pytest.param(b"a\x01b", False, id="control-char"),
-    pytest.param(b"a\x7fb", False, id="delete-char"),
+@pytest.mark.parametrize("value, code", [
+    pytest.param(b"caf\xc3\xa9", "invalid_idempotency_key", id="non-ascii"),
+    pytest.param(b"a\x01b", "bad_request", id="control-char"),
+    pytest.param(b"a\x7fb", "bad_request", id="delete-char"),
 ])
-def test_idempotency_key_bytes_that_http_forbids_are_400_and_store_nothing(target, ws_key, db, value, enveloped):
-    """Non-ASCII reaches our check (400 in the envelope). Control characters are
-    not valid HTTP: gunicorn answers 400 itself, before the function runs."""
+def test_idempotency_key_bytes_that_http_forbids_are_400_and_store_nothing(target, ws_key, db, value, code):
+    """Non-ASCII reaches our check. Control characters are not valid HTTP: the
+    HTTP server refuses them before the function runs, in the envelope too."""
     url, _ = target
     key, workspace = ws_key
     status, body = raw_request(url, [b"Authorization: Bearer " + key.encode(), b"Idempotency-Key: " + value])
     assert status == 400
-    if enveloped:
-        assert json.loads(body)["error"]["code"] == "invalid_idempotency_key"
+    assert json.loads(body)["error"]["code"] == code
     from lib import idempotency
     from google.cloud.firestore_v1.base_query import FieldFilter
     stored = db.collection(idempotency.COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace))
@@ -326,3 +325,88 @@ def test_schemathesis_finds_no_5xx_and_no_response_off_the_document(target, key,
     summary = re.search(r"(\d+) generated, .*", result.stdout)
     assert result.returncode == 0, result.stdout[-4000:]
     assert summary and int(summary.group(1)) >= 300, result.stdout[-2000:]
+
+
+# --- the HTTP server: request lines, headers, stalled clients (lib/server.py) ----------------------
+
+def exchange(url: str, data: bytes, timeout: float = 60) -> tuple[int, dict]:
+    """Send raw bytes, read the whole answer; (status, JSON body)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it was all sent: the answer is still there to read
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def function_log(log_dir) -> str:
+    return (log_dir / "function-hostile.log").read_text(errors="replace")
+
+
+@pytest.mark.parametrize("length, limit", [
+    pytest.param(3000, 2048, id="long-path-refused-by-the-function"),
+    pytest.param(10 * 1024 * 1024, 8190, id="10-mb-path-refused-by-the-server"),
+])
+def test_a_long_path_is_414_in_the_envelope_and_logged_only_in_part(target, log_dir, length, limit):
+    url, _ = target
+    marker = secrets.token_hex(8)
+    path = f"/v1/uploads/{marker}" + "a" * (length - 12 - len(marker))
+    status, body = exchange(url, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert status == 414 and body["error"]["code"] == "uri_too_long"
+    assert body["error"]["details"] == {"max_bytes": limit}
+    # No log line holds more than a bounded prefix of what the client sent.
+    assert max(len(line) for line in function_log(log_dir).splitlines()) < 4096
+    assert "a" * 1024 not in function_log(log_dir)
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param(b"X-Pad: " + b"v" * 9000 + b"\r\n", id="one-header-over-8190-bytes"),
+    pytest.param(b"".join(b"X-Pad-%d: v\r\n" % i for i in range(120)), id="over-100-headers"),
+])
+def test_too_many_or_too_large_headers_are_431_in_the_envelope(target, headers):
+    url, _ = target
+    status, body = exchange(url, b"GET /v1/uploads HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert status == 431 and body["error"]["code"] == "request_headers_too_large"
+
+
+def test_malformed_http_is_400_in_the_envelope(target):
+    url, _ = target
+    status, body = exchange(url, b"GET /v1/uploads HTTP/9.9\r\nHost: x\r\n\r\n")
+    assert status == 400 and body["error"]["code"] == "bad_request"
+
+
+def test_half_sent_requests_cannot_hold_every_thread(target, ws_key):
+    """Once 8 clients that sent part of a request and stopped held all 8 threads,
+    and a real request timed out. Each read now waits at most 10 s."""
+    url, _ = target
+    key, _ = ws_key
+    host, port = url.removeprefix("http://").split(":")
+    stalled = []
+    try:
+        for i in range(16):  # twice the served function's threads (4 per core on 2 cores)
+            sock = socket.create_connection((host, int(port)), timeout=60)
+            part = b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\n" if i % 2 else \
+                b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+            sock.sendall(part)
+            stalled.append(sock)
+        resp = post(url, key)  # requests' own 30 s timeout: far above one 10 s read
+        assert resp.status_code == 201, resp.text
+        # The stalled body got its answer: 408 in the envelope.
+        answers = []
+        for sock in stalled[0::2]:
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            answers.append(b"".join(chunks))
+        assert answers and all(a.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in a for a in answers)
+    finally:
+        for sock in stalled:
+            sock.close()
