@@ -7,16 +7,54 @@ resource "google_compute_global_address" "cdn" {
   depends_on = [google_project_service.enabled]
 }
 
+# Only the upload prefixes reach the uploads bucket; every other path goes to
+# a bucket of its own that serves one static 404 (see the URL map below).
+#
+# How the load balancer reads the private buckets: *private bucket access*
+# (https://cloud.google.com/cdn/docs/configure-private-bucket-access). The
+# global external Application Load Balancer fetches from a backend bucket as
+# the project's load-balancer service agent,
+# service-<project number>@https-lb.iam.gserviceaccount.com, which Google
+# creates with the project's first backend bucket; granting it
+# roles/storage.objectViewer is the whole mechanism (no signed URLs, no
+# public bucket), and Cloud CDN caches the private objects under
+# FORCE_CACHE_ALL.
+#
+# Which protects what:
+# - The grants carry IAM conditions on object names
+#   (https://cloud.google.com/iam/docs/conditions-resource-attributes: a
+#   Cloud Storage object is projects/_/buckets/BUCKET/objects/NAME). The
+#   bucket itself (projects/_/buckets/BUCKET), where storage.objects.list is
+#   checked, matches no condition: the agent can read the objects under
+#   uploads/ and test-uploads/ and cannot list the bucket, whatever path
+#   reaches it. Nothing else in the bucket is readable through the CDN.
+# - The URL map routes only /uploads/* and /test-uploads/* to the uploads
+#   bucket; `/`, `/uploads` and any other path go to the not-found bucket,
+#   whose only readable object is the 404 body.
+# - The custom error response policy turns a 403 or 404 from any bucket into
+#   that same 404 (https://cloud.google.com/load-balancing/docs/https/custom-error-response),
+#   so no path shows a bucket's own error, or which bucket answered.
+locals {
+  # lib/uploads.py PREFIXES
+  upload_prefixes = ["uploads/", "test-uploads/"]
+  # Served with every response: browsers must not sniff an upload into HTML or script.
+  cdn_response_headers = ["X-Content-Type-Options: nosniff"]
+  not_found_object     = "not-found.json"
+}
+
 resource "google_compute_backend_bucket" "uploads" {
-  project          = var.project_id
-  name             = "${var.name}-cdn"
-  description      = "Uploaded media, served through Cloud CDN."
-  bucket_name      = google_storage_bucket.uploads.name
-  enable_cdn       = true
-  compression_mode = "DISABLED" # media is compressed already
+  project                 = var.project_id
+  name                    = "${var.name}-cdn"
+  description             = "Uploaded media, served through Cloud CDN."
+  bucket_name             = google_storage_bucket.uploads.name
+  enable_cdn              = true
+  compression_mode        = "DISABLED" # media is compressed already
+  custom_response_headers = local.cdn_response_headers
 
   cdn_policy {
-    # Objects have random names and are never overwritten: cache everything, long.
+    # Objects have random names and are never overwritten: cache everything,
+    # long. FORCE_CACHE_ALL is also what private bucket access needs: the
+    # bucket's own answers are not publicly cacheable.
     cache_mode        = "FORCE_CACHE_ALL"
     default_ttl       = var.cdn_default_ttl_seconds
     client_ttl        = var.cdn_default_ttl_seconds
@@ -35,12 +73,13 @@ resource "google_compute_backend_bucket" "uploads" {
 # backend of their own that caches for an hour, so the edge cannot keep serving
 # them for the main backend's 30 days after the bucket has dropped them.
 resource "google_compute_backend_bucket" "uploads_test" {
-  project          = var.project_id
-  name             = "${var.name}-cdn-test"
-  description      = "Test-mode uploads (test-uploads/), cached briefly."
-  bucket_name      = google_storage_bucket.uploads.name
-  enable_cdn       = true
-  compression_mode = "DISABLED"
+  project                 = var.project_id
+  name                    = "${var.name}-cdn-test"
+  description             = "Test-mode uploads (test-uploads/), cached briefly."
+  bucket_name             = google_storage_bucket.uploads.name
+  enable_cdn              = true
+  compression_mode        = "DISABLED"
+  custom_response_headers = local.cdn_response_headers
 
   cdn_policy {
     cache_mode        = "FORCE_CACHE_ALL"
@@ -56,33 +95,79 @@ resource "google_compute_backend_bucket" "uploads_test" {
   }
 }
 
-# The bucket stays private. Cloud CDN fills from it as the project's
-# cloud-cdn-fill service account, which Google creates when a backend bucket
-# first gets a signed URL key. The key signs nothing: Cloud CDN still serves
-# unsigned requests; it exists so that account exists.
-resource "random_id" "cdn_signing_key" {
-  byte_length = 16
+# Every path that is not an upload, and the body of every 403/404.
+resource "google_storage_bucket" "cdn_not_found" {
+  #checkov:skip=CKV_GCP_62:Holds one static error body; access is recorded by Cloud Audit Logs and the load balancer's logs.
+  #checkov:skip=CKV_GCP_78:One static object, rewritten only by Terraform; nothing to recover.
+  name     = "${local.upload_bucket}-cdn-404"
+  project  = var.project_id
+  location = var.bucket_location
+
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+
+  depends_on = [google_project_service.enabled]
 }
 
-resource "google_compute_backend_bucket_signed_url_key" "cdn_fill" {
-  project        = var.project_id
-  name           = "${var.name}-cdn-fill"
-  backend_bucket = google_compute_backend_bucket.uploads.name
-  key_value      = random_id.cdn_signing_key.b64_url
+# The API's error envelope (lib/errors.py NotFound), as the CDN's 404 body.
+resource "google_storage_bucket_object" "cdn_not_found" {
+  bucket        = google_storage_bucket.cdn_not_found.name
+  name          = local.not_found_object
+  content_type  = "application/json"
+  cache_control = "public, max-age=300"
+  content       = jsonencode({ error = { code = "not_found", message = "No such object.", details = {} } })
 }
 
-resource "google_storage_bucket_iam_member" "cdn_fill_reader" {
+resource "google_compute_backend_bucket" "not_found" {
+  project                 = var.project_id
+  name                    = "${var.name}-cdn-404"
+  description             = "Any path that is not an upload: a static 404."
+  bucket_name             = google_storage_bucket.cdn_not_found.name
+  enable_cdn              = true
+  custom_response_headers = local.cdn_response_headers
+
+  cdn_policy {
+    cache_mode  = "FORCE_CACHE_ALL"
+    default_ttl = 300
+    client_ttl  = 300
+  }
+}
+
+# Private bucket access: read the upload prefixes, list nothing.
+resource "google_storage_bucket_iam_member" "cdn_reads_uploads" {
   bucket = google_storage_bucket.uploads.name
   role   = "roles/storage.objectViewer"
-  member = "serviceAccount:${local.cdn_fill_account}"
+  member = "serviceAccount:${local.lb_service_agent}"
 
-  depends_on = [google_compute_backend_bucket_signed_url_key.cdn_fill]
+  condition {
+    title       = "upload-objects-only"
+    description = "Objects under the upload prefixes; not the bucket, so never a listing."
+    expression  = join(" || ", [for prefix in local.upload_prefixes : "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.uploads.name}/objects/${prefix}\")"])
+  }
+
+  # The agent exists once the project has a backend bucket.
+  depends_on = [google_compute_backend_bucket.uploads, google_compute_backend_bucket.uploads_test]
+}
+
+resource "google_storage_bucket_iam_member" "cdn_reads_not_found" {
+  bucket = google_storage_bucket.cdn_not_found.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${local.lb_service_agent}"
+
+  condition {
+    title       = "not-found-object-only"
+    description = "The 404 body; not the bucket, so never a listing."
+    expression  = "resource.name == \"projects/_/buckets/${google_storage_bucket.cdn_not_found.name}/objects/${local.not_found_object}\""
+  }
+
+  depends_on = [google_compute_backend_bucket.not_found]
 }
 
 resource "google_compute_url_map" "cdn" {
   project         = var.project_id
   name            = "${var.name}-cdn"
-  default_service = google_compute_backend_bucket.uploads.id
+  default_service = google_compute_backend_bucket.not_found.id
 
   host_rule {
     hosts        = ["*"]
@@ -91,12 +176,29 @@ resource "google_compute_url_map" "cdn" {
 
   path_matcher {
     name            = "media"
-    default_service = google_compute_backend_bucket.uploads.id
+    default_service = google_compute_backend_bucket.not_found.id
 
-    # lib/uploads.py PREFIXES["test"]
+    # lib/uploads.py PREFIXES
+    path_rule {
+      paths   = ["/uploads/*"]
+      service = google_compute_backend_bucket.uploads.id
+    }
+
     path_rule {
       paths   = ["/test-uploads/*"]
       service = google_compute_backend_bucket.uploads_test.id
+    }
+  }
+
+  # A bucket's 403 (not readable, or the root's listing refused) or 404 is
+  # answered with our 404. Other 4xx (416 for a range past the end) pass.
+  default_custom_error_response_policy {
+    error_service = google_compute_backend_bucket.not_found.id
+
+    error_response_rule {
+      match_response_codes   = ["403", "404"]
+      path                   = "/${local.not_found_object}"
+      override_response_code = 404
     }
   }
 }

@@ -3,6 +3,36 @@ locals {
   # Exactly what the function needs at runtime: the entrypoint, its package and
   # the requirements the build installs. Nothing from dev/, tests/ or terraform/.
   function_files = setunion(["main.py", "requirements.txt"], fileset(local.repo_root, "lib/*.py"))
+  # Where the build reads the source from (iam.tf build_source): our bucket, and
+  # the bucket Cloud Functions stages sources in.
+  function_source_buckets = [
+    google_storage_bucket.function_source.name,
+    "gcf-v2-sources-${data.google_project.this.number}-${var.region}",
+  ]
+  # Cloud Run ties memory to CPU: vCPUs -> [least, most] MiB
+  # (https://cloud.google.com/run/docs/configuring/services/memory-limits,
+  # https://cloud.google.com/run/docs/configuring/services/cpu).
+  memory_range_mib = {
+    "1" = [128, 4096]
+    "2" = [128, 8192]
+    "4" = [2048, 16384]
+    "6" = [4096, 24576]
+    "8" = [4096, 32768]
+  }
+  memory_mib = tonumber(regex("^[0-9]+", var.memory)) * (endswith(var.memory, "Gi") ? 1024 : 1)
+}
+
+# The function's images, in a repository of its own so the build account can
+# be granted it alone (rather than Artifact Registry writer on the project).
+resource "google_artifact_registry_repository" "function" {
+  #checkov:skip=CKV_GCP_84:Build images of public source; Google-managed encryption is enough.
+  project       = var.project_id
+  location      = var.region
+  repository_id = "${var.name}-fn"
+  format        = "DOCKER"
+  description   = "Images of the uploads function, built by Cloud Build."
+
+  depends_on = [google_project_service.enabled]
 }
 
 data "archive_file" "function" {
@@ -33,9 +63,10 @@ resource "google_cloudfunctions2_function" "uploads" {
   description = "POST /v1/uploads: mints GCS resumable upload sessions for API clients."
 
   build_config {
-    runtime         = "python311" # the Python that CI runs the tests on
-    entry_point     = "uploads"
-    service_account = google_service_account.build.id
+    runtime           = "python311" # the Python that CI runs the tests on
+    entry_point       = "uploads"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.function.id
 
     source {
       storage_source {
@@ -58,7 +89,8 @@ resource "google_cloudfunctions2_function" "uploads" {
 
     # Exactly the settings lib/config.py reads (tests/test_terraform.py holds them
     # together), plus THREADS for functions-framework: it serves with gunicorn
-    # threads = THREADS, else 4 per vCPU, which would cap the concurrency below.
+    # threads = THREADS, else 4 x os.cpu_count() (the CPUs the instance's
+    # machine reports, not its vCPU limit), which need not match the concurrency below.
     environment_variables = {
       THREADS                   = tostring(var.concurrency)
       GOOGLE_CLOUD_PROJECT      = var.project_id
@@ -75,9 +107,18 @@ resource "google_cloudfunctions2_function" "uploads" {
     }
   }
 
+  lifecycle {
+    precondition {
+      condition     = local.memory_mib >= local.memory_range_mib[var.cpu][0] && local.memory_mib <= local.memory_range_mib[var.cpu][1]
+      error_message = "memory ${var.memory} does not fit cpu ${var.cpu}: Cloud Run allows ${local.memory_range_mib[var.cpu][0]}-${local.memory_range_mib[var.cpu][1]} MiB with ${var.cpu} vCPU."
+    }
+  }
+
   depends_on = [
     google_project_service.enabled,
-    google_project_iam_member.build,
+    google_project_iam_member.build_logs,
+    google_project_iam_member.build_source,
+    google_artifact_registry_repository_iam_member.build_images,
     google_project_iam_member.runtime_firestore,
     google_storage_bucket_iam_member.runtime_uploads,
     google_storage_bucket_iam_member.runtime_uploads_read,

@@ -36,21 +36,48 @@ resource "google_service_account" "sweep" {
   display_name = "Framelane uploads expiry sweep (Cloud Scheduler)"
 }
 
-# The identity Cloud Build uses to build the function from source.
+# The identity Cloud Build uses to build the function from source. It can read
+# the function's source and write its image; never an upload.
 resource "google_service_account" "build" {
   project      = var.project_id
   account_id   = "${var.name}-build"
   display_name = "Framelane uploads function (build)"
 }
 
-resource "google_project_iam_member" "build" {
-  for_each = toset([
-    "roles/logging.logWriter",       # build logs
-    "roles/artifactregistry.writer", # the built image (gcf-artifacts repository)
-    "roles/storage.objectViewer",    # the source archive as Cloud Functions stages it
-  ])
-
+resource "google_project_iam_member" "build_logs" {
   project = var.project_id
-  role    = each.value
+  role    = "roles/logging.logWriter"
   member  = "serviceAccount:${google_service_account.build.email}"
+}
+
+# The function's source: our archive, and the copy Cloud Functions stages in
+# its own gcf-v2-sources-<project number>-<region> bucket (created on the first
+# deploy, hence a project grant with a condition rather than a bucket grant).
+# The condition names buckets (https://cloud.google.com/iam/docs/conditions-resource-attributes),
+# so the build reads nothing in the uploads bucket.
+resource "google_project_iam_member" "build_source" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = "serviceAccount:${google_service_account.build.email}"
+
+  condition {
+    title       = "function-source-only"
+    description = "The function's source buckets, and no other."
+    # Each bucket and its objects ("b/" so that bucket "b" does not also admit "b-other").
+    expression = join(" || ", flatten([
+      for bucket in local.function_source_buckets : [
+        "resource.name == \"projects/_/buckets/${bucket}\"",
+        "resource.name.startsWith(\"projects/_/buckets/${bucket}/objects/\")",
+      ]
+    ]))
+  }
+}
+
+# The built image: the function's own repository (function.tf docker_repository).
+resource "google_artifact_registry_repository_iam_member" "build_images" {
+  project    = var.project_id
+  location   = google_artifact_registry_repository.function.location
+  repository = google_artifact_registry_repository.function.name
+  role       = "roles/artifactregistry.writer"
+  member     = "serviceAccount:${google_service_account.build.email}"
 }

@@ -6,6 +6,7 @@ locals {
   upload_bucket      = coalesce(var.upload_bucket_name, "${var.project_id}-uploads")
   firestore_location = coalesce(var.firestore_location, var.region)
   cdn_base_url       = "https://${var.cdn_domain}"
-  # Exists once a signed URL key is on a backend bucket; Cloud CDN reads private buckets as it.
-  cdn_fill_account = "service-${data.google_project.this.number}@cloud-cdn-fill.iam.gserviceaccount.com"
+  # The load balancer's service agent: it reads the private buckets behind the
+  # CDN (cdn.tf). Google creates it with the project's first backend bucket.
+  lb_service_agent = "service-${data.google_project.this.number}@https-lb.iam.gserviceaccount.com"
 }

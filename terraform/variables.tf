@@ -181,7 +181,7 @@ variable "cpu" {
 
 variable "memory" {
   type        = string
-  description = "Memory per instance."
+  description = "Memory per instance. Cloud Run ties it to cpu: 1 vCPU up to 4Gi, 2 up to 8Gi, 4 from 2Gi, 6 and 8 from 4Gi (checked at plan)."
   default     = "512Mi"
 
   validation {

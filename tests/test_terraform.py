@@ -349,17 +349,130 @@ def test_the_test_prefix_has_its_lifecycle_rule():
     assert dynamic is None or "uploads/" in json.dumps(dynamic)  # the live retention rule keeps to uploads/
 
 
-def test_test_mode_objects_are_served_through_a_briefly_caching_backend():
+def tf_locals(name: str) -> dict:
+    return {k: v for block in load_tf(name).get("locals", []) for k, v in block.items()}
+
+
+def all_resources() -> list[tuple[str, str, dict]]:
+    """(type, name, body) of every resource in terraform/."""
+    out = []
+    for path in sorted(TF.glob("*.tf")):
+        for entry in load_tf(path.name).get("resource", []):
+            for type_label, named in entry.items():
+                for name_label, body in named.items():
+                    out.append((unquote(type_label), unquote(name_label), body))
+    return out
+
+
+def test_only_the_upload_prefixes_reach_the_uploads_bucket():
     cdn = load_tf("cdn.tf")
     url_map = resource(cdn, "google_compute_url_map", "cdn")
-    rules = url_map["path_matcher"][0]["path_rule"]
-    assert [[unquote(p) for p in rule["paths"]] for rule in rules] == [[f"/{uploads.PREFIXES['test']}*"]]
-    assert rules[0]["service"] == "${google_compute_backend_bucket.uploads_test.id}"
+    (matcher,) = url_map["path_matcher"]
+    routes = {unquote(path): rule["service"] for rule in matcher["path_rule"] for path in rule["paths"]}
+    assert routes == {f"/{uploads.PREFIXES['live']}*": "${google_compute_backend_bucket.uploads.id}",
+                      f"/{uploads.PREFIXES['test']}*": "${google_compute_backend_bucket.uploads_test.id}"}
+    for name in ("uploads", "uploads_test"):
+        assert resource(cdn, "google_compute_backend_bucket", name)["bucket_name"] == "${google_storage_bucket.uploads.name}"
+    # Everything else (`/`, `/uploads`, any other path) goes to a bucket that is not the uploads bucket.
+    not_found = "${google_compute_backend_bucket.not_found.id}"
+    assert url_map["default_service"] == matcher["default_service"] == not_found
+    assert resource(cdn, "google_compute_backend_bucket", "not_found")["bucket_name"] == \
+        "${google_storage_bucket.cdn_not_found.name}"
+
+
+def test_a_buckets_403_or_404_is_our_one_404_and_other_errors_pass():
+    cdn = load_tf("cdn.tf")
+    (policy,) = resource(cdn, "google_compute_url_map", "cdn")["default_custom_error_response_policy"]
+    assert policy["error_service"] == "${google_compute_backend_bucket.not_found.id}"
+    (rule,) = policy["error_response_rule"]
+    assert sorted(unquote(c) for c in rule["match_response_codes"]) == ["403", "404"]  # not 4xx: a 416 must pass
+    assert rule["override_response_code"] == 404
+    body = resource(cdn, "google_storage_bucket_object", "cdn_not_found")
+    assert unquote(rule["path"]) == "/${local.not_found_object}" and body["name"] == "${local.not_found_object}"
+    assert unquote(body["content_type"]) == "application/json"
+    # The envelope the API gives an unknown path (lib/errors.py NotFound).
+    from lib.errors import NotFound
+    assert f'code = "{NotFound.code}"' in body["content"] and "details = {}" in body["content"]
+
+
+def test_the_load_balancer_reads_by_private_bucket_access_and_can_list_nothing():
+    cdn = load_tf("cdn.tf")
+    agent = "service-${data.google_project.this.number}@https-lb.iam.gserviceaccount.com"
+    assert unquote(tf_locals("main.tf")["lb_service_agent"]) == agent
+    grant = resource(cdn, "google_storage_bucket_iam_member", "cdn_reads_uploads")
+    assert grant["bucket"] == "${google_storage_bucket.uploads.name}"
+    assert unquote(grant["role"]) == "roles/storage.objectViewer"  # the role Google documents for it
+    assert unquote(grant["member"]) == "serviceAccount:${local.lb_service_agent}"
+    # Conditioned on object names under the code's prefixes: the bucket itself (where a
+    # listing is checked) matches no clause.
+    assert [unquote(p) for p in tf_locals("cdn.tf")["upload_prefixes"]] == list(uploads.PREFIXES.values())
+    expression = grant["condition"][0]["expression"]
+    assert "for prefix in local.upload_prefixes" in expression
+    assert "resource.name.startsWith(" in expression and "/objects/${prefix}" in expression
+    assert "resource.name ==" not in expression and "resource.type" not in expression and "!" not in expression
+    error_grant = resource(cdn, "google_storage_bucket_iam_member", "cdn_reads_not_found")
+    assert unquote(error_grant["member"]) == "serviceAccount:${local.lb_service_agent}"
+    assert "/objects/${local.not_found_object}" in error_grant["condition"][0]["expression"]
+    # The signed-URL route (cloud-cdn-fill, a key that signed nothing) is gone for good.
+    text = "\n".join(path.read_text() for path in TF.glob("*.tf"))
+    assert "cloud-cdn-fill" not in text and "signed_url_key" not in text
+    # No one else is granted read on the uploads bucket but the function.
+    readers = {body["member"] for type_, _, body in all_resources()
+               if type_ == "google_storage_bucket_iam_member" and body["bucket"] == "${google_storage_bucket.uploads.name}"}
+    assert readers == {'"serviceAccount:${local.lb_service_agent}"',
+                       '"serviceAccount:${google_service_account.runtime.email}"'}
+
+
+def test_every_cdn_backend_sends_nosniff_and_caches_everything():
+    cdn = load_tf("cdn.tf")
+    assert [unquote(h) for h in tf_locals("cdn.tf")["cdn_response_headers"]] == ["X-Content-Type-Options: nosniff"]
+    backends = [body for type_, _, body in all_resources() if type_ == "google_compute_backend_bucket"]
+    assert len(backends) == 3
+    for body in backends:
+        assert body["custom_response_headers"] == "${local.cdn_response_headers}"
+        assert body["enable_cdn"] is True and unquote(body["cdn_policy"][0]["cache_mode"]) == "FORCE_CACHE_ALL"
     test_backend = resource(cdn, "google_compute_backend_bucket", "uploads_test")
-    assert test_backend["bucket_name"] == "${google_storage_bucket.uploads.name}"
     policy = test_backend["cdn_policy"][0]
     # Cached at most an hour, never served stale: gone from the edge soon after the bucket drops it.
     assert policy["default_ttl"] <= 3600 and policy["client_ttl"] <= 3600 and policy["serve_while_stale"] == 0
+
+
+def test_the_build_account_reads_only_the_function_source_and_writes_only_its_repository():
+    iam, function = load_tf("iam.tf"), load_tf("function.tf")
+    build_member = "serviceAccount:${google_service_account.build.email}"
+    project_roles = {unquote(body["role"]): body for type_, _, body in all_resources()
+                     if type_ == "google_project_iam_member" and unquote(body["member"]) == build_member}
+    assert set(project_roles) == {"roles/logging.logWriter", "roles/storage.objectViewer"}
+    expression = project_roles["roles/storage.objectViewer"]["condition"][0]["expression"]
+    assert "for bucket in local.function_source_buckets" in expression
+    assert tf_locals("function.tf")["function_source_buckets"] == [
+        "${google_storage_bucket.function_source.name}",
+        '"gcf-v2-sources-${data.google_project.this.number}-${var.region}"',
+    ]
+    assert "uploads" not in expression
+    writer = resource(iam, "google_artifact_registry_repository_iam_member", "build_images")
+    assert writer["repository"] == "${google_artifact_registry_repository.function.name}"
+    assert unquote(writer["role"]) == "roles/artifactregistry.writer"
+    build = resource(function, "google_cloudfunctions2_function", "uploads")["build_config"][0]
+    assert build["docker_repository"] == "${google_artifact_registry_repository.function.id}"
+
+
+# Cloud Run's table: vCPUs -> memory allowed (run/docs/configuring/services/memory-limits).
+CLOUD_RUN_MEMORY_MIB = {"1": (128, 4096), "2": (128, 8192), "4": (2048, 16384), "6": (4096, 24576), "8": (4096, 32768)}
+
+
+def test_memory_is_checked_against_cpu_as_cloud_run_requires():
+    table = tf_locals("function.tf")["memory_range_mib"]
+    assert {unquote(k): tuple(v) for k, v in table.items()} == CLOUD_RUN_MEMORY_MIB
+    cpu_choices = re.findall(r'"(\d)"', tf_variables()["cpu"]["validation"][0]["condition"])
+    assert set(cpu_choices) == set(CLOUD_RUN_MEMORY_MIB)
+    (precondition,) = resource(load_tf("function.tf"), "google_cloudfunctions2_function", "uploads")["lifecycle"][0]["precondition"]
+    assert "local.memory_range_mib[var.cpu][0]" in precondition["condition"]
+    assert "local.memory_range_mib[var.cpu][1]" in precondition["condition"]
+    # The defaults fit.
+    variables = tf_variables()
+    low, high = CLOUD_RUN_MEMORY_MIB[unquote(variables["cpu"]["default"])]
+    assert low <= int(unquote(variables["memory"]["default"]).removesuffix("Mi")) <= high
 
 
 def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function_checks():
