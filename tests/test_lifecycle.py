@@ -473,12 +473,19 @@ def test_a_test_key_cannot_see_its_workspaces_live_uploads_nor_the_reverse(clien
     pytest.param("UPL_" + "a" * 32, id="case"),
     pytest.param("upl_" + "A" * 32, id="upper-hex"),
     pytest.param("api_keys", id="another-collection"),
-    pytest.param("x" * 5000, id="long"),
+    pytest.param("x" * 1000, id="long"),
 ])
 def test_unknown_or_malformed_id_is_upload_not_found(client, key, upload_id):
     for resp in (client.get(f"/v1/uploads/{upload_id}", headers=bearer(key)),
                  client.post(f"/v1/uploads/{upload_id}/cancel", headers=bearer(key))):
         assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "upload_not_found"
+
+
+def test_an_id_making_the_path_over_2048_bytes_is_414_before_anything_else(client, key):
+    for resp in (client.get("/v1/uploads/" + "x" * 5000, headers=bearer(key)),
+                 client.post("/v1/uploads/" + "x" * 5000 + "/cancel")):
+        assert resp.status_code == 414 and resp.get_json()["error"]["code"] == "uri_too_long"
+        assert resp.get_json()["error"]["details"] == {"max_bytes": 2048}
 
 
 def test_get_and_cancel_need_an_api_key(client, make_key):
