@@ -383,7 +383,7 @@ def test_malformed_http_is_400_in_the_envelope(target):
     assert status == 400 and body["error"]["code"] == "bad_request"
 
 
-def test_half_sent_requests_cannot_hold_every_thread(target, ws_key):
+def test_half_sent_requests_cannot_hold_every_thread(target, ws_key, log_dir):
     """Once 8 clients that sent part of a request and stopped held all 8 threads,
     and a real request timed out. Each read now waits at most 10 s."""
     url, _ = target
@@ -407,6 +407,9 @@ def test_half_sent_requests_cannot_hold_every_thread(target, ws_key):
                 chunks.append(chunk)
             answers.append(b"".join(chunks))
         assert answers and all(a.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in a for a in answers)
+        # A stalled header is one JSON log line each, not a traceback.
+        log = function_log(log_dir)
+        assert "request read timed out" in log and "BlockingIOError" not in log
     finally:
         for sock in stalled:
             sock.close()
