@@ -18,11 +18,11 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import auth, idempotency, lifecycle, logs, models, oidc, server, uploads as media
+from lib import auth, events, idempotency, lifecycle, logs, models, oidc, server, uploads as media
 from lib.clients import firestore_client, session_http, storage_client
 from lib.config import ConfigError, Settings, get_settings
-from lib.errors import (ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded, UploadTooLarge,
-                        UriTooLong)
+from lib.errors import (ApiError, InvalidEvent, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded,
+                        UploadTooLarge, UriTooLong)
 
 # Before functions-framework builds its gunicorn (it imports this module first).
 server.install()
@@ -57,7 +57,7 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
     def mint() -> tuple[models.UploadOut, str, dict[str, Any]]:
         upload_id, name = media.new_upload(key.workspace_id, extension, key.mode)
         url = media.mint_session(storage_client(settings.firestore.project), settings.upload_bucket, name,
-                                 content_type, origin, upload.size_bytes)
+                                 content_type, origin, upload.size_bytes, upload.crc32c, upload.md5)
         created, expires = media.lifetime(media.now(), settings.upload_url_ttl_seconds)
         out = models.UploadOut(
             id=upload_id,
@@ -76,7 +76,8 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
         return 201, out.model_dump(), {}
 
     # What the request means, so equivalent bodies (2048 and 2048.0, a null and an absent filename) replay.
-    meaning = {"content_type": content_type, "filename": upload.filename, "size_bytes": upload.size_bytes}
+    meaning = {"content_type": content_type, "filename": upload.filename, "size_bytes": upload.size_bytes,
+               "crc32c": upload.crc32c, "md5": upload.md5}
     outcome = idempotency.begin(
         db, key.workspace_id, key.mode, idem_key, idempotency.fingerprint(meaning),
         settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds,
@@ -148,6 +149,25 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
     return 200, result.as_dict(), {}
 
 
+def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+    """POST /internal/storage-events (Pub/Sub push, OIDC): a finalized object completes its upload."""
+    settings = get_settings()
+    oidc.verify(request.headers.get("Authorization"), settings.events_audience, settings.events_service_account,
+                oidc.cert_cache(settings.oidc_certs_url, session_http()), route="events")
+    try:
+        body = models.parse_json_object(raw)
+    except ApiError as exc:
+        raise InvalidEvent(f"body: {exc.message}") from None
+    event = events.parse_push(body)
+    log.update(event_type=event.event_type, message_id=event.message_id[:64])
+    upload_id = events.upload_id_for(event.object_name)
+    if upload_id is not None:
+        log["upload_id"] = upload_id
+    outcome = events.handle(firestore_client(settings.firestore), _storage(settings), event)
+    log["outcome"] = outcome
+    return 200, {"outcome": outcome}, {}
+
+
 def _authenticate(request: flask.Request, log: dict[str, Any], db: Any) -> auth.ApiKey:
     key = auth.authenticate(db, request.headers.get("Authorization"),
                             auth.lookup_cache(get_settings().api_key_cache_ttl_seconds))
@@ -167,6 +187,7 @@ ROUTES: tuple[tuple[re.Pattern[str], dict[str, Handler]], ...] = (
     (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)"), {"GET": get_upload}),
     (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/cancel"), {"POST": cancel_upload}),
     (re.compile(r"/internal/sweep"), {"POST": run_sweep}),
+    (re.compile(r"/internal/storage-events"), {"POST": storage_event}),
 )
 
 

@@ -27,6 +27,8 @@ OPTIONAL = (
     "MAX_UPLOAD_BYTES",
     "SWEEP_SERVICE_ACCOUNT",
     "SWEEP_AUDIENCE",
+    "EVENTS_SERVICE_ACCOUNT",
+    "EVENTS_AUDIENCE",
     "OIDC_CERTS_URL",
 )
 # Read, but left to their defaults in a deployment: they exist so the tests can
@@ -77,6 +79,10 @@ class Settings:
     # Unset, the sweep route refuses every call.
     sweep_service_account: str | None = None
     sweep_audience: str | None = None
+    # Who may call POST /internal/storage-events: the Pub/Sub push
+    # subscription's OIDC identity and audience. Unset, the route refuses every call.
+    events_service_account: str | None = None
+    events_audience: str | None = None
     oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
 
     @classmethod
@@ -94,21 +100,28 @@ class Settings:
             idempotency_lease_seconds=_seconds(env, "IDEMPOTENCY_LEASE_SECONDS", 30),
             api_key_cache_ttl_seconds=_seconds(env, "API_KEY_CACHE_TTL_SECONDS", 30, minimum=0, maximum=300),
             max_upload_bytes=_integer(env, "MAX_UPLOAD_BYTES", 5 * GIB, 1, GCS_MAX_OBJECT_BYTES, "bytes"),
-            **_sweep(env),
+            **_caller(env, "SWEEP"),
+            **_caller(env, "EVENTS"),
+            oidc_certs_url=_certs_url(env),
         )
 
 
-def _sweep(env: Mapping[str, str]) -> dict:
-    account = env.get("SWEEP_SERVICE_ACCOUNT", "").strip() or None
-    audience = env.get("SWEEP_AUDIENCE", "").strip() or None
+def _caller(env: Mapping[str, str], route: str) -> dict:
+    """An internal route's allowed caller: {ROUTE}_SERVICE_ACCOUNT and {ROUTE}_AUDIENCE, both or neither."""
+    account = env.get(f"{route}_SERVICE_ACCOUNT", "").strip() or None
+    audience = env.get(f"{route}_AUDIENCE", "").strip() or None
     if (account is None) != (audience is None):
-        raise ConfigError("SWEEP_SERVICE_ACCOUNT and SWEEP_AUDIENCE must be set together")
+        raise ConfigError(f"{route}_SERVICE_ACCOUNT and {route}_AUDIENCE must be set together")
     if account is not None and not _EMAIL.fullmatch(account):
-        raise ConfigError(f"SWEEP_SERVICE_ACCOUNT must be a service account's email, got {account!r}")
+        raise ConfigError(f"{route}_SERVICE_ACCOUNT must be a service account's email, got {account!r}")
+    return {f"{route.lower()}_service_account": account, f"{route.lower()}_audience": audience}
+
+
+def _certs_url(env: Mapping[str, str]) -> str:
     certs = env.get("OIDC_CERTS_URL", "").strip() or GOOGLE_OIDC_CERTS_URL
     if urlsplit(certs).scheme not in ("https", "http") or not urlsplit(certs).netloc:
         raise ConfigError("OIDC_CERTS_URL must be an absolute http(s) URL")
-    return {"sweep_service_account": account, "sweep_audience": audience, "oidc_certs_url": certs}
+    return certs
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

@@ -39,6 +39,16 @@ class BadHttpRequest(ApiError):
     message = "The request is not valid HTTP/1.1."
 
 
+class InvalidEvent(ApiError):
+    """POST /internal/storage-events with a body that is not a Pub/Sub push of a GCS notification."""
+
+    status, code = 400, "invalid_event"
+    message = "The body is not a Pub/Sub push envelope of a Cloud Storage notification."
+
+    def __init__(self, reason: str):
+        super().__init__(reason=reason)
+
+
 class InvalidIdempotencyKey(ApiError):
     status, code = 400, "invalid_idempotency_key"
     message = "Idempotency-Key must be 1 to 255 printable ASCII characters."

@@ -5,7 +5,9 @@ One Firestore document per upload, `uploads/{upl_...}`. A record leaves
 read at, so a cancel, a GET and a sweep racing on one upload agree on one
 outcome: whoever writes second re-reads and reports what the first decided.
 
-`completed` is what the bucket says (the object exists). Cancelling and
+`completed` is what the bucket says (the object exists): a storage event
+(lib/events.py) says so within seconds, and every GET, cancel and sweep looks
+for itself, so a late or lost event costs nothing but time. Cancelling and
 expiring first cancel the GCS session, then look for the object once more:
 an upload that finished in between is `completed`, never lost and never
 reported cancelled. Once settled, the record forgets its session URL.
@@ -33,7 +35,7 @@ COLLECTION = "uploads"
 PENDING, COMPLETED, CANCELLED, EXPIRED = "pending", "completed", "cancelled", "expired"
 # Fields the record holds; only `state` and `expires_at` are ever queried (the sweep).
 FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
-          "state", "session_url", "settled_at")
+          "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation")
 
 
 @dataclass(frozen=True)
@@ -92,16 +94,25 @@ def load(db: firestore.Client, workspace_id: str, mode: str, upload_id: str) -> 
         UploadNotFound: no such id, or it belongs to another workspace or mode
             (the answer is the same: whether it exists elsewhere is not told).
     """
+    record = load_by_id(db, upload_id)
+    if record.data.get("workspace_id") != workspace_id or record.data.get("mode") != mode:
+        raise UploadNotFound()
+    return record
+
+
+def load_by_id(db: firestore.Client, upload_id: str) -> Record:
+    """The upload with this id, whoever's it is.
+
+    Raises:
+        UploadNotFound: no such id.
+    """
     if not media.UPLOAD_ID.fullmatch(upload_id):
         raise UploadNotFound()
     with upstream():
         snap = ref(db, upload_id).get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
     if not snap.exists:
         raise UploadNotFound()
-    data = snap.to_dict()
-    if data.get("workspace_id") != workspace_id or data.get("mode") != mode:
-        raise UploadNotFound()
-    return Record(upload_id, data, snap.update_time)
+    return Record(upload_id, snap.to_dict(), snap.update_time)
 
 
 def view(record: Record, cdn_base_url: str) -> Upload:
@@ -114,7 +125,16 @@ def view(record: Record, cdn_base_url: str) -> Upload:
         size_bytes=data.get("size_bytes"),
         created_at=media.rfc3339(data["created_at"]),
         expires_at=media.rfc3339(data["expires_at"]),
+        completed_at=media.rfc3339(data["completed_at"]) if data.get("completed_at") else None,
+        crc32c=data.get("crc32c"),
+        md5=data.get("md5"),
     )
+
+
+def completed(obj: media.StoredObject) -> dict[str, Any]:
+    """The changes that record a pending upload as completed by `obj`."""
+    return {"state": COMPLETED, "size_bytes": obj.size, "crc32c": obj.crc32c, "md5": obj.md5,
+            "generation": obj.generation, "completed_at": obj.created}
 
 
 def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
@@ -169,23 +189,32 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
         if deadline is not None and time.monotonic() >= deadline:
             raise OutOfTime()
 
-    size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
-    if size is None and end is not None:
+    obj = media.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
+    if obj is None and end is not None:
         step()
         status = media.cancel_session(gcs.http, record.data["session_url"])
         # The upload may have finished between the look and the cancel.
         step()
-        size = media.stored_size(gcs.client, gcs.bucket, record.data["object_name"])
-        if size is None and not media.session_ended(status):
+        obj = media.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
+        if obj is None and not media.session_ended(status):
             # Neither cancelled nor finished: leave it pending for a later try.
             raise SessionNotEnded(status)
-    if size is not None:
-        changes: dict[str, Any] = {"state": COMPLETED, "size_bytes": size}
+    if obj is not None:
+        changes = completed(obj)
     elif end is not None:
         changes = {"state": end}
     else:
         return record
     step()
+    return transition(db, record, changes)
+
+
+def transition(db: firestore.Client, record: Record, changes: dict[str, Any]) -> Record:
+    """Apply `changes` to a pending record, conditioned on the update_time it was read at.
+
+    Returns the record as stored afterwards: ours, or (if another request
+    settled it first) theirs, which stands.
+    """
     document = ref(db, record.id)
     try:
         with upstream():

@@ -3,6 +3,8 @@ extended), and the strict reading of a request body into them."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import IO, Any, Literal
 
@@ -25,6 +27,11 @@ class UploadRequest(BaseModel):
     # is a setting (MAX_UPLOAD_BYTES), checked by the caller.
     size_bytes: StrictInt | None = Field(default=None, gt=0)
 
+    # The object's checksums as GCS writes them (base64 of the big-endian CRC32C,
+    # of the MD5 digest). Bound into the session, so GCS refuses other bytes.
+    crc32c: StrictStr | None = None
+    md5: StrictStr | None = None
+
     @field_validator("size_bytes", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
@@ -33,6 +40,29 @@ class UploadRequest(BaseModel):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return value
+
+    @field_validator("crc32c")
+    @classmethod
+    def _crc32c(cls, value: str | None) -> str | None:
+        return _base64_digest(value, 4)
+
+    @field_validator("md5")
+    @classmethod
+    def _md5(cls, value: str | None) -> str | None:
+        return _base64_digest(value, 16)
+
+
+def _base64_digest(value: str | None, size: int) -> str | None:
+    """`value` if it is the canonical base64 (with padding) of `size` bytes."""
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"must be the base64 of a {size}-byte digest") from None
+    if len(digest) != size or base64.b64encode(digest).decode() != value:
+        raise ValueError(f"must be the base64 of a {size}-byte digest (as GCS reports it, with padding)")
+    return value
 
 
 class UploadOut(BaseModel):
@@ -61,6 +91,10 @@ class Upload(BaseModel):
     size_bytes: int | None
     created_at: str
     expires_at: str
+    # Set once completed: when the object was finalized, and its checksums as GCS reports them.
+    completed_at: str | None = None
+    crc32c: str | None = None
+    md5: str | None = None
 
 
 def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -175,5 +209,6 @@ _MESSAGES = {
     "string_type": "Must be a string.",
     "int_type": "Must be an integer.",
     "greater_than": "Must be a positive integer.",
+    "value_error": "Must be the base64 of the digest, as GCS reports it (crc32c: 4 bytes, md5: 16).",
     "extra_forbidden": "Unknown field.",
 }

@@ -1,10 +1,12 @@
-"""Verifying the OIDC token Cloud Scheduler sends with each sweep call.
+"""Verifying the OIDC tokens Google sends to the internal routes: Cloud
+Scheduler's with each sweep call, Pub/Sub's with each storage event push.
 
 The token is a Google-signed ID token (RS256 JWT). It is accepted only when
 its signature checks out against Google's published certificates, it is
 within its validity (30 s of clock skew), its issuer is Google, its audience
-is ours (`SWEEP_AUDIENCE`) and its signer is the scheduler's service account
-(`SWEEP_SERVICE_ACCOUNT`, verified email). Certificates are fetched from
+is the route's (`SWEEP_AUDIENCE`, `EVENTS_AUDIENCE`) and its signer is the
+route's service account (`SWEEP_SERVICE_ACCOUNT`, `EVENTS_SERVICE_ACCOUNT`,
+verified email). Certificates are fetched from
 `OIDC_CERTS_URL` (Google's by default; tests serve their own) and cached by
 their Cache-Control max-age, refetched early at most every 30 s when a token
 names a key id not yet seen (Google rotates keys).
@@ -147,8 +149,10 @@ def cert_cache(url: str, http: requests.Session) -> CertCache:
 
 
 def verify(authorization: str | None, audience: str | None, service_account: str | None,
-           certs: CertCache) -> dict[str, Any]:
+           certs: CertCache, route: str = "sweep") -> dict[str, Any]:
     """The token's claims, if it is Google's, for `audience`, from `service_account`.
+
+    `route` names the caller's settings in the log's reasons ("sweep" -> SWEEP_*).
 
     Raises:
         Forbidden: the route is not configured, or a valid token from another identity.
@@ -156,7 +160,7 @@ def verify(authorization: str | None, audience: str | None, service_account: str
         ServiceUnavailable: Google's certificates could not be fetched.
     """
     if not audience or not service_account:
-        raise Forbidden("sweep not configured (SWEEP_AUDIENCE, SWEEP_SERVICE_ACCOUNT)")
+        raise Forbidden(f"{route} not configured ({route.upper()}_AUDIENCE, {route.upper()}_SERVICE_ACCOUNT)")
     token = _bearer(authorization)
     try:
         header = _header(token)
@@ -180,7 +184,7 @@ def verify(authorization: str | None, audience: str | None, service_account: str
     if claims.get("aud") != audience:
         raise InvalidToken("token is for another audience")
     if claims.get("email") != service_account or claims.get("email_verified") is not True:
-        raise Forbidden("token is not from the sweep's service account")
+        raise Forbidden(f"token is not from the {route}'s service account")
     return claims
 
 

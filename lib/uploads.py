@@ -1,14 +1,15 @@
 """Uploads: content types, ids and object naming, and the GCS side of a
 session's life: minting it, cancelling it, finding the object it made.
 
-Everything but `mint_session`, `cancel_session` and `stored_size` is pure and
-tested without emulators.
+Everything but `mint_session`, `cancel_session`, `stored_object` and
+`delete_object` is pure and tested without emulators.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
@@ -146,17 +147,27 @@ def lifetime(now: datetime, ttl_seconds: int) -> tuple[datetime, datetime]:
 
 
 def mint_session(client: storage.Client, bucket: str, object_name: str, content_type: str,
-                 origin: str | None, size: int | None = None) -> str:
+                 origin: str | None, size: int | None = None, crc32c: str | None = None,
+                 md5: str | None = None) -> str:
     """Initiate a GCS resumable upload session and return its URL (a bearer secret).
 
     The content type is set on the blob before the session is created so the
     object is stored with it whatever the PUT says; `if_generation_match=0`
     means the session can only ever create, never overwrite; `origin` makes GCS
     answer the browser's CORS checks on the session URL; `size` (sent as
-    `X-Upload-Content-Length`) makes GCS refuse any other length.
+    `X-Upload-Content-Length`) makes GCS refuse any other length. `crc32c` and
+    `md5` go into the initiation's object metadata (`crc32c`, `md5Hash`), so GCS
+    refuses to finalize bytes that do not match them
+    (https://cloud.google.com/storage/docs/data-validation): the final PUT
+    fails with 400 and no object is made.
     """
     blob = client.bucket(bucket).blob(object_name)
     blob.content_type = content_type
+    # Setting them marks them changed: the library sends changed writable fields at initiation.
+    if crc32c is not None:
+        blob.crc32c = crc32c
+    if md5 is not None:
+        blob.md5_hash = md5
     with upstream():
         return blob.create_resumable_upload_session(
             content_type=content_type,
@@ -202,11 +213,39 @@ def session_ended(status: int) -> bool:
     return status in _SESSION_ENDED
 
 
-def stored_size(client: storage.Client, bucket: str, object_name: str) -> int | None:
-    """The size of the object if it exists (its upload completed), else None."""
+@dataclass(frozen=True)
+class StoredObject:
+    """What GCS says of a finalized object (from a lookup or a storage event)."""
+
+    size: int
+    generation: int
+    crc32c: str | None
+    md5: str | None
+    created: datetime  # when it was finalized: the upload's completed_at
+
+
+def stored_object(client: storage.Client, bucket: str, object_name: str) -> StoredObject | None:
+    """The object if it exists (its upload completed), else None."""
     with upstream():
         blob = client.bucket(bucket).get_blob(object_name, timeout=STORAGE_TIMEOUT, retry=STORAGE_RETRY)
-    return None if blob is None else blob.size
+    if blob is None:
+        return None
+    return StoredObject(size=blob.size, generation=blob.generation, crc32c=blob.crc32c, md5=blob.md5_hash,
+                        created=blob.time_created)
+
+
+def delete_object(client: storage.Client, bucket: str, object_name: str, generation: int) -> bool:
+    """Delete that generation of the object; False if it is already gone (or replaced).
+
+    Conditioned on the generation, so it can only ever delete the bytes it was told of.
+    """
+    try:
+        with upstream():
+            client.bucket(bucket).blob(object_name).delete(if_generation_match=generation, timeout=STORAGE_TIMEOUT,
+                                                           retry=STORAGE_RETRY)
+        return True
+    except (gexc.NotFound, gexc.PreconditionFailed):
+        return False
 
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")

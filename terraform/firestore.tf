@@ -65,7 +65,7 @@ resource "google_firestore_index" "uploads_sweep" {
 # sweep, above). `session_url` is a long secret; no field but those two needs
 # an index.
 resource "google_firestore_field" "uploads_unindexed" {
-  for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "session_url", "settled_at"])
+  for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation"])
 
   project    = var.project_id
   database   = google_firestore_database.main.name

@@ -24,6 +24,9 @@ from google.auth import crypt, jwt
 
 AUDIENCE = "https://uploads.test/internal/sweep"
 SERVICE_ACCOUNT = "framelane-sweep@framelane-test.iam.gserviceaccount.com"
+# The storage events' push subscription: another identity, another audience.
+EVENTS_AUDIENCE = "https://uploads.test/internal/storage-events"
+EVENTS_SERVICE_ACCOUNT = "framelane-events@framelane-test.iam.gserviceaccount.com"
 
 
 class SigningKey:
@@ -101,4 +104,9 @@ class Issuer:
     def env(self) -> dict[str, str]:
         """The function's settings that trust this issuer."""
         return {"SWEEP_AUDIENCE": AUDIENCE, "SWEEP_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+                "EVENTS_AUDIENCE": EVENTS_AUDIENCE, "EVENTS_SERVICE_ACCOUNT": EVENTS_SERVICE_ACCOUNT,
                 "OIDC_CERTS_URL": self.certs_url}
+
+    def events_token(self, **overrides) -> str:
+        """A token as the storage events' push subscription sends it."""
+        return self.token(**{"aud": EVENTS_AUDIENCE, "email": EVENTS_SERVICE_ACCOUNT, **overrides})

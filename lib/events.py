@@ -1,0 +1,131 @@
+"""Storage events: an upload is `completed` the moment GCS finalizes its object.
+
+GCS publishes an OBJECT_FINALIZE notification (payload JSON_API_V1: the
+object resource) for the upload prefixes to a Pub/Sub topic; a push
+subscription delivers each message to `POST /internal/storage-events` with
+a Google-signed OIDC token (checked in main.py, as the sweep's is).
+
+Delivery is at least once, in any order, so every outcome is idempotent and
+the HTTP status is the acknowledgement:
+
+- pending upload: recorded `completed` with the object's size, checksums,
+  generation and finalize time, by the same conditional write the lifecycle
+  uses (a racing cancel, GET or sweep agrees on one outcome);
+- already completed: nothing changes (a repeat);
+- cancelled or expired (its bytes landed after all): that generation of the
+  object is deleted, the upload keeps its state;
+- an object we do not know (another bucket or prefix, no record): ignored;
+- another event type: ignored.
+
+Each of those is a 2xx. A body that is not a push envelope is a 400 (Pub/Sub
+retries it, then dead-letters it); Firestore or Storage unavailable is a 503
+(Pub/Sub redelivers).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.cloud import firestore
+
+from lib import lifecycle, uploads as media
+from lib.errors import InvalidEvent, UploadNotFound
+
+FINALIZE = "OBJECT_FINALIZE"
+# An object name the service makes: `{prefix}{workspace}/{32 hex}.{ext}` (lib/uploads.py new_upload).
+_OBJECT = re.compile(r"(?:%s)[A-Za-z0-9_-]{1,64}/([0-9a-f]{32})\.[a-z0-9]{1,10}"
+                     % "|".join(re.escape(prefix) for prefix in media.PREFIXES.values()))
+
+
+@dataclass(frozen=True)
+class Event:
+    event_type: str
+    bucket: str
+    object_name: str
+    message_id: str
+    obj: media.StoredObject | None  # set for OBJECT_FINALIZE
+
+
+def parse_push(body: Any) -> Event:
+    """The storage event a Pub/Sub push envelope carries.
+
+    Raises:
+        InvalidEvent: not a push envelope of a GCS notification.
+    """
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, dict):
+        raise InvalidEvent("not a Pub/Sub push envelope: no message object")
+    attributes = message.get("attributes")
+    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+        raise InvalidEvent("the message has no string attributes")
+    try:
+        event_type, bucket, name = attributes["eventType"], attributes["bucketId"], attributes["objectId"]
+    except KeyError as exc:
+        raise InvalidEvent(f"the message lacks the attribute {exc.args[0]}") from None
+    message_id = message.get("messageId") or message.get("message_id") or ""
+    if not isinstance(message_id, str):
+        raise InvalidEvent("messageId is not a string")
+    obj = _finalized(message.get("data"), attributes) if event_type == FINALIZE else None
+    return Event(event_type, bucket, name, message_id, obj)
+
+
+def _finalized(data: Any, attributes: dict[str, str]) -> media.StoredObject:
+    """The object resource (payload JSON_API_V1) the message's data holds."""
+    if not isinstance(data, str):
+        raise InvalidEvent("an OBJECT_FINALIZE message has no data (payload format JSON_API_V1 expected)")
+    try:
+        resource = json.loads(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError):
+        raise InvalidEvent("the message data is not base64 of a JSON object") from None
+    if not isinstance(resource, dict):
+        raise InvalidEvent("the message data is not a JSON object")
+    try:
+        generation = int(resource.get("generation") or attributes["objectGeneration"])
+        size = int(resource["size"])
+        created = datetime.fromisoformat(str(resource["timeCreated"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidEvent("the object resource lacks a whole size, generation or timeCreated") from None
+    crc32c, md5 = resource.get("crc32c"), resource.get("md5Hash")
+    if not all(value is None or isinstance(value, str) for value in (crc32c, md5)):
+        raise InvalidEvent("the object resource's checksums are not strings")
+    return media.StoredObject(size=size, generation=generation, crc32c=crc32c, md5=md5, created=created)
+
+
+def upload_id_for(object_name: str) -> str | None:
+    """The id of the upload that owns `object_name`, if the service made such a name."""
+    match = _OBJECT.fullmatch(object_name)
+    return f"upl_{match.group(1)}" if match else None
+
+
+def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
+    """Apply one storage event; what became of it (for the answer and the log).
+
+    Raises:
+        ServiceUnavailable: Firestore or Storage is unavailable (Pub/Sub redelivers).
+    """
+    if event.event_type != FINALIZE:
+        return "ignored_event_type"
+    upload_id = upload_id_for(event.object_name)
+    if event.bucket != gcs.bucket or upload_id is None:
+        return "ignored_unknown_object"
+    try:
+        record = lifecycle.load_by_id(db, upload_id)
+    except UploadNotFound:
+        return "ignored_unknown_object"
+    if record.data.get("object_name") != event.object_name:
+        return "ignored_unknown_object"
+    assert event.obj is not None  # parse_push sets it for every FINALIZE
+    was_pending = record.state == lifecycle.PENDING
+    if was_pending:
+        record = lifecycle.transition(db, record, lifecycle.completed(event.obj))
+    if record.state == lifecycle.COMPLETED:
+        return "completed" if was_pending else "duplicate"
+    # Cancelled or expired, and yet these bytes landed: they must not stay behind its source_url.
+    media.delete_object(gcs.client, gcs.bucket, event.object_name, event.obj.generation)
+    return "deleted_late_object"

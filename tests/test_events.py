@@ -1,0 +1,348 @@
+"""Storage events (POST /internal/storage-events) and the checksums GCS enforces.
+
+Events are pushed here as Pub/Sub pushes them: the envelope, a Google-shaped
+OIDC token from tests/oidc_issuer.py, and for the object resource whatever
+fake-gcs-server says of the real object a real PUT made.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from datetime import datetime, timezone
+
+import pytest
+
+from lib import events, lifecycle
+from tests.conftest import BUCKET
+from tests.helpers import RecordingProxy, schema_errors
+from tests.oidc_issuer import EVENTS_AUDIENCE
+from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
+
+ROUTE = "/internal/storage-events"
+
+
+def crc32c(data: bytes) -> str:
+    """Base64 of the big-endian CRC32C (Castagnoli), as GCS reports `crc32c`."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return base64.b64encode((crc ^ 0xFFFFFFFF).to_bytes(4, "big")).decode()
+
+
+def md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def resource_of(gcs, name: str, bucket: str = BUCKET) -> dict:
+    """The object resource GCS would put in the notification (payload JSON_API_V1)."""
+    blob = gcs.bucket(bucket).get_blob(name)
+    assert blob is not None, name
+    return dict(blob._properties)
+
+
+def envelope(resource: dict, event_type: str = "OBJECT_FINALIZE", bucket: str | None = None) -> dict:
+    bucket = bucket or resource["bucket"]
+    return {
+        "message": {
+            "attributes": {"eventType": event_type, "bucketId": bucket, "objectId": resource["name"],
+                           "objectGeneration": str(resource["generation"]), "payloadFormat": "JSON_API_V1",
+                           "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/1"},
+            "data": base64.b64encode(json.dumps(resource).encode()).decode(),
+            "messageId": str(secrets.randbelow(10**15)),
+            "publishTime": datetime.now(timezone.utc).isoformat(),
+        },
+        "subscription": "projects/framelane-test/subscriptions/uploads-storage-events",
+    }
+
+
+def push(client, body, token: str | None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post(ROUTE, data=data, headers=headers, content_type="application/json")
+
+
+def object_name(out: dict) -> str:
+    return out["source_url"].split(f"/{BUCKET}/", 1)[1]
+
+
+@pytest.fixture
+def landed(client, make_key, gcs):
+    """An upload whose bytes landed (a real PUT), not yet looked at by anyone."""
+    key, _ = make_key()
+    data = secrets.token_bytes(3000)
+    out = create(client, key, {"content_type": "video/mp4", "size_bytes": len(data), "crc32c": crc32c(data),
+                               "md5": md5(data)})
+    put_bytes(out["upload_url"], data)
+    return key, out, data, resource_of(gcs, object_name(out))
+
+
+# --- completion ------------------------------------------------------------------------------------------
+
+def test_an_event_completes_the_upload_with_what_gcs_says_of_the_object(client, db, landed, oidc_issuer,
+                                                                        openapi_doc):
+    key, out, data, resource = landed
+    assert record(db, out["id"])["state"] == "pending"  # nothing has looked yet
+    resp = push(client, envelope(resource), oidc_issuer.events_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": "completed"}
+    stored = record(db, out["id"])
+    assert stored["state"] == "completed" and stored["size_bytes"] == len(data)
+    assert stored["crc32c"] == resource["crc32c"] == crc32c(data) and stored["md5"] == resource["md5Hash"] == md5(data)
+    assert stored["generation"] == int(resource["generation"]) and "session_url" not in stored
+    # GET and cancel report it, with the finalize time and the checksums.
+    got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
+    assert got["status"] == "completed" and got["crc32c"] == crc32c(data) and got["md5"] == md5(data)
+    assert got["completed_at"] == resource["timeCreated"].split(".")[0].removesuffix("Z") + "Z"
+    assert schema_errors(openapi_doc, "#/components/schemas/Upload", got) == []
+    assert client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key)).status_code == 409
+
+
+def test_a_repeated_event_changes_nothing(client, db, landed, oidc_issuer):
+    _, out, _, resource = landed
+    body = envelope(resource)
+    assert push(client, body, oidc_issuer.events_token()).get_json() == {"outcome": "completed"}
+    before = db.collection(lifecycle.COLLECTION).document(out["id"]).get().update_time
+    for _ in range(3):
+        resp = push(client, body, oidc_issuer.events_token())
+        assert resp.status_code == 200 and resp.get_json() == {"outcome": "duplicate"}
+    assert db.collection(lifecycle.COLLECTION).document(out["id"]).get().update_time == before
+
+
+def test_an_event_after_a_get_completed_the_upload_is_a_duplicate(client, db, landed, oidc_issuer):
+    key, out, data, resource = landed
+    got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
+    assert got["status"] == "completed" and got["crc32c"] == crc32c(data) and got["completed_at"]
+    assert push(client, envelope(resource), oidc_issuer.events_token()).get_json() == {"outcome": "duplicate"}
+    assert record(db, out["id"])["generation"] == int(resource["generation"])
+
+
+@pytest.mark.parametrize("end", ["cancelled", "expired"])
+def test_bytes_that_land_after_a_cancel_or_expiry_are_deleted_and_the_state_stays(client, db, gcs, make_key,
+                                                                                  oidc_issuer, end):
+    key, _ = make_key()
+    out = create(client, key)
+    if end == "cancelled":
+        assert client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key)).get_json()["status"] == end
+    else:
+        backdate(db, out["id"])
+        assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["status"] == end
+    # The bytes land after all (on GCS a finalize racing the cancel; here written directly).
+    name = object_name(out)
+    gcs.bucket(BUCKET).blob(name).upload_from_string(b"late bytes", content_type="video/mp4")
+    resp = push(client, envelope(resource_of(gcs, name)), oidc_issuer.events_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": "deleted_late_object"}
+    assert gcs.bucket(BUCKET).get_blob(name) is None
+    assert record(db, out["id"])["state"] == end
+    # Delivered again: the object is already gone; still acknowledged.
+    assert push(client, envelope({**resource_of_deleted(name), "name": name}), oidc_issuer.events_token()) \
+        .get_json() == {"outcome": "deleted_late_object"}
+
+
+def resource_of_deleted(name: str) -> dict:
+    return {"bucket": BUCKET, "name": name, "generation": "1", "size": "10",
+            "timeCreated": "2026-01-01T00:00:00.000Z"}
+
+
+def test_the_delete_is_conditioned_on_the_events_generation(backends, serve, client, gcs, make_key, oidc_issuer):
+    """So an old event can never delete newer bytes. fake-gcs-server ignores
+    ifGenerationMatch on DELETE (1.54), so what is asserted is what reaches Storage."""
+    key, _ = make_key()
+    out = create(client, key)
+    client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+    name = object_name(out)
+    gcs.bucket(BUCKET).blob(name).upload_from_string(b"late", content_type="video/mp4")
+    resource = resource_of(gcs, name)
+    with RecordingProxy(backends["storage"].url) as proxy:
+        served = serve(STORAGE_EMULATOR_HOST=proxy.url)
+        resp = served.post(ROUTE, json=envelope(resource),
+                           headers={"Authorization": f"Bearer {oidc_issuer.events_token()}"})
+        assert resp.status_code == 200 and resp.json() == {"outcome": "deleted_late_object"}
+        deletes = [r["path"] for r in proxy.requests if r["method"] == "DELETE"]
+    assert len(deletes) == 1 and f"ifGenerationMatch={resource['generation']}" in deletes[0]
+
+
+# --- what is acknowledged and ignored ---------------------------------------------------------------------
+
+def test_objects_the_service_does_not_know_are_acknowledged_and_ignored(client, db, gcs, landed, oidc_issuer):
+    _, out, _, resource = landed
+    name = resource["name"]
+    cases = [
+        envelope(resource, bucket="someone-elses-bucket"),
+        envelope({**resource, "name": "elsewhere/" + name}),
+        envelope({**resource, "name": name.replace(out["id"][4:], "0" * 32)}),  # our shape, no record
+        envelope({**resource, "name": name.replace("uploads/", "test-uploads/", 1)}),  # the record's other name
+    ]
+    for body in cases:
+        resp = push(client, body, oidc_issuer.events_token())
+        assert resp.status_code == 200 and resp.get_json() == {"outcome": "ignored_unknown_object"}, body
+    resp = push(client, envelope(resource, event_type="OBJECT_DELETE"), oidc_issuer.events_token())
+    assert resp.get_json() == {"outcome": "ignored_event_type"}
+    assert record(db, out["id"])["state"] == "pending"
+
+
+def _without(body: dict, *path: str) -> dict:
+    body = json.loads(json.dumps(body))
+    target = body
+    for part in path[:-1]:
+        target = target[part]
+    del target[path[-1]]
+    return body
+
+
+@pytest.mark.parametrize("make_body", [
+    pytest.param(lambda e: b"not json", id="not-json"),
+    pytest.param(lambda e: [e], id="an-array"),
+    pytest.param(lambda e: {"subscription": "x"}, id="no-message"),
+    pytest.param(lambda e: _without(e, "message", "attributes"), id="no-attributes"),
+    pytest.param(lambda e: _without(e, "message", "attributes", "objectId"), id="no-object-id"),
+    pytest.param(lambda e: _without(e, "message", "data"), id="finalize-without-data"),
+    pytest.param(lambda e: {**e, "message": {**e["message"], "data": "%%%"}}, id="data-not-base64"),
+    pytest.param(lambda e: {**e, "message": {**e["message"], "data": base64.b64encode(b"[1]").decode()}},
+                 id="data-not-an-object"),
+    pytest.param(lambda e: {**e, "message": {**e["message"],
+                                             "data": base64.b64encode(b'{"name": "x"}').decode()}},
+                 id="data-without-size"),
+    pytest.param(lambda e: {**e, "message": {**e["message"], "attributes": {**e["message"]["attributes"],
+                                                                             "bucketId": 7}}},
+                 id="attribute-not-a-string"),
+])
+def test_a_body_that_is_not_a_push_envelope_is_400(client, landed, oidc_issuer, make_body, openapi_doc):
+    _, out, _, resource = landed
+    resp = push(client, make_body(envelope(resource)), oidc_issuer.events_token())
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_event"
+    assert schema_errors(openapi_doc, "#/components/schemas/Error", resp.get_json()) == []
+
+
+# --- who may push -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_token, status, code", [
+    pytest.param(lambda i: None, 401, "invalid_token", id="missing"),
+    pytest.param(lambda i: i.token(), 401, "invalid_token", id="the-sweeps-token"),
+    pytest.param(lambda i: i.events_token(email="someone@framelane-test.iam.gserviceaccount.com"), 403, "forbidden",
+                 id="another-identity"),
+    pytest.param(lambda i: i.events_token(email_verified=False), 403, "forbidden", id="unverified-email"),
+    pytest.param(lambda i: i.events_token(exp=int(datetime.now().timestamp()) - 3600,
+                                          iat=int(datetime.now().timestamp()) - 7200), 401, "invalid_token",
+                 id="expired"),
+    pytest.param(lambda i: i.events_token(signer=i.other_key.signer, key_id=i.key.kid), 401, "invalid_token",
+                 id="wrong-signer"),
+])
+def test_only_the_subscriptions_token_may_push(client, db, landed, oidc_issuer, make_token, status, code):
+    _, out, _, resource = landed
+    resp = push(client, envelope(resource), make_token(oidc_issuer))
+    assert resp.status_code == status and resp.get_json()["error"]["code"] == code
+    assert record(db, out["id"])["state"] == "pending"
+
+
+def test_unconfigured_the_route_refuses_every_push(serve, oidc_issuer):
+    served = serve(drop=("EVENTS_AUDIENCE", "EVENTS_SERVICE_ACCOUNT"))
+    resp = served.post(ROUTE, json={"message": {}}, headers={"Authorization": f"Bearer {oidc_issuer.events_token()}"})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "forbidden"
+
+
+def test_the_events_audience_is_not_the_sweeps(client, oidc_issuer):
+    resp = client.post("/internal/sweep", headers={"Authorization": f"Bearer {oidc_issuer.events_token()}"})
+    assert resp.status_code == 401
+    assert EVENTS_AUDIENCE.endswith(ROUTE)
+
+
+# --- upstream failures: 503, then the redelivery lands ---------------------------------------------------
+
+def test_with_firestore_down_an_event_is_503_and_its_redelivery_completes_the_upload(serve, db, landed,
+                                                                                     oidc_issuer):
+    from dev.emulators import free_port
+
+    _, out, _, resource = landed
+    body, token = envelope(resource), oidc_issuer.events_token()
+    broken = serve(FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}")
+    resp = broken.post(ROUTE, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "service_unavailable"
+    assert record(db, out["id"])["state"] == "pending"
+    healthy = serve()
+    resp = healthy.post(ROUTE, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200 and resp.json() == {"outcome": "completed"}
+
+
+def test_with_storage_down_a_late_objects_event_is_503_and_its_redelivery_deletes_it(serve, client, db, gcs,
+                                                                                      make_key, oidc_issuer):
+    from dev.emulators import free_port
+
+    key, _ = make_key()
+    out = create(client, key)
+    client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+    name = object_name(out)
+    gcs.bucket(BUCKET).blob(name).upload_from_string(b"late", content_type="video/mp4")
+    body, token = envelope(resource_of(gcs, name)), oidc_issuer.events_token()
+    broken = serve(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}")
+    resp = broken.post(ROUTE, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert resp.status_code == 503
+    assert gcs.bucket(BUCKET).get_blob(name) is not None
+    assert push(client, body, token).get_json() == {"outcome": "deleted_late_object"}
+    assert gcs.bucket(BUCKET).get_blob(name) is None
+
+
+# --- checksums ---------------------------------------------------------------------------------------------
+
+def test_checksums_are_bound_into_the_session_initiation(backends, serve, make_key):
+    """GCS refuses to finalize other bytes once the initiation carries crc32c/md5Hash
+    (https://cloud.google.com/storage/docs/data-validation). fake-gcs-server does not
+    check them, so what is asserted is what reaches Storage."""
+    key, _ = make_key()
+    data = b"framelane" * 100
+    with RecordingProxy(backends["storage"].url) as proxy:
+        served = serve(STORAGE_EMULATOR_HOST=proxy.url)
+        with_sums = served.post(json={"content_type": "video/mp4", "crc32c": crc32c(data), "md5": md5(data)},
+                                headers=bearer(key))
+        without = served.post(json=VIDEO, headers=bearer(key))
+        assert with_sums.status_code == 201 and without.status_code == 201
+        initiations = [json.loads(r["body"]) for r in proxy.requests
+                       if r["method"] == "POST" and "uploadType=resumable" in r["path"]]
+    assert initiations[0]["crc32c"] == crc32c(data) and initiations[0]["md5Hash"] == md5(data)
+    assert "crc32c" not in initiations[1] and "md5Hash" not in initiations[1]
+
+
+def test_our_crc32c_is_the_one_gcs_reports(gcs):
+    """The test's own CRC32C must match Storage's, or the assertions above prove nothing."""
+    name = f"crc-check/{secrets.token_hex(8)}"
+    gcs.bucket(BUCKET).blob(name).upload_from_string(b"123456789")
+    assert gcs.bucket(BUCKET).get_blob(name).crc32c == crc32c(b"123456789") == "4waSgw=="
+    gcs.bucket(BUCKET).blob(name).delete()
+
+
+@pytest.mark.parametrize("field, value", [
+    pytest.param("crc32c", "AAAA", id="crc32c-short"),
+    pytest.param("crc32c", "AAAAAAAA", id="crc32c-unpadded-6-bytes"),
+    pytest.param("crc32c", "AAAAAB==", id="crc32c-non-canonical"),
+    pytest.param("crc32c", "4waSgw", id="crc32c-no-padding"),
+    pytest.param("crc32c", 123, id="crc32c-number"),
+    pytest.param("md5", "AAAAAA==", id="md5-4-bytes"),
+    pytest.param("md5", "d41d8cd98f00b204e9800998ecf8427e", id="md5-hex"),
+    pytest.param("md5", "1B2M2Y8AsgTpgAmY7PhCfg==\n", id="md5-newline"),
+])
+def test_a_malformed_checksum_is_422_naming_the_field(client, key, field, value):
+    resp = client.post("/v1/uploads", json={"content_type": "video/mp4", field: value}, headers=bearer(key))
+    assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "validation_error"
+    assert [f["field"] for f in resp.get_json()["error"]["details"]["fields"]] == [field]
+
+
+def test_checksums_are_part_of_the_idempotent_request(client, key):
+    idem = {"Idempotency-Key": f"sums-{secrets.token_hex(8)}"}
+    first = {"content_type": "video/mp4", "crc32c": crc32c(b"a")}
+    assert client.post("/v1/uploads", json=first, headers={**bearer(key), **idem}).status_code == 201
+    assert client.post("/v1/uploads", json=first, headers={**bearer(key), **idem}).status_code == 200
+    other = {"content_type": "video/mp4", "crc32c": crc32c(b"b")}
+    resp = client.post("/v1/uploads", json=other, headers={**bearer(key), **idem})
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_object_names_map_to_upload_ids_only_in_the_shape_the_service_makes():
+    hex32 = "0123456789abcdef" * 2
+    assert events.upload_id_for(f"uploads/ws_1/{hex32}.mp4") == f"upl_{hex32}"
+    assert events.upload_id_for(f"test-uploads/ws_1/{hex32}.webm") == f"upl_{hex32}"
+    for name in (f"uploads/{hex32}.mp4", f"other/ws_1/{hex32}.mp4", f"uploads/ws_1/{hex32}", f"uploads/ws_1/x{hex32}.mp4",
+                 f"uploads/ws/1/{hex32}.mp4", f"uploads/ws_1/{hex32.upper()}.mp4", ""):
+        assert events.upload_id_for(name) is None, name
