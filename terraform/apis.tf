@@ -9,6 +9,7 @@ locals {
     "firestore.googleapis.com",            # API keys and idempotency records
     "iam.googleapis.com",                  # service accounts
     "logging.googleapis.com",              # build and request logs
+    "pubsub.googleapis.com",               # storage events (events.tf)
     "run.googleapis.com",                  # the Cloud Run service behind a 2nd-gen function
     "storage.googleapis.com",              # the buckets
   ])

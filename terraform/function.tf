@@ -104,6 +104,8 @@ resource "google_cloudfunctions2_function" "uploads" {
       MAX_UPLOAD_BYTES          = tostring(var.max_upload_bytes)
       SWEEP_SERVICE_ACCOUNT     = google_service_account.sweep.email
       SWEEP_AUDIENCE            = local.sweep_audience
+      EVENTS_SERVICE_ACCOUNT    = google_service_account.events.email
+      EVENTS_AUDIENCE           = local.events_audience
     }
   }
 

@@ -56,6 +56,16 @@ output "sweep_job" {
   value       = google_cloud_scheduler_job.sweep.name
 }
 
+output "events_service_account" {
+  description = "The identity storage events are pushed as (EVENTS_SERVICE_ACCOUNT)."
+  value       = google_service_account.events.email
+}
+
+output "dead_letter_subscription" {
+  description = "Storage events Pub/Sub gave up on: gcloud pubsub subscriptions pull NAME --auto-ack."
+  value       = google_pubsub_subscription.storage_events_dead.name
+}
+
 output "sweep_service_account" {
   description = "The identity the sweep's OIDC tokens are signed as (SWEEP_SERVICE_ACCOUNT)."
   value       = google_service_account.sweep.email

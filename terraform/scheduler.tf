@@ -15,7 +15,7 @@ resource "google_cloud_scheduler_job" "sweep" {
   description = "Expires uploads pending past expires_at: POST /internal/sweep on the uploads function."
   schedule    = var.sweep_schedule
   time_zone   = "Etc/UTC"
-  # The sweep stops taking work after about 40 s; the function's timeout bounds
+  # The sweep starts no work after 25 s and ends by ~45 s; the function's timeout bounds
   # it. (Scheduler allows HTTP targets 15 s to 30 minutes.)
   attempt_deadline = "${min(var.timeout_seconds, 1800)}s"
 

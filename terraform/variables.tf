@@ -271,6 +271,19 @@ variable "sweep_schedule" {
   }
 }
 
+# --- Storage events -------------------------------------------------------------
+
+variable "event_max_delivery_attempts" {
+  type        = number
+  description = "Deliveries of one storage event before Pub/Sub sets it aside on the dead-letter topic (5-100)."
+  default     = 10
+
+  validation {
+    condition     = var.event_max_delivery_attempts >= 5 && var.event_max_delivery_attempts <= 100
+    error_message = "event_max_delivery_attempts must be 5-100 (Pub/Sub's range)."
+  }
+}
+
 # --- CDN and domains ------------------------------------------------------------
 
 variable "cdn_domain" {

@@ -346,3 +346,25 @@ def test_object_names_map_to_upload_ids_only_in_the_shape_the_service_makes():
     for name in (f"uploads/{hex32}.mp4", f"other/ws_1/{hex32}.mp4", f"uploads/ws_1/{hex32}", f"uploads/ws_1/x{hex32}.mp4",
                  f"uploads/ws/1/{hex32}.mp4", f"uploads/ws_1/{hex32.upper()}.mp4", ""):
         assert events.upload_id_for(name) is None, name
+
+
+@pytest.mark.parametrize("field, size", [("crc32c", 4), ("md5", 16)])
+def test_the_documents_checksum_pattern_admits_exactly_what_the_code_accepts(openapi_doc, field, size):
+    import re
+
+    from lib import models
+    from lib.errors import ValidationFailed
+    pattern = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"][field]["anyOf"][0]["pattern"]
+    canonical = base64.b64encode(secrets.token_bytes(size)).decode()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    # Every last significant character: canonical only if its unused low bits are zero.
+    for last in alphabet:
+        value = canonical[:-3] + last + "=="
+        try:
+            models.validate_upload_request({"content_type": "video/mp4", field: value})
+            accepted = True
+        except ValidationFailed:
+            accepted = False
+        assert bool(re.fullmatch(pattern, value)) == accepted, value
+    for value in (canonical.rstrip("="), canonical + "=", " " + canonical, canonical[:-4] + "!" + canonical[-3:]):
+        assert not re.fullmatch(pattern, value)

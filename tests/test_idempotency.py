@@ -26,7 +26,8 @@ def record(db, workspace, idem, mode="live"):
 
 def meaning(body):
     """The validated, normalised request a body stands for (what main.py fingerprints)."""
-    return {"content_type": body["content_type"], "filename": body.get("filename"), "size_bytes": body.get("size_bytes")}
+    return {"content_type": body["content_type"], "filename": body.get("filename"), "size_bytes": body.get("size_bytes"),
+            "crc32c": body.get("crc32c"), "md5": body.get("md5")}
 
 
 @pytest.fixture

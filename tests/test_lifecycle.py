@@ -101,8 +101,10 @@ def test_get_of_a_pending_upload_shows_it_without_its_url(client, make_key, open
     assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
     body = resp.get_json()
     assert_upload_schema(openapi_doc, body)
-    assert list(body) == ["id", "status", "source_url", "content_type", "size_bytes", "created_at", "expires_at"]
+    assert list(body) == ["id", "status", "source_url", "content_type", "size_bytes", "created_at", "expires_at",
+                          "completed_at", "crc32c", "md5"]
     assert body["status"] == "pending" and body["size_bytes"] == 77 and body["content_type"] == "image/png"
+    assert body["completed_at"] is None and body["crc32c"] is None and body["md5"] is None
     assert body["source_url"] == out["source_url"] and body["expires_at"] == out["expires_at"]
     assert "upload_id=" not in resp.get_data(as_text=True)
 

@@ -316,13 +316,15 @@ def test_every_idempotency_field_the_code_writes_is_exempt_from_indexing(db, bac
 def test_uploads_fields_but_the_sweeps_two_are_exempt_from_indexing():
     exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "uploads_unindexed")
     assert unquote(exempt["collection"]) == lifecycle.COLLECTION
-    fields = set(re.findall(r'"([a-z_]+)"', exempt["for_each"]))
+    fields = set(re.findall(r'"([a-z0-9_]+)"', exempt["for_each"]))
     assert fields == set(lifecycle.FIELDS) - {"state", "expires_at"}
     from datetime import datetime, timezone
     written = lifecycle.new_fields("ws", "live", "o", "video/mp4", None, datetime.now(timezone.utc),
                                    datetime.now(timezone.utc), "u")
-    # What a new record holds, plus what settling adds.
-    assert set(written) | {"settled_at"} == set(lifecycle.FIELDS)
+    # What a new record holds, plus what settling adds (completion adds the object's facts).
+    from lib.uploads import StoredObject
+    completion = lifecycle.completed(StoredObject(1, 1, None, None, datetime.now(timezone.utc)))
+    assert set(written) | {"settled_at"} | set(completion) == set(lifecycle.FIELDS)
 
 
 def test_the_sweeps_query_has_its_composite_index():
@@ -493,6 +495,43 @@ def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function
     # A step starts by budget + grace and takes at most ~8 s (lib/clients.py).
     assert main.SWEEP_BUDGET_SECONDS + main.SWEEP_GRACE_SECONDS + 8 + 5 <= variables["timeout_seconds"]["default"]
     assert "cloudscheduler.googleapis.com" in (TF / "apis.tf").read_text()
+
+
+def test_storage_events_reach_the_route_as_the_identity_and_audience_the_function_checks():
+    tf = load_tf("events.tf")
+    import main
+    assert any(pattern.fullmatch("/internal/storage-events") and "POST" in methods for pattern, methods in main.ROUTES)
+    subscription = resource(tf, "google_pubsub_subscription", "storage_events")
+    push = subscription["push_config"][0]
+    assert unquote(push["push_endpoint"]) == \
+        "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/storage-events"
+    token = push["oidc_token"][0]
+    env = function_resource()["service_config"][0]["environment_variables"]
+    assert token["service_account_email"] == env["EVENTS_SERVICE_ACCOUNT"] == "${google_service_account.events.email}"
+    assert token["audience"] == env["EVENTS_AUDIENCE"] == "${local.events_audience}"
+    # Within the function's timeout, Pub/Sub waits for the answer; failures back off; poison is set aside.
+    assert subscription["ack_deadline_seconds"] >= 30
+    assert subscription["dead_letter_policy"][0]["dead_letter_topic"] == "${google_pubsub_topic.storage_events_dead.id}"
+    assert subscription["retry_policy"][0]["minimum_backoff"]
+    dead = resource(tf, "google_pubsub_subscription", "storage_events_dead")
+    assert dead["topic"] == "${google_pubsub_topic.storage_events_dead.id}"  # dead letters are kept, not lost
+
+
+def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes():
+    tf = load_tf("events.tf")
+    notification = resource(tf, "google_storage_notification", "finalize")
+    assert set(re.findall(r'"([a-z-]+/)"', notification["for_each"])) == set(uploads.PREFIXES.values())
+    assert notification["object_name_prefix"] == "${each.value}"
+    assert unquote(notification["payload_format"]) == "JSON_API_V1"  # lib/events.py reads the object resource
+    assert [unquote(t) for t in notification["event_types"]] == ["OBJECT_FINALIZE"]
+    assert notification["bucket"] == "${google_storage_bucket.uploads.name}"
+    publisher = resource(tf, "google_pubsub_topic_iam_member", "gcs_publishes")
+    assert unquote(publisher["role"]) == "roles/pubsub.publisher"
+    assert "google_storage_project_service_account.gcs.email_address" in publisher["member"]
+    # The Pub/Sub service agent can dead-letter: publish there, acknowledge here.
+    agent = "serviceAccount:${local.pubsub_agent}"
+    assert unquote(resource(tf, "google_pubsub_topic_iam_member", "pubsub_dead_letters")["member"]) == agent
+    assert unquote(resource(tf, "google_pubsub_subscription_iam_member", "pubsub_forwards")["member"]) == agent
 
 
 def test_max_upload_bytes_default_is_the_codes_and_the_documents():
