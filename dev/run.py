@@ -1,9 +1,13 @@
 """`make run`: the whole service on this machine, on the emulators, until Ctrl-C.
 
-Starts the Firestore emulator and fake-gcs-server on loopback, creates the
-bucket and a demo API key, serves the function with functions-framework on
-127.0.0.1:8080, and prints curls that create an upload and PUT a file to it.
-Ports: FUNCTION_PORT (8080), FIRESTORE_PORT (8681), STORAGE_PORT (4443).
+Starts the Firestore and Pub/Sub emulators and fake-gcs-server on loopback
+(fake-gcs-server publishing each finalized object to the Pub/Sub emulator,
+as the bucket's notification does), creates the bucket and a demo API key,
+serves the function with functions-framework on 127.0.0.1:8080, runs the
+push relay (dev/relay.py) that delivers storage events to it with OIDC
+tokens from a local issuer it trusts, and prints curls to try.
+Ports: FUNCTION_PORT (8080), FIRESTORE_PORT (8681), STORAGE_PORT (4443),
+PUBSUB_PORT (8085), ISSUER_PORT (8086).
 """
 
 from __future__ import annotations
@@ -14,15 +18,18 @@ import sys
 import threading
 
 from dev import emulators
+from dev.oidc_issuer import Issuer
 
 PROJECT = "framelane-local"
 BUCKET = "framelane-local-uploads"
 WORKSPACE = "ws_demo"
+TOPIC, SUBSCRIPTION = "storage-events", "storage-events-relay"
 
 
 def main() -> int:
     ports = {name: int(os.environ.get(name, default)) for name, default in
-             (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443))}
+             (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443), ("PUBSUB_PORT", 8085),
+              ("ISSUER_PORT", 8086))}
     busy = [f"{name}={port}" for name, port in ports.items() if emulators.port_in_use(port)]
     if busy:
         print(f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
@@ -34,18 +41,28 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    issuer = None
     try:
-        print("Starting the Firestore emulator and fake-gcs-server ...", file=sys.stderr)
+        print("Starting the Firestore and Pub/Sub emulators and fake-gcs-server ...", file=sys.stderr)
         firestore = emulators.start_firestore(log_dir, ports["FIRESTORE_PORT"])
         services.append(firestore)
-        storage = emulators.start_fake_gcs(log_dir, ports["STORAGE_PORT"])
+        pubsub = emulators.start_pubsub(log_dir, ports["PUBSUB_PORT"])
+        services.append(pubsub)
+        emulators.create_topic_and_subscription(pubsub, PROJECT, TOPIC, SUBSCRIPTION)
+        storage = emulators.start_fake_gcs(log_dir, ports["STORAGE_PORT"], events=(pubsub, PROJECT, TOPIC))
         services.append(storage)
         emulators.create_bucket(storage.url, BUCKET)
 
-        env = emulators.function_env(firestore, storage, PROJECT, BUCKET)
+        # The storage events' tokens come from a local issuer the function trusts
+        # (OIDC_CERTS_URL); the sweep stays shut (no SWEEP_*: no scheduler here).
+        issuer = Issuer(port=ports["ISSUER_PORT"])
+        trust = {k: v for k, v in issuer.env().items() if not k.startswith("SWEEP_")}
+        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, **trust)
         key = _demo_key(firestore)
         function = emulators.start_function(env, log_dir, ports["FUNCTION_PORT"])
         services.append(function)
+        services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
+                                              function.url + "/internal/storage-events", issuer, log_dir))
         _print_instructions(function.url, key, env, log_dir)
         while not stop.is_set():
             for service in services:
@@ -61,6 +78,8 @@ def main() -> int:
     finally:
         for service in reversed(services):
             service.stop()
+        if issuer is not None:
+            issuer.stop()
 
 
 def _demo_key(firestore: emulators.Service) -> str:
@@ -84,13 +103,17 @@ Demo API key for workspace {WORKSPACE}: {key}
     -H "Idempotency-Key: $(date +%s%N)" \\
     -d '{{"content_type": "video/mp4", "filename": "clip.mp4"}}'
 
-2. Declare the size, PUT a file to the upload_url it returned (here: this README), fetch it from
-   source_url, and look the upload up by its id ("status": "completed", the stored size):
+2. Declare the size and checksum, PUT a file to the upload_url it returned (here: this README),
+   fetch it from source_url. Within a second or two of the PUT the storage event (fake-gcs-server
+   -> Pub/Sub emulator -> relay -> POST /internal/storage-events) has recorded the upload
+   completed, with no GET: the function's log says so, then the GET shows it ("status":
+   "completed", the stored size, completed_at, crc32c and md5):
 
-  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\\"content_type\\": \\"video/mp4\\", \\"size_bytes\\": $(wc -c < README.md)}}")
+  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\\"content_type\\": \\"video/mp4\\", \\"size_bytes\\": $(wc -c < README.md), \\"md5\\": \\"$(python3 -c 'import base64,hashlib; print(base64.b64encode(hashlib.md5(open("README.md","rb").read()).digest()).decode())')\\"}}")
   field() {{ echo "$RESP" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }}
   curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$(field upload_url)"
   curl -sS "$(field source_url)" | head -3
+  grep "storage-events.*$(field id)" {log_dir}/function.log
   curl -sS {url}/v1/uploads/$(field id) -H 'Authorization: Bearer {key}'
 
 3. Cancel an upload before its bytes arrive ("status": "cancelled"; again: the same answer):

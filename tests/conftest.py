@@ -6,6 +6,10 @@
 - `client`: the function through functions-framework's Flask app, in-process.
 - `serve`: the function served by `functions-framework` (gunicorn, threads),
   as deployed, with per-test environment overrides; stopped by PID.
+- `event_path`: storage events end to end, apart from the rest so no other
+  test's PUT completes behind its back: the Pub/Sub emulator, a second
+  fake-gcs-server that publishes each finalized object there, a served
+  function on it, and the push relay (dev/relay.py) between them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "framelane-test"
 BUCKET = "framelane-test-uploads"
 SEED = ROOT.parent / "shared" / "seed" / "uploads-openapi.yaml"
+EVENTS_TOPIC, EVENTS_SUBSCRIPTION = "storage-events", "storage-events-relay"
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +42,7 @@ def log_dir() -> Path:
 @pytest.fixture(scope="session")
 def oidc_issuer():
     """Stands in for Google's token signer: the sweep's tokens are verified against it."""
-    from tests.oidc_issuer import Issuer
+    from dev.oidc_issuer import Issuer
 
     issuer = Issuer()
     yield issuer
@@ -66,6 +71,27 @@ def backends(log_dir, oidc_issuer):
     finally:
         storage.stop()
         firestore.stop()
+
+
+@pytest.fixture(scope="session")
+def event_path(backends, log_dir, oidc_issuer):
+    pubsub = emulators.start_pubsub(log_dir)
+    started = [pubsub]
+    try:
+        emulators.create_topic_and_subscription(pubsub, PROJECT, EVENTS_TOPIC, EVENTS_SUBSCRIPTION)
+        storage = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, EVENTS_TOPIC), name="fake-gcs-events")
+        started.append(storage)
+        emulators.create_bucket(storage.url, BUCKET)
+        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, **oidc_issuer.env())
+        function = emulators.start_function(env, log_dir, name="function-events")
+        started.append(function)
+        relay = emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}",
+                                      function.url + "/internal/storage-events", oidc_issuer, log_dir)
+        started.append(relay)
+        yield {"pubsub": pubsub, "storage": storage, "function": Served(function), "relay": relay, "env": env}
+    finally:
+        for service in reversed(started):
+            service.stop()
 
 
 @pytest.fixture(scope="session")

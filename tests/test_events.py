@@ -14,11 +14,12 @@ import secrets
 from datetime import datetime, timezone
 
 import pytest
+import requests
 
 from lib import events, lifecycle
 from tests.conftest import BUCKET
 from tests.helpers import RecordingProxy, schema_errors
-from tests.oidc_issuer import EVENTS_AUDIENCE
+from dev.oidc_issuer import EVENTS_AUDIENCE
 from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
 
 ROUTE = "/internal/storage-events"
@@ -368,3 +369,104 @@ def test_the_documents_checksum_pattern_admits_exactly_what_the_code_accepts(ope
         assert bool(re.fullmatch(pattern, value)) == accepted, value
     for value in (canonical.rstrip("="), canonical + "=", " " + canonical, canonical[:-4] + "!" + canonical[-3:]):
         assert not re.fullmatch(pattern, value)
+
+
+# --- the whole path: PUT -> fake-gcs event -> Pub/Sub emulator -> relay -> function -> record ----------------
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
+    """Poll until `condition()` is truthy (its value) or fail after `timeout` seconds."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)  # poll interval, not a stand-in for readiness
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_put_completes_its_upload_through_the_event_path_with_no_get(event_path, make_key, db):
+    served = event_path["function"]
+    key, _ = make_key()
+    data = secrets.token_bytes(5000)
+    out = served.post(json={"content_type": "video/mp4", "crc32c": crc32c(data), "md5": md5(data)},
+                      headers=bearer(key)).json()
+    put_bytes(out["upload_url"], data)
+    stored = wait_for(lambda: (r := record(db, out["id"]))["state"] == "completed" and r, what="completion")
+    assert stored["size_bytes"] == len(data) and stored["crc32c"] == crc32c(data) and stored["md5"] == md5(data)
+    assert stored["completed_at"] and stored["generation"]
+    # Nothing but the event completed it: no GET, cancel or sweep of it reached the function.
+    lines = [line for line in served.log_lines() if line.get("upload_id") == out["id"]]
+    assert [line["httpRequest"]["requestUrl"] for line in lines] == ["/v1/uploads", "/internal/storage-events"]
+    assert lines[1]["outcome"] == "completed" and "Bearer" not in served.log_text()
+
+
+def test_a_redelivered_event_changes_nothing(event_path, make_key, db):
+    """Publish the same notification again (at-least-once delivery): acknowledged as a duplicate."""
+    served, pubsub = event_path["function"], event_path["pubsub"]
+    key, _ = make_key()
+    out = served.post(json=VIDEO, headers=bearer(key)).json()
+    put_bytes(out["upload_url"], b"bytes")
+    wait_for(lambda: record(db, out["id"])["state"] == "completed", what="completion")
+    before = db.collection(lifecycle.COLLECTION).document(out["id"]).get().update_time
+    from dev import emulators
+    from tests.conftest import EVENTS_TOPIC, PROJECT
+    name = object_name(out)
+    resource = {**resource_of_storage(event_path, name)}
+    emulators.pubsub_call(pubsub, "POST", f"projects/{PROJECT}/topics/{EVENTS_TOPIC}:publish",
+                          {"messages": [{"data": envelope(resource)["message"]["data"],
+                                         "attributes": envelope(resource)["message"]["attributes"]}]})
+    wait_for(lambda: [line for line in served.log_lines()
+                      if line.get("upload_id") == out["id"] and line.get("outcome") == "duplicate"],
+             what="the duplicate's delivery")
+    assert db.collection(lifecycle.COLLECTION).document(out["id"]).get().update_time == before
+
+
+def resource_of_storage(event_path, name: str) -> dict:
+    """The object resource from the event path's own fake-gcs-server."""
+    import urllib.parse
+    url = f"{event_path['storage'].url}/storage/v1/b/{BUCKET}/o/{urllib.parse.quote(name, safe='')}"
+    return requests.get(url, timeout=10).json()
+
+
+def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(event_path, backends, make_key, db,
+                                                                             log_dir, oidc_issuer):
+    """The function answers 503 while Firestore is unreachable; the relay keeps the
+    message and redelivers it with backoff; once Firestore is back the redelivery
+    completes the upload. A path of its own (topic, fake-gcs-server, functions,
+    relay), so nothing else can complete the upload first."""
+    from dev import emulators
+    from tests.conftest import PROJECT
+    from tests.tcpproxy import TcpProxy
+
+    pubsub, topic, sub = event_path["pubsub"], "storage-events-gated", "storage-events-gated-relay"
+    emulators.create_topic_and_subscription(pubsub, PROJECT, topic, sub)
+    storage = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, topic), name="fake-gcs-gated")
+    started = [storage]
+    try:
+        emulators.create_bucket(storage.url, BUCKET)
+        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, **oidc_issuer.env())
+        creator = emulators.start_function(env, log_dir, name="function-gated-creator")
+        started.append(creator)
+        fs_host, fs_port = backends["firestore"].extra["host"].split(":")
+        with TcpProxy(fs_host, int(fs_port), TcpProxy.STALL) as gate:
+            gated = emulators.start_function(dict(env, FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{gate.port}"), log_dir,
+                                             name="function-gated")
+            started.append(gated)
+            started.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{sub}",
+                                                 gated.url + "/internal/storage-events", oidc_issuer, log_dir,
+                                                 name="push-relay-gated"))
+            key, _ = make_key()
+            out = requests.post(creator.url + "/v1/uploads", json=VIDEO, headers=bearer(key), timeout=30).json()
+            put_bytes(out["upload_url"], b"gated bytes")
+            relay_log = log_dir / "push-relay-gated.log"
+            wait_for(lambda: '"status": 503' in relay_log.read_text(), timeout=60, what="a 503 while Firestore is down")
+            assert record(db, out["id"])["state"] == "pending"
+            gate.mode = TcpProxy.FORWARD
+            wait_for(lambda: record(db, out["id"])["state"] == "completed", timeout=90, what="the redelivery")
+        deliveries = [json.loads(line) for line in relay_log.read_text().splitlines() if '"delivery"' in line]
+        assert deliveries[0]["status"] == 503 and deliveries[-1]["status"] == 200
+        assert len({d["message_id"] for d in deliveries}) == 1  # one message, delivered until it landed
+    finally:
+        for service in reversed(started):
+            service.stop()

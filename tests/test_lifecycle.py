@@ -21,7 +21,7 @@ from lib import lifecycle
 from lib.config import GIB
 from tests.conftest import BUCKET
 from tests.helpers import RecordingProxy, parse_rfc3339_utc, schema_errors
-from tests.oidc_issuer import AUDIENCE
+from dev.oidc_issuer import AUDIENCE
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
 

@@ -1,10 +1,11 @@
-"""A stand-in for Google's OIDC signer, served on loopback for the sweep's tests.
+"""A stand-in for Google's OIDC signer, served on loopback (dev/ and tests; never deployed).
 
 It holds RSA keys with self-signed certificates, serves them at `/certs` in
 the format Google's https://www.googleapis.com/oauth2/v1/certs uses
 (`{key id: PEM certificate}`), and signs ID tokens shaped like the ones Cloud
-Scheduler sends. The function under test is pointed at it by OIDC_CERTS_URL,
-so token verification runs offline, for real.
+Scheduler and Pub/Sub push send. The function is pointed at it by
+OIDC_CERTS_URL, so token verification runs offline, for real: in the tests,
+and in `make run`, where the push relay (dev/relay.py) signs with its key.
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ class SigningKey:
                 .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=2))
                 .sign(self._private, hashes.SHA256()))
         self.certificate_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        pem = self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption())
-        self.signer = crypt.RSASigner.from_string(pem, key_id=self.kid)
+        self.private_key_pem = self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption())
+        self.signer = crypt.RSASigner.from_string(self.private_key_pem, key_id=self.kid)
 
 
 class Issuer:
     """`key` is published at /certs; `other_key` signs tokens with the same kid but is not."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.key = SigningKey()
         self.other_key = SigningKey()
         self.cert_fetches = 0
@@ -71,7 +72,7 @@ class Issuer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.certs_url = f"http://127.0.0.1:{self.server.server_address[1]}/certs"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -106,6 +107,11 @@ class Issuer:
         return {"SWEEP_AUDIENCE": AUDIENCE, "SWEEP_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
                 "EVENTS_AUDIENCE": EVENTS_AUDIENCE, "EVENTS_SERVICE_ACCOUNT": EVENTS_SERVICE_ACCOUNT,
                 "OIDC_CERTS_URL": self.certs_url}
+
+    def write_key(self, path) -> None:
+        """The published key, for another local process to sign with (the push relay)."""
+        path.write_bytes(self.key.private_key_pem)
+        path.chmod(0o600)
 
     def events_token(self, **overrides) -> str:
         """A token as the storage events' push subscription sends it."""
