@@ -8,6 +8,9 @@ beyond this is our overhead.
       one commit of the upload record's create with the same conditional
       update (a fresh key)
   /c  one Firestore get (the least a replay needs)
+  /d  a storage event's least work: read the pushed JSON, get the upload's
+      record, update it conditioned on the update_time read (a conditional
+      update in Firestore needs the read)
 
 Same clients, same call options as lib/ (timeouts, retry budgets, the content
 type set on the blob, if_generation_match=0), created once at import.
@@ -74,6 +77,13 @@ def floor(request):
         batch.commit(retry=_FS_RETRY, timeout=2.5)
     elif request.path == "/c":
         body = _replay.get(retry=_FS_RETRY, timeout=2.5).to_dict()["response"]
+    elif request.path == "/d":
+        name = json.loads(request.get_data())["message"]["attributes"]["objectId"]
+        ref = _db.collection("floor_uploads").document("upl_" + name.rsplit("/", 1)[1].split(".")[0])
+        snap = ref.get(retry=_FS_RETRY, timeout=2.5)
+        ref.update({"state": "completed", "size_bytes": 1, "completed_at": datetime.now(timezone.utc)},
+                   option=_db.write_option(last_update_time=snap.update_time), retry=_FS_RETRY, timeout=2.5)
+        body = {"outcome": "completed"}
     else:
         return "", 404
     return json.dumps(body), 201, {"Content-Type": "application/json"}

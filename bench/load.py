@@ -4,7 +4,8 @@ asyncio over raw keep-alive HTTP/1.1 sockets, so the client spends little CPU
 on a machine it shares with the server. Prints one JSON object of results.
 
 SPEC: {"url", "path", "headers": {...}, "body": str, "concurrency", "requests",
-       "idempotency": "none" | "fresh" | "<fixed key>"}
+       "idempotency": "none" | "fresh" | "<fixed key>", "bodies": [str, ...] (optional:
+       request n sends bodies[n], instead of `body` every time)}
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 async def worker(spec: dict, host: str, port: int, counter: list[int], latencies: list[float], statuses: dict):
     reader, writer = await asyncio.open_connection(host, port)
+    bodies = [b.encode() for b in spec.get("bodies", [])]
     body = spec["body"].encode()
     fixed = [f"{k}: {v}" for k, v in spec["headers"].items()]
     try:
         while counter[0] < spec["requests"]:
+            if bodies:
+                body = bodies[counter[0] % len(bodies)]
             counter[0] += 1
             headers = list(fixed)
             if spec["idempotency"] == "fresh":

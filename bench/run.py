@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import requests
@@ -35,7 +35,9 @@ SCENARIOS = {  # name: (endpoint path, floor path, idempotency)
 }
 TITLES = {"a": "(a) no Idempotency-Key", "b": "(b) a fresh Idempotency-Key each time", "c": "(c) replays"}
 CONCURRENCY = (1, 8, 32)
+EVENT_CONCURRENCY = 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TOPIC, SUBSCRIPTION = "storage-events", "storage-events-relay"
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -73,18 +75,20 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def load(url: str, path: str, key: str, concurrency: int, count: int, idempotency: str) -> dict:
+def load(url: str, path: str, key: str, concurrency: int, count: int, idempotency: str,
+         bodies: list[str] | None = None) -> dict:
     spec = {"url": url, "path": path, "body": BODY, "concurrency": concurrency, "requests": count,
-            "idempotency": idempotency,
+            "idempotency": idempotency, "bodies": bodies or [],
             "headers": {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}}
     out = subprocess.run([sys.executable, "-m", "bench.load", json.dumps(spec)], cwd=ROOT,
                          capture_output=True, text=True, check=True, timeout=600)
     return json.loads(out.stdout)
 
 
-def measured(service: emulators.Service, path: str, key: str, concurrency: int, count: int, idem: str) -> dict:
+def measured(service: emulators.Service, path: str, key: str, concurrency: int, count: int, idem: str,
+             bodies: list[str] | None = None) -> dict:
     before = group_cpu_seconds(service.pid)
-    result = load(service.url, path, key, concurrency, count, idem)
+    result = load(service.url, path, key, concurrency, count, idem, bodies)
     result["cpu_ms"] = (group_cpu_seconds(service.pid) - before) * 1000 / result["requests"]
     good = sum(n for status, n in result["statuses"].items() if status in ("200", "201"))
     if good != result["requests"]:
@@ -160,6 +164,52 @@ def cold_starts(env: dict, key: str, log_dir: Path, runs: int = 3) -> list[float
     return results
 
 
+def pending_events(db, collection: str, count: int) -> list[str]:
+    """`count` fresh pending upload records in `collection`, and one push envelope for each
+    (what Pub/Sub delivers when each object lands)."""
+    import base64
+    import secrets as token
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    bodies, batch = [], db.batch()
+    for n in range(count):
+        hex32 = token.token_hex(16)
+        name = f"uploads/ws_bench/{hex32}.mp4"
+        batch.create(db.collection(collection).document(f"upl_{hex32}"), {
+            "workspace_id": "ws_bench", "mode": "live", "object_name": name, "content_type": "video/mp4",
+            "size_bytes": None, "created_at": now, "expires_at": now + timedelta(hours=1), "state": "pending",
+            "session_url": "http://unused"})
+        resource = {"name": name, "bucket": BUCKET, "generation": "1", "size": "1048576",
+                    "crc32c": "AAAAAA==", "md5Hash": "1B2M2Y8AsgTpgAmY7PhCfg==", "timeCreated": now.isoformat()}
+        bodies.append(json.dumps({"message": {
+            "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": BUCKET, "objectId": name,
+                           "objectGeneration": "1", "payloadFormat": "JSON_API_V1"},
+            "data": base64.b64encode(json.dumps(resource).encode()).decode(),
+            "messageId": str(n), "publishTime": now.isoformat()}, "subscription": "bench"}))
+        if n % 400 == 399:
+            batch.commit()
+            batch = db.batch()
+    batch.commit()
+    return bodies
+
+
+def completion_latency(endpoint: emulators.Service, db, key: str, runs: int = 100) -> list[float]:
+    """PUT answered -> record completed, through fake-gcs-server's event, the Pub/Sub
+    emulator, the relay and the function: ms for each of `runs` uploads, one at a time."""
+    results = []
+    for _ in range(runs):
+        out = requests.post(endpoint.url + "/v1/uploads", data=BODY, timeout=30,
+                            headers={"Authorization": f"Bearer {key}"}).json()
+        ref = db.collection("uploads").document(out["id"])
+        requests.put(out["upload_url"], data=b"x" * 4096, headers={"Content-Type": "video/mp4"}, timeout=30)
+        landed = time.perf_counter()
+        while ref.get().to_dict()["state"] != "completed":
+            if time.perf_counter() - landed > 30:
+                raise RuntimeError(f"{out['id']} not completed 30 s after its PUT")
+        results.append((time.perf_counter() - landed) * 1000)
+    return sorted(results)
+
+
 STEPS = (  # (label, frame prefixes): the steps of a request inside our function
     ("GCS session initiation (`mint_session`: library and network)", ("mint_session (",)),
     ("upload record (`lifecycle.create_record`: library and network)", ("create_record (",)),
@@ -211,13 +261,19 @@ def main() -> int:
     counts = {1: int(300 * scale), 8: int(1200 * scale), 32: int(1600 * scale)}
     log_dir = emulators.new_log_dir("framelane-bench-")
     services: list[emulators.Service] = []
+    from dev.oidc_issuer import Issuer
+    issuer = Issuer()
     try:
         firestore_emulator = emulators.start_firestore(log_dir)
         services.append(firestore_emulator)
-        storage_emulator = emulators.start_fake_gcs(log_dir)
+        pubsub = emulators.start_pubsub(log_dir)
+        services.append(pubsub)
+        emulators.create_topic_and_subscription(pubsub, PROJECT, TOPIC, SUBSCRIPTION)
+        # Only PUTs finalize objects, so only the completion-latency runs make events.
+        storage_emulator = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, TOPIC))
         services.append(storage_emulator)
         emulators.create_bucket(storage_emulator.url, BUCKET)
-        env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET)
+        env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET, **issuer.env())
         db = emulators.firestore_client_for(firestore_emulator, PROJECT)
         key = _make_key(db)
 
@@ -225,6 +281,8 @@ def main() -> int:
         floor = emulators.start_function(env, log_dir, name="bench-floor", source_file="bench/floor.py",
                                          target="floor")
         services += [endpoint, floor]
+        services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
+                                              endpoint.url + "/internal/storage-events", issuer, log_dir))
         _prepare_replays(endpoint, db, key)
         for service, path in ((endpoint, "/v1/uploads"), (floor, "/a")):  # warm: connections, caches
             load(service.url, path, key, 8, 300, "none")
@@ -238,6 +296,19 @@ def main() -> int:
                     runs["floor"].append(measured(floor, floor_path, key, concurrency, counts[concurrency], idem))
                 print(_row(scenario, concurrency, runs), file=sys.stderr)
 
+        # (d) storage events: each delivery completes a fresh pending upload.
+        event_count = counts[8]
+        event_runs = {"endpoint": [], "floor": []}
+        for _ in range(rounds):
+            for name, service, path, collection, token in (
+                    ("endpoint", endpoint, "/internal/storage-events", "uploads", issuer.events_token()),
+                    ("floor", floor, "/d", "floor_uploads", key)):
+                bodies = pending_events(db, collection, event_count)
+                event_runs[name].append(measured(service, path, token, EVENT_CONCURRENCY, event_count, "none",
+                                                 bodies))
+        print(_row("d", EVENT_CONCURRENCY, event_runs), file=sys.stderr)
+        latency = completion_latency(endpoint, db, key)
+
         rss = [rss_mib(worker_pid(endpoint))]
         for _ in range(2):
             measured(endpoint, "/v1/uploads", key, 8, 10_000, "none")
@@ -246,10 +317,12 @@ def main() -> int:
         reference = in_process_reference(env)
         imports = import_times()
         cold = cold_starts(env, key, log_dir)
-        report = _report(results, reference, imports, cold, rss, where, rounds, counts)
+        report = _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count,
+                         latency)
     finally:
         for service in reversed(services):
             service.stop()
+        issuer.stop()
     print(report)
     _write(report)
     return 0
@@ -276,7 +349,7 @@ def _row(scenario: str, concurrency: int, runs: dict) -> str:
             f"{median_of(e, 'rps') / median_of(f, 'rps'):.2f}")
 
 
-def _report(results, reference, imports, cold, rss, where, rounds, counts) -> str:
+def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency) -> str:
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
@@ -299,6 +372,24 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts) -> st
                 f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** | **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
                 f"| {median_of(e, 'cpu_ms'):.2f} / {median_of(f, 'cpu_ms'):.2f} |")
         lines.append("")
+    e, f = event_runs["endpoint"], event_runs["floor"]
+    lines += [
+        f"**(d) storage events** ({event_count} deliveries per round at concurrency {EVENT_CONCURRENCY}, each "
+        "completing a fresh pending upload; the floor: the pushed JSON read, one Firestore get and one update "
+        "conditioned on it)", "",
+        "| concurrency | endpoint req/s | p50 ms | p95 ms | p99 ms | floor req/s | p50 ms | p95 ms | p99 ms "
+        "| p50 ratio | throughput ratio | CPU ms/req endpoint / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {EVENT_CONCURRENCY} | {median_of(e, 'rps'):.0f} | {median_of(e, 'p50'):.2f} | {median_of(e, 'p95'):.2f} "
+        f"| {median_of(e, 'p99'):.2f} | {median_of(f, 'rps'):.0f} | {median_of(f, 'p50'):.2f} "
+        f"| {median_of(f, 'p95'):.2f} | {median_of(f, 'p99'):.2f} "
+        f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** | **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
+        f"| {median_of(e, 'cpu_ms'):.2f} / {median_of(f, 'cpu_ms'):.2f} |", "",
+        f"**(e) completion latency** (PUT answered to the record `completed`, through fake-gcs-server's event, "
+        f"the Pub/Sub emulator, the relay and the function; {len(latency)} uploads one at a time): "
+        f"p50 **{latency[len(latency) // 2]:.0f} ms**, p99 **{latency[min(len(latency) - 1, round(len(latency) * 0.99) - 1)]:.0f} ms**, "
+        f"max {latency[-1]:.0f} ms.", "",
+    ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "
         + ", ".join(f"({s}) {reference[s]:.2f} ms" for s in SCENARIOS) + ".", "",
