@@ -8,14 +8,17 @@ beyond this is our overhead.
       one commit of the upload record's create with the same conditional
       update (a fresh key)
   /c  one Firestore get (the least a replay needs)
-  /d  a storage event's least work: read the pushed JSON, get the upload's
-      record, update it conditioned on the update_time read (a conditional
-      update in Firestore needs the read)
+  /d  a storage event's least work: read the pushed JSON and the object
+      resource it carries, get the upload's record, write the same completion
+      to it (the fields lib/lifecycle.py writes are part of the work),
+      conditioned on the update_time read (a conditional update in Firestore
+      needs the read)
 
 Same clients, same call options as lib/ (timeouts, retry budgets, the content
 type set on the blob, if_generation_match=0), created once at import.
 """
 
+import base64
 import json
 import os
 import secrets
@@ -78,10 +81,15 @@ def floor(request):
     elif request.path == "/c":
         body = _replay.get(retry=_FS_RETRY, timeout=2.5).to_dict()["response"]
     elif request.path == "/d":
-        name = json.loads(request.get_data())["message"]["attributes"]["objectId"]
+        message = json.loads(request.get_data())["message"]
+        obj = json.loads(base64.b64decode(message["data"]))
+        name = message["attributes"]["objectId"]
         ref = _db.collection("floor_uploads").document("upl_" + name.rsplit("/", 1)[1].split(".")[0])
         snap = ref.get(retry=_FS_RETRY, timeout=2.5)
-        ref.update({"state": "completed", "size_bytes": 1, "completed_at": datetime.now(timezone.utc)},
+        ref.update({"state": "completed", "size_bytes": int(obj["size"]), "crc32c": obj.get("crc32c"),
+                    "md5": obj.get("md5Hash"), "generation": int(obj["generation"]),
+                    "completed_at": datetime.fromisoformat(obj["timeCreated"].replace("Z", "+00:00")),
+                    "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD},
                    option=_db.write_option(last_update_time=snap.update_time), retry=_FS_RETRY, timeout=2.5)
         body = {"outcome": "completed"}
     else:

@@ -1,4 +1,4 @@
-"""Load generator, run as its own process: `python -m bench.load SPEC_JSON`.
+"""Load generator, run as its own process: `python -m bench.load < SPEC_JSON`.
 
 asyncio over raw keep-alive HTTP/1.1 sockets, so the client spends little CPU
 on a machine it shares with the server. Prints one JSON object of results.
@@ -74,4 +74,5 @@ async def run(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run(json.loads(sys.argv[1])))))
+    # The spec on stdin: with a body per request it is far over the argument-list limit.
+    print(json.dumps(asyncio.run(run(json.load(sys.stdin)))))

@@ -80,7 +80,7 @@ def load(url: str, path: str, key: str, concurrency: int, count: int, idempotenc
     spec = {"url": url, "path": path, "body": BODY, "concurrency": concurrency, "requests": count,
             "idempotency": idempotency, "bodies": bodies or [],
             "headers": {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}}
-    out = subprocess.run([sys.executable, "-m", "bench.load", json.dumps(spec)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "bench.load"], input=json.dumps(spec), cwd=ROOT,
                          capture_output=True, text=True, check=True, timeout=600)
     return json.loads(out.stdout)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
@@ -143,6 +144,9 @@ def _parse_int(text: str) -> int:
     return -magnitude if text.startswith("-") else magnitude
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _reject_lone_surrogates(value: Any) -> None:
     """JSON may escape half of a UTF-16 pair ("\\ud800"); that is no character,
     and nothing downstream (UTF-8, Firestore) can store it."""
@@ -150,7 +154,7 @@ def _reject_lone_surrogates(value: Any) -> None:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if any("\ud800" <= ch <= "\udfff" for ch in item):
+            if _SURROGATE.search(item):
                 raise InvalidJson("The request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
                                   "which is not a Unicode character.")
         elif isinstance(item, dict):
