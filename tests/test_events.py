@@ -429,6 +429,26 @@ def resource_of_storage(event_path, name: str) -> dict:
     return requests.get(url, timeout=10).json()
 
 
+def test_through_the_whole_path_late_bytes_are_deleted_and_unknown_objects_acknowledged(event_path, make_key, db):
+    """Objects written straight into the event path's bucket: one for a cancelled upload
+    (its bytes landing after the cancel), one the service never made."""
+    served, storage = event_path["function"], event_path["storage"]
+    key, _ = make_key()
+    out = served.post(json=VIDEO, headers=bearer(key)).json()
+    assert served.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key)).json()["status"] == "cancelled"
+    stranger = f"uploads/ws_nobody/{secrets.token_hex(16)}.mp4"
+    for name in (object_name(out), stranger):
+        resp = requests.post(f"{storage.url}/upload/storage/v1/b/{BUCKET}/o", params={"uploadType": "media",
+                             "name": name}, data=b"bytes", headers={"Content-Type": "video/mp4"}, timeout=10)
+        assert resp.status_code == 200, resp.text
+    outcomes = lambda: {line.get("outcome") for line in served.log_lines()  # noqa: E731
+                        if line.get("upload_id") in (out["id"], events.upload_id_for(stranger))}
+    wait_for(lambda: {"deleted_late_object", "ignored_unknown_object"} <= outcomes(), what="both deliveries")
+    gone = requests.get(f"{storage.url}/storage/v1/b/{BUCKET}/o/{requests.utils.quote(object_name(out), safe='')}",
+                        timeout=10)
+    assert gone.status_code == 404 and record(db, out["id"])["state"] == "cancelled"
+
+
 def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(event_path, backends, make_key, db,
                                                                              log_dir, oidc_issuer):
     """The function answers 503 while Firestore is unreachable; the relay keeps the

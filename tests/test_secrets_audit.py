@@ -24,6 +24,14 @@ def function_logs(log_dir) -> dict[str, str]:
     return {path.name: path.read_text(errors="replace") for path in sorted(log_dir.glob("function*.log"))}
 
 
+def test_no_push_relay_log_holds_a_token(log_dir):
+    """The local relay (dev/relay.py) signs a token for every delivery: it logs none."""
+    logs = {path.name: path.read_text(errors="replace") for path in sorted(log_dir.glob("push-relay*.log"))}
+    assert logs and any('"delivery"' in text for text in logs.values())
+    for name, text in logs.items():
+        assert not re.search(r"eyJ[A-Za-z0-9_-]{8,}\.", text) and "Bearer" not in text, f"{name} holds a token"
+
+
 def test_no_function_log_holds_a_key_an_authorization_value_or_an_upload_url(log_dir):
     logs = function_logs(log_dir)
     lines = [line for text in logs.values() for line in text.splitlines() if line.startswith("{")]
