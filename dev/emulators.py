@@ -155,28 +155,26 @@ def _sdk_file(override_env: str, pattern: str) -> Path | None:
     return None
 
 
-def firestore_jar() -> Path:
-    """The Cloud SDK's Firestore emulator jar, or a SetupError saying how to get it."""
-    jar = _sdk_file("FIRESTORE_EMULATOR_JAR", "cloud-firestore-emulator/cloud-firestore-emulator.jar")
+def _emulator_jar(what: str, override_env: str, pattern: str, component: str) -> Path:
+    """An emulator's jar from the Cloud SDK, or a SetupError saying how to get it."""
+    jar = _sdk_file(override_env, pattern)
     if jar is None:
         raise SetupError(
-            "The Firestore emulator was not found. Install the Google Cloud SDK and its emulator "
-            "(`gcloud components install cloud-firestore-emulator`, or the Debian package "
-            "google-cloud-cli-firestore-emulator), or set FIRESTORE_EMULATOR_JAR to the jar."
+            f"The {what} emulator was not found. Install the Google Cloud SDK and its emulator "
+            f"(`gcloud components install {component}`, or the Debian package "
+            f"google-cloud-cli-{component.removeprefix('cloud-')}), or set {override_env} to the jar."
         )
     return jar
+
+
+def firestore_jar() -> Path:
+    return _emulator_jar("Firestore", "FIRESTORE_EMULATOR_JAR",
+                         "cloud-firestore-emulator/cloud-firestore-emulator.jar", "cloud-firestore-emulator")
 
 
 def pubsub_jar() -> Path:
-    """The Cloud SDK's Pub/Sub emulator jar, or a SetupError saying how to get it."""
-    jar = _sdk_file("PUBSUB_EMULATOR_JAR", "pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar")
-    if jar is None:
-        raise SetupError(
-            "The Pub/Sub emulator was not found. Install the Google Cloud SDK and its emulator "
-            "(`gcloud components install pubsub-emulator`, or the Debian package "
-            "google-cloud-cli-pubsub-emulator), or set PUBSUB_EMULATOR_JAR to the jar."
-        )
-    return jar
+    return _emulator_jar("Pub/Sub", "PUBSUB_EMULATOR_JAR", "pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar",
+                         "pubsub-emulator")
 
 
 def _java() -> str:
