@@ -50,11 +50,14 @@ resource "google_project_iam_member" "build_logs" {
   member  = "serviceAccount:${google_service_account.build.email}"
 }
 
-# The function's source: our archive, and the copy Cloud Functions stages in
-# its own gcf-v2-sources-<project number>-<region> bucket (created on the first
-# deploy, hence a project grant with a condition rather than a bucket grant).
-# The condition names buckets (https://cloud.google.com/iam/docs/conditions-resource-attributes),
-# so the build reads nothing in the uploads bucket.
+# The function's source: our archive's bucket, and the bucket Cloud Functions
+# stages sources in, gcf-v2-sources-<project number>-<region> (seen in public
+# deployments' sourceProvenance; not found in Google's pages for a custom build
+# account, so it is allowed in case the build reads from there). It is created
+# on the first deploy, hence a project grant with a condition rather than a
+# bucket grant. The condition names buckets
+# (https://cloud.google.com/iam/docs/conditions-resource-attributes), so the
+# build reads nothing in the uploads bucket.
 resource "google_project_iam_member" "build_source" {
   project = var.project_id
   role    = "roles/storage.objectViewer"
