@@ -75,9 +75,9 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
         lifecycle.create_record(db, upload_id, record)
         return 201, out.model_dump(), {}
 
-    # What the request means, so equivalent bodies (2048 and 2048.0, a null and an absent filename) replay.
-    meaning = {"content_type": content_type, "filename": upload.filename, "size_bytes": upload.size_bytes,
-               "crc32c": upload.crc32c, "md5": upload.md5}
+    # What the request means (every validated field, the content type as stored), so equivalent
+    # bodies (2048 and 2048.0, a null and an absent filename) replay.
+    meaning = {**upload.model_dump(), "content_type": content_type}
     outcome = idempotency.begin(
         db, key.workspace_id, key.mode, idem_key, idempotency.fingerprint(meaning),
         settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds,
@@ -160,9 +160,8 @@ def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _para
         raise InvalidEvent(f"body: {exc.message}") from None
     event = events.parse_push(body)
     log.update(event_type=event.event_type, message_id=event.message_id[:64])
-    upload_id = events.upload_id_for(event.object_name)
-    if upload_id is not None:
-        log["upload_id"] = upload_id
+    if event.upload_id is not None:
+        log["upload_id"] = event.upload_id
     outcome = events.handle(firestore_client(settings.firestore), _storage(settings), event)
     log["outcome"] = outcome
     return 200, {"outcome": outcome}, {}

@@ -2,8 +2,8 @@
 
 A small state machine over one Firestore document per (workspace, mode, key),
 id = SHA-256 of the three: a test key and a live key of one workspace never
-share a record, as they never share an upload. The common case is a new key, so a request first *creates*
-its claim (`create()` is a conditional write: exactly one racer wins); on
+share a record, as they never share an upload. The common case is a new key,
+so a request first *creates* its claim (`create()` is a conditional write: exactly one racer wins); on
 "already exists" it reads the record and branches on its state:
 
     different fingerprint           -> 409 idempotency_key_reused
