@@ -50,6 +50,7 @@ class Event:
     object_name: str
     message_id: str
     obj: media.StoredObject | None  # set for OBJECT_FINALIZE
+    upload_id: str | None  # the upload owning object_name, if the service made such a name
 
 
 def parse_push(body: Any) -> Event:
@@ -72,7 +73,7 @@ def parse_push(body: Any) -> Event:
     if not isinstance(message_id, str):
         raise InvalidEvent("messageId is not a string")
     obj = _finalized(message.get("data"), attributes) if event_type == FINALIZE else None
-    return Event(event_type, bucket, name, message_id, obj)
+    return Event(event_type, bucket, name, message_id, obj, upload_id_for(name))
 
 
 def _finalized(data: Any, attributes: dict[str, str]) -> media.StoredObject:
@@ -111,11 +112,10 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
     """
     if event.event_type != FINALIZE:
         return "ignored_event_type"
-    upload_id = upload_id_for(event.object_name)
-    if event.bucket != gcs.bucket or upload_id is None:
+    if event.bucket != gcs.bucket or event.upload_id is None:
         return "ignored_unknown_object"
     try:
-        record = lifecycle.load_by_id(db, upload_id)
+        record = lifecycle.load_by_id(db, event.upload_id)
     except UploadNotFound:
         return "ignored_unknown_object"
     if record.data.get("object_name") != event.object_name:
