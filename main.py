@@ -18,11 +18,11 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import auth, events, idempotency, lifecycle, logs, models, oidc, server, uploads as media
-from lib.clients import firestore_client, session_http, storage_client
+from lib import auth, events, idempotency, lifecycle, logs, models, oidc, server, uploads as media, webhooks
+from lib.clients import firestore_client, publisher, session_http, storage_client
 from lib.config import ConfigError, Settings, get_settings
 from lib.errors import (ApiError, InvalidEvent, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded,
-                        UploadTooLarge, UriTooLong)
+                        UploadNotFound, UploadTooLarge, UriTooLong, WebhookDeliveryFailed)
 
 # Before functions-framework builds its gunicorn (it imports this module first).
 server.install()
@@ -122,7 +122,7 @@ def _on_upload(request: flask.Request, log: dict[str, Any], upload_id: str,
     key = _authenticate(request, log, db)
     record = lifecycle.load(db, key.workspace_id, key.mode, upload_id)
     log["upload_id"] = record.id
-    record = act(db, _storage(settings), record)
+    record = act(db, _storage(settings, log), record)
     return 200, lifecycle.view(record, settings.cdn_base_url).model_dump(), {}
 
 
@@ -138,11 +138,22 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
         reason = getattr(exc, "reason", None)
         failures.append(f"{upload_id}: {type(cause).__name__}" + (f" ({reason})" if reason else ""))
 
-    result = lifecycle.sweep(firestore_client(settings.firestore), _storage(settings), media.now(),
-                             SWEEP_BUDGET_SECONDS, SWEEP_GRACE_SECONDS, on_error=on_error)
+    started = time.monotonic()
+    db = firestore_client(settings.firestore)
+    result = lifecycle.sweep(db, _storage(settings, log), media.now(), SWEEP_BUDGET_SECONDS, SWEEP_GRACE_SECONDS,
+                             on_error=on_error)
     log["sweep"] = result.as_dict()
     if failures:
         log["sweep_failures"] = failures[:20]
+    if settings.webhooks_topic is not None and time.monotonic() - started < SWEEP_BUDGET_SECONDS:
+        # Events whose publish failed after their state change was stored.
+        try:
+            owed = webhooks.owed(db, media.now())
+            if owed:
+                webhooks.announce(publisher(settings.firestore.project), settings.webhooks_topic, owed)
+            log["webhooks_republished"] = len(owed)
+        except ServiceUnavailable as exc:
+            log["webhooks_republish_failed"] = type(exc.__cause__ or exc).__name__
     if result.failed:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
         raise ServiceUnavailable(retry_after=30, details={"sweep": result.as_dict()})
@@ -162,9 +173,76 @@ def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _para
     log.update(event_type=event.event_type, message_id=event.message_id[:64])
     if event.upload_id is not None:
         log["upload_id"] = event.upload_id
-    outcome = events.handle(firestore_client(settings.firestore), _storage(settings), event)
+    outcome = events.handle(firestore_client(settings.firestore), _storage(settings, log), event)
     log["outcome"] = outcome
     return 200, {"outcome": outcome}, {}
+
+
+def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+    """POST /internal/webhooks (Pub/Sub push, OIDC): fan an event out, or deliver it to one endpoint."""
+    settings = get_settings()
+    message = _webhook_push(request, raw, log, settings)
+    db = firestore_client(settings.firestore)
+    if message.kind == webhooks.KIND_EVENT:
+        if settings.webhooks_topic is None:
+            raise ServiceUnavailable(reason="WEBHOOKS_TOPIC is not set: cannot fan out")
+        try:
+            queued = webhooks.fan_out(db, publisher(settings.firestore.project), settings.webhooks_topic,
+                                      message.upload_id, settings.cdn_base_url)
+        except UploadNotFound:
+            log["outcome"] = "ignored_unknown_upload"
+            return 200, {"outcome": "ignored_unknown_upload"}, {}
+        log.update(outcome="fanned_out", deliveries=queued)
+        return 200, {"outcome": "fanned_out", "deliveries": queued}, {}
+
+    delivery = message.delivery()
+    log.update(event_id=delivery.event_id, endpoint_id=delivery.endpoint_id[:64], attempt=delivery.attempt)
+
+    def record_failed(exc: BaseException) -> None:
+        log["attempt_not_recorded"] = type(exc.__cause__ or exc).__name__
+
+    outcome = webhooks.deliver(db, delivery, settings.webhook_allow_private_targets, media.now(),
+                               on_record_failure=record_failed)
+    log["outcome"] = outcome.label
+    if outcome.result is not None:
+        log.update(receiver_status=outcome.result.status, receiver_error=outcome.result.error,
+                   receiver_latency_ms=outcome.result.latency_ms)
+    if outcome.refused is not None:
+        log["refused"] = outcome.refused
+    if outcome.label == "failed":
+        log["severity"] = "WARNING"  # the customer's endpoint failed, not us
+        raise WebhookDeliveryFailed()
+    return 200, {"outcome": outcome.label}, {}
+
+
+def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+    """POST /internal/webhook-dead-letters (the dead-letter topic's push, OIDC): record what Pub/Sub gave up on."""
+    settings = get_settings()
+    message = _webhook_push(request, raw, log, settings)
+    db = firestore_client(settings.firestore)
+    if message.kind == webhooks.KIND_EVENT:
+        # The event stays owed on its record: the sweep publishes it again.
+        log.update(outcome="event_dead_lettered", severity="ERROR")
+        return 200, {"outcome": "event_dead_lettered"}, {}
+    delivery = message.delivery()
+    log.update(event_id=delivery.event_id, endpoint_id=delivery.endpoint_id[:64])
+    outcome = webhooks.dead_lettered(db, delivery, media.now())
+    log.update(outcome=outcome, severity="WARNING")
+    return 200, {"outcome": outcome}, {}
+
+
+def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any], settings: Settings) -> webhooks.Message:
+    oidc.verify(request.headers.get("Authorization"), settings.webhooks_audience, settings.webhooks_service_account,
+                oidc.cert_cache(settings.oidc_certs_url, session_http()), route="webhooks")
+    try:
+        body = models.parse_json_object(raw)
+    except ApiError as exc:
+        raise InvalidEvent(f"body: {exc.message}", webhooks.INVALID_PUSH) from None
+    message = webhooks.Message.from_push(body)
+    log.update(kind=message.kind, message_id=message.message_id[:64])
+    if message.upload_id:
+        log["upload_id"] = message.upload_id[:64]
+    return message
 
 
 def _authenticate(request: flask.Request, log: dict[str, Any], db: Any) -> auth.ApiKey:
@@ -174,8 +252,24 @@ def _authenticate(request: flask.Request, log: dict[str, Any], db: Any) -> auth.
     return key
 
 
-def _storage(settings: Settings) -> lifecycle.Storage:
-    return lifecycle.Storage(storage_client(settings.firestore.project), settings.upload_bucket, session_http())
+def _storage(settings: Settings, log: dict[str, Any]) -> lifecycle.Storage:
+    return lifecycle.Storage(storage_client(settings.firestore.project), settings.upload_bucket, session_http(),
+                             _announcer(settings, log))
+
+
+def _announcer(settings: Settings, log: dict[str, Any]) -> Callable[[lifecycle.Record], None] | None:
+    """Publishes each state change's webhook event; a failure leaves it owed, for the sweep."""
+    if settings.webhooks_topic is None:
+        return None
+    topic = settings.webhooks_topic
+
+    def announce(record: lifecycle.Record) -> None:
+        try:
+            webhooks.announce(publisher(settings.firestore.project), topic, [record])
+        except ServiceUnavailable as exc:
+            log["webhook_owed"] = type(exc.__cause__ or exc).__name__
+
+    return announce
 
 
 # (request, its body as read, the log line's fields, the path's parameters)
@@ -187,6 +281,8 @@ ROUTES: tuple[tuple[re.Pattern[str], dict[str, Handler]], ...] = (
     (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/cancel"), {"POST": cancel_upload}),
     (re.compile(r"/internal/sweep"), {"POST": run_sweep}),
     (re.compile(r"/internal/storage-events"), {"POST": storage_event}),
+    (re.compile(r"/internal/webhooks"), {"POST": webhook_message}),
+    (re.compile(r"/internal/webhook-dead-letters"), {"POST": webhook_dead_letter}),
 )
 
 

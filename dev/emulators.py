@@ -251,16 +251,19 @@ def create_topic_and_subscription(emulator: Service, project: str, topic: str, s
 
 
 def start_relay(pubsub: Service, subscription: str, endpoint: str, issuer, log_dir: Path,
-                name: str = "push-relay", timeout: float = 30.0) -> Service:
+                name: str = "push-relay", timeout: float = 30.0, caller: str = "events",
+                extra_args: tuple[str, ...] = ()) -> Service:
     """dev/relay.py: pushes `subscription`'s messages to `endpoint` as Pub/Sub push would,
-    with OIDC tokens from `issuer` (dev/oidc_issuer.py) for its events audience and account."""
-    from dev.oidc_issuer import EVENTS_AUDIENCE, EVENTS_SERVICE_ACCOUNT
+    with OIDC tokens from `issuer` (dev/oidc_issuer.py) for the `caller` route's audience
+    and account ("events" or "webhooks"); `extra_args` go to the relay (backoff, dead-lettering)."""
+    from dev import oidc_issuer
 
+    audience, account = oidc_issuer.CALLERS[caller]
     key_file = log_dir / f"{name}-key.pem"
     issuer.write_key(key_file)
     argv = [sys.executable, "-m", "dev.relay", "--pubsub-host", pubsub.extra["host"], "--subscription", subscription,
-            "--endpoint", endpoint, "--audience", EVENTS_AUDIENCE, "--service-account", EVENTS_SERVICE_ACCOUNT,
-            "--key-file", str(key_file), "--key-id", issuer.key.kid]
+            "--endpoint", endpoint, "--audience", audience, "--service-account", account,
+            "--key-file", str(key_file), "--key-id", issuer.key.kid, *extra_args]
     log_path = log_dir / f"{name}.log"
 
     def ready() -> bool:
@@ -268,6 +271,18 @@ def start_relay(pubsub: Service, subscription: str, endpoint: str, issuer, log_d
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     return _start(name, argv, endpoint, ready, env, log_dir, timeout, cwd=ROOT)
+
+
+def create_webhook_topics(emulator: Service, project: str, topic: str, dead_letter_topic: str) -> tuple[str, str]:
+    """The webhooks topic and its dead-letter topic, each with a pull subscription for a relay.
+
+    Returns the two subscriptions' paths (webhooks, dead letters).
+    """
+    subscriptions = []
+    for name in (topic, dead_letter_topic):
+        create_topic_and_subscription(emulator, project, name, f"{name}-relay")
+        subscriptions.append(f"projects/{project}/subscriptions/{name}-relay")
+    return subscriptions[0], subscriptions[1]
 
 
 def fake_gcs_binary() -> Path:
@@ -311,7 +326,8 @@ def function_env(firestore: Service, storage: Service, project: str, bucket: str
     """The environment the served function gets: the deployed names, pointed at the emulators."""
     from lib import config  # the function's own settings never leak in from this process
 
-    ours = {*config.REQUIRED, *config.OPTIONAL, "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"}
+    ours = {*config.REQUIRED, *config.OPTIONAL, "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
+            "PUBSUB_EMULATOR_HOST"}
     env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update({
         "FIRESTORE_EMULATOR_HOST": firestore.extra["host"],

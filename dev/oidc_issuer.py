@@ -28,6 +28,11 @@ SERVICE_ACCOUNT = "framelane-sweep@framelane-test.iam.gserviceaccount.com"
 # The storage events' push subscription: another identity, another audience.
 EVENTS_AUDIENCE = "https://uploads.test/internal/storage-events"
 EVENTS_SERVICE_ACCOUNT = "framelane-events@framelane-test.iam.gserviceaccount.com"
+WEBHOOKS_AUDIENCE = "https://uploads.test/internal/webhooks"
+WEBHOOKS_SERVICE_ACCOUNT = "framelane-webhooks@framelane-test.iam.gserviceaccount.com"
+# Each push route's (audience, service account), by the name dev/emulators.py start_relay takes.
+CALLERS = {"events": (EVENTS_AUDIENCE, EVENTS_SERVICE_ACCOUNT),
+           "webhooks": (WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT)}
 
 
 class SigningKey:
@@ -106,6 +111,7 @@ class Issuer:
         """The function's settings that trust this issuer."""
         return {"SWEEP_AUDIENCE": AUDIENCE, "SWEEP_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
                 "EVENTS_AUDIENCE": EVENTS_AUDIENCE, "EVENTS_SERVICE_ACCOUNT": EVENTS_SERVICE_ACCOUNT,
+                "WEBHOOKS_AUDIENCE": WEBHOOKS_AUDIENCE, "WEBHOOKS_SERVICE_ACCOUNT": WEBHOOKS_SERVICE_ACCOUNT,
                 "OIDC_CERTS_URL": self.certs_url}
 
     def write_key(self, path) -> None:
@@ -116,3 +122,7 @@ class Issuer:
     def events_token(self, **overrides) -> str:
         """A token as the storage events' push subscription sends it."""
         return self.token(**{"aud": EVENTS_AUDIENCE, "email": EVENTS_SERVICE_ACCOUNT, **overrides})
+
+    def webhooks_token(self, **overrides) -> str:
+        """A token as the webhooks' push subscriptions send it."""
+        return self.token(**{"aud": WEBHOOKS_AUDIENCE, "email": WEBHOOKS_SERVICE_ACCOUNT, **overrides})

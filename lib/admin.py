@@ -1,11 +1,19 @@
-"""Ops CLI for API keys: `python -m lib.admin {create-key,list-keys,revoke-key}`.
+"""Ops CLI for API keys and webhook endpoints: `python -m lib.admin COMMAND`.
+
+Keys: create-key, list-keys, revoke-key. Webhooks: add-webhook, list-webhooks,
+remove-webhook, rotate-webhook-secret, webhook-deliveries.
 
 Talks to the Firestore named by GOOGLE_CLOUD_PROJECT (and FIRESTORE_DATABASE,
 default "(default)") with application default credentials, or to the emulator
 when FIRESTORE_EMULATOR_HOST is set. A new key is printed once and never
-stored; everything else only ever shows a key's id and display prefix.
+stored; everything else only ever shows a key's id and display prefix. A
+webhook's signing secret is printed only by add-webhook and
+rotate-webhook-secret, never listed. A webhook URL is checked against the
+delivery rules (lib/targets.py) before it is stored; WEBHOOK_ALLOW_PRIVATE_TARGETS=true
+allows loopback and http, as the local service does.
 
-Exit status: 0 done, 1 failed (not found, Firestore unavailable), 2 usage.
+Exit status: 0 done, 1 failed (not found, Firestore unavailable), 2 usage
+(including a webhook URL the delivery rules refuse).
 """
 
 from __future__ import annotations
@@ -20,9 +28,9 @@ from typing import Sequence
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import auth
+from lib import auth, targets, uploads as media, webhooks
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, firestore_client, upstream
-from lib.config import ConfigError, FirestoreSettings
+from lib.config import ConfigError, FirestoreSettings, allow_private_targets
 from lib.errors import ServiceUnavailable
 
 
@@ -33,7 +41,7 @@ def _workspace(value: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lib.admin", description="Manage Framelane API keys.")
+    parser = argparse.ArgumentParser(prog="python -m lib.admin", description="Manage Framelane API keys and webhook endpoints.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     create = commands.add_parser("create-key", help="create a key and print it once")
@@ -50,7 +58,41 @@ def _parser() -> argparse.ArgumentParser:
     revoke = commands.add_parser(
         "revoke-key", help="revoke a key; instances stop trusting it within API_KEY_CACHE_TTL_SECONDS (30 s)")
     revoke.add_argument("key_id", metavar="KEY_ID", help="the id from create-key or list-keys (or the key itself)")
+
+    add = commands.add_parser("add-webhook", help="add a webhook endpoint and print its signing secret once")
+    add.add_argument("--workspace", required=True, type=_workspace)
+    add.add_argument("--url", required=True, help="https URL that receives the events")
+    add.add_argument("--test", action="store_true", help="receive test-mode uploads' events (fl_test_ keys)")
+    add.add_argument("--json", action="store_true", help='print only {"id","url","workspace_id","mode","secret"}')
+
+    hooks = commands.add_parser("list-webhooks", help="list a workspace's endpoints (never the secrets)")
+    hooks.add_argument("--workspace", required=True, type=_workspace)
+    hooks.add_argument("--json", action="store_true", help="print a JSON array")
+
+    remove = commands.add_parser("remove-webhook", help="remove an endpoint; nothing more is sent to it")
+    remove.add_argument("endpoint_id", metavar="ID", help="the id from add-webhook or list-webhooks (we_...)")
+
+    rotate = commands.add_parser(
+        "rotate-webhook-secret", help="a new signing secret; the old one keeps signing beside it for 24 hours")
+    rotate.add_argument("endpoint_id", metavar="ID")
+    rotate.add_argument("--json", action="store_true",
+                        help='print only {"id","url","workspace_id","mode","secret","previous_secret_expires_at"}')
+
+    deliveries = commands.add_parser("webhook-deliveries", help="a workspace's recent delivery attempts")
+    deliveries.add_argument("--workspace", required=True, type=_workspace)
+    deliveries.add_argument("--limit", type=_limit, default=50, help="how many, newest first (1-1000, default 50)")
+    deliveries.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
+
+
+def _limit(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if not 1 <= number <= 1000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,8 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    commands = {"create-key": _create, "list-keys": _list, "revoke-key": _revoke, "add-webhook": _add_webhook,
+                "list-webhooks": _list_webhooks, "remove-webhook": _remove_webhook,
+                "rotate-webhook-secret": _rotate_webhook_secret, "webhook-deliveries": _webhook_deliveries}
     try:
-        return {"create-key": _create, "list-keys": _list, "revoke-key": _revoke}[args.command](db, args)
+        return commands[args.command](db, args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ServiceUnavailable:
         print("error: Firestore is unavailable; nothing was changed. Try again.", file=sys.stderr)
         return 1
@@ -127,6 +175,83 @@ def _revoke(db, args) -> int:
             return 1
     print(f"Revoked key {key_id} ({snap.get('prefix')}) at {_iso(revoked_at)}; "
           "instances that looked it up recently accept it for up to API_KEY_CACHE_TTL_SECONDS (30 s) more.")
+    return 0
+
+
+def _add_webhook(db, args) -> int:
+    try:
+        endpoint = webhooks.create_endpoint(db, args.workspace, "test" if args.test else "live", args.url,
+                                            allow_private_targets(os.environ), datetime.now(timezone.utc))
+    except targets.TargetRefused as exc:
+        print(f"error: refused webhook URL: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"id": endpoint.id, "url": endpoint.url, "workspace_id": endpoint.workspace_id,
+                          "mode": endpoint.mode, "secret": endpoint.secret}))
+    else:
+        print(f"Added {endpoint.mode} webhook endpoint {endpoint.id} for workspace {endpoint.workspace_id}: "
+              f"{endpoint.url}", file=sys.stderr)
+        print(endpoint.secret)
+        print("That is its signing secret: store it now; it cannot be shown again "
+              "(rotate-webhook-secret makes a new one).", file=sys.stderr)
+    return 0
+
+
+def _list_webhooks(db, args) -> int:
+    rows = [endpoint.public() for endpoint in webhooks.list_endpoints(db, args.workspace)]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"No webhook endpoints for workspace {args.workspace}.", file=sys.stderr)
+        return 0
+    print(f"{'ID':<35}  {'MODE':<4}  {'CREATED':<20}  {'OLD SECRET UNTIL':<20}  URL")
+    for row in rows:
+        print(f"{row['id']:<35}  {row['mode']:<4}  {row['created_at']:<20}  "
+              f"{row['previous_secret_expires_at'] or '-':<20}  {row['url']}")
+    return 0
+
+
+def _remove_webhook(db, args) -> int:
+    endpoint = webhooks.remove_endpoint(db, args.endpoint_id)
+    if endpoint is None:
+        print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
+        return 1
+    print(f"Removed webhook endpoint {endpoint.id} ({endpoint.url}); nothing more is sent to it.")
+    return 0
+
+
+def _rotate_webhook_secret(db, args) -> int:
+    endpoint = webhooks.rotate_secret(db, args.endpoint_id, datetime.now(timezone.utc))
+    if endpoint is None:
+        print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
+        return 1
+    until = media.rfc3339(endpoint.previous_secret_expires_at)
+    if args.json:
+        print(json.dumps({"id": endpoint.id, "url": endpoint.url, "workspace_id": endpoint.workspace_id,
+                          "mode": endpoint.mode, "secret": endpoint.secret, "previous_secret_expires_at": until}))
+    else:
+        print(f"New signing secret for {endpoint.id} ({endpoint.url}):", file=sys.stderr)
+        print(endpoint.secret)
+        print(f"Events are signed with both the new and the old secret until {until}; "
+              "switch the receiver to the new one before then.", file=sys.stderr)
+    return 0
+
+
+def _webhook_deliveries(db, args) -> int:
+    rows = webhooks.recent_deliveries(db, args.workspace, args.limit)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"No webhook deliveries for workspace {args.workspace} in the last 7 days.", file=sys.stderr)
+        return 0
+    print(f"{'AT':<20}  {'EVENT':<36}  {'TYPE':<16}  {'ENDPOINT':<35}  {'TRY':>3}  {'RESULT':<22}  {'MS':>7}")
+    for row in rows:
+        result = "dead-lettered" if row["dead_lettered"] else str(row["status"] or row["error"] or "-")
+        latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}"
+        print(f"{row['at']:<20}  {row['event_id']:<36}  {row['event_type']:<16}  {row['endpoint_id']:<35}  "
+              f"{row['attempt'] if row['attempt'] is not None else '-':>3}  {result:<22}  {latency:>7}")
     return 0
 
 

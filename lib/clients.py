@@ -126,3 +126,41 @@ def _without_proxy_lookup(client: storage.Client) -> storage.Client:
     # variables). A Cloud Function reaches GCS directly: no HTTP(S)_PROXY.
     client._http.trust_env = False
     return client
+
+
+# Pub/Sub (gRPC): seconds per publish attempt, the retry budget, and how long a
+# caller waits for the whole batch; the same shape of bound as Firestore's.
+PUBSUB_ATTEMPT_TIMEOUT = 2.5
+PUBSUB_RETRY = FIRESTORE_RETRY
+PUBSUB_WAIT_SECONDS = 6.0
+
+
+class Publisher:
+    """Publishes to topics of one project and waits, bounded, until Pub/Sub has them all."""
+
+    def __init__(self, project: str):
+        from google.cloud import pubsub_v1  # only instances that publish pay for the import
+
+        # No batching delay: every message here is on a request's path.
+        self._client = pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.0))
+        self._project = project
+
+    def publish(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
+        """Publish every (data, attributes) message.
+
+        Raises:
+            ServiceUnavailable: one was not accepted in time (some may have been:
+                every consumer here takes a message more than once).
+        """
+        path = self._client.topic_path(self._project, topic)
+        with upstream():
+            futures = [self._client.publish(path, data, retry=PUBSUB_RETRY, timeout=PUBSUB_ATTEMPT_TIMEOUT,
+                                            **attributes) for data, attributes in messages]
+            for future in futures:
+                future.result(timeout=PUBSUB_WAIT_SECONDS)
+
+
+def publisher(project: str) -> Publisher:
+    """The instance's Pub/Sub publisher (honours PUBSUB_EMULATOR_HOST)."""
+    return shared(("publisher", project), lambda: Publisher(project))

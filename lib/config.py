@@ -29,11 +29,16 @@ OPTIONAL = (
     "SWEEP_AUDIENCE",
     "EVENTS_SERVICE_ACCOUNT",
     "EVENTS_AUDIENCE",
+    "WEBHOOKS_TOPIC",
+    "WEBHOOKS_SERVICE_ACCOUNT",
+    "WEBHOOKS_AUDIENCE",
     "OIDC_CERTS_URL",
+    "WEBHOOK_ALLOW_PRIVATE_TARGETS",
 )
-# Read, but left to their defaults in a deployment: they exist so the tests can
-# verify sweep tokens against certificates they serve themselves.
-LOCAL_ONLY = ("OIDC_CERTS_URL",)
+# Read, but never set by Terraform: they exist so the tests and `make run` can
+# verify tokens against certificates they serve themselves, and deliver
+# webhooks to receivers on loopback.
+LOCAL_ONLY = ("OIDC_CERTS_URL", "WEBHOOK_ALLOW_PRIVATE_TARGETS")
 
 GIB = 1024**3
 # GCS's own ceiling for one object.
@@ -83,7 +88,15 @@ class Settings:
     # subscription's OIDC identity and audience. Unset, the route refuses every call.
     events_service_account: str | None = None
     events_audience: str | None = None
+    # Webhooks (lib/webhooks.py): the topic their event and delivery messages
+    # go through (unset: webhooks are off), and who may push them to
+    # POST /internal/webhooks and /internal/webhook-dead-letters.
+    webhooks_topic: str | None = None
+    webhooks_service_account: str | None = None
+    webhooks_audience: str | None = None
     oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
+    # Deliver webhooks to loopback/private addresses and plain http (local only).
+    webhook_allow_private_targets: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -102,7 +115,10 @@ class Settings:
             max_upload_bytes=_integer(env, "MAX_UPLOAD_BYTES", 5 * GIB, 1, GCS_MAX_OBJECT_BYTES, "bytes"),
             **_caller(env, "SWEEP"),
             **_caller(env, "EVENTS"),
+            webhooks_topic=_topic(env, "WEBHOOKS_TOPIC"),
+            **_caller(env, "WEBHOOKS"),
             oidc_certs_url=_certs_url(env),
+            webhook_allow_private_targets=allow_private_targets(env),
         )
 
 
@@ -115,6 +131,25 @@ def _caller(env: Mapping[str, str], route: str) -> dict:
     if account is not None and not _EMAIL.fullmatch(account):
         raise ConfigError(f"{route}_SERVICE_ACCOUNT must be a service account's email, got {account!r}")
     return {f"{route.lower()}_service_account": account, f"{route.lower()}_audience": audience}
+
+
+def allow_private_targets(env: Mapping[str, str]) -> bool:
+    """WEBHOOK_ALLOW_PRIVATE_TARGETS: `true` or `false` (the default)."""
+    raw = env.get("WEBHOOK_ALLOW_PRIVATE_TARGETS", "").strip().lower()
+    if raw not in ("", "true", "false"):
+        raise ConfigError(f"WEBHOOK_ALLOW_PRIVATE_TARGETS must be true or false, got {raw!r}")
+    return raw == "true"
+
+
+_TOPIC = re.compile(r"[A-Za-z][A-Za-z0-9._~%+-]{2,254}")
+
+
+def _topic(env: Mapping[str, str], name: str) -> str | None:
+    """A Pub/Sub topic id in the function's project (not `goog`-prefixed, 3-255 characters)."""
+    value = env.get(name, "").strip() or None
+    if value is not None and (not _TOPIC.fullmatch(value) or value.lower().startswith("goog")):
+        raise ConfigError(f"{name} must be a Pub/Sub topic id (not a path), got {value!r}")
+    return value
 
 
 def _certs_url(env: Mapping[str, str]) -> str:

@@ -40,13 +40,24 @@ class BadHttpRequest(ApiError):
 
 
 class InvalidEvent(ApiError):
-    """POST /internal/storage-events with a body that is not a Pub/Sub push of a GCS notification."""
+    """An internal push route's body is not the Pub/Sub push it expects
+    (a GCS notification; a webhook event or delivery)."""
 
     status, code = 400, "invalid_event"
     message = "The body is not a Pub/Sub push envelope of a Cloud Storage notification."
 
-    def __init__(self, reason: str):
-        super().__init__(reason=reason)
+    def __init__(self, reason: str, message: str | None = None):
+        super().__init__(message, reason=reason)
+
+
+class WebhookDeliveryFailed(ApiError):
+    """POST /internal/webhooks: the customer's endpoint did not take the event.
+
+    Not our fault, so a warning in the log, not an error; any non-2xx makes
+    Pub/Sub retry the delivery with its backoff, and 502 says "upstream"."""
+
+    status, code = 502, "webhook_delivery_failed"
+    message = "The webhook endpoint did not acknowledge the event with a 2xx within 10 s; it will be retried."
 
 
 class InvalidIdempotencyKey(ApiError):

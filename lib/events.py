@@ -123,7 +123,7 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
     assert event.obj is not None  # parse_push sets it for every FINALIZE
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
-        record = lifecycle.transition(db, record, lifecycle.completed(event.obj))
+        record = lifecycle.transition(db, record, lifecycle.completed(event.obj), gcs.announce)
     if record.state == lifecycle.COMPLETED:
         return "completed" if was_pending else "duplicate"
     # Cancelled or expired, and yet these bytes landed: they must not stay behind its source_url.

@@ -35,7 +35,11 @@ COLLECTION = "uploads"
 PENDING, COMPLETED, CANCELLED, EXPIRED = "pending", "completed", "cancelled", "expired"
 # Fields the record holds; only `state` and `expires_at` are ever queried (the sweep).
 FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
-          "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation")
+          "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at")
+# Set with every state change while webhooks are on, cleared once the event is
+# fanned out to the workspace's endpoints (lib/webhooks.py); the sweep
+# publishes again what stays owed.
+OWED_FIELD = "webhook_owed_at"
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,14 @@ class Record:
 
 @dataclass(frozen=True)
 class Storage:
-    """What settling a record needs of GCS: the client, the bucket, plain HTTP for session URLs."""
+    """What settling a record needs: of GCS the client, the bucket, plain HTTP
+    for session URLs; and `announce`, told of each state change this process
+    stored (webhooks; None while they are off)."""
 
     client: storage.Client
     bucket: str
     http: requests.Session
+    announce: Callable[[Record], None] | None = None
 
 
 def new_fields(workspace_id: str, mode: str, object_name: str, content_type: str, size_bytes: int | None,
@@ -206,20 +213,27 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
     else:
         return record
     step()
-    return transition(db, record, changes)
+    return transition(db, record, changes, gcs.announce)
 
 
-def transition(db: firestore.Client, record: Record, changes: dict[str, Any]) -> Record:
+def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
+               announce: Callable[[Record], None] | None = None) -> Record:
     """Apply `changes` to a pending record, conditioned on the update_time it was read at.
+
+    With `announce`, the write also marks the record's webhook event owed,
+    and `announce` is called with the stored record once the write landed
+    (only ours: whoever settled it first announces).
 
     Returns the record as stored afterwards: ours, or (if another request
     settled it first) theirs, which stands.
     """
     document = ref(db, record.id)
+    owed = {OWED_FIELD: firestore.SERVER_TIMESTAMP} if announce is not None else {}
     try:
         with upstream():
             result = document.update(
-                {**changes, "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD},
+                {**changes, **owed, "settled_at": firestore.SERVER_TIMESTAMP,
+                 "session_url": firestore.DELETE_FIELD},
                 option=db.write_option(last_update_time=record.update_time),
                 retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
     except gexc.FailedPrecondition:
@@ -230,7 +244,12 @@ def transition(db: firestore.Client, record: Record, changes: dict[str, Any]) ->
     # Ours landed: the stored record is the one we read plus our changes (no second read).
     data = {k: v for k, v in record.data.items() if k != "session_url"}
     data.update(changes, settled_at=result.update_time)
-    return Record(record.id, data, result.update_time)
+    if owed:
+        data[OWED_FIELD] = result.update_time
+    settled = Record(record.id, data, result.update_time)
+    if announce is not None:
+        announce(settled)
+    return settled
 
 
 @dataclass

@@ -6,10 +6,12 @@
 - `client`: the function through functions-framework's Flask app, in-process.
 - `serve`: the function served by `functions-framework` (gunicorn, threads),
   as deployed, with per-test environment overrides; stopped by PID.
-- `event_path`: storage events end to end, apart from the rest so no other
-  test's PUT completes behind its back: the Pub/Sub emulator, a second
-  fake-gcs-server that publishes each finalized object there, a served
-  function on it, and the push relay (dev/relay.py) between them.
+- `event_path`: storage events and webhooks end to end, apart from the rest
+  so no other test's PUT completes behind its back: the Pub/Sub emulator, a
+  second fake-gcs-server that publishes each finalized object there, a
+  served function on it (webhooks on, loopback receivers allowed), and push
+  relays (dev/relay.py) for the storage events, the webhooks topic (short
+  backoff, dead-lettering after WEBHOOK_MAX_ATTEMPTS) and its dead letters.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ PROJECT = "framelane-test"
 BUCKET = "framelane-test-uploads"
 SEED = ROOT.parent / "shared" / "seed" / "uploads-openapi.yaml"
 EVENTS_TOPIC, EVENTS_SUBSCRIPTION = "storage-events", "storage-events-relay"
+WEBHOOKS_TOPIC, WEBHOOKS_DEAD_LETTER_TOPIC = "webhooks", "webhooks-dead-letter"
+WEBHOOK_MAX_ATTEMPTS = 5
 
 
 @pytest.fixture(scope="session")
@@ -82,12 +86,23 @@ def event_path(backends, log_dir, oidc_issuer):
         storage = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, EVENTS_TOPIC), name="fake-gcs-events")
         started.append(storage)
         emulators.create_bucket(storage.url, BUCKET)
-        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, **oidc_issuer.env())
+        hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
+                                                              WEBHOOKS_DEAD_LETTER_TOPIC)
+        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, **oidc_issuer.env(),
+                                     PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
+                                     WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
         function = emulators.start_function(env, log_dir, name="function-events")
         started.append(function)
         relay = emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}",
                                       function.url + "/internal/storage-events", oidc_issuer, log_dir)
         started.append(relay)
+        started.append(emulators.start_relay(
+            pubsub, hooks, function.url + "/internal/webhooks", oidc_issuer, log_dir, name="push-relay-webhooks",
+            caller="webhooks", extra_args=("--min-backoff", "1", "--max-backoff", "2", "--max-attempts",
+                                           str(WEBHOOK_MAX_ATTEMPTS), "--dead-letter-topic",
+                                           f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}")))
+        started.append(emulators.start_relay(pubsub, dead_letters, function.url + "/internal/webhook-dead-letters",
+                                             oidc_issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
         yield {"pubsub": pubsub, "storage": storage, "function": Served(function), "relay": relay, "env": env}
     finally:
         for service in reversed(started):

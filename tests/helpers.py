@@ -17,6 +17,8 @@ from referencing.jsonschema import DRAFT202012
 # secrets audit that runs last. (It lives here, not in conftest, because pytest
 # imports conftest under another module name than the tests do.)
 SESSION_KEYS: set[str] = set()
+# Every webhook signing secret the session made (tests/test_secrets_audit.py looks for them).
+SESSION_WEBHOOK_SECRETS: set[str] = set()
 
 
 def schema_errors(doc: dict, ref: str, instance) -> list[str]:

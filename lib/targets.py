@@ -1,0 +1,314 @@
+"""Outbound requests to customers' webhook URLs, guarded against SSRF.
+
+A webhook URL is chosen by a customer, so a request to it is a way into our
+network unless every hop is checked (OWASP's SSRF prevention cheat sheet; the
+`advocate` package's pattern):
+
+1. the URL: `https` only (plain `http` too where the service runs with
+   WEBHOOK_ALLOW_PRIVATE_TARGETS=true, as `make run` and the tests do), a host,
+   no credentials, no fragment, no internal-only names;
+2. the host is resolved and *every* address must be public: no loopback,
+   private, link-local (169.254.169.254 is the metadata server), shared
+   (100.64.0.0/10), multicast, reserved or unspecified address, nor the IPv4
+   address inside an IPv4-mapped, IPv4-compatible, 6to4 or NAT64 IPv6 one;
+3. the connection goes to an address that was checked, with the URL's host
+   for TLS (SNI and certificate) and `Host`: there is no second lookup for a
+   rebinding DNS server to answer differently;
+4. redirects are never followed, at most 64 KiB of a response is read, and
+   the whole exchange is cut off at its deadline (10 s), however the receiver
+   dribbles.
+
+The same rules run when an endpoint is added (lib/admin.py) and at every
+delivery (lib/webhooks.py).
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Callable, Sequence
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 2048
+DELIVERY_TIMEOUT_SECONDS = 10.0
+MAX_RESPONSE_BYTES = 64 * 1024
+RESOLVE_TIMEOUT_SECONDS = 3.0
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# Names that only ever mean something inside a network (GCE's metadata server
+# is metadata.google.internal); refused before any lookup.
+_INTERNAL_SUFFIXES = (".internal", ".local", ".localhost", ".localdomain", ".home.arpa", ".intranet", ".lan")
+_INTERNAL_NAMES = ("localhost", "metadata", "metadata.google.internal")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+class TargetRefused(Exception):
+    """The URL may not be called; the message says why (shown to ops, logged)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL that passed the rules, with the addresses its host resolved to (all checked)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str  # path and query, as sent on the request line
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one POST came to: an HTTP status, or the class of error that stopped it."""
+
+    status: int | None
+    error: str | None
+    latency_ms: float
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300 and self.error is None
+
+
+def address_refusal(address: Address) -> str | None:
+    """Why `address` may not be called, or None if it is a public unicast address."""
+    if address.version == 6:
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            reason = address_refusal(embedded)
+            return f"{reason} (IPv4 {embedded} inside {address})" if reason else None
+    if address.is_unspecified:
+        return "unspecified address"
+    if address.is_loopback:
+        return "loopback address"
+    if address.is_link_local:
+        return "link-local address (169.254.169.254 is the metadata server)"
+    if address.is_multicast:
+        return "multicast address"
+    if address.version == 4 and address in _SHARED:
+        return "shared address space (100.64.0.0/10)"
+    if address.version == 6 and address.is_site_local:
+        return "site-local address"
+    if address.is_reserved or address == ipaddress.IPv4Address("255.255.255.255"):
+        return "reserved address"
+    if address.is_private:
+        return "private address"
+    if not address.is_global:
+        return "address that is not globally routable"
+    return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if any(address in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def check_url(url: str, allow_private: bool) -> tuple[str, str, int, str]:
+    """The URL's (scheme, host, port, path) if its form is acceptable (no lookup yet).
+
+    Raises:
+        TargetRefused: the form breaks a rule.
+    """
+    if not isinstance(url, str) or not url:
+        raise TargetRefused("the URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise TargetRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise TargetRefused("the URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetRefused(f"the URL is malformed ({exc})") from None
+    scheme = parts.scheme.lower()
+    allowed = ("https", "http") if allow_private else ("https",)
+    if scheme not in allowed:
+        raise TargetRefused(f"scheme {scheme or '(none)'!r} is not allowed: webhook URLs must use https")
+    if parts.username is not None or parts.password is not None:
+        raise TargetRefused("the URL carries credentials (user:password@); put secrets in the path or query")
+    if parts.fragment:
+        raise TargetRefused("the URL has a fragment (#...), which is never sent")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise TargetRefused("the URL has no host")
+    if not allow_private:
+        lowered = host.lower()
+        if lowered in _INTERNAL_NAMES or lowered.endswith(_INTERNAL_SUFFIXES):
+            raise TargetRefused(f"host {host!r} is an internal name")
+        if "." not in lowered and ":" not in lowered and not lowered.isdigit():
+            raise TargetRefused(f"host {host!r} is a single-label (internal) name")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return scheme, host, port or (443 if scheme == "https" else 80), path
+
+
+def _system_resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+_resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="resolve")
+
+
+def resolve(url: str, allow_private: bool, resolver: Resolver | None = None) -> Target:
+    """`url` checked: its form, then every address its host resolves to.
+
+    Raises:
+        TargetRefused: a rule is broken (the message names it and the address).
+    """
+    scheme, host, port, path = check_url(url, allow_private)
+    try:
+        literal = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        lookup = resolver or _system_resolve
+        future = _resolver_pool.submit(lookup, host, port)
+        try:
+            addresses = list(future.result(timeout=RESOLVE_TIMEOUT_SECONDS))
+        except FutureTimeout:
+            raise TargetRefused(f"host {host!r} did not resolve within {RESOLVE_TIMEOUT_SECONDS:.0f} s") from None
+        except (OSError, UnicodeError) as exc:
+            raise TargetRefused(f"host {host!r} does not resolve ({type(exc).__name__})") from None
+        if not addresses:
+            raise TargetRefused(f"host {host!r} resolves to no address")
+    if not allow_private:
+        for text in addresses:
+            try:
+                address = ipaddress.ip_address(text.split("%", 1)[0])
+            except ValueError:
+                raise TargetRefused(f"host {host!r} resolved to {text!r}, which is not an IP address") from None
+            reason = address_refusal(address)
+            if reason is not None:
+                raise TargetRefused(f"host {host!r} resolves to {address}: {reason}")
+    return Target(scheme, host, port, path, tuple(addresses))
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Plain HTTP to a checked address (allowed only with private targets)."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to a checked address; SNI and certificate checked against the URL's host."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+_tls = ssl.create_default_context()
+
+
+def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = DELIVERY_TIMEOUT_SECONDS,
+         max_response_bytes: int = MAX_RESPONSE_BYTES, tls_context: ssl.SSLContext | None = None) -> Result:
+    """POST `body` to a checked target, connecting only to its checked addresses.
+
+    Never raises for what the receiver does: the Result says what happened.
+    The whole exchange (connect, TLS, request, status, up to
+    `max_response_bytes` of the body) ends by `timeout`.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    error: str | None = None
+    status: int | None = None
+    read = 0
+    for index, address in enumerate(target.addresses):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            error = "timeout"
+            break
+        if target.scheme == "https":
+            conn: http.client.HTTPConnection = _PinnedHTTPSConnection(target.host, target.port, address, remaining,
+                                                                      tls_context or _tls)
+        else:
+            conn = _PinnedHTTPConnection(target.host, target.port, address, remaining)
+        cut = threading.Event()
+
+        def cut_off(conn: http.client.HTTPConnection = conn, cut: threading.Event = cut) -> None:
+            cut.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(remaining, cut_off)
+        watchdog.daemon = True
+        watchdog.start()
+        connected = False
+        try:
+            conn.connect()
+            connected = True
+            conn.request("POST", target.path, body=body, headers=headers)
+            response = conn.getresponse()
+            status = response.status
+            error = None
+            try:
+                read = len(response.read(max_response_bytes))
+            except (OSError, http.client.HTTPException):
+                pass  # the status is in; what follows it does not matter
+            break
+        except ssl.SSLError as exc:
+            error = "tls_error" if not cut.is_set() else "timeout"
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                error = "tls_certificate_error"
+            break
+        except (OSError, http.client.HTTPException) as exc:
+            if cut.is_set() or isinstance(exc, TimeoutError):
+                error = "timeout"
+                break
+            error = _error_class(exc)
+            if connected or index == len(target.addresses) - 1:
+                break
+            # Not connected: the next checked address may answer.
+        finally:
+            watchdog.cancel()
+            conn.close()
+    return Result(status, error, round((time.monotonic() - started) * 1000, 1), read)
+
+
+def _error_class(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection_refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection_reset"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection_closed"
+    if isinstance(exc, http.client.HTTPException):
+        return "invalid_http_response"
+    return "connection_error"

@@ -1,0 +1,414 @@
+"""Webhooks: each workspace is told when its uploads complete, cancel or expire.
+
+Format: the Standard Webhooks specification (signed with its own library,
+`standardwebhooks`). The body is `{"type", "timestamp", "data"}`, `data` the
+upload exactly as `GET /v1/uploads/{id}` returns it; the headers are
+`webhook-id` (the same on every retry of one event), `webhook-timestamp` and
+`webhook-signature` (`v1,<base64>`; two, space-separated, while a rotated
+secret's predecessor still signs).
+
+The path, all at least once, every step's HTTP status its acknowledgement:
+
+1. A state change is stored (lib/lifecycle.py `transition`, whoever made it)
+   together with `webhook_owed_at`; then one *event* message (the upload id)
+   is published to the webhooks topic. If that publish fails, the owed mark
+   stays and the sweep publishes it again (`owed`).
+2. The event message is pushed to `POST /internal/webhooks`: `fan_out`
+   publishes one *delivery* message per endpoint of the upload's workspace
+   and mode, carrying the exact body, then clears the owed mark.
+3. Each delivery message is pushed to the same route: `deliver` signs and
+   POSTs it (lib/targets.py guards the request) and records the attempt. A
+   2xx within 10 s acknowledges; anything else answers 502 and Pub/Sub
+   retries that (event, endpoint) pair alone, with exponential backoff, until
+   it dead-letters it; the dead-letter topic's push (`POST
+   /internal/webhook-dead-letters`) records that too.
+
+Records: `webhook_endpoints/{we_...}` (the signing secrets live here and
+nowhere else: never logged, never in a delivery record) and
+`webhook_deliveries/{auto}` (one per attempt, deleted by a TTL policy on
+`expire_at` after 7 days).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable, Protocol
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from standardwebhooks.webhooks import Webhook
+
+from lib import lifecycle, targets, uploads as media
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
+from lib.errors import InvalidEvent
+
+ENDPOINTS = "webhook_endpoints"
+DELIVERIES = "webhook_deliveries"
+EVENT_TYPES = {lifecycle.COMPLETED: "upload.completed", lifecycle.CANCELLED: "upload.cancelled",
+               lifecycle.EXPIRED: "upload.expired"}
+# The old secret keeps signing beside the new one for this long after a rotation.
+ROTATION_OVERLAP = timedelta(hours=24)
+# Delivery attempts are kept this long (Firestore TTL policy on `expire_at`).
+DELIVERY_RETENTION = timedelta(days=7)
+# An owed event older than this is published again by the sweep (step 1 above).
+OWED_GRACE = timedelta(minutes=10)
+ENDPOINT_ID_PREFIX = "we_"
+SECRET_PREFIX = "whsec_"
+# Message attributes: which step a message is for.
+KIND_EVENT, KIND_DELIVERY = "event", "delivery"
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
+        """Publish every message; raise ServiceUnavailable unless all were accepted."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    workspace_id: str
+    mode: str
+    url: str
+    secret: str
+    created_at: datetime
+    previous_secret: str | None = None
+    previous_secret_expires_at: datetime | None = None
+
+    @classmethod
+    def from_snapshot(cls, snap: Any) -> "Endpoint":
+        data = snap.to_dict()
+        return cls(snap.id, data["workspace_id"], data["mode"], data["url"], data["secret"], data["created_at"],
+                   data.get("previous_secret"), data.get("previous_secret_expires_at"))
+
+    def public(self) -> dict[str, Any]:
+        """What ops may see of it: everything but the secrets."""
+        return {"id": self.id, "url": self.url, "workspace_id": self.workspace_id, "mode": self.mode,
+                "created_at": media.rfc3339(self.created_at),
+                "previous_secret_expires_at": (media.rfc3339(self.previous_secret_expires_at)
+                                               if self.previous_secret_expires_at else None)}
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The current secret, and the previous one while its overlap lasts."""
+        if self.previous_secret and self.previous_secret_expires_at and now < self.previous_secret_expires_at:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+
+def new_secret() -> str:
+    """`whsec_` + base64 of 32 random bytes (the spec asks for 24 to 64)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def endpoint_ref(db: firestore.Client, endpoint_id: str) -> firestore.DocumentReference:
+    return db.collection(ENDPOINTS).document(endpoint_id)
+
+
+def create_endpoint(db: firestore.Client, workspace_id: str, mode: str, url: str, allow_private: bool,
+                    now: datetime, resolver: targets.Resolver | None = None) -> Endpoint:
+    """A new endpoint with a fresh secret, once its URL passes the delivery rules.
+
+    Raises:
+        targets.TargetRefused: the URL breaks a rule (nothing is stored).
+    """
+    targets.resolve(url, allow_private, resolver)
+    endpoint = Endpoint(ENDPOINT_ID_PREFIX + secrets.token_hex(16), workspace_id, mode, url, new_secret(), now)
+    with upstream():
+        endpoint_ref(db, endpoint.id).create(
+            {"workspace_id": workspace_id, "mode": mode, "url": url, "secret": endpoint.secret, "created_at": now},
+            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return endpoint
+
+
+def get_endpoint(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
+    if not endpoint_id.startswith(ENDPOINT_ID_PREFIX) or len(endpoint_id) > 64:
+        return None
+    with upstream():
+        snap = endpoint_ref(db, endpoint_id).get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return Endpoint.from_snapshot(snap) if snap.exists else None
+
+
+def list_endpoints(db: firestore.Client, workspace_id: str, mode: str | None = None) -> list[Endpoint]:
+    query = db.collection(ENDPOINTS).where(filter=FieldFilter("workspace_id", "==", workspace_id))
+    if mode is not None:
+        query = query.where(filter=FieldFilter("mode", "==", mode))
+    with upstream():
+        found = [Endpoint.from_snapshot(snap)
+                 for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)]
+    return sorted(found, key=lambda endpoint: (endpoint.created_at, endpoint.id))
+
+
+def remove_endpoint(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
+    """Delete the endpoint; deliveries already queued for it are dropped when they come up."""
+    endpoint = get_endpoint(db, endpoint_id)
+    if endpoint is not None:
+        with upstream():
+            endpoint_ref(db, endpoint_id).delete(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return endpoint
+
+
+def rotate_secret(db: firestore.Client, endpoint_id: str, now: datetime) -> Endpoint | None:
+    """A new current secret; the old one signs beside it for ROTATION_OVERLAP."""
+    endpoint = get_endpoint(db, endpoint_id)
+    if endpoint is None:
+        return None
+    rotated = Endpoint(endpoint.id, endpoint.workspace_id, endpoint.mode, endpoint.url, new_secret(),
+                       endpoint.created_at, endpoint.secret, now + ROTATION_OVERLAP)
+    with upstream():
+        endpoint_ref(db, endpoint_id).update(
+            {"secret": rotated.secret, "previous_secret": rotated.previous_secret,
+             "previous_secret_expires_at": rotated.previous_secret_expires_at, "rotated_at": now},
+            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return rotated
+
+
+def event_id(upload_id: str, event_type: str) -> str:
+    """The event's id, the same however often it is published: the `webhook-id` header."""
+    return "evt_" + hashlib.sha256(f"{upload_id}:{event_type}".encode()).hexdigest()[:32]
+
+
+def sign(secrets_: list[str], message_id: str, at: datetime, body: str) -> str:
+    """`webhook-signature`: one `v1,<base64>` per secret, space-separated."""
+    return " ".join(Webhook(secret).sign(message_id, at, body) for secret in secrets_)
+
+
+# -- step 1: the owed event ---------------------------------------------------------------------
+
+def announce(publisher: Publisher, topic: str, records: list[lifecycle.Record]) -> None:
+    """Publish the event message of each settled record.
+
+    Raises:
+        ServiceUnavailable: Pub/Sub did not take them all (the owed marks stay; the sweep retries).
+    """
+    publisher.publish(topic, [(b"", {"kind": KIND_EVENT, "upload_id": record.id}) for record in records])
+
+
+def owed(db: firestore.Client, now: datetime, limit: int = 200) -> list[lifecycle.Record]:
+    """Settled records whose event was never fanned out, oldest first (for the sweep)."""
+    query = (db.collection(lifecycle.COLLECTION)
+             .where(filter=FieldFilter(lifecycle.OWED_FIELD, "<=", now - OWED_GRACE))
+             .order_by(lifecycle.OWED_FIELD).limit(limit))
+    with upstream():
+        snaps = list(query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2))
+    return [lifecycle.Record(snap.id, snap.to_dict(), snap.update_time) for snap in snaps]
+
+
+# -- step 2: fan-out ----------------------------------------------------------------------------
+
+def event_body(record: lifecycle.Record, cdn_base_url: str) -> tuple[str, bytes]:
+    """The event's type and the exact bytes every endpoint receives (and we sign)."""
+    event_type = EVENT_TYPES[record.state]
+    body = {"type": event_type, "timestamp": media.rfc3339(record.data["settled_at"]),
+            "data": lifecycle.view(record, cdn_base_url).model_dump()}
+    return event_type, json.dumps(body, separators=(",", ":")).encode()
+
+
+def fan_out(db: firestore.Client, publisher: Publisher, topic: str, upload_id: str, cdn_base_url: str) -> int:
+    """One delivery message per endpoint of the upload's workspace and mode; the owed mark cleared.
+
+    Returns how many deliveries were queued.
+
+    Raises:
+        UploadNotFound: no such upload (the message is dropped).
+        ServiceUnavailable: Firestore or Pub/Sub is down (Pub/Sub redelivers the event).
+    """
+    record = lifecycle.load_by_id(db, upload_id)
+    if record.state not in EVENT_TYPES:
+        return 0  # still pending: nothing happened to tell
+    event_type, body = event_body(record, cdn_base_url)
+    endpoints = list_endpoints(db, record.data["workspace_id"], record.data["mode"])
+    if endpoints:
+        attributes = {"kind": KIND_DELIVERY, "event_id": event_id(record.id, event_type), "event_type": event_type,
+                      "upload_id": record.id}
+        publisher.publish(topic, [(body, {**attributes, "endpoint_id": endpoint.id}) for endpoint in endpoints])
+    if lifecycle.OWED_FIELD in record.data:
+        with upstream():
+            lifecycle.ref(db, record.id).update({lifecycle.OWED_FIELD: firestore.DELETE_FIELD},
+                                                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return len(endpoints)
+
+
+# -- the messages, as pushed --------------------------------------------------------------------
+
+INVALID_PUSH = "The body is not a Pub/Sub push envelope of a webhook event or delivery."
+
+
+@dataclass(frozen=True)
+class Message:
+    """A pushed webhooks message: an event to fan out, or one delivery."""
+
+    kind: str
+    message_id: str
+    attributes: dict[str, str]
+    data: bytes
+    attempt: int | None  # Pub/Sub's deliveryAttempt (set when the subscription dead-letters)
+
+    @property
+    def upload_id(self) -> str | None:
+        return self.attributes.get("upload_id")
+
+    @classmethod
+    def from_push(cls, body: Any) -> "Message":
+        """Raises InvalidEvent: not a push envelope of one of our messages."""
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, dict):
+            raise InvalidEvent("not a Pub/Sub push envelope: no message object", INVALID_PUSH)
+        attributes = message.get("attributes") or {}
+        if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+            raise InvalidEvent("the message's attributes are not strings", INVALID_PUSH)
+        kind = attributes.get("kind")
+        if kind not in (KIND_EVENT, KIND_DELIVERY):
+            raise InvalidEvent(f"the message's kind is {kind!r}, not event or delivery", INVALID_PUSH)
+        if not isinstance(attributes.get("upload_id"), str):
+            raise InvalidEvent("the message lacks the attribute upload_id", INVALID_PUSH)
+        data = message.get("data") or ""
+        try:
+            raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+        except ValueError:
+            raw = None
+        if raw is None:
+            raise InvalidEvent("the message data is not base64", INVALID_PUSH)
+        attempt = body.get("deliveryAttempt")
+        message_id = message.get("messageId") or message.get("message_id") or ""
+        return cls(kind, message_id if isinstance(message_id, str) else "", attributes, raw,
+                   attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None)
+
+    def delivery(self) -> "Delivery":
+        if self.kind != KIND_DELIVERY:
+            raise InvalidEvent("not a delivery message", INVALID_PUSH)
+        return Delivery.from_message(self.attributes, self.data, self.attempt)
+
+
+# -- step 3: delivery ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery message: which event goes to which endpoint, and its exact body."""
+
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    upload_id: str
+    body: bytes
+    attempt: int | None
+
+    @classmethod
+    def from_message(cls, attributes: dict[str, str], data: bytes, attempt: int | None) -> "Delivery":
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            raise InvalidEvent("a delivery message's body is not UTF-8", INVALID_PUSH) from None
+        try:
+            return cls(attributes["endpoint_id"], attributes["event_id"], attributes["event_type"],
+                       attributes["upload_id"], data, attempt)
+        except KeyError as exc:
+            raise InvalidEvent(f"a delivery message lacks the attribute {exc.args[0]}", INVALID_PUSH) from None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    result: targets.Result | None  # None: nothing was sent (the endpoint is gone)
+    refused: str | None = None  # why the URL was refused at this delivery
+
+    @property
+    def label(self) -> str:
+        if self.result is None and self.refused is None:
+            return "endpoint_removed"
+        return "delivered" if self.delivered else "failed"
+
+
+def deliver(db: firestore.Client, delivery: Delivery, allow_private: bool, now: datetime,
+            resolver: targets.Resolver | None = None,
+            on_record_failure: Callable[[BaseException], None] | None = None) -> Outcome:
+    """Sign and send one event to one endpoint, then record the attempt.
+
+    The URL's rules are checked again here (DNS may have changed since the
+    endpoint was added). A failure to *record* never turns a delivered event
+    into a retry: the receiver has it; `on_record_failure` is told.
+
+    Raises:
+        ServiceUnavailable: the endpoint could not be read (Pub/Sub redelivers).
+    """
+    endpoint = get_endpoint(db, delivery.endpoint_id)
+    if endpoint is None:
+        return Outcome(False, None)
+    body = delivery.body.decode()
+    try:
+        target = targets.resolve(endpoint.url, allow_private, resolver)
+    except targets.TargetRefused as exc:
+        outcome = Outcome(False, targets.Result(None, "refused_target", 0.0), refused=str(exc))
+    else:
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "Framelane-Webhooks/1",
+            "webhook-id": delivery.event_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": sign(endpoint.signing_secrets(now), delivery.event_id, now, body),
+        }
+        result = targets.post(target, delivery.body, headers)
+        outcome = Outcome(result.ok, result)
+    try:
+        record_attempt(db, endpoint, delivery, outcome.result, now)
+    except Exception as exc:  # noqa: BLE001 - the attempt happened whether or not it is recorded
+        if on_record_failure is not None:
+            on_record_failure(exc)
+        if not outcome.delivered:
+            raise
+    return outcome
+
+
+def record_attempt(db: firestore.Client, endpoint: Endpoint | None, delivery: Delivery,
+                   result: targets.Result | None, now: datetime, dead_lettered: bool = False,
+                   workspace: tuple[str, str] | None = None) -> None:
+    """One row in webhook_deliveries: never a secret, never the receiver's body."""
+    workspace_id, mode = (endpoint.workspace_id, endpoint.mode) if endpoint else (workspace or (None, None))
+    row = {
+        "workspace_id": workspace_id,
+        "mode": mode,
+        "endpoint_id": delivery.endpoint_id,
+        "url": endpoint.url if endpoint else None,
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "upload_id": delivery.upload_id,
+        "attempt": delivery.attempt,
+        "status": result.status if result else None,
+        "error": "dead_lettered" if dead_lettered else (result.error if result else None),
+        "latency_ms": result.latency_ms if result else None,
+        "dead_lettered": dead_lettered,
+        "at": now,
+        "expire_at": now + DELIVERY_RETENTION,
+    }
+    with upstream():
+        db.collection(DELIVERIES).document().create(row, retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+
+
+def dead_lettered(db: firestore.Client, delivery: Delivery, now: datetime) -> str:
+    """A delivery Pub/Sub gave up on: recorded, so `webhook-deliveries` shows it."""
+    endpoint = get_endpoint(db, delivery.endpoint_id)
+    workspace = None
+    if endpoint is None:
+        try:
+            record = lifecycle.load_by_id(db, delivery.upload_id)
+            workspace = (record.data["workspace_id"], record.data["mode"])
+        except Exception:  # noqa: BLE001 - the row is still worth writing without its workspace
+            workspace = None
+    record_attempt(db, endpoint, delivery, None, now, dead_lettered=True, workspace=workspace)
+    return "dead_letter_recorded"
+
+
+def recent_deliveries(db: firestore.Client, workspace_id: str, limit: int) -> list[dict[str, Any]]:
+    """The workspace's latest attempts, newest first (needs the (workspace_id, at desc) index)."""
+    query = (db.collection(DELIVERIES).where(filter=FieldFilter("workspace_id", "==", workspace_id))
+             .order_by("at", direction=firestore.Query.DESCENDING).limit(limit))
+    with upstream():
+        rows = [snap.to_dict() for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)]
+    return [{"at": media.rfc3339(row["at"]), "event_id": row["event_id"], "event_type": row["event_type"],
+             "upload_id": row["upload_id"], "endpoint_id": row["endpoint_id"], "url": row.get("url"),
+             "mode": row.get("mode"), "attempt": row.get("attempt"), "status": row.get("status"),
+             "error": row.get("error"), "latency_ms": row.get("latency_ms"),
+             "dead_lettered": bool(row.get("dead_lettered"))} for row in rows]

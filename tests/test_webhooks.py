@@ -1,0 +1,280 @@
+"""Webhooks end to end: a state change, the Pub/Sub emulator, relays standing
+in for the push subscriptions, the served function, and receivers over HTTP
+that verify every signature with `standardwebhooks`, as customers do.
+
+The event path's relay for the webhooks topic redelivers after 1 s, then 2 s,
+and dead-letters after WEBHOOK_MAX_ATTEMPTS (conftest.py); production's
+subscription backs off 10 s to 600 s for 100 attempts (terraform/webhooks.tf).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from google.cloud import firestore
+from standardwebhooks.webhooks import Webhook
+
+from dev.receiver import Receiver
+from lib import lifecycle, webhooks
+from tests.conftest import ROOT, WEBHOOK_MAX_ATTEMPTS
+from tests.helpers import SESSION_WEBHOOK_SECRETS
+from tests.test_events import wait_for
+from tests.test_lifecycle import VIDEO, backdate, bearer, put_bytes, record
+
+
+@pytest.fixture
+def receivers():
+    started: list[Receiver] = []
+
+    def start(*script) -> Receiver:
+        receiver = Receiver()
+        receiver.script.extend(script)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
+
+
+@pytest.fixture
+def endpoint(db):
+    """Register `receiver` as an endpoint of `workspace` (its secret given to the receiver)."""
+    def add(receiver: Receiver, workspace: str, mode: str = "live") -> webhooks.Endpoint:
+        created = webhooks.create_endpoint(db, workspace, mode, receiver.url, True, datetime.now(timezone.utc))
+        receiver.secrets.append(created.secret)
+        SESSION_WEBHOOK_SECRETS.add(created.secret)
+        return created
+    return add
+
+
+def upload(event_path, key: str, data: bytes | None = None) -> dict:
+    """Create an upload on the event path's function; PUT `data` to it if given."""
+    resp = event_path["function"].post(json=VIDEO, headers=bearer(key))
+    assert resp.status_code == 201, resp.text
+    out = resp.json()
+    if data is not None:
+        put_bytes(out["upload_url"], data)
+    return out
+
+
+def get(event_path, key: str, upload_id: str) -> dict:
+    served = event_path["function"]
+    return served.session.get(f"{served.url}/v1/uploads/{upload_id}", headers=bearer(key), timeout=30).json()
+
+
+def deliveries(db, workspace: str, endpoint_id: str | None = None) -> list[dict]:
+    rows = webhooks.recent_deliveries(db, workspace, 100)
+    return [row for row in rows if endpoint_id is None or row["endpoint_id"] == endpoint_id]
+
+
+def test_a_completed_upload_is_pushed_signed_with_the_upload_as_get_returns_it(event_path, make_key, receivers,
+                                                                                endpoint, db):
+    key, workspace = make_key()
+    receiver = receivers()
+    hook = endpoint(receiver, workspace)
+    out = upload(event_path, key, secrets.token_bytes(2048))
+    [got] = receiver.wait_for(1)
+    assert got.verified
+    event = Webhook(hook.secret).verify(got.body, got.headers)  # as a customer verifies it
+    assert event["type"] == "upload.completed"
+    assert event["data"] == get(event_path, key, out["id"])
+    assert event["data"]["status"] == "completed" and event["data"]["size_bytes"] == 2048
+    assert set(event) == {"type", "timestamp", "data"}
+    assert got.headers["content-type"] == "application/json"
+    assert got.webhook_id == webhooks.event_id(out["id"], "upload.completed")
+    assert abs(int(got.headers["webhook-timestamp"]) - datetime.now(timezone.utc).timestamp()) < 60
+    assert got.headers["webhook-signature"].startswith("v1,") and " " not in got.headers["webhook-signature"]
+    # Recorded: one attempt, 200; the owed mark cleared once fanned out.
+    rows = wait_for(lambda: deliveries(db, workspace), what="the delivery record")
+    assert [(r["event_type"], r["status"], r["error"], r["attempt"]) for r in rows] == [
+        ("upload.completed", 200, None, 1)]
+    assert lifecycle.OWED_FIELD not in record(db, out["id"])
+
+
+def test_cancelled_and_expired_uploads_are_pushed_whoever_settles_them(event_path, make_key, receivers, endpoint,
+                                                                       db, oidc_issuer):
+    key, workspace = make_key()
+    receiver = receivers()
+    endpoint(receiver, workspace)
+    served = event_path["function"]
+    cancelled = upload(event_path, key)
+    assert served.post(f"/v1/uploads/{cancelled['id']}/cancel", headers=bearer(key)).json()["status"] == "cancelled"
+    by_get, by_sweep = upload(event_path, key), upload(event_path, key)
+    backdate(db, by_get["id"])
+    backdate(db, by_sweep["id"])
+    assert get(event_path, key, by_get["id"])["status"] == "expired"
+    sweep = served.post("/internal/sweep", headers={"Authorization": f"Bearer {oidc_issuer.token()}"})
+    assert sweep.status_code == 200, sweep.text
+    got = receiver.wait_for(3)
+    assert all(item.verified for item in got)
+    assert sorted((item.event["data"]["id"], item.event["type"]) for item in got) == sorted([
+        (cancelled["id"], "upload.cancelled"), (by_get["id"], "upload.expired"), (by_sweep["id"], "upload.expired")])
+
+
+def test_a_failing_receiver_gets_the_same_webhook_id_until_it_answers_2xx(event_path, make_key, receivers, endpoint,
+                                                                          db):
+    key, workspace = make_key()
+    receiver = receivers(500, 500, 200)
+    hook = endpoint(receiver, workspace)
+    out = upload(event_path, key, b"bytes")
+    got = receiver.wait_for(3)
+    assert [item.answered for item in got] == [500, 500, 200]
+    assert {item.webhook_id for item in got} == {webhooks.event_id(out["id"], "upload.completed")}
+    assert all(item.verified for item in got) and len({item.body for item in got}) == 1
+    rows = wait_for(lambda: len(r := deliveries(db, workspace, hook.id)) == 3 and r, what="three attempts")
+    assert [(r["attempt"], r["status"]) for r in reversed(rows)] == [(1, 500), (2, 500), (3, 200)]
+
+
+def test_a_receiver_that_hangs_is_cut_off_at_10_s_and_retried(event_path, make_key, receivers, endpoint, db):
+    key, workspace = make_key()
+    receiver = receivers(("hang", 30), 200)
+    hook = endpoint(receiver, workspace)
+    upload(event_path, key, b"bytes")
+    first, second = receiver.wait_for(2, timeout=45)
+    assert first.answered is None and second.answered == 200 and first.webhook_id == second.webhook_id
+    rows = wait_for(lambda: len(r := deliveries(db, workspace, hook.id)) == 2 and r, what="two attempts")
+    timed_out, delivered = rows[1], rows[0]
+    assert timed_out["error"] == "timeout" and timed_out["status"] is None
+    assert 9_500 <= timed_out["latency_ms"] <= 12_000, timed_out
+    assert delivered["status"] == 200 and second.at - first.at >= 10
+
+
+def test_one_failing_endpoint_causes_no_repeats_at_another(event_path, make_key, receivers, endpoint, db):
+    key, workspace = make_key()
+    failing, healthy = receivers(500, 500), receivers()
+    endpoint(failing, workspace)
+    endpoint(healthy, workspace)
+    upload(event_path, key, b"bytes")
+    assert len(failing.wait_for(3)) == 3  # 500, 500, then 200
+    assert len(healthy.received) == 1 and healthy.received[0].verified
+
+
+def test_a_removed_endpoint_gets_nothing_more(event_path, make_key, receivers, endpoint, db):
+    key, workspace = make_key()
+    removed, kept = receivers(500, 500, 500, 500), receivers()
+    gone = endpoint(removed, workspace)
+    endpoint(kept, workspace)
+    upload(event_path, key, b"first")
+    assert len(removed.wait_for(1)) == 1  # its first attempt failed; a retry is queued
+    out = subprocess.run([sys.executable, "-m", "lib.admin", "remove-webhook", gone.id], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    served = event_path["function"]
+    # The queued retry comes up, finds the endpoint gone and is acknowledged without a request.
+    wait_for(lambda: [line for line in served.log_lines()
+                      if line.get("endpoint_id") == gone.id and line.get("outcome") == "endpoint_removed"],
+             what="the retry for the removed endpoint")
+    second = upload(event_path, key, b"second")
+    kept.wait_for(2)
+    assert {item.event["data"]["id"] for item in kept.received} >= {second["id"]}
+    assert len(removed.received) == 1
+
+
+def test_rotation_signs_with_both_secrets_then_only_the_new_one(event_path, make_key, receivers, endpoint, db):
+    key, workspace = make_key()
+    receiver = receivers()
+    hook = endpoint(receiver, workspace)
+    out = subprocess.run([sys.executable, "-m", "lib.admin", "rotate-webhook-secret", hook.id, "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rotated = json.loads(out.stdout)
+    SESSION_WEBHOOK_SECRETS.add(rotated["secret"])
+    assert rotated["secret"] != hook.secret and rotated["id"] == hook.id
+    until = datetime.fromisoformat(rotated["previous_secret_expires_at"].replace("Z", "+00:00"))
+    assert timedelta(hours=23, minutes=59) < until - datetime.now(timezone.utc) <= timedelta(hours=24)
+
+    upload(event_path, key, b"during the overlap")
+    [during] = receiver.wait_for(1)
+    signatures = during.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    for secret in (hook.secret, rotated["secret"]):  # each secret alone verifies it
+        Webhook(secret).verify(during.body, during.headers)
+
+    # The overlap is over (as 24 hours later): only the new secret signs.
+    webhooks.endpoint_ref(db, hook.id).update({"previous_secret_expires_at": datetime.now(timezone.utc)})
+    upload(event_path, key, b"after the overlap")
+    after = receiver.wait_for(2)[1]
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    Webhook(rotated["secret"]).verify(after.body, after.headers)
+    with pytest.raises(Exception):
+        Webhook(hook.secret).verify(after.body, after.headers)
+
+
+def test_test_and_live_events_stay_apart(event_path, make_key, receivers, endpoint):
+    live_key, workspace = make_key()
+    test_key, _ = make_key(workspace, mode="test")
+    live, test = receivers(), receivers()
+    endpoint(live, workspace, "live")
+    endpoint(test, workspace, "test")
+    live_upload = upload(event_path, live_key, b"live")
+    test_upload = upload(event_path, test_key, b"test")
+    live.wait_for(1)
+    test.wait_for(1)
+    # Each event fans out once, after both are in; nothing crossed over.
+    wait_for(lambda: all(lifecycle.OWED_FIELD not in record_of(event_path, u["id"]) for u in (live_upload,
+                                                                                             test_upload)),
+             what="both fan-outs")
+    assert [item.event["data"]["id"] for item in live.received] == [live_upload["id"]]
+    assert [item.event["data"]["id"] for item in test.received] == [test_upload["id"]]
+
+
+def record_of(event_path, upload_id: str) -> dict:
+    return record(firestore.Client(project="framelane-test"), upload_id)
+
+
+def test_after_the_last_attempt_a_delivery_is_dead_lettered_and_shown(event_path, make_key, receivers, endpoint,
+                                                                     db):
+    key, workspace = make_key()
+    receiver = receivers(*([503] * WEBHOOK_MAX_ATTEMPTS))
+    hook = endpoint(receiver, workspace)
+    upload(event_path, key, b"bytes")
+    assert len(receiver.wait_for(WEBHOOK_MAX_ATTEMPTS, timeout=60)) == WEBHOOK_MAX_ATTEMPTS
+    rows = wait_for(lambda: [r for r in deliveries(db, workspace, hook.id) if r["dead_lettered"]], timeout=30,
+                    what="the dead-letter record")
+    assert rows[0]["error"] == "dead_lettered" and rows[0]["event_type"] == "upload.completed"
+    out = subprocess.run([sys.executable, "-m", "lib.admin", "webhook-deliveries", "--workspace", workspace],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "dead-lettered" in out.stdout and "503" in out.stdout
+    assert hook.secret not in out.stdout + out.stderr
+    # No attempt after the dead letter.
+    assert len(receiver.received) == WEBHOOK_MAX_ATTEMPTS
+
+
+def test_an_event_whose_publish_was_lost_is_published_again_by_the_sweep(event_path, make_key, receivers, endpoint,
+                                                                        db, oidc_issuer):
+    """As if the instance died between storing the state change and publishing its event."""
+    key, workspace = make_key()
+    out = upload(event_path, key)
+    receiver = receivers()
+    endpoint(receiver, workspace)
+    past = datetime.now(timezone.utc) - webhooks.OWED_GRACE - timedelta(minutes=1)
+    # The state change, stored with its owed mark, and no event published.
+    db.collection(lifecycle.COLLECTION).document(out["id"]).update(
+        {"state": "cancelled", "settled_at": past, lifecycle.OWED_FIELD: past, "session_url": firestore.DELETE_FIELD})
+    served = event_path["function"]
+    resp = served.post("/internal/sweep", headers={"Authorization": f"Bearer {oidc_issuer.token()}"})
+    assert resp.status_code == 200
+    [got] = receiver.wait_for(1)
+    assert got.verified and got.event["type"] == "upload.cancelled" and got.event["data"]["id"] == out["id"]
+    wait_for(lambda: lifecycle.OWED_FIELD not in record(db, out["id"]), what="the owed mark cleared")
+
+
+def test_a_url_that_became_private_is_refused_at_delivery(event_path, make_key, receivers, db):
+    """Delivery checks the rules again: here the stored URL is loopback and private targets are off."""
+    key, workspace = make_key()
+    receiver = receivers()
+    url = receiver.url.replace("http://", "https://")
+    hook = webhooks.create_endpoint(db, workspace, "live", url, True, datetime.now(timezone.utc))
+    SESSION_WEBHOOK_SECRETS.add(hook.secret)
+    delivery = webhooks.Delivery(hook.id, "evt_x", "upload.completed", "upl_" + "0" * 32, b"{}", 1)
+    outcome = webhooks.deliver(db, delivery, allow_private=False, now=datetime.now(timezone.utc))
+    assert not outcome.delivered and "loopback" in outcome.refused
+    assert receiver.received == []
+    [row] = deliveries(db, workspace, hook.id)
+    assert row["error"] == "refused_target" and row["status"] is None
