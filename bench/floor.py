@@ -10,15 +10,21 @@ beyond this is our overhead.
   /c  one Firestore get (the least a replay needs)
   /d  a storage event's least work: read the pushed JSON and the object
       resource it carries, get the upload's record, write the same completion
-      to it (the fields lib/lifecycle.py writes are part of the work),
-      conditioned on the update_time read (a conditional update in Firestore
-      needs the read)
+      to it (the fields lib/lifecycle.py writes are part of the work, the
+      webhook's owed mark included), conditioned on the update_time read (a
+      conditional update in Firestore needs the read), and publish the
+      webhook event message (WEBHOOKS_TOPIC)
+  /f  a webhook delivery's least work: read the pushed JSON, decode the body
+      it carries, and make the same HTTP POST to the receiver (FLOOR_RECEIVER,
+      host:port) as the endpoint does: a new connection, the same headers (a
+      signature of the same length, not computed), the status read
 
 Same clients, same call options as lib/ (timeouts, retry budgets, the content
 type set on the blob, if_generation_match=0), created once at import.
 """
 
 import base64
+import http.client
 import json
 import os
 import secrets
@@ -26,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 
 import functions_framework
 from google.api_core import retry as gretry
-from google.cloud import firestore, storage
+from google.cloud import firestore, pubsub_v1, storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 _project = os.environ["GOOGLE_CLOUD_PROJECT"]
@@ -34,6 +40,9 @@ _bucket = storage.Client(project=_project).bucket(os.environ["UPLOAD_BUCKET"])
 _db = firestore.Client(project=_project)
 _replay = _db.collection("floor").document("replay")
 _FS_RETRY = gretry.Retry(initial=0.05, maximum=1.0, multiplier=2.0, timeout=4.0)
+_publisher = pubsub_v1.PublisherClient(
+    batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.0))
+_webhooks = _publisher.topic_path(_project, os.environ.get("WEBHOOKS_TOPIC", "webhooks"))
 _GCS_RETRY = DEFAULT_RETRY.with_delay(initial=0.1, maximum=1.0, multiplier=2.0).with_timeout(5.0)
 
 
@@ -54,6 +63,23 @@ def _initiate() -> tuple[str, dict]:
 
 def _upload_ref():
     return _db.collection("floor_uploads").document(f"upl_{secrets.token_hex(16)}")
+
+
+def _post_to_receiver(message: dict) -> None:
+    host, port = os.environ["FLOOR_RECEIVER"].rsplit(":", 1)
+    attributes = message["attributes"]
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("POST", "/webhooks", body=base64.b64decode(message["data"]), headers={
+            "content-type": "application/json", "user-agent": "Framelane-Webhooks/1",
+            "webhook-id": attributes["event_id"], "webhook-timestamp": "1796000000",
+            "webhook-signature": "v1," + "A" * 43 + "="})
+        response = conn.getresponse()
+        response.read(65536)
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"receiver answered {response.status}")
+    finally:
+        conn.close()
 
 
 @functions_framework.http
@@ -89,9 +115,15 @@ def floor(request):
         ref.update({"state": "completed", "size_bytes": int(obj["size"]), "crc32c": obj.get("crc32c"),
                     "md5": obj.get("md5Hash"), "generation": int(obj["generation"]),
                     "completed_at": datetime.fromisoformat(obj["timeCreated"].replace("Z", "+00:00")),
-                    "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD},
+                    "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD,
+                    "webhook_owed_at": firestore.SERVER_TIMESTAMP},
                    option=_db.write_option(last_update_time=snap.update_time), retry=_FS_RETRY, timeout=2.5)
+        _publisher.publish(_webhooks, b"", retry=_FS_RETRY, timeout=2.5, kind="event",
+                           upload_id=ref.id).result(timeout=6)
         body = {"outcome": "completed"}
+    elif request.path == "/f":
+        _post_to_receiver(json.loads(request.get_data())["message"])
+        body = {"outcome": "delivered"}
     else:
         return "", 404
     return json.dumps(body), 201, {"Content-Type": "application/json"}

@@ -23,6 +23,7 @@ from pathlib import Path
 import requests
 
 from dev import emulators
+from dev.receiver import Receiver
 
 ROOT = emulators.ROOT
 PROJECT, BUCKET = "framelane-bench", "framelane-bench-uploads"
@@ -38,6 +39,7 @@ CONCURRENCY = (1, 8, 32)
 EVENT_CONCURRENCY = 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOPIC, SUBSCRIPTION = "storage-events", "storage-events-relay"
+WEBHOOKS_TOPIC = "webhooks"
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -210,6 +212,47 @@ def completion_latency(endpoint: emulators.Service, db, key: str, runs: int = 10
     return sorted(results)
 
 
+def delivery_messages(db, receiver_url: str, count: int) -> list[str]:
+    """A webhook endpoint of ws_bench on the receiver, and `count` delivery pushes to it
+    (what the fan-out queues), each a distinct event with a realistic body."""
+    import base64
+
+    from lib import webhooks
+
+    endpoint = webhooks.create_endpoint(db, "ws_bench", "live", receiver_url, True, datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    bodies = []
+    for n in range(count):
+        upload_id = f"upl_{n:032x}"
+        event = {"type": "upload.completed", "timestamp": f"{now:%Y-%m-%dT%H:%M:%SZ}", "data": {
+            "id": upload_id, "status": "completed", "source_url": f"https://cdn.example/uploads/ws_bench/{n:032x}.mp4",
+            "content_type": "video/mp4", "size_bytes": 1048576, "created_at": f"{now:%Y-%m-%dT%H:%M:%SZ}",
+            "expires_at": f"{now:%Y-%m-%dT%H:%M:%SZ}", "completed_at": f"{now:%Y-%m-%dT%H:%M:%SZ}",
+            "crc32c": "AAAAAA==", "md5": "1B2M2Y8AsgTpgAmY7PhCfg=="}}
+        attributes = {"kind": "delivery", "endpoint_id": endpoint.id, "upload_id": upload_id,
+                      "event_id": webhooks.event_id(upload_id, "upload.completed"), "event_type": "upload.completed"}
+        bodies.append(json.dumps({"message": {
+            "attributes": attributes, "data": base64.b64encode(json.dumps(event).encode()).decode(),
+            "messageId": str(n), "publishTime": now.isoformat()}, "subscription": "bench", "deliveryAttempt": 1}))
+    return bodies
+
+
+def webhook_latency(endpoint: emulators.Service, key: str, receiver, runs: int = 100) -> list[float]:
+    """PUT answered -> the receiver has the upload.completed request: storage event, state
+    change, event message, fan-out, delivery message, signed POST; ms for each of `runs`."""
+    results = []
+    for _ in range(runs):
+        out = requests.post(endpoint.url + "/v1/uploads", data=BODY, timeout=30,
+                            headers={"Authorization": f"Bearer {key}"}).json()
+        requests.put(out["upload_url"], data=b"x" * 4096, headers={"Content-Type": "video/mp4"}, timeout=30)
+        landed = time.monotonic()
+        got = receiver.wait_for(1, timeout=30, where=lambda item, upload=out["id"]: upload.encode() in item.body)
+        if not got:
+            raise RuntimeError(f"no webhook for {out['id']} 30 s after its PUT")
+        results.append((got[0].at - landed) * 1000)
+    return sorted(results)
+
+
 STEPS = (  # (label, frame prefixes): the steps of a request inside our function
     ("GCS session initiation (`mint_session`: library and network)", ("mint_session (",)),
     ("upload record (`lifecycle.create_record`: library and network)", ("create_record (",)),
@@ -263,6 +306,7 @@ def main() -> int:
     services: list[emulators.Service] = []
     from dev.oidc_issuer import Issuer
     issuer = Issuer()
+    receiver = None
     try:
         firestore_emulator = emulators.start_firestore(log_dir)
         services.append(firestore_emulator)
@@ -273,7 +317,15 @@ def main() -> int:
         storage_emulator = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, TOPIC))
         services.append(storage_emulator)
         emulators.create_bucket(storage_emulator.url, BUCKET)
-        env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET, **issuer.env())
+        # The webhooks topic, with no subscription until (g): until then the event messages
+        # the endpoint and the floor publish go nowhere, and no fan-out runs beside a measurement.
+        emulators.pubsub_call(pubsub, "PUT", f"projects/{PROJECT}/topics/{WEBHOOKS_TOPIC}", ok=(200, 409))
+        # One receiver (a thread of this process) for the endpoint's and the floor's POSTs alike.
+        receiver = Receiver()
+        env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET, **issuer.env(),
+                                     PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
+                                     WEBHOOK_ALLOW_PRIVATE_TARGETS="true",
+                                     FLOOR_RECEIVER=f"127.0.0.1:{receiver.port}")
         db = emulators.firestore_client_for(firestore_emulator, PROJECT)
         key = _make_key(db)
 
@@ -309,6 +361,28 @@ def main() -> int:
         print(_row("d", EVENT_CONCURRENCY, event_runs), file=sys.stderr)
         latency = completion_latency(endpoint, db, key)
 
+        # (f) webhook deliveries: each push signs and POSTs one event to the receiver.
+        delivery_runs = {"endpoint": [], "floor": []}
+        for _ in range(rounds):
+            for name, service, path, token in (
+                    ("endpoint", endpoint, "/internal/webhooks", issuer.webhooks_token()),
+                    ("floor", floor, "/f", key)):
+                bodies = delivery_messages(db, receiver.url, event_count)
+                delivery_runs[name].append(measured(service, path, token, EVENT_CONCURRENCY, event_count, "none",
+                                                    bodies))
+        print(_row("f", EVENT_CONCURRENCY, delivery_runs), file=sys.stderr)
+        # (g) the whole path to the receiver: one endpoint, the webhooks subscription and its relay now.
+        from lib import webhooks
+        for hook in webhooks.list_endpoints(db, "ws_bench"):
+            webhooks.remove_endpoint(db, hook.id)
+        webhooks.create_endpoint(db, "ws_bench", "live", receiver.url, True, datetime.now(timezone.utc))
+        receiver.received.clear()
+        emulators.create_topic_and_subscription(pubsub, PROJECT, WEBHOOKS_TOPIC, f"{WEBHOOKS_TOPIC}-relay")
+        services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{WEBHOOKS_TOPIC}-relay",
+                                              endpoint.url + "/internal/webhooks", issuer, log_dir,
+                                              name="push-relay-webhooks", caller="webhooks"))
+        hook_latency = webhook_latency(endpoint, key, receiver)
+
         rss = [rss_mib(worker_pid(endpoint))]
         for _ in range(2):
             measured(endpoint, "/v1/uploads", key, 8, 10_000, "none")
@@ -318,11 +392,13 @@ def main() -> int:
         imports = import_times()
         cold = cold_starts(env, key, log_dir)
         report = _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count,
-                         latency)
+                         latency, delivery_runs, hook_latency)
     finally:
         for service in reversed(services):
             service.stop()
         issuer.stop()
+        if receiver is not None:
+            receiver.stop()
     print(report)
     _write(report)
     return 0
@@ -349,7 +425,27 @@ def _row(scenario: str, concurrency: int, runs: dict) -> str:
             f"{median_of(e, 'rps') / median_of(f, 'rps'):.2f}")
 
 
-def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency) -> str:
+def _cells(concurrency: int, runs: dict) -> str:
+    e, f = runs["endpoint"], runs["floor"]
+    return (f"| {concurrency} | {median_of(e, 'rps'):.0f} | {median_of(e, 'p50'):.2f} | {median_of(e, 'p95'):.2f} "
+            f"| {median_of(e, 'p99'):.2f} | {median_of(f, 'rps'):.0f} | {median_of(f, 'p50'):.2f} "
+            f"| {median_of(f, 'p95'):.2f} | {median_of(f, 'p99'):.2f} "
+            f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** | **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
+            f"| {median_of(e, 'cpu_ms'):.2f} / {median_of(f, 'cpu_ms'):.2f} |")
+
+
+def _percentiles(values: list[float]) -> str:
+    return (f"p50 **{values[len(values) // 2]:.0f} ms**, "
+            f"p99 **{values[min(len(values) - 1, round(len(values) * 0.99) - 1)]:.0f} ms**, max {values[-1]:.0f} ms")
+
+
+HEADER = ("| concurrency | endpoint req/s | p50 ms | p95 ms | p99 ms | floor req/s | p50 ms | p95 ms | p99 ms "
+          "| p50 ratio | throughput ratio | CPU ms/req endpoint / floor |")
+RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+
+
+def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency,
+            delivery_runs, hook_latency) -> str:
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
@@ -359,36 +455,24 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         f"round at concurrency 1/8/32.", "",
     ]
     for scenario in SCENARIOS:
-        lines += [f"**{TITLES[scenario]}**", "",
-                  "| concurrency | endpoint req/s | p50 ms | p95 ms | p99 ms | floor req/s | p50 ms | p95 ms | p99 ms "
-                  "| p50 ratio | throughput ratio | CPU ms/req endpoint / floor |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for concurrency in CONCURRENCY:
-            e, f = results[(scenario, concurrency)]["endpoint"], results[(scenario, concurrency)]["floor"]
-            lines.append(
-                f"| {concurrency} | {median_of(e, 'rps'):.0f} | {median_of(e, 'p50'):.2f} | {median_of(e, 'p95'):.2f} "
-                f"| {median_of(e, 'p99'):.2f} | {median_of(f, 'rps'):.0f} | {median_of(f, 'p50'):.2f} "
-                f"| {median_of(f, 'p95'):.2f} | {median_of(f, 'p99'):.2f} "
-                f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** | **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
-                f"| {median_of(e, 'cpu_ms'):.2f} / {median_of(f, 'cpu_ms'):.2f} |")
-        lines.append("")
-    e, f = event_runs["endpoint"], event_runs["floor"]
+        lines += [f"**{TITLES[scenario]}**", "", HEADER, RULE,
+                  *(_cells(concurrency, results[(scenario, concurrency)]) for concurrency in CONCURRENCY), ""]
     lines += [
         f"**(d) storage events** ({event_count} deliveries per round at concurrency {EVENT_CONCURRENCY}, each "
         "completing a fresh pending upload; the floor: the pushed JSON read, one Firestore get and one update "
-        "conditioned on it)", "",
-        "| concurrency | endpoint req/s | p50 ms | p95 ms | p99 ms | floor req/s | p50 ms | p95 ms | p99 ms "
-        "| p50 ratio | throughput ratio | CPU ms/req endpoint / floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {EVENT_CONCURRENCY} | {median_of(e, 'rps'):.0f} | {median_of(e, 'p50'):.2f} | {median_of(e, 'p95'):.2f} "
-        f"| {median_of(e, 'p99'):.2f} | {median_of(f, 'rps'):.0f} | {median_of(f, 'p50'):.2f} "
-        f"| {median_of(f, 'p95'):.2f} | {median_of(f, 'p99'):.2f} "
-        f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** | **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
-        f"| {median_of(e, 'cpu_ms'):.2f} / {median_of(f, 'cpu_ms'):.2f} |", "",
+        "conditioned on it)", "", HEADER, RULE, _cells(EVENT_CONCURRENCY, event_runs), "",
         f"**(e) completion latency** (PUT answered to the record `completed`, through fake-gcs-server's event, "
         f"the Pub/Sub emulator, the relay and the function; {len(latency)} uploads one at a time): "
-        f"p50 **{latency[len(latency) // 2]:.0f} ms**, p99 **{latency[min(len(latency) - 1, round(len(latency) * 0.99) - 1)]:.0f} ms**, "
-        f"max {latency[-1]:.0f} ms.", "",
+        f"{_percentiles(latency)}.", "",
+        f"**(f) webhook deliveries** ({event_count} delivery pushes per round at concurrency {EVENT_CONCURRENCY}, "
+        "each a distinct event to one endpoint on a local receiver: the token checked, the endpoint read, the "
+        "URL's rules checked, the body signed, POSTed on a new connection, the attempt recorded; the floor: the "
+        "pushed JSON read and the same POST made, nothing else)", "", HEADER, RULE,
+        _cells(EVENT_CONCURRENCY, delivery_runs), "",
+        f"**(g) webhook latency** (PUT answered to the receiver's first byte of `upload.completed`: the storage "
+        "event, the state change, the event message, the fan-out, the delivery message, the signed POST; every "
+        f"Pub/Sub hop through the emulator and the local relay; {len(hook_latency)} uploads one at a time): "
+        f"{_percentiles(hook_latency)}.", "",
     ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "

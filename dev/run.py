@@ -4,10 +4,12 @@ Starts the Firestore and Pub/Sub emulators and fake-gcs-server on loopback
 (fake-gcs-server publishing each finalized object to the Pub/Sub emulator,
 as the bucket's notification does), creates the bucket and a demo API key,
 serves the function with functions-framework on 127.0.0.1:8080, runs the
-push relay (dev/relay.py) that delivers storage events to it with OIDC
-tokens from a local issuer it trusts, and prints curls to try.
+push relays (dev/relay.py) that deliver storage events and webhook messages
+to it with OIDC tokens from a local issuer it trusts, registers a webhook
+endpoint for the demo workspace on a local receiver (dev/receiver.py) that
+verifies each signature and prints each event, and prints curls to try.
 Ports: FUNCTION_PORT (8080), FIRESTORE_PORT (8681), STORAGE_PORT (4443),
-PUBSUB_PORT (8085), ISSUER_PORT (8086).
+PUBSUB_PORT (8085), ISSUER_PORT (8086), RECEIVER_PORT (8087).
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ import threading
 
 from dev import emulators
 from dev.oidc_issuer import Issuer
+from dev.receiver import Receiver, print_event
 
 PROJECT = "framelane-local"
 BUCKET = "framelane-local-uploads"
 WORKSPACE = "ws_demo"
 TOPIC, SUBSCRIPTION = "storage-events", "storage-events-relay"
+WEBHOOKS_TOPIC, WEBHOOKS_DEAD_LETTER_TOPIC = "webhooks", "webhooks-dead-letter"
+WEBHOOK_MAX_ATTEMPTS = 5
 
 
 def main() -> int:
     ports = {name: int(os.environ.get(name, default)) for name, default in
              (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443), ("PUBSUB_PORT", 8085),
-              ("ISSUER_PORT", 8086))}
+              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087))}
     busy = [f"{name}={port}" for name, port in ports.items() if emulators.port_in_use(port)]
     if busy:
         print(f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
@@ -41,7 +46,7 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    issuer = None
+    issuer = receiver = None
     try:
         print("Starting the Firestore and Pub/Sub emulators and fake-gcs-server ...", file=sys.stderr)
         firestore = emulators.start_firestore(log_dir, ports["FIRESTORE_PORT"])
@@ -57,13 +62,26 @@ def main() -> int:
         # (OIDC_CERTS_URL); the sweep stays shut (no SWEEP_*: no scheduler here).
         issuer = Issuer(port=ports["ISSUER_PORT"])
         trust = {k: v for k, v in issuer.env().items() if not k.startswith("SWEEP_")}
-        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, **trust)
+        hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
+                                                              WEBHOOKS_DEAD_LETTER_TOPIC)
+        # Webhooks on, and allowed to reach the receiver on loopback (never so in a deployment).
+        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, **trust,
+                                     PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
+                                     WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
         key = _demo_key(firestore)
+        receiver = Receiver(ports["RECEIVER_PORT"], on_event=print_event)
+        endpoint = _demo_webhook(firestore, receiver)
         function = emulators.start_function(env, log_dir, ports["FUNCTION_PORT"])
         services.append(function)
         services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
                                               function.url + "/internal/storage-events", issuer, log_dir))
-        _print_instructions(function.url, key, env, log_dir)
+        services.append(emulators.start_relay(
+            pubsub, hooks, function.url + "/internal/webhooks", issuer, log_dir, name="push-relay-webhooks",
+            caller="webhooks", extra_args=("--max-attempts", str(WEBHOOK_MAX_ATTEMPTS), "--dead-letter-topic",
+                                           f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}")))
+        services.append(emulators.start_relay(pubsub, dead_letters, function.url + "/internal/webhook-dead-letters",
+                                              issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
+        _print_instructions(function.url, key, env, log_dir, endpoint, receiver)
         while not stop.is_set():
             for service in services:
                 if not service.alive():
@@ -80,6 +98,8 @@ def main() -> int:
             service.stop()
         if issuer is not None:
             issuer.stop()
+        if receiver is not None:
+            receiver.stop()
 
 
 def _demo_key(firestore: emulators.Service) -> str:
@@ -90,7 +110,17 @@ def _demo_key(firestore: emulators.Service) -> str:
     return key
 
 
-def _print_instructions(url: str, key: str, env: dict, log_dir) -> None:
+def _demo_webhook(firestore: emulators.Service, receiver: Receiver):
+    """The demo workspace's live endpoint on the local receiver, its secret handed to the receiver."""
+    from lib import uploads, webhooks
+
+    endpoint = webhooks.create_endpoint(emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "live",
+                                        receiver.url, True, uploads.now())
+    receiver.secrets.append(endpoint.secret)
+    return endpoint
+
+
+def _print_instructions(url: str, key: str, env: dict, log_dir, endpoint, receiver: Receiver) -> None:
     print(f"""
 Framelane uploads is serving on {url} (emulators: Firestore {env['FIRESTORE_EMULATOR_HOST']}, Storage {env['STORAGE_EMULATOR_HOST']}).
 Demo API key for workspace {WORKSPACE}: {key}
@@ -123,6 +153,17 @@ Demo API key for workspace {WORKSPACE}: {key}
 
 (The expiry sweep, POST /internal/sweep, is shut here: it takes only Cloud Scheduler's OIDC token.
 A GET after expires_at still expires the upload.)
+
+Webhooks: {WORKSPACE}'s live endpoint {endpoint.id} is the receiver at {receiver.url}. It checks
+each signature with the endpoint's secret (standardwebhooks) and prints each event below, as
+"[webhook] upload.completed upl_... (webhook-id evt_...; signature verified)": step 2's PUT gives
+upload.completed, step 3's cancel upload.cancelled. Add your own endpoint (https only in a deployment;
+here loopback and http are allowed too), then list the delivery attempts:
+
+  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} WEBHOOK_ALLOW_PRIVATE_TARGETS=true \\
+    .venv/bin/python -m lib.admin add-webhook --workspace {WORKSPACE} --url http://127.0.0.1:9000/hooks
+  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} \\
+    .venv/bin/python -m lib.admin webhook-deliveries --workspace {WORKSPACE}
 
 More keys: FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin create-key --workspace ws_other
 Logs: {log_dir}   Ctrl-C stops everything.

@@ -2,8 +2,8 @@
 
 Cloud Run turns each stdout line that is a JSON object into a LogEntry:
 `severity`, `message`, `httpRequest` and `logging.googleapis.com/trace` are
-read from it; the rest lands in jsonPayload. API keys, Authorization values
-and upload URLs never belong here; as a second line of defence every line is
+read from it; the rest lands in jsonPayload. API keys, Authorization values,
+upload URLs and webhook secrets never belong here; as a second line of defence every line is
 scrubbed of anything shaped like a key, a session URL's upload_id or a JWT.
 """
 
@@ -19,6 +19,8 @@ _SECRETS = (
     # Whole keys only: the display prefix (fl_live_ + 4 characters) stays readable.
     (re.compile(r"fl_(live|test)_[A-Za-z0-9_-]{16,}"), r"fl_\1_[REDACTED]"),
     (re.compile(r"(upload_id=)[^&\s\"'\\]+"), r"\1[REDACTED]"),
+    # A webhook signing secret (lib/webhooks.py).
+    (re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"), "whsec_[REDACTED]"),
     (re.compile(r"(?i)(bearer\s+)[^\s\"'\\]+"), r"\1[REDACTED]"),
     # A JWT (the sweep's OIDC token): header and payload are base64url JSON.
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[REDACTED]"),

@@ -276,6 +276,9 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = 
             connected = True
             conn.request("POST", target.path, body=body, headers=headers)
             response = conn.getresponse()
+            if cut.is_set():  # the status line came, the headers were still dribbling at the deadline
+                error = "timeout"
+                break
             status = response.status
             error = None
             try:

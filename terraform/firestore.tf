@@ -62,14 +62,93 @@ resource "google_firestore_index" "uploads_sweep" {
 }
 
 # Upload records are read by id, and queried only on state and expires_at (the
-# sweep, above). `session_url` is a long secret; no field but those two needs
-# an index.
+# sweep, above) and on webhook_owed_at (the sweep's republishing of owed webhook
+# events: a range on one field, served by its automatic single-field index).
+# `session_url` is a long secret; no field but those three needs an index.
 resource "google_firestore_field" "uploads_unindexed" {
   for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation"])
 
   project    = var.project_id
   database   = google_firestore_database.main.name
   collection = "uploads"
+  field      = each.value
+
+  index_config {}
+}
+
+# --- Webhooks (lib/webhooks.py) ---------------------------------------------------
+
+# Delivery attempts are kept 7 days: Firestore deletes each once its expire_at has
+# passed (TTL deletion can lag by a day). Only ever compared by TTL: no index.
+resource "google_firestore_field" "webhook_deliveries_ttl" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "webhook_deliveries"
+  field      = "expire_at"
+
+  ttl_config {}
+
+  index_config {}
+}
+
+# `webhook-deliveries --workspace WS`: workspace_id == WS, newest first.
+resource "google_firestore_index" "webhook_deliveries_recent" {
+  project     = var.project_id
+  database    = google_firestore_database.main.name
+  collection  = "webhook_deliveries"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "workspace_id"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "at"
+    order      = "DESCENDING"
+  }
+}
+
+# Attempts are queried only on workspace_id and at (above).
+resource "google_firestore_field" "webhook_deliveries_unindexed" {
+  for_each = toset(["mode", "endpoint_id", "url", "event_id", "event_type", "upload_id", "attempt", "status", "error", "latency_ms", "dead_lettered"])
+
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "webhook_deliveries"
+  field      = each.value
+
+  index_config {}
+}
+
+# The fan-out's query: an upload's workspace_id and mode, both equalities
+# (lib/webhooks.py list_endpoints). list-webhooks filters on workspace_id alone,
+# which its single-field index serves.
+resource "google_firestore_index" "webhook_endpoints_by_workspace_mode" {
+  project     = var.project_id
+  database    = google_firestore_database.main.name
+  collection  = "webhook_endpoints"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "workspace_id"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "mode"
+    order      = "ASCENDING"
+  }
+}
+
+# Endpoints are read by id and queried only as above. The signing secrets must
+# never sit in an index.
+resource "google_firestore_field" "webhook_endpoints_unindexed" {
+  for_each = toset(["url", "secret", "previous_secret", "previous_secret_expires_at", "created_at", "rotated_at"])
+
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "webhook_endpoints"
   field      = each.value
 
   index_config {}

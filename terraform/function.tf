@@ -106,6 +106,9 @@ resource "google_cloudfunctions2_function" "uploads" {
       SWEEP_AUDIENCE            = local.sweep_audience
       EVENTS_SERVICE_ACCOUNT    = google_service_account.events.email
       EVENTS_AUDIENCE           = local.events_audience
+      WEBHOOKS_TOPIC            = google_pubsub_topic.webhooks.name
+      WEBHOOKS_SERVICE_ACCOUNT  = google_service_account.webhooks.email
+      WEBHOOKS_AUDIENCE         = local.webhooks_audience
     }
   }
 
@@ -124,6 +127,7 @@ resource "google_cloudfunctions2_function" "uploads" {
     google_project_iam_member.runtime_firestore,
     google_storage_bucket_iam_member.runtime_uploads,
     google_storage_bucket_iam_member.runtime_uploads_read,
+    google_pubsub_topic_iam_member.runtime_publishes_webhooks,
   ]
 }
 

@@ -284,6 +284,19 @@ variable "event_max_delivery_attempts" {
   }
 }
 
+# --- Webhooks -------------------------------------------------------------------
+
+variable "webhook_max_delivery_attempts" {
+  type        = number
+  description = "Deliveries of one webhook to one endpoint before Pub/Sub dead-letters it. With the 10-600 s backoff, 80 attempts span about 12 hours and 100 about 16 (terraform/webhooks.tf)."
+  default     = 100
+
+  validation {
+    condition     = var.webhook_max_delivery_attempts >= 80 && var.webhook_max_delivery_attempts <= 100
+    error_message = "webhook_max_delivery_attempts must be 80-100: fewer would give up on an endpoint before 12 hours (Pub/Sub allows at most 100)."
+  }
+}
+
 # --- CDN and domains ------------------------------------------------------------
 
 variable "cdn_domain" {

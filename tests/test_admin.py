@@ -105,3 +105,90 @@ def test_revoking_an_unknown_key_exits_1(backends):
 def test_missing_project_is_named(backends):
     out = cli("list-keys", "--workspace", "ws", env_drop=("GOOGLE_CLOUD_PROJECT",))
     assert out.returncode == 2 and "GOOGLE_CLOUD_PROJECT" in out.stderr
+
+
+# --- webhook endpoints ------------------------------------------------------------------------------
+
+def webhook_cli(*args: str, allow_private: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOK_ALLOW_PRIVATE_TARGETS"}
+    if allow_private:
+        env["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "true"
+    return subprocess.run([sys.executable, "-m", "lib.admin", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_add_webhook_json_prints_exactly_the_documented_object(backends, db, workspace):
+    from lib import webhooks
+    from tests.helpers import SESSION_WEBHOOK_SECRETS
+
+    out = webhook_cli("add-webhook", "--workspace", workspace, "--url", "http://127.0.0.1:9/hooks", "--test",
+                      "--json", allow_private=True)
+    assert out.returncode == 0, out.stderr
+    added = json.loads(out.stdout)
+    SESSION_WEBHOOK_SECRETS.add(added["secret"])
+    assert set(added) == {"id", "url", "workspace_id", "mode", "secret"}
+    assert (added["url"], added["workspace_id"], added["mode"]) == ("http://127.0.0.1:9/hooks", workspace, "test")
+    assert re.fullmatch(r"we_[0-9a-f]{32}", added["id"])
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", added["secret"])  # 32 random bytes, base64
+    assert webhooks.get_endpoint(db, added["id"]).secret == added["secret"]
+
+    listed = webhook_cli("list-webhooks", "--workspace", workspace, "--json")
+    assert listed.returncode == 0
+    [row] = json.loads(listed.stdout)
+    assert row["id"] == added["id"] and added["secret"] not in listed.stdout
+    table = webhook_cli("list-webhooks", "--workspace", workspace)
+    assert added["id"] in table.stdout and "whsec_" not in table.stdout + table.stderr
+
+
+@pytest.mark.parametrize("url, reason", [
+    pytest.param("https://169.254.169.254/computeMetadata/v1/", "link-local", id="metadata"),
+    pytest.param("http://hooks.example.com/", "must use https", id="http"),
+    pytest.param("https://10.0.0.8/", "private", id="private"),
+    pytest.param("https://localhost/", "internal name", id="localhost"),
+])
+def test_add_webhook_refuses_what_delivery_refuses_with_status_2(backends, db, workspace, url, reason):
+    out = webhook_cli("add-webhook", "--workspace", workspace, "--url", url)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: refused webhook URL:") and reason in out.stderr
+    assert json.loads(webhook_cli("list-webhooks", "--workspace", workspace, "--json").stdout) == []
+
+
+def test_rotate_and_remove_webhook(backends, db, workspace):
+    from lib import webhooks
+    from tests.helpers import SESSION_WEBHOOK_SECRETS
+
+    added = json.loads(webhook_cli("add-webhook", "--workspace", workspace, "--url", "https://127.0.0.1/h",
+                                   "--json", allow_private=True).stdout)
+    SESSION_WEBHOOK_SECRETS.add(added["secret"])
+    rotated = webhook_cli("rotate-webhook-secret", added["id"])
+    assert rotated.returncode == 0, rotated.stderr
+    new_secret = rotated.stdout.strip()
+    SESSION_WEBHOOK_SECRETS.add(new_secret)
+    stored = webhooks.get_endpoint(db, added["id"])
+    assert new_secret.startswith("whsec_") and stored.secret == new_secret != added["secret"]
+    assert stored.previous_secret == added["secret"] and "24 hours" not in rotated.stdout
+    removed = webhook_cli("remove-webhook", added["id"])
+    assert removed.returncode == 0 and webhooks.get_endpoint(db, added["id"]) is None
+    again = webhook_cli("remove-webhook", added["id"])
+    assert again.returncode == 1 and "no webhook endpoint" in again.stderr
+    assert webhook_cli("rotate-webhook-secret", added["id"]).returncode == 1
+
+
+def test_webhook_deliveries_limits_and_orders_newest_first(backends, db, workspace):
+    from datetime import datetime, timedelta, timezone
+
+    from lib import targets, webhooks
+
+    now = datetime.now(timezone.utc)
+    for n in range(5):
+        delivery = webhooks.Delivery("we_" + "0" * 32, f"evt_{n}", "upload.completed", "upl_" + "1" * 32, b"{}",
+                                     n + 1)
+        webhooks.record_attempt(db, None, delivery, targets.Result(500, None, 12.5), now + timedelta(seconds=n),
+                                workspace=(workspace, "live"))
+    out = webhook_cli("webhook-deliveries", "--workspace", workspace, "--limit", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [row["event_id"] for row in rows] == ["evt_4", "evt_3", "evt_2"]
+    assert set(rows[0]) == {"at", "event_id", "event_type", "upload_id", "endpoint_id", "url", "mode", "attempt",
+                            "status", "error", "latency_ms", "dead_lettered"}
+    assert webhook_cli("webhook-deliveries", "--workspace", workspace, "--limit", "0").returncode == 2

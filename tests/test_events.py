@@ -396,8 +396,12 @@ def test_a_put_completes_its_upload_through_the_event_path_with_no_get(event_pat
     assert stored["size_bytes"] == len(data) and stored["crc32c"] == crc32c(data) and stored["md5"] == md5(data)
     assert stored["completed_at"] and stored["generation"]
     # Nothing but the event completed it: no GET, cancel or sweep of it reached the function.
-    lines = [line for line in served.log_lines() if line.get("upload_id") == out["id"]
-             and not line["httpRequest"]["requestUrl"].startswith("/internal/webhook")]
+    def lines_of_upload() -> list[dict]:  # the webhook pushes that follow the completion aside
+        return [line for line in served.log_lines() if line.get("upload_id") == out["id"]
+                and not line["httpRequest"]["requestUrl"].startswith("/internal/webhook")]
+
+    # The event's log line is written once it has answered (after the record and the webhook's publish).
+    lines = wait_for(lambda: len(found := lines_of_upload()) >= 2 and found, what="the event's log line")
     assert [line["httpRequest"]["requestUrl"] for line in lines] == ["/v1/uploads", "/internal/storage-events"]
     assert lines[1]["outcome"] == "completed" and "Bearer" not in served.log_text()
 
@@ -408,7 +412,9 @@ def test_a_redelivered_event_changes_nothing(event_path, make_key, db):
     key, _ = make_key()
     out = served.post(json=VIDEO, headers=bearer(key)).json()
     put_bytes(out["upload_url"], b"bytes")
-    wait_for(lambda: record(db, out["id"])["state"] == "completed", what="completion")
+    # Completed, and its webhook event fanned out (which clears the owed mark: a write of its own).
+    wait_for(lambda: (r := record(db, out["id"]))["state"] == "completed" and lifecycle.OWED_FIELD not in r,
+             what="completion")
     before = db.collection(lifecycle.COLLECTION).document(out["id"]).get().update_time
     from dev import emulators
     from tests.conftest import EVENTS_TOPIC, PROJECT

@@ -1,6 +1,7 @@
 """After everything else has run: nothing any served function wrote, and no
 Firestore document, holds an API key, an Authorization value or an upload URL
-(settled upload records included: they forget their session URL).
+(settled upload records included: they forget their session URL); webhook
+signing secrets are in their endpoint's record and nowhere else.
 
 The served functions of the whole session (the shared one, the fault-injection
 ones, the hostile-input one, the one built from the deployment archive) all
@@ -14,7 +15,7 @@ import re
 
 import pytest
 
-from tests.helpers import SESSION_KEYS
+from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
 
 KEY_SHAPE = re.compile(r"fl_(live|test)_[A-Za-z0-9_-]{16,}")
 pytestmark = pytest.mark.audit
@@ -22,6 +23,26 @@ pytestmark = pytest.mark.audit
 
 def function_logs(log_dir) -> dict[str, str]:
     return {path.name: path.read_text(errors="replace") for path in sorted(log_dir.glob("function*.log"))}
+
+
+def test_webhook_secrets_are_in_their_endpoint_records_and_nowhere_else(log_dir, db):
+    from lib import webhooks
+
+    assert len(SESSION_WEBHOOK_SECRETS) >= 10
+    logs = {path.name: path.read_text(errors="replace") for path in sorted(log_dir.glob("*.log"))}
+    for name, text in logs.items():
+        assert "whsec_" not in text, f"{name} holds a webhook secret"
+        for secret in SESSION_WEBHOOK_SECRETS:
+            assert secret.removeprefix("whsec_") not in text, f"{name} holds a webhook secret"
+    rows = 0
+    for collection in db.collections():
+        if collection.id == webhooks.ENDPOINTS:
+            continue
+        for snap in collection.stream():
+            rows += collection.id == webhooks.DELIVERIES
+            text = json.dumps(snap.to_dict(), default=str)
+            assert "whsec_" not in text, f"{collection.id}/{snap.id} holds a webhook secret"
+    assert rows >= 10  # the deliveries were there to read
 
 
 def test_no_push_relay_log_holds_a_token(log_dir):

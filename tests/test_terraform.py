@@ -317,14 +317,15 @@ def test_uploads_fields_but_the_sweeps_two_are_exempt_from_indexing():
     exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "uploads_unindexed")
     assert unquote(exempt["collection"]) == lifecycle.COLLECTION
     fields = set(re.findall(r'"([a-z0-9_]+)"', exempt["for_each"]))
-    assert fields == set(lifecycle.FIELDS) - {"state", "expires_at"}
+    # The sweep queries state and expires_at, and webhook_owed_at (owed webhook events): those stay indexed.
+    assert fields == set(lifecycle.FIELDS) - {"state", "expires_at", lifecycle.OWED_FIELD}
     from datetime import datetime, timezone
     written = lifecycle.new_fields("ws", "live", "o", "video/mp4", None, datetime.now(timezone.utc),
                                    datetime.now(timezone.utc), "u")
     # What a new record holds, plus what settling adds (completion adds the object's facts).
     from lib.uploads import StoredObject
     completion = lifecycle.completed(StoredObject(1, 1, None, None, datetime.now(timezone.utc)))
-    assert set(written) | {"settled_at"} | set(completion) == set(lifecycle.FIELDS)
+    assert set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) == set(lifecycle.FIELDS)
 
 
 def test_the_sweeps_query_has_its_composite_index():
@@ -532,6 +533,79 @@ def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes(
     agent = "serviceAccount:${local.pubsub_agent}"
     assert unquote(resource(tf, "google_pubsub_topic_iam_member", "pubsub_dead_letters")["member"]) == agent
     assert unquote(resource(tf, "google_pubsub_subscription_iam_member", "pubsub_forwards")["member"]) == agent
+
+
+def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_checks():
+    tf = load_tf("webhooks.tf")
+    import main
+    from lib import webhooks
+    env = function_resource()["service_config"][0]["environment_variables"]
+    assert env["WEBHOOKS_TOPIC"] == "${google_pubsub_topic.webhooks.name}"
+    for name, route in (("webhooks", "/internal/webhooks"), ("webhooks_dead", "/internal/webhook-dead-letters")):
+        assert any(pattern.fullmatch(route) and "POST" in methods for pattern, methods in main.ROUTES)
+        subscription = resource(tf, "google_pubsub_subscription", name)
+        push = subscription["push_config"][0]
+        assert unquote(push["push_endpoint"]) == \
+            f"${{google_cloudfunctions2_function.uploads.service_config[0].uri}}{route}"
+        token = push["oidc_token"][0]
+        assert token["service_account_email"] == env["WEBHOOKS_SERVICE_ACCOUNT"] == \
+            "${google_service_account.webhooks.email}"
+        assert token["audience"] == env["WEBHOOKS_AUDIENCE"] == "${local.webhooks_audience}"
+        # Pub/Sub waits longer than one delivery can take (10 s POST plus the reads and the record).
+        assert subscription["ack_deadline_seconds"] >= 30
+        assert unquote(subscription["expiration_policy"][0]["ttl"]) == ""
+    assert resource(tf, "google_pubsub_subscription", "webhooks_dead")["topic"] == \
+        "${google_pubsub_topic.webhooks_dead.id}"
+
+
+def test_webhook_retries_back_off_exponentially_for_at_least_12_hours_then_dead_letter():
+    tf = load_tf("webhooks.tf")
+    subscription = resource(tf, "google_pubsub_subscription", "webhooks")
+    policy = subscription["retry_policy"][0]
+    minimum, maximum = (int(unquote(policy[k]).rstrip("s")) for k in ("minimum_backoff", "maximum_backoff"))
+    assert (minimum, maximum) == (10, 600)  # 600 s is the most a retry policy allows
+    dead = subscription["dead_letter_policy"][0]
+    assert dead["dead_letter_topic"] == "${google_pubsub_topic.webhooks_dead.id}"
+    assert dead["max_delivery_attempts"] == "${var.webhook_max_delivery_attempts}"
+    variable = tf_variables()["webhook_max_delivery_attempts"]
+    lowest = int(re.search(r">= (\d+)", variable["validation"][0]["condition"]).group(1))
+
+    def span(attempts: int) -> int:  # the waits between `attempts` deliveries, doubling from the minimum
+        return sum(min(minimum * 2 ** n, maximum) for n in range(attempts - 1))
+
+    assert span(lowest) >= 12 * 3600 and span(variable["default"]) >= 12 * 3600
+    assert variable["default"] <= 100
+    retention = int(unquote(subscription["message_retention_duration"]).rstrip("s"))
+    assert retention >= span(100) + 3600  # a message outlives its whole schedule
+    # The Pub/Sub service agent can dead-letter; the function can publish; Pub/Sub can mint the push tokens.
+    agent = "serviceAccount:${local.pubsub_agent}"
+    assert unquote(resource(tf, "google_pubsub_topic_iam_member", "pubsub_dead_letters_webhooks")["member"]) == agent
+    assert unquote(resource(tf, "google_pubsub_subscription_iam_member", "pubsub_forwards_webhooks")["member"]) == agent
+    publisher = resource(tf, "google_pubsub_topic_iam_member", "runtime_publishes_webhooks")
+    assert unquote(publisher["role"]) == "roles/pubsub.publisher"
+    assert unquote(publisher["member"]) == "serviceAccount:${google_service_account.runtime.email}"
+
+
+def test_webhook_records_have_their_ttl_and_indexes_and_secrets_are_never_indexed():
+    from lib import webhooks
+    tf = load_tf("firestore.tf")
+    ttl = resource(tf, "google_firestore_field", "webhook_deliveries_ttl")
+    assert unquote(ttl["collection"]) == webhooks.DELIVERIES and unquote(ttl["field"]) == "expire_at"
+    assert "ttl_config" in ttl
+    assert webhooks.DELIVERY_RETENTION.days == 7
+    recent = resource(tf, "google_firestore_index", "webhook_deliveries_recent")
+    assert [(unquote(f["field_path"]), unquote(f["order"])) for f in recent["fields"]] == [
+        ("workspace_id", "ASCENDING"), ("at", "DESCENDING")]
+    by_mode = resource(tf, "google_firestore_index", "webhook_endpoints_by_workspace_mode")
+    assert unquote(by_mode["collection"]) == webhooks.ENDPOINTS
+    assert [unquote(f["field_path"]) for f in by_mode["fields"]] == ["workspace_id", "mode"]
+    unindexed = resource(tf, "google_firestore_field", "webhook_endpoints_unindexed")
+    assert {"secret", "previous_secret"} <= set(re.findall(r'"([a-z_]+)"', unindexed["for_each"]))
+
+
+def test_terraform_never_allows_private_webhook_targets():
+    text = "\n".join(path.read_text() for path in sorted(TF.glob("*.tf")))
+    assert "WEBHOOK_ALLOW_PRIVATE_TARGETS" not in text
 
 
 def test_max_upload_bytes_default_is_the_codes_and_the_documents():

@@ -10,6 +10,7 @@ subscription backs off 10 s to 600 s for 100 attempts (terraform/webhooks.tf).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -19,10 +20,11 @@ import pytest
 from google.cloud import firestore
 from standardwebhooks.webhooks import Webhook
 
+from dev.oidc_issuer import WEBHOOKS_AUDIENCE
 from dev.receiver import Receiver
 from lib import lifecycle, webhooks
 from tests.conftest import ROOT, WEBHOOK_MAX_ATTEMPTS
-from tests.helpers import SESSION_WEBHOOK_SECRETS
+from tests.helpers import SESSION_WEBHOOK_SECRETS, schema_errors
 from tests.test_events import wait_for
 from tests.test_lifecycle import VIDEO, backdate, bearer, put_bytes, record
 
@@ -74,7 +76,7 @@ def deliveries(db, workspace: str, endpoint_id: str | None = None) -> list[dict]
 
 
 def test_a_completed_upload_is_pushed_signed_with_the_upload_as_get_returns_it(event_path, make_key, receivers,
-                                                                                endpoint, db):
+                                                                                endpoint, db, openapi_doc):
     key, workspace = make_key()
     receiver = receivers()
     hook = endpoint(receiver, workspace)
@@ -86,6 +88,10 @@ def test_a_completed_upload_is_pushed_signed_with_the_upload_as_get_returns_it(e
     assert event["data"] == get(event_path, key, out["id"])
     assert event["data"]["status"] == "completed" and event["data"]["size_bytes"] == 2048
     assert set(event) == {"type", "timestamp", "data"}
+    assert schema_errors(openapi_doc, "#/components/schemas/UploadEvent", event) == []
+    documented = {p["name"]: p["schema"]["pattern"] for p in openapi_doc["webhooks"]["uploadEvent"]["post"]["parameters"]}
+    for name, pattern in documented.items():
+        assert re.fullmatch(pattern, got.headers[name]), name
     assert got.headers["content-type"] == "application/json"
     assert got.webhook_id == webhooks.event_id(out["id"], "upload.completed")
     assert abs(int(got.headers["webhook-timestamp"]) - datetime.now(timezone.utc).timestamp()) < 60
@@ -278,3 +284,74 @@ def test_a_url_that_became_private_is_refused_at_delivery(event_path, make_key, 
     assert receiver.received == []
     [row] = deliveries(db, workspace, hook.id)
     assert row["error"] == "refused_target" and row["status"] is None
+
+
+# --- the routes' own checks (in-process) ---------------------------------------------------------
+
+def webhook_push(client, route: str, body, token: str | None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post(route, data=data, headers=headers, content_type="application/json")
+
+
+def delivery_envelope(**attributes) -> dict:
+    import base64
+    base = {"kind": "delivery", "endpoint_id": "we_" + "0" * 32, "event_id": "evt_" + "1" * 32,
+            "event_type": "upload.completed", "upload_id": "upl_" + "2" * 32}
+    return {"message": {"attributes": {**base, **attributes}, "data": base64.b64encode(b"{}").decode(),
+                        "messageId": "1"}, "subscription": "s", "deliveryAttempt": 1}
+
+
+ROUTES = ["/internal/webhooks", "/internal/webhook-dead-letters"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("token, status, code", [
+    pytest.param(None, 401, "invalid_token", id="no-token"),
+    pytest.param("events", 403, "forbidden", id="the-storage-events-identity"),
+    pytest.param("sweep", 401, "invalid_token", id="the-sweeps-audience"),
+])
+def test_only_the_webhook_subscriptions_token_may_push(client, oidc_issuer, route, token, status, code):
+    tokens = {None: None, "events": oidc_issuer.events_token(aud=WEBHOOKS_AUDIENCE), "sweep": oidc_issuer.token()}
+    resp = webhook_push(client, route, delivery_envelope(), tokens[token])
+    assert (resp.status_code, resp.get_json()["error"]["code"]) == (status, code)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("body", [
+    pytest.param(b"not json", id="not-json"),
+    pytest.param({"no": "message"}, id="no-message"),
+    pytest.param({"message": {"attributes": {"kind": "other", "upload_id": "u"}}}, id="unknown-kind"),
+    pytest.param({"message": {"attributes": {"kind": "delivery"}}}, id="no-upload-id"),
+    pytest.param({"message": {"attributes": {"kind": "delivery", "upload_id": "u"}, "data": "e30="}},
+                 id="delivery-without-endpoint"),
+    pytest.param({"message": {"attributes": {"kind": "delivery", "upload_id": "u", "endpoint_id": "we_x",
+                                             "event_id": "e", "event_type": "t"}, "data": "!!"}}, id="bad-base64"),
+    pytest.param({"message": {"attributes": {"kind": 1, "upload_id": "u"}}}, id="attribute-not-string"),
+])
+def test_a_body_that_is_not_a_webhooks_message_is_400(client, oidc_issuer, route, body, openapi_doc):
+    resp = webhook_push(client, route, body, oidc_issuer.webhooks_token())
+    assert resp.status_code == 400
+    error = resp.get_json()["error"]
+    assert error["code"] == "invalid_event" and "webhook" in error["message"]
+
+
+def test_a_delivery_for_an_endpoint_that_is_gone_is_acknowledged_without_a_request(client, oidc_issuer):
+    resp = webhook_push(client, "/internal/webhooks", delivery_envelope(), oidc_issuer.webhooks_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": "endpoint_removed"}
+
+
+def test_unconfigured_the_webhook_routes_refuse_every_push(serve, oidc_issuer):
+    served = serve(drop=("WEBHOOKS_AUDIENCE", "WEBHOOKS_SERVICE_ACCOUNT"))
+    for route in ROUTES:
+        resp = served.post(route, json=delivery_envelope(),
+                           headers={"Authorization": f"Bearer {oidc_issuer.webhooks_token()}"})
+        assert (resp.status_code, resp.json()["error"]["code"]) == (403, "forbidden")
+
+
+def test_with_webhooks_off_a_state_change_marks_nothing_owed(client, make_key, db):
+    """The in-process app has no WEBHOOKS_TOPIC: no owed mark, nothing for the sweep to republish."""
+    key, _ = make_key()
+    out = client.post("/v1/uploads", json=VIDEO, headers=bearer(key)).get_json()
+    assert client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key)).status_code == 200
+    assert lifecycle.OWED_FIELD not in record(db, out["id"])

@@ -1,0 +1,216 @@
+"""lib/targets.py: the rules for outbound webhook requests, each refusal for its stated reason,
+and the connection itself (pinned to the checked address, no redirects, bounded reads and time)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lib import targets
+
+HOSTILE = [
+    pytest.param("http://hooks.example.com/x", "must use https", id="plain-http"),
+    pytest.param("ftp://hooks.example.com/x", "must use https", id="ftp"),
+    pytest.param("file:///etc/passwd", "must use https", id="file"),
+    pytest.param("gopher://127.0.0.1:6379/_FLUSHALL", "must use https", id="gopher"),
+    pytest.param("https:///path-only", "no host", id="no-host"),
+    pytest.param("https://user:pass@hooks.example.com/", "credentials", id="credentials"),
+    pytest.param("https://hooks.example.com/#frag", "fragment", id="fragment"),
+    pytest.param("https://hooks.example.com/a b", "whitespace", id="space"),
+    pytest.param("https://hooks.example.com/\r\nX-Injected: 1", "whitespace or control", id="crlf"),
+    pytest.param("https://hooks.example.com:99999/", "malformed", id="bad-port"),
+    pytest.param("https://" + "a" * 2050 + ".com/", "longer than", id="too-long"),
+    pytest.param("https://localhost/", "internal name", id="localhost"),
+    pytest.param("https://metadata.google.internal/computeMetadata/v1/", "internal name", id="metadata-name"),
+    pytest.param("https://metadata/computeMetadata/v1/", "internal name", id="metadata-short"),
+    pytest.param("https://printer.local/", "internal name", id="mdns"),
+    pytest.param("https://intranet/", "single-label", id="single-label"),
+    pytest.param("https://127.0.0.1/", "loopback", id="loopback"),
+    pytest.param("https://127.1/", "loopback", id="loopback-short"),
+    pytest.param("https://2130706433/", "loopback", id="loopback-decimal"),
+    pytest.param("https://0x7f.0.0.1/", "loopback", id="loopback-hex"),
+    pytest.param("https://10.0.0.1/", "private", id="private-10"),
+    pytest.param("https://172.16.5.4/", "private", id="private-172"),
+    pytest.param("https://192.168.1.1/", "private", id="private-192"),
+    pytest.param("https://169.254.169.254/computeMetadata/v1/", "link-local", id="metadata-ip"),
+    pytest.param("https://100.64.0.1/", "shared address space", id="shared-cgnat"),
+    pytest.param("https://224.0.0.1/", "multicast", id="multicast"),
+    pytest.param("https://240.0.0.1/", "reserved", id="reserved"),
+    pytest.param("https://255.255.255.255/", "reserved", id="broadcast"),
+    pytest.param("https://0.0.0.0/", "unspecified", id="unspecified"),
+    pytest.param("https://[::1]/", "loopback", id="ipv6-loopback"),
+    pytest.param("https://[::]/", "unspecified", id="ipv6-unspecified"),
+    pytest.param("https://[fe80::1]/", "link-local", id="ipv6-link-local"),
+    pytest.param("https://[fd00:ec2::254]/", "private", id="ipv6-unique-local"),
+    pytest.param("https://[fec0::1]/", "site-local", id="ipv6-site-local"),
+    pytest.param("https://[ff02::1]/", "multicast", id="ipv6-multicast"),
+    pytest.param("https://[::ffff:127.0.0.1]/", "loopback", id="ipv4-mapped-loopback"),
+    pytest.param("https://[::ffff:169.254.169.254]/", "link-local", id="ipv4-mapped-metadata"),
+    pytest.param("https://[::ffff:10.0.0.1]/", "private", id="ipv4-mapped-private"),
+    pytest.param("https://[::127.0.0.1]/", "loopback", id="ipv4-compatible"),
+    pytest.param("https://[2002:a9fe:a9fe::]/", "link-local", id="6to4-metadata"),
+    pytest.param("https://[64:ff9b::a00:1]/", "private", id="nat64-private"),
+]
+
+
+@pytest.mark.parametrize("url, reason", HOSTILE)
+def test_hostile_urls_are_refused_for_their_reason(url, reason):
+    with pytest.raises(targets.TargetRefused, match=reason):
+        targets.resolve(url, allow_private=False)
+
+
+@pytest.mark.parametrize("answers, reason", [
+    pytest.param(["93.184.215.14", "10.1.2.3"], "10.1.2.3: private", id="one-of-two-private"),
+    pytest.param(["2606:2800:21f:cb07:6820:80da:af6b:8b2c", "::1"], "::1: loopback", id="v6-loopback-among"),
+    pytest.param(["169.254.169.254"], "link-local", id="name-to-metadata"),
+    pytest.param([], "no address", id="nothing"),
+])
+def test_a_name_is_refused_if_any_address_it_resolves_to_is_not_public(answers, reason):
+    with pytest.raises(targets.TargetRefused, match=reason):
+        targets.resolve("https://hooks.example.com/in", allow_private=False, resolver=lambda host, port: answers)
+
+
+def test_a_name_that_does_not_resolve_is_refused():
+    def fail(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(targets.TargetRefused, match="does not resolve"):
+        targets.resolve("https://hooks.example.com/in", allow_private=False, resolver=fail)
+
+
+def test_public_addresses_pass_with_their_path_and_query():
+    target = targets.resolve("https://hooks.example.com:8443/in?token=abc", allow_private=False,
+                             resolver=lambda host, port: ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"])
+    assert (target.scheme, target.host, target.port, target.path) == ("https", "hooks.example.com", 8443,
+                                                                     "/in?token=abc")
+    assert target.addresses == ("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c")
+
+
+def test_private_targets_and_http_pass_only_when_allowed():
+    assert targets.resolve("http://127.0.0.1:9/x", allow_private=True).addresses == ("127.0.0.1",)
+    with pytest.raises(targets.TargetRefused):
+        targets.resolve("http://127.0.0.1:9/x", allow_private=False)
+
+
+class Server:
+    """A tiny HTTP server on `host` whose handler the test supplies; records Host headers."""
+
+    def __init__(self, handle, host: str = "127.0.0.1"):
+        hosts = self.hosts = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802
+                hosts.append(self.headers.get("Host"))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                handle(self)
+
+            def log_message(self, *_):
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def answer(status: int, body: bytes = b"", headers: dict | None = None):
+    def handle(h):
+        h.send_response(status)
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+    return handle
+
+
+def test_the_connection_goes_to_the_checked_address_however_dns_answers_next():
+    """DNS rebinding: the first answer is checked and used; no second lookup happens."""
+    checked, elsewhere = Server(answer(204), "127.0.0.2"), Server(answer(204), "127.0.0.1")
+    lookups = []
+
+    def rebinding(host, port):
+        lookups.append(host)
+        return ["127.0.0.2"] if len(lookups) == 1 else ["127.0.0.1"]
+
+    try:
+        target = targets.resolve(f"http://hooks.example.test:{checked.port}/in", True, resolver=rebinding)
+        result = targets.post(target, b"{}", {"content-type": "application/json"})
+    finally:
+        checked.stop()
+        elsewhere.stop()
+    assert result.ok and result.status == 204 and lookups == ["hooks.example.test"]
+    assert checked.hosts == [f"hooks.example.test:{checked.port}"] and elsewhere.hosts == []
+
+
+def test_redirects_are_not_followed():
+    other = Server(answer(200))
+    redirecting = Server(answer(307, headers={"Location": f"http://127.0.0.1:{other.port}/stolen"}))
+    try:
+        result = targets.post(targets.resolve(f"http://127.0.0.1:{redirecting.port}/", True), b"{}", {})
+    finally:
+        other.stop()
+        redirecting.stop()
+    assert result.status == 307 and not result.ok and other.hosts == []
+
+
+def test_at_most_64_kib_of_a_response_is_read():
+    huge = Server(answer(200, b"x" * (10 * 1024 * 1024)))
+    try:
+        result = targets.post(targets.resolve(f"http://127.0.0.1:{huge.port}/", True), b"{}", {})
+    finally:
+        huge.stop()
+    assert result.ok and result.bytes_read == targets.MAX_RESPONSE_BYTES
+
+
+def test_a_receiver_that_dribbles_its_answer_is_cut_off_at_the_deadline():
+    stop = threading.Event()
+
+    def dribble(h):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        h.wfile.flush()
+        while not stop.wait(0.2):  # one header byte per 0.2 s, forever: each read is quick, the whole is not
+            try:
+                h.wfile.write(b"X")
+                h.wfile.flush()
+            except OSError:
+                return
+
+    slow = Server(dribble)
+    try:
+        started = time.monotonic()
+        result = targets.post(targets.resolve(f"http://127.0.0.1:{slow.port}/", True), b"{}", {}, timeout=1.5)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        slow.stop()
+    assert result.error == "timeout" and result.status is None
+    assert took < 3
+
+
+def test_a_closed_port_is_a_connection_error_not_an_exception():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = targets.post(targets.resolve(f"http://127.0.0.1:{port}/", True), b"{}", {})
+    assert result.error == "connection_refused" and result.status is None and not result.ok
+
+
+def test_tls_is_checked_against_the_urls_host():
+    """An https endpoint whose certificate does not name the host is a failure, never a delivery."""
+    plain = Server(answer(200))  # not TLS at all: the handshake fails
+    try:
+        result = targets.post(targets.resolve(f"https://127.0.0.1:{plain.port}/", True), b"{}", {}, timeout=3)
+    finally:
+        plain.stop()
+    assert not result.ok and result.error in ("tls_error", "connection_closed", "connection_reset")
