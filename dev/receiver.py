@@ -66,6 +66,9 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # As real servers do: else Nagle holds the body back behind the headers on a kept-alive
+            # connection until the client's delayed ACK, 40 ms.
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
@@ -93,7 +96,10 @@ class Receiver:
             def log_message(self, *_args: Any) -> None:
                 pass  # the request line is not worth a line; on_event says what came
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # http.server's 5 drops SYNs under a burst of connections
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="receiver", daemon=True)

@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from google.auth import crypt, jwt
 
+IDLE_POLL_SECONDS = 0.02
+
 
 class Relay:
     def __init__(self, pubsub_host: str, subscription: str, endpoint: str, audience: str, service_account: str,
@@ -63,7 +65,10 @@ class Relay:
         return jwt.encode(self.signer, claims).decode()
 
     def pull(self, count: int) -> list[dict]:
-        resp = self.http.post(f"{self.base}:pull", json={"maxMessages": count}, timeout=60)
+        # returnImmediately: the emulator's long-poll does not always wake for a message
+        # published while it waits (a quiet subscription's pull then hangs past a minute).
+        resp = self.http.post(f"{self.base}:pull", json={"maxMessages": count, "returnImmediately": True},
+                              timeout=10)
         resp.raise_for_status()
         return resp.json().get("receivedMessages", [])
 
@@ -132,6 +137,8 @@ class Relay:
                     self.slots.release()
                 for item in received:
                     pool.submit(self.deliver, item)
+                if not received:
+                    time.sleep(IDLE_POLL_SECONDS)  # the poll interval of an empty subscription
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     hooks.add_argument("--workspace", required=True, type=_workspace)
     hooks.add_argument("--json", action="store_true", help="print a JSON array")
 
-    remove = commands.add_parser("remove-webhook", help="remove an endpoint; nothing more is sent to it")
+    remove = commands.add_parser("remove-webhook", help="remove an endpoint; nothing more is sent to it after 5 s")
     remove.add_argument("endpoint_id", metavar="ID", help="the id from add-webhook or list-webhooks (we_...)")
 
     rotate = commands.add_parser(
@@ -217,7 +217,8 @@ def _remove_webhook(db, args) -> int:
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
         return 1
-    print(f"Removed webhook endpoint {endpoint.id} ({endpoint.url}); nothing more is sent to it.")
+    print(f"Removed webhook endpoint {endpoint.id} ({endpoint.url}); nothing more is sent to it once "
+          f"instances' copies of it are out of date (at most {webhooks.ENDPOINT_CACHE_SECONDS:.0f} s).")
     return 0
 
 

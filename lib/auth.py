@@ -14,14 +14,13 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Generic, TypeVar
+from typing import Callable
 
 from google.cloud import firestore
 
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, upstream
 from lib.errors import InvalidApiKey
 
 COLLECTION = "api_keys"
@@ -73,38 +72,6 @@ def bearer_key(authorization: str | None) -> str:
     return key
 
 
-V = TypeVar("V")
-
-
-class _TtlLru(Generic[V]):
-    """A bounded map whose entries expire: least recently used goes first when full."""
-
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]):
-        self.ttl, self.max_entries, self._clock = ttl, max_entries, clock
-        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
-
-    def get(self, name: str) -> V | None:
-        entry = self._entries.get(name)
-        if entry is None:
-            return None
-        if entry[0] <= self._clock():
-            del self._entries[name]
-            return None
-        self._entries.move_to_end(name)
-        return entry[1]
-
-    def put(self, name: str, value: V) -> None:
-        if self.ttl <= 0:
-            return
-        self._entries[name] = (self._clock() + self.ttl, value)
-        self._entries.move_to_end(name)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class KeyLookupCache:
     """Key lookups remembered per instance, so a warm instance reads no Firestore
     for a key it has seen within `ttl` seconds; thread-safe.
@@ -120,8 +87,8 @@ class KeyLookupCache:
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
         self._lock = threading.Lock()
-        self._found: _TtlLru[ApiKey] = _TtlLru(ttl, self.MAX_ENTRIES, clock)
-        self._refused: _TtlLru[str] = _TtlLru(min(ttl, self.NEGATIVE_TTL), self.MAX_ENTRIES, clock)
+        self._found: TtlLru[ApiKey] = TtlLru(ttl, self.MAX_ENTRIES, clock)
+        self._refused: TtlLru[str] = TtlLru(min(ttl, self.NEGATIVE_TTL), self.MAX_ENTRIES, clock)
 
     def get(self, key_hash: str) -> ApiKey | str | None:
         """The cached key, the reason it was refused, or None when not cached."""

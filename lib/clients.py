@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator, TypeVar
+from collections import OrderedDict
+from typing import Callable, Generic, Iterator, TypeVar
 
 import requests
 from google.api_core import exceptions as gexc
@@ -93,6 +94,38 @@ def shared(key: tuple, make: Callable[[], T]) -> T:
             if client is None:
                 client = _clients[key] = make()
     return client
+
+
+V = TypeVar("V")
+
+
+class TtlLru(Generic[V]):
+    """A bounded map whose entries expire: least recently used goes first when full."""
+
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]):
+        self.ttl, self.max_entries, self._clock = ttl, max_entries, clock
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+
+    def get(self, name: str) -> V | None:
+        entry = self._entries.get(name)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[name]
+            return None
+        self._entries.move_to_end(name)
+        return entry[1]
+
+    def put(self, name: str, value: V) -> None:
+        if self.ttl <= 0:
+            return
+        self._entries[name] = (self._clock() + self.ttl, value)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def firestore_client(settings: FirestoreSettings) -> firestore.Client:

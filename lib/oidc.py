@@ -11,6 +11,11 @@ verified email). Certificates are fetched from
 their Cache-Control max-age, refetched early at most every 30 s when a token
 names a key id not yet seen (Google rotates keys).
 
+A token whose signature checked out is remembered (its exact text, until
+its `exp`, at most VERIFIED_MAX_ENTRIES of them), so the same token presented
+again costs no RSA check; its validity, issuer, audience and signer are
+checked every time.
+
 Failure reasons go to the log as fixed phrases, never the token or a library
 message that might quote it.
 """
@@ -28,12 +33,16 @@ import requests
 from google.auth import exceptions as auth_exc
 from google.auth import jwt
 
-from lib.clients import shared, upstream
+from lib.clients import TtlLru, shared, upstream
 from lib.errors import Forbidden, InvalidToken, ServiceUnavailable
 
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
 CLOCK_SKEW_SECONDS = 30
 _MAX_AGE = re.compile(r"max-age=(\d+)")
+VERIFIED_MAX_ENTRIES = 1000
+VERIFIED_MAX_SECONDS = 3600.0
+_verified: TtlLru[dict[str, Any]] = TtlLru(VERIFIED_MAX_SECONDS, VERIFIED_MAX_ENTRIES, time.monotonic)
+_verified_lock = threading.Lock()
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -174,11 +183,19 @@ def verify(authorization: str | None, audience: str | None, service_account: str
     known = certs.certs_for(key_id)
     if key_id not in known:
         raise InvalidToken("token signed by an unknown key")
-    try:
-        claims = jwt.decode(token, certs={key_id: known[key_id]}, audience=None,
-                            clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
-    except (auth_exc.GoogleAuthError, ValueError) as exc:
-        raise InvalidToken(_decode_failure(exc)) from None
+    with _verified_lock:
+        claims = _verified.get(token)
+    now = time.time()
+    if claims is not None and not claims["iat"] - CLOCK_SKEW_SECONDS <= now <= claims["exp"] + CLOCK_SKEW_SECONDS:
+        claims = None  # its signature checked out, its time is up: decode() says why
+    if claims is None:
+        try:
+            claims = jwt.decode(token, certs={key_id: known[key_id]}, audience=None,
+                                clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
+        except (auth_exc.GoogleAuthError, ValueError) as exc:
+            raise InvalidToken(_decode_failure(exc)) from None
+        with _verified_lock:
+            _verified.put(token, claims)
     if claims.get("iss") not in GOOGLE_ISSUERS:
         raise InvalidToken("token not issued by Google")
     if claims.get("aud") != audience:

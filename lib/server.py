@@ -48,7 +48,10 @@ class Worker(ThreadWorker):
         # A kernel-level receive timeout survives gthread's setblocking(True)
         # (a Python-level settimeout would not); a read past it fails with
         # EAGAIN, which ends the request and frees the thread.
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", READ_TIMEOUT_SECONDS, 0))
+        # Once per connection: gthread enqueues a keep-alive connection again for each request.
+        if not getattr(conn, "framelane_timeout_set", False):
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", READ_TIMEOUT_SECONDS, 0))
+            conn.framelane_timeout_set = True
         super().enqueue_req(conn)
 
     def handle_error(self, req, client, addr, exc):

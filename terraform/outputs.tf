@@ -70,3 +70,13 @@ output "sweep_service_account" {
   description = "The identity the sweep's OIDC tokens are signed as (SWEEP_SERVICE_ACCOUNT)."
   value       = google_service_account.sweep.email
 }
+
+output "webhooks_service_account" {
+  description = "The identity webhook messages are pushed to the function as (WEBHOOKS_SERVICE_ACCOUNT)."
+  value       = google_service_account.webhooks.email
+}
+
+output "webhooks_topic" {
+  description = "The topic webhook event and delivery messages go through (its subscription's backlog is the retry queue)."
+  value       = google_pubsub_topic.webhooks.name
+}

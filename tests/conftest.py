@@ -35,7 +35,7 @@ BUCKET = "framelane-test-uploads"
 SEED = ROOT.parent / "shared" / "seed" / "uploads-openapi.yaml"
 EVENTS_TOPIC, EVENTS_SUBSCRIPTION = "storage-events", "storage-events-relay"
 WEBHOOKS_TOPIC, WEBHOOKS_DEAD_LETTER_TOPIC = "webhooks", "webhooks-dead-letter"
-WEBHOOK_MAX_ATTEMPTS = 5
+WEBHOOK_MAX_ATTEMPTS = 6
 
 
 @pytest.fixture(scope="session")

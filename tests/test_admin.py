@@ -183,8 +183,8 @@ def test_webhook_deliveries_limits_and_orders_newest_first(backends, db, workspa
     for n in range(5):
         delivery = webhooks.Delivery("we_" + "0" * 32, f"evt_{n}", "upload.completed", "upl_" + "1" * 32, b"{}",
                                      n + 1)
-        webhooks.record_attempt(db, None, delivery, targets.Result(500, None, 12.5), now + timedelta(seconds=n),
-                                workspace=(workspace, "live"))
+        webhooks.write_rows(db, [webhooks.attempt_row(None, delivery, targets.Result(500, None, 12.5),
+                                                      now + timedelta(seconds=n), workspace=(workspace, "live"))])
     out = webhook_cli("webhook-deliveries", "--workspace", workspace, "--limit", "3", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)

@@ -157,3 +157,34 @@ def test_when_a_refetch_fails_a_key_already_known_is_still_checked(cert_server):
     with pytest.raises(ServiceUnavailable):
         cache.certs_for("kid-unknown")  # nothing known to fall back on
     assert cert_server.fetches == 2
+
+
+def test_a_token_seen_before_skips_the_signature_check_but_not_the_others(oidc_issuer, monkeypatch):
+    """The verified-token cache: the same text, verified once; audience, signer and time checked every time."""
+    from dev.oidc_issuer import WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT
+    from lib import oidc
+    from lib.clients import session_http
+    from lib.errors import Forbidden, InvalidToken
+
+    certs = oidc.cert_cache(oidc_issuer.certs_url, session_http())
+    decodes = []
+    real_decode = oidc.jwt.decode
+    monkeypatch.setattr(oidc.jwt, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    now = int(time.time())
+    token = oidc_issuer.webhooks_token(iat=now, exp=now + 3600)
+    for _ in range(3):
+        oidc.verify(f"Bearer {token}", WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT, certs, route="webhooks")
+    assert len(decodes) == 1
+    with pytest.raises(InvalidToken):  # another route's audience: refused, cached or not
+        oidc.verify(f"Bearer {token}", "https://other/audience", WEBHOOKS_SERVICE_ACCOUNT, certs)
+    with pytest.raises(Forbidden):
+        oidc.verify(f"Bearer {token}", WEBHOOKS_AUDIENCE, "other@example.iam.gserviceaccount.com", certs)
+    # Time passes: a cached token past its exp is decoded again, and refused as expired.
+    later = now + 3600 + oidc.CLOCK_SKEW_SECONDS + 5
+    monkeypatch.setattr(oidc.time, "time", lambda: later)
+    import datetime
+    monkeypatch.setattr(oidc.jwt._helpers, "utcnow",
+                        lambda: datetime.datetime.fromtimestamp(later, datetime.timezone.utc).replace(tzinfo=None))
+    with pytest.raises(InvalidToken, match="token"):
+        oidc.verify(f"Bearer {token}", WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT, certs, route="webhooks")
+    assert len(decodes) == 2

@@ -39,10 +39,11 @@ def test_webhook_secrets_are_in_their_endpoint_records_and_nowhere_else(log_dir,
         if collection.id == webhooks.ENDPOINTS:
             continue
         for snap in collection.stream():
-            rows += collection.id == webhooks.DELIVERIES
+            if collection.id == webhooks.DELIVERIES:
+                rows += len(json.loads(snap.get("attempts")))
             text = json.dumps(snap.to_dict(), default=str)
             assert "whsec_" not in text, f"{collection.id}/{snap.id} holds a webhook secret"
-    assert rows >= 10  # the deliveries were there to read
+    assert rows >= 10  # the delivery attempts were there to read
 
 
 def test_no_push_relay_log_holds_a_token(log_dir):

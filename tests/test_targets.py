@@ -101,12 +101,14 @@ class Server:
 
     def __init__(self, handle, host: str = "127.0.0.1"):
         hosts = self.hosts = []
+        peers = self.peers = []
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):  # noqa: N802
                 hosts.append(self.headers.get("Host"))
+                peers.append(self.client_address)
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 handle(self)
 
@@ -214,3 +216,46 @@ def test_tls_is_checked_against_the_urls_host():
     finally:
         plain.stop()
     assert not result.ok and result.error in ("tls_error", "connection_closed", "connection_reset")
+
+
+def test_a_kept_alive_connection_is_reused_for_the_same_checked_address():
+    server = Server(answer(200, b"ok"))
+    try:
+        target = targets.resolve(f"http://127.0.0.1:{server.port}/", True)
+        results = [targets.post(target, b"{}", {}) for _ in range(3)]
+    finally:
+        server.stop()
+    assert all(result.ok for result in results)
+    assert len(set(server.peers)) == 1  # one TCP connection for the three
+
+
+def test_a_pooled_connection_the_receiver_closed_is_replaced_once():
+    closing = {"n": 0}
+
+    def answer_then_close(h):
+        closing["n"] += 1
+        answer(200)(h)
+        h.close_connection = True  # closes after answering, without saying so
+
+    server = Server(answer_then_close)
+    try:
+        target = targets.resolve(f"http://127.0.0.1:{server.port}/", True)
+        first = targets.post(target, b"{}", {})
+        second = targets.post(target, b"{}", {})  # the pooled connection is dead: a new one is used
+    finally:
+        server.stop()
+    assert first.ok and second.ok and closing["n"] == 2 and len(set(server.peers)) == 2
+
+
+def test_a_connection_is_never_reused_for_another_address():
+    """The pool is keyed by the checked address: when the name resolves elsewhere, a new connection goes there."""
+    a = Server(answer(200), "127.0.0.1")
+    try:
+        first = targets.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
+                                             resolver=lambda h, p: ["127.0.0.1"]), b"{}", {})
+        # Same name and port, now resolving to 127.0.0.2, where nothing listens on that port.
+        second = targets.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
+                                              resolver=lambda h, p: ["127.0.0.2"]), b"{}", {})
+    finally:
+        a.stop()
+    assert first.ok and second.error == "connection_refused" and len(a.peers) == 1

@@ -1,0 +1,57 @@
+"""`make run` as a newcomer meets it: it starts, prints its curls and its demo key, and a PUT
+to an upload it minted brings `upload.completed` to its receiver, signature verified, printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from dev import emulators
+from tests.conftest import ROOT
+
+
+def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_path):
+    ports = {name: str(emulators.free_port()) for name in
+             ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT")}
+    out_path = tmp_path / "make-run.out"
+    with open(out_path, "wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, **ports, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        def printed(pattern: str, timeout: float = 120) -> re.Match:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                match = re.search(pattern, out_path.read_text(errors="replace"))
+                if match:
+                    return match
+                assert run.poll() is None, out_path.read_text(errors="replace")[-3000:]
+                time.sleep(0.1)  # poll interval for its output, not a stand-in for readiness
+            raise AssertionError(f"make run never printed {pattern!r}:\n{out_path.read_text()[-3000:]}")
+
+        key = printed(r"Demo API key for workspace ws_demo: (fl_live_\S+)").group(1)
+        printed(r"Ctrl-C stops everything")
+        text = out_path.read_text()
+        assert "add-webhook --workspace ws_demo" in text and "webhook-deliveries --workspace ws_demo" in text
+        url = f"http://127.0.0.1:{ports['FUNCTION_PORT']}"
+        created = requests.post(f"{url}/v1/uploads", json={"content_type": "video/mp4"},
+                                headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+        put = requests.put(created["upload_url"], data=b"newcomer", headers={"Content-Type": "video/mp4"}, timeout=30)
+        assert put.status_code in (200, 201)
+        line = printed(rf"\[webhook\] upload\.completed {created['id']} status=completed \(webhook-id evt_[0-9a-f]{{32}}; "
+                       r"(signature verified|SIGNATURE NOT VERIFIED)\)", timeout=30)
+        assert line.group(1) == "signature verified"
+        assert key not in out_path.read_text().split("Demo API key", 1)[0]  # nothing before it printed the key
+    finally:
+        os.killpg(run.pid, signal.SIGINT)
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=10)
+    assert run.returncode == 0, out_path.read_text()[-2000:]
