@@ -152,8 +152,8 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
             if owed:
                 webhooks.announce(publisher(settings.firestore.project), settings.webhooks_topic, owed)
             log["webhooks_republished"] = len(owed)
-        except ServiceUnavailable as exc:
-            log["webhooks_republish_failed"] = type(exc.__cause__ or exc).__name__
+        except Exception as exc:  # noqa: BLE001 - the sweep's own work is done; the next run tries again
+            log["webhooks_republish_failed"] = _failure(exc)
     if result.failed:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
         raise ServiceUnavailable(retry_after=30, details={"sweep": result.as_dict()})
@@ -250,6 +250,12 @@ def _authenticate(request: flask.Request, log: dict[str, Any], db: Any) -> auth.
     return key
 
 
+def _failure(exc: BaseException) -> str:
+    """What went wrong, for the log: the backend's error behind our 503, else the error itself."""
+    cause = exc.__cause__ if isinstance(exc, ServiceUnavailable) else None
+    return type(cause or exc).__name__
+
+
 def _storage(settings: Settings, log: dict[str, Any]) -> lifecycle.Storage:
     return lifecycle.Storage(storage_client(settings.firestore.project), settings.upload_bucket, session_http(),
                              _announcer(settings, log))
@@ -262,10 +268,12 @@ def _announcer(settings: Settings, log: dict[str, Any]) -> Callable[[lifecycle.R
     topic = settings.webhooks_topic
 
     def announce(record: lifecycle.Record) -> None:
+        # The state change is stored whatever happens here, and the answer must say so: a failed
+        # publish (Pub/Sub down, or misconfigured) leaves the event owed for the sweep, and the log says why.
         try:
             webhooks.announce(publisher(settings.firestore.project), topic, [record])
-        except ServiceUnavailable as exc:
-            log["webhook_owed"] = type(exc.__cause__ or exc).__name__
+        except Exception as exc:  # noqa: BLE001
+            log["webhook_owed"] = _failure(exc)
 
     return announce
 

@@ -54,7 +54,7 @@ class Receiver:
     """
 
     port: int = 0
-    secrets: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list, repr=False)
     on_event: Callable[[Received], None] | None = None
 
     def __post_init__(self) -> None:

@@ -45,7 +45,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol
 
@@ -87,9 +87,9 @@ class Endpoint:
     workspace_id: str
     mode: str
     url: str
-    secret: str
+    secret: str = field(repr=False)  # never in a repr, a log line or a traceback's message
     created_at: datetime
-    previous_secret: str | None = None
+    previous_secret: str | None = field(default=None, repr=False)
     previous_secret_expires_at: datetime | None = None
 
     @classmethod

@@ -363,3 +363,20 @@ def test_with_webhooks_off_a_state_change_marks_nothing_owed(client, make_key, d
     out = client.post("/v1/uploads", json=VIDEO, headers=bearer(key)).get_json()
     assert client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key)).status_code == 200
     assert lifecycle.OWED_FIELD not in record(db, out["id"])
+
+
+@pytest.mark.parametrize("case", ["topic-missing", "pubsub-down"])
+def test_a_failed_publish_never_fails_the_request_and_leaves_the_event_owed(event_path, serve, make_key, db, case):
+    from dev import emulators
+    host = event_path["pubsub"].extra["host"] if case == "topic-missing" else f"127.0.0.1:{emulators.free_port()}"
+    served = serve(PUBSUB_EMULATOR_HOST=host, WEBHOOKS_TOPIC="no-such-topic" if case == "topic-missing" else "webhooks")
+    key, _ = make_key()
+    out = served.post(json=VIDEO, headers=bearer(key)).json()
+    started = time.monotonic()
+    resp = served.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    assert time.monotonic() - started < 15  # the publish is bounded
+    stored = record(db, out["id"])
+    assert stored["state"] == "cancelled" and lifecycle.OWED_FIELD in stored  # for the sweep to publish again
+    [line] = [line for line in served.log_lines() if line.get("upload_id") == out["id"] and "cancel" in line["message"]]
+    assert line["webhook_owed"] in ("NotFound", "ServiceUnavailable", "RetryError", "DeadlineExceeded", "TimeoutError")
