@@ -34,8 +34,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2048
@@ -59,8 +58,7 @@ class TargetRefused(Exception):
     """The URL may not be called; the message says why (shown to ops, logged)."""
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """A URL that passed the rules, with the addresses its host resolved to (all checked)."""
 
     scheme: str
@@ -70,8 +68,7 @@ class Target:
     addresses: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     """What one POST came to: an HTTP status, or the class of error that stopped it."""
 
     status: int | None
@@ -263,7 +260,10 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
                                               server_hostname=self.host)
 
 
-_tls = ssl.create_default_context()
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Made on first use: loading the system's CA certificates costs tens of milliseconds at import.
+    return ssl.create_default_context()
 
 
 class _Watchdog:
@@ -403,7 +403,7 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = 
             break
         if target.scheme == "https":
             conn = _PinnedHTTPSConnection(target.host, target.port, address, deadline - time.monotonic(),
-                                          tls_context or _tls)
+                                          tls_context or _tls())
         else:
             conn = _PinnedHTTPConnection(target.host, target.port, address, deadline - time.monotonic())
         outcome, unreachable = _exchange(conn, key, target, body, headers, deadline, max_response_bytes,

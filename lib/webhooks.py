@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -282,8 +282,7 @@ def fan_out(db: firestore.Client, publisher: Publisher, topic: str, upload_id: s
 INVALID_PUSH = "The body is not a Pub/Sub push envelope of a webhook event or delivery."
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """A pushed webhooks message: an event to fan out, or one delivery."""
 
     kind: str
@@ -330,8 +329,7 @@ class Message:
 
 # -- step 3: delivery ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
     """One delivery message: which event goes to which endpoint, and its exact body."""
 
     endpoint_id: str
@@ -354,8 +352,7 @@ class Delivery:
             raise InvalidEvent(f"a delivery message lacks the attribute {exc.args[0]}", INVALID_PUSH) from None
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     delivered: bool
     result: targets.Result | None  # None: nothing was sent (the endpoint is gone)
     refused: str | None = None  # why the URL was refused at this delivery
