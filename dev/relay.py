@@ -37,8 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from google.auth import crypt, jwt
 
-IDLE_POLL_SECONDS = 0.02
-
 
 class Relay:
     def __init__(self, pubsub_host: str, subscription: str, endpoint: str, audience: str, service_account: str,
@@ -65,10 +63,10 @@ class Relay:
         return jwt.encode(self.signer, claims).decode()
 
     def pull(self, count: int) -> list[dict]:
-        # returnImmediately: the emulator's long-poll does not always wake for a message
-        # published while it waits (a quiet subscription's pull then hangs past a minute).
-        resp = self.http.post(f"{self.base}:pull", json={"maxMessages": count, "returnImmediately": True},
-                              timeout=10)
+        # A long poll: the emulator answers as soon as a message is published, and holds an idle
+        # pull for as long as it stays idle. Never give up on one: the emulator would still hand
+        # the next message to the abandoned pull, to sit unseen until its ack deadline passed.
+        resp = self.http.post(f"{self.base}:pull", json={"maxMessages": count}, timeout=(5, None))
         resp.raise_for_status()
         return resp.json().get("receivedMessages", [])
 
@@ -137,8 +135,6 @@ class Relay:
                     self.slots.release()
                 for item in received:
                     pool.submit(self.deliver, item)
-                if not received:
-                    time.sleep(IDLE_POLL_SECONDS)  # the poll interval of an empty subscription
 
 
 def main(argv: list[str] | None = None) -> int:

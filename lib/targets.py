@@ -335,7 +335,7 @@ class _Pool:
     MAX_KEYS keys (least recently used closed first), MAX_IDLE_SECONDS idle.
     """
 
-    MAX_IDLE_PER_KEY = 8
+    MAX_IDLE_PER_KEY = 32  # above the threads an instance runs (16), so none is closed for want of room
     MAX_KEYS = 512
     # Below the idle timeouts servers and load balancers commonly use (60 s and more).
     MAX_IDLE_SECONDS = 20.0
