@@ -17,6 +17,10 @@ from lib.errors import InvalidJson, PayloadTooLarge, RequestTimeout, ValidationF
 MAX_BODY_BYTES = 64 * 1024
 
 
+# A serialized origin as browsers send it in `Origin`: scheme://host[:port], no path.
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
 class UploadRequest(BaseModel):
     # Strict: a number is not a content type, and an unknown field is a typo the
     # client wants to hear about rather than have silently ignored.
@@ -33,6 +37,11 @@ class UploadRequest(BaseModel):
     crc32c: StrictStr | None = None
     md5: StrictStr | None = None
 
+    # The browser origin that will PUT the bytes, when the request comes from the
+    # customer's backend rather than that browser: bound to the session in place
+    # of the request's own Origin header (Mux calls it cors_origin too).
+    cors_origin: StrictStr | None = None
+
     @field_validator("size_bytes", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
@@ -40,6 +49,13 @@ class UploadRequest(BaseModel):
         # agrees), so take it as such. Fractions, strings and booleans still fail.
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        return value
+
+    @field_validator("cors_origin")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is not None and not ORIGIN.fullmatch(value):
+            raise ValueError("must be a serialized origin, scheme://host[:port] (http or https, no path)")
         return value
 
     @field_validator("crc32c")
@@ -197,14 +213,12 @@ def validate_upload_request(body: dict[str, Any]) -> UploadRequest:
     try:
         return UploadRequest.model_validate(body)
     except PydanticValidationError as exc:
-        fields = [
-            {
-                "field": ".".join(str(part) for part in err["loc"])[:100] or "body",
-                "type": err["type"],
-                "message": _MESSAGES.get(err["type"], err["msg"]),
-            }
-            for err in exc.errors(include_input=False, include_url=False, include_context=False)
-        ]
+        fields = []
+        for err in exc.errors(include_input=False, include_url=False, include_context=False):
+            field = ".".join(str(part) for part in err["loc"])[:100] or "body"
+            message = _FIELD_RULES.get(field) if err["type"] == "value_error" else None
+            fields.append({"field": field, "type": err["type"],
+                           "message": message or _MESSAGES.get(err["type"], err["msg"])})
         raise ValidationFailed(details={"fields": fields}) from None
 
 
@@ -213,6 +227,12 @@ _MESSAGES = {
     "string_type": "Must be a string.",
     "int_type": "Must be an integer.",
     "greater_than": "Must be a positive integer.",
-    "value_error": "Must be the base64 of the digest, as GCS reports it (crc32c: 4 bytes, md5: 16).",
     "extra_forbidden": "Unknown field.",
+}
+# What a field's own rule (its validator) asks for.
+_DIGEST = "Must be the base64 of the digest, as GCS reports it (crc32c: 4 bytes, md5: 16)."
+_FIELD_RULES = {
+    "crc32c": _DIGEST,
+    "md5": _DIGEST,
+    "cors_origin": "Must be a serialized origin, scheme://host[:port] (http or https, no path), as browsers send Origin.",
 }

@@ -19,6 +19,7 @@ from google.cloud import storage
 
 from lib.clients import STORAGE_RETRY, STORAGE_TIMEOUT, upstream
 from lib.errors import UnsupportedContentType, ValidationFailed
+from lib.models import ORIGIN
 
 # What the renderer takes, each with the extensions its objects may get: the
 # first is used when the filename offers none of the others. An extension is
@@ -65,7 +66,6 @@ ALIASES: dict[str, str] = {
 SUPPORTED = sorted(CONTENT_TYPES)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-
 def normalize_content_type(value: str) -> str:
     """Canonical media type for `value`, or an error the client can act on.
 
@@ -91,7 +91,6 @@ def normalize_content_type(value: str) -> str:
         raise UnsupportedContentType(SUPPORTED)
     return essence
 
-
 def content_type_pattern() -> str:
     """The accepted `content_type` values as one regular expression (JSON Schema dialect)."""
     def caseless(name: str) -> str:
@@ -103,7 +102,6 @@ def content_type_pattern() -> str:
     # also match before a trailing newline in Python, which the service refuses.
     return f"^ *(?:{names}) *(?:;[^\\x00-\\x1f\\x7f-\\x9f]*)?(?![\\s\\S])"
 
-
 def choose_extension(filename: str | None, content_type: str) -> str:
     """The filename's last suffix, ASCII-lower-cased, if it is one of the content
     type's usual extensions (`EXTENSIONS`); otherwise the type's own."""
@@ -114,12 +112,10 @@ def choose_extension(filename: str | None, content_type: str) -> str:
             return suffix.lower()
     return CONTENT_TYPES[content_type]
 
-
 # Test-mode objects live under their own prefix, which a bucket lifecycle rule
 # deletes a day after upload (terraform/storage.tf).
 PREFIXES = {"live": "uploads/", "test": "test-uploads/"}
 UPLOAD_ID = re.compile(r"upl_[0-9a-f]{32}")
-
 
 def new_upload(workspace_id: str, extension: str, mode: str) -> tuple[str, str]:
     """A new upload's id and object name, from one 128-bit random token.
@@ -130,21 +126,17 @@ def new_upload(workspace_id: str, extension: str, mode: str) -> tuple[str, str]:
     token = secrets.token_hex(16)
     return f"upl_{token}", f"{PREFIXES[mode]}{workspace_id}/{token}.{extension}"
 
-
 def source_url(cdn_base_url: str, object_name: str) -> str:
     return f"{cdn_base_url}/{quote(object_name, safe='/')}"
-
 
 def rfc3339(at: datetime) -> str:
     """RFC 3339 UTC, whole seconds: `2026-11-28T16:50:18Z`."""
     return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-
 def lifetime(now: datetime, ttl_seconds: int) -> tuple[datetime, datetime]:
     """(created_at, expires_at) for an upload made at `now`, in whole UTC seconds."""
     created = now.astimezone(timezone.utc).replace(microsecond=0)
     return created, created + timedelta(seconds=ttl_seconds)
-
 
 def mint_session(client: storage.Client, bucket: str, object_name: str, content_type: str,
                  origin: str | None, size: int | None = None, crc32c: str | None = None,
@@ -178,14 +170,12 @@ def mint_session(client: storage.Client, bucket: str, object_name: str, content_
             retry=STORAGE_RETRY,
         )
 
-
 # What a DELETE on a session URL answers once the session takes no more bytes:
 # 499 is GCS's "cancelled"; 404/410 a session already gone.
 _SESSION_ENDED = frozenset({499, 404, 410})
 # What STORAGE_RETRY retries. Any other answer (a 501 from a stand-in, a 400)
 # is returned for the caller to settle by the bucket, never raised as a 500.
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-
 
 def cancel_session(http: requests.Session, session_url: str) -> int:
     """Cancel a resumable session (DELETE on its URL), so it accepts no more bytes.
@@ -208,10 +198,8 @@ def cancel_session(http: requests.Session, session_url: str) -> int:
     with upstream():
         return STORAGE_RETRY(attempt)()
 
-
 def session_ended(status: int) -> bool:
     return status in _SESSION_ENDED
-
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -223,7 +211,6 @@ class StoredObject:
     md5: str | None
     created: datetime  # when it was finalized: the upload's completed_at
 
-
 def stored_object(client: storage.Client, bucket: str, object_name: str) -> StoredObject | None:
     """The object if it exists (its upload completed), else None."""
     with upstream():
@@ -232,7 +219,6 @@ def stored_object(client: storage.Client, bucket: str, object_name: str) -> Stor
         return None
     return StoredObject(size=blob.size, generation=blob.generation, crc32c=blob.crc32c, md5=blob.md5_hash,
                         created=blob.time_created)
-
 
 def delete_object(client: storage.Client, bucket: str, object_name: str, generation: int) -> bool:
     """Delete that generation of the object; False if it is already gone (or replaced).
@@ -247,20 +233,15 @@ def delete_object(client: storage.Client, bucket: str, object_name: str, generat
     except (gexc.NotFound, gexc.PreconditionFailed):
         return False
 
-
-_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
-
-
 def browser_origin(header: str | None) -> str | None:
     """The request's `Origin` if it is a well-formed serialized origin, else None.
 
     Only a browser sends one, and only a well-formed one is worth binding the
     session to; anything else ("null", garbage) is dropped, never forwarded.
     """
-    if header and _ORIGIN.fullmatch(header):
+    if header and ORIGIN.fullmatch(header):
         return header
     return None
-
 
 def now() -> datetime:
     return datetime.now(timezone.utc)

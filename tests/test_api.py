@@ -275,3 +275,32 @@ def test_a_warm_request_imports_nothing_and_builds_no_client(client, auth_header
     assert set(sys.modules) - before_modules == set()
     assert clients.firestore_client(settings.firestore) is before_clients[0]
     assert clients.storage_client(settings.firestore.project) is before_clients[1]
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param("https://app.example.com/", id="trailing-slash"),
+    pytest.param("https://app.example.com/upload", id="path"),
+    pytest.param("null", id="null-origin"),
+    pytest.param("ftp://files.example.com", id="other-scheme"),
+    pytest.param("https://app.example.com\n", id="newline"),
+    pytest.param("app.example.com", id="no-scheme"),
+    pytest.param("", id="empty"),
+    pytest.param(42, id="not-a-string"),
+])
+def test_a_malformed_cors_origin_is_422_naming_the_field(client, key, value):
+    resp = client.post("/v1/uploads", json={"content_type": "video/mp4", "cors_origin": value},
+                       headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 422
+    error = resp.get_json()["error"]
+    assert error["code"] == "validation_error" and [f["field"] for f in error["details"]["fields"]] == ["cors_origin"]
+    assert str(value) not in json.dumps(error["details"]) or value in ("", 42)  # never the value sent
+
+
+def test_the_documents_cors_origin_pattern_admits_exactly_what_the_code_accepts(openapi_doc):
+    import re
+
+    from lib.models import ORIGIN
+    pattern = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"]["cors_origin"]["anyOf"][0]["pattern"]
+    for value in ("https://app.example.com", "http://localhost:5173", "https://[::1]:8443", "https://a.b.c:1",
+                  "https://app.example.com/", "https://app.example.com\n", "null", "ftp://x.example", "https://"):
+        assert bool(re.search(pattern, value)) == bool(ORIGIN.fullmatch(value)), value

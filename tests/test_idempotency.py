@@ -238,3 +238,25 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     winner_upload.delete()  # not a real upload: keep it out of the sweeps
     replay = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=30)
     assert replay == idempotency.Replay(winner)
+
+
+def test_fingerprints_of_requests_without_new_fields_are_what_they_were():
+    """A field added to the request (cors_origin) must not change the fingerprint of requests that
+    do not use it: records written before its deploy must still replay. The value is v2's, fixed."""
+    from lib import models, uploads
+    upload = models.validate_upload_request({"content_type": "video/mp4", "filename": "clip.mp4", "size_bytes": 2048})
+    import main
+    meaning = main.request_meaning(upload, uploads.normalize_content_type(upload.content_type))
+    assert idempotency.fingerprint(meaning) == "v2:234b38699173c7e910a9cf4e654b0b3c70c6e92d76502733f09859c4943e11a8"
+    named = models.validate_upload_request({"content_type": "video/mp4", "filename": "clip.mp4", "size_bytes": 2048,
+                                            "cors_origin": "https://app.example.com"})
+    assert idempotency.fingerprint(main.request_meaning(named, "video/mp4")) != idempotency.fingerprint(meaning)
+
+
+def test_the_same_key_with_another_cors_origin_is_reused(client, key):
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = client.post("/v1/uploads", json={**VIDEO, "cors_origin": "https://a.example.com"}, headers=headers)
+    again = client.post("/v1/uploads", json={**VIDEO, "cors_origin": "https://a.example.com"}, headers=headers)
+    other = client.post("/v1/uploads", json={**VIDEO, "cors_origin": "https://b.example.com"}, headers=headers)
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
+    assert other.get_json()["error"]["code"] == "idempotency_key_reused"

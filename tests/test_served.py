@@ -188,3 +188,19 @@ def test_paths_the_framework_answers_itself_still_get_the_envelope(served_defaul
         assert resp.status_code == 404
         assert resp.json()["error"]["code"] == "not_found"
         assert resp.headers["X-Request-Id"] == "framework-404" and resp.headers["Cache-Control"] == "no-store"
+
+
+def test_cors_origin_is_bound_in_place_of_the_origin_header(backends, serve, key):
+    """A backend minting for a browser names the browser's origin; the backend's own Origin (if any) is not used."""
+    with RecordingProxy(backends["storage"].url) as proxy:
+        served = serve(STORAGE_EMULATOR_HOST=proxy.url)
+        named = served.post(json={**VIDEO, "cors_origin": "https://app.example.com:8443"},
+                            headers={"Authorization": f"Bearer {key}", "Origin": "https://backend.example.net"})
+        assert named.status_code == 201, named.text
+        fallback = served.post(json={**VIDEO, "cors_origin": None},
+                               headers={"Authorization": f"Bearer {key}", "Origin": "https://page.example.org"})
+        assert fallback.status_code == 201, fallback.text
+    first, second = ({k.lower(): v for k, v in r["headers"].items()} for r in proxy.requests
+                     if "uploadType=resumable" in r["path"])
+    assert first["origin"] == "https://app.example.com:8443"
+    assert second["origin"] == "https://page.example.org"
