@@ -23,7 +23,7 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -138,16 +138,26 @@ def _list(db, args) -> int:
             for d in [snap.to_dict()]
         ]
     rows.sort(key=lambda row: row["created_at"] or "")
-    if args.json:
+    return _show(rows, args.json, f"No keys for workspace {args.workspace}.", (
+        ("ID", 64, lambda row: row["id"]), ("PREFIX", 12, lambda row: row["prefix"]),
+        ("MODE", 4, lambda row: row["mode"]), ("CREATED", 20, lambda row: row["created_at"] or "-"),
+        ("REVOKED", 20, lambda row: row["revoked_at"] or "-"), ("NAME", 0, lambda row: row["name"] or "")))
+
+
+Column = tuple[str, int, Callable[[dict], Any]]  # title, width (0: the last, unpadded), value
+
+
+def _show(rows: list[dict], as_json: bool, empty: str, columns: tuple[Column, ...]) -> int:
+    """`rows` as a JSON array, or as a table (or `empty`, on stderr, when there are none)."""
+    if as_json:
         print(json.dumps(rows))
         return 0
     if not rows:
-        print(f"No keys for workspace {args.workspace}.", file=sys.stderr)
+        print(empty, file=sys.stderr)
         return 0
-    print(f"{'ID':<64}  {'PREFIX':<12}  {'MODE':<4}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
+    print("  ".join(f"{title:<{width}}" if width else title for title, width, _ in columns))
     for row in rows:
-        print(f"{row['id']:<64}  {row['prefix']:<12}  {row['mode']:<4}  {row['created_at'] or '-':<20}  "
-              f"{row['revoked_at'] or '-':<20}  {row['name'] or ''}")
+        print("  ".join(f"{str(value(row)):<{width}}" if width else str(value(row)) for _, width, value in columns))
     return 0
 
 
@@ -199,17 +209,11 @@ def _add_webhook(db, args) -> int:
 
 def _list_webhooks(db, args) -> int:
     rows = [endpoint.public() for endpoint in webhooks.list_endpoints(db, args.workspace)]
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    if not rows:
-        print(f"No webhook endpoints for workspace {args.workspace}.", file=sys.stderr)
-        return 0
-    print(f"{'ID':<35}  {'MODE':<4}  {'CREATED':<20}  {'OLD SECRET UNTIL':<20}  URL")
-    for row in rows:
-        print(f"{row['id']:<35}  {row['mode']:<4}  {row['created_at']:<20}  "
-              f"{row['previous_secret_expires_at'] or '-':<20}  {row['url']}")
-    return 0
+    return _show(rows, args.json, f"No webhook endpoints for workspace {args.workspace}.", (
+        ("ID", 35, lambda row: row["id"]), ("MODE", 4, lambda row: row["mode"]),
+        ("CREATED", 20, lambda row: row["created_at"]),
+        ("OLD SECRET UNTIL", 20, lambda row: row["previous_secret_expires_at"] or "-"),
+        ("URL", 0, lambda row: row["url"])))
 
 
 def _remove_webhook(db, args) -> int:
@@ -241,19 +245,12 @@ def _rotate_webhook_secret(db, args) -> int:
 
 def _webhook_deliveries(db, args) -> int:
     rows = webhooks.recent_deliveries(db, args.workspace, args.limit)
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    if not rows:
-        print(f"No webhook deliveries for workspace {args.workspace} in the last 7 days.", file=sys.stderr)
-        return 0
-    print(f"{'AT':<20}  {'EVENT':<36}  {'TYPE':<16}  {'ENDPOINT':<35}  {'TRY':>3}  {'RESULT':<22}  {'MS':>7}")
-    for row in rows:
-        result = "dead-lettered" if row["dead_lettered"] else str(row["status"] or row["error"] or "-")
-        latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}"
-        print(f"{row['at']:<20}  {row['event_id']:<36}  {row['event_type']:<16}  {row['endpoint_id']:<35}  "
-              f"{row['attempt'] if row['attempt'] is not None else '-':>3}  {result:<22}  {latency:>7}")
-    return 0
+    return _show(rows, args.json, f"No webhook deliveries for workspace {args.workspace} in the last 7 days.", (
+        ("AT", 20, lambda row: row["at"]), ("EVENT", 36, lambda row: row["event_id"]),
+        ("TYPE", 16, lambda row: row["event_type"]), ("ENDPOINT", 35, lambda row: row["endpoint_id"]),
+        ("TRY", 3, lambda row: "-" if row["attempt"] is None else row["attempt"]),
+        ("RESULT", 22, lambda row: "dead-lettered" if row["dead_lettered"] else (row["status"] or row["error"] or "-")),
+        ("MS", 0, lambda row: "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}")))
 
 
 def _iso(value: datetime | None) -> str | None:
