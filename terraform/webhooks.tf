@@ -120,7 +120,15 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards_webhooks" {
 
 # Dead-lettered deliveries are pushed back to the function, which records them
 # (`webhook-deliveries` shows "dead-lettered"); a fan-out that was dead-lettered
-# stays owed on its upload and the sweep publishes it again.
+# stays owed on its upload and the sweep publishes it again. The route reads the
+# message's own attributes (kind, endpoint_id, event_id, ...): a forwarded
+# message keeps its data and attributes, and Pub/Sub adds its
+# CloudPubSubDeadLetterSource* attributes beside them
+# (https://cloud.google.com/pubsub/docs/dead-letter-topics; the excerpt found
+# here did not quote that paragraph, so this rests on it and on client code
+# that reads those attributes beside the original ones). If it ever did not
+# hold, the route answers 400 and the message stays on the dead-letter
+# subscription for 7 days; the delivery attempts before it are recorded anyway.
 resource "google_pubsub_subscription" "webhooks_dead" {
   project                    = var.project_id
   name                       = "${var.name}-webhooks-dead"
