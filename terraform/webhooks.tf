@@ -10,9 +10,11 @@
 # Each (event, endpoint) pair is its own message, so Pub/Sub retries a failing
 # endpoint's deliveries alone. Retries: exponential backoff from 10 s to 600 s
 # (the most a retry policy allows), for var.webhook_max_delivery_attempts
-# attempts: at 100, about 10+20+40+80+160+320 s and then 94 x 600 s, some 16
-# hours, over the 12 the product promises. Google calls both the backoff and
-# the attempt count best effort.
+# attempts: at 100, if each wait doubles until the cap, 10+20+40+80+160+320 s
+# and then 93 x 600 s, some 16 hours, over the 12 the product promises. Google
+# documents the backoff as exponential between the bounds without stating the
+# factor (a slower growth only reaches the cap later, so 80 attempts stay near
+# 12 hours), and calls both the backoff and the attempt count best effort.
 #
 # Google's pages this follows:
 # - Retry policy: https://cloud.google.com/pubsub/docs/subscription-retry-policy
