@@ -47,14 +47,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from standardwebhooks.webhooks import Webhook
 
 from lib import lifecycle, logs, targets, uploads as media
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, Publisher, TtlLru, shared, upstream
 from lib.errors import InvalidEvent
 
 ENDPOINTS = "webhook_endpoints"
@@ -74,11 +74,6 @@ ENDPOINT_ID_PREFIX = "we_"
 SECRET_PREFIX = "whsec_"
 # Message attributes: which step a message is for.
 KIND_EVENT, KIND_DELIVERY = "event", "delivery"
-
-
-class Publisher(Protocol):
-    def publish(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
-        """Publish every message; raise ServiceUnavailable unless all were accepted."""
 
 
 @dataclass(frozen=True)
