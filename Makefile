@@ -26,7 +26,7 @@ bench: $(VENV)/.installed
 audit: $(VENV)/.installed
 	$(VENV)/bin/pip-audit -r requirements.txt --strict
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt client/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

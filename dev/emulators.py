@@ -311,6 +311,19 @@ def start_fake_gcs(log_dir: Path, port: int | None = None, timeout: float = 30.0
     return _start(name, argv, url, _http_ok(url + "/storage/v1/b"), env, log_dir, timeout)
 
 
+def start_gcp_storage_emulator(log_dir: Path, bucket: str, port: int | None = None, timeout: float = 30.0,
+                               name: str = "gcp-storage-emulator") -> Service:
+    """The PyPI `gcp-storage-emulator`, in memory, with `bucket`: unlike
+    fake-gcs-server it answers a resumable status query (`bytes */N`) with 308
+    and `Range` instead of finalizing, and refuses a chunk at the wrong offset,
+    so the upload command's resuming is judged against it."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+            "--in-memory", "--default-bucket", bucket, "--quiet"]
+    return _start(name, argv, url, _http_ok(f"{url}/storage/v1/b/{bucket}"), None, log_dir, timeout)
+
+
 def create_bucket(storage_url: str, bucket: str) -> None:
     """Create `bucket` on fake-gcs-server (409 if it exists is fine)."""
     req = urllib.request.Request(f"{storage_url}/storage/v1/b", method="POST",

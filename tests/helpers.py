@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
@@ -46,39 +49,71 @@ def parse_rfc3339_utc(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A RecordingProxy script's reply in the server's place (the request is not forwarded)."""
+    status: int
+    headers: dict = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A RecordingProxy script's order: forward, then hold the reply `seconds` before sending it."""
+    seconds: float
+
+
 class RecordingProxy:
     """A loopback HTTP proxy in front of a real server, recording each request.
 
     Used as STORAGE_EMULATOR_HOST to see exactly what the function sends to
     Storage (headers fake-gcs-server accepts but ignores, such as Origin).
+    `script(request)`, if given, may answer a request itself (`Answer`) or
+    stall its reply (`Stall`); None forwards it. `keep_host` passes the
+    client's Host on, so a server that builds URLs from it (gcp-storage-emulator's
+    resumable session URL) names the proxy.
     """
 
-    def __init__(self, target_url: str):
+    def __init__(self, target_url: str, script: Callable[[dict], Answer | Stall | None] | None = None,
+                 keep_host: bool = False):
         target = urlsplit(target_url)
         self.requests: list[dict] = []
+        self.lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def _forward(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                proxy.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                       "body": body or b""})
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
+            def _reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+                self.send_response(status)
+                for k, v in headers:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                request = {"method": self.command, "path": self.path, "headers": dict(self.headers),
+                           "body": body or b"", "at": time.monotonic()}
+                with proxy.lock:
+                    proxy.requests.append(request)
+                    order = script(request) if script else None
+                if isinstance(order, Answer):
+                    self._reply(order.status, list(order.headers.items()), order.body)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                dropped = ("connection",) if keep_host else ("host", "connection")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
                 conn.close()
+                if isinstance(order, Stall):
+                    time.sleep(order.seconds)  # the stall itself, not a wait for readiness
+                self._reply(resp.status, resp.getheaders(), data)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
 

@@ -1,0 +1,368 @@
+"""`python -m client`: upload a file to Framelane, resumably; look one up; cancel one.
+
+    python -m client upload FILE [--content-type T] [--json] [--quiet]
+    python -m client status ID
+    python -m client cancel ID
+
+The key comes from FRAMELANE_API_KEY and the API from FRAMELANE_API_URL (or
+--api-key / --api-url). Exit statuses are EXIT_* below, and in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import mimetypes
+import os
+import sys
+from typing import Any, Callable
+
+import requests
+
+from client import state
+from client.resumable import CHUNK_QUANTUM, Refused, SessionGone, Uploader
+from client.transport import GaveUp, Retry, session
+from lib.mediatypes import ALIASES, EXTENSIONS
+
+EXIT_OK = 0
+EXIT_REFUSED = 1       # the API or storage said no: `code: message` on stderr
+EXIT_USAGE = 2         # bad arguments, no key or URL, unreadable file, unknown type
+EXIT_FILE_CHANGED = 3  # the file changed since its upload was interrupted
+EXIT_GAVE_UP = 4       # retries ran out (network or service down); rerun to resume
+EXIT_INTERRUPTED = 130  # Ctrl-C; rerun to resume
+
+USER_AGENT = "framelane-upload/1"
+DEFAULT_CHUNK = 8 * 1024 * 1024
+
+
+class Failure(Exception):
+    """Ends the command with `message` on stderr and `status`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ApiError(Failure):
+    def __init__(self, response: requests.Response):
+        try:
+            error = response.json()["error"]
+            code, message = error["code"], error["message"]
+        except (ValueError, KeyError, TypeError):
+            code, message = f"http_{response.status_code}", " ".join(response.text[:200].split()) or "no message"
+        super().__init__(EXIT_REFUSED, f"{code}: {message}")
+        self.code = code
+
+
+class Api:
+    def __init__(self, http: requests.Session, url: str, key: str, retry: Retry, timeout: float):
+        self.http, self.url, self.key, self.retry, self.timeout = http, url.rstrip("/"), key, retry, timeout
+
+    def call(self, method: str, path: str, *, body: dict | None = None, headers: dict | None = None,
+             ok: tuple[int, ...] = (200,)) -> requests.Response:
+        while True:
+            try:
+                response = self.http.request(
+                    method, self.url + path, json=body, allow_redirects=False, timeout=(10, self.timeout),
+                    headers={"Authorization": f"Bearer {self.key}", **(headers or {})})
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                outcome: requests.Response | Exception = exc
+            else:
+                if response.status_code in ok:
+                    self.retry.progress()
+                    return response
+                if not Retry.transient(response):
+                    raise ApiError(response)
+                outcome = response
+            self.retry.wait(outcome)
+
+
+def guess_content_type(path: str) -> str | None:
+    """Our type for the file's extension (EXTENSIONS' order decides `.mp4`:
+    video), else what `mimetypes` says if we take it under that name or an alias."""
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    for name, extensions in EXTENSIONS.items():
+        if suffix in extensions:
+            return name
+    guessed, _ = mimetypes.guess_type(path, strict=False)
+    guessed = ALIASES.get(guessed or "", guessed)
+    return guessed if guessed in EXTENSIONS else None
+
+
+def crc32c_of(fd: int, size: int) -> str:
+    """Base64 of the big-endian CRC32C, as GCS reports it (1 MiB reads)."""
+    import base64
+
+    import google_crc32c
+
+    checksum, at = google_crc32c.Checksum(), 0
+    while at < size:
+        block = os.pread(fd, min(1 << 20, size - at), at)
+        if not block:
+            break
+        checksum.update(block)
+        at += len(block)
+    return base64.b64encode(checksum.digest()).decode()
+
+
+def idempotency_key(file: state.FileId, crc32c: str, previous: str | None) -> str:
+    """The same file (path, inode, size, mtime, bytes) gives the same key, so a
+    rerun after a crash before the state was saved gets the same session back.
+    `previous` is an upload of it that ended unfinished: then a new one."""
+    identity = json.dumps([file.path, file.device, file.inode, file.size, file.mtime_ns, crc32c, previous])
+    return "cli-" + hashlib.sha256(identity.encode()).hexdigest()
+
+
+def parse_size(text: str) -> int:
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    lowered = text.strip().lower()
+    for unit, factor in units.items():
+        if lowered.endswith(unit) and lowered[: -len(unit)].strip().isdigit():
+            value = int(lowered[: -len(unit)]) * factor
+            break
+    else:
+        if not lowered.isdigit():
+            raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or with KiB/MiB/GiB)")
+        value = int(lowered)
+    if value <= 0 or value % CHUNK_QUANTUM:
+        raise argparse.ArgumentTypeError(f"chunk size must be a positive multiple of 256 KiB, not {text!r}")
+    return value
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class Progress:
+    """A tqdm bar on stderr, or nothing (not a terminal, or --quiet)."""
+
+    def __init__(self, enabled: bool, total: int, name: str):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
+                            file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def show(self, n: int) -> None:
+        if self.bar is not None and n != self.bar.n:
+            self.bar.update(n - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Command:
+    def __init__(self, args: argparse.Namespace, out: Callable[[str], None], note: Callable[[str], None]):
+        self.args, self.out, self.note = args, out, note
+        self.retry = Retry()
+        self.http = session(USER_AGENT)
+        self.api = Api(self.http, args.api_url, args.api_key, self.retry, args.timeout)
+
+    # --- upload ---
+
+    def upload(self) -> int:
+        args = self.args
+        try:
+            file = state.FileId.of(args.file)
+            fd = os.open(file.path, os.O_RDONLY)
+        except OSError as exc:
+            raise Failure(EXIT_USAGE, f"cannot read {args.file}: {exc.strerror}") from None
+        try:
+            return self._upload(file, fd)
+        finally:
+            os.close(fd)
+
+    def _upload(self, file: state.FileId, fd: int) -> int:
+        args = self.args
+        content_type = args.content_type or guess_content_type(file.path)
+        if content_type is None:
+            supported = ", ".join(sorted(EXTENSIONS))
+            raise Failure(EXIT_USAGE, f"cannot tell the content type of {args.file} from its name; "
+                                      f"pass --content-type (one of: {supported})")
+        where = state.path_for(args.api_url, args.api_key, file)
+        saved, offset = self._resume(where, file, fd)
+        if saved is None:
+            saved, offset = self._begin(where, file, fd, content_type)
+        progress = Progress(not args.quiet and sys.stdout.isatty() and sys.stderr.isatty(), file.size,
+                            os.path.basename(file.path))
+        try:
+            if offset is not None:
+                self._check_unchanged(file)
+                self._uploader(saved, fd, progress.show).send(offset)
+        except SessionGone:
+            state.remove(where)
+            raise Failure(EXIT_REFUSED, f"upload {saved.upload_id} was cancelled or has expired; "
+                                        "run the command again to start a new one") from None
+        except Refused as exc:
+            # Bytes other than the declared ones (size, CRC32C): the file changed under us.
+            state.remove(where)
+            raise Failure(EXIT_REFUSED, f"{exc}; upload {saved.upload_id} was not completed") from None
+        finally:
+            progress.close()
+        state.remove(where)
+        if args.json:
+            self.out(json.dumps({"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size}))
+        else:
+            self.out(f"uploaded {os.path.basename(file.path)} ({_human(file.size)})\n"
+                     f"id          {saved.upload_id}\nsource_url  {saved.source_url}")
+        return EXIT_OK
+
+    def _check_unchanged(self, file: state.FileId) -> None:
+        try:
+            now = state.FileId.of(file.path)
+        except OSError:
+            now = None
+        if now != file:
+            raise Failure(EXIT_FILE_CHANGED, f"{self.args.file} changed while it was being uploaded; "
+                                             "run the command again to upload it as it is now")
+
+    def _resume(self, where, file: state.FileId, fd: int) -> tuple[state.Saved | None, int | None]:
+        """The saved upload of this file and how much its session holds (None:
+        finalized), or (None, None) when there is nothing to resume."""
+        saved = state.load(where)
+        if saved is None:
+            return None, None
+        if saved.file != file:
+            if not self.args.restart:
+                raise Failure(EXIT_FILE_CHANGED,
+                              f"{self.args.file} changed since upload {saved.upload_id} of it was interrupted "
+                              f"(it was {saved.file.size} bytes, modified at {saved.file.mtime_ns} ns; "
+                              f"it is {file.size} bytes, {file.mtime_ns} ns). Rerun with --restart to cancel "
+                              "that upload and upload the file as it is now.")
+            self._cancel_quietly(saved.upload_id)
+            state.remove(where)
+            return None, None
+        standing, offset = self._ask_session(where, saved, fd)
+        if standing is None:
+            self.note(f"upload {saved.upload_id} had expired or was cancelled; starting a new one")
+        return standing, offset
+
+    def _uploader(self, saved: state.Saved, fd: int, shown: Callable[[int], None] = lambda n: None) -> Uploader:
+        return Uploader(self.http, saved.upload_url, fd, saved.file.size, chunk=self.args.chunk_size,
+                        retry=self.retry, timeout=self.args.timeout, shown=shown)
+
+    def _ask_session(self, where, saved: state.Saved, fd: int) -> tuple[state.Saved | None, int | None]:
+        """(saved, what its session holds), (saved, None) if the upload is
+        complete, or (None, None) if it ended unfinished (its state removed)."""
+        try:
+            offset = self._uploader(saved, fd).holds()
+        except SessionGone:
+            state.remove(where)
+            return (saved, None) if self._completed(saved.upload_id) else (None, None)
+        if offset:
+            self.note(f"resuming upload {saved.upload_id} at {_human(offset)} of {_human(saved.file.size)}")
+        return saved, offset
+
+    def _begin(self, where, file: state.FileId, fd: int, content_type: str) -> tuple[state.Saved, int | None]:
+        crc32c = crc32c_of(fd, file.size)
+        self._check_unchanged(file)
+        body: dict[str, Any] = {"content_type": content_type, "filename": os.path.basename(file.path),
+                                "crc32c": crc32c}
+        if file.size:
+            body["size_bytes"] = file.size
+        previous = None
+        for _ in range(3):
+            response = self.api.call("POST", "/v1/uploads", body=body, ok=(200, 201),
+                                     headers={"Idempotency-Key": idempotency_key(file, crc32c, previous)})
+            created = response.json()
+            saved = state.Saved(created["id"], created["upload_url"], created["source_url"], crc32c, file)
+            state.save(where, saved)
+            if response.status_code == 201:
+                return saved, 0
+            # A replay: an earlier run made this upload; its session says how far it got.
+            standing, offset = self._ask_session(where, saved, fd)
+            if standing is not None:
+                return standing, offset
+            previous = saved.upload_id
+        raise Failure(EXIT_REFUSED, "every upload session made for this file ended before it was used")
+
+    def _completed(self, upload_id: str) -> bool:
+        """Whether the upload completed, when its session no longer answers: a
+        session is forgotten some time after it finalized the object (and a
+        run killed after the last chunk never removed its state)."""
+        return self.api.call("GET", f"/v1/uploads/{upload_id}").json()["status"] == "completed"
+
+    def _cancel_quietly(self, upload_id: str) -> None:
+        try:
+            self.api.call("POST", f"/v1/uploads/{upload_id}/cancel")
+        except ApiError as exc:
+            if exc.code not in ("upload_not_found", "upload_completed"):
+                raise
+
+    # --- status, cancel ---
+
+    def status(self) -> int:
+        self.out(json.dumps(self.api.call("GET", f"/v1/uploads/{self.args.id}").json(), indent=2))
+        return EXIT_OK
+
+    def cancel(self) -> int:
+        response = self.api.call("POST", f"/v1/uploads/{self.args.id}/cancel")
+        for path, saved in state.every():
+            if saved.upload_id == self.args.id:
+                state.remove(path)
+        self.out(json.dumps(response.json(), indent=2))
+        return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api-url", default=os.environ.get("FRAMELANE_API_URL"),
+                        help="the API's base URL (default: $FRAMELANE_API_URL)")
+    common.add_argument("--api-key", default=os.environ.get("FRAMELANE_API_KEY"),
+                        help="the API key (default: $FRAMELANE_API_KEY, which keeps it out of `ps`)")
+    common.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="how long to wait for any one answer before retrying (default 60)")
+
+    top = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("upload", parents=[common], help="upload a file; rerun to resume")
+    up.add_argument("file")
+    up.add_argument("--content-type", help="the file's media type (default: guessed from its name)")
+    up.add_argument("--json", action="store_true", help="print {id, source_url, size_bytes} as JSON")
+    up.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
+    up.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK, metavar="SIZE",
+                    help="bytes per PUT, a multiple of 256 KiB (default 8MiB)")
+    up.add_argument("--restart", action="store_true",
+                    help="if the file changed since its upload was interrupted, cancel that upload and start anew")
+    for name, text in (("status", "show an upload"), ("cancel", "cancel a pending upload")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("id")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def out(text: str) -> None:
+        print(text, flush=True)
+
+    def note(text: str) -> None:
+        if not getattr(args, "quiet", False):
+            print(text, file=sys.stderr, flush=True)
+
+    def fail(status: int, message: str) -> int:
+        print(message, file=sys.stderr, flush=True)
+        return status
+
+    if not args.api_url:
+        return fail(EXIT_USAGE, "error: no API URL: set FRAMELANE_API_URL or pass --api-url")
+    if not args.api_key:
+        return fail(EXIT_USAGE, "error: no API key: set FRAMELANE_API_KEY or pass --api-key")
+    try:
+        command = Command(args, out, note)
+        return getattr(command, args.command)()
+    except ApiError as exc:
+        return fail(exc.status, str(exc))
+    except Failure as exc:
+        return fail(exc.status, f"error: {exc}")
+    except GaveUp as exc:
+        return fail(EXIT_GAVE_UP, f"error: gave up ({exc.last}); run the same command again to resume")
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERRUPTED, "error: interrupted; run the same command again to resume")

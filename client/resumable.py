@@ -1,0 +1,137 @@
+"""The GCS resumable-upload protocol, from the client's side.
+
+https://cloud.google.com/storage/docs/performing-resumable-uploads:
+- each chunk but the last is a multiple of 256 KiB, sent with
+  `Content-Range: bytes FIRST-LAST/TOTAL`;
+- 308 means "more, please": its `Range: bytes=0-N` says what the session holds
+  (N + 1 bytes), which may be less than was sent; no `Range` means nothing;
+- 200 or 201 means the object is finalized;
+- after an interruption, `PUT` with `Content-Range: bytes */TOTAL` and no body
+  asks the session how much it holds, and the upload goes on from there.
+A cancelled session answers 499, an expired one 404 or 410 (the same set
+`lib/uploads.py` reads when it cancels sessions).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable
+
+import requests
+
+from client.transport import Retry
+
+CHUNK_QUANTUM = 256 * 1024
+SESSION_ENDED = frozenset({404, 410, 499})
+_RANGE = re.compile(r"bytes=0-([0-9]+)")
+
+
+class SessionGone(Exception):
+    """The session was cancelled or expired (GCS answered 499, 404 or 410)."""
+
+
+class Refused(Exception):
+    """Storage refused the bytes for good (a 4xx that retrying cannot change)."""
+
+    def __init__(self, response: requests.Response):
+        text = " ".join(response.text[:300].split())
+        super().__init__(f"storage answered HTTP {response.status_code}" + (f": {text}" if text else ""))
+        self.status = response.status_code
+
+
+def persisted(response: requests.Response) -> int:
+    """Bytes a 308 says the session holds."""
+    match = _RANGE.fullmatch(response.headers.get("Range", "").strip())
+    return int(match.group(1)) + 1 if match else 0
+
+
+class _Slice:
+    """Bytes [start, end) of an open file, read as they are sent: the body of
+    one chunk PUT without holding the chunk in memory. It has `read` and
+    `__len__` and nothing else, so requests sends it with a Content-Length."""
+
+    def __init__(self, fd: int, start: int, end: int, sent: Callable[[int], None]):
+        self._fd, self._at, self._end, self._sent = fd, start, end, sent
+
+    def __len__(self) -> int:
+        return self._end - self._at
+
+    def read(self, size: int = -1) -> bytes:
+        size = len(self) if size is None or size < 0 else min(size, len(self))
+        data = os.pread(self._fd, size, self._at)
+        self._at += len(data)
+        self._sent(self._at)
+        return data
+
+
+class Uploader:
+    """Sends one file to one session URL, resuming and retrying as it goes.
+
+    `shown(n)` is told how many bytes are across (sent, then what the session
+    confirms); it may go back when a retry finds the session holds less.
+    """
+
+    def __init__(self, http: requests.Session, url: str, fd: int, size: int, *, chunk: int,
+                 retry: Retry, timeout: float, shown: Callable[[int], None] = lambda n: None):
+        if chunk <= 0 or chunk % CHUNK_QUANTUM:
+            raise ValueError(f"chunk size must be a positive multiple of {CHUNK_QUANTUM} bytes")
+        self.http, self.url, self.fd, self.size = http, url, fd, size
+        self.chunk, self.retry, self.timeout, self.shown = chunk, retry, timeout, shown
+
+    def _put(self, headers: dict[str, str], body) -> requests.Response | Exception:
+        try:
+            return self.http.put(self.url, data=body, headers=headers, timeout=(10, self.timeout))
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            return exc
+
+    def _judge(self, outcome: requests.Response | Exception) -> int | None:
+        """The session's offset after a 308, None once finalized; else raise or
+        wait and return -1 (ask again)."""
+        if isinstance(outcome, requests.Response):
+            if outcome.status_code in (200, 201):
+                return None
+            if outcome.status_code == 308:
+                return persisted(outcome)
+            if outcome.status_code in SESSION_ENDED:
+                raise SessionGone()
+            if not Retry.transient(outcome):
+                raise Refused(outcome)
+        self.retry.wait(outcome)
+        return -1
+
+    def holds(self) -> int | None:
+        """How many bytes the session holds (None: finalized), asking until it answers."""
+        while True:
+            offset = self._judge(self._put({"Content-Range": f"bytes */{self.size}"}, b""))
+            if offset != -1:
+                return offset
+
+    def send(self, offset: int) -> None:
+        """Send from `offset` until the session finalizes the object."""
+        if self.size == 0:
+            # Nothing to send: `bytes */0` is the whole (empty) object, and finalizes it.
+            self.holds()
+            return
+        while True:
+            self.shown(offset)
+            end = min(offset + self.chunk, self.size)
+            body = _Slice(self.fd, offset, end, self.shown)
+            result = self._judge(self._put({"Content-Range": f"bytes {offset}-{end - 1}/{self.size}"}, body))
+            if result == -1:
+                # Failed and waited: ask the session what it kept.
+                result = self.holds()
+            if result is None:
+                self.shown(self.size)
+                return
+            if result > offset:
+                self.retry.progress()
+            elif result < offset:
+                # The session holds less than it held before: never in GCS's
+                # protocol; go on from where it says, as it asks.
+                pass
+            else:
+                # A 308 that took nothing: count it as a failure, so a session
+                # that never moves is bounded like any other.
+                self.retry.wait(Exception("no progress"))
+            offset = result

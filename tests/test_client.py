@@ -1,0 +1,535 @@
+"""The upload command (`python -m client`), run as a user runs it, against the
+served function and real storage emulators.
+
+Resuming is judged against gcp-storage-emulator (PyPI), which answers a status
+query (`bytes */N`) with 308 and `Range` and refuses a chunk at the wrong
+offset; fake-gcs-server would finalize the object on that query and append a
+re-sent chunk. The rest runs against fake-gcs-server as every other test does.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import termios
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+import google_crc32c
+import pytest
+import requests
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from client import cli, state
+from client.resumable import persisted
+from client.transport import GaveUp, Retry, retry_after
+from dev import emulators
+from lib.mediatypes import ALIASES, EXTENSIONS
+from tests.conftest import BUCKET, PROJECT, ROOT, Served
+from tests.helpers import Answer, RecordingProxy, Stall
+
+MIB = 1024 * 1024
+
+
+# --- helpers ---------------------------------------------------------------
+
+def write_random(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def crc32c(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+class Command:
+    """`python -m client` with a key, an API URL and a private cache directory."""
+
+    def __init__(self, api_url: str, key: str, cache: Path):
+        self.env = {**os.environ, "FRAMELANE_API_URL": api_url, "FRAMELANE_API_KEY": key,
+                    "XDG_CACHE_HOME": str(cache)}
+        self.env.pop("PYTHONPATH", None)
+        self.cache = cache
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "client", *args]
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def saved(self) -> list[Path]:
+        return sorted((self.cache / "framelane" / "uploads").glob("*.json"))
+
+
+def until(condition, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)  # poll interval of a readiness check
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def session_holds(upload_url: str, size: int) -> int:
+    """What the session holds, asked as any GCS client asks (a status query)."""
+    resp = requests.put(upload_url, headers={"Content-Range": f"bytes */{size}"}, timeout=10)
+    assert resp.status_code == 308, resp.status_code
+    return persisted(resp)
+
+
+def object_bytes(storage_url: str, source_url: str, cdn_base: str) -> bytes:
+    name = source_url[len(cdn_base) + 1:]
+    resp = requests.get(f"{storage_url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}", params={"alt": "media"},
+                        timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.content
+
+
+def objects_under(storage_url: str, prefix: str) -> list[str]:
+    resp = requests.get(f"{storage_url}/storage/v1/b/{BUCKET}/o", params={"prefix": prefix}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return [item["name"] for item in resp.json().get("items", [])]
+
+
+def workspace_uploads(db, workspace: str) -> list[dict]:
+    query = db.collection("uploads").where(filter=FieldFilter("workspace_id", "==", workspace))
+    return [doc.to_dict() for doc in query.stream()]
+
+
+def kill_after_progress(proc: subprocess.Popen, command: Command, size: int, least: int, sig: int) -> state.Saved:
+    """Once the session holds at least `least` bytes, send `sig` to the command (by PID)."""
+    path = until(lambda: command.saved(), "the command to save its state")[0]
+    saved = state.Saved.from_json(path.read_text())
+    until(lambda: session_holds(saved.upload_url, size) >= least, "the session to hold some bytes")
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    return saved
+
+
+def interrupt_once_saved(proc: subprocess.Popen, command: Command) -> state.Saved:
+    """Ctrl-C as soon as the upload's state is saved (32 MiB in 256 KiB chunks
+    takes fake-gcs-server far longer than this poll), and its saved state."""
+    path = until(lambda: command.saved(), "the command to save its state")[0]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == cli.EXIT_INTERRUPTED, proc.stderr.read()
+    return state.Saved.from_json(path.read_text())
+
+
+# --- fixtures --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resumable(backends, log_dir):
+    """gcp-storage-emulator, and a served function minting sessions on it (through
+    a proxy that tests can script: 503s and stalls on chunk PUTs)."""
+    storage = emulators.start_gcp_storage_emulator(log_dir, BUCKET)
+    scripts: list = []
+
+    def script(request):
+        return scripts[-1](request) if scripts else None
+
+    proxy = RecordingProxy(storage.url, script=script, keep_host=True).__enter__()
+    function = None
+    try:
+        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET,
+                                     STORAGE_EMULATOR_HOST=proxy.url, CDN_BASE_URL=f"{storage.url}/{BUCKET}")
+        function = emulators.start_function(env, log_dir, name="function-gcp-storage-emulator")
+        yield {"storage": storage, "proxy": proxy, "scripts": scripts, "function": Served(function),
+               "cdn": f"{storage.url}/{BUCKET}"}
+    finally:
+        if function is not None:
+            function.stop()
+        proxy.__exit__(None, None, None)
+        storage.stop()
+
+
+@pytest.fixture
+def on_resumable(resumable, make_key, tmp_path):
+    key, workspace = make_key()
+    resumable["scripts"].clear()
+    return Command(resumable["function"].url, key, tmp_path / "cache"), workspace
+
+
+@pytest.fixture
+def on_fake_gcs(served_default, make_key, tmp_path):
+    key, workspace = make_key()
+    return Command(served_default.url, key, tmp_path / "cache"), workspace
+
+
+# --- against fake-gcs-server ------------------------------------------------
+
+def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_three_fields(on_fake_gcs, backends, tmp_path,
+                                                                               served_default):
+    command, _ = on_fake_gcs
+    data = write_random(tmp_path / "clip.mp4", 64 * MIB)
+    done = command.run("upload", str(tmp_path / "clip.mp4"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    out = json.loads(done.stdout)
+    assert set(out) == {"id", "source_url", "size_bytes"} and done.stdout.count("\n") == 1
+    assert out["size_bytes"] == len(data) and out["source_url"].endswith(".mp4")
+    cdn = backends["env"]["CDN_BASE_URL"]
+    assert requests.get(out["source_url"], timeout=60).content == data
+    assert command.saved() == []  # state removed once the upload ended
+
+    shown = command.run("status", out["id"])
+    assert shown.returncode == 0, shown.stderr
+    upload = json.loads(shown.stdout)
+    assert upload["status"] == "completed" and upload["size_bytes"] == len(data)
+    assert upload["crc32c"] == crc32c(data)  # declared by the command, checked by storage
+    assert upload["content_type"] == "video/mp4" and out["source_url"].startswith(cdn)
+
+
+def test_human_output_without_a_terminal_is_clean(on_fake_gcs, tmp_path):
+    command, _ = on_fake_gcs
+    write_random(tmp_path / "voice.wav", 3 * MIB + 5)
+    done = command.run("upload", str(tmp_path / "voice.wav"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0] == "uploaded voice.wav (3.0 MiB)"
+    assert lines[1].split()[0] == "id" and lines[1].split()[1].startswith("upl_")
+    assert lines[2].split()[0] == "source_url" and lines[2].split()[1].endswith(".wav")
+    assert len(lines) == 3 and "\r" not in done.stdout and "\x1b" not in done.stdout
+
+
+def run_on_terminal(command: Command, *args: str) -> tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal; what it showed there."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns, as a terminal has
+    proc = subprocess.Popen(command.argv(*args), cwd=ROOT, env=command.env, stdout=follower, stderr=follower,
+                            stdin=subprocess.DEVNULL)
+    os.close(follower)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        if not ready:
+            proc.kill()
+            raise AssertionError("no output for 60 s")
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return proc.wait(timeout=30), shown.decode(errors="replace")
+
+
+def test_a_terminal_gets_a_progress_bar_unless_quiet(on_fake_gcs, tmp_path):
+    command, _ = on_fake_gcs
+    write_random(tmp_path / "big.webm", 24 * MIB)
+    status, shown = run_on_terminal(command, "upload", str(tmp_path / "big.webm"), "--chunk-size", "1MiB")
+    assert status == 0, shown
+    assert "big.webm" in shown and "100%" in shown and "24.0M/24.0M" in shown  # bytes done of total
+    assert "B/s" in shown  # the rate
+    write_random(tmp_path / "quiet.webm", 4 * MIB)
+    status, shown = run_on_terminal(command, "upload", str(tmp_path / "quiet.webm"), "--quiet")
+    assert status == 0, shown
+    assert "%" not in shown and "B/s" not in shown and "uploaded quiet.webm" in shown
+
+
+def test_a_changed_file_is_refused_then_restart_uploads_it_as_it_is_now(on_fake_gcs, tmp_path, backends, db):
+    """Interrupted, then the file changes: exit 3 and nothing sent. --restart
+    cancels the old upload and uploads the new bytes. (No status query is
+    made before the refusal, so fake-gcs-server can judge this.)"""
+    command, workspace = on_fake_gcs
+    path = tmp_path / "cut.mov"
+    write_random(path, 32 * MIB)
+    first = command.start("upload", str(path), "--chunk-size", "256KiB")
+    saved = interrupt_once_saved(first, command)
+
+    new = write_random(path, 8 * MIB + 1)
+    refused = command.run("upload", str(path))
+    assert refused.returncode == cli.EXIT_FILE_CHANGED, refused.stderr
+    assert f"changed since upload {saved.upload_id}" in refused.stderr and "--restart" in refused.stderr
+    assert refused.stdout == ""
+    assert command.saved(), "the refusal keeps the state, so the choice stays the user's"
+
+    restarted = command.run("upload", str(path), "--json", "--restart")
+    assert restarted.returncode == 0, restarted.stderr
+    out = json.loads(restarted.stdout)
+    assert out["id"] != saved.upload_id and out["size_bytes"] == len(new)
+    assert requests.get(out["source_url"], timeout=30).content == new
+    old = json.loads(command.run("status", saved.upload_id).stdout)
+    assert old["status"] == "cancelled"
+    assert command.saved() == []
+
+
+def test_api_errors_print_code_and_message_with_documented_exit_statuses(on_fake_gcs, tmp_path):
+    command, _ = on_fake_gcs
+    write_random(tmp_path / "notes.txt", 10)
+    unknown = command.run("upload", str(tmp_path / "notes.txt"))
+    assert unknown.returncode == cli.EXIT_USAGE and "pass --content-type" in unknown.stderr
+
+    refused = command.run("upload", str(tmp_path / "notes.txt"), "--content-type", "text/html")
+    assert refused.returncode == cli.EXIT_REFUSED
+    assert refused.stderr.startswith("unsupported_content_type: ") and refused.stdout == ""
+
+    missing = command.run("status", "upl_" + "0" * 32)
+    assert missing.returncode == cli.EXIT_REFUSED and missing.stderr.startswith("upload_not_found: ")
+
+    absent = command.run("upload", str(tmp_path / "nope.mp4"))
+    assert absent.returncode == cli.EXIT_USAGE and "cannot read" in absent.stderr
+
+    bad_key = Command(command.env["FRAMELANE_API_URL"], "fl_live_" + "x" * 43, command.cache)
+    denied = bad_key.run("status", "upl_" + "0" * 32)
+    assert denied.returncode == cli.EXIT_REFUSED and denied.stderr.startswith("invalid_api_key: ")
+    assert "fl_live_" not in denied.stderr  # the key is never echoed
+
+    no_key = {k: v for k, v in command.env.items() if k != "FRAMELANE_API_KEY"}
+    usage = subprocess.run(command.argv("status", "x"), cwd=ROOT, env=no_key, capture_output=True, text=True,
+                           timeout=60)
+    assert usage.returncode == cli.EXIT_USAGE and "FRAMELANE_API_KEY" in usage.stderr
+
+
+def test_cancel_cancels_and_forgets_the_saved_state(on_fake_gcs, tmp_path):
+    command, _ = on_fake_gcs
+    path = tmp_path / "drop.mp3"
+    write_random(path, 32 * MIB)
+    saved = interrupt_once_saved(command.start("upload", str(path), "--chunk-size", "256KiB"), command)
+    cancelled = command.run("cancel", saved.upload_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+    assert command.saved() == []
+
+
+def test_429_with_retry_after_is_honoured(served_default, make_key, tmp_path):
+    """A proxy in front of the API answers the first POST with 429 and
+    Retry-After: 2; the command waits at least that long, then succeeds."""
+    answered: list[float] = []
+
+    def script(request):
+        if request["method"] == "POST" and not answered:
+            answered.append(request["at"])
+            return Answer(429, {"Retry-After": "2", "Content-Type": "application/json"},
+                          b'{"error": {"code": "rate_limited", "message": "Slow down.", "details": {}}}')
+        return None
+
+    key, _ = make_key()
+    with RecordingProxy(served_default.url, script=script) as proxy:
+        command = Command(proxy.url, key, tmp_path / "cache")
+        write_random(tmp_path / "a.png", 1000)
+        done = command.run("upload", str(tmp_path / "a.png"), "--json")
+        assert done.returncode == 0, done.stderr
+        posts = [r for r in proxy.requests if r["method"] == "POST"]
+    assert len(posts) == 2
+    assert posts[1]["at"] - posts[0]["at"] >= 2.0
+    assert posts[0]["headers"]["Idempotency-Key"] == posts[1]["headers"]["Idempotency-Key"]
+
+
+# --- against gcp-storage-emulator: resuming -----------------------------------
+
+def test_sigkill_mid_upload_then_rerun_completes_with_one_upload_and_one_object(on_resumable, resumable, tmp_path, db):
+    command, workspace = on_resumable
+    path = tmp_path / "crash.mp4"
+    data = write_random(path, 32 * MIB)
+    run = command.start("upload", str(path), "--chunk-size", "256KiB", "--json")
+    saved = kill_after_progress(run, command, len(data), 2 * MIB, signal.SIGKILL)
+    assert run.returncode == -signal.SIGKILL
+    held = session_holds(saved.upload_url, len(data))
+    assert 0 < held < len(data)
+
+    again = command.run("upload", str(path), "--json")
+    assert again.returncode == 0, again.stderr
+    assert f"resuming upload {saved.upload_id}" in again.stderr
+    out = json.loads(again.stdout)
+    assert out["id"] == saved.upload_id
+    assert object_bytes(resumable["storage"].url, out["source_url"], resumable["cdn"]) == data
+    assert len(workspace_uploads(db, workspace)) == 1
+    assert len(objects_under(resumable["storage"].url, f"uploads/{workspace}/")) == 1
+    # Bytes the session already held were not sent again.
+    chunk_puts = [r for r in resumable["proxy"].requests
+                  if r["method"] == "PUT" and saved.upload_id[4:] in r["path"] and r["body"]]
+    assert sum(len(r["body"]) for r in chunk_puts) < len(data) + 2 * 256 * 1024
+
+
+def test_ctrl_c_exits_130_with_private_state_and_a_rerun_resumes(on_resumable, resumable, tmp_path):
+    command, _ = on_resumable
+    path = tmp_path / "pause.mov"
+    data = write_random(path, 16 * MIB)
+    run = command.start("upload", str(path), "--chunk-size", "256KiB")
+    saved = kill_after_progress(run, command, len(data), 1 * MIB, signal.SIGINT)
+    assert run.returncode == cli.EXIT_INTERRUPTED
+    assert "interrupted; run the same command again to resume" in run.stderr.read()
+    [saved_path] = command.saved()
+    assert stat.S_IMODE(saved_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved_path.parent.stat().st_mode) == 0o700
+    assert command.env["FRAMELANE_API_KEY"] not in saved_path.read_text()
+
+    again = command.run("upload", str(path))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming upload {saved.upload_id}" in again.stderr
+    assert object_bytes(resumable["storage"].url, again.stdout.split()[-1], resumable["cdn"]) == data
+    assert command.saved() == []
+
+
+def test_a_crash_before_the_state_was_saved_gets_the_same_session_back(on_resumable, resumable, tmp_path, db):
+    """The Idempotency-Key comes from the file's identity: with the state gone
+    (a crash between the 201 and the save), the rerun's POST is a replay, and
+    the session it names says how far it got."""
+    command, workspace = on_resumable
+    path = tmp_path / "lost.mp4"
+    data = write_random(path, 16 * MIB)
+    run = command.start("upload", str(path), "--chunk-size", "256KiB")
+    saved = kill_after_progress(run, command, len(data), 1 * MIB, signal.SIGKILL)
+    for leftover in command.saved():
+        leftover.unlink()
+
+    again = command.run("upload", str(path), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["id"] == saved.upload_id
+    assert f"resuming upload {saved.upload_id}" in again.stderr
+    assert object_bytes(resumable["storage"].url, json.loads(again.stdout)["source_url"], resumable["cdn"]) == data
+    assert len(workspace_uploads(db, workspace)) == 1
+
+
+def test_503s_and_a_stalled_chunk_are_ridden_out(on_resumable, resumable, tmp_path):
+    """The proxy in front of Storage fails the 2nd and 4th chunk PUTs with 503
+    (unforwarded) and stalls the 3rd past the command's timeout (forwarded:
+    the session keeps it). Not the 1st: gcp-storage-emulator says
+    `Range: bytes=0-0` for a session holding nothing, where GCS says no Range."""
+    command, _ = on_resumable
+    chunks: list[str] = []
+
+    def script(request):
+        if request["method"] != "PUT" or not request["body"]:
+            return None
+        chunks.append(request["headers"]["Content-Range"])
+        if len(chunks) in (2, 4):
+            return Answer(503, {"Content-Type": "text/plain"}, b"backend error")
+        if len(chunks) == 3:
+            return Stall(6)
+        return None
+
+    resumable["scripts"].append(script)
+    path = tmp_path / "flaky.mp4"
+    data = write_random(path, 3 * MIB + 12345)
+    done = command.run("upload", str(path), "--chunk-size", "512KiB", "--timeout", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    assert object_bytes(resumable["storage"].url, json.loads(done.stdout)["source_url"], resumable["cdn"]) == data
+    # Each failed chunk was sent again from the offset the session reported;
+    # the stalled one was kept by the session, so not sent again.
+    assert chunks[1] == chunks[2] and chunks[3] == chunks[4]
+    assert len(chunks) == 9 and len(set(chunks)) == 7
+
+
+# --- no services ------------------------------------------------------------
+
+def test_retry_is_bounded_in_attempts_and_in_time_and_honours_retry_after():
+    slept: list[float] = []
+    clock = [0.0]
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock[0] += seconds
+
+    retry = Retry(attempts=4, budget=1000, base=1, cap=30, sleep=sleep, clock=lambda: clock[0])
+    timeout = requests.Timeout("read timed out")
+    retry.wait(timeout)
+    retry.wait(timeout)
+    retry.wait(timeout)
+    with pytest.raises(GaveUp, match="4 tries in a row"):
+        retry.wait(timeout)
+    assert len(slept) == 3 and all(0 <= s <= 2 ** i for i, s in enumerate(slept))
+
+    retry.progress()
+    busy = requests.Response()
+    busy.status_code, busy.headers["Retry-After"] = 503, "7"
+    retry.wait(busy)
+    assert slept[-1] >= 7
+
+    long = Retry(attempts=100, budget=10, sleep=sleep, clock=lambda: clock[0])
+    busy.headers["Retry-After"] = "3600"
+    with pytest.raises(GaveUp, match="10 s without progress"):
+        long.wait(busy)
+
+
+def test_what_is_retried():
+    def response(status: int, body: bytes = b"") -> requests.Response:
+        r = requests.Response()
+        r.status_code, r._content = status, body
+        return r
+
+    for status in (408, 429, 500, 502, 503, 504):
+        assert Retry.transient(response(status))
+    for status in (400, 401, 403, 404, 413, 415, 422):
+        assert not Retry.transient(response(status))
+    assert Retry.transient(response(409, b'{"error": {"code": "idempotency_key_in_use"}}'))
+    assert not Retry.transient(response(409, b'{"error": {"code": "idempotency_key_reused"}}'))
+    assert Retry.transient(requests.ConnectionError()) and Retry.transient(requests.Timeout())
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    r = requests.Response()
+    r.headers["Retry-After"] = "120"
+    assert retry_after(r) == 120
+    r.headers["Retry-After"] = "Sun, 29 Nov 2026 17:00:30 GMT"
+    assert retry_after(r, now=datetime(2026, 11, 29, 17, 0, tzinfo=timezone.utc).timestamp()) == 30
+    r.headers["Retry-After"] = "soon"
+    assert retry_after(r) is None
+
+
+def test_status_query_answers_are_read_as_gcs_sends_them():
+    r = requests.Response()
+    r.status_code = 308
+    assert persisted(r) == 0  # no Range: the session holds nothing
+    r.headers["Range"] = "bytes=0-262143"
+    assert persisted(r) == 262144
+
+
+@pytest.mark.parametrize("name,expected", [
+    *((f"x.{ext}", media) for media, exts in EXTENSIONS.items() for ext in exts if (media, ext) != ("audio/mp4", "mp4")),
+    ("CLIP.MP4", "video/mp4"), ("song.m4a", "audio/mp4"), ("notes.txt", None), ("noext", None),
+])
+def test_content_type_is_guessed_from_our_table(name, expected):
+    assert cli.guess_content_type(name) == expected
+
+
+def test_aliases_are_ours():
+    assert set(ALIASES.values()) <= set(EXTENSIONS)
+
+
+def test_idempotency_key_follows_the_file_identity(tmp_path):
+    path = tmp_path / "f.mp4"
+    path.write_bytes(b"x")
+    file = state.FileId.of(str(path))
+    key = cli.idempotency_key(file, "AAAAAA==", None)
+    assert key == cli.idempotency_key(state.FileId.of(str(path)), "AAAAAA==", None)
+    assert key != cli.idempotency_key(file, "AAAAAQ==", None)
+    assert key != cli.idempotency_key(file, "AAAAAA==", "upl_1")
+    os.utime(path, ns=(1, 1))
+    assert key != cli.idempotency_key(state.FileId.of(str(path)), "AAAAAA==", None)
+    assert len(key) <= 255 and key.isascii()
+
+
+@pytest.mark.parametrize("text,expected", [("8MiB", 8 * MIB), ("256KiB", 262144), ("262144", 262144),
+                                           ("1g", 1 << 30)])
+def test_chunk_sizes(text, expected):
+    assert cli.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["100", "0", "1.5MiB", "-256KiB", "lots"])
+def test_bad_chunk_sizes(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_size(text)
