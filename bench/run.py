@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from bench import command
 from dev import emulators
 from dev.receiver import Receiver
 
@@ -398,6 +399,10 @@ def main() -> int:
                                               endpoint.url + "/internal/webhooks", issuer, log_dir,
                                               name="push-relay-webhooks", caller="webhooks"))
         hook_latency = webhook_latency(endpoint, key, receiver)
+        # (h) the upload command beside google-cloud-storage's own resumable upload.
+        uploads = command.measure(endpoint.url, key, storage_emulator.url, BUCKET, rounds)
+        print(f"h command {uploads['command_mibs']:.1f} MiB/s, floor {uploads['floor_mibs']:.1f} MiB/s, "
+              f"ratio {uploads['ratio']:.2f}, peak RSS {uploads['peak_rss_mib']:.0f} MiB", file=sys.stderr)
 
         rss = [rss_mib(worker_pid(endpoint))]
         for _ in range(2):
@@ -408,7 +413,7 @@ def main() -> int:
         imports = import_times()
         cold = cold_starts(env, key, log_dir)
         report = _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count,
-                         latency, delivery_runs, hook_latency)
+                         latency, delivery_runs, hook_latency, uploads)
     finally:
         for service in reversed(services):
             service.stop()
@@ -461,7 +466,7 @@ RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency,
-            delivery_runs, hook_latency) -> str:
+            delivery_runs, hook_latency, uploads) -> str:
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
@@ -490,6 +495,13 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         "event, the state change, the event message, the fan-out, the delivery message, the signed POST; every "
         f"Pub/Sub hop through the emulator and the local relay; {len(hook_latency)} uploads one at a time): "
         f"{_percentiles(hook_latency)}.", "",
+        f"**(h) the upload command** (`python -m client upload`, a {command.SIZE // command.MIB} MiB file in "
+        f"{command.CHUNK // command.MIB} MiB chunks to fake-gcs-server, {uploads['rounds']} interleaved rounds, "
+        "median; the command timed as a whole process, start, CRC32C, `POST /v1/uploads` and exit included; the "
+        "floor `Blob.upload_from_filename` with the same chunk size, timed around that call alone): "
+        f"{uploads['command_mibs']:.1f} MiB/s against {uploads['floor_mibs']:.1f} MiB/s, ratio "
+        f"**{uploads['ratio']:.2f}**; the command's peak RSS **{uploads['peak_rss_mib']:.0f} MiB** (target: chunk "
+        f"+ 80 MiB = {command.CHUNK // command.MIB + 80} MiB).", "",
     ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "

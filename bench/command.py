@@ -1,0 +1,97 @@
+"""(h) The upload command's throughput beside google-cloud-storage's own.
+
+The floor is `Blob.upload_from_filename` (resumable, the same chunk size) to the
+same emulator, timed around that call alone: its process start, its imports and
+its client are left out. The command is timed as a user meets it, the whole
+process: start, the CRC32C pass, `POST /v1/uploads`, every chunk, exit. So the
+ratio charges the command with everything it does and the floor with nothing
+but the bytes. Its peak RSS comes from the kernel's accounting of the exited
+process (`wait4`), so it is the true peak, not a sample.
+
+Run by bench/run.py; `python -m bench.command floor FILE STORAGE_URL BUCKET CHUNK`
+is the floor's own process.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 256 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+def _floor(path: str, storage_url: str, bucket: str, chunk: int) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="bench", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": storage_url})
+    blob = client.bucket(bucket).blob(f"bench-floor/{os.getpid()}.mp4", chunk_size=chunk)
+    started = time.perf_counter()
+    blob.upload_from_filename(path, content_type="video/mp4")
+    print(time.perf_counter() - started)
+
+
+def _run(argv: list[str], env: dict) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in MiB and stdout of one process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read().decode()
+    err = proc.stderr.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[2:4]} exited {proc.returncode}: {err[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024, out
+
+
+def _delete_everything(storage_url: str, bucket: str) -> None:
+    """Keep the emulator's memory flat between rounds (it holds objects in memory)."""
+    listing = requests.get(f"{storage_url}/storage/v1/b/{bucket}/o", timeout=60).json()
+    for item in listing.get("items", []):
+        requests.delete(f"{storage_url}/storage/v1/b/{bucket}/o/{quote(item['name'], safe='')}", timeout=60)
+
+
+def measure(api_url: str, key: str, storage_url: str, bucket: str, rounds: int = 3) -> dict:
+    with tempfile.TemporaryDirectory(prefix="framelane-bench-command-") as tmp:
+        path = Path(tmp) / "clip.mp4"
+        with open(path, "wb") as f:
+            for _ in range(SIZE // MIB):
+                f.write(os.urandom(MIB))
+        env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
+        command_env = {**env, "FRAMELANE_API_URL": api_url, "FRAMELANE_API_KEY": key,
+                       "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
+        floor, command, rss = [], [], []
+        for round_ in range(rounds):  # interleaved: floor, command, floor, command, ...
+            _delete_everything(storage_url, bucket)
+            _, _, out = _run([sys.executable, "-m", "bench.command", "floor", str(path), storage_url, bucket,
+                              str(CHUNK)], env)
+            floor.append(float(out))
+            _delete_everything(storage_url, bucket)
+            # A new modification time is a new file identity: a new upload, not a replay of the last.
+            os.utime(path, ns=(time.time_ns(), time.time_ns() + round_))
+            elapsed, peak, _ = _run([sys.executable, "-m", "client", "upload", str(path), "--json",
+                                     "--chunk-size", str(CHUNK)], command_env)
+            command.append(elapsed)
+            rss.append(peak)
+        _delete_everything(storage_url, bucket)
+    floor_mibs = SIZE / MIB / statistics.median(floor)
+    command_mibs = SIZE / MIB / statistics.median(command)
+    return {"floor_mibs": floor_mibs, "command_mibs": command_mibs, "ratio": command_mibs / floor_mibs,
+            "peak_rss_mib": max(rss), "rounds": rounds, "floor_s": floor, "command_s": command}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["floor"]:
+    _floor(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
