@@ -4,13 +4,15 @@ PYTHON       ?= python3
 VENV         ?= .venv
 CHECKOV_VENV ?= .venv-checkov
 PY           := $(VENV)/bin/python
+PAGE_DIR     := dev/page
+NODE_MODULES := $(PAGE_DIR)/node_modules/.installed
 
-.PHONY: run test tfcheck audit bench clean
+.PHONY: run test tfcheck audit bench clean chromium
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(NODE_MODULES)
 	$(PY) -m dev.run
 
-test: $(VENV)/.installed $(CHECKOV_VENV)/.installed
+test: $(VENV)/.installed $(CHECKOV_VENV)/.installed $(NODE_MODULES) chromium
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
 
 # Only the offline Terraform checks (fmt, checkov, provider schema, contracts).
@@ -36,5 +38,22 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
+# The browser demo's one library (@mux/upchunk), exactly as its lock file pins it.
+$(NODE_MODULES): $(PAGE_DIR)/package.json $(PAGE_DIR)/package-lock.json
+	@echo "Installing the browser demo's @mux/upchunk (npm ci in $(PAGE_DIR)) ..."
+	cd $(PAGE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian's Chromium, for the browser test (tests/test_browser.py), where we may install it.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium for the browser test (apt-get) ..."; \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  else \
+	    echo "note: no chromium on PATH and not root: tests/test_browser.py will skip (install Debian's chromium)"; \
+	  fi; }
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache terraform/.build
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache terraform/.build $(PAGE_DIR)/node_modules

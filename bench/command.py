@@ -6,7 +6,8 @@ its client are left out. The command is timed as a user meets it, the whole
 process: start, the CRC32C pass, `POST /v1/uploads`, every chunk, exit. So the
 ratio charges the command with everything it does and the floor with nothing
 but the bytes. Its peak RSS comes from the kernel's accounting of the exited
-process (`wait4`), so it is the true peak, not a sample.
+process (`wait4`, through a small launcher: see `_LAUNCHER`), so it is the
+true peak, not a sample.
 
 Run by bench/run.py; `python -m bench.command floor FILE STORAGE_URL BUCKET CHUNK`
 is the floor's own process.
@@ -43,18 +44,28 @@ def _floor(path: str, storage_url: str, bucket: str, chunk: int) -> None:
     print(time.perf_counter() - started)
 
 
-def _run(argv: list[str], env: dict) -> tuple[float, float, str]:
+# Linux keeps a process's peak RSS across exec (exec_mmap records the old
+# memory's high-water mark), so a child forked from this large process would
+# report at least this process's size. A small launcher forks the command and
+# reports the command's own peak, via wait4.
+_LAUNCHER = ("import os, sys\n"
+             "pid = os.fork()\n"
+             "if pid == 0:\n"
+             "    os.execv(sys.argv[2], sys.argv[2:])\n"
+             "_, status, usage = os.wait4(pid, 0)\n"
+             "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def _run(argv: list[str], env: dict, rss_file: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MiB and stdout of one process."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read().decode()
-    err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(rss_file), *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[2:4]} exited {proc.returncode}: {err[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024, out
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[2:4]} exited {done.returncode}: {done.stderr[-2000:]}")
+    return elapsed, int(rss_file.read_text()) / 1024, done.stdout
 
 
 def _delete_everything(storage_url: str, bucket: str) -> None:
@@ -77,13 +88,13 @@ def measure(api_url: str, key: str, storage_url: str, bucket: str, rounds: int =
         for round_ in range(rounds):  # interleaved: floor, command, floor, command, ...
             _delete_everything(storage_url, bucket)
             _, _, out = _run([sys.executable, "-m", "bench.command", "floor", str(path), storage_url, bucket,
-                              str(CHUNK)], env)
+                              str(CHUNK)], env, Path(tmp) / "rss")
             floor.append(float(out))
             _delete_everything(storage_url, bucket)
             # A new modification time is a new file identity: a new upload, not a replay of the last.
             os.utime(path, ns=(time.time_ns(), time.time_ns() + round_))
             elapsed, peak, _ = _run([sys.executable, "-m", "client", "upload", str(path), "--json",
-                                     "--chunk-size", str(CHUNK)], command_env)
+                                     "--chunk-size", str(CHUNK)], command_env, Path(tmp) / "rss")
             command.append(elapsed)
             rss.append(peak)
         _delete_everything(storage_url, bucket)

@@ -141,12 +141,13 @@ def _human(n: float) -> str:
 class Progress:
     """A tqdm bar on stderr, or nothing (not a terminal, or --quiet)."""
 
-    def __init__(self, enabled: bool, total: int, name: str):
+    def __init__(self, enabled: bool, total: int, name: str, initial: int = 0):
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
+            # `initial`: what a resumed session already holds, so the rate counts only what we send.
+            self.bar = tqdm(total=total, initial=initial, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
                             file=sys.stderr, dynamic_ncols=True, leave=True)
 
     def show(self, n: int) -> None:
@@ -190,8 +191,9 @@ class Command:
         saved, offset = self._resume(where, file, fd)
         if saved is None:
             saved, offset = self._begin(where, file, fd, content_type)
-        progress = Progress(not args.quiet and sys.stdout.isatty() and sys.stderr.isatty(), file.size,
-                            os.path.basename(file.path))
+        # None: an earlier run finished it (its session says so, or the upload is completed).
+        bar = offset is not None and not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
+        progress = Progress(bar, file.size, os.path.basename(file.path), offset or 0)
         try:
             if offset is not None:
                 self._check_unchanged(file)

@@ -7,9 +7,11 @@ serves the function with functions-framework on 127.0.0.1:8080, runs the
 push relays (dev/relay.py) that deliver storage events and webhook messages
 to it with OIDC tokens from a local issuer it trusts, registers a webhook
 endpoint for the demo workspace on a local receiver (dev/receiver.py) that
-verifies each signature and prints each event, and prints curls to try.
+verifies each signature and prints each event, serves the browser demo
+(dev/demo.py: a page and the backend that holds the key), and prints curls
+and the upload command to try.
 Ports: FUNCTION_PORT (8080), FIRESTORE_PORT (8681), STORAGE_PORT (4443),
-PUBSUB_PORT (8085), ISSUER_PORT (8086), RECEIVER_PORT (8087).
+PUBSUB_PORT (8085), ISSUER_PORT (8086), RECEIVER_PORT (8087), DEMO_PORT (8088).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ WEBHOOK_MAX_ATTEMPTS = 5
 def main() -> int:
     ports = {name: int(os.environ.get(name, default)) for name, default in
              (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443), ("PUBSUB_PORT", 8085),
-              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087))}
+              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087), ("DEMO_PORT", 8088))}
     busy = [f"{name}={port}" for name, port in ports.items() if emulators.port_in_use(port)]
     if busy:
         print(f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
@@ -46,7 +48,7 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    issuer = receiver = None
+    issuer = receiver = demo = None
     try:
         print("Starting the Firestore and Pub/Sub emulators and fake-gcs-server ...", file=sys.stderr)
         firestore = emulators.start_firestore(log_dir, ports["FIRESTORE_PORT"])
@@ -81,7 +83,9 @@ def main() -> int:
                                            f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}")))
         services.append(emulators.start_relay(pubsub, dead_letters, function.url + "/internal/webhook-dead-letters",
                                               issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
-        _print_instructions(function.url, key, env, log_dir, endpoint, receiver)
+        from dev.demo import Demo
+        demo = Demo(function.url, key, ports["DEMO_PORT"])
+        _print_instructions(function.url, key, env, log_dir, endpoint, receiver, demo)
         while not stop.is_set():
             for service in services:
                 if not service.alive():
@@ -100,6 +104,8 @@ def main() -> int:
             issuer.stop()
         if receiver is not None:
             receiver.stop()
+        if demo is not None:
+            demo.stop()
 
 
 def _demo_key(firestore: emulators.Service) -> str:
@@ -120,7 +126,7 @@ def _demo_webhook(firestore: emulators.Service, receiver: Receiver):
     return endpoint
 
 
-def _print_instructions(url: str, key: str, env: dict, log_dir, endpoint, receiver: Receiver) -> None:
+def _print_instructions(url: str, key: str, env: dict, log_dir, endpoint, receiver: Receiver, demo) -> None:
     print(f"""
 Framelane uploads is serving on {url} (emulators: Firestore {env['FIRESTORE_EMULATOR_HOST']}, Storage {env['STORAGE_EMULATOR_HOST']}).
 Demo API key for workspace {WORKSPACE}: {key}
@@ -150,6 +156,15 @@ Demo API key for workspace {WORKSPACE}: {key}
 
   RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d '{{"content_type": "image/png"}}')
   curl -sS -X POST {url}/v1/uploads/$(field id)/cancel -H 'Authorization: Bearer {key}'
+
+4. Upload from a terminal, resumably, with a progress bar (Ctrl-C it and run it again: it resumes):
+
+  head -c 200000000 /dev/urandom > /tmp/framelane-sample.mp4    # or any video, image or audio file of yours
+  FRAMELANE_API_URL={url} FRAMELANE_API_KEY={key} .venv/bin/python -m client upload /tmp/framelane-sample.mp4
+
+5. Upload from a browser: open {demo.url} and pick a video or image. The page's backend
+   (dev/demo.py) holds the key and mints the upload with cors_origin {demo.url}; the browser
+   sends the bytes straight to storage in chunks (UpChunk), with pause and resume.
 
 (The expiry sweep, POST /internal/sweep, is shut here: it takes only Cloud Scheduler's OIDC token.
 A GET after expires_at still expires the upload.)

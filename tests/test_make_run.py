@@ -18,7 +18,8 @@ from tests.conftest import ROOT
 
 def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_path):
     ports = {name: str(emulators.free_port()) for name in
-             ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT")}
+             ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT",
+              "DEMO_PORT")}
     out_path = tmp_path / "make-run.out"
     with open(out_path, "wb") as out:
         run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -38,6 +39,11 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         printed(r"Ctrl-C stops everything")
         text = out_path.read_text()
         assert "add-webhook --workspace ws_demo" in text and "webhook-deliveries --workspace ws_demo" in text
+        assert "-m client upload" in text
+        demo = f"http://127.0.0.1:{ports['DEMO_PORT']}"
+        assert f"open {demo}" in text
+        assert "Upload a file" in requests.get(demo + "/", timeout=30).text
+        assert requests.get(demo + "/upchunk.js", timeout=30).status_code == 200  # npm ci ran
         url = f"http://127.0.0.1:{ports['FUNCTION_PORT']}"
         created = requests.post(f"{url}/v1/uploads", json={"content_type": "video/mp4"},
                                 headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
