@@ -288,6 +288,12 @@ def _announcer(settings: Settings, log: dict[str, Any]) -> Callable[[lifecycle.R
     return announce
 
 
+def health(_request: flask.Request, _raw: bytes, _log: dict[str, Any], _params: dict[str, str]) -> Result:
+    """Liveness for uptime checks: no authentication, no upstream call, nothing
+    about the deployment. An answer means an instance is serving this code."""
+    return 200, {"status": "ok"}, {}
+
+
 # (request, its body as read, the log line's fields, the path's parameters)
 Handler = Callable[[flask.Request, bytes, dict[str, Any], dict[str, str]], Result]
 # Path patterns (whole-path matches) and the methods each answers.
@@ -299,14 +305,21 @@ ROUTES: tuple[tuple[re.Pattern[str], dict[str, Handler]], ...] = (
     (re.compile(r"/internal/storage-events"), {"POST": storage_event}),
     (re.compile(r"/internal/webhooks"), {"POST": webhook_message}),
     (re.compile(r"/internal/webhook-dead-letters"), {"POST": webhook_dead_letter}),
+    # Cloud Run reserves some paths ending in "z" (its known issues advise avoiding
+    # them all), so the uptime check probes /health; /healthz is the usual name.
+    (re.compile(r"/health"), {"GET": health}),
+    (re.compile(r"/healthz"), {"GET": health}),
 )
+# Each route's path as a template (`/v1/uploads/{upload_id}`): the log line's
+# `route`, a label of the request metrics that stays few-valued.
+TEMPLATES = {pattern: re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern) for pattern, _ in ROUTES}
 
 
-def _route(path: str) -> tuple[dict[str, Handler], dict[str, str]]:
+def _route(path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
     for pattern, methods in ROUTES:
         match = pattern.fullmatch(path)
         if match:
-            return methods, match.groupdict()
+            return methods, match.groupdict(), TEMPLATES[pattern]
     raise NotFound()
 
 
@@ -314,7 +327,8 @@ def _route(path: str) -> tuple[dict[str, Handler], dict[str, str]]:
 def uploads(request: flask.Request) -> flask.Response:
     started = time.perf_counter()
     request_id = _request_id(request.headers.get("X-Request-Id"))
-    log: dict[str, Any] = {"request_id": request_id}
+    # `route` is replaced by the matched route's template; "(none)": no route matched.
+    log: dict[str, Any] = {"request_id": request_id, "route": "(none)"}
     try:
         if len(request.path) > MAX_PATH_BYTES:
             raise UriTooLong(MAX_PATH_BYTES)
@@ -322,7 +336,7 @@ def uploads(request: flask.Request) -> flask.Response:
         # lib/server.py) before anything can answer early: otherwise
         # functions-framework reads it after our answer, unbounded by us.
         raw = models.read_body(request.stream, request.content_length)
-        methods, params = _route(request.path)
+        methods, params, log["route"] = _route(request.path)
         handler = methods.get(request.method)
         if handler is None:
             raise MethodNotAllowed(tuple(methods))
@@ -348,7 +362,7 @@ def _framework_not_found(_exc: HTTPException) -> flask.Response:
     """The framework answers /robots.txt and /favicon.ico itself; keep the envelope there too."""
     err = NotFound()
     request_id = _request_id(flask.request.headers.get("X-Request-Id"))
-    log = {"request_id": request_id, "error_code": err.code}
+    log = {"request_id": request_id, "route": "(none)", "error_code": err.code}
     return _respond(flask.request, err.status, err.envelope(), err.headers, request_id, log, time.perf_counter())
 
 

@@ -7,6 +7,7 @@ import concurrent.futures
 import time
 import uuid
 
+import pytest
 import requests
 
 from dev import emulators
@@ -141,6 +142,15 @@ def test_one_structured_log_line_per_request_without_secrets(served_default, mak
     assert created["workspace_id"] == workspace and created["key_prefix"] == key[:12]
     assert replayed["idempotent_replayed"] is True and "idempotent_replayed" not in created
     assert refused["error_code"] == "invalid_api_key" and "unknown" in refused["reason"]
+    assert created["route"] == refused["route"] == "/v1/uploads"
+    status = served_default.session.get(f"{served_default.url}/v1/uploads/{first.json()['id']}", timeout=30,
+                                        headers={"Authorization": f"Bearer {key}", "X-Request-Id": "log-test-4"})
+    lost = served_default.session.get(f"{served_default.url}/nowhere", headers={"X-Request-Id": "log-test-5"},
+                                      timeout=30)
+    assert (status.status_code, lost.status_code) == (200, 404)
+    lines = {line["request_id"]: line for line in served_default.log_lines() if "request_id" in line}
+    assert lines["log-test-4"]["route"] == "/v1/uploads/{upload_id}"  # the template, never the id
+    assert lines["log-test-5"]["route"] == "(none)"
 
     text = served_default.log_text()
     upload_id = first.json()["upload_url"].split("upload_id=", 1)[1]
@@ -204,3 +214,19 @@ def test_cors_origin_is_bound_in_place_of_the_origin_header(backends, serve, key
                      if "uploadType=resumable" in r["path"])
     assert first["origin"] == "https://app.example.com:8443"
     assert second["origin"] == "https://page.example.org"
+
+
+@pytest.mark.parametrize("path", ["/health", "/healthz"])
+def test_health_answers_without_a_key_or_any_backend(serve, path):
+    """The uptime check's route: 200 with nothing about the deployment, no key,
+    and no upstream call (Firestore and Storage both unreachable here)."""
+    served = serve(FIRESTORE_EMULATOR_HOST="127.0.0.1:9", STORAGE_EMULATOR_HOST="http://127.0.0.1:9")
+    answer = served.session.get(served.url + path, timeout=30)
+    # Any call to the dead backends would have made this a 503.
+    assert answer.status_code == 200 and answer.json() == {"status": "ok"}
+    assert answer.headers["Cache-Control"] == "no-store"
+    refused = served.session.post(served.url + path, timeout=30)
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET"
+    [line] = [line for line in served.log_lines() if line.get("httpRequest", {}).get("requestUrl") == path
+              and line["httpRequest"]["status"] == 200]
+    assert line["route"] == path and line["severity"] == "INFO"
