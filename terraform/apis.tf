@@ -8,7 +8,8 @@ locals {
     "compute.googleapis.com",              # load balancers, Cloud CDN, certificates
     "firestore.googleapis.com",            # API keys and idempotency records
     "iam.googleapis.com",                  # service accounts
-    "logging.googleapis.com",              # build and request logs
+    "logging.googleapis.com",              # build and request logs, log-based metrics
+    "monitoring.googleapis.com",           # alert policies, uptime check, dashboard (monitoring.tf)
     "pubsub.googleapis.com",               # storage events (events.tf)
     "run.googleapis.com",                  # the Cloud Run service behind a 2nd-gen function
     "storage.googleapis.com",              # the buckets

@@ -330,3 +330,16 @@ variable "api_domain" {
     error_message = "api_domain must be empty or a lower-case DNS name such as api.framelane.io."
   }
 }
+
+# --- Monitoring ---------------------------------------------------------------
+
+variable "alert_emails" {
+  type        = list(string)
+  description = "E-mail addresses the alert policies notify (monitoring.tf). Empty: the alerts exist and show in the console, but notify nobody."
+  default     = []
+
+  validation {
+    condition     = alltrue([for e in var.alert_emails : can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", e))])
+    error_message = "alert_emails must be e-mail addresses."
+  }
+}

@@ -1,0 +1,476 @@
+# Monitoring from the first apply: log-based metrics from the function's
+# request log line (main.py _log_request), alert policies that say what to do,
+# an uptime check, and a dashboard. docs: README "Monitoring and alerts".
+#
+# The log line is one JSON object on stdout. Cloud Run reads `severity`,
+# `httpRequest` and `logging.googleapis.com/trace` from it and puts the other
+# fields in jsonPayload (https://cloud.google.com/logging/docs/structured-logging).
+# Every filter below names `jsonPayload.route`, which only our line carries, so
+# Cloud Run's own request log (it has an httpRequest too) is never counted
+# twice. tests/test_terraform.py evaluates each filter against the lines a
+# served function really writes.
+#
+# A 2nd-gen function is a Cloud Run service of the same name: its logs and
+# metrics carry resource.type "cloud_run_revision" and
+# resource.labels.service_name = the function's name (variables.tf
+# function_name). Metric types: https://cloud.google.com/monitoring/api/metrics_gcp_p_z
+# (pubsub.googleapis.com/subscription/oldest_unacked_message_age and
+# num_undelivered_messages; run.googleapis.com/container/instance_count).
+
+locals {
+  service_filter = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${google_cloudfunctions2_function.uploads.name}\""
+  # Our request line: the only entries with a route field.
+  request_lines = "${local.service_filter} AND jsonPayload.route:*"
+  log_metric    = "logging.googleapis.com/user"
+  channels      = [for channel in google_monitoring_notification_channel.email : channel.id]
+  run_resource  = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${google_cloudfunctions2_function.uploads.name}\""
+  runbook       = "Runbook: README, \"Monitoring and alerts\"."
+
+  failure_metrics = {
+    sweep_failures = {
+      description = "Sweep runs that failed (5xx): uploads left pending past expires_at."
+      condition   = "jsonPayload.route=\"/internal/sweep\" AND httpRequest.status>=500"
+    }
+    storage_event_failures = {
+      description = "Storage-event pushes the function failed (5xx): Pub/Sub redelivers them."
+      condition   = "jsonPayload.route=\"/internal/storage-events\" AND httpRequest.status>=500"
+    }
+    webhook_delivery_failures = {
+      description = "Webhook delivery attempts that failed (the endpoint refused, failed or timed out): Pub/Sub retries them."
+      condition   = "jsonPayload.route=\"/internal/webhooks\" AND jsonPayload.error_code=\"webhook_delivery_failed\""
+    }
+    webhook_dead_letters = {
+      description = "Webhook deliveries given up after the last attempt and recorded as dead-lettered."
+      condition   = "jsonPayload.route=\"/internal/webhook-dead-letters\" AND httpRequest.status<300"
+    }
+  }
+}
+
+# --- Log-based metrics ---------------------------------------------------------
+
+resource "google_logging_metric" "requests" {
+  project     = var.project_id
+  name        = "${var.name}/requests"
+  description = "Requests the uploads function answered, by route template, method, status and error code."
+  filter      = local.request_lines
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+
+    labels {
+      key         = "route"
+      value_type  = "STRING"
+      description = "The route's template (/v1/uploads/{upload_id}); (none) when no route matched."
+    }
+    labels {
+      key         = "method"
+      value_type  = "STRING"
+      description = "The HTTP method."
+    }
+    labels {
+      key         = "status"
+      value_type  = "STRING"
+      description = "The HTTP status code."
+    }
+    labels {
+      key         = "error_code"
+      value_type  = "STRING"
+      description = "The error envelope's code; empty on success."
+    }
+  }
+
+  label_extractors = {
+    route      = "EXTRACT(jsonPayload.route)"
+    method     = "EXTRACT(httpRequest.requestMethod)"
+    status     = "EXTRACT(httpRequest.status)"
+    error_code = "EXTRACT(jsonPayload.error_code)"
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_logging_metric" "latency" {
+  project     = var.project_id
+  name        = "${var.name}/request_latencies"
+  description = "Time from the request's arrival in our code to its answer, by route template and method."
+  filter      = local.request_lines
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "DISTRIBUTION"
+    unit        = "s"
+
+    labels {
+      key         = "route"
+      value_type  = "STRING"
+      description = "The route's template."
+    }
+    labels {
+      key         = "method"
+      value_type  = "STRING"
+      description = "The HTTP method."
+    }
+  }
+
+  # httpRequest.latency is a Duration ("0.042187s"); a value extractor converts
+  # the field to a string first, so the number is taken out of it
+  # (https://cloud.google.com/logging/docs/logs-based-metrics/distribution-metrics).
+  value_extractor = "REGEXP_EXTRACT(httpRequest.latency, \"([0-9.]+)s\")"
+  label_extractors = {
+    route  = "EXTRACT(jsonPayload.route)"
+    method = "EXTRACT(httpRequest.requestMethod)"
+  }
+
+  bucket_options {
+    # 5 ms to ~80 s in 24 buckets, each 1.5 times the last.
+    exponential_buckets {
+      num_finite_buckets = 24
+      growth_factor      = 1.5
+      scale              = 0.005
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Counters of what failed, one metric each, so each alert reads one series.
+resource "google_logging_metric" "failures" {
+  for_each = local.failure_metrics
+
+  project     = var.project_id
+  name        = "${var.name}/${each.key}"
+  description = each.value.description
+  filter      = "${local.request_lines} AND ${each.value.condition}"
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# --- Who is told ---------------------------------------------------------------
+
+resource "google_monitoring_notification_channel" "email" {
+  for_each = toset(var.alert_emails)
+
+  project      = var.project_id
+  display_name = "${var.name} alerts: ${each.value}"
+  type         = "email"
+  labels = {
+    email_address = each.value
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# --- Alert policies --------------------------------------------------------------
+
+resource "google_monitoring_alert_policy" "error_ratio" {
+  project               = var.project_id
+  display_name          = "${var.name}: 5xx above 1% of requests"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    display_name = "5xx / all requests > 1% for 5 minutes"
+    condition_threshold {
+      filter             = "metric.type = \"${local.log_metric}/${google_logging_metric.requests.name}\" AND ${local.run_resource} AND metric.label.status = monitoring.regex.full_match(\"5[0-9][0-9]\")"
+      denominator_filter = "metric.type = \"${local.log_metric}/${google_logging_metric.requests.name}\" AND ${local.run_resource}"
+      comparison         = "COMPARISON_GT"
+      threshold_value    = 0.01
+      duration           = "300s"
+      aggregations {
+        alignment_period     = "60s"
+        per_series_aligner   = "ALIGN_RATE"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+      denominator_aggregations {
+        alignment_period     = "60s"
+        per_series_aligner   = "ALIGN_RATE"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      More than 1% of requests answered 5xx for 5 minutes.
+      1. The dashboard "${var.name}" splits requests by route and error_code: 503 service_unavailable means Firestore, Storage or Google's certificates were slow or down (check status.cloud.google.com and the log lines' `reason`); 500 internal_error is a bug or a missing setting (the log line has the stack trace).
+      2. If it began with a deploy, roll back (README "Rolling out and rolling back").
+      3. If instances are at max_instances too, see that alert: raise max_instances.
+      ${local.runbook}
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "create_latency" {
+  project               = var.project_id
+  display_name          = "${var.name}: POST /v1/uploads p95 above 1 s"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    display_name = "p95 latency of POST /v1/uploads > 1 s for 10 minutes"
+    condition_threshold {
+      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.latency.name}\" AND ${local.run_resource} AND metric.label.route = \"/v1/uploads\" AND metric.label.method = \"POST\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 1
+      duration        = "600s"
+      aggregations {
+        # Each series' 95th percentile per minute; the worst series (a rollout
+        # has two revisions) decides.
+        alignment_period     = "60s"
+        per_series_aligner   = "ALIGN_PERCENTILE_95"
+        cross_series_reducer = "REDUCE_MAX"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      Creating an upload took over 1 s at the 95th percentile for 10 minutes. Each create is one GCS session initiation and one Firestore commit.
+      1. Check Firestore and Cloud Storage on status.cloud.google.com, and Firestore's latency in the console (a hot-spotted index shows as write latency: see the capacity table in the README).
+      2. Check the instance count: at max_instances requests queue; raise max_instances.
+      3. If it began with a deploy, roll back.
+      ${local.runbook}
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "sweep_failing" {
+  project               = var.project_id
+  display_name          = "${var.name}: the sweep failed twice in a row"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    display_name = "3+ failed sweep calls in 10 minutes"
+    condition_threshold {
+      # Each scheduled run may be tried twice (scheduler.tf retry_count = 1), so
+      # three failures within two 5-minute periods means two runs failed.
+      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["sweep_failures"].name}\" AND ${local.run_resource}"
+      comparison      = "COMPARISON_GT"
+      threshold_value = 2
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      The expiry sweep (POST /internal/sweep from Cloud Scheduler) failed in two runs in a row: uploads stay pending past expires_at and their sessions still take bytes.
+      1. The sweep's log line says why (`reason`, and `details.sweep` counts). 503 with Firestore or Storage down clears by itself; nothing is lost, the next run picks up what is left.
+      2. 401/403 (not counted here, but visible on the dashboard) means the scheduler's token no longer matches SWEEP_SERVICE_ACCOUNT/SWEEP_AUDIENCE: re-apply Terraform.
+      3. Run it by hand: gcloud scheduler jobs run ${google_cloud_scheduler_job.sweep.name} --location ${var.region}
+      ${local.runbook}
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "pubsub_backlog" {
+  project               = var.project_id
+  display_name          = "${var.name}: Pub/Sub backlog older than 15 minutes"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    display_name = "oldest unacked message > 15 minutes"
+    condition_threshold {
+      filter          = "metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND resource.type = \"pubsub_subscription\" AND resource.label.subscription_id = one_of(\"${google_pubsub_subscription.storage_events.name}\", \"${google_pubsub_subscription.webhooks.name}\", \"${google_pubsub_subscription.webhooks_dead.name}\")"
+      comparison      = "COMPARISON_GT"
+      threshold_value = 900
+      duration        = "60s"
+      aggregations {
+        alignment_period   = "60s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      A push subscription has held a message for over 15 minutes: the function keeps failing it.
+      - ${google_pubsub_subscription.storage_events.name}: storage events are not completing uploads (GETs and the sweep still do, later). See the storage_event_failures metric and the log lines of /internal/storage-events.
+      - ${google_pubsub_subscription.webhooks.name}: a webhook endpoint keeps failing (it is retried for hours, then dead-lettered). List attempts: python -m lib.admin webhook-deliveries --workspace WS
+      - ${google_pubsub_subscription.webhooks_dead.name}: dead letters are not being recorded (/internal/webhook-dead-letters failing).
+      ${local.runbook}
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "dead_letters" {
+  project               = var.project_id
+  display_name          = "${var.name}: messages dead-lettered"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    display_name = "a storage event waits in the dead-letter subscription"
+    condition_threshold {
+      filter          = "metric.type = \"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND resource.type = \"pubsub_subscription\" AND resource.label.subscription_id = \"${google_pubsub_subscription.storage_events_dead.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+
+  conditions {
+    display_name = "a webhook delivery was dead-lettered"
+    condition_threshold {
+      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["webhook_dead_letters"].name}\" AND ${local.run_resource}"
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      Something was given up after every retry.
+      - A storage event: its upload completes at the next GET or sweep anyway. Read it: gcloud pubsub subscriptions pull ${google_pubsub_subscription.storage_events_dead.name} --limit 10 ; fix the cause (the function's log for /internal/storage-events), then ack it.
+      - A webhook delivery: the customer's endpoint failed for the whole retry schedule. python -m lib.admin webhook-deliveries --workspace WS shows it as dead-lettered; tell the customer.
+      ${local.runbook}
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "instances_near_max" {
+  project               = var.project_id
+  display_name          = "${var.name}: instances near max_instances"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    display_name = "instances > 80% of max_instances (${var.max_instances}) for 5 minutes"
+    condition_threshold {
+      filter          = "metric.type = \"run.googleapis.com/container/instance_count\" AND ${local.run_resource}"
+      comparison      = "COMPARISON_GT"
+      threshold_value = floor(var.max_instances * 0.8)
+      duration        = "300s"
+      aggregations {
+        alignment_period     = "60s"
+        per_series_aligner   = "ALIGN_MAX"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      The function is running over 80% of max_instances (${var.max_instances}). At the cap, requests queue and then fail with 429/503.
+      1. If the traffic is real, raise max_instances (and check the capacity table in the README: Firestore and GCS ramp up gradually).
+      2. If latency rose first (see that alert), instances are piling up behind a slow backend: fix that instead.
+      ${local.runbook}
+    EOT
+  }
+}
+
+# --- Uptime ------------------------------------------------------------------------
+
+resource "google_monitoring_uptime_check_config" "health" {
+  project      = var.project_id
+  display_name = "${var.name} /health"
+  timeout      = "10s"
+  period       = "60s"
+
+  http_check {
+    # Not /healthz: Cloud Run reserves some paths ending in "z" and advises
+    # avoiding them all (https://cloud.google.com/run/docs/known-issues,
+    # "Reserved URL paths").
+    path         = "/health"
+    port         = 443
+    use_ssl      = true
+    validate_ssl = true
+    accepted_response_status_codes {
+      status_value = 200
+    }
+  }
+
+  content_matchers {
+    content = "\"status\":\"ok\""
+    matcher = "CONTAINS_STRING"
+  }
+
+  monitored_resource {
+    type = "uptime_url"
+    labels = {
+      project_id = var.project_id
+      host       = trimprefix(google_cloudfunctions2_function.uploads.service_config[0].uri, "https://")
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_monitoring_alert_policy" "uptime" {
+  project               = var.project_id
+  display_name          = "${var.name}: /health failing"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    display_name = "uptime check failing from 2+ locations for 5 minutes"
+    condition_threshold {
+      filter          = "metric.type = \"monitoring.googleapis.com/uptime_check/check_passed\" AND resource.type = \"uptime_url\" AND metric.label.check_id = \"${google_monitoring_uptime_check_config.health.uptime_check_id}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 1
+      duration        = "300s"
+      aggregations {
+        alignment_period     = "60s"
+        per_series_aligner   = "ALIGN_NEXT_OLDER"
+        cross_series_reducer = "REDUCE_COUNT_FALSE"
+        group_by_fields      = ["resource.label.host"]
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      GET /health on the function's URL is failing from several places: the function is down or unreachable. /health calls nothing upstream, so this is the function or Cloud Run itself, not Firestore or Storage.
+      1. Cloud Run's page for the service "${google_cloudfunctions2_function.uploads.name}": is a revision serving? Did the last deploy fail to start (the build or the container log says why)?
+      2. Roll back to the last good revision (README "Rolling out and rolling back").
+      ${local.runbook}
+    EOT
+  }
+}
+
+# --- Dashboard -------------------------------------------------------------------
+
+resource "google_monitoring_dashboard" "uploads" {
+  project = var.project_id
+  # Every subscription is named "<name>-...": the backlog chart takes them all.
+  dashboard_json = templatefile("${path.module}/dashboard.json.tftpl", {
+    name            = var.name
+    requests_metric = "${local.log_metric}/${google_logging_metric.requests.name}"
+    latency_metric  = "${local.log_metric}/${google_logging_metric.latency.name}"
+    service         = google_cloudfunctions2_function.uploads.name
+    max_instances   = var.max_instances
+  })
+
+  depends_on = [google_project_service.enabled]
+}

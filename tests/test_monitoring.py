@@ -1,0 +1,332 @@
+"""terraform/monitoring.tf against what the function really logs.
+
+Every log-based metric's filter, label extractors and value extractor are
+evaluated here against the request lines served functions wrote moments
+before: a create, a GET, a 404, /health, a sweep and a storage event failing
+on a dead Firestore, webhook deliveries failing at a receiver until they are
+dead-lettered. A filter naming a field the line does not carry, or a value it
+never has, matches nothing and fails. `resource.*` clauses are Cloud Run's
+(it adds the resource to each line it reads from stdout), so they are checked
+for the service's name only. The alert policies and the dashboard are checked
+to use only metrics and labels that exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+import requests
+
+import main
+from dev import emulators
+from dev.receiver import Receiver
+from lib import webhooks
+from tests.conftest import BUCKET, WEBHOOK_MAX_ATTEMPTS
+from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
+from tests.test_events import envelope, resource_of, wait_for
+from tests.test_terraform import TF, load_tf, tf_variables, unquote
+from tests.test_webhooks import deliveries, upload
+
+FUNCTION_NAME = unquote(tf_variables()["function_name"]["default"])
+
+
+# --- reading monitoring.tf ------------------------------------------------------
+
+def hcl_string(value: str) -> str:
+    """A python-hcl2 string as Terraform means it: quotes off, escapes read."""
+    if value[:1] == value[-1:] == '"':
+        value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return value
+
+
+def monitoring() -> dict:
+    return load_tf("monitoring.tf")
+
+
+def tf_locals() -> dict:
+    return {k: v for block in monitoring()["locals"] for k, v in block.items()}
+
+
+def resolve(value: str) -> str:
+    """Interpolate the locals and the function's name, as Terraform would."""
+    text = hcl_string(value)
+    known = {"google_cloudfunctions2_function.uploads.name": FUNCTION_NAME}
+    for _ in range(5):
+        text = re.sub(r"\$\{local\.(\w+)\}", lambda m: hcl_string(tf_locals()[m.group(1)]), text)
+        text = re.sub(r"\$\{([\w.]+)\}", lambda m: known.get(m.group(1), m.group(0)), text)
+    return text
+
+
+def resources(type_name: str) -> dict[str, dict]:
+    found = {}
+    for entry in monitoring()["resource"]:
+        for type_label, named in entry.items():
+            if unquote(type_label) == type_name:
+                found.update({unquote(name): body for name, body in named.items()})
+    return found
+
+
+def metrics() -> dict[str, dict]:
+    """Every log-based metric, for_each expanded: {key: {"name", "filter", "body"}}, where the
+    key is the resource name (`requests`) or the for_each key (`sweep_failures`), and
+    `name` the metric's name with var.name at its default."""
+    default = unquote(tf_variables()["name"]["default"])
+    found = {}
+    for key, body in resources("google_logging_metric").items():
+        if "for_each" in body:
+            assert body["for_each"] == "${local.failure_metrics}", key
+            for each_key, each in tf_locals()["failure_metrics"].items():
+                name = hcl_string(body["name"]).replace("${each.key}", each_key)
+                text = hcl_string(body["filter"]).replace("${each.value.condition}", hcl_string(each["condition"]))
+                found[each_key] = {"name": name.replace("${var.name}", default), "filter": resolve(text),
+                                   "body": body, "ref": f'google_logging_metric.{key}["{each_key}"]'}
+        else:
+            found[key] = {"name": hcl_string(body["name"]).replace("${var.name}", default),
+                          "filter": resolve(body["filter"]), "body": body, "ref": f"google_logging_metric.{key}"}
+    return found
+
+
+# --- the filter language, as far as our filters use it -----------------------------
+
+CLAUSE = re.compile(r'(?P<path>[\w.]+)\s*(?P<op>>=|<=|!=|=|<|>|:)\s*(?P<value>"(?:[^"\\]|\\.)*"|\*|-?\d+)')
+
+
+def field(line: dict, path: str):
+    head, _, rest = path.partition(".")
+    if head == "jsonPayload":
+        node = line
+    elif head == "httpRequest":
+        node = line.get("httpRequest", {})
+    else:
+        raise AssertionError(f"unexpected field {path}")
+    for part in rest.split(".") if head == "httpRequest" else [rest]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def matches(filter_text: str, line: dict) -> bool:
+    clauses = [c.strip() for c in filter_text.split(" AND ")]
+    for clause in clauses:
+        match = CLAUSE.fullmatch(clause)
+        assert match, f"a clause this test cannot read (so cannot vouch for): {clause!r}"
+        path, op, raw = match.group("path", "op", "value")
+        if path.startswith("resource."):
+            assert path in ("resource.type", "resource.labels.service_name"), clause
+            assert raw in ('"cloud_run_revision"', f'"{FUNCTION_NAME}"'), clause
+            continue
+        value = field(line, path)
+        if op == ":" and raw == "*":
+            ok = value is not None
+        elif raw.startswith('"'):
+            expected = json.loads(raw)
+            ok = value is not None and {"=": str(value) == expected, "!=": str(value) != expected}[op]
+        else:
+            number = int(raw)
+            ok = isinstance(value, (int, float)) and {
+                ">=": value >= number, "<=": value <= number, ">": value > number, "<": value < number,
+                "=": value == number, "!=": value != number}[op]
+        if not ok:
+            return False
+    return True
+
+
+def extract(extractor: str, line: dict):
+    extractor = hcl_string(extractor)
+    match = re.fullmatch(r'EXTRACT\(([\w.]+)\)', extractor)
+    if match:
+        return field(line, match.group(1))
+    match = re.fullmatch(r'REGEXP_EXTRACT\(([\w.]+), "(.*)"\)', extractor)
+    assert match, f"an extractor this test cannot read: {extractor!r}"
+    value = field(line, match.group(1))
+    found = re.search(match.group(2).replace("\\\\", "\\"), str(value)) if value is not None else None
+    return found.group(1) if found else None
+
+
+# --- real lines ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_module, db, gcs):
+    """Request lines from three served functions, each kind of request once at least."""
+    key, workspace = make_key_module()
+    tag = uuid.uuid4().hex[:8]
+    auth = {"Authorization": f"Bearer {key}"}
+    # The ordinary routes, on the shared function.
+    created = served_default.post(json={"content_type": "video/mp4"}, headers={**auth, "X-Request-Id": f"{tag}-c"})
+    assert created.status_code == 201
+    base = served_default.url
+    served_default.session.get(f"{base}/v1/uploads/{created.json()['id']}", headers=auth, timeout=30)
+    served_default.session.get(f"{base}/nowhere", timeout=30)
+    served_default.session.get(f"{base}/health", timeout=30)
+    served_default.post(json={"content_type": "text/html"}, headers=auth)
+
+    # A sweep and a storage event failing on a dead Firestore.
+    name = created.json()["source_url"].split(f"/{BUCKET}/", 1)[1]  # an object the service knows
+    gcs.bucket(BUCKET).blob(name).upload_from_string(b"x", content_type="video/mp4")
+    dead = emulators.start_function(dict(backends["env"], FIRESTORE_EMULATOR_HOST="127.0.0.1:9"), log_dir,
+                                    name=f"function-dead-firestore-{tag}")
+    try:
+        sweep = requests.post(dead.url + "/internal/sweep", timeout=60,
+                              headers={"Authorization": f"Bearer {oidc_issuer.token()}"})
+        event = requests.post(dead.url + "/internal/storage-events", timeout=60,
+                              json=envelope(resource_of(gcs, name)),
+                              headers={"Authorization": f"Bearer {oidc_issuer.events_token()}"})
+        assert (sweep.status_code, event.status_code) == (503, 503), (sweep.text, event.text)
+    finally:
+        dead.stop()
+    dead_lines = [json.loads(raw) for raw in dead.log_path.read_text().splitlines() if raw.startswith("{")]
+
+    # Webhook deliveries failing until they are dead-lettered (the event path's function).
+    receiver = Receiver()
+    receiver.script.extend([500] * WEBHOOK_MAX_ATTEMPTS)
+    hook = webhooks.create_endpoint(db, workspace, "live", receiver.url, True, datetime.now(timezone.utc))
+    SESSION_WEBHOOK_SECRETS.add(hook.secret)
+    try:
+        upload(event_path, key, b"monitoring")
+        receiver.wait_for(WEBHOOK_MAX_ATTEMPTS, timeout=60)
+        wait_for(lambda: [r for r in deliveries(db, workspace, hook.id) if r["dead_lettered"]], timeout=30,
+                 what="the dead-letter record")
+    finally:
+        receiver.stop()
+    events_lines = event_path["function"].log_lines()
+    everything = [line for line in served_default.log_lines() + dead_lines + events_lines if "httpRequest" in line]
+    return everything
+
+
+@pytest.fixture(scope="module")
+def make_key_module(db):
+    from lib import auth
+
+    def make():
+        workspace = f"ws_{uuid.uuid4().hex[:12]}"
+        key, _ = auth.create_key(db, workspace, "pytest", "live")
+        SESSION_KEYS.add(key)
+        return key, workspace
+    return make
+
+
+def filter_of(name: str) -> str:
+    return metrics()[name]["filter"]
+
+
+def test_every_request_line_is_counted_once_and_carries_every_label(lines):
+    body = metrics()["requests"]["body"]
+    assert all(matches(filter_of("requests"), line) for line in lines)
+    labels = {unquote(k): v for k, v in body["label_extractors"].items()}
+    declared = {unquote(l["key"]) for l in body["metric_descriptor"][0]["labels"]}
+    assert set(labels) == declared == {"route", "method", "status", "error_code"}
+    for line in lines:
+        assert extract(labels["route"], line) in {*main.TEMPLATES.values(), "(none)"}
+        assert extract(labels["method"], line) in {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
+        assert re.fullmatch(r"[1-5][0-9][0-9]", str(extract(labels["status"], line)))
+    codes = {extract(labels["error_code"], line) for line in lines}
+    assert {None, "not_found", "unsupported_content_type", "service_unavailable", "webhook_delivery_failed"} <= codes
+
+
+def test_the_latency_extractor_reads_a_number_of_seconds_from_every_line(lines):
+    body = metrics()["latency"]["body"]
+    assert all(matches(filter_of("latency"), line) for line in lines)
+    for line in lines:
+        seconds = float(extract(body["value_extractor"], line))
+        assert math.isfinite(seconds) and 0 <= seconds < 120
+        assert abs(seconds - float(line["httpRequest"]["latency"].rstrip("s"))) < 1e-9
+
+
+@pytest.mark.parametrize("metric,route,status", [
+    ("sweep_failures", "/internal/sweep", 503),
+    ("storage_event_failures", "/internal/storage-events", 503),
+    ("webhook_delivery_failures", "/internal/webhooks", 502),
+    ("webhook_dead_letters", "/internal/webhook-dead-letters", 200),
+])
+def test_each_failure_metric_counts_its_lines_and_nothing_else(lines, metric, route, status):
+    counted = [line for line in lines if matches(filter_of(metric), line)]
+    assert counted, f"{metric} matches none of the real lines"
+    assert all(line["route"] == route and line["httpRequest"]["status"] == status for line in counted)
+    others = [line for line in lines if line["route"] == route and line["httpRequest"]["status"] != status]
+    assert not any(matches(filter_of(metric), line) for line in others)
+
+
+def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
+    defined = {m["ref"]: {unquote(l["key"]) for block in m["body"].get("metric_descriptor", [])
+                          for l in block.get("labels", [])} for m in metrics().values()}
+    policies = resources("google_monitoring_alert_policy")
+    assert set(policies) >= {"error_ratio", "create_latency", "sweep_failing", "pubsub_backlog", "dead_letters",
+                             "instances_near_max", "uptime"}
+    gcp_metrics = {"pubsub.googleapis.com/subscription/oldest_unacked_message_age",
+                   "pubsub.googleapis.com/subscription/num_undelivered_messages",
+                   "run.googleapis.com/container/instance_count",
+                   "monitoring.googleapis.com/uptime_check/check_passed"}
+    for name, policy in policies.items():
+        assert hcl_string(policy["notification_channels"]) == "${local.channels}", name
+        assert "${local.runbook}" in policy["documentation"][0]["content"], name
+        for condition in policy["conditions"]:
+            threshold = condition["condition_threshold"][0]
+            for key in ("filter", "denominator_filter"):
+                if key not in threshold:
+                    continue
+                text = hcl_string(threshold[key])
+                metric_type = re.match(r'metric\.type = "((?:[^"$]|\$\{[^}]*\})+)"', text).group(1)
+                used_labels = set(re.findall(r"metric\.label\.(\w+)", text))
+                ref = re.fullmatch(r"\$\{local\.log_metric\}/\$\{(.+)\.name\}", metric_type)
+                if ref:
+                    assert ref.group(1) in defined, (name, metric_type)
+                    assert used_labels <= defined[ref.group(1)], (name, used_labels - defined[ref.group(1)])
+                else:
+                    assert metric_type in gcp_metrics, (name, metric_type)
+
+
+def test_instances_alert_fires_below_the_cap_it_guards():
+    policy = resources("google_monitoring_alert_policy")["instances_near_max"]
+    threshold = policy["conditions"][0]["condition_threshold"][0]["threshold_value"]
+    assert threshold == "${floor(var.max_instances * 0.8)}"
+    assert int(tf_variables()["max_instances"]["default"] * 0.8) < tf_variables()["max_instances"]["default"]
+
+
+def test_notification_channels_come_from_the_variable_and_none_by_default():
+    channels = resources("google_monitoring_notification_channel")["email"]
+    assert channels["for_each"] == "${toset(var.alert_emails)}"
+    assert hcl_string(channels["type"]) == "email"
+    assert tf_variables()["alert_emails"]["default"] == []
+    assert hcl_string(tf_locals()["channels"]) == "${[for channel in google_monitoring_notification_channel.email : channel.id]}"
+
+
+def test_the_uptime_check_probes_an_unauthenticated_get_route_for_its_body():
+    check = resources("google_monitoring_uptime_check_config")["health"]
+    http = check["http_check"][0]
+    path = hcl_string(http["path"])
+    assert not path.endswith("z")  # Cloud Run reserves some paths ending in "z"
+    handlers = [methods for pattern, methods in main.ROUTES if pattern.fullmatch(path)]
+    assert handlers and handlers[0].get("GET") is main.health
+    status, body, _ = main.health(None, b"", {}, {})
+    assert status == 200
+    assert hcl_string(check["content_matchers"][0]["content"]) in json.dumps(body, separators=(",", ":"))
+    assert http["use_ssl"] is True and http["validate_ssl"] is True
+
+
+def test_the_dashboard_renders_to_json_with_the_charts_ops_need():
+    template = (TF / "dashboard.json.tftpl").read_text()
+    values = {"name": "framelane-uploads", "requests_metric": "logging.googleapis.com/user/framelane-uploads/requests",
+              "latency_metric": "logging.googleapis.com/user/framelane-uploads/request_latencies",
+              "service": FUNCTION_NAME, "max_instances": "20"}
+    rendered = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], template)
+    assert "${" not in rendered and "%{" not in rendered
+    dashboard = json.loads(rendered)
+    titles = [tile["widget"]["title"] for tile in dashboard["mosaicLayout"]["tiles"]]
+    for needed in ("Requests per second", "5xx ratio", "latency", "Instances", "Pub/Sub"):
+        assert any(needed in title for title in titles), needed
+    filters = re.findall(r'"filter": "((?:[^"\\]|\\.)*)"', rendered)
+    used = {re.search(r'metric\.type="([^"]+)"', json.loads(f'"{f}"')).group(1) for f in filters}
+    assert used == {values["requests_metric"], values["latency_metric"],
+                    "run.googleapis.com/container/instance_count",
+                    "pubsub.googleapis.com/subscription/oldest_unacked_message_age"}
+    # The metric names the template is given are the ones monitoring.tf defines.
+    call = hcl_string(resources("google_monitoring_dashboard")["uploads"]["dashboard_json"])
+    assert "google_logging_metric.requests.name" in call and "google_logging_metric.latency.name" in call
+    assert {m["name"] for m in metrics().values()} >= {"framelane-uploads/requests",
+                                                        "framelane-uploads/request_latencies"}
