@@ -22,7 +22,7 @@ from lib import auth, events, idempotency, lifecycle, logs, models, oidc, server
 from lib.clients import firestore_client, publisher, session_http, storage_client
 from lib.config import ConfigError, Settings, get_settings
 from lib.errors import (ApiError, InvalidEvent, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded,
-                        UploadNotFound, UploadTooLarge, UriTooLong, WebhookDeliveryFailed)
+                        UploadNotFound, UploadTooLarge, UriTooLong, ValidationFailed, WebhookDeliveryFailed)
 
 # Before functions-framework builds its gunicorn (it imports this module first).
 server.install()
@@ -37,6 +37,12 @@ MAX_PATH_BYTES = 2048
 # (lib/clients.py), so a call ends by ~45 s, inside the function's timeout (60 s).
 SWEEP_BUDGET_SECONDS = 25.0
 SWEEP_GRACE_SECONDS = 12.0
+# Records settled at once. Each is ~4 sequential upstream calls and almost no
+# CPU, so the rate grows with workers until the instance's CPU binds (docs/operations.md,
+# "Capacity"; bench (i)).
+SWEEP_WORKERS = 32
+# ?shards=A-B: the slice of lib/lifecycle.py's shards one scheduler job sweeps.
+_SHARD_RANGE = re.compile(r"(?P<first>[0-9]{1,3})-(?P<last>[0-9]{1,3})")
 
 
 def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
@@ -66,7 +72,7 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
             source_url=media.source_url(settings.cdn_base_url, name),
             expires_at=media.rfc3339(expires),
         )
-        record = lifecycle.new_fields(key.workspace_id, key.mode, name, content_type, upload.size_bytes,
+        record = lifecycle.new_fields(upload_id, key.workspace_id, key.mode, name, content_type, upload.size_bytes,
                                       created, expires, url)
         log["upload_id"] = upload_id
         return out, upload_id, record
@@ -148,10 +154,12 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
         reason = getattr(exc, "reason", None)
         failures.append(f"{upload_id}: {type(cause).__name__}" + (f" ({reason})" if reason else ""))
 
+    shards = _sweep_shards(request.args.get("shards"))
+    log["sweep_shards"] = f"{shards.start}-{shards.stop - 1}"
     started = time.monotonic()
     db = firestore_client(settings.firestore)
     result = lifecycle.sweep(db, _storage(settings, log), media.now(), SWEEP_BUDGET_SECONDS, SWEEP_GRACE_SECONDS,
-                             on_error=on_error)
+                             workers=SWEEP_WORKERS, on_error=on_error, shards=shards)
     log["sweep"] = result.as_dict()
     if failures:
         log["sweep_failures"] = failures[:20]
@@ -168,6 +176,18 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
         raise ServiceUnavailable(retry_after=30, details={"sweep": result.as_dict()})
     return 200, result.as_dict(), {}
+
+
+def _sweep_shards(value: str | None) -> range:
+    """The shards a sweep call covers: all, or `A-B` (inclusive) from its scheduler job."""
+    if value is None:
+        return range(lifecycle.SWEEP_SHARDS)
+    match = _SHARD_RANGE.fullmatch(value)
+    if match is None or not int(match["first"]) <= int(match["last"]) < lifecycle.SWEEP_SHARDS:
+        raise ValidationFailed(details={"fields": [{
+            "field": "shards", "type": "invalid",
+            "message": f"shards must be A-B with 0 <= A <= B < {lifecycle.SWEEP_SHARDS}"}]})
+    return range(int(match["first"]), int(match["last"]) + 1)
 
 
 def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:

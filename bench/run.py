@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from bench import command
+from bench import command, sweep
 from dev import emulators
 from dev.receiver import Receiver
 
@@ -403,6 +403,10 @@ def main() -> int:
         uploads = command.measure(endpoint.url, key, storage_emulator.url, BUCKET, rounds)
         print(f"h command {uploads['command_mibs']:.1f} MiB/s, floor {uploads['floor_mibs']:.1f} MiB/s, "
               f"ratio {uploads['ratio']:.2f}, peak RSS {uploads['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+        # (i) one sweep run's rate of settling expired uploads, by worker count.
+        sweeps = sweep.measure(firestore_emulator, storage_emulator.url, PROJECT, BUCKET)
+        print("i sweep " + ", ".join(f"{r['workers']} workers {r['per_second']:.0f}/s" for r in sweeps),
+              file=sys.stderr)
 
         rss = [rss_mib(worker_pid(endpoint))]
         for _ in range(2):
@@ -413,7 +417,7 @@ def main() -> int:
         imports = import_times()
         cold = cold_starts(env, key, log_dir)
         report = _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count,
-                         latency, delivery_runs, hook_latency, uploads)
+                         latency, delivery_runs, hook_latency, uploads, sweeps)
     finally:
         for service in reversed(services):
             service.stop()
@@ -422,6 +426,7 @@ def main() -> int:
             receiver.stop()
     print(report)
     _write(report)
+    emulators.finish_log_dir(log_dir, True)  # an exception above leaves them in place
     return 0
 
 
@@ -466,7 +471,7 @@ RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency,
-            delivery_runs, hook_latency, uploads) -> str:
+            delivery_runs, hook_latency, uploads, sweeps) -> str:
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
@@ -502,6 +507,11 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         f"{uploads['command_mibs']:.1f} MiB/s against {uploads['floor_mibs']:.1f} MiB/s, ratio "
         f"**{uploads['ratio']:.2f}**; the command's peak RSS **{uploads['peak_rss_mib']:.0f} MiB** (target: chunk "
         f"+ 80 MiB = {command.CHUNK // command.MIB + 80} MiB).", "",
+        f"**(i) the sweep** (one run over {sweeps[0]['count']} pending uploads past expires_at, seeded into a "
+        "database of their own; each settled `expired`: an object lookup, the session's DELETE, a second "
+        "lookup, a conditional update; in this process, as the function runs it): "
+        + ", ".join(f"{r['workers']} workers **{r['per_second']:.0f}/s** ({r['seconds']:.1f} s)" for r in sweeps)
+        + ".", "",
     ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "

@@ -197,7 +197,7 @@ def start_firestore(log_dir: Path, port: int | None = None, timeout: float = 60.
     return service
 
 
-def firestore_client_for(emulator: Service, project: str):
+def firestore_client_for(emulator: Service, project: str, database: str = "(default)"):
     """A Firestore client talking to `emulator`, leaving this process's environment as it was.
 
     The client reads FIRESTORE_EMULATOR_HOST once, when it is constructed.
@@ -207,7 +207,7 @@ def firestore_client_for(emulator: Service, project: str):
     saved = os.environ.get("FIRESTORE_EMULATOR_HOST")
     os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.extra["host"]
     try:
-        return firestore.Client(project=project)
+        return firestore.Client(project=project, database=database)
     finally:
         if saved is None:
             os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
@@ -376,3 +376,39 @@ def start_function(env: dict, log_dir: Path, port: int | None = None, timeout: f
 def new_log_dir(prefix: str = "framelane-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
+
+def finish_log_dir(log_dir: Path, ok: bool) -> None:
+    """A run's logs: removed when it succeeded; kept, and where said, when it failed."""
+    if ok:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        print(f"Logs kept in {log_dir}", file=sys.stderr, flush=True)
+
+
+def seed_expired_uploads(db, storage_url: str, bucket: str, count: int, expired_ago: float = 3600.0) -> set[str]:
+    """`count` pending upload records whose expires_at passed `expired_ago` seconds
+    ago (negative: still to come), written as the function writes them, with
+    session URLs on `storage_url` (fake-gcs-server answers their DELETE 499, as
+    GCS does a cancelled session) and no object. For the sweep's tests and bench."""
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from lib import lifecycle
+
+    now = datetime.now(timezone.utc)
+    expires = now - timedelta(seconds=expired_ago)
+    ids, batch = set(), db.batch()
+    for n in range(count):
+        hex32 = uuid.uuid4().hex
+        upload_id = f"upl_{hex32}"
+        fields = lifecycle.new_fields(
+            upload_id, "ws_capacity", "live", f"uploads/ws_capacity/{hex32}.mp4", "video/mp4", None,
+            expires - timedelta(hours=1), expires,
+            f"{storage_url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id=capacity-{hex32}")
+        batch.create(lifecycle.ref(db, upload_id), fields)
+        ids.add(upload_id)
+        if n % 500 == 499:
+            batch.commit()
+            batch = db.batch()
+    batch.commit()
+    return ids

@@ -1,7 +1,8 @@
 """Ops CLI for API keys and webhook endpoints: `python -m lib.admin COMMAND`.
 
 Keys: create-key, list-keys, revoke-key. Webhooks: add-webhook, list-webhooks,
-remove-webhook, rotate-webhook-secret, webhook-deliveries.
+remove-webhook, rotate-webhook-secret, webhook-deliveries. Migration:
+backfill-sweep-shards (once, after the deploy that shards the sweep's index).
 
 Talks to the Firestore named by GOOGLE_CLOUD_PROJECT (and FIRESTORE_DATABASE,
 default "(default)") with application default credentials, or to the emulator
@@ -28,7 +29,7 @@ from typing import Any, Callable, Sequence
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import auth, targets, uploads as media, webhooks
+from lib import auth, lifecycle, targets, uploads as media, webhooks
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, firestore_client, upstream
 from lib.config import ConfigError, FirestoreSettings, allow_private_targets
 from lib.errors import ServiceUnavailable
@@ -78,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--json", action="store_true",
                         help='print only {"id","url","workspace_id","mode","secret","previous_secret_expires_at"}')
 
+    commands.add_parser("backfill-sweep-shards",
+                        help="give upload records from before the sharded sweep index their shard (once)")
     deliveries = commands.add_parser("webhook-deliveries", help="a workspace's recent delivery attempts")
     deliveries.add_argument("--workspace", required=True, type=_workspace)
     deliveries.add_argument("--limit", type=_limit, default=50, help="how many, newest first (1-1000, default 50)")
@@ -104,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     commands = {"create-key": _create, "list-keys": _list, "revoke-key": _revoke, "add-webhook": _add_webhook,
                 "list-webhooks": _list_webhooks, "remove-webhook": _remove_webhook,
-                "rotate-webhook-secret": _rotate_webhook_secret, "webhook-deliveries": _webhook_deliveries}
+                "rotate-webhook-secret": _rotate_webhook_secret, "webhook-deliveries": _webhook_deliveries,
+                "backfill-sweep-shards": _backfill_sweep_shards}
     try:
         return commands[args.command](db, args)
     except ConfigError as exc:
@@ -251,6 +255,12 @@ def _webhook_deliveries(db, args) -> int:
         ("TRY", 3, lambda row: "-" if row["attempt"] is None else row["attempt"]),
         ("RESULT", 22, lambda row: "dead-lettered" if row["dead_lettered"] else (row["status"] or row["error"] or "-")),
         ("MS", 0, lambda row: "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}")))
+
+
+def _backfill_sweep_shards(db, _args) -> int:
+    read, given = lifecycle.backfill_shards(db)
+    print(f"{given} of {read} upload records given a sweep shard; the sweep now reaches them all.")
+    return 0
 
 
 def _iso(value: datetime | None) -> str | None:

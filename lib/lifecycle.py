@@ -33,9 +33,25 @@ from lib.models import Upload
 
 COLLECTION = "uploads"
 PENDING, COMPLETED, CANCELLED, EXPIRED = "pending", "completed", "cancelled", "expired"
-# Fields the record holds; only `state` and `expires_at` are ever queried (the sweep).
+# Fields the record holds. Queried: (sweep_shard, state, expires_at) by the sweep,
+# (sweep_shard, webhook_owed_at) by its republishing of owed webhook events.
 FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
-          "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at")
+          "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at",
+          "sweep_shard")
+# expires_at and webhook_owed_at increase with time. A collection with a
+# sequentially increasing indexed field takes about 500 writes a second
+# (https://firebase.google.com/docs/firestore/solutions/shard-timestamp, which
+# lifts it as here: a shard field leading the composite index, one query per
+# shard, the timestamp itself left out of single-field indexing). Every upload
+# writes the sweep's index twice (created pending, then settled): with
+# SWEEP_SHARDS ranges, 64 x 500 / 2 = 16,000 uploads a second.
+SHARD_FIELD = "sweep_shard"
+SWEEP_SHARDS = 64
+
+
+def shard_of(upload_id: str) -> int:
+    """The record's shard: from the id's random hex, so it is as even as the ids."""
+    return int(upload_id[-4:], 16) % SWEEP_SHARDS
 # Set with every state change while webhooks are on, cleared once the event is
 # fanned out to the workspace's endpoints (lib/webhooks.py); the sweep
 # publishes again what stays owed.
@@ -47,6 +63,9 @@ class Record:
     id: str
     data: dict[str, Any]
     update_time: Any
+    # True on the record `transition` returns when its own write stored the
+    # change (False: another request settled it first, or nothing was written).
+    ours: bool = False
 
     @property
     def state(self) -> str:
@@ -65,9 +84,10 @@ class Storage:
     announce: Callable[[Record], None] | None = None
 
 
-def new_fields(workspace_id: str, mode: str, object_name: str, content_type: str, size_bytes: int | None,
-               created_at: datetime, expires_at: datetime, session_url: str) -> dict[str, Any]:
+def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, content_type: str,
+               size_bytes: int | None, created_at: datetime, expires_at: datetime, session_url: str) -> dict[str, Any]:
     return {
+        SHARD_FIELD: shard_of(upload_id),
         "workspace_id": workspace_id,
         "mode": mode,
         "object_name": object_name,
@@ -246,10 +266,45 @@ def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
     data.update(changes, settled_at=result.update_time)
     if owed:
         data[OWED_FIELD] = result.update_time
-    settled = Record(record.id, data, result.update_time)
+    settled = Record(record.id, data, result.update_time, ours=True)
     if announce is not None:
         announce(settled)
     return settled
+
+
+def due(db: firestore.Client, shard: int, now: datetime, page_size: int) -> firestore.Query:
+    """One shard's uploads pending past expires_at, oldest first (terraform/firestore.tf upload_indexes.sweep)."""
+    return (db.collection(COLLECTION)
+            .where(filter=FieldFilter(SHARD_FIELD, "==", shard))
+            .where(filter=FieldFilter("state", "==", PENDING))
+            .where(filter=FieldFilter("expires_at", "<=", now))
+            .order_by("expires_at")
+            .limit(page_size))
+
+
+def backfill_shards(db: firestore.Client, page_size: int = 500) -> tuple[int, int]:
+    """Give every upload record that has no `sweep_shard` its shard: the one-off
+    migration to the sharded indexes (docs/operations.md, "Capacity"). Pages through the
+    whole collection by document id (no index needed), reading only that field;
+    idempotent. Returns (records read, records given a shard)."""
+    read = given = 0
+    query = db.collection(COLLECTION).select([SHARD_FIELD]).order_by("__name__").limit(page_size)
+    cursor = None
+    while True:
+        page = query.start_after(cursor) if cursor is not None else query
+        with upstream():
+            snaps = list(page.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT))
+        batch = db.batch()
+        missing = [snap for snap in snaps if SHARD_FIELD not in (snap.to_dict() or {})]
+        for snap in missing:
+            batch.update(snap.reference, {SHARD_FIELD: shard_of(snap.id)})
+        if missing:
+            with upstream():
+                batch.commit(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+        read, given = read + len(snaps), given + len(missing)
+        if len(snaps) < page_size:
+            return read, given
+        cursor = snaps[-1]
 
 
 @dataclass
@@ -265,11 +320,13 @@ class SweepResult:
 
 def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: float, grace_seconds: float,
           page_size: int = 200, workers: int = 8, on_error: Callable[[str, BaseException], None] | None = None,
-          ) -> SweepResult:
-    """Settle every upload still pending after its `expires_at`, oldest first.
+          shards: range = range(SWEEP_SHARDS)) -> SweepResult:
+    """Settle every upload still pending after its `expires_at`, oldest first in each shard.
 
-    Pages through the query with a cursor, so a record that fails (and stays
-    pending) is left for the next run rather than retried in a loop. At most
+    Walks `shards` (all SWEEP_SHARDS by default; a slice when several scheduler
+    jobs share the work), a page of each in turn, each with its own cursor, so
+    a record that fails (and stays pending) is left for the next run rather
+    than retried in a loop. At most
     `workers` records are in flight. Bounds, so the call ends well inside the
     function's timeout whatever Storage does:
 
@@ -288,11 +345,7 @@ def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: flo
     started = time.monotonic()
     start_by, finish_by = started + budget_seconds, started + budget_seconds + grace_seconds
     result = SweepResult()
-    query = (db.collection(COLLECTION)
-             .where(filter=FieldFilter("state", "==", PENDING))
-             .where(filter=FieldFilter("expires_at", "<=", now))
-             .order_by("expires_at")
-             .limit(page_size))
+
     backend_down = False
     in_flight: dict[Future, Record] = {}
 
@@ -301,7 +354,7 @@ def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: flo
         for future in done:
             record = in_flight.pop(future)
             try:
-                outcome = future.result().state
+                settled = future.result()
             except OutOfTime:
                 result.more = True
                 continue
@@ -312,9 +365,11 @@ def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: flo
                 if on_error is not None:
                     on_error(record.id, exc)
                 continue
-            if outcome == COMPLETED:
+            if not settled.ours:
+                continue  # another request (a GET, an event, an overlapping sweep) settled it: theirs to count
+            if settled.state == COMPLETED:
                 result.completed += 1
-            elif outcome == EXPIRED:
+            elif settled.state == EXPIRED:
                 result.expired += 1
 
     def may_start() -> bool:
@@ -323,21 +378,29 @@ def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: flo
             return False
         return True
 
-    cursor = None
+    # One page per shard per round, so a backlog in one shard cannot starve the
+    # others; the first shard turns with each run.
+    first = int(now.timestamp()) // 60 % len(shards)
+    cursors: dict[int, Any] = {shards[(first + i) % len(shards)]: None for i in range(len(shards))}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        while may_start():
-            page = query.start_after(cursor) if cursor is not None else query
-            with upstream():
-                snaps = list(page.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT))
-            for snap in snaps:
-                while len(in_flight) >= workers:
-                    collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
+        while cursors and may_start():
+            for shard in list(cursors):
                 if not may_start():
                     break
-                record = Record(snap.id, snap.to_dict(), snap.update_time)
-                in_flight[pool.submit(settle, db, gcs, record, EXPIRED, finish_by)] = record
-            if len(snaps) < page_size or result.more:
-                break
-            cursor = snaps[-1]
+                query = due(db, shard, now, page_size)
+                page = query.start_after(cursors[shard]) if cursors[shard] is not None else query
+                with upstream():
+                    snaps = list(page.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT))
+                for snap in snaps:
+                    while len(in_flight) >= workers:
+                        collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
+                    if not may_start():
+                        break
+                    record = Record(snap.id, snap.to_dict(), snap.update_time)
+                    in_flight[pool.submit(settle, db, gcs, record, EXPIRED, finish_by)] = record
+                if len(snaps) < page_size:
+                    del cursors[shard]
+                else:
+                    cursors[shard] = snaps[-1]
         collect(wait(in_flight).done)
     return result

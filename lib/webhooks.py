@@ -227,13 +227,24 @@ def announce(publisher: Publisher, topic: str, records: list[lifecycle.Record]) 
     publisher.publish(topic, [(b"", {"kind": KIND_EVENT, "upload_id": record.id}) for record in records])
 
 
+def owed_query(db: firestore.Client, shard: int, cutoff: datetime, limit: int) -> firestore.Query:
+    """One shard's records owing an event since before `cutoff` (terraform/firestore.tf upload_indexes.owed)."""
+    return (db.collection(lifecycle.COLLECTION)
+            .where(filter=FieldFilter(lifecycle.SHARD_FIELD, "==", shard))
+            .where(filter=FieldFilter(lifecycle.OWED_FIELD, "<=", cutoff))
+            .order_by(lifecycle.OWED_FIELD).limit(limit))
+
+
 def owed(db: firestore.Client, now: datetime, limit: int = 200) -> list[lifecycle.Record]:
-    """Settled records whose event was never fanned out, oldest first (for the sweep)."""
-    query = (db.collection(lifecycle.COLLECTION)
-             .where(filter=FieldFilter(lifecycle.OWED_FIELD, "<=", now - OWED_GRACE))
-             .order_by(lifecycle.OWED_FIELD).limit(limit))
-    with upstream():
-        snaps = list(query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2))
+    """Settled records whose event was never fanned out, oldest first in each
+    shard (webhook_owed_at is sharded as the sweep's index is: lib/lifecycle.py)."""
+    snaps = []
+    for shard in range(lifecycle.SWEEP_SHARDS):
+        if len(snaps) >= limit:
+            break
+        query = owed_query(db, shard, now - OWED_GRACE, limit - len(snaps))
+        with upstream():
+            snaps += query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
     return [lifecycle.Record(snap.id, snap.to_dict(), snap.update_time) for snap in snaps]
 
 

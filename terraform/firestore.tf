@@ -41,32 +41,49 @@ resource "google_firestore_field" "idempotency_unindexed" {
   index_config {}
 }
 
-# The sweep's query: state == "pending" and expires_at <= now, ordered by
-# expires_at (lib/lifecycle.py sweep). Equality on one field with a range on
-# another needs this composite index.
-resource "google_firestore_index" "uploads_sweep" {
+# The sweep's query, one per shard: sweep_shard == s, state == "pending",
+# expires_at <= now, ordered by expires_at (lib/lifecycle.py sweep). The shard
+# leads so that the index's entries, whose expires_at increases with time, fall
+# in SWEEP_SHARDS ranges instead of one: Firestore takes about 500 writes a
+# second to a sequentially increasing index range
+# (https://firebase.google.com/docs/firestore/solutions/shard-timestamp).
+# Migration from the unsharded index: docs/operations.md, "Capacity".
+#
+# And the sweep's republishing of owed webhook events, one query per shard:
+# sweep_shard == s, webhook_owed_at <= now - 10 min, ordered by webhook_owed_at
+# (lib/webhooks.py owed). Sharded for the same reason.
+locals {
+  upload_indexes = {
+    sweep = ["sweep_shard", "state", "expires_at"]
+    owed  = ["sweep_shard", "webhook_owed_at"]
+  }
+}
+
+resource "google_firestore_index" "uploads" {
+  for_each = local.upload_indexes
+
   project     = var.project_id
   database    = google_firestore_database.main.name
   collection  = "uploads"
   query_scope = "COLLECTION"
 
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "expires_at"
-    order      = "ASCENDING"
+  dynamic "fields" {
+    for_each = each.value
+    content {
+      field_path = fields.value
+      order      = "ASCENDING"
+    }
   }
 }
 
-# Upload records are read by id, and queried only on state and expires_at (the
-# sweep, above) and on webhook_owed_at (the sweep's republishing of owed webhook
-# events: a range on one field, served by its automatic single-field index).
-# `session_url` is a long secret; no field but those three needs an index.
+# Upload records are read by id and queried only through the two composite
+# indexes above. No single-field index is needed but state's (the shard
+# backfill pages through pending records with it); expires_at and
+# webhook_owed_at in particular must not have one, or their sequential values
+# would cap writes at ~500 a second whatever the composites do.
+# `session_url` is a long secret.
 resource "google_firestore_field" "uploads_unindexed" {
-  for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation"])
+  for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at", "sweep_shard"])
 
   project    = var.project_id
   database   = google_firestore_database.main.name

@@ -1,6 +1,6 @@
 # Monitoring from the first apply: log-based metrics from the function's
 # request log line (main.py _log_request), alert policies that say what to do,
-# an uptime check, and a dashboard. docs: README "Monitoring and alerts".
+# an uptime check, and a dashboard. docs: docs/operations.md, "Monitoring and alerts".
 #
 # The log line is one JSON object on stdout. Cloud Run reads `severity`,
 # `httpRequest` and `logging.googleapis.com/trace` from it and puts the other
@@ -24,13 +24,9 @@ locals {
   log_metric    = "logging.googleapis.com/user"
   channels      = [for channel in google_monitoring_notification_channel.email : channel.id]
   run_resource  = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${google_cloudfunctions2_function.uploads.name}\""
-  runbook       = "Runbook: README, \"Monitoring and alerts\"."
+  runbook       = "Runbook: docs/operations.md, \"Monitoring and alerts\"."
 
   failure_metrics = {
-    sweep_failures = {
-      description = "Sweep runs that failed (5xx): uploads left pending past expires_at."
-      condition   = "jsonPayload.route=\"/internal/sweep\" AND httpRequest.status>=500"
-    }
     storage_event_failures = {
       description = "Storage-event pushes the function failed (5xx): Pub/Sub redelivers them."
       condition   = "jsonPayload.route=\"/internal/storage-events\" AND httpRequest.status>=500"
@@ -135,6 +131,31 @@ resource "google_logging_metric" "latency" {
   depends_on = [google_project_service.enabled]
 }
 
+resource "google_logging_metric" "sweep_failures" {
+  project     = var.project_id
+  name        = "${var.name}/sweep_failures"
+  description = "Sweep runs that failed (5xx): uploads left pending past expires_at. By the slice of shards the job sweeps."
+  filter      = "${local.request_lines} AND jsonPayload.route=\"/internal/sweep\" AND httpRequest.status>=500"
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+
+    labels {
+      key         = "shards"
+      value_type  = "STRING"
+      description = "The slice of shards (A-B) the failed run swept: one per scheduler job."
+    }
+  }
+
+  label_extractors = {
+    shards = "EXTRACT(jsonPayload.sweep_shards)"
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
 # Counters of what failed, one metric each, so each alert reads one series.
 resource "google_logging_metric" "failures" {
   for_each = local.failure_metrics
@@ -202,7 +223,7 @@ resource "google_monitoring_alert_policy" "error_ratio" {
     content   = <<-EOT
       More than 1% of requests answered 5xx for 5 minutes.
       1. The dashboard "${var.name}" splits requests by route and error_code: 503 service_unavailable means Firestore, Storage or Google's certificates were slow or down (check status.cloud.google.com and the log lines' `reason`); 500 internal_error is a bug or a missing setting (the log line has the stack trace).
-      2. If it began with a deploy, roll back (README "Rolling out and rolling back").
+      2. If it began with a deploy, roll back (docs/operations.md, "Rolling out and rolling back").
       3. If instances are at max_instances too, see that alert: raise max_instances.
       ${local.runbook}
     EOT
@@ -236,7 +257,7 @@ resource "google_monitoring_alert_policy" "create_latency" {
     mime_type = "text/markdown"
     content   = <<-EOT
       Creating an upload took over 1 s at the 95th percentile for 10 minutes. Each create is one GCS session initiation and one Firestore commit.
-      1. Check Firestore and Cloud Storage on status.cloud.google.com, and Firestore's latency in the console (a hot-spotted index shows as write latency: see the capacity table in the README).
+      1. Check Firestore and Cloud Storage on status.cloud.google.com, and Firestore's latency in the console (a hot-spotted index shows as write latency: see docs/operations.md, "Capacity").
       2. Check the instance count: at max_instances requests queue; raise max_instances.
       3. If it began with a deploy, roll back.
       ${local.runbook}
@@ -255,14 +276,16 @@ resource "google_monitoring_alert_policy" "sweep_failing" {
     condition_threshold {
       # Each scheduled run may be tried twice (scheduler.tf retry_count = 1), so
       # three failures within two 5-minute periods means two runs failed.
-      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["sweep_failures"].name}\" AND ${local.run_resource}"
+      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.sweep_failures.name}\" AND ${local.run_resource}"
       comparison      = "COMPARISON_GT"
       threshold_value = 2
       duration        = "0s"
       aggregations {
+        # Per scheduler job (its slice of shards), so failures of different jobs do not add up.
         alignment_period     = "600s"
         per_series_aligner   = "ALIGN_SUM"
         cross_series_reducer = "REDUCE_SUM"
+        group_by_fields      = ["metric.label.shards"]
       }
     }
   }
@@ -273,7 +296,8 @@ resource "google_monitoring_alert_policy" "sweep_failing" {
       The expiry sweep (POST /internal/sweep from Cloud Scheduler) failed in two runs in a row: uploads stay pending past expires_at and their sessions still take bytes.
       1. The sweep's log line says why (`reason`, and `details.sweep` counts). 503 with Firestore or Storage down clears by itself; nothing is lost, the next run picks up what is left.
       2. 401/403 (not counted here, but visible on the dashboard) means the scheduler's token no longer matches SWEEP_SERVICE_ACCOUNT/SWEEP_AUDIENCE: re-apply Terraform.
-      3. Run it by hand: gcloud scheduler jobs run ${google_cloud_scheduler_job.sweep.name} --location ${var.region}
+      3. Run it by hand: gcloud scheduler jobs run ${google_cloud_scheduler_job.sweep[0].name} --location ${var.region} (with sweep_jobs > 1, each job sweeps a slice; the log line's sweep_shards says which).
+      4. If runs end with "more": true, the backlog outgrows a run: raise sweep_jobs (docs/operations.md, "Capacity").
       ${local.runbook}
     EOT
   }
@@ -382,7 +406,7 @@ resource "google_monitoring_alert_policy" "instances_near_max" {
     mime_type = "text/markdown"
     content   = <<-EOT
       The function is running over 80% of max_instances (${var.max_instances}). At the cap, requests queue and then fail with 429/503.
-      1. If the traffic is real, raise max_instances (and check the capacity table in the README: Firestore and GCS ramp up gradually).
+      1. If the traffic is real, raise max_instances (and check docs/operations.md, "Capacity": Firestore and GCS ramp up gradually).
       2. If latency rose first (see that alert), instances are piling up behind a slow backend: fix that instead.
       ${local.runbook}
     EOT
@@ -453,7 +477,7 @@ resource "google_monitoring_alert_policy" "uptime" {
     content   = <<-EOT
       GET /health on the function's URL is failing from several places: the function is down or unreachable. /health calls nothing upstream, so this is the function or Cloud Run itself, not Firestore or Storage.
       1. Cloud Run's page for the service "${google_cloudfunctions2_function.uploads.name}": is a revision serving? Did the last deploy fail to start (the build or the container log says why)?
-      2. Roll back to the last good revision (README "Rolling out and rolling back").
+      2. Roll back to the last good revision (docs/operations.md, "Rolling out and rolling back").
       ${local.runbook}
     EOT
   }

@@ -51,9 +51,9 @@ output "firestore_database" {
   value       = google_firestore_database.main.name
 }
 
-output "sweep_job" {
-  description = "The Cloud Scheduler job that expires uploads (run it now: gcloud scheduler jobs run NAME --location REGION)."
-  value       = google_cloud_scheduler_job.sweep.name
+output "sweep_jobs" {
+  description = "The Cloud Scheduler jobs that expire uploads (run one now: gcloud scheduler jobs run NAME --location REGION)."
+  value       = google_cloud_scheduler_job.sweep[*].name
 }
 
 output "events_service_account" {

@@ -271,6 +271,17 @@ variable "sweep_schedule" {
   }
 }
 
+variable "sweep_jobs" {
+  type        = number
+  description = "Scheduler jobs that share the sweep, each over an equal slice of its 64 shards (docs/operations.md, \"Capacity\"): raise it when a run ends with more=true."
+  default     = 1
+
+  validation {
+    condition     = contains([1, 2, 4, 8, 16, 32, 64], var.sweep_jobs)
+    error_message = "sweep_jobs must divide the 64 shards evenly: 1, 2, 4, 8, 16, 32 or 64."
+  }
+}
+
 # --- Storage events -------------------------------------------------------------
 
 variable "event_max_delivery_attempts" {

@@ -365,8 +365,9 @@ def test_a_sweep_with_storage_down_stops_after_the_first_wave_of_failures(serve,
     resp = broken.post("/internal/sweep", headers=bearer(oidc_issuer.token()))
     assert resp.status_code == 503
     counts = resp.json()["error"]["details"]["sweep"]
-    # At most one wave (8 workers) was tried; the rest were not started.
-    assert 1 <= counts["failed"] <= 8 and counts["more"] is True and counts["expired"] == 0
+    # At most one wave (the sweep's workers) was tried; the rest were not started.
+    import main
+    assert 1 <= counts["failed"] <= main.SWEEP_WORKERS and counts["more"] is True and counts["expired"] == 0
     assert {record(db, out["id"])["state"] for out in outs} == {"pending"}
     # The next run, with Storage back, takes them all.
     assert healthy.post("/internal/sweep", headers=bearer(oidc_issuer.token())).status_code == 200
@@ -503,6 +504,21 @@ def test_get_and_cancel_need_an_api_key(client, make_key):
 def _sweep(client, authorization: str | None):
     headers = {"Authorization": authorization} if authorization is not None else {}
     return client.post("/internal/sweep", headers=headers)
+
+
+@pytest.mark.parametrize("value", ["64-64", "5-3", "a-b", "1", "-1-2", "0-99999", "0-63 ", ""])
+def test_a_sweep_slice_that_is_not_one_of_the_shards_is_422(client, oidc_issuer, openapi_doc, value):
+    resp = client.post("/internal/sweep", query_string={"shards": value},
+                       headers={"Authorization": f"Bearer {oidc_issuer.token()}"})
+    assert resp.status_code == 422
+    body = resp.get_json()
+    assert body["error"]["code"] == "validation_error"
+    assert body["error"]["details"]["fields"][0]["field"] == "shards"
+    assert schema_errors(openapi_doc, "#/components/schemas/Error", body) == []
+
+
+def test_a_sweep_slice_is_refused_only_after_the_token(client):
+    assert client.post("/internal/sweep", query_string={"shards": "x"}).status_code == 401
 
 
 def test_sweep_with_a_valid_scheduler_token_runs(client, oidc_issuer, openapi_doc):

@@ -13,6 +13,7 @@ to use only metrics and labels that exist.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -44,10 +45,12 @@ def hcl_string(value: str) -> str:
     return value
 
 
+@functools.cache
 def monitoring() -> dict:
     return load_tf("monitoring.tf")
 
 
+@functools.cache
 def tf_locals() -> dict:
     return {k: v for block in monitoring()["locals"] for k, v in block.items()}
 
@@ -71,6 +74,7 @@ def resources(type_name: str) -> dict[str, dict]:
     return found
 
 
+@functools.cache
 def metrics() -> dict[str, dict]:
     """Every log-based metric, for_each expanded: {key: {"name", "filter", "body"}}, where the
     key is the resource name (`requests`) or the for_each key (`sweep_failures`), and
@@ -247,6 +251,9 @@ def test_the_latency_extractor_reads_a_number_of_seconds_from_every_line(lines):
 def test_each_failure_metric_counts_its_lines_and_nothing_else(lines, metric, route, status):
     counted = [line for line in lines if matches(filter_of(metric), line)]
     assert counted, f"{metric} matches none of the real lines"
+    extractors = {unquote(k): v for k, v in metrics()[metric]["body"].get("label_extractors", {}).items()}
+    for line in counted:
+        assert all(extract(e, line) is not None for e in extractors.values()), (metric, extractors)
     assert all(line["route"] == route and line["httpRequest"]["status"] == status for line in counted)
     others = [line for line in lines if line["route"] == route and line["httpRequest"]["status"] != status]
     assert not any(matches(filter_of(metric), line) for line in others)
@@ -273,6 +280,9 @@ def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
                 text = hcl_string(threshold[key])
                 metric_type = re.match(r'metric\.type = "((?:[^"$]|\$\{[^}]*\})+)"', text).group(1)
                 used_labels = set(re.findall(r"metric\.label\.(\w+)", text))
+                for aggregation in threshold.get("aggregations", []):
+                    used_labels |= {hcl_string(f).removeprefix("metric.label.")
+                                    for f in aggregation.get("group_by_fields", []) if "metric.label." in f}
                 ref = re.fullmatch(r"\$\{local\.log_metric\}/\$\{(.+)\.name\}", metric_type)
                 if ref:
                     assert ref.group(1) in defined, (name, metric_type)

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from dev import emulators, tfschema
-from lib import config, idempotency, lifecycle, uploads
+from lib import config, idempotency, lifecycle, uploads, webhooks
 from tests.conftest import ROOT
 
 TF = ROOT / "terraform"
@@ -313,30 +313,75 @@ def test_every_idempotency_field_the_code_writes_is_exempt_from_indexing(db, bac
     assert written == fields
 
 
-def test_uploads_fields_but_the_sweeps_two_are_exempt_from_indexing():
+def test_upload_fields_are_exempt_from_single_field_indexing_but_state():
     exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "uploads_unindexed")
     assert unquote(exempt["collection"]) == lifecycle.COLLECTION
     fields = set(re.findall(r'"([a-z0-9_]+)"', exempt["for_each"]))
-    # The sweep queries state and expires_at, and webhook_owed_at (owed webhook events): those stay indexed.
-    assert fields == set(lifecycle.FIELDS) - {"state", "expires_at", lifecycle.OWED_FIELD}
+    # Queries go through the composite indexes; only state keeps its single-field
+    # index (the shard backfill). expires_at and webhook_owed_at must be exempt:
+    # their sequential values would otherwise cap writes at ~500 a second.
+    assert fields == set(lifecycle.FIELDS) - {"state"}
     from datetime import datetime, timezone
-    written = lifecycle.new_fields("ws", "live", "o", "video/mp4", None, datetime.now(timezone.utc),
-                                   datetime.now(timezone.utc), "u")
+    written = lifecycle.new_fields("upl_" + "0" * 32, "ws", "live", "o", "video/mp4", None,
+                                   datetime.now(timezone.utc), datetime.now(timezone.utc), "u")
     # What a new record holds, plus what settling adds (completion adds the object's facts).
     from lib.uploads import StoredObject
     completion = lifecycle.completed(StoredObject(1, 1, None, None, datetime.now(timezone.utc)))
     assert set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) == set(lifecycle.FIELDS)
 
 
-def test_the_sweeps_query_has_its_composite_index():
-    index = resource(load_tf("firestore.tf"), "google_firestore_index", "uploads_sweep")
+def index_fields(name: str) -> list[tuple[str, str]]:
+    """The fields of local.upload_indexes[name], as the for_each'd index resource writes them."""
+    tf = load_tf("firestore.tf")
+    index = resource(tf, "google_firestore_index", "uploads")
+    assert index["for_each"] == "${local.upload_indexes}"
     assert unquote(index["collection"]) == lifecycle.COLLECTION
     assert unquote(index["query_scope"]) == "COLLECTION"
-    assert [(unquote(f["field_path"]), unquote(f["order"])) for f in index["fields"]] == [
-        ("state", "ASCENDING"), ("expires_at", "ASCENDING")]
-    source = (ROOT / "lib/lifecycle.py").read_text()
-    assert 'FieldFilter("state", "==", PENDING)' in source and 'FieldFilter("expires_at", "<="' in source
-    assert '.order_by("expires_at")' in source
+    (dynamic,) = index["dynamic"]
+    content = dynamic['"fields"']["content"][0]
+    assert content["field_path"] == "${fields.value}" and unquote(content["order"]) == "ASCENDING"
+    locals_ = {k: v for block in tf["locals"] for k, v in block.items()}
+    return [(unquote(field), "ASCENDING") for field in locals_["upload_indexes"][name]]
+
+
+def query_shape(query) -> tuple[set[str], list[tuple[str, str]]]:
+    """(the fields compared for equality, [the range and ordered fields with their direction]), read
+    from the query the code really builds."""
+    structured = query._to_protobuf()
+    filters = structured.where.composite_filter.filters or [structured.where]
+    equal, ranged = set(), []
+    for f in filters:
+        name, op = f.field_filter.field.field_path, f.field_filter.op.name
+        if op == "EQUAL":
+            equal.add(name)
+        else:
+            ranged.append(name)
+    orders = [(o.field.field_path, "ASCENDING" if o.direction.name == "ASCENDING" else "DESCENDING")
+              for o in structured.order_by]
+    assert {name for name, _ in orders} >= set(ranged)
+    return equal, orders
+
+
+@pytest.mark.parametrize("index,make", [
+    ("sweep", lambda db, now: lifecycle.due(db, 7, now, 200)),
+    ("owed", lambda db, now: webhooks.owed_query(db, 7, now, 200)),
+])
+def test_each_sharded_query_has_its_composite_index_with_the_shard_first(db, index, make):
+    from datetime import datetime, timezone
+    equal, orders = query_shape(make(db, datetime.now(timezone.utc)))
+    fields = index_fields(index)
+    # Equality fields first (the shard leading), then the range field in its order.
+    assert fields[0] == (lifecycle.SHARD_FIELD, "ASCENDING")
+    assert {name for name, _ in fields[:-len(orders)]} == equal
+    assert fields[-len(orders):] == orders
+
+
+def test_every_shard_is_reachable_and_ids_spread_evenly():
+    import secrets
+    counts = [0] * lifecycle.SWEEP_SHARDS
+    for _ in range(64_000):
+        counts[lifecycle.shard_of("upl_" + secrets.token_hex(16))] += 1
+    assert min(counts) > 800 and max(counts) < 1200  # ~1000 each
 
 
 def test_the_test_prefix_has_its_lifecycle_rule():
@@ -478,12 +523,41 @@ def test_memory_is_checked_against_cpu_as_cloud_run_requires():
     assert low <= int(unquote(variables["memory"]["default"]).removesuffix("Mi")) <= high
 
 
+def sweep_job_uris(jobs: int) -> list[str]:
+    """The scheduler jobs' URIs for `jobs`, as Terraform would interpolate scheduler.tf."""
+    job = resource(load_tf("scheduler.tf"), "google_cloud_scheduler_job", "sweep")
+    assert job["count"] == "${var.sweep_jobs}"
+    uri = unquote(job["http_target"][0]["uri"])
+    base = "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/sweep"
+    assert uri.startswith(base)
+    tail = uri[len(base):]
+    slice_ = lifecycle.SWEEP_SHARDS // jobs
+    expected = ('${var.sweep_jobs == 1 ? "" : "?shards=${count.index * local.sweep_slice}-'
+                '${(count.index + 1) * local.sweep_slice - 1}"}')
+    assert tail == expected
+    return ["/internal/sweep" if jobs == 1 else f"/internal/sweep?shards={i * slice_}-{(i + 1) * slice_ - 1}"
+            for i in range(jobs)]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4, 8, 16, 32, 64])
+def test_the_sweep_jobs_cover_every_shard_once_with_slices_the_function_takes(jobs):
+    import main
+    locals_ = {k: v for block in load_tf("scheduler.tf")["locals"] for k, v in block.items()}
+    assert locals_["sweep_shards"] == lifecycle.SWEEP_SHARDS
+    covered = []
+    for uri in sweep_job_uris(jobs):
+        query = uri.partition("?shards=")[2] or None
+        covered += list(main._sweep_shards(query))
+    assert sorted(covered) == list(range(lifecycle.SWEEP_SHARDS))
+    allowed = re.findall(r"\[([0-9, ]+)\]", tf_variables()["sweep_jobs"]["validation"][0]["condition"])[0]
+    assert jobs in {int(n) for n in allowed.split(",")}
+
+
 def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function_checks():
     job = resource(load_tf("scheduler.tf"), "google_cloud_scheduler_job", "sweep")
     target = job["http_target"][0]
     assert unquote(target["http_method"]) == "POST"
-    assert unquote(target["uri"]).endswith("/internal/sweep")
-    assert unquote(target["uri"]).startswith("${google_cloudfunctions2_function.uploads.service_config[0].uri}")
+    assert sweep_job_uris(1) == ["/internal/sweep"]
     import main
     assert any(pattern.fullmatch("/internal/sweep") and "POST" in methods for pattern, methods in main.ROUTES)
     token = target["oidc_token"][0]

@@ -1,0 +1,135 @@
+"""The sharded sweep at volume, and the migration to it.
+
+Each test has a Firestore database of its own on the emulator, so the sweep
+sees exactly what the test seeded. Sessions are fake-gcs-server's (a DELETE
+answers 499, as GCS does for a cancelled session) and objects are looked up
+there for real: none exists, so every seeded upload settles `expired`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+from google.cloud import firestore, storage
+
+from dev import emulators
+from lib import lifecycle
+from tests.conftest import BUCKET, PROJECT, ROOT
+
+SEEDED = 3000
+
+
+@pytest.fixture
+def own_db(backends):
+    return firestore.Client(project=PROJECT, database=f"capacity-{uuid.uuid4().hex[:12]}")
+
+
+def seed(db, storage_url: str, count: int, expired_ago: timedelta = timedelta(hours=1)) -> set[str]:
+    return emulators.seed_expired_uploads(db, storage_url, BUCKET, count, expired_ago.total_seconds())
+
+
+class Announced:
+    """The state changes the sweep stored, as its webhooks announcer is told of them: once per winner."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, record: lifecycle.Record) -> None:
+        with self.lock:
+            self.ids.append(record.id)
+
+
+def storage_for(announce) -> lifecycle.Storage:
+    return lifecycle.Storage(storage.Client(project=PROJECT), BUCKET, requests.Session(), announce)
+
+
+def states(db, ids: set[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for snap in db.collection(lifecycle.COLLECTION).select(["state"]).stream():
+        if snap.id in ids:
+            counts[snap.get("state")] = counts.get(snap.get("state"), 0) + 1
+    return counts
+
+
+def test_thousands_of_expired_uploads_are_settled_exactly_once_by_overlapping_sweeps(own_db, backends):
+    """Two sweeps run at once, again and again, each with a budget too short to
+    finish alone: every upload ends `expired`, and each was settled (and
+    announced) by exactly one of them."""
+    ids = seed(own_db, backends["storage"].url, SEEDED)
+    announced = Announced()
+    totals, runs = 0, 0
+
+    def one_run():
+        # Each run its own clients, as each function instance has.
+        return lifecycle.sweep(own_db, storage_for(announced), datetime.now(timezone.utc), budget_seconds=2,
+                               grace_seconds=15, page_size=100, workers=8)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        while runs < 40:
+            results = list(pool.map(lambda _: one_run(), range(2)))
+            runs += 2
+            assert not any(r.failed for r in results)
+            totals += sum(r.expired for r in results)
+            if not any(r.more for r in results) and states(own_db, ids).get("pending", 0) == 0:
+                break
+    assert states(own_db, ids) == {"expired": SEEDED}
+    assert totals == SEEDED  # counted once across all runs, whichever sweep won each record
+    assert len(announced.ids) == SEEDED and set(announced.ids) == ids
+    assert runs > 2  # the budget really cut runs short: this was repeated sweeping, not one pass
+    # A last sweep finds nothing left to do.
+    last = one_run()
+    assert (last.expired, last.completed, last.failed, last.more) == (0, 0, 0, False)
+
+
+def test_the_sweep_reaches_every_shard_and_leaves_unexpired_uploads_alone(own_db, backends):
+    due = seed(own_db, backends["storage"].url, 640)
+    later = seed(own_db, backends["storage"].url, 64, expired_ago=timedelta(hours=-1))  # expires in an hour
+    assert {lifecycle.shard_of(i) for i in due} == set(range(lifecycle.SWEEP_SHARDS))
+    result = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), budget_seconds=60,
+                             grace_seconds=15)
+    assert (result.expired, result.failed, result.more) == (640, 0, False)
+    assert states(own_db, due) == {"expired": 640} and states(own_db, later) == {"pending": 64}
+
+
+def test_records_from_before_the_shards_are_swept_once_backfilled(own_db, backends):
+    """The migration: records written by the unsharded version have no
+    sweep_shard, so the sharded sweep cannot see them until `python -m
+    lib.admin backfill-sweep-shards` gives them one."""
+    ids = seed(own_db, backends["storage"].url, 125)
+    batch = own_db.batch()
+    for upload_id in ids:
+        batch.update(lifecycle.ref(own_db, upload_id), {lifecycle.SHARD_FIELD: firestore.DELETE_FIELD})
+    batch.commit()
+    blind = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), 60, 15)
+    assert blind.expired == 0 and states(own_db, ids) == {"pending": 125}
+
+    env = {**backends["env"], "FIRESTORE_DATABASE": own_db._database}
+    out = subprocess.run([sys.executable, "-m", "lib.admin", "backfill-sweep-shards"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("125 of 125 upload records given a sweep shard")
+    again = subprocess.run([sys.executable, "-m", "lib.admin", "backfill-sweep-shards"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.stdout.startswith("0 of 125 ")  # idempotent
+    for upload_id in ids:
+        assert lifecycle.ref(own_db, upload_id).get().get(lifecycle.SHARD_FIELD) == lifecycle.shard_of(upload_id)
+
+    swept = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), 60, 15)
+    assert swept.expired == 125 and states(own_db, ids) == {"expired": 125}
+
+
+def test_a_scheduler_job_sweeps_only_its_slice_of_shards(own_db, backends):
+    ids = seed(own_db, backends["storage"].url, 640)
+    mine = {i for i in ids if lifecycle.shard_of(i) < 32}
+    result = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), 60, 15, shards=range(0, 32))
+    assert (result.expired, result.failed, result.more) == (len(mine), 0, False)
+    assert states(own_db, mine) == {"expired": len(mine)}
+    assert states(own_db, ids - mine) == {"pending": len(ids - mine)}
