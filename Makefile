@@ -29,11 +29,13 @@ audit: $(VENV)/.installed
 	$(VENV)/bin/pip-audit -r requirements.txt --strict
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt client/requirements.txt
+	@echo "First run (or the requirements changed): creating $(VENV) and installing the pinned packages; about a minute ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	@echo "Installing checkov into its own $(CHECKOV_VENV) (its hcl2 clashes with ours); once ..."
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@

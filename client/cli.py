@@ -5,7 +5,7 @@
     python -m client cancel ID
 
 The key comes from FRAMELANE_API_KEY and the API from FRAMELANE_API_URL (or
---api-key / --api-url). Exit statuses are EXIT_* below, and in the README.
+--api-key / --api-url). Exit statuses are EXIT_* below, and in docs/clients.md.
 """
 
 from __future__ import annotations

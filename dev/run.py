@@ -44,6 +44,16 @@ def main() -> int:
         return 1
 
     log_dir = emulators.new_log_dir("framelane-run-")
+    status = 1
+    try:
+        status = _serve(ports, log_dir)
+    finally:
+        # Kept (and said where) when something failed; a clean Ctrl-C leaves nothing behind.
+        emulators.finish_log_dir(log_dir, status == 0)
+    return status
+
+
+def _serve(ports: dict[str, int], log_dir) -> int:
     services: list[emulators.Service] = []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,6 +141,8 @@ def _print_instructions(url: str, key: str, env: dict, log_dir, endpoint, receiv
 Framelane uploads is serving on {url} (emulators: Firestore {env['FIRESTORE_EMULATOR_HOST']}, Storage {env['STORAGE_EMULATOR_HOST']}).
 Demo API key for workspace {WORKSPACE}: {key}
 
+Each block below stands alone: paste it into a shell in this directory.
+
 1. Create an upload:
 
   curl -sS -X POST {url}/v1/uploads \\
@@ -146,16 +158,23 @@ Demo API key for workspace {WORKSPACE}: {key}
    "completed", the stored size, completed_at, crc32c and md5):
 
   RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\\"content_type\\": \\"video/mp4\\", \\"size_bytes\\": $(wc -c < README.md), \\"md5\\": \\"$(python3 -c 'import base64,hashlib; print(base64.b64encode(hashlib.md5(open("README.md","rb").read()).digest()).decode())')\\"}}")
-  field() {{ echo "$RESP" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }}
-  curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$(field upload_url)"
-  curl -sS "$(field source_url)" | head -3
-  grep "storage-events.*$(field id)" {log_dir}/function.log
-  curl -sS {url}/v1/uploads/$(field id) -H 'Authorization: Bearer {key}'
+  ID=$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  UPLOAD_URL=$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upload_url"])')
+  SOURCE_URL=$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["source_url"])')
+  curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$UPLOAD_URL"
+  curl -sS "$SOURCE_URL" | head -3
+  sleep 2; grep "storage-events.*$ID" {log_dir}/function.log
+  curl -sS {url}/v1/uploads/$ID -H 'Authorization: Bearer {key}'
 
 3. Cancel an upload before its bytes arrive ("status": "cancelled"; again: the same answer):
 
-  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d '{{"content_type": "image/png"}}')
-  curl -sS -X POST {url}/v1/uploads/$(field id)/cancel -H 'Authorization: Bearer {key}'
+  ID=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d '{{"content_type": "image/png"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  curl -sS -X POST {url}/v1/uploads/$ID/cancel -H 'Authorization: Bearer {key}'
+
+   Emulator gaps that show here: on fake-gcs-server a cancelled session still takes bytes, and a
+   declared size or checksum is not enforced at the PUT (real GCS refuses both). So a PUT after
+   step 3's cancel still lands. Its storage event then deletes those late bytes, and the upload
+   stays "cancelled", as it would in production.
 
 4. Upload from a terminal, resumably, with a progress bar (Ctrl-C it and run it again: it resumes):
 
@@ -181,7 +200,7 @@ here loopback and http are allowed too), then list the delivery attempts:
     .venv/bin/python -m lib.admin webhook-deliveries --workspace {WORKSPACE}
 
 More keys: FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin create-key --workspace ws_other
-Logs: {log_dir}   Ctrl-C stops everything.
+Logs: {log_dir} (removed when you stop cleanly; kept when something fails)   Ctrl-C stops everything.
 """, flush=True)
 
 

@@ -2,11 +2,11 @@
 
 Cloud Functions serves `main.py` with `functions-framework`, which runs
 gunicorn's threaded worker with `limit_request_line = 0` (no limit on a
-request line) and no read timeout. Two findings followed (README "Reliability"):
+request line) and no read timeout. Two findings followed (docs/reliability.md):
 a 10 MB path cost 9 s of CPU and 240 MB of memory before the function ran,
 and 8 half-sent requests held all 8 threads until their clients gave up.
-Google does not document that Cloud Run's front end refuses either (see the
-README), so the function bounds them itself. Importing this module (main.py
+Google does not document that Cloud Run's front end refuses either (see
+docs/reliability.md), so the function bounds them itself. Importing this module (main.py
 does, before functions-framework builds its server) makes the server:
 
 - refuse request lines over MAX_REQUEST_LINE bytes (gunicorn: 414);

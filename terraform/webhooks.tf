@@ -25,7 +25,7 @@
 # - Push subscriptions: https://cloud.google.com/pubsub/docs/push (the envelope's
 #   deliveryAttempt; a non-2xx answer is a negative acknowledgement; Pub/Sub
 #   adjusts its push rate to the rate of successes, so many failing endpoints
-#   slow every endpoint's deliveries: see README "Webhooks").
+#   slow every endpoint's deliveries: see docs/api.md, "Webhooks").
 # - Push authentication: https://cloud.google.com/pubsub/docs/authenticate-push-subscriptions
 
 locals {

@@ -38,9 +38,20 @@ WEBHOOKS_TOPIC, WEBHOOKS_DEAD_LETTER_TOPIC = "webhooks", "webhooks-dead-letter"
 WEBHOOK_MAX_ATTEMPTS = 6
 
 
+_LOG_DIRS: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def log_dir() -> Path:
-    return emulators.new_log_dir("framelane-test-")
+    path = emulators.new_log_dir("framelane-test-")
+    _LOG_DIRS.append(path)
+    return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The emulators' and functions' logs go when every test passed; a failure keeps them (and says where)."""
+    for path in _LOG_DIRS:
+        emulators.finish_log_dir(path, exitstatus == 0)
 
 
 @pytest.fixture(scope="session")

@@ -251,7 +251,7 @@ def test_every_error_code_is_in_the_openapi_enum_and_the_readme_table(openapi_do
 
     codes = {cls.code for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.ApiError)}
     enum = openapi_doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
-    table = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE)
+    table = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", (ROOT / "docs/api.md").read_text(), re.MULTILINE)
     statuses = {cls.code: cls.status for _, cls in inspect.getmembers(errors, inspect.isclass)
                 if issubclass(cls, errors.ApiError)}
     assert set(enum) == codes and len(enum) == len(codes)

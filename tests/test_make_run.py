@@ -44,6 +44,15 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         assert f"open {demo}" in text
         assert "Upload a file" in requests.get(demo + "/", timeout=30).text
         assert requests.get(demo + "/upchunk.js", timeout=30).status_code == 200  # npm ci ran
+        # Each printed block runs on its own, in a fresh shell, as a newcomer pastes it.
+        blocks = printed_blocks(text)
+        created = run_block(blocks["1"])
+        assert '"upload_url"' in created and '"id": "upl_' in created.replace('":"', '": "')
+        cancelled = run_block(blocks["3"])
+        assert '"status":"cancelled"' in cancelled.replace(" ", "")
+        completed = run_block(blocks["2"])
+        assert "# Framelane uploads" in completed  # read back from source_url
+        assert '"status":"completed"' in completed.replace(" ", "")
         url = f"http://127.0.0.1:{ports['FUNCTION_PORT']}"
         created = requests.post(f"{url}/v1/uploads", json={"content_type": "video/mp4"},
                                 headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
@@ -61,3 +70,23 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
             os.killpg(run.pid, signal.SIGKILL)
             run.wait(timeout=10)
     assert run.returncode == 0, out_path.read_text()[-2000:]
+
+
+def printed_blocks(text: str) -> dict[str, str]:
+    """The shell lines (indented two spaces) under each numbered step of the printout."""
+    blocks, step = {}, None
+    for line in text.splitlines():
+        numbered = re.match(r"^(\d)\. ", line)
+        if numbered:
+            step = numbered.group(1)
+            blocks[step] = ""
+        elif step and line.startswith("  ") and not re.match(r"^   \S", line):  # 3 spaces: prose
+            blocks[step] += line[2:] + "\n"
+    return blocks
+
+
+def run_block(block: str) -> str:
+    done = subprocess.run(["bash", "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("RESP", "ID"))})
+    assert done.returncode == 0, (block, done.stdout, done.stderr)
+    return done.stdout
