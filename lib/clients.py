@@ -134,9 +134,29 @@ def firestore_client(settings: FirestoreSettings) -> firestore.Client:
                    lambda: firestore.Client(project=settings.project, database=settings.database))
 
 
+# Connections kept per host. The sweep's workers (main.SWEEP_WORKERS, 32) and
+# the request threads share these sessions; past urllib3's default of 10, each
+# call would open a new TLS connection, then discard it with a logged warning.
+HTTP_POOL = 64
+
+
+def _wide_pools(http: requests.Session) -> requests.Session:
+    # Only over requests' own adapter (never, say, an mTLS one google-auth mounted).
+    if type(http.get_adapter("https://")) is requests.adapters.HTTPAdapter:
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=HTTP_POOL)
+        http.mount("https://", adapter)
+        http.mount("http://", adapter)
+    return http
+
+
 def storage_client(project: str) -> storage.Client:
     """The instance's Storage client (honours STORAGE_EMULATOR_HOST)."""
-    return shared(("storage", project), lambda: _without_proxy_lookup(storage.Client(project=project)))
+    def make() -> storage.Client:
+        client = _without_proxy_lookup(storage.Client(project=project))
+        _wide_pools(client._http)
+        return client
+
+    return shared(("storage", project), make)
 
 
 def session_http() -> requests.Session:
@@ -148,7 +168,7 @@ def session_http() -> requests.Session:
     def make() -> requests.Session:
         http = requests.Session()
         http.trust_env = False
-        return http
+        return _wide_pools(http)
 
     return shared(("session_http",), make)
 

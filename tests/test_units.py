@@ -431,3 +431,13 @@ def test_storage_client_skips_the_per_call_proxy_environment_scan(monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # no credentials needed; nothing is sent
     client = clients._without_proxy_lookup(__import__("google.cloud.storage", fromlist=["Client"]).Client(project="p"))
     assert client._http.trust_env is False
+
+
+def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
+    """Past a pool's size urllib3 opens, then discards, a connection per call (and logs it)."""
+    import main
+    from lib import clients
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing is sent
+    for http in (clients.session_http(), clients.storage_client("p-pool")._http):
+        for scheme in ("https://", "http://"):
+            assert http.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= main.SWEEP_WORKERS + 16
