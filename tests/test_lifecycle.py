@@ -69,10 +69,11 @@ def session_wire(app):
     from lib.clients import session_http
 
     http = session_http()
+    original = http.get_adapter("http://")
     adapter = RecordingAdapter()
     http.mount("http://", adapter)
     yield adapter
-    http.mount("http://", HTTPAdapter())
+    http.mount("http://", original)
 
 
 def assert_upload_schema(openapi_doc, body):

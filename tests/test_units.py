@@ -438,6 +438,8 @@ def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
     import main
     from lib import clients
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing is sent
+    # Fresh ones: other tests mount recording adapters on the instance's shared session.
+    monkeypatch.delitem(clients._clients, ("session_http",), raising=False)
     for http in (clients.session_http(), clients.storage_client("p-pool")._http):
         for scheme in ("https://", "http://"):
             assert http.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= main.SWEEP_WORKERS + 16
