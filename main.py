@@ -166,7 +166,7 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
     if settings.webhooks_topic is not None and time.monotonic() - started < SWEEP_BUDGET_SECONDS:
         # Events whose publish failed after their state change was stored.
         try:
-            owed = webhooks.owed(db, media.now())
+            owed = webhooks.owed(db, media.now(), shards=shards)
             if owed:
                 webhooks.announce(publisher(settings.firestore.project), settings.webhooks_topic, owed)
             log["webhooks_republished"] = len(owed)

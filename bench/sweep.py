@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import requests
 
 from dev import emulators
-from lib import lifecycle
+from lib import clients, lifecycle
 
 
 def measure(firestore_emulator: emulators.Service, storage_url: str, project: str, bucket: str,
@@ -31,7 +31,8 @@ def measure(firestore_emulator: emulators.Service, storage_url: str, project: st
         emulators.seed_expired_uploads(db, storage_url, bucket, count)
         client = storage.Client(project=project, credentials=AnonymousCredentials(),
                                 client_options={"api_endpoint": storage_url})
-        gcs = lifecycle.Storage(client, bucket, _session(n), None)
+        clients.wide_pools(client._http)  # pooled as the function's own clients are (lib/clients.py)
+        gcs = lifecycle.Storage(client, bucket, clients.wide_pools(requests.Session()), None)
         started = time.perf_counter()
         result = lifecycle.sweep(db, gcs, datetime.now(timezone.utc), budget_seconds=3600, grace_seconds=60,
                                  workers=n)
@@ -40,10 +41,3 @@ def measure(firestore_emulator: emulators.Service, storage_url: str, project: st
         rows.append({"workers": n, "count": count, "seconds": elapsed, "per_second": count / elapsed})
     return rows
 
-
-def _session(workers: int) -> requests.Session:
-    http = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_maxsize=workers)
-    http.mount("http://", adapter)
-    http.mount("https://", adapter)
-    return http

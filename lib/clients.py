@@ -140,8 +140,9 @@ def firestore_client(settings: FirestoreSettings) -> firestore.Client:
 HTTP_POOL = 64
 
 
-def _wide_pools(http: requests.Session) -> requests.Session:
-    # Only over requests' own adapter (never, say, an mTLS one google-auth mounted).
+def wide_pools(http: requests.Session) -> requests.Session:
+    """`http` keeping HTTP_POOL connections per host. Only over requests' own
+    adapter (never, say, an mTLS one google-auth mounted)."""
     if type(http.get_adapter("https://")) is requests.adapters.HTTPAdapter:
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=HTTP_POOL)
         http.mount("https://", adapter)
@@ -153,7 +154,7 @@ def storage_client(project: str) -> storage.Client:
     """The instance's Storage client (honours STORAGE_EMULATOR_HOST)."""
     def make() -> storage.Client:
         client = _without_proxy_lookup(storage.Client(project=project))
-        _wide_pools(client._http)
+        wide_pools(client._http)
         return client
 
     return shared(("storage", project), make)
@@ -168,7 +169,7 @@ def session_http() -> requests.Session:
     def make() -> requests.Session:
         http = requests.Session()
         http.trust_env = False
-        return _wide_pools(http)
+        return wide_pools(http)
 
     return shared(("session_http",), make)
 

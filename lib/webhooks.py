@@ -235,11 +235,13 @@ def owed_query(db: firestore.Client, shard: int, cutoff: datetime, limit: int) -
             .order_by(lifecycle.OWED_FIELD).limit(limit))
 
 
-def owed(db: firestore.Client, now: datetime, limit: int = 200) -> list[lifecycle.Record]:
-    """Settled records whose event was never fanned out, oldest first in each
-    shard (webhook_owed_at is sharded as the sweep's index is: lib/lifecycle.py)."""
+def owed(db: firestore.Client, now: datetime, limit: int = 200,
+         shards: range = range(lifecycle.SWEEP_SHARDS)) -> list[lifecycle.Record]:
+    """Settled records whose event was never fanned out, oldest first in each of
+    `shards` (webhook_owed_at is sharded as the sweep's index is: lib/lifecycle.py).
+    Each sweep job asks for its own slice, so no two jobs republish one event."""
     snaps = []
-    for shard in range(lifecycle.SWEEP_SHARDS):
+    for shard in shards:
         if len(snaps) >= limit:
             break
         query = owed_query(db, shard, now - OWED_GRACE, limit - len(snaps))

@@ -20,7 +20,7 @@ import requests
 from google.cloud import firestore, storage
 
 from dev import emulators
-from lib import lifecycle
+from lib import clients, lifecycle, webhooks
 from tests.conftest import BUCKET, PROJECT, ROOT
 
 SEEDED = 3000
@@ -48,7 +48,10 @@ class Announced:
 
 
 def storage_for(announce) -> lifecycle.Storage:
-    return lifecycle.Storage(storage.Client(project=PROJECT), BUCKET, requests.Session(), announce)
+    """Clients pooled as the function's are (lib/clients.py), one set per call, as each instance has."""
+    client = storage.Client(project=PROJECT)
+    clients.wide_pools(client._http)
+    return lifecycle.Storage(client, BUCKET, clients.wide_pools(requests.Session()), announce)
 
 
 def states(db, ids: set[str]) -> dict[str, int]:
@@ -133,3 +136,19 @@ def test_a_scheduler_job_sweeps_only_its_slice_of_shards(own_db, backends):
     assert (result.expired, result.failed, result.more) == (len(mine), 0, False)
     assert states(own_db, mine) == {"expired": len(mine)}
     assert states(own_db, ids - mine) == {"pending": len(ids - mine)}
+
+
+def test_a_sweep_job_republishes_only_the_owed_events_of_its_own_shards(own_db, backends):
+    """Several sweep jobs each republish owed webhook events: each only its slice, so never one event twice."""
+    ids = seed(own_db, backends["storage"].url, 256)
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    batch = own_db.batch()
+    for upload_id in ids:
+        batch.update(lifecycle.ref(own_db, upload_id), {lifecycle.OWED_FIELD: long_ago})
+    batch.commit()
+    now = datetime.now(timezone.utc)
+    halves = [webhooks.owed(own_db, now, limit=1000, shards=range(0, 32)),
+              webhooks.owed(own_db, now, limit=1000, shards=range(32, 64))]
+    found = [{record.id for record in half} for half in halves]
+    assert found[0] == {i for i in ids if lifecycle.shard_of(i) < 32}
+    assert found[1] == ids - found[0] and not found[0] & found[1]
