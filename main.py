@@ -73,7 +73,7 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
             expires_at=media.rfc3339(expires),
         )
         record = lifecycle.new_fields(upload_id, key.workspace_id, key.mode, name, content_type, upload.size_bytes,
-                                      created, expires, url)
+                                      created, expires, url, upload.crc32c, upload.md5)
         log["upload_id"] = upload_id
         return out, upload_id, record
 

@@ -57,7 +57,8 @@ def _initiate() -> tuple[str, dict]:
     now = datetime.now(timezone.utc).replace(microsecond=0)
     record = {"workspace_id": "ws_bench", "mode": "live", "object_name": name, "content_type": "video/mp4",
               "size_bytes": None, "created_at": now, "expires_at": now + timedelta(hours=1), "state": "pending",
-              "session_url": url, "sweep_shard": int(token[-4:], 16) % 64}
+              "session_url": url, "sweep_shard": int(token[-4:], 16) % 64, "declared_crc32c": None,
+              "declared_md5": None}
     return url, record
 
 

@@ -10,8 +10,11 @@ the HTTP status is the acknowledgement:
 
 - pending upload: recorded `completed` with the object's size, checksums,
   generation and finalize time, by the same conditional write the lifecycle
-  uses (a racing cancel, GET or sweep agrees on one outcome);
-- already completed: nothing changes (a repeat);
+  uses (a racing cancel, GET or sweep agrees on one outcome); or, when the
+  object is not what was declared (size, crc32c, md5), `rejected` and that
+  generation deleted (lib/lifecycle.py `land`);
+- already completed: nothing changes (a repeat); already rejected: its
+  object's deletion is made sure of (a repeat);
 - cancelled or expired (its bytes landed after all): that generation of the
   object is deleted, the upload keeps its state;
 - an object we do not know (another bucket or prefix, no record): ignored;
@@ -123,9 +126,13 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
     assert event.obj is not None  # parse_push sets it for every FINALIZE
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
-        record = lifecycle.transition(db, record, lifecycle.completed(event.obj), gcs.announce)
+        record = lifecycle.land(db, gcs, record, event.obj)
     if record.state == lifecycle.COMPLETED:
         return "completed" if was_pending else "duplicate"
-    # Cancelled or expired, and yet these bytes landed: they must not stay behind its source_url.
+    # Rejected, cancelled or expired, and yet these bytes are there: they must
+    # not stay behind its source_url (for a rejection `land` deleted them
+    # already; a redelivery makes sure).
     media.delete_object(gcs.client, gcs.bucket, event.object_name, event.obj.generation)
+    if record.state == lifecycle.REJECTED:
+        return "rejected" if was_pending else "duplicate"
     return "deleted_late_object"

@@ -1,13 +1,16 @@
-"""Upload records and their states: pending, then completed, cancelled or expired.
+"""Upload records and their states: pending, then completed, rejected, cancelled or expired.
 
 One Firestore document per upload, `uploads/{upl_...}`. A record leaves
 `pending` exactly once, by a write conditioned on the `update_time` it was
 read at, so a cancel, a GET and a sweep racing on one upload agree on one
 outcome: whoever writes second re-reads and reports what the first decided.
 
-`completed` is what the bucket says (the object exists): a storage event
-(lib/events.py) says so within seconds, and every GET, cancel and sweep looks
-for itself, so a late or lost event costs nothing but time. Cancelling and
+`completed` is what the bucket says (the object exists) once the object is
+what the client declared: its size and, where declared, its CRC32C and MD5
+(`verdict`). An object that is not is `rejected` and deleted (`land`). A
+storage event (lib/events.py) lands an object within seconds, and every GET,
+cancel and sweep looks for itself, so a late or lost event costs nothing but
+time. Cancelling and
 expiring first cancel the GCS session, then look for the object once more:
 an upload that finished in between is `completed`, never lost and never
 reported cancelled. Once settled, the record forgets its session URL.
@@ -29,15 +32,17 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from lib import uploads as media
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
 from lib.errors import ServiceUnavailable, SessionNotEnded, UploadCompleted, UploadNotFound
-from lib.models import Upload
+from lib.models import Rejection, Upload
 
 COLLECTION = "uploads"
-PENDING, COMPLETED, CANCELLED, EXPIRED = "pending", "completed", "cancelled", "expired"
+PENDING, COMPLETED, REJECTED, CANCELLED, EXPIRED = "pending", "completed", "rejected", "cancelled", "expired"
+# Why an upload was rejected (its `rejection.code`).
+SIZE_MISMATCH, CHECKSUM_MISMATCH = "size_mismatch", "checksum_mismatch"
 # Fields the record holds. Queried: (sweep_shard, state, expires_at) by the sweep,
 # (sweep_shard, webhook_owed_at) by its republishing of owed webhook events.
 FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
           "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at",
-          "sweep_shard")
+          "sweep_shard", "declared_crc32c", "declared_md5", "rejection_code", "rejection_message")
 # expires_at and webhook_owed_at increase with time. A collection with a
 # sequentially increasing indexed field takes about 500 writes a second
 # (https://firebase.google.com/docs/firestore/solutions/shard-timestamp, which
@@ -85,7 +90,10 @@ class Storage:
 
 
 def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, content_type: str,
-               size_bytes: int | None, created_at: datetime, expires_at: datetime, session_url: str) -> dict[str, Any]:
+               size_bytes: int | None, created_at: datetime, expires_at: datetime, session_url: str,
+               crc32c: str | None = None, md5: str | None = None) -> dict[str, Any]:
+    """A new pending record. `size_bytes`, `crc32c` and `md5` are what the client
+    declared (None: not declared): what landed is checked against them."""
     return {
         SHARD_FIELD: shard_of(upload_id),
         "workspace_id": workspace_id,
@@ -97,6 +105,8 @@ def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, c
         "expires_at": expires_at,
         "state": PENDING,
         "session_url": session_url,
+        "declared_crc32c": crc32c,
+        "declared_md5": md5,
     }
 
 
@@ -155,6 +165,8 @@ def view(record: Record, cdn_base_url: str) -> Upload:
         completed_at=media.rfc3339(data["completed_at"]) if data.get("completed_at") else None,
         crc32c=data.get("crc32c"),
         md5=data.get("md5"),
+        rejection=(Rejection(code=data["rejection_code"], message=data["rejection_message"])
+                   if data["state"] == REJECTED else None),
     )
 
 
@@ -162,6 +174,57 @@ def completed(obj: media.StoredObject) -> dict[str, Any]:
     """The changes that record a pending upload as completed by `obj`."""
     return {"state": COMPLETED, "size_bytes": obj.size, "crc32c": obj.crc32c, "md5": obj.md5,
             "generation": obj.generation, "completed_at": obj.created}
+
+
+def rejected(obj: media.StoredObject, code: str, message: str) -> dict[str, Any]:
+    """The changes that record a pending upload as rejected: `size_bytes` keeps
+    what was declared, `generation` names the object that was deleted."""
+    return {"state": REJECTED, "rejection_code": code, "rejection_message": message, "generation": obj.generation}
+
+
+_AFTER_REJECTION = " The object was deleted; create a new upload and send the file again."
+
+
+def verdict(declared: dict[str, Any], obj: media.StoredObject) -> dict[str, Any]:
+    """The changes that settle a pending record (`declared`: its data) whose
+    object `obj` has landed: `completed` if the object is what was declared
+    (its size, and each checksum that was declared), else `rejected`.
+
+    A checksum declared but not reported by Storage cannot be checked, so it is
+    a mismatch too: nothing unverified is called completed.
+    """
+    size = declared.get("size_bytes")
+    if size is not None and obj.size != size:
+        return rejected(obj, SIZE_MISMATCH,
+                        f"{obj.size} bytes landed, but size_bytes declared {size}." + _AFTER_REJECTION)
+    for name, stored in (("crc32c", obj.crc32c), ("md5", obj.md5)):
+        wanted = declared.get(f"declared_{name}")
+        if wanted is not None and stored != wanted:
+            landed = f"have {name} {stored}" if stored else f"have no {name} in Storage"
+            return rejected(obj, CHECKSUM_MISMATCH,
+                            f"The bytes that landed {landed}, but {name} {wanted} was declared." + _AFTER_REJECTION)
+    return completed(obj)
+
+
+def land(db: firestore.Client, gcs: Storage, record: Record, obj: media.StoredObject,
+         step: Callable[[], None] = lambda: None) -> Record:
+    """Settle a pending record whose object `obj` exists: `completed`, or
+    `rejected` with that generation of the object deleted first, so a wrong
+    object is never left behind a rejection (if the record's write then fails,
+    the object is already gone: the storage event's redelivery records the
+    rejection, and a look at the bucket finds nothing to complete).
+
+    `step` is called before each upstream step (settle's deadline).
+
+    Returns the record as stored afterwards (another request's decision if it
+    settled the record first).
+    """
+    changes = verdict(record.data, obj)
+    if changes["state"] == REJECTED:
+        step()
+        media.delete_object(gcs.client, gcs.bucket, record.data["object_name"], obj.generation)
+    step()
+    return transition(db, record, changes, gcs.announce)
 
 
 def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
@@ -184,7 +247,7 @@ def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
 
 
 def cancel(db: firestore.Client, gcs: Storage, record: Record) -> Record:
-    """Cancel a pending upload. Cancelled or expired ones are returned as they are.
+    """Cancel a pending upload. Cancelled, expired or rejected ones are returned as they are.
 
     Raises:
         UploadCompleted: the upload had completed (maybe just now).
@@ -202,8 +265,8 @@ class OutOfTime(Exception):
 
 def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
            deadline: float | None = None) -> Record:
-    """Move a pending record on: `completed` if its object exists; otherwise,
-    when `end` is given, cancel its session and mark it `end`.
+    """Move a pending record on: `completed` (or `rejected`: `land`) if its
+    object exists; otherwise, when `end` is given, cancel its session and mark it `end`.
 
     `deadline` (time.monotonic()) bounds when an upstream step may *start*:
     a later step raises OutOfTime instead, leaving the record pending (a
@@ -227,13 +290,11 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
             # Neither cancelled nor finished: leave it pending for a later try.
             raise SessionNotEnded(status)
     if obj is not None:
-        changes = completed(obj)
-    elif end is not None:
-        changes = {"state": end}
-    else:
+        return land(db, gcs, record, obj, step)
+    if end is None:
         return record
     step()
-    return transition(db, record, changes, gcs.announce)
+    return transition(db, record, {"state": end}, gcs.announce)
 
 
 def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
@@ -311,11 +372,13 @@ def backfill_shards(db: firestore.Client, page_size: int = 500) -> tuple[int, in
 class SweepResult:
     expired: int = 0
     completed: int = 0
+    rejected: int = 0
     failed: int = 0
     more: bool = False  # stopped (time budget, or a backend down) with records maybe left
 
     def as_dict(self) -> dict[str, Any]:
-        return {"expired": self.expired, "completed": self.completed, "failed": self.failed, "more": self.more}
+        return {"expired": self.expired, "completed": self.completed, "rejected": self.rejected,
+                "failed": self.failed, "more": self.more}
 
 
 def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: float, grace_seconds: float,
@@ -371,6 +434,8 @@ def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: flo
                 result.completed += 1
             elif settled.state == EXPIRED:
                 result.expired += 1
+            elif settled.state == REJECTED:
+                result.rejected += 1
 
     def may_start() -> bool:
         if backend_down or time.monotonic() >= start_by:

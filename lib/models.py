@@ -93,7 +93,17 @@ class UploadOut(BaseModel):
     expires_at: str
 
 
-Status = Literal["pending", "completed", "cancelled", "expired"]
+Status = Literal["pending", "completed", "rejected", "cancelled", "expired"]
+
+
+class Rejection(BaseModel):
+    """Why the bytes that landed were refused: `code` is stable (size_mismatch,
+    checksum_mismatch), `message` says what landed against what was declared."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
 
 
 class Upload(BaseModel):
@@ -112,6 +122,8 @@ class Upload(BaseModel):
     completed_at: str | None = None
     crc32c: str | None = None
     md5: str | None = None
+    # Set once rejected: the bytes that landed were not what was declared (and were deleted).
+    rejection: Rejection | None = None
 
 
 def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES) -> bytes:

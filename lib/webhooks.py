@@ -1,4 +1,4 @@
-"""Webhooks: each workspace is told when its uploads complete, cancel or expire.
+"""Webhooks: each workspace is told when its uploads complete, are rejected, cancel or expire.
 
 Format: the Standard Webhooks specification (signed with its own library,
 `standardwebhooks`). The body is `{"type", "timestamp", "data"}`, `data` the
@@ -59,8 +59,8 @@ from lib.errors import InvalidEvent
 
 ENDPOINTS = "webhook_endpoints"
 DELIVERIES = "webhook_deliveries"
-EVENT_TYPES = {lifecycle.COMPLETED: "upload.completed", lifecycle.CANCELLED: "upload.cancelled",
-               lifecycle.EXPIRED: "upload.expired"}
+EVENT_TYPES = {lifecycle.COMPLETED: "upload.completed", lifecycle.REJECTED: "upload.rejected",
+               lifecycle.CANCELLED: "upload.cancelled", lifecycle.EXPIRED: "upload.expired"}
 # The old secret keeps signing beside the new one for this long after a rotation.
 ROTATION_OVERLAP = timedelta(hours=24)
 # Delivery attempts are kept this long (Firestore TTL policy on `expire_at`).

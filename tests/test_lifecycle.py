@@ -103,7 +103,7 @@ def test_get_of_a_pending_upload_shows_it_without_its_url(client, make_key, open
     body = resp.get_json()
     assert_upload_schema(openapi_doc, body)
     assert list(body) == ["id", "status", "source_url", "content_type", "size_bytes", "created_at", "expires_at",
-                          "completed_at", "crc32c", "md5"]
+                          "completed_at", "crc32c", "md5", "rejection"]
     assert body["status"] == "pending" and body["size_bytes"] == 77 and body["content_type"] == "image/png"
     assert body["completed_at"] is None and body["crc32c"] is None and body["md5"] is None
     assert body["source_url"] == out["source_url"] and body["expires_at"] == out["expires_at"]
@@ -385,7 +385,7 @@ def test_a_sweep_starts_nothing_after_its_budget_and_no_step_after_its_grace(cli
     gcs = lifecycle.Storage(storage_client(get_settings().firestore.project), BUCKET, session_http())
     now = datetime.now(timezone.utc)
     result = lifecycle.sweep(db, gcs, now, budget_seconds=0, grace_seconds=0)
-    assert result.as_dict() == {"expired": 0, "completed": 0, "failed": 0, "more": True}
+    assert result.as_dict() == {"expired": 0, "completed": 0, "rejected": 0, "failed": 0, "more": True}
     snap = db.collection(lifecycle.COLLECTION).document(out["id"]).get()
     stale = lifecycle.Record(out["id"], snap.to_dict(), snap.update_time)
     with pytest.raises(lifecycle.OutOfTime):
@@ -526,7 +526,7 @@ def test_sweep_with_a_valid_scheduler_token_runs(client, oidc_issuer, openapi_do
     resp = _sweep(client, f"Bearer {oidc_issuer.token()}")
     assert resp.status_code == 200
     body = resp.get_json()
-    assert set(body) == {"expired", "completed", "failed", "more"}
+    assert set(body) == {"expired", "completed", "rejected", "failed", "more"}
     assert schema_errors(openapi_doc, "#/components/schemas/SweepResult", body) == []
 
 

@@ -326,8 +326,10 @@ def test_upload_fields_are_exempt_from_single_field_indexing_but_state():
                                    datetime.now(timezone.utc), datetime.now(timezone.utc), "u")
     # What a new record holds, plus what settling adds (completion adds the object's facts).
     from lib.uploads import StoredObject
-    completion = lifecycle.completed(StoredObject(1, 1, None, None, datetime.now(timezone.utc)))
-    assert set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) == set(lifecycle.FIELDS)
+    landed = StoredObject(1, 1, None, None, datetime.now(timezone.utc))
+    completion, rejection = lifecycle.completed(landed), lifecycle.rejected(landed, "size_mismatch", "m")
+    assert (set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection)
+            == set(lifecycle.FIELDS))
 
 
 def index_fields(name: str) -> list[tuple[str, str]]:

@@ -1,0 +1,177 @@
+"""What landed against what was declared: an object whose size, crc32c or md5 is
+not the declared one is never `completed`, on any path that settles an upload
+(storage event, GET, cancel, sweep); it is `rejected`, its object deleted.
+
+fake-gcs-server enforces none of the declared values at the PUT (GCS does), so
+here the wrong bytes really land, and it is the service's own check under test.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+
+import pytest
+
+from lib import lifecycle
+from lib.uploads import StoredObject
+from tests.conftest import BUCKET
+from tests.helpers import schema_errors
+from tests.test_events import crc32c, envelope, md5, object_name, push, resource_of
+from tests.test_lifecycle import backdate, bearer, create, put_bytes, record
+
+
+def declared(data: bytes, **overrides) -> dict:
+    """A create body declaring `data`'s size and checksums, but for `overrides`."""
+    return {"content_type": "video/mp4", "size_bytes": len(data), "crc32c": crc32c(data), "md5": md5(data),
+            **overrides}
+
+
+# Each way the bytes can differ from the declaration: (create-body overrides, what is PUT, code).
+DATA = secrets.token_bytes(3000)
+MISMATCHES = [
+    pytest.param({}, DATA[:2048], "size_mismatch", id="short"),
+    pytest.param({}, DATA + b"extra", "size_mismatch", id="long"),
+    pytest.param({"crc32c": crc32c(b"other bytes")}, DATA, "checksum_mismatch", id="crc32c"),
+    pytest.param({"md5": md5(b"other bytes")}, DATA, "checksum_mismatch", id="md5"),
+]
+
+
+def assert_rejected(client, db, gcs, key: str, out: dict, code: str, openapi_doc) -> dict:
+    """Rejected, as GET shows it (settling it if nobody had) and as stored; the object gone."""
+    got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
+    stored = record(db, out["id"])
+    assert stored["state"] == "rejected" and stored["rejection_code"] == code
+    assert "session_url" not in stored and stored["settled_at"]
+    assert gcs.bucket(BUCKET).get_blob(object_name(out)) is None  # source_url can never serve it
+    assert got["status"] == "rejected" and got["size_bytes"] == stored["size_bytes"]
+    assert got["rejection"]["code"] == code and got["rejection"]["message"]
+    assert got["completed_at"] is None and got["crc32c"] is None and got["md5"] is None
+    assert schema_errors(openapi_doc, "#/components/schemas/Upload", got) == []
+    return got
+
+
+@pytest.mark.parametrize("overrides, sent, code", MISMATCHES)
+def test_a_storage_event_for_bytes_other_than_the_declared_ones_rejects_the_upload(
+        client, db, gcs, make_key, oidc_issuer, openapi_doc, overrides, sent, code):
+    key, _ = make_key()
+    out = create(client, key, declared(DATA, **overrides))
+    put_bytes(out["upload_url"], sent)
+    resource = resource_of(gcs, object_name(out))
+    resp = push(client, envelope(resource), oidc_issuer.events_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": "rejected"}
+    got = assert_rejected(client, db, gcs, key, out, code, openapi_doc)
+    assert got["size_bytes"] == len(DATA)  # what the client declared, not what landed
+    assert record(db, out["id"])["generation"] == int(resource["generation"])
+    # A redelivery changes nothing; a cancel answers the rejection (nothing to cancel, nothing completed).
+    again = push(client, envelope(resource), oidc_issuer.events_token())
+    assert again.status_code == 200 and again.get_json() == {"outcome": "duplicate"}
+    cancelled = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "rejected"
+
+
+@pytest.mark.parametrize("overrides, sent, code", MISMATCHES)
+def test_a_get_that_finds_bytes_other_than_the_declared_ones_rejects_the_upload(
+        client, db, gcs, make_key, openapi_doc, overrides, sent, code):
+    key, _ = make_key()
+    out = create(client, key, declared(DATA, **overrides))
+    put_bytes(out["upload_url"], sent)
+    assert record(db, out["id"])["state"] == "pending"  # nobody has looked yet
+    assert_rejected(client, db, gcs, key, out, code, openapi_doc)
+
+
+def test_a_cancel_that_finds_wrong_bytes_answers_the_rejection_not_upload_completed(client, db, gcs, make_key,
+                                                                                   openapi_doc):
+    key, _ = make_key()
+    out = create(client, key, declared(DATA))
+    put_bytes(out["upload_url"], DATA[:1000])
+    resp = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+    assert resp.status_code == 200 and resp.get_json()["status"] == "rejected"
+    assert resp.get_json()["rejection"]["code"] == "size_mismatch"
+    assert_rejected(client, db, gcs, key, out, "size_mismatch", openapi_doc)
+
+
+def test_the_sweep_rejects_an_expired_upload_whose_bytes_are_not_the_declared_ones(client, db, gcs, make_key,
+                                                                                  oidc_issuer, openapi_doc):
+    key, _ = make_key()
+    wrong, right = create(client, key, declared(DATA)), create(client, key, declared(DATA))
+    put_bytes(wrong["upload_url"], DATA[:1000])
+    put_bytes(right["upload_url"], DATA)
+    for out in (wrong, right):
+        backdate(db, out["id"])
+    resp = client.post("/internal/sweep", headers=bearer(oidc_issuer.token()))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    counts = resp.get_json()
+    assert counts["rejected"] >= 1 and counts["completed"] >= 1 and counts["failed"] == 0
+    assert schema_errors(openapi_doc, "#/components/schemas/SweepResult", counts) == []
+    assert_rejected(client, db, gcs, key, wrong, "size_mismatch", openapi_doc)
+    assert record(db, right["id"])["state"] == "completed"
+    assert gcs.bucket(BUCKET).get_blob(object_name(right)) is not None
+
+
+def test_the_declared_bytes_complete_and_undeclared_values_are_not_checked(client, db, make_key):
+    key, _ = make_key()
+    exact = create(client, key, declared(DATA))
+    put_bytes(exact["upload_url"], DATA)
+    bare = create(client, key, {"content_type": "video/mp4"})
+    put_bytes(bare["upload_url"], b"anything")
+    for out, size in ((exact, len(DATA)), (bare, 8)):
+        got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
+        assert got["status"] == "completed" and got["size_bytes"] == size and got["rejection"] is None
+
+
+def test_with_storage_down_a_rejection_is_503_with_nothing_changed_and_its_redelivery_rejects(
+        backends, serve, client, db, gcs, make_key, oidc_issuer, openapi_doc):
+    """The object is deleted before the record says `rejected`: a failed delete leaves both as they were."""
+    from dev.emulators import free_port
+
+    key, _ = make_key()
+    out = create(client, key, declared(DATA))
+    put_bytes(out["upload_url"], DATA[:100])
+    body = envelope(resource_of(gcs, object_name(out)))
+    down = serve(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}")
+    resp = down.post("/internal/storage-events", json=body, headers=bearer(oidc_issuer.events_token()))
+    assert resp.status_code == 503, resp.text
+    assert record(db, out["id"])["state"] == "pending"
+    assert gcs.bucket(BUCKET).get_blob(object_name(out)) is not None
+    assert push(client, body, oidc_issuer.events_token()).get_json() == {"outcome": "rejected"}
+    assert_rejected(client, db, gcs, key, out, "size_mismatch", openapi_doc)
+
+
+# --- the verdict itself -------------------------------------------------------------------------------
+
+def _object(data: bytes, *, crc: str | None = "", md5_hash: str | None = "") -> StoredObject:
+    return StoredObject(size=len(data), generation=7, crc32c=crc32c(data) if crc == "" else crc,
+                        md5=md5(data) if md5_hash == "" else md5_hash, created=datetime.now(timezone.utc))
+
+
+def _declared(data: bytes, **overrides) -> dict:
+    return {"size_bytes": len(data), "declared_crc32c": crc32c(data), "declared_md5": md5(data), **overrides}
+
+
+@pytest.mark.parametrize("declaration, obj, code", [
+    pytest.param(_declared(b"abc"), _object(b"abc"), None, id="all-match"),
+    pytest.param({}, _object(b"abc"), None, id="nothing-declared"),
+    pytest.param({"size_bytes": None, "declared_crc32c": None, "declared_md5": None}, _object(b"x"), None,
+                 id="declared-null"),
+    pytest.param(_declared(b"abcd"), _object(b"abc"), "size_mismatch", id="size"),
+    pytest.param(_declared(b"abc", declared_crc32c=crc32c(b"abd")), _object(b"abc"), "checksum_mismatch", id="crc"),
+    pytest.param(_declared(b"abc", declared_md5=md5(b"abd")), _object(b"abc"), "checksum_mismatch", id="md5"),
+    # Declared but not reported by Storage: it cannot be checked, so it is not called completed.
+    pytest.param(_declared(b"abc"), _object(b"abc", md5_hash=None), "checksum_mismatch", id="md5-unreported"),
+    pytest.param({"size_bytes": 3}, _object(b"abc", crc=None, md5_hash=None), None, id="size-only"),
+])
+def test_the_verdict_checks_each_declared_value(declaration, obj, code):
+    changes = lifecycle.verdict(declaration, obj)
+    if code is None:
+        assert changes == lifecycle.completed(obj)
+    else:
+        assert changes["state"] == "rejected" and changes["rejection_code"] == code
+        assert changes["generation"] == obj.generation and "size_bytes" not in changes
+
+
+def test_a_size_rejection_says_what_landed_and_what_was_declared():
+    changes = lifecycle.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024))
+    assert "1024 bytes landed" in changes["rejection_message"]
+    assert "200000000" in changes["rejection_message"]
+
