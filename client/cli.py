@@ -21,7 +21,7 @@ from typing import Any, Callable
 import requests
 
 from client import state
-from client.resumable import CHUNK_QUANTUM, Refused, SessionGone, Uploader
+from client.resumable import CHUNK_QUANTUM, Finalized, Refused, SessionGone, Uploader
 from client.transport import GaveUp, Retry, session
 from lib.mediatypes import ALIASES, EXTENSIONS
 
@@ -30,6 +30,7 @@ EXIT_REFUSED = 1       # the API or storage said no: `code: message` on stderr
 EXIT_USAGE = 2         # bad arguments, no key or URL, unreadable file, unknown type
 EXIT_FILE_CHANGED = 3  # the file changed since its upload was interrupted
 EXIT_GAVE_UP = 4       # retries ran out (network or service down); rerun to resume
+EXIT_NOT_THE_FILE = 5  # what landed is not the file (storage or the service says so); rerun to upload anew
 EXIT_INTERRUPTED = 130  # Ctrl-C; rerun to resume
 
 USER_AGENT = "framelane-upload/1"
@@ -188,16 +189,18 @@ class Command:
             raise Failure(EXIT_USAGE, f"cannot tell the content type of {args.file} from its name; "
                                       f"pass --content-type (one of: {supported})")
         where = state.path_for(args.api_url, args.api_key, file)
-        saved, offset = self._resume(where, file, fd)
+        saved, answer = self._resume(where, file, fd)
         if saved is None:
-            saved, offset = self._begin(where, file, fd, content_type)
-        # None: an earlier run finished it (its session says so, or the upload is completed).
+            saved, answer = self._begin(where, file, fd, content_type)
+        # An offset: bytes to send from there. Finalized: the session's final answer.
+        # None: an earlier run finished it (its session is gone, the upload completed).
+        offset = answer if isinstance(answer, int) else None
         bar = offset is not None and not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
         progress = Progress(bar, file.size, os.path.basename(file.path), offset or 0)
         try:
             if offset is not None:
                 self._check_unchanged(file)
-                self._uploader(saved, fd, progress.show).send(offset)
+                answer = self._uploader(saved, fd, progress.show).send(offset)
         except SessionGone:
             state.remove(where)
             raise Failure(EXIT_REFUSED, f"upload {saved.upload_id} was cancelled or has expired; "
@@ -209,12 +212,48 @@ class Command:
         finally:
             progress.close()
         state.remove(where)
+        self._confirm(saved, answer)
         if args.json:
             self.out(json.dumps({"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size}))
         else:
             self.out(f"uploaded {os.path.basename(file.path)} ({_human(file.size)})\n"
                      f"id          {saved.upload_id}\nsource_url  {saved.source_url}")
         return EXIT_OK
+
+    def _confirm(self, saved: state.Saved, final: Finalized | None) -> None:
+        """That what landed is the file, as storage's final answer says (its
+        size and crc32c) and as the service records the upload, read once
+        (which also makes the service settle it, if nothing had yet). At least
+        one of the two must vouch for it, and neither may say otherwise.
+
+        Raises:
+            Failure: it is not the file, or cannot be shown to be (EXIT_NOT_THE_FILE).
+        """
+        size, crc32c = saved.file.size, saved.crc32c
+        problems: list[str] = []
+        vouched = final is not None and final.facts is not None
+        differs = final.differs(size, crc32c) if final is not None else None
+        if differs:
+            problems.append(differs)
+        upload = self.api.call("GET", f"/v1/uploads/{saved.upload_id}").json()
+        status = upload.get("status")
+        if status == "rejected":
+            rejection = upload.get("rejection") or {}
+            problems.append(f"the service rejected it: {rejection.get('code')}: {rejection.get('message')}")
+        elif status == "completed":
+            if (upload.get("size_bytes"), upload.get("crc32c")) == (size, crc32c):
+                vouched = True
+            else:
+                problems.append(f"the service recorded {upload.get('size_bytes')} bytes, "
+                                f"crc32c {upload.get('crc32c')}")
+        elif status != "pending":
+            problems.append(f"the upload is {status}")
+        if not problems and not vouched:
+            problems.append("neither storage's final answer nor the service says what the object holds")
+        if problems:
+            raise Failure(EXIT_NOT_THE_FILE, f"upload {saved.upload_id} does not hold {self.args.file} "
+                                             f"({'; '.join(problems)}). "
+                                             "Run the same command again to upload the file anew.")
 
     def _check_unchanged(self, file: state.FileId) -> None:
         try:
@@ -225,9 +264,9 @@ class Command:
             raise Failure(EXIT_FILE_CHANGED, f"{self.args.file} changed while it was being uploaded; "
                                              "run the command again to upload it as it is now")
 
-    def _resume(self, where, file: state.FileId, fd: int) -> tuple[state.Saved | None, int | None]:
-        """The saved upload of this file and how much its session holds (None:
-        finalized), or (None, None) when there is nothing to resume."""
+    def _resume(self, where, file: state.FileId, fd: int) -> tuple[state.Saved | None, int | Finalized | None]:
+        """The saved upload of this file and what its session says (`_ask_session`),
+        or (None, None) when there is nothing to resume."""
         saved = state.load(where)
         if saved is None:
             return None, None
@@ -241,28 +280,30 @@ class Command:
             self._cancel_quietly(saved.upload_id)
             state.remove(where)
             return None, None
-        standing, offset = self._ask_session(where, saved, fd)
-        if standing is None:
-            self.note(f"upload {saved.upload_id} had expired or was cancelled; starting a new one")
-        return standing, offset
+        return self._ask_session(where, saved, fd)
 
     def _uploader(self, saved: state.Saved, fd: int, shown: Callable[[int], None] = lambda n: None) -> Uploader:
         return Uploader(self.http, saved.upload_url, fd, saved.file.size, chunk=self.args.chunk_size,
                         retry=self.retry, timeout=self.args.timeout, shown=shown)
 
-    def _ask_session(self, where, saved: state.Saved, fd: int) -> tuple[state.Saved | None, int | None]:
-        """(saved, what its session holds), (saved, None) if the upload is
-        complete, or (None, None) if it ended unfinished (its state removed)."""
+    def _ask_session(self, where, saved: state.Saved, fd: int) -> tuple[state.Saved | None, int | Finalized | None]:
+        """(saved, what its session holds or its final answer), (saved, None)
+        if the session is gone and the upload completed, or (None, None) if it
+        ended otherwise (its state removed)."""
         try:
-            offset = self._uploader(saved, fd).holds()
+            answer = self._uploader(saved, fd).holds()
         except SessionGone:
             state.remove(where)
-            return (saved, None) if self._completed(saved.upload_id) else (None, None)
-        if offset:
-            self.note(f"resuming upload {saved.upload_id} at {_human(offset)} of {_human(saved.file.size)}")
-        return saved, offset
+            status = self._status(saved.upload_id)
+            if status == "completed":
+                return saved, None
+            self.note(f"upload {saved.upload_id} was {status}; starting a new one")
+            return None, None
+        if isinstance(answer, int) and answer:
+            self.note(f"resuming upload {saved.upload_id} at {_human(answer)} of {_human(saved.file.size)}")
+        return saved, answer
 
-    def _begin(self, where, file: state.FileId, fd: int, content_type: str) -> tuple[state.Saved, int | None]:
+    def _begin(self, where, file: state.FileId, fd: int, content_type: str) -> tuple[state.Saved, int | Finalized | None]:
         crc32c = crc32c_of(fd, file.size)
         self._check_unchanged(file)
         body: dict[str, Any] = {"content_type": content_type, "filename": os.path.basename(file.path),
@@ -279,17 +320,23 @@ class Command:
             if response.status_code == 201:
                 return saved, 0
             # A replay: an earlier run made this upload; its session says how far it got.
-            standing, offset = self._ask_session(where, saved, fd)
+            standing, answer = self._ask_session(where, saved, fd)
+            if isinstance(answer, Finalized) and (answer.differs(file.size, crc32c)
+                                                  or self._status(saved.upload_id) != "completed"):
+                # Finalized, but not as the file (the earlier run said so): a new upload.
+                state.remove(where)
+                self.note(f"upload {saved.upload_id} does not hold the file; starting a new one")
+                standing = None
             if standing is not None:
-                return standing, offset
+                return standing, answer
             previous = saved.upload_id
         raise Failure(EXIT_REFUSED, "every upload session made for this file ended before it was used")
 
-    def _completed(self, upload_id: str) -> bool:
-        """Whether the upload completed, when its session no longer answers: a
-        session is forgotten some time after it finalized the object (and a
-        run killed after the last chunk never removed its state)."""
-        return self.api.call("GET", f"/v1/uploads/{upload_id}").json()["status"] == "completed"
+    def _status(self, upload_id: str) -> str:
+        """The upload's status, when its session no longer answers: a session
+        is forgotten some time after it finalized the object (and a run killed
+        after the last chunk never removed its state)."""
+        return self.api.call("GET", f"/v1/uploads/{upload_id}").json()["status"]
 
     def _cancel_quietly(self, upload_id: str) -> None:
         try:

@@ -5,7 +5,8 @@ https://cloud.google.com/storage/docs/performing-resumable-uploads:
   `Content-Range: bytes FIRST-LAST/TOTAL`;
 - 308 means "more, please": its `Range: bytes=0-N` says what the session holds
   (N + 1 bytes), which may be less than was sent; no `Range` means nothing;
-- 200 or 201 means the object is finalized;
+- 200 or 201 means the object is finalized, and its body is the object's
+  resource: its `size` and `crc32c`, which the command checks against the file;
 - after an interruption, `PUT` with `Content-Range: bytes */TOTAL` and no body
   asks the session how much it holds, and the upload goes on from there.
 A cancelled session answers 499, an expired one 404 or 410 (the same set
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import requests
 
@@ -38,6 +39,40 @@ class Refused(Exception):
         text = " ".join(response.text[:300].split())
         super().__init__(f"storage answered HTTP {response.status_code}" + (f": {text}" if text else ""))
         self.status = response.status_code
+
+
+class Finalized(NamedTuple):
+    """The session's final answer: the object resource GCS sends with its 200 or 201."""
+
+    resource: dict[str, Any]
+
+    @classmethod
+    def of(cls, response: requests.Response) -> "Finalized":
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return cls(body if isinstance(body, dict) else {})
+
+    @property
+    def facts(self) -> tuple[int, str] | None:
+        """(size, crc32c) of the object as the answer states them; None if it does not."""
+        size, crc32c = self.resource.get("size"), self.resource.get("crc32c")
+        if isinstance(size, (str, int)) and str(size).isdigit() and isinstance(crc32c, str):
+            return int(size), crc32c
+        return None
+
+    def differs(self, size: int, crc32c: str) -> str | None:
+        """How the finalized object differs from a file of `size` bytes and
+        `crc32c`, as far as the answer says (None: it says nothing else)."""
+        if self.facts is None:
+            return None
+        stored, stored_crc32c = self.facts
+        if stored != size:
+            return f"storage finalized {stored} bytes of the file's {size}"
+        if stored_crc32c != crc32c:
+            return f"the stored object's crc32c is {stored_crc32c}, the file's {crc32c}"
+        return None
 
 
 def persisted(response: requests.Response) -> int:
@@ -85,12 +120,12 @@ class Uploader:
         except (requests.ConnectionError, requests.Timeout) as exc:
             return exc
 
-    def _judge(self, outcome: requests.Response | Exception) -> int | None:
-        """The session's offset after a 308, None once finalized; else raise or
-        wait and return -1 (ask again)."""
+    def _judge(self, outcome: requests.Response | Exception) -> int | Finalized | None:
+        """The session's offset after a 308, its final answer once finalized;
+        else raise, or wait and return None (ask again)."""
         if isinstance(outcome, requests.Response):
             if outcome.status_code in (200, 201):
-                return None
+                return Finalized.of(outcome)
             if outcome.status_code == 308:
                 return persisted(outcome)
             if outcome.status_code in SESSION_ENDED:
@@ -98,32 +133,34 @@ class Uploader:
             if not Retry.transient(outcome):
                 raise Refused(outcome)
         self.retry.wait(outcome)
-        return -1
+        return None
 
-    def holds(self) -> int | None:
-        """How many bytes the session holds (None: finalized), asking until it answers."""
+    def holds(self) -> int | Finalized:
+        """How many bytes the session holds, or its final answer if it is
+        finalized, asking until it answers."""
         while True:
-            offset = self._judge(self._put({"Content-Range": f"bytes */{self.size}"}, b""))
-            if offset != -1:
-                return offset
+            answer = self._judge(self._put({"Content-Range": f"bytes */{self.size}"}, b""))
+            if answer is not None:
+                return answer
 
-    def send(self, offset: int) -> None:
-        """Send from `offset` until the session finalizes the object."""
+    def send(self, offset: int) -> Finalized:
+        """Send from `offset` until the session finalizes the object; its final answer."""
         if self.size == 0:
             # Nothing to send: `bytes */0` is the whole (empty) object, and finalizes it.
-            self.holds()
-            return
+            while not isinstance(answer := self.holds(), Finalized):
+                self.retry.wait(Exception("an empty file's session asked for bytes"))
+            return answer
         while True:
             self.shown(offset)
             end = min(offset + self.chunk, self.size)
             body = _Slice(self.fd, offset, end, self.shown)
             result = self._judge(self._put({"Content-Range": f"bytes {offset}-{end - 1}/{self.size}"}, body))
-            if result == -1:
+            if result is None:
                 # Failed and waited: ask the session what it kept.
                 result = self.holds()
-            if result is None:
+            if isinstance(result, Finalized):
                 self.shown(self.size)
-                return
+                return result
             if result > offset:
                 self.retry.progress()
             elif result < offset:

@@ -32,7 +32,7 @@ import requests
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from client import cli, state
-from client.resumable import persisted
+from client.resumable import Finalized, persisted
 from client.transport import GaveUp, Retry, retry_after
 from dev import emulators
 from lib.mediatypes import ALIASES, EXTENSIONS
@@ -336,6 +336,72 @@ def test_429_with_retry_after_is_honoured(served_default, make_key, tmp_path):
     assert posts[0]["headers"]["Idempotency-Key"] == posts[1]["headers"]["Idempotency-Key"]
 
 
+def test_on_fake_gcs_a_resume_finalizes_a_short_object_which_the_command_catches_and_the_next_run_uploads_anew(
+        on_fake_gcs, served_default, tmp_path, db):
+    """`make run`'s step 4 on its stand-in: fake-gcs-server finalizes a session when asked what it
+    holds, so the rerun's status query makes a short object. The command compares it with the
+    file, says so and exits 5, never "uploaded"; the service rejects it; the next run starts anew."""
+    command, workspace = on_fake_gcs
+    path = tmp_path / "sample.mp4"
+    data = write_random(path, 32 * MIB)
+    saved = interrupt_once_saved(command.start("upload", str(path), "--chunk-size", "256KiB"), command)
+
+    caught = command.run("upload", str(path))
+    assert caught.returncode == cli.EXIT_NOT_THE_FILE, caught.stderr
+    assert caught.stdout == ""  # never "uploaded"
+    assert f"upload {saved.upload_id} does not hold {path}" in caught.stderr
+    assert f"bytes of the file's {len(data)}" in caught.stderr  # what storage's final answer said
+    assert "the service rejected it: size_mismatch" in caught.stderr
+    assert "Run the same command again to upload the file anew." in caught.stderr
+    assert command.saved() == []
+    upload = json.loads(command.run("status", saved.upload_id).stdout)
+    assert upload["status"] == "rejected" and upload["size_bytes"] == len(data)
+    assert requests.get(saved.source_url, timeout=30).status_code == 404  # the short object is gone
+
+    anew = command.run("upload", str(path), "--json")
+    assert anew.returncode == 0, anew.stderr
+    assert f"upload {saved.upload_id} was rejected; starting a new one" in anew.stderr
+    out = json.loads(anew.stdout)
+    assert out["id"] != saved.upload_id
+    assert requests.get(out["source_url"], timeout=60).content == data
+    assert sorted(u["state"] for u in workspace_uploads(db, workspace)) == ["completed", "rejected"]
+
+
+def test_a_rejection_the_service_reports_is_an_error_never_uploaded(served_default, make_key, tmp_path):
+    """Storage's final answer matches the file, but the service says rejected: the command believes the service."""
+    rejected = {"status": "rejected", "size_bytes": 1000, "crc32c": None,
+                "rejection": {"code": "checksum_mismatch", "message": "Declared otherwise."}}
+
+    def script(request):
+        if request["method"] == "GET" and request["path"].startswith("/v1/uploads/upl_"):
+            return Answer(200, {"Content-Type": "application/json"}, json.dumps(rejected).encode())
+        return None
+
+    key, _ = make_key()
+    with RecordingProxy(served_default.url, script=script) as proxy:
+        command = Command(proxy.url, key, tmp_path / "cache")
+        write_random(tmp_path / "a.png", 1000)
+        done = command.run("upload", str(tmp_path / "a.png"))
+        gets = [r for r in proxy.requests if r["method"] == "GET"]
+    assert done.returncode == cli.EXIT_NOT_THE_FILE and done.stdout == ""
+    assert "the service rejected it: checksum_mismatch: Declared otherwise." in done.stderr
+    assert len(gets) == 1  # the upload's state is read once
+
+
+@pytest.mark.parametrize("resource, problem", [
+    ({"size": "1000", "crc32c": "AAAAAA=="}, None),
+    ({"size": 1000, "crc32c": "AAAAAA=="}, None),
+    ({"size": "999", "crc32c": "AAAAAA=="}, "storage finalized 999 bytes of the file's 1000"),
+    ({"size": "1000", "crc32c": "BBBBBB=="}, "the stored object's crc32c is BBBBBB==, the file's AAAAAA=="),
+    ({"size": "1000"}, None),  # says nothing of the crc32c: no facts, nothing vouched (the service must)
+    ({}, None),
+])
+def test_the_final_answer_is_compared_with_the_file(resource, problem):
+    final = Finalized(resource)
+    assert final.differs(1000, "AAAAAA==") == problem
+    assert (final.facts is not None) == ("crc32c" in resource)
+
+
 # --- against gcp-storage-emulator: resuming -----------------------------------
 
 def test_sigkill_mid_upload_then_rerun_completes_with_one_upload_and_one_object(on_resumable, resumable, tmp_path, db):
@@ -400,6 +466,36 @@ def test_a_crash_before_the_state_was_saved_gets_the_same_session_back(on_resuma
     assert f"resuming upload {saved.upload_id}" in again.stderr
     assert object_bytes(resumable["storage"].url, json.loads(again.stdout)["source_url"], resumable["cdn"]) == data
     assert len(workspace_uploads(db, workspace)) == 1
+
+
+def test_a_replayed_session_finalized_with_other_bytes_is_left_for_a_new_upload(on_resumable, resumable, tmp_path,
+                                                                                db):
+    """GCS answers a finalized session's status query with 200 and the object. When a rerun's replay
+    names such a session and the object is not the file, the rerun uploads anew: it never calls it done."""
+    command, workspace = on_resumable
+    path = tmp_path / "replayed.mp4"
+    data = write_random(path, 16 * MIB)
+    saved = kill_after_progress(command.start("upload", str(path), "--chunk-size", "256KiB"), command, len(data),
+                                1 * MIB, signal.SIGKILL)
+    for leftover in command.saved():
+        leftover.unlink()  # a crash before the state was saved: the rerun's POST is a replay
+    status_query = f"bytes */{len(data)}"
+
+    def script(request):
+        if (request["method"] == "PUT" and saved.upload_id[4:] in request["path"]
+                and request["headers"].get("Content-Range") == status_query):
+            return Answer(200, {"Content-Type": "application/json"},
+                          json.dumps({"size": str(MIB), "crc32c": "AAAAAA=="}).encode())
+        return None
+
+    resumable["scripts"].append(script)
+    again = command.run("upload", str(path), "--json")
+    assert again.returncode == 0, again.stderr
+    assert f"upload {saved.upload_id} does not hold the file; starting a new one" in again.stderr
+    out = json.loads(again.stdout)
+    assert out["id"] != saved.upload_id
+    assert object_bytes(resumable["storage"].url, out["source_url"], resumable["cdn"]) == data
+    assert len(workspace_uploads(db, workspace)) == 2
 
 
 def test_503s_and_a_stalled_chunk_are_ridden_out(on_resumable, resumable, tmp_path):

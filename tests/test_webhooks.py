@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 from google.cloud import firestore
 from standardwebhooks.webhooks import Webhook
 
@@ -102,6 +103,27 @@ def test_a_completed_upload_is_pushed_signed_with_the_upload_as_get_returns_it(e
     assert [(r["event_type"], r["status"], r["error"], r["attempt"]) for r in rows] == [
         ("upload.completed", 200, None, 1)]
     assert lifecycle.OWED_FIELD not in record(db, out["id"])
+
+
+def test_a_rejected_upload_is_pushed_with_its_rejection_and_its_bytes_are_gone(event_path, make_key, receivers,
+                                                                              endpoint, openapi_doc):
+    """A PUT of other bytes than declared: the storage event rejects it, and the workspace is told."""
+    key, workspace = make_key()
+    receiver = receivers()
+    endpoint(receiver, workspace)
+    resp = event_path["function"].post(json={**VIDEO, "size_bytes": 4096}, headers=bearer(key))
+    assert resp.status_code == 201, resp.text
+    out = resp.json()
+    put_bytes(out["upload_url"], secrets.token_bytes(1024))
+    [got] = receiver.wait_for(1)
+    assert got.verified and got.event["type"] == "upload.rejected"
+    assert got.webhook_id == webhooks.event_id(out["id"], "upload.rejected")
+    data = got.event["data"]
+    assert data == get(event_path, key, out["id"])
+    assert data["status"] == "rejected" and data["size_bytes"] == 4096 and data["completed_at"] is None
+    assert data["rejection"]["code"] == "size_mismatch" and "1024 bytes landed" in data["rejection"]["message"]
+    assert schema_errors(openapi_doc, "#/components/schemas/UploadEvent", got.event) == []
+    assert requests.get(out["source_url"], timeout=30).status_code == 404  # never served
 
 
 def test_cancelled_and_expired_uploads_are_pushed_whoever_settles_them(event_path, make_key, receivers, endpoint,
