@@ -394,7 +394,8 @@ def _request_id(incoming: str | None) -> str:
 
 def _respond(request: flask.Request, status: int, body: dict[str, Any], headers: dict[str, str],
              request_id: str, log: dict[str, Any], started: float) -> flask.Response:
-    payload = json.dumps(body, separators=(",", ":"))
+    # Ends with a newline, so a shell prompt after curl starts on a line of its own.
+    payload = json.dumps(body, separators=(",", ":")) + "\n"
     # functions-framework reads the rest of the request body after each response
     # unless the response is streamed. A response that closes the connection
     # (408: the body stalled; 413: it is too large) is streamed, so it does not.

@@ -173,13 +173,21 @@ Each block below stands alone: paste it into a shell in this directory.
 
    Emulator gaps that show here: on fake-gcs-server a cancelled session still takes bytes, and a
    declared size or checksum is not enforced at the PUT (real GCS refuses both). So a PUT after
-   step 3's cancel still lands. Its storage event then deletes those late bytes, and the upload
-   stays "cancelled", as it would in production.
+   step 3's cancel still lands: its storage event deletes those late bytes, and the upload stays
+   "cancelled", as it would in production. And bytes other than the declared ones land too: the
+   service checks them itself, so such an upload is "rejected" (its "rejection" says why,
+   upload.rejected goes to the receiver) and its bytes are deleted, never served.
 
-4. Upload from a terminal, resumably, with a progress bar (Ctrl-C it and run it again: it resumes):
+4. Upload from a terminal, in chunks, with a progress bar; it checks that what landed is the file:
 
   head -c 200000000 /dev/urandom > /tmp/framelane-sample.mp4    # or any video, image or audio file of yours
   FRAMELANE_API_URL={url} FRAMELANE_API_KEY={key} .venv/bin/python -m client upload /tmp/framelane-sample.mp4
+
+   Resuming cannot be shown here. Against GCS, Ctrl-C and the same command again resumes where it
+   stopped. fake-gcs-server instead finalizes a session when asked how much it holds, so here the
+   rerun's question makes a short object: the command compares it with the file and says so
+   (exit 5, never "uploaded"), the service rejects the upload (upload.rejected below), and a third
+   run uploads the file anew. docs/clients.md has both; the tests resume against another stand-in.
 
 5. Upload from a browser: open {demo.url} and pick a video or image. The page's backend
    (dev/demo.py) holds the key and mints the upload with cors_origin {demo.url}; the browser

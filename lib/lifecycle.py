@@ -18,6 +18,7 @@ reported cancelled. Once settled, the record forgets its session URL.
 
 from __future__ import annotations
 
+import secrets
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -381,6 +382,16 @@ class SweepResult:
                 "failed": self.failed, "more": self.more}
 
 
+def first_shard(count: int) -> int:
+    """Where a sweep starts among its `count` shards: at random, so that across
+    runs cut short by their budget no shard is always last, and two runs that
+    overlap (a scheduler retry, a run by hand) walk different shards rather
+    than the same records in the same order. Started from one shard, the run
+    slightly ahead won every record's conditional write and the other paid
+    for every lookup and DELETE and settled nothing."""
+    return secrets.randbelow(count)
+
+
 def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: float, grace_seconds: float,
           page_size: int = 200, workers: int = 8, on_error: Callable[[str, BaseException], None] | None = None,
           shards: range = range(SWEEP_SHARDS)) -> SweepResult:
@@ -444,8 +455,8 @@ def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: flo
         return True
 
     # One page per shard per round, so a backlog in one shard cannot starve the
-    # others; the first shard turns with each run.
-    first = int(now.timestamp()) // 60 % len(shards)
+    # others; the first shard is drawn at random (`first_shard`).
+    first = first_shard(len(shards))
     cursors: dict[int, Any] = {shards[(first + i) % len(shards)]: None for i in range(len(shards))}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while cursors and may_start():

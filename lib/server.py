@@ -60,7 +60,7 @@ class Worker(ThreadWorker):
             return
         err = refusal(exc)
         request_id = secrets.token_hex(16)
-        body = json.dumps(err.envelope(), separators=(",", ":")).encode()
+        body = json.dumps(err.envelope(), separators=(",", ":")).encode() + b"\n"  # as main.py's answers end
         head = (f"HTTP/1.1 {err.status} {err.code}\r\nConnection: close\r\nContent-Type: application/json\r\n"
                 f"Cache-Control: no-store\r\nX-Request-Id: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n")
         try:

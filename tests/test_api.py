@@ -239,6 +239,15 @@ def test_sane_request_id_is_echoed_and_insane_one_replaced(client, auth_headers)
     assert err.headers["X-Request-Id"] == "trace-me" and err.headers["Cache-Control"] == "no-store"
 
 
+def test_every_answer_ends_with_a_newline_so_a_shell_prompt_after_curl_starts_on_its_own_line(client, auth_headers):
+    answers = [client.post("/v1/uploads", json={"content_type": "video/mp4"}, headers=auth_headers),
+               client.get("/v1/uploads/upl_" + "0" * 32, headers=auth_headers), client.get("/nope"),
+               client.get("/health"), client.get("/robots.txt")]
+    assert [a.status_code for a in answers] == [201, 404, 404, 200, 404]
+    for answer in answers:
+        assert answer.get_data().endswith(b"}\n") and answer.get_data().count(b"\n") == 1
+
+
 def test_openapi_content_type_pattern_is_the_codes_rule(openapi_doc):
     schema = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"]["content_type"]
     assert schema["pattern"] == uploads.content_type_pattern()

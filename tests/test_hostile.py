@@ -344,6 +344,7 @@ def exchange(url: str, data: bytes, timeout: float = 60) -> tuple[int, dict]:
         except ConnectionResetError:
             pass
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert body.endswith(b"}\n"), body[-100:]  # the server's refusals end as the function's answers do
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
 

@@ -40,6 +40,8 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         text = out_path.read_text()
         assert "add-webhook --workspace ws_demo" in text and "webhook-deliveries --workspace ws_demo" in text
         assert "-m client upload" in text
+        # Step 4 says what the stand-in does to a resume, and that the command catches it.
+        assert "finalizes a session when asked how much it holds" in text and "(exit 5" in text
         demo = f"http://127.0.0.1:{ports['DEMO_PORT']}"
         assert f"open {demo}" in text
         assert "Upload a file" in requests.get(demo + "/", timeout=30).text
