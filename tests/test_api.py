@@ -253,6 +253,19 @@ def test_openapi_content_type_pattern_is_the_codes_rule(openapi_doc):
     assert schema["pattern"] == uploads.content_type_pattern()
 
 
+def test_the_api_doc_names_every_route_and_the_sweeps_concurrency(app):
+    """docs/api.md's route list and the sweep's figure, held to main.py."""
+    import main
+    from tests.conftest import ROOT
+
+    text = " ".join((ROOT / "docs" / "api.md").read_text().split())
+    listed = text.split("Routes: ", 1)[1].split(". Checks run", 1)[0]
+    documented = set(re.findall(r"`([A-Z]+ /[^`]*)`", listed))
+    served = {f"{method} {main.TEMPLATES[pattern]}" for pattern, methods in main.ROUTES for method in methods}
+    assert documented == served
+    assert f"at most {main.SWEEP_WORKERS} in flight" in text
+
+
 def test_every_error_code_is_in_the_openapi_enum_and_the_readme_table(openapi_doc):
     import inspect
     from lib import errors
