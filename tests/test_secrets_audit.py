@@ -101,4 +101,5 @@ def test_settled_uploads_have_forgotten_their_session_urls(db):
         if doc["state"] != lifecycle.PENDING:
             assert "session_url" not in doc, f"{snap.id} is {doc['state']} but still holds its session URL"
     # The session saw every state, or this audit read nothing.
-    assert set(states) == {lifecycle.PENDING, lifecycle.COMPLETED, lifecycle.CANCELLED, lifecycle.EXPIRED}, states
+    assert set(states) == {lifecycle.PENDING, lifecycle.COMPLETED, lifecycle.REJECTED, lifecycle.CANCELLED,
+                           lifecycle.EXPIRED}, states

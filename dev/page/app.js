@@ -71,8 +71,14 @@ $("start").addEventListener("click", async () => {
       say("Uploaded; waiting for the upload to complete ...");
       try {
         const done = await settle(created.id);
-        $("source").href = $("source").textContent = done.source_url;
-        say(`Done: ${done.status}.`);
+        if (done.status === "completed") {
+          $("source").href = $("source").textContent = done.source_url;
+          say(`Done: ${done.status}.`);
+        } else {
+          // Rejected: the bytes that landed were not the file declared (its size or checksum).
+          const why = done.rejection ? ` (${done.rejection.code}: ${done.rejection.message})` : "";
+          say(`The upload is ${done.status}${why}`, true);
+        }
       } catch (error) {
         say(error.message, true);
       }
