@@ -33,6 +33,10 @@ EXIT_GAVE_UP = 4       # retries ran out (network or service down); rerun to res
 EXIT_NOT_THE_FILE = 5  # what landed is not the file (storage or the service says so); rerun to upload anew
 EXIT_INTERRUPTED = 130  # Ctrl-C; rerun to resume
 
+# What a session says, as the command goes on from it: an offset to send from, its final
+# answer (finalized), or None (an earlier run finished it; the session is gone).
+Answer = int | Finalized | None
+
 USER_AGENT = "framelane-upload/1"
 DEFAULT_CHUNK = 8 * 1024 * 1024
 
@@ -192,8 +196,6 @@ class Command:
         saved, answer = self._resume(where, file, fd)
         if saved is None:
             saved, answer = self._begin(where, file, fd, content_type)
-        # An offset: bytes to send from there. Finalized: the session's final answer.
-        # None: an earlier run finished it (its session is gone, the upload completed).
         offset = answer if isinstance(answer, int) else None
         bar = offset is not None and not args.quiet and sys.stdout.isatty() and sys.stderr.isatty()
         progress = Progress(bar, file.size, os.path.basename(file.path), offset or 0)
@@ -264,7 +266,7 @@ class Command:
             raise Failure(EXIT_FILE_CHANGED, f"{self.args.file} changed while it was being uploaded; "
                                              "run the command again to upload it as it is now")
 
-    def _resume(self, where, file: state.FileId, fd: int) -> tuple[state.Saved | None, int | Finalized | None]:
+    def _resume(self, where, file: state.FileId, fd: int) -> tuple[state.Saved | None, Answer]:
         """The saved upload of this file and what its session says (`_ask_session`),
         or (None, None) when there is nothing to resume."""
         saved = state.load(where)
@@ -286,7 +288,7 @@ class Command:
         return Uploader(self.http, saved.upload_url, fd, saved.file.size, chunk=self.args.chunk_size,
                         retry=self.retry, timeout=self.args.timeout, shown=shown)
 
-    def _ask_session(self, where, saved: state.Saved, fd: int) -> tuple[state.Saved | None, int | Finalized | None]:
+    def _ask_session(self, where, saved: state.Saved, fd: int) -> tuple[state.Saved | None, Answer]:
         """(saved, what its session holds or its final answer), (saved, None)
         if the session is gone and the upload completed, or (None, None) if it
         ended otherwise (its state removed)."""
@@ -303,7 +305,7 @@ class Command:
             self.note(f"resuming upload {saved.upload_id} at {_human(answer)} of {_human(saved.file.size)}")
         return saved, answer
 
-    def _begin(self, where, file: state.FileId, fd: int, content_type: str) -> tuple[state.Saved, int | Finalized | None]:
+    def _begin(self, where, file: state.FileId, fd: int, content_type: str) -> tuple[state.Saved, Answer]:
         crc32c = crc32c_of(fd, file.size)
         self._check_unchanged(file)
         body: dict[str, Any] = {"content_type": content_type, "filename": os.path.basename(file.path),
