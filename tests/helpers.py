@@ -96,6 +96,12 @@ class RecordingProxy:
             def _forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if length and len(body or b"") < length:
+                    # The client went away mid-body (killed). A server never sees such a request:
+                    # forwarded short, it would hold a one-request-at-a-time server (gcp-storage-
+                    # emulator) waiting for the rest, and every request behind it.
+                    self.close_connection = True
+                    return
                 request = {"method": self.command, "path": self.path, "headers": dict(self.headers),
                            "body": body or b"", "at": time.monotonic()}
                 with proxy.lock:
