@@ -18,10 +18,10 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import auth, events, idempotency, lifecycle, logs, models, oidc, server, uploads as media, webhooks
+from lib import auth, events, idempotency, lifecycle, logs, models, oidc, push, server, uploads as media, webhooks
 from lib.clients import firestore_client, publisher, session_http, storage_client
 from lib.config import ConfigError, Settings, get_settings
-from lib.errors import (ApiError, InvalidEvent, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded,
+from lib.errors import (ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, SessionNotEnded,
                         UploadNotFound, UploadTooLarge, UriTooLong, ValidationFailed, WebhookDeliveryFailed)
 
 # Before functions-framework builds its gunicorn (it imports this module first).
@@ -52,8 +52,7 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
     key = _authenticate(request, log, db)
 
     idem_key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
-    body = models.parse_json_object(raw)
-    upload = models.validate_upload_request(body)
+    upload = models.validate_upload_request(models.parse_json_object(raw))
     content_type = media.normalize_content_type(upload.content_type)
     if upload.size_bytes is not None and upload.size_bytes > settings.max_upload_bytes:
         raise UploadTooLarge(settings.max_upload_bytes)
@@ -82,38 +81,20 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
         lifecycle.create_record(db, upload_id, record)
         return 201, out.model_dump(), {}
 
-    outcome = idempotency.begin(
-        db, key.workspace_id, key.mode, idem_key, idempotency.fingerprint(request_meaning(upload, content_type)),
-        settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds,
-        also_matches=idempotency.legacy_fingerprint(body),
-    )
-    if isinstance(outcome, idempotency.Replay):
-        log["idempotent_replayed"] = True
-        # In the model's field order (Firestore gives a map's keys back sorted).
-        replay = {name: outcome.body[name] for name in models.UploadOut.model_fields if name in outcome.body}
-        return 200, replay, {"Idempotent-Replayed": "true"}
-    try:
+    def work() -> tuple[dict[str, Any], tuple[Any, dict[str, Any]]]:
         out, upload_id, record = mint()
         # One atomic commit: the upload is recorded if and only if the key completes.
-        idempotency.complete(db, outcome, out.model_dump(), also_create=(lifecycle.ref(db, upload_id), record))
-    except BaseException:
-        # Nothing this request stored may block the client's retry.
-        if not idempotency.release(db, outcome):
-            log["claim_left_to_lease"] = True
-        raise
-    return 201, out.model_dump(), {}
+        return out.model_dump(), (lifecycle.ref(db, upload_id), record)
 
-
-def request_meaning(upload: models.UploadRequest, content_type: str) -> dict[str, Any]:
-    """What a request means, for its Idempotency-Key's fingerprint: every validated field, the
-    content type as stored, so equivalent bodies (2048 and 2048.0, a null and an absent
-    filename) replay. Fields added since "v2" are left out when absent, so the fingerprint of
-    a request that does not use them is what it was, and a retry across their deploy still
-    replays (tests/test_idempotency.py holds one fixed value)."""
-    meaning = {**upload.model_dump(), "content_type": content_type}
-    if meaning["cors_origin"] is None:
-        del meaning["cors_origin"]
-    return meaning
+    body, replayed = idempotency.once(db, key.workspace_id, key.mode, idem_key, upload.fingerprint(content_type),
+                                      settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds, work,
+                                      on_claim_left=lambda: log.update(claim_left_to_lease=True))
+    if not replayed:
+        return 201, body, {}
+    log["idempotent_replayed"] = True
+    # In the model's field order (Firestore gives a map's keys back sorted).
+    replay = {name: body[name] for name in models.UploadOut.model_fields if name in body}
+    return 200, replay, {"Idempotent-Replayed": "true"}
 
 
 def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
@@ -146,7 +127,7 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
     """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at."""
     settings = get_settings()
     oidc.verify(request.headers.get("Authorization"), settings.sweep_audience, settings.sweep_service_account,
-                oidc.cert_cache(settings.oidc_certs_url, session_http()))
+                _certs(settings))
     failures: list[str] = []
 
     def on_error(upload_id: str, exc: BaseException) -> None:
@@ -193,13 +174,8 @@ def _sweep_shards(value: str | None) -> range:
 def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/storage-events (Pub/Sub push, OIDC): a finalized object completes its upload."""
     settings = get_settings()
-    oidc.verify(request.headers.get("Authorization"), settings.events_audience, settings.events_service_account,
-                oidc.cert_cache(settings.oidc_certs_url, session_http()), route="events")
-    try:
-        body = models.parse_json_object(raw)
-    except ApiError as exc:
-        raise InvalidEvent(f"body: {exc.message}") from None
-    event = events.parse_push(body)
+    event = events.from_push(push.receive(request.headers.get("Authorization"), raw, settings.events_audience,
+                                          settings.events_service_account, _certs(settings), "events"))
     log.update(event_type=event.event_type, message_id=event.message_id[:64])
     if event.upload_id is not None:
         log["upload_id"] = event.upload_id
@@ -259,18 +235,18 @@ def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any],
 
 
 def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any], settings: Settings) -> webhooks.Message:
-    oidc.verify(request.headers.get("Authorization"), settings.webhooks_audience, settings.webhooks_service_account,
-                oidc.cert_cache(settings.oidc_certs_url, session_http()), route="webhooks")
-    try:
-        # Plain JSON: the body is Pub/Sub's, its token just checked (clients' bodies get models' strict reading).
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidEvent("body: not JSON", webhooks.INVALID_PUSH) from None
-    message = webhooks.Message.from_push(body)
+    message = webhooks.Message.from_push(push.receive(
+        request.headers.get("Authorization"), raw, settings.webhooks_audience, settings.webhooks_service_account,
+        _certs(settings), "webhooks", webhooks.INVALID_PUSH))
     log.update(kind=message.kind, message_id=message.message_id[:64])
     if message.upload_id:
         log["upload_id"] = message.upload_id[:64]
     return message
+
+
+def _certs(settings: Settings) -> oidc.CertCache:
+    """The instance's cache of Google's certificates, for every OIDC-checked route."""
+    return oidc.cert_cache(settings.oidc_certs_url, session_http())
 
 
 def _authenticate(request: flask.Request, log: dict[str, Any], db: Any) -> auth.ApiKey:

@@ -27,18 +27,16 @@ retries it, then dead-letters it); Firestore or Storage unavailable is a 503
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from google.cloud import firestore
 
 from lib import lifecycle, uploads as media
 from lib.errors import InvalidEvent, UploadNotFound
+from lib.push import Push
 
 FINALIZE = "OBJECT_FINALIZE"
 # An object name the service makes: `{prefix}{workspace}/{32 hex}.{ext}` (lib/uploads.py new_upload).
@@ -56,37 +54,28 @@ class Event:
     upload_id: str | None  # the upload owning object_name, if the service made such a name
 
 
-def parse_push(body: Any) -> Event:
-    """The storage event a Pub/Sub push envelope carries.
+def from_push(push: Push) -> Event:
+    """The storage event a pushed message carries (lib/push.py read the envelope).
 
     Raises:
-        InvalidEvent: not a push envelope of a GCS notification.
+        InvalidEvent: not a GCS notification.
     """
-    message = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(message, dict):
-        raise InvalidEvent("not a Pub/Sub push envelope: no message object")
-    attributes = message.get("attributes")
-    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
-        raise InvalidEvent("the message has no string attributes")
     try:
-        event_type, bucket, name = attributes["eventType"], attributes["bucketId"], attributes["objectId"]
+        event_type, bucket, name = (push.attributes[k] for k in ("eventType", "bucketId", "objectId"))
     except KeyError as exc:
         raise InvalidEvent(f"the message lacks the attribute {exc.args[0]}") from None
-    message_id = message.get("messageId") or message.get("message_id") or ""
-    if not isinstance(message_id, str):
-        raise InvalidEvent("messageId is not a string")
-    obj = _finalized(message.get("data"), attributes) if event_type == FINALIZE else None
-    return Event(event_type, bucket, name, message_id, obj, upload_id_for(name))
+    obj = _finalized(push.data, push.attributes) if event_type == FINALIZE else None
+    return Event(event_type, bucket, name, push.message_id, obj, upload_id_for(name))
 
 
-def _finalized(data: Any, attributes: dict[str, str]) -> media.StoredObject:
+def _finalized(data: bytes, attributes: dict[str, str]) -> media.StoredObject:
     """The object resource (payload JSON_API_V1) the message's data holds."""
-    if not isinstance(data, str):
+    if not data:
         raise InvalidEvent("an OBJECT_FINALIZE message has no data (payload format JSON_API_V1 expected)")
     try:
-        resource = json.loads(base64.b64decode(data, validate=True))
-    except (binascii.Error, ValueError):
-        raise InvalidEvent("the message data is not base64 of a JSON object") from None
+        resource = json.loads(data)
+    except (ValueError, RecursionError):
+        raise InvalidEvent("the message data is not JSON") from None
     if not isinstance(resource, dict):
         raise InvalidEvent("the message data is not a JSON object")
     try:
@@ -123,7 +112,7 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
         return "ignored_unknown_object"
     if record.data.get("object_name") != event.object_name:
         return "ignored_unknown_object"
-    assert event.obj is not None  # parse_push sets it for every FINALIZE
+    assert event.obj is not None  # from_push sets it for every FINALIZE
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
         record = lifecycle.land(db, gcs, record, event.obj)

@@ -1,4 +1,4 @@
-"""Idempotency-Key records: claim, replay, complete, release.
+"""Idempotency-Key records: a request runs at most once per key (`once`), by claim, replay, complete, release.
 
 A small state machine over one Firestore document per (workspace, mode, key),
 id = SHA-256 of the three: a test key and a live key of one workspace never
@@ -19,18 +19,21 @@ on one key never receive two different upload URLs.
 
 A request that fails after claiming deletes its claim (conditioned the same
 way); if even that fails, the lease frees the key.
+
+`once` runs that whole cycle around the work it is given (as AWS Lambda
+Powertools' `idempotent_function` does); `begin`, `complete` and `release` are
+its steps.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -56,40 +59,9 @@ def parse_key(header: str | None) -> str | None:
     return header
 
 
-def fingerprint(request: dict[str, Any]) -> str:
-    """SHA-256 of the *validated, normalised* request as canonical JSON.
-
-    Pass what the request means, not its bytes: `size_bytes` 2048 and 2048.0,
-    a null and an absent `filename`, `video/MP4` and `video/mp4` are one
-    request, so they replay rather than conflict.
-    """
-    return "v2:" + hashlib.sha256(_canonical(request)).hexdigest()
-
-
-def legacy_fingerprint(body: dict[str, Any]) -> str:
-    """The fingerprint records written before "v2" carry (SHA-256 of the raw body).
-
-    Accepted too, so a retry across the deploy that introduced v2 still
-    replays. Delete once IDEMPOTENCY_TTL_SECONDS (at most 7 days) has passed
-    since that deploy.
-    """
-    return hashlib.sha256(_canonical(body)).hexdigest()
-
-
-def _canonical(value: Any) -> bytes:
-    # Key order and whitespace don't matter. (Bodies hold no lone surrogates:
-    # models.parse_json_object refuses them, so UTF-8 always encodes.)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def record_id(workspace_id: str, mode: str, key: str) -> str:
-    """The record's document id. The NUL cannot occur in any part, so ids cannot collide.
-
-    Live records keep the id they had before modes were part of it, so a live
-    client's retry across that deploy still finds its record.
-    """
-    parts = (workspace_id, key) if mode == "live" else (workspace_id, key, mode)
-    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+    """The record's document id. The NUL cannot occur in any part, so ids cannot collide."""
+    return hashlib.sha256("\x00".join((workspace_id, mode, key)).encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -106,12 +78,43 @@ class Replay:
     body: dict
 
 
-def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fingerprint: str,
-          ttl_seconds: int, lease_seconds: int, also_matches: str | None = None) -> Claim | Replay:
-    """Claim the key for this request, or return the stored response to replay.
+# What `once` runs: the response body, and a document to create in the same
+# commit as the key's completion (None: nothing more to store).
+Work = Callable[[], tuple[dict, tuple[firestore.DocumentReference, dict] | None]]
 
-    `also_matches` is another fingerprint a stored record may carry for the
-    same request (`legacy_fingerprint`).
+
+def once(db: firestore.Client, workspace_id: str, mode: str, key: str, fingerprint: str, ttl_seconds: int,
+         lease_seconds: int, work: Work, on_claim_left: Callable[[], None] = lambda: None) -> tuple[dict, bool]:
+    """Run `work` at most once for this key and request: (its body, False); or,
+    for a request the key already completed, (the stored body, True).
+
+    `fingerprint` says what the request means (`models.UploadRequest.fingerprint`):
+    the same key with another meaning is refused. If `work` (or storing its
+    result) fails, the claim is released so a retry can run afresh;
+    `on_claim_left` is told when even that failed (the lease frees the key).
+
+    Raises:
+        IdempotencyKeyReused, IdempotencyKeyInUse: as `begin` and `complete`.
+        ServiceUnavailable: Firestore is down or slow.
+        Whatever `work` raises.
+    """
+    claim = begin(db, workspace_id, mode, key, fingerprint, ttl_seconds, lease_seconds)
+    if isinstance(claim, Replay):
+        return claim.body, True
+    try:
+        body, also_create = work()
+        complete(db, claim, body, also_create)
+    except BaseException:
+        # Nothing this request stored may block the client's retry.
+        if not release(db, claim):
+            on_claim_left()
+        raise
+    return body, False
+
+
+def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fingerprint: str,
+          ttl_seconds: int, lease_seconds: int) -> Claim | Replay:
+    """Claim the key for this request, or return the stored response to replay.
 
     Raises:
         IdempotencyKeyReused: the key was used with another body.
@@ -156,7 +159,7 @@ def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fin
             return Claim(ref, token, snap.update_time)
         expired = doc["expires_at"] <= now
         if not expired:
-            if doc["fingerprint"] not in (body_fingerprint, also_matches):
+            if doc["fingerprint"] != body_fingerprint:
                 raise IdempotencyKeyReused()
             if doc["state"] == COMPLETED:
                 return Replay(doc["response"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from typing import IO, Any, Literal
@@ -41,6 +42,17 @@ class UploadRequest(BaseModel):
     # customer's backend rather than that browser: bound to the session in place
     # of the request's own Origin header (Mux calls it cors_origin too).
     cors_origin: StrictStr | None = None
+
+    def fingerprint(self, content_type: str) -> str:
+        """What this request means, as its Idempotency-Key's record compares it:
+        SHA-256 of every validated field as canonical JSON, with the content type
+        as stored (`content_type`), so equivalent bodies (keys in another order,
+        2048 and 2048.0, a null and an absent field, `video/MP4` and `video/mp4`)
+        are one request. (Bodies hold no lone surrogates: `parse_json_object`
+        refuses them, so UTF-8 always encodes.)"""
+        meaning = {**self.model_dump(), "content_type": content_type}
+        canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     @field_validator("size_bytes", mode="before")
     @classmethod

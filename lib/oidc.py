@@ -1,12 +1,13 @@
 """Verifying the OIDC tokens Google sends to the internal routes: Cloud
-Scheduler's with each sweep call, Pub/Sub's with each storage event push.
+Scheduler's with each sweep call, Pub/Sub's with each push (storage events,
+webhook messages and their dead letters; lib/push.py).
 
 The token is a Google-signed ID token (RS256 JWT). It is accepted only when
 its signature checks out against Google's published certificates, it is
 within its validity (30 s of clock skew), its issuer is Google, its audience
-is the route's (`SWEEP_AUDIENCE`, `EVENTS_AUDIENCE`) and its signer is the
-route's service account (`SWEEP_SERVICE_ACCOUNT`, `EVENTS_SERVICE_ACCOUNT`,
-verified email). Certificates are fetched from
+is the route's (`SWEEP_AUDIENCE`, `EVENTS_AUDIENCE`, `WEBHOOKS_AUDIENCE`) and
+its signer is the route's service account (`SWEEP_SERVICE_ACCOUNT`,
+`EVENTS_SERVICE_ACCOUNT`, `WEBHOOKS_SERVICE_ACCOUNT`, verified email). Certificates are fetched from
 `OIDC_CERTS_URL` (Google's by default; tests serve their own) and cached by
 their Cache-Control max-age, refetched early at most every 30 s when a token
 names a key id not yet seen (Google rotates keys).

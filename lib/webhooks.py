@@ -56,6 +56,7 @@ from standardwebhooks.webhooks import Webhook
 from lib import lifecycle, logs, targets, uploads as media
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, Publisher, TtlLru, shared, upstream
 from lib.errors import InvalidEvent
+from lib.push import Push
 
 ENDPOINTS = "webhook_endpoints"
 DELIVERIES = "webhook_deliveries"
@@ -304,30 +305,14 @@ class Message(NamedTuple):
         return self.attributes.get("upload_id")
 
     @classmethod
-    def from_push(cls, body: Any) -> "Message":
-        """Raises InvalidEvent: not a push envelope of one of our messages."""
-        message = body.get("message") if isinstance(body, dict) else None
-        if not isinstance(message, dict):
-            raise InvalidEvent("not a Pub/Sub push envelope: no message object", INVALID_PUSH)
-        attributes = message.get("attributes") or {}
-        if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
-            raise InvalidEvent("the message's attributes are not strings", INVALID_PUSH)
-        kind = attributes.get("kind")
+    def from_push(cls, push: Push) -> "Message":
+        """Raises InvalidEvent: not one of our messages (lib/push.py read the envelope)."""
+        kind = push.attributes.get("kind")
         if kind not in (KIND_EVENT, KIND_DELIVERY):
             raise InvalidEvent(f"the message's kind is {kind!r}, not event or delivery", INVALID_PUSH)
-        if not isinstance(attributes.get("upload_id"), str):
+        if not isinstance(push.attributes.get("upload_id"), str):
             raise InvalidEvent("the message lacks the attribute upload_id", INVALID_PUSH)
-        data = message.get("data") or ""
-        try:
-            raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
-        except ValueError:
-            raw = None
-        if raw is None:
-            raise InvalidEvent("the message data is not base64", INVALID_PUSH)
-        attempt = body.get("deliveryAttempt")
-        message_id = message.get("messageId") or message.get("message_id") or ""
-        return cls(kind, message_id if isinstance(message_id, str) else "", attributes, raw,
-                   attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None)
+        return cls(kind, push.message_id, push.attributes, push.data, push.attempt)
 
     def delivery(self) -> "Delivery":
         if self.kind != KIND_DELIVERY:

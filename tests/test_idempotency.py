@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import idempotency
+from lib import idempotency, models, uploads
 from tests.helpers import response_schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
@@ -24,10 +24,9 @@ def record(db, workspace, idem, mode="live"):
     return db.collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, mode, idem))
 
 
-def meaning(body):
-    """The validated, normalised request a body stands for (what main.py fingerprints)."""
-    return {"content_type": body["content_type"], "filename": body.get("filename"), "size_bytes": body.get("size_bytes"),
-            "crc32c": body.get("crc32c"), "md5": body.get("md5")}
+def fingerprint(body):
+    """The fingerprint of the request a body stands for, as main.py takes it."""
+    return models.validate_upload_request(body).fingerprint(uploads.normalize_content_type(body["content_type"]))
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def test_first_call_creates_and_stores_a_completed_record(client, db, ws_key, id
     doc = snap.to_dict()
     assert doc["state"] == "completed"
     assert doc["response"] == resp.get_json()
-    assert doc["fingerprint"] == idempotency.fingerprint(meaning(VIDEO))
+    assert doc["fingerprint"] == fingerprint(VIDEO)
     assert doc["mode"] == "live"
     assert doc["workspace_id"] == workspace
     assert timedelta(hours=23, minutes=59) < doc["expires_at"] - doc["created_at"] <= timedelta(hours=24)
@@ -79,7 +78,7 @@ def _leave_claim(db, workspace, idem, body=VIDEO, lease_left=timedelta(seconds=3
     """The record a request leaves while it runs (or when it crashes mid-way)."""
     now = datetime.now(timezone.utc) - age
     record(db, workspace, idem).create({
-        "workspace_id": workspace, "fingerprint": idempotency.fingerprint(meaning(body)), "state": "in_progress",
+        "workspace_id": workspace, "fingerprint": fingerprint(body), "state": "in_progress",
         "claim_token": "someone-else", "response": None, "created_at": now,
         "lease_expires_at": datetime.now(timezone.utc) + lease_left, "expires_at": now + timedelta(hours=24),
     })
@@ -173,21 +172,6 @@ def test_equivalent_bodies_replay_rather_than_conflict(client, ws_key, idem, fir
     assert replay.get_json() == original.get_json()
 
 
-def test_a_record_written_before_v2_fingerprints_still_replays(client, db, ws_key, idem):
-    key, workspace = ws_key
-    now = datetime.now(timezone.utc)
-    stored = {"id": "upl_" + "0" * 32, "upload_url": "http://stored", "source_url": "http://stored",
-              "expires_at": "2030-01-01T00:00:00Z"}
-    record(db, workspace, idem).create({
-        "workspace_id": workspace, "fingerprint": idempotency.legacy_fingerprint(VIDEO), "state": "completed",
-        "claim_token": "before-v2", "response": stored, "created_at": now,
-        "lease_expires_at": now, "expires_at": now + timedelta(hours=24),
-    })
-    replay = post(client, key, idem)
-    assert replay.status_code == 200 and replay.get_json() == stored
-    assert post(client, key, idem, body={"content_type": "video/mp4", "filename": "x.mp4"}).status_code == 409
-
-
 @pytest.mark.parametrize("body, status", [
     pytest.param({"content_type": "text/html"}, 422, id="unsupported"),
     pytest.param({"content_type": 1}, 422, id="invalid"),
@@ -214,7 +198,7 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     """A slow request outlives its lease; a retry takes the key over. The slow one
     must not store (or later return) its URL, nor delete the new owner's claim."""
     _, workspace = ws_key
-    fp = idempotency.fingerprint(meaning(VIDEO))
+    fp = fingerprint(VIDEO)
     slow = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=1)
     assert isinstance(slow, idempotency.Claim)
     # Let the lease run out without waiting: move it into the past.
@@ -240,17 +224,28 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     assert replay == idempotency.Replay(winner)
 
 
-def test_fingerprints_of_requests_without_new_fields_are_what_they_were():
-    """A field added to the request (cors_origin) must not change the fingerprint of requests that
-    do not use it: records written before its deploy must still replay. The value is v2's, fixed."""
-    from lib import models, uploads
-    upload = models.validate_upload_request({"content_type": "video/mp4", "filename": "clip.mp4", "size_bytes": 2048})
-    import main
-    meaning = main.request_meaning(upload, uploads.normalize_content_type(upload.content_type))
-    assert idempotency.fingerprint(meaning) == "v2:234b38699173c7e910a9cf4e654b0b3c70c6e92d76502733f09859c4943e11a8"
-    named = models.validate_upload_request({"content_type": "video/mp4", "filename": "clip.mp4", "size_bytes": 2048,
-                                            "cors_origin": "https://app.example.com"})
-    assert idempotency.fingerprint(main.request_meaning(named, "video/mp4")) != idempotency.fingerprint(meaning)
+def test_once_runs_its_work_once_releases_a_failed_claim_and_says_when_it_could_not(db, ws_key, idem, monkeypatch):
+    _, workspace = ws_key
+    told: list[str] = []
+
+    def run(work, key=idem):
+        return idempotency.once(db, workspace, "live", key, "f" * 64, 86400, 30, work,
+                                on_claim_left=lambda: told.append(key))
+
+    def fail():
+        raise RuntimeError("the work failed")
+
+    with pytest.raises(RuntimeError):
+        run(fail)
+    assert not record(db, workspace, idem).get().exists and told == []  # released: the retry runs afresh
+    stored = {"id": "upl_" + "1" * 32}
+    assert run(lambda: (stored, None)) == (stored, False)
+    assert run(lambda: pytest.fail("the work ran twice")) == (stored, True)
+    # When even the release fails, the caller is told; the claim waits for its lease.
+    monkeypatch.setattr(idempotency, "release", lambda _db, _claim: False)
+    with pytest.raises(RuntimeError):
+        run(fail, key=idem + "-2")
+    assert told == [idem + "-2"] and record(db, workspace, idem + "-2").get().get("state") == "in_progress"
 
 
 def test_the_same_key_with_another_cors_origin_is_reused(client, key):

@@ -155,27 +155,28 @@ def test_bearer_scheme_is_case_insensitive():
     assert auth.bearer_key(f"bearer {key}") == key
 
 
-def test_fingerprint_ignores_key_order_and_whitespace_but_not_values():
-    a = json.loads('{"content_type": "video/mp4", "filename": "a.mp4"}')
-    b = json.loads('{ "filename":"a.mp4",\n"content_type":"video/mp4" }')
-    c = json.loads('{"content_type": "video/mp4", "filename": "b.mp4"}')
-    assert idempotency.fingerprint(a) == idempotency.fingerprint(b)
-    assert idempotency.fingerprint(a) != idempotency.fingerprint(c)
+def test_fingerprint_ignores_key_order_whitespace_and_equivalent_values_but_not_meaning():
+    from lib import models
 
+    def fingerprint(raw: str) -> str:
+        return models.validate_upload_request(json.loads(raw)).fingerprint("video/mp4")
 
-def test_legacy_fingerprint_is_the_raw_body_hash_records_carry_from_before_v2():
-    body = {"content_type": "video/mp4", "filename": "clip-é.mp4"}
-    canonical = '{"content_type":"video/mp4","filename":"clip-é.mp4"}'.encode("utf-8")
-    assert idempotency.legacy_fingerprint(body) == hashlib.sha256(canonical).hexdigest()
-    assert idempotency.fingerprint(body).startswith("v2:")
+    a = fingerprint('{"content_type": "video/mp4", "filename": "a.mp4", "size_bytes": 2048}')
+    assert a == fingerprint('{ "size_bytes":2048.0,\n"filename":"a.mp4", "content_type":"video/mp4" }')
+    assert a == fingerprint('{"content_type": "video/mp4", "filename": "a.mp4", "size_bytes": 2048, "md5": null}')
+    for other in ('{"content_type": "video/mp4", "filename": "b.mp4", "size_bytes": 2048}',
+                  '{"content_type": "video/mp4", "filename": "a.mp4", "size_bytes": 2049}',
+                  '{"content_type": "video/mp4", "filename": "a.mp4", "size_bytes": 2048, "crc32c": "AAAAAA=="}',
+                  '{"content_type": "video/mp4", "filename": "a.mp4", "size_bytes": 2048,'
+                  ' "cors_origin": "https://app.example.com"}'):
+        assert fingerprint(other) != a, other
 
 
 def test_idempotency_record_ids_are_scoped_by_workspace_and_mode():
     ids = {idempotency.record_id(ws, mode, "k") for ws in ("ws_a", "ws_b") for mode in ("live", "test")}
     assert len(ids) == 4
     assert idempotency.record_id("ws_a", "live", "k") == idempotency.record_id("ws_a", "live", "k")
-    # Live ids are the ones records had before the mode was part of them.
-    assert idempotency.record_id("ws_a", "live", "k") == hashlib.sha256(b"ws_a\x00k").hexdigest()
+    assert idempotency.record_id("ws_a", "live", "k") == hashlib.sha256(b"ws_a\x00live\x00k").hexdigest()
 
 
 @pytest.mark.parametrize("header", ["", "x" * 256, "é", "a\tb", "a\nb", "\x7f"])
