@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import uuid
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def log_dir() -> Path:
     path = emulators.new_log_dir("framelane-test-")
     _LOG_DIRS.append(path)
     return path
+
+
+def pytest_configure(config):
+    """A run started in the background of a non-interactive shell inherits SIGINT ignored, and so
+    would every command the tests start: Python then never raises KeyboardInterrupt, and Ctrl-C
+    could not be tested. Handled here (in the main thread, before any test starts a thread), it is
+    reset to the default in every child at exec, as from a terminal. (Resetting it in the child
+    instead, with preexec_fn, can deadlock the fork while the tests' server threads run.)"""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -71,12 +71,9 @@ class Command:
                               timeout=timeout)
 
     def start(self, *args: str) -> subprocess.Popen:
-        # SIGINT as a terminal leaves it (default), whatever this test run inherited: a job
-        # started in the background of a non-interactive shell has it ignored, and Python
-        # run with it ignored never raises KeyboardInterrupt, so Ctrl-C could not be tested.
+        # SIGINT reaches it at its default, as from a terminal: conftest.py's pytest_configure.
         return subprocess.Popen(self.argv(*args), cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                stderr=subprocess.PIPE, text=True)
 
     def saved(self) -> list[Path]:
         return sorted((self.cache / "framelane" / "uploads").glob("*.json"))
