@@ -65,9 +65,10 @@ class Finalized(NamedTuple):
     def differs(self, size: int, crc32c: str) -> str | None:
         """How the finalized object differs from a file of `size` bytes and
         `crc32c`, as far as the answer says (None: it says nothing else)."""
-        if self.facts is None:
+        facts = self.facts
+        if facts is None:
             return None
-        stored, stored_crc32c = self.facts
+        stored, stored_crc32c = facts
         if stored != size:
             return f"storage finalized {stored} bytes of the file's {size}"
         if stored_crc32c != crc32c:

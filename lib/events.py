@@ -118,10 +118,9 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
         record = lifecycle.land(db, gcs, record, event.obj)
     if record.state == lifecycle.COMPLETED:
         return "completed" if was_pending else "duplicate"
-    # Rejected, cancelled or expired, and yet these bytes are there: they must
-    # not stay behind its source_url (for a rejection `land` deleted them
-    # already; a redelivery makes sure).
+    if was_pending and record.state == lifecycle.REJECTED:
+        return "rejected"  # `land` deleted these bytes (as did whoever rejected them first: the same verdict)
+    # Cancelled or expired (or a redelivery for a rejection), and yet these bytes
+    # are there: they must not stay behind its source_url.
     media.delete_object(gcs.client, gcs.bucket, event.object_name, event.obj.generation)
-    if record.state == lifecycle.REJECTED:
-        return "rejected" if was_pending else "duplicate"
-    return "deleted_late_object"
+    return "duplicate" if record.state == lifecycle.REJECTED else "deleted_late_object"

@@ -57,7 +57,7 @@ def read(body: object, invalid: str | None = None) -> Push:
             are not strings, data that is not base64, a messageId that is not a string).
     """
     message = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(message, dict):
+    if not isinstance(body, dict) or not isinstance(message, dict):
         raise InvalidEvent("not a Pub/Sub push envelope: no message object", invalid)
     attributes = message.get("attributes") or {}
     if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
@@ -72,7 +72,7 @@ def read(body: object, invalid: str | None = None) -> Push:
         decoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidEvent("the message's data is not base64", invalid) from None
-    attempt = body.get("deliveryAttempt") if isinstance(body, dict) else None
+    attempt = body.get("deliveryAttempt")
     if not isinstance(attempt, int) or isinstance(attempt, bool):
         attempt = None
     return Push(message_id, attributes, decoded, attempt)
