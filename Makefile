@@ -7,13 +7,18 @@ PY           := $(VENV)/bin/python
 PAGE_DIR     := dev/page
 NODE_MODULES := $(PAGE_DIR)/node_modules/.installed
 
-.PHONY: run test tfcheck audit bench clean chromium
+.PHONY: run test lint tfcheck audit bench clean chromium
 
 run: $(VENV)/.installed $(NODE_MODULES)
 	$(PY) -m dev.run
 
-test: $(VENV)/.installed $(CHECKOV_VENV)/.installed $(NODE_MODULES) chromium
+test: lint $(CHECKOV_VENV)/.installed $(NODE_MODULES) chromium
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (lint) and mypy (types) with the settings in pyproject.toml; `make test` runs them first.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/mypy
 
 # Only the offline Terraform checks (fmt, checkov, provider schema, contracts).
 tfcheck: $(VENV)/.installed $(CHECKOV_VENV)/.installed

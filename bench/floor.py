@@ -28,7 +28,7 @@ import http.client
 import json
 import os
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import functions_framework
 from google.api_core import retry as gretry
@@ -54,7 +54,7 @@ def _initiate() -> tuple[str, dict]:
     blob.content_type = "video/mp4"
     url = blob.create_resumable_upload_session(content_type="video/mp4", if_generation_match=0,
                                                timeout=(2.0, 4.0), retry=_GCS_RETRY)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     record = {"workspace_id": "ws_bench", "mode": "live", "object_name": name, "content_type": "video/mp4",
               "size_bytes": None, "created_at": now, "expires_at": now + timedelta(hours=1), "state": "pending",
               "session_url": url, "sweep_shard": int(token[-4:], 16) % 64, "declared_crc32c": None,
@@ -91,7 +91,7 @@ def floor(request):
         body = {"upload_url": url}
     elif request.path == "/b":
         # The same record as lib/idempotency.py writes: the fields are part of the work.
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         ref = _db.collection("floor").document(secrets.token_hex(32))
         claim = ref.create({"workspace_id": "ws_bench", "fingerprint": secrets.token_hex(32),
                             "state": "in_progress", "claim_token": secrets.token_hex(16), "response": None,

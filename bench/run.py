@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -134,12 +134,15 @@ def import_times(runs: int = 7) -> dict:
     that are not ours (pydantic builds its machinery lazily, so `import
     pydantic` alone would leave that out). One fresh process imports them, then
     `main`: the second step is our own import work. Median of `runs` processes;
-    across processes the library import alone varies by a third here.
+    across processes the library import alone varies by a third here. main.py
+    reads its settings when imported, so each process is given valid ones.
     """
+    base = {**os.environ, "GOOGLE_CLOUD_PROJECT": "bench", "UPLOAD_BUCKET": "bench",
+            "CDN_BASE_URL": "https://cdn.invalid"}
     probe = f"import sys; sys.path.insert(0, {str(ROOT)!r}); before = set(sys.modules); import main; " \
             f"print(' '.join(m for m in sys.modules if m not in before and m != 'main' and not m.startswith('lib')))"
     needed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            cwd=ROOT).stdout.split()
+                            cwd=ROOT, env=base).stdout.split()
     code = (f"import importlib, sys, time; sys.path.insert(0, {str(ROOT)!r}); t0 = time.perf_counter(); "
             f"[importlib.import_module(m) for m in {needed!r}]; t1 = time.perf_counter(); import main; "
             f"print(t1 - t0, time.perf_counter() - t1)")
@@ -155,11 +158,11 @@ def import_times(runs: int = 7) -> dict:
     # Like for like: our modules with bytecode too (written once to a private cache), and the
     # compiling measured apart.
     with tempfile.TemporaryDirectory() as cache:
-        cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        cached = {k: v for k, v in base.items() if k != "PYTHONDONTWRITEBYTECODE"}
         cached["PYTHONPYCACHEPREFIX"] = cache
         subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, cwd=ROOT, env=cached)
         libraries, ours = median_times(cached)
-    uncached = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    uncached = {**base, "PYTHONDONTWRITEBYTECODE": "1"}
     _, compiling = median_times(uncached)
     return {"libraries": libraries, "main": libraries + ours, "ours": ours, "modules": len(needed),
             "ours_compiling": compiling}
@@ -189,7 +192,7 @@ def pending_events(db, collection: str, count: int) -> list[str]:
     import base64
     import secrets as token
 
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     bodies, batch = [], db.batch()
     for n in range(count):
         hex32 = token.token_hex(16)
@@ -234,10 +237,10 @@ def delivery_messages(db, receiver_url: str, count: int) -> list[str]:
     (what the fan-out queues), each a distinct event with a realistic body."""
     import base64
 
-    from lib import webhooks
+    from lib import endpoints, webhooks
 
-    endpoint = webhooks.create_endpoint(db, "ws_bench", "live", receiver_url, True, datetime.now(timezone.utc))
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    endpoint = endpoints.create_endpoint(db, "ws_bench", "live", receiver_url, True, datetime.now(UTC))
+    now = datetime.now(UTC).replace(microsecond=0)
     bodies = []
     for n in range(count):
         upload_id = f"upl_{n:032x}"
@@ -325,15 +328,11 @@ def main() -> int:
     issuer = Issuer()
     receiver = None
     try:
-        firestore_emulator = emulators.start_firestore(log_dir)
-        services.append(firestore_emulator)
-        pubsub = emulators.start_pubsub(log_dir)
-        services.append(pubsub)
-        emulators.create_topic_and_subscription(pubsub, PROJECT, TOPIC, SUBSCRIPTION)
         # Only PUTs finalize objects, so only the completion-latency runs make events.
-        storage_emulator = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, TOPIC))
-        services.append(storage_emulator)
-        emulators.create_bucket(storage_emulator.url, BUCKET)
+        stack = emulators.start_stack(log_dir, PROJECT, BUCKET, events=(TOPIC, SUBSCRIPTION))
+        services += stack.started
+        firestore_emulator, storage_emulator, pubsub = stack.firestore, stack.storage, stack.pubsub
+        assert pubsub is not None  # events on: start_stack started it
         # The webhooks topic, with no subscription until (g): until then the event messages
         # the endpoint and the floor publish go nowhere, and no fan-out runs beside a measurement.
         emulators.pubsub_call(pubsub, "PUT", f"projects/{PROJECT}/topics/{WEBHOOKS_TOPIC}", ok=(200, 409))
@@ -361,7 +360,8 @@ def main() -> int:
             for concurrency in CONCURRENCY:
                 runs = results[(scenario, concurrency)] = {"endpoint": [], "floor": []}
                 for _ in range(rounds):  # interleaved: endpoint, floor, endpoint, floor, ...
-                    runs["endpoint"].append(measured(endpoint, endpoint_path, key, concurrency, counts[concurrency], idem))
+                    runs["endpoint"].append(measured(endpoint, endpoint_path, key, concurrency, counts[concurrency],
+                                                      idem))
                     runs["floor"].append(measured(floor, floor_path, key, concurrency, counts[concurrency], idem))
                 print(_row(scenario, concurrency, runs), file=sys.stderr)
 
@@ -389,10 +389,10 @@ def main() -> int:
                                                     bodies))
         print(_row("f", EVENT_CONCURRENCY, delivery_runs), file=sys.stderr)
         # (g) the whole path to the receiver: one endpoint, the webhooks subscription and its relay now.
-        from lib import webhooks
-        for hook in webhooks.list_endpoints(db, "ws_bench"):
-            webhooks.remove_endpoint(db, hook.id)
-        webhooks.create_endpoint(db, "ws_bench", "live", receiver.url, True, datetime.now(timezone.utc))
+        from lib import endpoints
+        for hook in endpoints.list_endpoints(db, "ws_bench"):
+            endpoints.remove_endpoint(db, hook.id)
+        endpoints.create_endpoint(db, "ws_bench", "live", receiver.url, True, datetime.now(UTC))
         receiver.received.clear()
         emulators.create_topic_and_subscription(pubsub, PROJECT, WEBHOOKS_TOPIC, f"{WEBHOOKS_TOPIC}-relay")
         services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{WEBHOOKS_TOPIC}-relay",
@@ -445,7 +445,8 @@ def _prepare_replays(endpoint: emulators.Service, db, key: str) -> None:
 
 def _row(scenario: str, concurrency: int, runs: dict) -> str:
     e, f = runs["endpoint"], runs["floor"]
-    return (f"{scenario} c={concurrency:<2} endpoint {median_of(e, 'rps'):7.0f} req/s p50 {median_of(e, 'p50'):6.2f} ms | "
+    return (f"{scenario} c={concurrency:<2} endpoint {median_of(e, 'rps'):7.0f} req/s "
+            f"p50 {median_of(e, 'p50'):6.2f} ms | "
             f"floor {median_of(f, 'rps'):7.0f} req/s p50 {median_of(f, 'p50'):6.2f} ms | "
             f"p50 ratio {median_of(e, 'p50') / median_of(f, 'p50'):.2f}, throughput ratio "
             f"{median_of(e, 'rps') / median_of(f, 'rps'):.2f}")
@@ -456,7 +457,8 @@ def _cells(concurrency: int, runs: dict) -> str:
     return (f"| {concurrency} | {median_of(e, 'rps'):.0f} | {median_of(e, 'p50'):.2f} | {median_of(e, 'p95'):.2f} "
             f"| {median_of(e, 'p99'):.2f} | {median_of(f, 'rps'):.0f} | {median_of(f, 'p50'):.2f} "
             f"| {median_of(f, 'p95'):.2f} | {median_of(f, 'p99'):.2f} "
-            f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** | **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
+            f"| **{median_of(e, 'p50') / median_of(f, 'p50'):.2f}** "
+            f"| **{median_of(e, 'rps') / median_of(f, 'rps'):.2f}** "
             f"| {median_of(e, 'cpu_ms'):.2f} / {median_of(f, 'cpu_ms'):.2f} |")
 
 
@@ -475,7 +477,7 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `make bench` on {platform.machine()}, "
         f"{cores} cores, {mem:.0f} GiB, Python {platform.python_version()}; emulators on loopback; "
         f"{rounds} interleaved rounds per cell (median shown), {counts[1]}/{counts[8]}/{counts[32]} requests per "
         f"round at concurrency 1/8/32.", "",

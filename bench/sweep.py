@@ -4,7 +4,7 @@ Seeds `count` pending uploads past their expires_at into a Firestore database
 of their own on the emulator (sessions and objects on fake-gcs-server, where
 none of the objects exists, so each settles `expired`: an object lookup, a
 session DELETE, a second lookup and a conditional update), then times one
-`lifecycle.sweep` with an unbounded budget, in this process as the function
+`sweep.sweep` (lib/sweep.py) with an unbounded budget, in this process as the function
 runs it. Run by bench/run.py.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import requests
 
 from dev import emulators
-from lib import clients, lifecycle
+from lib import clients, lifecycle, sweep
 
 
 def measure(firestore_emulator: emulators.Service, storage_url: str, project: str, bucket: str,
@@ -32,9 +32,9 @@ def measure(firestore_emulator: emulators.Service, storage_url: str, project: st
         client = storage.Client(project=project, credentials=AnonymousCredentials(),
                                 client_options={"api_endpoint": storage_url})
         clients.wide_pools(client._http)  # pooled as the function's own clients are (lib/clients.py)
-        gcs = lifecycle.Storage(client, bucket, clients.wide_pools(requests.Session()), None)
+        gcs = lifecycle.Storage(client, bucket, clients.wide_pools(requests.Session()))
         started = time.perf_counter()
-        result = lifecycle.sweep(db, gcs, datetime.now(timezone.utc), budget_seconds=3600, grace_seconds=60,
+        result = sweep.sweep(db, gcs, datetime.now(UTC), budget_seconds=3600, grace_seconds=60,
                                  workers=n)
         elapsed = time.perf_counter() - started
         assert result.expired == count and not result.failed, result

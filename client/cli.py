@@ -16,7 +16,8 @@ import json
 import mimetypes
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import requests
 
@@ -214,7 +215,7 @@ class Command:
         finally:
             progress.close()
         state.remove(where)
-        self._confirm(saved, answer)
+        self._confirm(saved, answer if isinstance(answer, Finalized) else None)  # an offset's send() finalized
         if args.json:
             self.out(json.dumps({"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size}))
         else:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import requests
 
@@ -47,7 +48,7 @@ class Finalized(NamedTuple):
     resource: dict[str, Any]
 
     @classmethod
-    def of(cls, response: requests.Response) -> "Finalized":
+    def of(cls, response: requests.Response) -> Finalized:
         try:
             body = response.json()
         except ValueError:
@@ -62,7 +63,7 @@ class Finalized(NamedTuple):
             return int(size), crc32c
         return None
 
-    def differs(self, size: int, crc32c: str) -> str | None:
+    def differs(self, size: int, crc32c: str | None) -> str | None:
         """How the finalized object differs from a file of `size` bytes and
         `crc32c`, as far as the answer says (None: it says nothing else)."""
         facts = self.facts

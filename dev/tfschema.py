@@ -28,9 +28,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hcl2
 
@@ -42,7 +43,8 @@ PROVIDERS = {
 }
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider"}
 META_BLOCKS = {"lifecycle", "provisioner", "connection"}
-_CLASS_DOC = re.compile(r"registry\.terraform\.io/providers/hashicorp/(\w+)/([\d.]+)/docs/(resources|data-sources)/\w+ (\w+)\}")
+_CLASS_DOC = re.compile(r"registry\.terraform\.io/providers/hashicorp/(\w+)/([\d.]+)/docs/"
+                        r"(resources|data-sources)/\w+ (\w+)\}")
 _ARG_DOC = re.compile(r"#(\w+) \w+#\w+\}")
 _BASES = {"cdktn.TerraformResource": "resource", "cdktn.TerraformDataSource": "data"}
 
@@ -178,16 +180,19 @@ def _check_body(body: dict, struct: str, schema: dict, where: str, top: bool) ->
             continue
         if top and (key in META_ARGUMENTS or key in META_BLOCKS):
             continue
-        is_block = isinstance(value, list) and value and all(isinstance(v, dict) and v.get("__is_block__") for v in value)
+        is_block = (isinstance(value, list) and value
+                    and all(isinstance(v, dict) and v.get("__is_block__") for v in value))
         if is_block:
             if key not in spec["blocks"]:
-                problems.append((where, f"unknown block {key!r}" + (" (it is an argument)" if key in spec["attrs"] else "")))
+                hint = " (it is an argument)" if key in spec["attrs"] else ""
+                problems.append((where, f"unknown block {key!r}{hint}"))
                 continue
             present_blocks[key] = present_blocks.get(key, 0) + len(value)
             for item in value:
                 problems += _check_body(item, spec["blocks"][key][1], schema, f"{where}.{key}", False)
         elif key not in spec["attrs"]:
-            problems.append((where, f"unknown argument {key!r}" + (" (it is a block)" if key in spec["blocks"] else "")))
+            hint = " (it is a block)" if key in spec["blocks"] else ""
+            problems.append((where, f"unknown argument {key!r}{hint}"))
     for name, required in spec["attrs"].items():
         if required and name not in body:
             problems.append((where, f"missing required argument {name!r}"))
@@ -263,8 +268,8 @@ def check(directory: Path, schemas: dict[str, dict] | None = None) -> list[Probl
                     version = PROVIDERS[provider][2]
                     constraint = _unquote(spec.get("version", ""))
                     if not constraint_admits(constraint, version):
-                        problems.append(Problem(path.name, "terraform",
-                                                f"{provider} {constraint!r} does not admit {version}, the schema checked"))
+                        problems.append(Problem(path.name, "terraform", f"{provider} {constraint!r} does not "
+                                                f"admit {version}, the schema checked"))
     return problems
 
 

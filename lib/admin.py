@@ -23,13 +23,14 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import auth, lifecycle, targets, uploads as media, webhooks
+from lib import attempts, auth, clock, endpoints, lifecycle, targets
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, firestore_client, upstream
 from lib.config import ConfigError, FirestoreSettings, allow_private_targets
 from lib.errors import ServiceUnavailable
@@ -42,7 +43,8 @@ def _workspace(value: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lib.admin", description="Manage Framelane API keys and webhook endpoints.")
+    parser = argparse.ArgumentParser(prog="python -m lib.admin",
+                                     description="Manage Framelane API keys and webhook endpoints.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     create = commands.add_parser("create-key", help="create a key and print it once")
@@ -178,7 +180,7 @@ def _revoke(db, args) -> int:
         return 1
     revoked_at = snap.get("revoked_at")
     if revoked_at is None:
-        revoked_at = datetime.now(timezone.utc)
+        revoked_at = datetime.now(UTC)
         try:
             with upstream():
                 ref.update({"revoked_at": revoked_at},
@@ -194,8 +196,8 @@ def _revoke(db, args) -> int:
 
 def _add_webhook(db, args) -> int:
     try:
-        endpoint = webhooks.create_endpoint(db, args.workspace, "test" if args.test else "live", args.url,
-                                            allow_private_targets(os.environ), datetime.now(timezone.utc))
+        endpoint = endpoints.create_endpoint(db, args.workspace, "test" if args.test else "live", args.url,
+                                            allow_private_targets(os.environ), datetime.now(UTC))
     except targets.TargetRefused as exc:
         print(f"error: refused webhook URL: {exc}", file=sys.stderr)
         return 2
@@ -212,7 +214,7 @@ def _add_webhook(db, args) -> int:
 
 
 def _list_webhooks(db, args) -> int:
-    rows = [endpoint.public() for endpoint in webhooks.list_endpoints(db, args.workspace)]
+    rows = [endpoint.public() for endpoint in endpoints.list_endpoints(db, args.workspace)]
     return _show(rows, args.json, f"No webhook endpoints for workspace {args.workspace}.", (
         ("ID", 35, lambda row: row["id"]), ("MODE", 4, lambda row: row["mode"]),
         ("CREATED", 20, lambda row: row["created_at"]),
@@ -221,21 +223,22 @@ def _list_webhooks(db, args) -> int:
 
 
 def _remove_webhook(db, args) -> int:
-    endpoint = webhooks.remove_endpoint(db, args.endpoint_id)
+    endpoint = endpoints.remove_endpoint(db, args.endpoint_id)
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
         return 1
     print(f"Removed webhook endpoint {endpoint.id} ({endpoint.url}); nothing more is sent to it once "
-          f"instances' copies of it are out of date (at most {webhooks.ENDPOINT_CACHE_SECONDS:.0f} s).")
+          f"instances' copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s).")
     return 0
 
 
 def _rotate_webhook_secret(db, args) -> int:
-    endpoint = webhooks.rotate_secret(db, args.endpoint_id, datetime.now(timezone.utc))
+    endpoint = endpoints.rotate_secret(db, args.endpoint_id, datetime.now(UTC))
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
         return 1
-    until = media.rfc3339(endpoint.previous_secret_expires_at)
+    assert endpoint.previous_secret_expires_at is not None  # a rotation always sets it
+    until = clock.rfc3339(endpoint.previous_secret_expires_at)
     if args.json:
         print(json.dumps({"id": endpoint.id, "url": endpoint.url, "workspace_id": endpoint.workspace_id,
                           "mode": endpoint.mode, "secret": endpoint.secret, "previous_secret_expires_at": until}))
@@ -248,7 +251,7 @@ def _rotate_webhook_secret(db, args) -> int:
 
 
 def _webhook_deliveries(db, args) -> int:
-    rows = webhooks.recent_deliveries(db, args.workspace, args.limit)
+    rows = attempts.recent_deliveries(db, args.workspace, args.limit)
     return _show(rows, args.json, f"No webhook deliveries for workspace {args.workspace} in the last 7 days.", (
         ("AT", 20, lambda row: row["at"]), ("EVENT", 36, lambda row: row["event_id"]),
         ("TYPE", 16, lambda row: row["event_type"]), ("ENDPOINT", 35, lambda row: row["endpoint_id"]),
@@ -266,7 +269,7 @@ def _backfill_sweep_shards(db, _args) -> int:
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return clock.rfc3339(value)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from google.cloud import firestore
 
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, upstream
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
 from lib.errors import InvalidApiKey
 
 COLLECTION = "api_keys"
@@ -55,18 +54,28 @@ def is_well_formed(key: str) -> bool:
     return _KEY.fullmatch(key) is not None
 
 
+def bearer(authorization: str | None, error: Callable[[str], Exception]) -> str:
+    """The credentials of an `Authorization: Bearer <credentials>` header (an API
+    key here, a Google OIDC token in lib/oidc.py).
+
+    Raises:
+        `error(reason)`: no header, or another scheme.
+    """
+    if not authorization:
+        raise error("missing Authorization header")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        raise error("Authorization scheme is not Bearer")
+    return credentials.strip()
+
+
 def bearer_key(authorization: str | None) -> str:
     """The key from an `Authorization: Bearer <key>` header, checked for form only.
 
     Raises:
         InvalidApiKey: missing header, another scheme, or not a key's shape.
     """
-    if not authorization:
-        raise InvalidApiKey("missing Authorization header")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        raise InvalidApiKey("Authorization scheme is not Bearer")
-    key = credentials.strip()
+    key = bearer(authorization, InvalidApiKey)
     if not is_well_formed(key):
         raise InvalidApiKey("malformed API key")
     return key
@@ -86,39 +95,23 @@ class KeyLookupCache:
     MAX_ENTRIES = 10_000
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
-        self._lock = threading.Lock()
         self._found: TtlLru[ApiKey] = TtlLru(ttl, self.MAX_ENTRIES, clock)
         self._refused: TtlLru[str] = TtlLru(min(ttl, self.NEGATIVE_TTL), self.MAX_ENTRIES, clock)
 
     def get(self, key_hash: str) -> ApiKey | str | None:
         """The cached key, the reason it was refused, or None when not cached."""
-        with self._lock:
-            return self._found.get(key_hash) or self._refused.get(key_hash)
+        return self._found.get(key_hash) or self._refused.get(key_hash)
 
     def found(self, key_hash: str, key: ApiKey) -> None:
-        with self._lock:
-            self._found.put(key_hash, key)
+        self._found.put(key_hash, key)
 
     def refused(self, key_hash: str, reason: str) -> None:
-        with self._lock:
-            self._refused.put(key_hash, reason)
-
-    def sizes(self) -> tuple[int, int]:
-        with self._lock:
-            return len(self._found), len(self._refused)
-
-
-_caches: dict[float, KeyLookupCache] = {}
-_caches_lock = threading.Lock()
+        self._refused.put(key_hash, reason)
 
 
 def lookup_cache(ttl: float) -> KeyLookupCache:
     """The instance's cache of key lookups (one per TTL setting, made once)."""
-    cache = _caches.get(ttl)
-    if cache is None:
-        with _caches_lock:
-            cache = _caches.setdefault(ttl, KeyLookupCache(ttl))
-    return cache
+    return shared(("key_lookup_cache", ttl), lambda: KeyLookupCache(ttl))
 
 
 def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLookupCache) -> ApiKey:
@@ -160,7 +153,7 @@ def create_key(db: firestore.Client, workspace_id: str, name: str | None, mode: 
             "name": name,
             "prefix": record.prefix,
             "mode": mode,
-            "created_at": datetime.now(timezone.utc),
+            "created_at": datetime.now(UTC),
             "revoked_at": None,
         }
     )

@@ -1,4 +1,4 @@
-"""Firestore and Storage clients, one per instance, plus the call budget for each.
+"""The backends' clients (Firestore, Storage, Pub/Sub), one per instance, and each call's time and retry budget.
 
 Clients are created lazily on first use (so tests and `make run` can point the
 environment at the emulators first) and shared by all request threads: both
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import OrderedDict
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 import requests
 from google.api_core import exceptions as gexc
@@ -82,7 +84,7 @@ def upstream() -> Iterator[None]:
 
 
 _lock = threading.Lock()
-_clients: dict[tuple, object] = {}
+_clients: dict[tuple, Any] = {}
 
 
 def shared(key: tuple, make: Callable[[], T]) -> T:
@@ -100,29 +102,33 @@ V = TypeVar("V")
 
 
 class TtlLru(Generic[V]):
-    """A bounded map whose entries expire: least recently used goes first when full."""
+    """A bounded map whose entries expire, least recently used first out when
+    full; thread-safe (each call holds its own lock)."""
 
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]):
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
         self.ttl, self.max_entries, self._clock = ttl, max_entries, clock
         self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, name: str) -> V | None:
-        entry = self._entries.get(name)
-        if entry is None:
-            return None
-        if entry[0] <= self._clock():
-            del self._entries[name]
-            return None
-        self._entries.move_to_end(name)
-        return entry[1]
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._entries[name]
+                return None
+            self._entries.move_to_end(name)
+            return entry[1]
 
     def put(self, name: str, value: V) -> None:
         if self.ttl <= 0:
             return
-        self._entries[name] = (self._clock() + self.ttl, value)
-        self._entries.move_to_end(name)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[name] = (self._clock() + self.ttl, value)
+            self._entries.move_to_end(name)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -193,7 +199,7 @@ class Publisher:
     """Publishes to topics of one project and waits, bounded, until Pub/Sub has them all."""
 
     def __init__(self, project: str):
-        from google.cloud import pubsub_v1  # only instances that publish pay for the import
+        import google.cloud.pubsub_v1 as pubsub_v1  # only instances that publish pay for the import
 
         # No batching delay: every message here is on a request's path.
         self._client = pubsub_v1.PublisherClient(

@@ -1,18 +1,18 @@
-"""Settings, read once from the environment and validated on first use.
+"""Settings: read from the environment and validated once, when the function starts.
 
 Terraform sets exactly the names read here but LOCAL_ONLY;
-`tests/test_terraform.py` holds the two together. A missing or malformed variable raises
-`ConfigError` naming the variable, which the entrypoint turns into a 500 with
-the name in the log (never in the response body).
+`tests/test_terraform.py` holds the two together. A missing or malformed
+variable raises `ConfigError` naming the variable and why; main.py loads the
+settings at import, so a bad setting stops the function from starting (the
+new revision never serves) instead of failing every request.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 # Every environment variable the function reads, required first. Terraform's
@@ -57,7 +57,7 @@ class FirestoreSettings:
     database: str = "(default)"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "FirestoreSettings":
+    def from_env(cls, env: Mapping[str, str]) -> FirestoreSettings:
         return cls(
             project=_required(env, "GOOGLE_CLOUD_PROJECT"),
             database=env.get("FIRESTORE_DATABASE", "").strip() or "(default)",
@@ -99,7 +99,7 @@ class Settings:
     webhook_allow_private_targets: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
         cdn = _required(env, "CDN_BASE_URL").rstrip("/")
         parts = urlsplit(cdn)
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
@@ -183,15 +183,10 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int, maxi
     return value
 
 
-_lock = threading.Lock()
-_settings: Settings | None = None
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """The function's settings, from `env` (the process environment by default).
 
-
-def get_settings() -> Settings:
-    """The instance's settings, parsed on first use (so tests can set the env first)."""
-    global _settings
-    if _settings is None:
-        with _lock:
-            if _settings is None:
-                _settings = Settings.from_env(os.environ)
-    return _settings
+    Raises:
+        ConfigError: a setting is missing or malformed; the message names it and says why.
+    """
+    return Settings.from_env(os.environ if env is None else env)

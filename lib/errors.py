@@ -1,7 +1,9 @@
-"""The API's error family: the only place that knows the JSON envelope.
+"""The API's error family: the only place that knows the JSON envelope's shape.
 
 Each class carries its HTTP status and stable `code`; raising one anywhere in a
-request ends it with `{"error": {"code", "message", "details"}}`.
+request ends it with `{"error": {"code", "message", "details"}}` (main.py
+renders it; lib/server.py does for what the HTTP server refuses itself).
+`failure` names what went wrong for a log line.
 """
 
 from __future__ import annotations
@@ -202,3 +204,9 @@ class SessionNotEnded(ServiceUnavailable):
 
     def __init__(self, status: int):
         super().__init__(retry_after=30, reason=f"cancelling an upload session: unexpected HTTP {status}")
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong, for a log line: the backend's error behind our 503, else the error itself."""
+    cause = exc.__cause__ if isinstance(exc, ServiceUnavailable) else None
+    return type(cause or exc).__name__

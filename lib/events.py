@@ -34,14 +34,14 @@ from datetime import datetime
 
 from google.cloud import firestore
 
-from lib import lifecycle, uploads as media
+from lib import lifecycle, naming, sessions
 from lib.errors import InvalidEvent, UploadNotFound
 from lib.push import Push
 
 FINALIZE = "OBJECT_FINALIZE"
-# An object name the service makes: `{prefix}{workspace}/{32 hex}.{ext}` (lib/uploads.py new_upload).
-_OBJECT = re.compile(r"(?:%s)[A-Za-z0-9_-]{1,64}/([0-9a-f]{32})\.[a-z0-9]{1,10}"
-                     % "|".join(re.escape(prefix) for prefix in media.PREFIXES.values()))
+# An object name the service makes: `{prefix}{workspace}/{32 hex}.{ext}` (lib/naming.py new_upload).
+_PREFIXES = "|".join(re.escape(prefix) for prefix in naming.PREFIXES.values())
+_OBJECT = re.compile(rf"(?:{_PREFIXES})[A-Za-z0-9_-]{{1,64}}/([0-9a-f]{{32}})\.[a-z0-9]{{1,10}}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Event:
     bucket: str
     object_name: str
     message_id: str
-    obj: media.StoredObject | None  # set for OBJECT_FINALIZE
+    obj: sessions.StoredObject | None  # set for OBJECT_FINALIZE
     upload_id: str | None  # the upload owning object_name, if the service made such a name
 
 
@@ -68,7 +68,7 @@ def from_push(push: Push) -> Event:
     return Event(event_type, bucket, name, push.message_id, obj, upload_id_for(name))
 
 
-def _finalized(data: bytes, attributes: dict[str, str]) -> media.StoredObject:
+def _finalized(data: bytes, attributes: dict[str, str]) -> sessions.StoredObject:
     """The object resource (payload JSON_API_V1) the message's data holds."""
     if not data:
         raise InvalidEvent("an OBJECT_FINALIZE message has no data (payload format JSON_API_V1 expected)")
@@ -87,7 +87,7 @@ def _finalized(data: bytes, attributes: dict[str, str]) -> media.StoredObject:
     crc32c, md5 = resource.get("crc32c"), resource.get("md5Hash")
     if not all(value is None or isinstance(value, str) for value in (crc32c, md5)):
         raise InvalidEvent("the object resource's checksums are not strings")
-    return media.StoredObject(size=size, generation=generation, crc32c=crc32c, md5=md5, created=created)
+    return sessions.StoredObject(size=size, generation=generation, crc32c=crc32c, md5=md5, created=created)
 
 
 def upload_id_for(object_name: str) -> str | None:
@@ -96,7 +96,8 @@ def upload_id_for(object_name: str) -> str | None:
     return f"upl_{match.group(1)}" if match else None
 
 
-def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
+def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
+           announce: lifecycle.Announce | None = None) -> str:
     """Apply one storage event; what became of it (for the answer and the log).
 
     Raises:
@@ -115,12 +116,12 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> str:
     assert event.obj is not None  # from_push sets it for every FINALIZE
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
-        record = lifecycle.land(db, gcs, record, event.obj)
+        record = lifecycle.land(db, gcs, record, event.obj, announce=announce)
     if record.state == lifecycle.COMPLETED:
         return "completed" if was_pending else "duplicate"
     if was_pending and record.state == lifecycle.REJECTED:
         return "rejected"  # `land` deleted these bytes (as did whoever rejected them first: the same verdict)
     # Cancelled or expired (or a redelivery for a rejection), and yet these bytes
     # are there: they must not stay behind its source_url.
-    media.delete_object(gcs.client, gcs.bucket, event.object_name, event.obj.generation)
+    sessions.delete_object(gcs.client, gcs.bucket, event.object_name, event.obj.generation)
     return "duplicate" if record.state == lifecycle.REJECTED else "deleted_late_object"

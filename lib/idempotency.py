@@ -31,9 +31,10 @@ import hashlib
 import math
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -125,23 +126,16 @@ def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fin
     token = secrets.token_hex(16)
 
     def claim_fields(now: datetime) -> dict:
-        return {
-            "workspace_id": workspace_id,
-            "mode": mode,
-            "fingerprint": body_fingerprint,
-            "state": IN_PROGRESS,
-            "claim_token": token,
-            "response": None,
-            "created_at": now,
-            "lease_expires_at": now + timedelta(seconds=lease_seconds),
-            # Firestore's TTL policy deletes on this field; we also treat a
-            # record past it as absent, since TTL deletion lags by up to a day.
-            "expires_at": now + timedelta(seconds=ttl_seconds),
-        }
+        return {"workspace_id": workspace_id, "mode": mode, "fingerprint": body_fingerprint, "state": IN_PROGRESS,
+                "claim_token": token, "response": None, "created_at": now,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                # Firestore's TTL policy deletes on this field; we also treat a
+                # record past it as absent, since TTL deletion lags by up to a day.
+                "expires_at": now + timedelta(seconds=ttl_seconds)}
 
     # Two rounds cover a record deleted (released) between our create and get.
     for _ in range(2):
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             with upstream():
                 result = ref.create(claim_fields(now), retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
@@ -152,20 +146,14 @@ def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fin
             snap = ref.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
         if not snap.exists:
             continue
-        doc = snap.to_dict()
-        now = datetime.now(timezone.utc)
+        doc = snap.to_dict() or {}
+        now = datetime.now(UTC)
         if doc.get("claim_token") == token:
             # Our own create went through but its answer was lost and retried.
             return Claim(ref, token, snap.update_time)
-        expired = doc["expires_at"] <= now
-        if not expired:
-            if doc["fingerprint"] != body_fingerprint:
-                raise IdempotencyKeyReused()
-            if doc["state"] == COMPLETED:
-                return Replay(doc["response"])
-            remaining = (doc["lease_expires_at"] - now).total_seconds()
-            if remaining > 0:
-                raise IdempotencyKeyInUse(retry_after=min(max(1, math.ceil(remaining)), 5))
+        replay = _judge(doc, body_fingerprint, now)
+        if replay is not None:
+            return replay
         # A crashed request's claim, or an expired record: take it over, but
         # only if nobody else has written it since we read it.
         try:
@@ -180,6 +168,26 @@ def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fin
         except (gexc.FailedPrecondition, gexc.NotFound):
             raise IdempotencyKeyInUse() from None
     raise IdempotencyKeyInUse()
+
+
+def _judge(doc: dict[str, Any], body_fingerprint: str, now: datetime) -> Replay | None:
+    """What another request's record of the key means for this one: a Replay of
+    its answer, or None when it may be taken over (expired, or its lease ran out).
+
+    Raises:
+        IdempotencyKeyReused: the key was used with another body.
+        IdempotencyKeyInUse: its request is still running.
+    """
+    if doc["expires_at"] <= now:
+        return None
+    if doc["fingerprint"] != body_fingerprint:
+        raise IdempotencyKeyReused()
+    if doc["state"] == COMPLETED:
+        return Replay(doc["response"])
+    remaining = (doc["lease_expires_at"] - now).total_seconds()
+    if remaining > 0:
+        raise IdempotencyKeyInUse(retry_after=min(max(1, math.ceil(remaining)), 5))
+    return None
 
 
 def complete(db: firestore.Client, claim: Claim, response_body: dict,
@@ -209,7 +217,7 @@ def complete(db: firestore.Client, claim: Claim, response_body: dict,
     # writes as a conflict: look before concluding the claim was lost.
     with upstream():
         snap = claim.ref.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
-    doc = snap.to_dict() if snap.exists else {}
+    doc = snap.to_dict() or {}
     if doc.get("claim_token") == claim.token and doc.get("state") == COMPLETED and doc.get("response") == response_body:
         return
     raise IdempotencyKeyInUse()

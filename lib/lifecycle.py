@@ -1,4 +1,4 @@
-"""Upload records and their states: pending, then completed, rejected, cancelled or expired.
+"""Upload records and their states (pending, then completed, rejected, cancelled, expired); their one reader and writer.
 
 One Firestore document per upload, `uploads/{upl_...}`. A record leaves
 `pending` exactly once, by a write conditioned on the `update_time` it was
@@ -14,25 +14,29 @@ time. Cancelling and
 expiring first cancel the GCS session, then look for the object once more:
 an upload that finished in between is `completed`, never lost and never
 reported cancelled. Once settled, the record forgets its session URL.
+
+Every read and write of the collection is here, owed webhook marks included:
+the sweep (lib/sweep.py) pages through `due` and settles each record, webhook
+fan-out (lib/webhooks.py) loads a record and `clear_owed`s it, and the
+sweep's republishing finds what is still `owed`.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import requests
 from google.api_core import exceptions as gexc
 from google.cloud import firestore, storage
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import uploads as media
+from lib import clock, naming, sessions
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
-from lib.errors import ServiceUnavailable, SessionNotEnded, UploadCompleted, UploadNotFound
+from lib.errors import SessionNotEnded, UploadCompleted, UploadNotFound
 from lib.models import Rejection, Upload
 
 COLLECTION = "uploads"
@@ -55,13 +59,15 @@ SHARD_FIELD = "sweep_shard"
 SWEEP_SHARDS = 64
 
 
+# Set with every state change while webhooks are on, cleared once the event is
+# fanned out to the workspace's endpoints (`clear_owed`); the sweep publishes
+# again what stays owed (`owed`).
+OWED_FIELD = "webhook_owed_at"
+
+
 def shard_of(upload_id: str) -> int:
     """The record's shard: from the id's random hex, so it is as even as the ids."""
     return int(upload_id[-4:], 16) % SWEEP_SHARDS
-# Set with every state change while webhooks are on, cleared once the event is
-# fanned out to the workspace's endpoints (lib/webhooks.py); the sweep
-# publishes again what stays owed.
-OWED_FIELD = "webhook_owed_at"
 
 
 @dataclass(frozen=True)
@@ -73,21 +79,27 @@ class Record:
     # change (False: another request settled it first, or nothing was written).
     ours: bool = False
 
+    @classmethod
+    def of(cls, snap: Any) -> Record:
+        """The record a snapshot of an existing upload document holds."""
+        return cls(snap.id, snap.to_dict() or {}, snap.update_time)
+
     @property
     def state(self) -> str:
         return self.data["state"]
 
 
+# Told of each state change this process stored (lib/webhooks.py's Announcer; None while webhooks are off).
+Announce = Callable[[Record], None]
+
+
 @dataclass(frozen=True)
 class Storage:
-    """What settling a record needs: of GCS the client, the bucket, plain HTTP
-    for session URLs; and `announce`, told of each state change this process
-    stored (webhooks; None while they are off)."""
+    """What settling a record needs of GCS: the client, the bucket, plain HTTP for session URLs."""
 
     client: storage.Client
     bucket: str
     http: requests.Session
-    announce: Callable[[Record], None] | None = None
 
 
 def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, content_type: str,
@@ -113,6 +125,12 @@ def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, c
 
 def ref(db: firestore.Client, upload_id: str) -> firestore.DocumentReference:
     return db.collection(COLLECTION).document(upload_id)
+
+
+def creation(db: firestore.Client, upload_id: str, fields: dict[str, Any]) -> tuple[firestore.DocumentReference,
+                                                                                 dict[str, Any]]:
+    """A new upload's document and fields, for a caller that creates it in its own commit (idempotency.once)."""
+    return ref(db, upload_id), fields
 
 
 def create_record(db: firestore.Client, upload_id: str, fields: dict[str, Any]) -> None:
@@ -144,13 +162,13 @@ def load_by_id(db: firestore.Client, upload_id: str) -> Record:
     Raises:
         UploadNotFound: no such id.
     """
-    if not media.UPLOAD_ID.fullmatch(upload_id):
+    if not naming.UPLOAD_ID.fullmatch(upload_id):
         raise UploadNotFound()
     with upstream():
         snap = ref(db, upload_id).get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
     if not snap.exists:
         raise UploadNotFound()
-    return Record(upload_id, snap.to_dict(), snap.update_time)
+    return Record.of(snap)
 
 
 def view(record: Record, cdn_base_url: str) -> Upload:
@@ -158,12 +176,12 @@ def view(record: Record, cdn_base_url: str) -> Upload:
     return Upload(
         id=record.id,
         status=data["state"],
-        source_url=media.source_url(cdn_base_url, data["object_name"]),
+        source_url=naming.source_url(cdn_base_url, data["object_name"]),
         content_type=data["content_type"],
         size_bytes=data.get("size_bytes"),
-        created_at=media.rfc3339(data["created_at"]),
-        expires_at=media.rfc3339(data["expires_at"]),
-        completed_at=media.rfc3339(data["completed_at"]) if data.get("completed_at") else None,
+        created_at=clock.rfc3339(data["created_at"]),
+        expires_at=clock.rfc3339(data["expires_at"]),
+        completed_at=clock.rfc3339(data["completed_at"]) if data.get("completed_at") else None,
         crc32c=data.get("crc32c"),
         md5=data.get("md5"),
         rejection=(Rejection(code=data["rejection_code"], message=data["rejection_message"])
@@ -171,13 +189,13 @@ def view(record: Record, cdn_base_url: str) -> Upload:
     )
 
 
-def completed(obj: media.StoredObject) -> dict[str, Any]:
+def completed(obj: sessions.StoredObject) -> dict[str, Any]:
     """The changes that record a pending upload as completed by `obj`."""
     return {"state": COMPLETED, "size_bytes": obj.size, "crc32c": obj.crc32c, "md5": obj.md5,
             "generation": obj.generation, "completed_at": obj.created}
 
 
-def rejected(obj: media.StoredObject, code: str, message: str) -> dict[str, Any]:
+def rejected(obj: sessions.StoredObject, code: str, message: str) -> dict[str, Any]:
     """The changes that record a pending upload as rejected: `size_bytes` keeps
     what was declared, `generation` names the object that was deleted."""
     return {"state": REJECTED, "rejection_code": code, "rejection_message": message, "generation": obj.generation}
@@ -186,7 +204,7 @@ def rejected(obj: media.StoredObject, code: str, message: str) -> dict[str, Any]
 _AFTER_REJECTION = " The object was deleted; create a new upload and send the file again."
 
 
-def verdict(declared: dict[str, Any], obj: media.StoredObject) -> dict[str, Any]:
+def verdict(declared: dict[str, Any], obj: sessions.StoredObject) -> dict[str, Any]:
     """The changes that settle a pending record (`declared`: its data) whose
     object `obj` has landed: `completed` if the object is what was declared
     (its size, and each checksum that was declared), else `rejected`.
@@ -207,15 +225,16 @@ def verdict(declared: dict[str, Any], obj: media.StoredObject) -> dict[str, Any]
     return completed(obj)
 
 
-def land(db: firestore.Client, gcs: Storage, record: Record, obj: media.StoredObject,
-         step: Callable[[], None] = lambda: None) -> Record:
+def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.StoredObject,
+         step: Callable[[], None] = lambda: None, announce: Announce | None = None) -> Record:
     """Settle a pending record whose object `obj` exists: `completed`, or
     `rejected` with that generation of the object deleted first, so a wrong
     object is never left behind a rejection (if the record's write then fails,
     the object is already gone: the storage event's redelivery records the
     rejection, and a look at the bucket finds nothing to complete).
 
-    `step` is called before each upstream step (settle's deadline).
+    `step` is called before each upstream step (settle's deadline); `announce`
+    is told of the change if this call stored it (`transition`).
 
     Returns the record as stored afterwards (another request's decision if it
     settled the record first).
@@ -223,13 +242,13 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: media.StoredOb
     changes = verdict(record.data, obj)
     if changes["state"] == REJECTED:
         step()
-        media.delete_object(gcs.client, gcs.bucket, record.data["object_name"], obj.generation)
+        sessions.delete_object(gcs.client, gcs.bucket, record.data["object_name"], obj.generation)
     step()
-    return transition(db, record, changes, gcs.announce)
+    return transition(db, record, changes, announce)
 
 
 def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
-            on_unsettled: Callable[[SessionNotEnded], None] | None = None) -> Record:
+            on_unsettled: Callable[[SessionNotEnded], None] | None = None, announce: Announce | None = None) -> Record:
     """A pending record brought up to date: completed if its object exists,
     expired (its session cancelled) if past `expires_at`, else unchanged.
 
@@ -240,21 +259,21 @@ def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
     if record.state != PENDING:
         return record
     try:
-        return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None)
+        return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None, announce=announce)
     except SessionNotEnded as exc:
         if on_unsettled is not None:
             on_unsettled(exc)
         return record
 
 
-def cancel(db: firestore.Client, gcs: Storage, record: Record) -> Record:
+def cancel(db: firestore.Client, gcs: Storage, record: Record, announce: Announce | None = None) -> Record:
     """Cancel a pending upload. Cancelled, expired or rejected ones are returned as they are.
 
     Raises:
         UploadCompleted: the upload had completed (maybe just now).
     """
     if record.state == PENDING:
-        record = settle(db, gcs, record, CANCELLED)
+        record = settle(db, gcs, record, CANCELLED, announce=announce)
     if record.state == COMPLETED:
         raise UploadCompleted()
     return record
@@ -265,7 +284,7 @@ class OutOfTime(Exception):
 
 
 def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
-           deadline: float | None = None) -> Record:
+           deadline: float | None = None, announce: Announce | None = None) -> Record:
     """Move a pending record on: `completed` (or `rejected`: `land`) if its
     object exists; otherwise, when `end` is given, cancel its session and mark it `end`.
 
@@ -280,26 +299,26 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
         if deadline is not None and time.monotonic() >= deadline:
             raise OutOfTime()
 
-    obj = media.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
+    obj = sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
     if obj is None and end is not None:
         step()
-        status = media.cancel_session(gcs.http, record.data["session_url"])
+        status = sessions.cancel_session(gcs.http, record.data["session_url"])
         # The upload may have finished between the look and the cancel.
         step()
-        obj = media.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
-        if obj is None and not media.session_ended(status):
+        obj = sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
+        if obj is None and not sessions.session_ended(status):
             # Neither cancelled nor finished: leave it pending for a later try.
             raise SessionNotEnded(status)
     if obj is not None:
-        return land(db, gcs, record, obj, step)
+        return land(db, gcs, record, obj, step, announce)
     if end is None:
         return record
     step()
-    return transition(db, record, {"state": end}, gcs.announce)
+    return transition(db, record, {"state": end}, announce)
 
 
 def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
-               announce: Callable[[Record], None] | None = None) -> Record:
+               announce: Announce | None = None) -> Record:
     """Apply `changes` to a pending record, conditioned on the update_time it was read at.
 
     With `announce`, the write also marks the record's webhook event owed,
@@ -322,7 +341,7 @@ def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
         # Settled by someone else first (or our own write, its answer lost): theirs stands.
         with upstream():
             snap = document.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
-        return Record(record.id, snap.to_dict(), snap.update_time)
+        return Record.of(snap)
     # Ours landed: the stored record is the one we read plus our changes (no second read).
     data = {k: v for k, v in record.data.items() if k != "session_url"}
     data.update(changes, settled_at=result.update_time)
@@ -334,7 +353,7 @@ def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
     return settled
 
 
-def due(db: firestore.Client, shard: int, now: datetime, page_size: int) -> firestore.Query:
+def due_query(db: firestore.Client, shard: int, now: datetime, page_size: int) -> firestore.Query:
     """One shard's uploads pending past expires_at, oldest first (terraform/firestore.tf upload_indexes.sweep)."""
     return (db.collection(COLLECTION)
             .where(filter=FieldFilter(SHARD_FIELD, "==", shard))
@@ -342,6 +361,53 @@ def due(db: firestore.Client, shard: int, now: datetime, page_size: int) -> fire
             .where(filter=FieldFilter("expires_at", "<=", now))
             .order_by("expires_at")
             .limit(page_size))
+
+
+def due(db: firestore.Client, shard: int, now: datetime, page_size: int,
+        after: Any = None) -> tuple[list[Record], Any]:
+    """A page of `due_query`, and the cursor the next page starts after
+    (`after`: the previous page's cursor).
+
+    Raises:
+        ServiceUnavailable: Firestore is unavailable.
+    """
+    query = due_query(db, shard, now, page_size)
+    if after is not None:
+        query = query.start_after(after)
+    with upstream():
+        snaps = list(query.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT))
+    return [Record.of(snap) for snap in snaps], (snaps[-1] if snaps else after)
+
+
+def owed_query(db: firestore.Client, shard: int, cutoff: datetime, limit: int) -> firestore.Query:
+    """One shard's records owing an event since before `cutoff` (terraform/firestore.tf upload_indexes.owed)."""
+    return (db.collection(COLLECTION)
+            .where(filter=FieldFilter(SHARD_FIELD, "==", shard))
+            .where(filter=FieldFilter(OWED_FIELD, "<=", cutoff))
+            .order_by(OWED_FIELD).limit(limit))
+
+
+def owed(db: firestore.Client, cutoff: datetime, limit: int = 200, shards: range = range(SWEEP_SHARDS)) -> list[Record]:
+    """Settled records whose webhook event has been owed since before `cutoff`
+    (never fanned out), oldest first in each of `shards`: webhook_owed_at is
+    sharded as the sweep's index is, so each sweep job asks for its own slice
+    and no two jobs republish one event."""
+    snaps: list[Any] = []
+    for shard in shards:
+        if len(snaps) >= limit:
+            break
+        with upstream():
+            snaps += owed_query(db, shard, cutoff, limit - len(snaps)).stream(
+                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+    return [Record.of(snap) for snap in snaps]
+
+
+def clear_owed(db: firestore.Client, record: Record) -> None:
+    """The record's webhook event is fanned out: it is owed no more."""
+    if OWED_FIELD in record.data:
+        with upstream():
+            ref(db, record.id).update({OWED_FIELD: firestore.DELETE_FIELD},
+                                      retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
 
 
 def backfill_shards(db: firestore.Client, page_size: int = 500) -> tuple[int, int]:
@@ -367,116 +433,3 @@ def backfill_shards(db: firestore.Client, page_size: int = 500) -> tuple[int, in
         if len(snaps) < page_size:
             return read, given
         cursor = snaps[-1]
-
-
-@dataclass
-class SweepResult:
-    expired: int = 0
-    completed: int = 0
-    rejected: int = 0
-    failed: int = 0
-    more: bool = False  # stopped (time budget, or a backend down) with records maybe left
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"expired": self.expired, "completed": self.completed, "rejected": self.rejected,
-                "failed": self.failed, "more": self.more}
-
-
-def first_shard(count: int) -> int:
-    """Where a sweep starts among its `count` shards: at random, so that across
-    runs cut short by their budget no shard is always last, and two runs that
-    overlap (a scheduler retry, a run by hand) walk different shards rather
-    than the same records in the same order. Started from one shard, the run
-    slightly ahead won every record's conditional write and the other paid
-    for every lookup and DELETE and settled nothing."""
-    return secrets.randbelow(count)
-
-
-def sweep(db: firestore.Client, gcs: Storage, now: datetime, budget_seconds: float, grace_seconds: float,
-          page_size: int = 200, workers: int = 8, on_error: Callable[[str, BaseException], None] | None = None,
-          shards: range = range(SWEEP_SHARDS)) -> SweepResult:
-    """Settle every upload still pending after its `expires_at`, oldest first in each shard.
-
-    Walks `shards` (all SWEEP_SHARDS by default; a slice when several scheduler
-    jobs share the work), a page of each in turn, each with its own cursor, so
-    a record that fails (and stays pending) is left for the next run rather
-    than retried in a loop. At most
-    `workers` records are in flight. Bounds, so the call ends well inside the
-    function's timeout whatever Storage does:
-
-    - no page is read and no record started after `budget_seconds`;
-    - no upstream step of a record started after `budget_seconds +
-      grace_seconds` (lib/clients.py bounds each step: ~8 s Storage, ~7 s
-      Firestore);
-    - after a record fails because a backend is unavailable, no more are
-      started: the rest would only fail the same way.
-
-    Records not reached are left pending and `more` is set.
-
-    Raises:
-        ServiceUnavailable: the query itself failed.
-    """
-    started = time.monotonic()
-    start_by, finish_by = started + budget_seconds, started + budget_seconds + grace_seconds
-    result = SweepResult()
-
-    backend_down = False
-    in_flight: dict[Future, Record] = {}
-
-    def collect(done: set[Future]) -> None:
-        nonlocal backend_down
-        for future in done:
-            record = in_flight.pop(future)
-            try:
-                settled = future.result()
-            except OutOfTime:
-                result.more = True
-                continue
-            except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the rest
-                result.failed += 1
-                backend_down = backend_down or (isinstance(exc, ServiceUnavailable)
-                                                and not isinstance(exc, SessionNotEnded))
-                if on_error is not None:
-                    on_error(record.id, exc)
-                continue
-            if not settled.ours:
-                continue  # another request (a GET, an event, an overlapping sweep) settled it: theirs to count
-            if settled.state == COMPLETED:
-                result.completed += 1
-            elif settled.state == EXPIRED:
-                result.expired += 1
-            elif settled.state == REJECTED:
-                result.rejected += 1
-
-    def may_start() -> bool:
-        if backend_down or time.monotonic() >= start_by:
-            result.more = True
-            return False
-        return True
-
-    # One page per shard per round, so a backlog in one shard cannot starve the
-    # others; the first shard is drawn at random (`first_shard`).
-    first = first_shard(len(shards))
-    cursors: dict[int, Any] = {shards[(first + i) % len(shards)]: None for i in range(len(shards))}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        while cursors and may_start():
-            for shard in list(cursors):
-                if not may_start():
-                    break
-                query = due(db, shard, now, page_size)
-                page = query.start_after(cursors[shard]) if cursors[shard] is not None else query
-                with upstream():
-                    snaps = list(page.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT))
-                for snap in snaps:
-                    while len(in_flight) >= workers:
-                        collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
-                    if not may_start():
-                        break
-                    record = Record(snap.id, snap.to_dict(), snap.update_time)
-                    in_flight[pool.submit(settle, db, gcs, record, EXPIRED, finish_by)] = record
-                if len(snaps) < page_size:
-                    del cursors[shard]
-                else:
-                    cursors[shard] = snaps[-1]
-        collect(wait(in_flight).done)
-    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import sys
 import threading
 from typing import Any
@@ -19,13 +20,14 @@ _SECRETS = (
     # Whole keys only: the display prefix (fl_live_ + 4 characters) stays readable.
     (re.compile(r"fl_(live|test)_[A-Za-z0-9_-]{16,}"), r"fl_\1_[REDACTED]"),
     (re.compile(r"(upload_id=)[^&\s\"'\\]+"), r"\1[REDACTED]"),
-    # A webhook signing secret (lib/webhooks.py).
+    # A webhook signing secret (lib/endpoints.py).
     (re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"), "whsec_[REDACTED]"),
     (re.compile(r"(?i)(bearer\s+)[^\s\"'\\]+"), r"\1[REDACTED]"),
-    # A JWT (the sweep's OIDC token): header and payload are base64url JSON.
+    # A JWT (the OIDC token of a scheduler or push call): header and payload are base64url JSON.
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[REDACTED]"),
 )
 _TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/.*)?")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _write_lock = threading.Lock()
 
 
@@ -66,6 +68,31 @@ def severity_for(status: int) -> str:
     if status >= 400:
         return "WARNING"
     return "INFO"
+
+
+def request_id(incoming: str | None) -> str:
+    """The caller's X-Request-Id if it is a sane one, else a new one."""
+    if incoming and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return secrets.token_hex(16)
+
+
+def request_line(method: str, path: str, status: int, seconds: float, fields: dict[str, Any],
+                 project: str | None, trace_header: str | None) -> dict[str, Any]:
+    """A request's log entry: its `httpRequest`, severity by status, trace, and the handler's `fields`
+    (a `stack_trace` field becomes the message, which Error Reporting groups by)."""
+    fields = dict(fields)
+    stack = fields.pop("stack_trace", None)
+    path = bounded(path)
+    entry: dict[str, Any] = {
+        "severity": severity_for(status),
+        "message": stack or f"{bounded(method, 16)} {path} {status}",
+        "httpRequest": {"requestMethod": bounded(method, 16), "requestUrl": path, "status": status,
+                        "latency": f"{seconds:.6f}s"},
+    }
+    entry.update(trace_field(project, trace_header))
+    entry.update(fields)
+    return entry
 
 
 def emit(entry: dict[str, Any]) -> None:

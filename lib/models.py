@@ -22,6 +22,17 @@ MAX_BODY_BYTES = 64 * 1024
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 
 
+
+def browser_origin(header: str | None) -> str | None:
+    """The request's `Origin` if it is a well-formed serialized origin, else None.
+
+    Only a browser sends one, and only a well-formed one is worth binding the
+    session to; anything else ("null", garbage) is dropped, never forwarded.
+    """
+    if header and ORIGIN.fullmatch(header):
+        return header
+    return None
+
 class UploadRequest(BaseModel):
     # Strict: a number is not a content type, and an unknown field is a typo the
     # client wants to hear about rather than have silently ignored.
@@ -258,5 +269,6 @@ _DIGEST = "Must be the base64 of the digest, as GCS reports it (crc32c: 4 bytes,
 _FIELD_RULES = {
     "crc32c": _DIGEST,
     "md5": _DIGEST,
-    "cors_origin": "Must be a serialized origin, scheme://host[:port] (http or https, no path), as browsers send Origin.",
+    "cors_origin": ("Must be a serialized origin, scheme://host[:port] (http or https, no path), "
+                    "as browsers send Origin."),
 }

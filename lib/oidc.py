@@ -28,12 +28,14 @@ import json
 import re
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import requests
 from google.auth import exceptions as auth_exc
 from google.auth import jwt
 
+from lib.auth import bearer
 from lib.clients import TtlLru, shared, upstream
 from lib.errors import Forbidden, InvalidToken, ServiceUnavailable
 
@@ -42,8 +44,7 @@ CLOCK_SKEW_SECONDS = 30
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 VERIFIED_MAX_ENTRIES = 1000
 VERIFIED_MAX_SECONDS = 3600.0
-_verified: TtlLru[dict[str, Any]] = TtlLru(VERIFIED_MAX_SECONDS, VERIFIED_MAX_ENTRIES, time.monotonic)
-_verified_lock = threading.Lock()
+_verified: TtlLru[dict[str, Any]] = TtlLru(VERIFIED_MAX_SECONDS, VERIFIED_MAX_ENTRIES)
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -92,10 +93,10 @@ class CertCache:
                 return self._certs
             if now < self._failed_until:
                 return self._fallback(key_id)
-            leader = self._fetching is None
-            if leader:
-                self._fetching = threading.Event()
             done = self._fetching
+            leader = done is None
+            if done is None:
+                done = self._fetching = threading.Event()
         if leader:
             self._fetch_and_publish(done)
         elif not done.wait(self.FETCH_SECONDS + 1):
@@ -184,8 +185,7 @@ def verify(authorization: str | None, audience: str | None, service_account: str
     known = certs.certs_for(key_id)
     if key_id not in known:
         raise InvalidToken("token signed by an unknown key")
-    with _verified_lock:
-        claims = _verified.get(token)
+    claims = _verified.get(token)
     now = time.time()
     if claims is not None and not claims["iat"] - CLOCK_SKEW_SECONDS <= now <= claims["exp"] + CLOCK_SKEW_SECONDS:
         claims = None  # its signature checked out, its time is up: decode() says why
@@ -195,8 +195,7 @@ def verify(authorization: str | None, audience: str | None, service_account: str
                                 clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
         except (auth_exc.GoogleAuthError, ValueError) as exc:
             raise InvalidToken(_decode_failure(exc)) from None
-        with _verified_lock:
-            _verified.put(token, claims)
+        _verified.put(token, claims)
     if claims.get("iss") not in GOOGLE_ISSUERS:
         raise InvalidToken("token not issued by Google")
     if claims.get("aud") != audience:
@@ -207,12 +206,7 @@ def verify(authorization: str | None, audience: str | None, service_account: str
 
 
 def _bearer(authorization: str | None) -> str:
-    if not authorization:
-        raise InvalidToken("missing Authorization header")
-    scheme, _, credentials = authorization.partition(" ")
-    token = credentials.strip()
-    if scheme.lower() != "bearer":
-        raise InvalidToken("Authorization scheme is not Bearer")
+    token = bearer(authorization, InvalidToken)
     if not _JWT.fullmatch(token):
         raise InvalidToken("credentials are not a JWT")
     return token

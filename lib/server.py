@@ -108,6 +108,7 @@ def install() -> None:
         if self.cfg.worker_class_str in ("sync", "gthread"):
             self.cfg.set("worker_class", WORKER_CLASS)
 
-    load_config._framelane = True
-    application.load_config = load_config
+    load_config._framelane = True  # type: ignore[attr-defined]  # marks the patch, so it is made once
+    # Patched on purpose: functions-framework builds this class itself, so we cannot subclass it.
+    application.load_config = load_config  # type: ignore[method-assign]
     logging.getLogger("gunicorn.error").addFilter(_QuietSlowClients())

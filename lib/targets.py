@@ -1,4 +1,4 @@
-"""Outbound requests to customers' webhook URLs, guarded against SSRF.
+"""Which webhook URLs and addresses may be called: the SSRF rules, checked when an endpoint is added and per delivery.
 
 A webhook URL is chosen by a customer, so a request to it is a way into our
 network unless every hop is checked (OWASP's SSRF prevention cheat sheet; the
@@ -16,7 +16,7 @@ network unless every hop is checked (OWASP's SSRF prevention cheat sheet; the
    rebinding DNS server to answer differently;
 4. redirects are never followed, at most 64 KiB of a response is read, and
    the whole exchange is cut off at its deadline (10 s), however the receiver
-   dribbles.
+   dribbles (lib/outbound.py sends it).
 
 The same rules run when an endpoint is added (lib/admin.py) and at every
 delivery (lib/webhooks.py).
@@ -25,16 +25,12 @@ delivery (lib/webhooks.py).
 from __future__ import annotations
 
 import functools
-import heapq
-import http.client
 import ipaddress
-import itertools
 import socket
-import ssl
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2048
@@ -66,19 +62,6 @@ class Target(NamedTuple):
     port: int
     path: str  # path and query, as sent on the request line
     addresses: tuple[str, ...]
-
-
-class Result(NamedTuple):
-    """What one POST came to: an HTTP status, or the class of error that stopped it."""
-
-    status: int | None
-    error: str | None
-    latency_ms: float
-    bytes_read: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300 and self.error is None
 
 
 def address_refusal(address: Address) -> str | None:
@@ -175,7 +158,7 @@ def _literal(host: str) -> str | None:
 
 def _system_resolve(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 _resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="resolve")
@@ -212,260 +195,3 @@ def resolve(url: str, allow_private: bool, resolver: Resolver | None = None) -> 
             if reason is not None:
                 raise TargetRefused(f"host {host!r} resolves to {address}: {reason}")
     return Target(scheme, host, port, path, tuple(addresses))
-
-
-def _connect(address: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection to exactly this address: no lookup of any kind (not even
-    getaddrinfo's of a literal), so nothing can answer with another one."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.connect((address, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Plain HTTP to a checked address (allowed only with private targets)."""
-
-    exchange = 0  # requests made on it so far (the watchdog watches one exchange)
-    finished = False  # set when the exchange is over: the watchdog leaves it alone
-    cut_off = False  # set by the watchdog at the deadline
-
-    def __init__(self, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self) -> None:
-        self.sock = _connect(self._address, self.port, self.timeout)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """TLS to a checked address; SNI and certificate checked against the URL's host."""
-
-    exchange = 0  # requests made on it so far (the watchdog watches one exchange)
-    finished = False  # set when the exchange is over: the watchdog leaves it alone
-    cut_off = False  # set by the watchdog at the deadline
-
-    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._address = address
-
-    def connect(self) -> None:
-        self.sock = self._context.wrap_socket(_connect(self._address, self.port, self.timeout),
-                                              server_hostname=self.host)
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    # Made on first use: loading the system's CA certificates costs tens of milliseconds at import.
-    return ssl.create_default_context()
-
-
-class _Watchdog:
-    """One thread that cuts off connections past their deadline (shutting their
-    socket down wakes any read or write blocked on it), shared by all requests:
-    a timer thread per request costs more than the request."""
-
-    GRANULARITY = 0.25
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _PinnedHTTPConnection | _PinnedHTTPSConnection, int]] = []
-        self._order = itertools.count()
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, deadline: float, conn: "_PinnedHTTPConnection | _PinnedHTTPSConnection", exchange: int) -> None:
-        """Cut `conn` off at `deadline` (time.monotonic()) unless that exchange (a kept-alive
-        connection has several) is `finished` first; its `cut_off` then says so."""
-        with self._changed:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="webhook-watchdog", daemon=True)
-                self._thread.start()
-            # With one timeout for all, deadlines only grow: the thread needs waking only when
-            # it sleeps with nothing to watch, or when this deadline comes before all others.
-            if not self._heap or deadline < self._heap[0][0]:
-                self._changed.notify()
-            heapq.heappush(self._heap, (deadline, next(self._order), conn, exchange))
-
-    def _run(self) -> None:
-        with self._changed:
-            while True:
-                while self._heap and self._over(self._heap[0]):
-                    heapq.heappop(self._heap)  # finished in time
-                if not self._heap:
-                    self._changed.wait()
-                    continue
-                deadline, _, conn, exchange = self._heap[0]
-                left = deadline - time.monotonic()
-                if left > 0:
-                    # At most GRANULARITY late, and one wake-up per GRANULARITY however busy.
-                    self._changed.wait(left + self.GRANULARITY)
-                    continue
-                heapq.heappop(self._heap)
-                if not self._over((deadline, 0, conn, exchange)):
-                    conn.cut_off = True
-                    sock = conn.sock
-                    if sock is not None:
-                        try:
-                            sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass
-
-
-    @staticmethod
-    def _over(entry: tuple) -> bool:
-        _, _, conn, exchange = entry
-        return conn.exchange != exchange or conn.finished
-
-
-_watchdog = _Watchdog()
-
-
-class _Pool:
-    """Idle keep-alive connections, by (scheme, host, port, checked address).
-
-    A connection is only ever reused for the address it was opened to, and
-    only after the URL passed the rules again (resolve()). Reuse spares a
-    TCP and a TLS handshake per delivery. Bounded: MAX_IDLE_PER_KEY per key,
-    MAX_KEYS keys (least recently used closed first), MAX_IDLE_SECONDS idle.
-    """
-
-    MAX_IDLE_PER_KEY = 32  # above the threads an instance runs (16), so none is closed for want of room
-    MAX_KEYS = 512
-    # Below the idle timeouts servers and load balancers commonly use (60 s and more).
-    MAX_IDLE_SECONDS = 20.0
-
-    def __init__(self) -> None:
-        self._idle: dict[tuple, list[tuple[float, http.client.HTTPConnection]]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: tuple) -> "_PinnedHTTPConnection | _PinnedHTTPSConnection | None":
-        stale = []
-        found = None
-        with self._lock:
-            idle = self._idle.get(key)
-            while idle:
-                since, conn = idle.pop()
-                if time.monotonic() - since < self.MAX_IDLE_SECONDS:
-                    found = conn
-                    break
-                stale.append(conn)
-        for conn in stale:
-            conn.close()
-        return found  # type: ignore[return-value]
-
-    def give(self, key: tuple, conn: http.client.HTTPConnection) -> None:
-        evicted = []
-        with self._lock:
-            idle = self._idle.pop(key, [])
-            self._idle[key] = idle  # most recently used last
-            if len(idle) < self.MAX_IDLE_PER_KEY:
-                idle.append((time.monotonic(), conn))
-                conn = None  # type: ignore[assignment]
-            while len(self._idle) > self.MAX_KEYS:
-                oldest = next(iter(self._idle))
-                evicted += [c for _, c in self._idle.pop(oldest)]
-        for extra in ([conn] if conn is not None else []) + evicted:
-            extra.close()
-
-
-_pool = _Pool()
-
-
-def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = DELIVERY_TIMEOUT_SECONDS,
-         max_response_bytes: int = MAX_RESPONSE_BYTES, tls_context: ssl.SSLContext | None = None) -> Result:
-    """POST `body` to a checked target, connecting only to its checked addresses.
-
-    Never raises for what the receiver does: the Result says what happened.
-    The whole exchange (connect, TLS, request, status, up to
-    `max_response_bytes` of the body) ends by `timeout`. A connection the
-    receiver keeps alive, its answer read to the end, is kept for the next
-    delivery to the same address (_Pool); one found closed by the receiver
-    before answering is replaced by a new one, once.
-    """
-    started = time.monotonic()
-    deadline = started + timeout
-    outcome: tuple[int | None, str | None, int] = (None, "timeout", 0)
-    for index, address in enumerate(target.addresses):
-        key = (target.scheme, target.host, target.port, address)
-        conn = _pool.take(key)
-        if conn is not None:
-            outcome, stale = _exchange(conn, key, target, body, headers, deadline, max_response_bytes, reused=True)
-            if not stale:
-                break
-        if deadline <= time.monotonic():
-            outcome = (None, "timeout", 0)
-            break
-        if target.scheme == "https":
-            conn = _PinnedHTTPSConnection(target.host, target.port, address, deadline - time.monotonic(),
-                                          tls_context or _tls())
-        else:
-            conn = _PinnedHTTPConnection(target.host, target.port, address, deadline - time.monotonic())
-        outcome, unreachable = _exchange(conn, key, target, body, headers, deadline, max_response_bytes,
-                                         reused=False)
-        if not unreachable or index == len(target.addresses) - 1:
-            break
-        # Not connected: the next checked address may answer.
-    status, error, read = outcome
-    return Result(status, error, round((time.monotonic() - started) * 1000, 1), read)
-
-
-def _exchange(conn: "_PinnedHTTPConnection | _PinnedHTTPSConnection", key: tuple, target: Target, body: bytes,
-              headers: dict[str, str], deadline: float, max_response_bytes: int,
-              reused: bool) -> tuple[tuple[int | None, str | None, int], bool]:
-    """One request on `conn`: ((status, error, bytes read), try-again), where try-again
-    means a reused connection was found closed before any answer (`reused`), or a
-    new one could not connect (not `reused`)."""
-    conn.exchange += 1
-    conn.finished = conn.cut_off = False
-    _watchdog.watch(deadline, conn, conn.exchange)
-    keep = connected = False
-    try:
-        if reused:
-            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        else:
-            conn.connect()
-        connected = True
-        conn.request("POST", target.path, body=body, headers=headers)
-        response = conn.getresponse()
-        if conn.cut_off:  # the status line came, the headers were still dribbling at the deadline
-            return (None, "timeout", 0), False
-        read = 0
-        try:
-            read = len(response.read(max_response_bytes))
-            keep = response.isclosed() and not response.will_close and not conn.cut_off
-        except (OSError, http.client.HTTPException):
-            pass  # the status is in; what follows it does not matter
-        return (response.status, None, read), False
-    except ssl.SSLError as exc:
-        if conn.cut_off:
-            return (None, "timeout", 0), False
-        return (None, "tls_certificate_error" if isinstance(exc, ssl.SSLCertVerificationError) else "tls_error", 0), False
-    except (OSError, http.client.HTTPException) as exc:
-        if conn.cut_off or isinstance(exc, TimeoutError):
-            return (None, "timeout", 0), False
-        stale = reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
-        return (None, _error_class(exc), 0), stale or (not reused and not connected)
-    finally:
-        conn.finished = True
-        if keep:
-            _pool.give(key, conn)
-        else:
-            conn.close()
-
-
-def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection_refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection_reset"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "connection_closed"
-    if isinstance(exc, http.client.HTTPException):
-        return "invalid_http_response"
-    return "connection_error"

@@ -20,8 +20,10 @@ import json
 import os
 import secrets
 import signal
+import sys
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import requests
@@ -80,14 +82,9 @@ def oidc_issuer():
 
 @pytest.fixture(scope="session")
 def backends(log_dir, oidc_issuer):
-    firestore = emulators.start_firestore(log_dir)
+    stack = emulators.start_stack(log_dir, PROJECT, BUCKET)
+    firestore, storage = stack.firestore, stack.storage
     try:
-        storage = emulators.start_fake_gcs(log_dir)
-    except BaseException:
-        firestore.stop()
-        raise
-    try:
-        emulators.create_bucket(storage.url, BUCKET)
         env = emulators.function_env(firestore, storage, PROJECT, BUCKET, **oidc_issuer.env())
         for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
                      "UPLOAD_BUCKET", "CDN_BASE_URL", *oidc_issuer.env()):
@@ -98,19 +95,17 @@ def backends(log_dir, oidc_issuer):
         os.environ["API_KEY_CACHE_TTL_SECONDS"] = "0"
         yield {"firestore": firestore, "storage": storage, "env": env}
     finally:
-        storage.stop()
-        firestore.stop()
+        stack.stop()
 
 
 @pytest.fixture(scope="session")
 def event_path(backends, log_dir, oidc_issuer):
-    pubsub = emulators.start_pubsub(log_dir)
-    started = [pubsub]
+    stack = emulators.start_stack(log_dir, PROJECT, BUCKET, events=(EVENTS_TOPIC, EVENTS_SUBSCRIPTION),
+                                  firestore=backends["firestore"], storage_name="fake-gcs-events")
+    pubsub, storage = stack.pubsub, stack.storage
+    assert pubsub is not None  # events on: start_stack started it
+    started = list(stack.started)
     try:
-        emulators.create_topic_and_subscription(pubsub, PROJECT, EVENTS_TOPIC, EVENTS_SUBSCRIPTION)
-        storage = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, EVENTS_TOPIC), name="fake-gcs-events")
-        started.append(storage)
-        emulators.create_bucket(storage.url, BUCKET)
         hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
                                                               WEBHOOKS_DEAD_LETTER_TOPIC)
         env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, **oidc_issuer.env(),
@@ -229,6 +224,19 @@ def served_default(backends, log_dir):
     service = emulators.start_function(backends["env"], log_dir, name="function-shared")
     yield Served(service)
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def main_module():
+    """main.py, for its tables (routes, templates, handlers). It loads its settings when
+    imported, so where no test has yet pointed the environment at the emulators it is imported
+    under placeholder settings (it makes no client and calls nothing at import)."""
+    if "main" in sys.modules:
+        return sys.modules["main"]
+    placeholders = {"GOOGLE_CLOUD_PROJECT": PROJECT, "UPLOAD_BUCKET": BUCKET, "CDN_BASE_URL": "https://cdn.invalid"}
+    with mock.patch.dict(os.environ, {name: os.environ.get(name) or value for name, value in placeholders.items()}):
+        import main
+    return main
 
 
 @pytest.fixture(scope="session")

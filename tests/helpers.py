@@ -6,15 +6,17 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
+from lib.mediatypes import ALIASES, CONTENT_TYPES
 
 # Every API key minted through the `make_key` fixture this session, for the
 # secrets audit that runs last. (It lives here, not in conftest, because pytest
@@ -41,12 +43,12 @@ def response_schema_errors(doc: dict, status: int, body) -> list[str]:
     content = responses[str(status)].get("content")
     if not content:
         return []
-    return schema_errors(doc, "#/paths/~1v1~1uploads/post/responses/" + str(status) + "/content/application~1json/schema", body)
+    return schema_errors(doc, f"#/paths/~1v1~1uploads/post/responses/{status}/content/application~1json/schema", body)
 
 
 def parse_rfc3339_utc(value: str) -> datetime:
     assert value.endswith("Z"), value
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,23 @@ class RecordingProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "RecordingProxy":
+    def __enter__(self) -> RecordingProxy:
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def content_type_pattern() -> str:
+    """The accepted `content_type` values as one regular expression (JSON Schema dialect): the
+    rule lib/naming.py's normalize_content_type applies, as the OpenAPI document must state it."""
+    def caseless(name: str) -> str:
+        # Escape only what is syntax: ECMA regexes in unicode mode reject `\-`.
+        return "".join(f"[{c}{c.upper()}]" if c.isalpha() else "\\" + c if c in ".+" else c for c in name)
+
+    names = "|".join(caseless(name) for name in sorted({*CONTENT_TYPES, *ALIASES}))
+    # `(?![\s\S])` ends the string in both ECMA and Python regexes; `$` would
+    # also match before a trailing newline in Python, which the service refuses.
+    return f"^ *(?:{names}) *(?:;[^\\x00-\\x1f\\x7f-\\x9f]*)?(?![\\s\\S])"

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import uuid
+from datetime import UTC
 
 import pytest
 
@@ -118,7 +119,7 @@ def webhook_cli(*args: str, allow_private: bool = False) -> subprocess.Completed
 
 
 def test_add_webhook_json_prints_exactly_the_documented_object(backends, db, workspace):
-    from lib import webhooks
+    from lib import endpoints
     from tests.helpers import SESSION_WEBHOOK_SECRETS
 
     out = webhook_cli("add-webhook", "--workspace", workspace, "--url", "http://127.0.0.1:9/hooks", "--test",
@@ -130,7 +131,7 @@ def test_add_webhook_json_prints_exactly_the_documented_object(backends, db, wor
     assert (added["url"], added["workspace_id"], added["mode"]) == ("http://127.0.0.1:9/hooks", workspace, "test")
     assert re.fullmatch(r"we_[0-9a-f]{32}", added["id"])
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", added["secret"])  # 32 random bytes, base64
-    assert webhooks.get_endpoint(db, added["id"]).secret == added["secret"]
+    assert endpoints.get_endpoint(db, added["id"]).secret == added["secret"]
 
     listed = webhook_cli("list-webhooks", "--workspace", workspace, "--json")
     assert listed.returncode == 0
@@ -154,7 +155,7 @@ def test_add_webhook_refuses_what_delivery_refuses_with_status_2(backends, db, w
 
 
 def test_rotate_and_remove_webhook(backends, db, workspace):
-    from lib import webhooks
+    from lib import endpoints
     from tests.helpers import SESSION_WEBHOOK_SECRETS
 
     added = json.loads(webhook_cli("add-webhook", "--workspace", workspace, "--url", "https://127.0.0.1/h",
@@ -164,26 +165,26 @@ def test_rotate_and_remove_webhook(backends, db, workspace):
     assert rotated.returncode == 0, rotated.stderr
     new_secret = rotated.stdout.strip()
     SESSION_WEBHOOK_SECRETS.add(new_secret)
-    stored = webhooks.get_endpoint(db, added["id"])
+    stored = endpoints.get_endpoint(db, added["id"])
     assert new_secret.startswith("whsec_") and stored.secret == new_secret != added["secret"]
     assert stored.previous_secret == added["secret"] and "24 hours" not in rotated.stdout
     removed = webhook_cli("remove-webhook", added["id"])
-    assert removed.returncode == 0 and webhooks.get_endpoint(db, added["id"]) is None
+    assert removed.returncode == 0 and endpoints.get_endpoint(db, added["id"]) is None
     again = webhook_cli("remove-webhook", added["id"])
     assert again.returncode == 1 and "no webhook endpoint" in again.stderr
     assert webhook_cli("rotate-webhook-secret", added["id"]).returncode == 1
 
 
 def test_webhook_deliveries_limits_and_orders_newest_first(backends, db, workspace):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    from lib import targets, webhooks
+    from lib import attempts, outbound, webhooks
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for n in range(5):
         delivery = webhooks.Delivery("we_" + "0" * 32, f"evt_{n}", "upload.completed", "upl_" + "1" * 32, b"{}",
                                      n + 1)
-        webhooks.write_rows(db, [webhooks.attempt_row(None, delivery, targets.Result(500, None, 12.5),
+        attempts.write_rows(db, [webhooks.attempt_row(None, delivery, outbound.Result(500, None, 12.5),
                                                       now + timedelta(seconds=n), workspace=(workspace, "live"))])
     out = webhook_cli("webhook-deliveries", "--workspace", workspace, "--limit", "3", "--json")
     assert out.returncode == 0, out.stderr

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lib import auth, uploads
+from lib import auth, naming, sweep
 from tests.conftest import BUCKET
-from tests.helpers import parse_rfc3339_utc, response_schema_errors, schema_errors
+from tests.helpers import content_type_pattern, parse_rfc3339_utc, response_schema_errors, schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
 
@@ -35,7 +35,7 @@ def assert_error(resp, status: int, code: str, openapi_doc: dict) -> dict:
 
 def test_if_key_valid_then_201_with_the_seed_shape(client, make_key, seed_doc, openapi_doc):
     key, workspace = make_key()
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     resp = post(client, headers={"Authorization": f"Bearer {key}"})
     assert resp.status_code == 201, resp.get_data(as_text=True)
     body = resp.get_json()
@@ -44,12 +44,13 @@ def test_if_key_valid_then_201_with_the_seed_shape(client, make_key, seed_doc, o
     # The seed's three fields, and the id this service adds (issue 6), first.
     assert list(body) == ["id", "upload_url", "source_url", "expires_at"]
 
-    match = re.fullmatch(rf"http://127\.0\.0\.1:\d+/{BUCKET}/uploads/{workspace}/([0-9a-f]{{32}})\.mp4", body["source_url"])
+    match = re.fullmatch(rf"http://127\.0\.0\.1:\d+/{BUCKET}/uploads/{workspace}/([0-9a-f]{{32}})\.mp4",
+                         body["source_url"])
     assert match, body["source_url"]
     assert body["id"] == f"upl_{match.group(1)}"
     assert "upload_id=" in body["upload_url"]
     expires = parse_rfc3339_utc(body["expires_at"])
-    assert before + timedelta(seconds=3600) <= expires <= datetime.now(timezone.utc) + timedelta(seconds=3600)
+    assert before + timedelta(seconds=3600) <= expires <= datetime.now(UTC) + timedelta(seconds=3600)
     assert resp.headers["Cache-Control"] == "no-store"
     assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-Id"])
     assert "Idempotent-Replayed" not in resp.headers
@@ -118,14 +119,14 @@ def test_if_key_missing_or_bad_then_401(client, header, openapi_doc):
 def test_if_key_revoked_then_401(client, make_key, db, openapi_doc):
     key, _ = make_key()
     assert post(client, headers={"Authorization": f"Bearer {key}"}).status_code == 201
-    db.collection(auth.COLLECTION).document(auth.key_id(key)).update({"revoked_at": datetime.now(timezone.utc)})
+    db.collection(auth.COLLECTION).document(auth.key_id(key)).update({"revoked_at": datetime.now(UTC)})
     resp = post(client, headers={"Authorization": f"Bearer {key}"})
     assert_error(resp, 401, "invalid_api_key", openapi_doc)
 
 
 def test_every_401_is_identical_to_the_client(client, make_key, db):
     revoked, _ = make_key()
-    db.collection(auth.COLLECTION).document(auth.key_id(revoked)).update({"revoked_at": datetime.now(timezone.utc)})
+    db.collection(auth.COLLECTION).document(auth.key_id(revoked)).update({"revoked_at": datetime.now(UTC)})
     bodies = {post(client, headers=h).get_data() for h in (
         {}, {"Authorization": "Bearer x"}, {"Authorization": "Bearer fl_live_" + "B" * 43},
         {"Authorization": f"Bearer {revoked}"})}
@@ -191,7 +192,7 @@ def test_if_field_invalid_then_422_validation_error(client, auth_headers, body, 
 def test_if_content_type_unsupported_then_422_with_the_list(client, auth_headers, content_type, openapi_doc):
     err = assert_error(post(client, body={"content_type": content_type}, headers=auth_headers), 422,
                        "unsupported_content_type", openapi_doc)
-    assert err["details"]["supported_content_types"] == uploads.SUPPORTED
+    assert err["details"]["supported_content_types"] == naming.SUPPORTED
 
 
 @pytest.mark.parametrize("value", ["", "x" * 256, "naïve", "a\tb"])
@@ -231,7 +232,8 @@ def test_if_method_not_post_then_405_with_allow(client, auth_headers, method, op
 # --- headers -----------------------------------------------------------------
 
 def test_sane_request_id_is_echoed_and_insane_one_replaced(client, auth_headers):
-    assert post(client, headers={**auth_headers, "X-Request-Id": "req-123.abc:9"}).headers["X-Request-Id"] == "req-123.abc:9"
+    echoed = post(client, headers={**auth_headers, "X-Request-Id": "req-123.abc:9"}).headers["X-Request-Id"]
+    assert echoed == "req-123.abc:9"
     for bad in ("has space", "x" * 129, "<script>"):
         rid = post(client, headers={**auth_headers, "X-Request-Id": bad}).headers["X-Request-Id"]
         assert rid != bad and re.fullmatch(r"[0-9a-f]{32}", rid)
@@ -250,12 +252,12 @@ def test_every_answer_ends_with_a_newline_so_a_shell_prompt_after_curl_starts_on
 
 def test_openapi_content_type_pattern_is_the_codes_rule(openapi_doc):
     schema = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"]["content_type"]
-    assert schema["pattern"] == uploads.content_type_pattern()
+    assert schema["pattern"] == content_type_pattern()
 
 
-def test_the_api_doc_names_every_route_and_the_sweeps_concurrency(app):
+def test_the_api_doc_names_every_route_and_the_sweeps_concurrency(main_module):
     """docs/api.md's route list and the sweep's figure, held to main.py."""
-    import main
+    main = main_module
     from tests.conftest import ROOT
 
     text = " ".join((ROOT / "docs" / "api.md").read_text().split())
@@ -263,11 +265,12 @@ def test_the_api_doc_names_every_route_and_the_sweeps_concurrency(app):
     documented = set(re.findall(r"`([A-Z]+ /[^`]*)`", listed))
     served = {f"{method} {main.TEMPLATES[pattern]}" for pattern, methods in main.ROUTES for method in methods}
     assert documented == served
-    assert f"at most {main.SWEEP_WORKERS} in flight" in text
+    assert f"at most {sweep.SWEEP_WORKERS} in flight" in text
 
 
 def test_every_error_code_is_in_the_openapi_enum_and_the_readme_table(openapi_doc):
     import inspect
+
     from lib import errors
     from tests.conftest import ROOT
 
@@ -284,12 +287,12 @@ def test_every_error_code_is_in_the_openapi_enum_and_the_readme_table(openapi_do
 def test_a_warm_request_imports_nothing_and_builds_no_client(client, auth_headers, db):
     """Clients are made once per instance, and nothing is imported on the request path."""
     import sys
-    from lib import clients
-    from lib.config import get_settings
+
+    from lib import clients, config
     idem = {"Idempotency-Key": "warm-" + __import__("secrets").token_hex(8)}
     assert post(client, headers=auth_headers).status_code == 201  # warm: every path once
     assert post(client, headers={**auth_headers, **idem}).status_code == 201
-    settings = get_settings()
+    settings = config.load()
     before_modules = set(sys.modules)
     before_clients = (clients.firestore_client(settings.firestore), clients.storage_client(settings.firestore.project))
     for headers in (auth_headers, {**auth_headers, **idem}, {"Authorization": "Bearer nope"}):

@@ -110,4 +110,5 @@ def test_the_backend_refuses_a_host_it_does_not_serve_and_never_shows_its_key(de
     page = requests.get(demo.url + "/", timeout=30).text + requests.get(demo.url + "/app.js", timeout=30).text
     assert key not in page
     refused = requests.post(f"{demo.url}/api/uploads", json={"content_type": "text/html"}, timeout=30)
-    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unsupported_content_type"  # as the API said
+    # As the API said:
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unsupported_content_type"

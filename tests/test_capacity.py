@@ -14,14 +14,14 @@ import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
 from google.cloud import firestore, storage
 
 from dev import emulators
-from lib import clients, lifecycle, webhooks
+from lib import clients, lifecycle, sweep
 from tests.conftest import BUCKET, PROJECT, ROOT
 
 SEEDED = 3000
@@ -48,11 +48,11 @@ class Announced:
             self.ids.append(record.id)
 
 
-def storage_for(announce) -> lifecycle.Storage:
+def storage_for() -> lifecycle.Storage:
     """Clients pooled as the function's are (lib/clients.py), one set per call, as each instance has."""
     client = storage.Client(project=PROJECT)
     clients.wide_pools(client._http)
-    return lifecycle.Storage(client, BUCKET, clients.wide_pools(requests.Session()), announce)
+    return lifecycle.Storage(client, BUCKET, clients.wide_pools(requests.Session()))
 
 
 def states(db, ids: set[str]) -> dict[str, int]:
@@ -79,8 +79,8 @@ def test_thousands_of_expired_uploads_are_settled_exactly_once_by_overlapping_sw
 
     def one_run():
         # Each run its own clients, as each function instance has; pages of 20 so each shard has several.
-        return lifecycle.sweep(own_db, storage_for(announced), datetime.now(timezone.utc), budget_seconds=math.inf,
-                               grace_seconds=math.inf, page_size=20, workers=8)
+        return sweep.sweep(own_db, storage_for(), datetime.now(UTC), budget_seconds=math.inf,
+                           grace_seconds=math.inf, page_size=20, workers=8, announce=announced)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda _: one_run(), range(2)))
@@ -97,17 +97,17 @@ def test_overlapping_sweeps_start_at_different_shards_not_at_one_per_minute():
     """Started at one shard, two overlapping sweeps walk the same records in the same order (the one
     ahead wins them all, the other does the same work for nothing). The start is drawn at random:
     200 draws from 64 shards that all agree would happen with probability 64**-199."""
-    assert len({lifecycle.first_shard(lifecycle.SWEEP_SHARDS) for _ in range(200)}) > 1
+    assert len({sweep.first_shard(lifecycle.SWEEP_SHARDS) for _ in range(200)}) > 1
     # Each of 4 equally likely: one missing from 400 draws happens ~4 times in 10**50.
-    assert {lifecycle.first_shard(4) for _ in range(400)} == {0, 1, 2, 3}
+    assert {sweep.first_shard(4) for _ in range(400)} == {0, 1, 2, 3}
 
 
 def test_the_sweep_reaches_every_shard_and_leaves_unexpired_uploads_alone(own_db, backends):
     due = seed(own_db, backends["storage"].url, 640)
     later = seed(own_db, backends["storage"].url, 64, expired_ago=timedelta(hours=-1))  # expires in an hour
     assert {lifecycle.shard_of(i) for i in due} == set(range(lifecycle.SWEEP_SHARDS))
-    result = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), budget_seconds=60,
-                             grace_seconds=15)
+    result = sweep.sweep(own_db, storage_for(), datetime.now(UTC), budget_seconds=60,
+                         grace_seconds=15)
     assert (result.expired, result.failed, result.more) == (640, 0, False)
     assert states(own_db, due) == {"expired": 640} and states(own_db, later) == {"pending": 64}
 
@@ -121,7 +121,7 @@ def test_records_from_before_the_shards_are_swept_once_backfilled(own_db, backen
     for upload_id in ids:
         batch.update(lifecycle.ref(own_db, upload_id), {lifecycle.SHARD_FIELD: firestore.DELETE_FIELD})
     batch.commit()
-    blind = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), 60, 15)
+    blind = sweep.sweep(own_db, storage_for(), datetime.now(UTC), 60, 15)
     assert blind.expired == 0 and states(own_db, ids) == {"pending": 125}
 
     env = {**backends["env"], "FIRESTORE_DATABASE": own_db._database}
@@ -135,14 +135,14 @@ def test_records_from_before_the_shards_are_swept_once_backfilled(own_db, backen
     for upload_id in ids:
         assert lifecycle.ref(own_db, upload_id).get().get(lifecycle.SHARD_FIELD) == lifecycle.shard_of(upload_id)
 
-    swept = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), 60, 15)
+    swept = sweep.sweep(own_db, storage_for(), datetime.now(UTC), 60, 15)
     assert swept.expired == 125 and states(own_db, ids) == {"expired": 125}
 
 
 def test_a_scheduler_job_sweeps_only_its_slice_of_shards(own_db, backends):
     ids = seed(own_db, backends["storage"].url, 640)
     mine = {i for i in ids if lifecycle.shard_of(i) < 32}
-    result = lifecycle.sweep(own_db, storage_for(None), datetime.now(timezone.utc), 60, 15, shards=range(0, 32))
+    result = sweep.sweep(own_db, storage_for(), datetime.now(UTC), 60, 15, shards=range(32))
     assert (result.expired, result.failed, result.more) == (len(mine), 0, False)
     assert states(own_db, mine) == {"expired": len(mine)}
     assert states(own_db, ids - mine) == {"pending": len(ids - mine)}
@@ -151,14 +151,14 @@ def test_a_scheduler_job_sweeps_only_its_slice_of_shards(own_db, backends):
 def test_a_sweep_job_republishes_only_the_owed_events_of_its_own_shards(own_db, backends):
     """Several sweep jobs each republish owed webhook events: each only its slice, so never one event twice."""
     ids = seed(own_db, backends["storage"].url, 256)
-    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
     batch = own_db.batch()
     for upload_id in ids:
         batch.update(lifecycle.ref(own_db, upload_id), {lifecycle.OWED_FIELD: long_ago})
     batch.commit()
-    now = datetime.now(timezone.utc)
-    halves = [webhooks.owed(own_db, now, limit=1000, shards=range(0, 32)),
-              webhooks.owed(own_db, now, limit=1000, shards=range(32, 64))]
+    now = datetime.now(UTC)
+    halves = [lifecycle.owed(own_db, now, limit=1000, shards=range(32)),
+              lifecycle.owed(own_db, now, limit=1000, shards=range(32, 64))]
     found = [{record.id for record in half} for half in halves]
     assert found[0] == {i for i in ids if lifecycle.shard_of(i) < 32}
     assert found[1] == ids - found[0] and not found[0] & found[1]

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import termios
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -580,7 +580,7 @@ def test_retry_after_reads_seconds_and_http_dates():
     r.headers["Retry-After"] = "120"
     assert retry_after(r) == 120
     r.headers["Retry-After"] = "Sun, 29 Nov 2026 17:00:30 GMT"
-    assert retry_after(r, now=datetime(2026, 11, 29, 17, 0, tzinfo=timezone.utc).timestamp()) == 30
+    assert retry_after(r, now=datetime(2026, 11, 29, 17, 0, tzinfo=UTC).timestamp()) == 30
     r.headers["Retry-After"] = "soon"
     assert retry_after(r) is None
 
@@ -594,7 +594,8 @@ def test_status_query_answers_are_read_as_gcs_sends_them():
 
 
 @pytest.mark.parametrize("name,expected", [
-    *((f"x.{ext}", media) for media, exts in EXTENSIONS.items() for ext in exts if (media, ext) != ("audio/mp4", "mp4")),
+    *((f"x.{ext}", media) for media, exts in EXTENSIONS.items() for ext in exts
+      if (media, ext) != ("audio/mp4", "mp4")),
     ("CLIP.MP4", "video/mp4"), ("song.m4a", "audio/mp4"), ("notes.txt", None), ("noext", None),
 ])
 def test_content_type_is_guessed_from_our_table(name, expected):

@@ -11,15 +11,15 @@ import base64
 import hashlib
 import json
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
 
+from dev.oidc_issuer import EVENTS_AUDIENCE
 from lib import events, lifecycle
 from tests.conftest import BUCKET
 from tests.helpers import RecordingProxy, schema_errors
-from dev.oidc_issuer import EVENTS_AUDIENCE
 from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
 
 ROUTE = "/internal/storage-events"
@@ -55,7 +55,7 @@ def envelope(resource: dict, event_type: str = "OBJECT_FINALIZE", bucket: str | 
                            "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/1"},
             "data": base64.b64encode(json.dumps(resource).encode()).decode(),
             "messageId": str(secrets.randbelow(10**15)),
-            "publishTime": datetime.now(timezone.utc).isoformat(),
+            "publishTime": datetime.now(UTC).isoformat(),
         },
         "subscription": "projects/framelane-test/subscriptions/uploads-storage-events",
     }
@@ -344,8 +344,8 @@ def test_object_names_map_to_upload_ids_only_in_the_shape_the_service_makes():
     hex32 = "0123456789abcdef" * 2
     assert events.upload_id_for(f"uploads/ws_1/{hex32}.mp4") == f"upl_{hex32}"
     assert events.upload_id_for(f"test-uploads/ws_1/{hex32}.webm") == f"upl_{hex32}"
-    for name in (f"uploads/{hex32}.mp4", f"other/ws_1/{hex32}.mp4", f"uploads/ws_1/{hex32}", f"uploads/ws_1/x{hex32}.mp4",
-                 f"uploads/ws/1/{hex32}.mp4", f"uploads/ws_1/{hex32.upper()}.mp4", ""):
+    for name in (f"uploads/{hex32}.mp4", f"other/ws_1/{hex32}.mp4", f"uploads/ws_1/{hex32}",
+                 f"uploads/ws_1/x{hex32}.mp4", f"uploads/ws/1/{hex32}.mp4", f"uploads/ws_1/{hex32.upper()}.mp4", ""):
         assert events.upload_id_for(name) is None, name
 
 

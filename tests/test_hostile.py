@@ -250,8 +250,9 @@ def test_idempotency_key_bytes_that_http_forbids_are_400_and_store_nothing(targe
     status, body = raw_request(url, [b"Authorization: Bearer " + key.encode(), b"Idempotency-Key: " + value])
     assert status == 400
     assert json.loads(body)["error"]["code"] == code
-    from lib import idempotency
     from google.cloud.firestore_v1.base_query import FieldFilter
+
+    from lib import idempotency
     stored = db.collection(idempotency.COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace))
     assert list(stored.stream()) == []
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import idempotency, models, uploads
+from lib import idempotency, models, naming
 from tests.helpers import response_schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
@@ -26,7 +26,7 @@ def record(db, workspace, idem, mode="live"):
 
 def fingerprint(body):
     """The fingerprint of the request a body stands for, as main.py takes it."""
-    return models.validate_upload_request(body).fingerprint(uploads.normalize_content_type(body["content_type"]))
+    return models.validate_upload_request(body).fingerprint(naming.normalize_content_type(body["content_type"]))
 
 
 @pytest.fixture
@@ -76,11 +76,11 @@ def test_if_same_key_different_body_then_409_reused(client, ws_key, idem, openap
 
 def _leave_claim(db, workspace, idem, body=VIDEO, lease_left=timedelta(seconds=30), age=timedelta(0)):
     """The record a request leaves while it runs (or when it crashes mid-way)."""
-    now = datetime.now(timezone.utc) - age
+    now = datetime.now(UTC) - age
     record(db, workspace, idem).create({
         "workspace_id": workspace, "fingerprint": fingerprint(body), "state": "in_progress",
         "claim_token": "someone-else", "response": None, "created_at": now,
-        "lease_expires_at": datetime.now(timezone.utc) + lease_left, "expires_at": now + timedelta(hours=24),
+        "lease_expires_at": datetime.now(UTC) + lease_left, "expires_at": now + timedelta(hours=24),
     })
 
 
@@ -112,7 +112,7 @@ def test_if_crashed_claims_lease_ran_out_then_key_works_again(client, db, ws_key
 
 def test_if_record_past_expires_at_then_treated_as_absent(client, db, ws_key, idem):
     key, workspace = ws_key
-    old = datetime.now(timezone.utc) - timedelta(hours=25)
+    old = datetime.now(UTC) - timedelta(hours=25)
     record(db, workspace, idem).create({
         "workspace_id": workspace, "fingerprint": "different-body", "state": "completed", "claim_token": "old",
         "response": {"upload_url": "http://old", "source_url": "http://old", "expires_at": "2000-01-01T00:00:00Z"},
@@ -161,7 +161,8 @@ def test_a_test_key_and_a_live_key_of_one_workspace_never_share_a_record(client,
                  id="integer-as-float"),
     pytest.param({"content_type": "video/mp4", "filename": None}, {"content_type": "video/mp4"}, id="null-filename"),
     pytest.param({"content_type": "video/mp4", "size_bytes": None}, {"content_type": "video/mp4"}, id="null-size"),
-    pytest.param({"content_type": "video/mp4"}, {"content_type": " Video/MP4; codecs=avc1 "}, id="content-type-spelling"),
+    pytest.param({"content_type": "video/mp4"}, {"content_type": " Video/MP4; codecs=avc1 "},
+                 id="content-type-spelling"),
     pytest.param({"content_type": "audio/wav"}, {"content_type": "audio/x-wav"}, id="content-type-alias"),
 ])
 def test_equivalent_bodies_replay_rather_than_conflict(client, ws_key, idem, first, second):
@@ -202,7 +203,7 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     slow = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=1)
     assert isinstance(slow, idempotency.Claim)
     # Let the lease run out without waiting: move it into the past.
-    record(db, workspace, idem).update({"lease_expires_at": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    record(db, workspace, idem).update({"lease_expires_at": datetime.now(UTC) - timedelta(seconds=1)})
     retry = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=30)
     assert isinstance(retry, idempotency.Claim) and retry.token != slow.token
 

@@ -9,12 +9,12 @@ here the wrong bytes really land, and it is the service's own check under test.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from lib import lifecycle
-from lib.uploads import StoredObject
+from lib.sessions import StoredObject
 from tests.conftest import BUCKET
 from tests.helpers import schema_errors
 from tests.test_events import crc32c, envelope, md5, object_name, push, resource_of
@@ -142,7 +142,7 @@ def test_with_storage_down_a_rejection_is_503_with_nothing_changed_and_its_redel
 
 def _object(data: bytes, *, crc: str | None = "", md5_hash: str | None = "") -> StoredObject:
     return StoredObject(size=len(data), generation=7, crc32c=crc32c(data) if crc == "" else crc,
-                        md5=md5(data) if md5_hash == "" else md5_hash, created=datetime.now(timezone.utc))
+                        md5=md5(data) if md5_hash == "" else md5_hash, created=datetime.now(UTC))
 
 
 def _declared(data: bytes, **overrides) -> dict:

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from lib import lifecycle
+from dev.oidc_issuer import AUDIENCE
+from lib import lifecycle, sweep
 from lib.config import GIB
 from tests.conftest import BUCKET
 from tests.helpers import RecordingProxy, parse_rfc3339_utc, schema_errors
-from dev.oidc_issuer import AUDIENCE
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
 
@@ -47,7 +47,7 @@ def record(db, upload_id: str) -> dict:
 
 def backdate(db, upload_id: str) -> None:
     """Make an upload's hour be over (its expires_at a minute ago)."""
-    past = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+    past = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     db.collection(lifecycle.COLLECTION).document(upload_id).update({"expires_at": past})
 
 
@@ -197,7 +197,8 @@ def test_max_upload_bytes_is_a_setting_and_an_oversize_request_never_reaches_sto
         over = served.post(json={"content_type": "video/mp4", "size_bytes": 1001}, headers=bearer(key))
         assert over.status_code == 422 and over.json()["error"]["details"] == {"max_size_bytes": 1000}
         assert proxy.requests == []
-        assert served.post(json={"content_type": "video/mp4", "size_bytes": 1000}, headers=bearer(key)).status_code == 201
+        created = served.post(json={"content_type": "video/mp4", "size_bytes": 1000}, headers=bearer(key))
+        assert created.status_code == 201
 
 
 # --- pending -> completed -------------------------------------------------------------------------------------
@@ -367,8 +368,7 @@ def test_a_sweep_with_storage_down_stops_after_the_first_wave_of_failures(serve,
     assert resp.status_code == 503
     counts = resp.json()["error"]["details"]["sweep"]
     # At most one wave (the sweep's workers) was tried; the rest were not started.
-    import main
-    assert 1 <= counts["failed"] <= main.SWEEP_WORKERS and counts["more"] is True and counts["expired"] == 0
+    assert 1 <= counts["failed"] <= sweep.SWEEP_WORKERS and counts["more"] is True and counts["expired"] == 0
     assert {record(db, out["id"])["state"] for out in outs} == {"pending"}
     # The next run, with Storage back, takes them all.
     assert healthy.post("/internal/sweep", headers=bearer(oidc_issuer.token())).status_code == 200
@@ -376,15 +376,15 @@ def test_a_sweep_with_storage_down_stops_after_the_first_wave_of_failures(serve,
 
 
 def test_a_sweep_starts_nothing_after_its_budget_and_no_step_after_its_grace(client, make_key, db):
+    from lib import config
     from lib.clients import session_http, storage_client
-    from lib.config import get_settings
 
     key, _ = make_key()
     out = create(client, key)
     backdate(db, out["id"])
-    gcs = lifecycle.Storage(storage_client(get_settings().firestore.project), BUCKET, session_http())
-    now = datetime.now(timezone.utc)
-    result = lifecycle.sweep(db, gcs, now, budget_seconds=0, grace_seconds=0)
+    gcs = lifecycle.Storage(storage_client(config.load().firestore.project), BUCKET, session_http())
+    now = datetime.now(UTC)
+    result = sweep.sweep(db, gcs, now, budget_seconds=0, grace_seconds=0)
     assert result.as_dict() == {"expired": 0, "completed": 0, "rejected": 0, "failed": 0, "more": True}
     snap = db.collection(lifecycle.COLLECTION).document(out["id"]).get()
     stale = lifecycle.Record(out["id"], snap.to_dict(), snap.update_time)
@@ -392,12 +392,13 @@ def test_a_sweep_starts_nothing_after_its_budget_and_no_step_after_its_grace(cli
         lifecycle.settle(db, gcs, stale, lifecycle.EXPIRED, deadline=0.0)
     assert record(db, out["id"])["state"] == "pending"
     # Within its budget the same sweep settles it.
-    assert lifecycle.sweep(db, gcs, now, budget_seconds=20, grace_seconds=10).expired >= 1
+    assert sweep.sweep(db, gcs, now, budget_seconds=20, grace_seconds=10).expired >= 1
     assert record(db, out["id"])["state"] == "expired"
 
 
 def test_get_and_cancel_with_storage_down_are_bounded_503s_and_change_nothing(serve, make_key, db):
     import time
+
     from dev.emulators import free_port
 
     key, _ = make_key()
@@ -444,7 +445,7 @@ def _wait_until_after(rfc3339: str) -> None:
     """Wait out an upload's lifetime (a deadline, not a readiness check)."""
     import time
 
-    remaining = (parse_rfc3339_utc(rfc3339) - datetime.now(timezone.utc)).total_seconds()
+    remaining = (parse_rfc3339_utc(rfc3339) - datetime.now(UTC)).total_seconds()
     time.sleep(max(0.0, remaining) + 0.05)
 
 
@@ -638,24 +639,24 @@ class ScriptedSessionServer:
     pytest.param([503, 429, 499], True, 3, id="transient-then-cancelled"),
 ])
 def test_cancel_session_reads_each_gcs_answer(statuses, ended, deletes):
-    from lib import uploads
+    from lib import sessions
 
     server = ScriptedSessionServer(statuses)
     try:
-        status = uploads.cancel_session(requests.Session(), server.url)
-        assert uploads.session_ended(status) is ended and server.deletes == deletes
+        status = sessions.cancel_session(requests.Session(), server.url)
+        assert sessions.session_ended(status) is ended and server.deletes == deletes
     finally:
         server.close()
 
 
 def test_cancel_session_gives_up_on_a_failing_gcs_with_a_503():
-    from lib import uploads
+    from lib import sessions
     from lib.errors import ServiceUnavailable
 
     server = ScriptedSessionServer([503])
     try:
         with pytest.raises(ServiceUnavailable):
-            uploads.cancel_session(requests.Session(), server.url)
+            sessions.cancel_session(requests.Session(), server.url)
         assert server.deletes >= 2  # retried within the budget, then gave up
     finally:
         server.close()

@@ -18,15 +18,14 @@ import json
 import math
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
 
-import main
 from dev import emulators
 from dev.receiver import Receiver
-from lib import webhooks
+from lib import endpoints
 from tests.conftest import BUCKET, WEBHOOK_MAX_ATTEMPTS
 from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
 from tests.test_events import envelope, resource_of, wait_for
@@ -189,7 +188,7 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     # Webhook deliveries failing until they are dead-lettered (the event path's function).
     receiver = Receiver()
     receiver.script.extend([500] * WEBHOOK_MAX_ATTEMPTS)
-    hook = webhooks.create_endpoint(db, workspace, "live", receiver.url, True, datetime.now(timezone.utc))
+    hook = endpoints.create_endpoint(db, workspace, "live", receiver.url, True, datetime.now(UTC))
     SESSION_WEBHOOK_SECRETS.add(hook.secret)
     try:
         upload(event_path, key, b"monitoring")
@@ -219,14 +218,14 @@ def filter_of(name: str) -> str:
     return metrics()[name]["filter"]
 
 
-def test_every_request_line_is_counted_once_and_carries_every_label(lines):
+def test_every_request_line_is_counted_once_and_carries_every_label(lines, main_module):
     body = metrics()["requests"]["body"]
     assert all(matches(filter_of("requests"), line) for line in lines)
     labels = {unquote(k): v for k, v in body["label_extractors"].items()}
-    declared = {unquote(l["key"]) for l in body["metric_descriptor"][0]["labels"]}
+    declared = {unquote(label["key"]) for label in body["metric_descriptor"][0]["labels"]}
     assert set(labels) == declared == {"route", "method", "status", "error_code"}
     for line in lines:
-        assert extract(labels["route"], line) in {*main.TEMPLATES.values(), "(none)"}
+        assert extract(labels["route"], line) in {*main_module.TEMPLATES.values(), "(none)"}
         assert extract(labels["method"], line) in {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
         assert re.fullmatch(r"[1-5][0-9][0-9]", str(extract(labels["status"], line)))
     codes = {extract(labels["error_code"], line) for line in lines}
@@ -260,8 +259,8 @@ def test_each_failure_metric_counts_its_lines_and_nothing_else(lines, metric, ro
 
 
 def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
-    defined = {m["ref"]: {unquote(l["key"]) for block in m["body"].get("metric_descriptor", [])
-                          for l in block.get("labels", [])} for m in metrics().values()}
+    defined = {m["ref"]: {unquote(label["key"]) for block in m["body"].get("metric_descriptor", [])
+                          for label in block.get("labels", [])} for m in metrics().values()}
     policies = resources("google_monitoring_alert_policy")
     assert set(policies) >= {"error_ratio", "create_latency", "sweep_failing", "pubsub_backlog", "dead_letters",
                              "instances_near_max", "uptime"}
@@ -303,10 +302,12 @@ def test_notification_channels_come_from_the_variable_and_none_by_default():
     assert channels["for_each"] == "${toset(var.alert_emails)}"
     assert hcl_string(channels["type"]) == "email"
     assert tf_variables()["alert_emails"]["default"] == []
-    assert hcl_string(tf_locals()["channels"]) == "${[for channel in google_monitoring_notification_channel.email : channel.id]}"
+    channels = "${[for channel in google_monitoring_notification_channel.email : channel.id]}"
+    assert hcl_string(tf_locals()["channels"]) == channels
 
 
-def test_the_uptime_check_probes_an_unauthenticated_get_route_for_its_body():
+def test_the_uptime_check_probes_an_unauthenticated_get_route_for_its_body(main_module):
+    main = main_module
     check = resources("google_monitoring_uptime_check_config")["health"]
     http = check["http_check"][0]
     path = hcl_string(http["path"])

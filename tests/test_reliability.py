@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -168,7 +168,8 @@ def test_a_request_killed_after_its_claim_frees_the_key_after_the_lease(faults, 
     key = new_key(faults)
     workspace = fault_db(faults).collection(auth.COLLECTION).document(auth.key_id(key)).get().get("workspace_id")
     idem = f"crash-{uuid.uuid4()}"
-    record = fault_db(faults).collection(idempotency.COLLECTION).document(idempotency.record_id(workspace, "live", idem))
+    record_id = idempotency.record_id(workspace, "live", idem)
+    record = fault_db(faults).collection(idempotency.COLLECTION).document(record_id)
 
     # Storage stalls, so the request sits between its claim and its completion.
     with TcpProxy("127.0.0.1", storage_port(faults), TcpProxy.STALL) as stall:
@@ -189,7 +190,7 @@ def test_a_request_killed_after_its_claim_frees_the_key_after_the_lease(faults, 
     assert 1 <= int(blocked.headers["Retry-After"]) <= 3
 
     lease_end = record.get().get("lease_expires_at")
-    wait = (lease_end - datetime.now(timezone.utc)).total_seconds()
+    wait = (lease_end - datetime.now(UTC)).total_seconds()
     time.sleep(max(0.0, wait) + 0.2)  # the lease is the clock under test, not a readiness stand-in
     created = post(survivor.url, key, idem)
     assert created.status_code == 201, created.text
@@ -213,7 +214,7 @@ def test_storage_down_gives_bounded_503s_and_the_running_function_recovers(fault
     faults["storage"].stop()
     try:
         for idem in (None, f"down-{uuid.uuid4()}"):
-            resp, elapsed = timed(lambda: post(function.url, key, idem))
+            resp, elapsed = timed(lambda idem=idem: post(function.url, key, idem))
             assert resp.status_code == 503 and resp.json()["error"]["code"] == "service_unavailable", resp.text
             assert int(resp.headers["Retry-After"]) >= 1
             assert elapsed < UPSTREAM_BOUND_SECONDS
@@ -233,7 +234,7 @@ def test_firestore_down_gives_bounded_503s_and_the_running_function_recovers(fau
         # every upload is recorded (its expiry is enforced from the record), so
         # a warm key, a cold key and an Idempotency-Key all get a bounded 503.
         for key, idem in ((warm, None), (cold, None), (warm, f"down-{uuid.uuid4()}")):
-            resp, elapsed = timed(lambda: post(function.url, key, idem))
+            resp, elapsed = timed(lambda key=key, idem=idem: post(function.url, key, idem))
             assert resp.status_code == 503 and resp.json()["error"]["code"] == "service_unavailable", resp.text
             assert elapsed < UPSTREAM_BOUND_SECONDS
     finally:

@@ -26,7 +26,7 @@ def function_logs(log_dir) -> dict[str, str]:
 
 
 def test_webhook_secrets_are_in_their_endpoint_records_and_nowhere_else(log_dir, db):
-    from lib import webhooks
+    from lib import attempts, endpoints
 
     assert len(SESSION_WEBHOOK_SECRETS) >= 10
     logs = {path.name: path.read_text(errors="replace") for path in sorted(log_dir.glob("*.log"))}
@@ -36,10 +36,10 @@ def test_webhook_secrets_are_in_their_endpoint_records_and_nowhere_else(log_dir,
             assert secret.removeprefix("whsec_") not in text, f"{name} holds a webhook secret"
     rows = 0
     for collection in db.collections():
-        if collection.id == webhooks.ENDPOINTS:
+        if collection.id == endpoints.ENDPOINTS:
             continue
         for snap in collection.stream():
-            if collection.id == webhooks.DELIVERIES:
+            if collection.id == attempts.DELIVERIES:
                 rows += len(json.loads(snap.get("attempts")))
             text = json.dumps(snap.to_dict(), default=str)
             assert "whsec_" not in text, f"{collection.id}/{snap.id} holds a webhook secret"

@@ -4,8 +4,10 @@ over real HTTP: a real upload, upstream failures, logs, and what reaches Storage
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 import uuid
+from datetime import UTC
 
 import pytest
 import requests
@@ -87,16 +89,21 @@ def test_if_firestore_is_down_then_bounded_503_but_malformed_keys_still_401(serv
     assert time.monotonic() - started < 2
 
 
-def test_if_a_required_setting_is_missing_then_500_naming_it_in_the_log_only(serve, key, openapi_doc):
-    served = serve(drop=("UPLOAD_BUCKET",))
-    resp = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}"})
-    assert resp.status_code == 500
-    assert resp.json()["error"]["code"] == "internal_error"
-    assert "UPLOAD_BUCKET" not in resp.text and "Traceback" not in resp.text
-    assert response_schema_errors(openapi_doc, 500, resp.json()) == []
-    line = next(line for line in served.log_lines() if line.get("error_code") == "internal_error")
-    assert line["severity"] == "ERROR"
-    assert "UPLOAD_BUCKET" in line["reason"] and "Traceback" in line["message"]
+@pytest.mark.parametrize("drop, overrides, named", [
+    pytest.param(("UPLOAD_BUCKET",), {}, "missing required environment variable UPLOAD_BUCKET", id="missing"),
+    pytest.param((), {"WEBHOOKS_TOPIC": "projects/p/topics/t"}, "WEBHOOKS_TOPIC must be a Pub/Sub topic id",
+                 id="topic-path"),
+    pytest.param((), {"UPLOAD_URL_TTL_SECONDS": "an hour"}, "UPLOAD_URL_TTL_SECONDS must be a whole number",
+                 id="not-a-number"),
+])
+def test_if_a_setting_is_missing_or_wrong_then_the_function_fails_to_start_naming_it(serve, drop, overrides, named):
+    """Settings are read when the function starts: a bad one never serves a request (Cloud Run
+    keeps the revision that started last) and its log says which setting and why."""
+    with pytest.raises(emulators.SetupError, match="exited with status") as failed:
+        serve(drop=drop, **overrides)
+    lines = [json.loads(raw) for raw in failed.value.log_path.read_text().splitlines() if raw.startswith("{")]
+    line = next(line for line in lines if line.get("severity") == "CRITICAL")
+    assert line["message"].startswith("the function cannot start: ") and named in line["message"]
 
 
 def test_if_bucket_does_not_exist_then_500_not_503(serve, key):
@@ -128,7 +135,8 @@ def test_one_structured_log_line_per_request_without_secrets(served_default, mak
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem, "X-Cloud-Trace-Context": f"{trace}/1;o=1"}
     first = served_default.post(json=VIDEO, headers={**headers, "X-Request-Id": "log-test-1"})
     again = served_default.post(json=VIDEO, headers={**headers, "X-Request-Id": "log-test-2"})
-    bad = served_default.post(json=VIDEO, headers={"Authorization": "Bearer " + key[:-1] + "Z", "X-Request-Id": "log-test-3"})
+    bad = served_default.post(json=VIDEO, headers={"Authorization": "Bearer " + key[:-1] + "Z",
+                                                   "X-Request-Id": "log-test-3"})
     assert (first.status_code, again.status_code, bad.status_code) == (201, 200, 401)
 
     lines = {line["request_id"]: line for line in served_default.log_lines() if "request_id" in line}
@@ -159,13 +167,14 @@ def test_one_structured_log_line_per_request_without_secrets(served_default, mak
 
 
 def test_a_revoked_key_keeps_working_at_most_the_cache_ttl(serve, make_key, db):
-    from datetime import datetime, timezone
+    from datetime import datetime
+
     from lib import auth
     served = serve(API_KEY_CACHE_TTL_SECONDS="2")
     key, _ = make_key()
     headers = {"Authorization": f"Bearer {key}"}
     assert served.post(json=VIDEO, headers=headers).status_code == 201
-    db.collection(auth.COLLECTION).document(auth.key_id(key)).update({"revoked_at": datetime.now(timezone.utc)})
+    db.collection(auth.COLLECTION).document(auth.key_id(key)).update({"revoked_at": datetime.now(UTC)})
     revoked_at = time.monotonic()
     assert served.post(json=VIDEO, headers=headers).status_code == 201  # the instance still trusts it
     time.sleep(max(0.0, 2.1 - (time.monotonic() - revoked_at)))  # the TTL is the clock under test
@@ -173,7 +182,8 @@ def test_a_revoked_key_keeps_working_at_most_the_cache_ttl(serve, make_key, db):
 
 
 def test_an_unknown_key_is_refused_from_the_cache_briefly(serve, db):
-    from datetime import datetime, timezone
+    from datetime import datetime
+
     from lib import auth
     served = serve(API_KEY_CACHE_TTL_SECONDS="2")
     key = auth.generate_key("live")
@@ -181,7 +191,7 @@ def test_an_unknown_key_is_refused_from_the_cache_briefly(serve, db):
     assert served.post(json=VIDEO, headers=headers).status_code == 401
     db.collection(auth.COLLECTION).document(auth.key_id(key)).create({
         "workspace_id": "ws_late", "name": None, "prefix": auth.display_prefix(key), "mode": "live",
-        "created_at": datetime.now(timezone.utc), "revoked_at": None})
+        "created_at": datetime.now(UTC), "revoked_at": None})
     created_at = time.monotonic()
     refused = served.post(json=VIDEO, headers=headers)
     assert refused.status_code == 401

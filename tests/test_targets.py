@@ -1,5 +1,5 @@
-"""lib/targets.py: the rules for outbound webhook requests, each refusal for its stated reason,
-and the connection itself (pinned to the checked address, no redirects, bounded reads and time)."""
+"""lib/targets.py and lib/outbound.py: the rules for outbound webhook requests, each refusal for
+its stated reason, and the connection itself (pinned to the checked address, no redirects, bounded reads and time)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lib import targets
+from lib import outbound, targets
 
 HOSTILE = [
     pytest.param("http://hooks.example.com/x", "must use https", id="plain-http"),
@@ -106,7 +106,7 @@ class Server:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 hosts.append(self.headers.get("Host"))
                 peers.append(self.client_address)
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -147,7 +147,7 @@ def test_the_connection_goes_to_the_checked_address_however_dns_answers_next():
 
     try:
         target = targets.resolve(f"http://hooks.example.test:{checked.port}/in", True, resolver=rebinding)
-        result = targets.post(target, b"{}", {"content-type": "application/json"})
+        result = outbound.post(target, b"{}", {"content-type": "application/json"})
     finally:
         checked.stop()
         elsewhere.stop()
@@ -159,7 +159,7 @@ def test_redirects_are_not_followed():
     other = Server(answer(200))
     redirecting = Server(answer(307, headers={"Location": f"http://127.0.0.1:{other.port}/stolen"}))
     try:
-        result = targets.post(targets.resolve(f"http://127.0.0.1:{redirecting.port}/", True), b"{}", {})
+        result = outbound.post(targets.resolve(f"http://127.0.0.1:{redirecting.port}/", True), b"{}", {})
     finally:
         other.stop()
         redirecting.stop()
@@ -169,10 +169,10 @@ def test_redirects_are_not_followed():
 def test_at_most_64_kib_of_a_response_is_read():
     huge = Server(answer(200, b"x" * (10 * 1024 * 1024)))
     try:
-        result = targets.post(targets.resolve(f"http://127.0.0.1:{huge.port}/", True), b"{}", {})
+        result = outbound.post(targets.resolve(f"http://127.0.0.1:{huge.port}/", True), b"{}", {})
     finally:
         huge.stop()
-    assert result.ok and result.bytes_read == targets.MAX_RESPONSE_BYTES
+    assert result.ok and result.bytes_read == outbound.MAX_RESPONSE_BYTES
 
 
 def test_a_receiver_that_dribbles_its_answer_is_cut_off_at_the_deadline():
@@ -191,7 +191,7 @@ def test_a_receiver_that_dribbles_its_answer_is_cut_off_at_the_deadline():
     slow = Server(dribble)
     try:
         started = time.monotonic()
-        result = targets.post(targets.resolve(f"http://127.0.0.1:{slow.port}/", True), b"{}", {}, timeout=1.5)
+        result = outbound.post(targets.resolve(f"http://127.0.0.1:{slow.port}/", True), b"{}", {}, timeout=1.5)
         took = time.monotonic() - started
     finally:
         stop.set()
@@ -204,7 +204,7 @@ def test_a_closed_port_is_a_connection_error_not_an_exception():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = targets.post(targets.resolve(f"http://127.0.0.1:{port}/", True), b"{}", {})
+    result = outbound.post(targets.resolve(f"http://127.0.0.1:{port}/", True), b"{}", {})
     assert result.error == "connection_refused" and result.status is None and not result.ok
 
 
@@ -212,7 +212,7 @@ def test_tls_is_checked_against_the_urls_host():
     """An https endpoint whose certificate does not name the host is a failure, never a delivery."""
     plain = Server(answer(200))  # not TLS at all: the handshake fails
     try:
-        result = targets.post(targets.resolve(f"https://127.0.0.1:{plain.port}/", True), b"{}", {}, timeout=3)
+        result = outbound.post(targets.resolve(f"https://127.0.0.1:{plain.port}/", True), b"{}", {}, timeout=3)
     finally:
         plain.stop()
     assert not result.ok and result.error in ("tls_error", "connection_closed", "connection_reset")
@@ -222,7 +222,7 @@ def test_a_kept_alive_connection_is_reused_for_the_same_checked_address():
     server = Server(answer(200, b"ok"))
     try:
         target = targets.resolve(f"http://127.0.0.1:{server.port}/", True)
-        results = [targets.post(target, b"{}", {}) for _ in range(3)]
+        results = [outbound.post(target, b"{}", {}) for _ in range(3)]
     finally:
         server.stop()
     assert all(result.ok for result in results)
@@ -240,8 +240,8 @@ def test_a_pooled_connection_the_receiver_closed_is_replaced_once():
     server = Server(answer_then_close)
     try:
         target = targets.resolve(f"http://127.0.0.1:{server.port}/", True)
-        first = targets.post(target, b"{}", {})
-        second = targets.post(target, b"{}", {})  # the pooled connection is dead: a new one is used
+        first = outbound.post(target, b"{}", {})
+        second = outbound.post(target, b"{}", {})  # the pooled connection is dead: a new one is used
     finally:
         server.stop()
     assert first.ok and second.ok and closing["n"] == 2 and len(set(server.peers)) == 2
@@ -251,10 +251,10 @@ def test_a_connection_is_never_reused_for_another_address():
     """The pool is keyed by the checked address: when the name resolves elsewhere, a new connection goes there."""
     a = Server(answer(200), "127.0.0.1")
     try:
-        first = targets.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
+        first = outbound.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
                                              resolver=lambda h, p: ["127.0.0.1"]), b"{}", {})
         # Same name and port, now resolving to 127.0.0.2, where nothing listens on that port.
-        second = targets.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
+        second = outbound.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
                                               resolver=lambda h, p: ["127.0.0.2"]), b"{}", {})
     finally:
         a.stop()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import venv
 import zipfile
+from datetime import UTC
 from pathlib import Path
 
 import hcl2
@@ -23,10 +24,11 @@ import pytest
 import requests
 
 from dev import emulators, tfschema
-from lib import config, idempotency, lifecycle, uploads, webhooks
+from lib import attempts, config, endpoints, idempotency, lifecycle, naming, sweep
 from tests.conftest import ROOT
 
 TF = ROOT / "terraform"
+UPLOADS_BUCKET_NAME = "${google_storage_bucket.uploads.name}"
 
 
 def load_tf(name: str) -> dict:
@@ -214,10 +216,12 @@ def test_extraction_reads_types_arguments_and_required_flags_from_an_assembly():
                           "initializer": {"parameters": [{"name": "scope"}, {"name": "id"},
                                                          {"name": "config", "type": {"fqn": "p.thing.ThingConfig"}}]}},
         "p.thing.ThingConfig": {"kind": "interface", "datatype": True, "properties": [
-            {"name": "bucketName", "docs": {"remarks": f"{{@link https://{doc}/resources/thing#bucket_name Thing#bucket_name}}"},
+            {"name": "bucketName",
+             "docs": {"remarks": f"{{@link https://{doc}/resources/thing#bucket_name Thing#bucket_name}}"},
              "type": {"primitive": "string"}},
             {"name": "cdnPolicy", "optional": True, "type": {"union": {"types": [
-                {"fqn": "cdktn.IResolvable"}, {"collection": {"kind": "array", "elementtype": {"fqn": "p.thing.ThingCdnPolicy"}}}]}}},
+                {"fqn": "cdktn.IResolvable"},
+                {"collection": {"kind": "array", "elementtype": {"fqn": "p.thing.ThingCdnPolicy"}}}]}}},
         ]},
         "p.thing.ThingCdnPolicy": {"kind": "interface", "datatype": True, "properties": [
             {"name": "defaultTtl", "optional": True, "type": {"primitive": "number"}}]},
@@ -321,12 +325,12 @@ def test_upload_fields_are_exempt_from_single_field_indexing_but_state():
     # index (the shard backfill). expires_at and webhook_owed_at must be exempt:
     # their sequential values would otherwise cap writes at ~500 a second.
     assert fields == set(lifecycle.FIELDS) - {"state"}
-    from datetime import datetime, timezone
+    from datetime import datetime
     written = lifecycle.new_fields("upl_" + "0" * 32, "ws", "live", "o", "video/mp4", None,
-                                   datetime.now(timezone.utc), datetime.now(timezone.utc), "u")
+                                   datetime.now(UTC), datetime.now(UTC), "u")
     # What a new record holds, plus what settling adds (completion adds the object's facts).
-    from lib.uploads import StoredObject
-    landed = StoredObject(1, 1, None, None, datetime.now(timezone.utc))
+    from lib.sessions import StoredObject
+    landed = StoredObject(1, 1, None, None, datetime.now(UTC))
     completion, rejection = lifecycle.completed(landed), lifecycle.rejected(landed, "size_mismatch", "m")
     assert (set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection)
             == set(lifecycle.FIELDS))
@@ -365,12 +369,12 @@ def query_shape(query) -> tuple[set[str], list[tuple[str, str]]]:
 
 
 @pytest.mark.parametrize("index,make", [
-    ("sweep", lambda db, now: lifecycle.due(db, 7, now, 200)),
-    ("owed", lambda db, now: webhooks.owed_query(db, 7, now, 200)),
+    ("sweep", lambda db, now: lifecycle.due_query(db, 7, now, 200)),
+    ("owed", lambda db, now: lifecycle.owed_query(db, 7, now, 200)),
 ])
 def test_each_sharded_query_has_its_composite_index_with_the_shard_first(db, index, make):
-    from datetime import datetime, timezone
-    equal, orders = query_shape(make(db, datetime.now(timezone.utc)))
+    from datetime import datetime
+    equal, orders = query_shape(make(db, datetime.now(UTC)))
     fields = index_fields(index)
     # Equality fields first (the shard leading), then the range field in its order.
     assert fields[0] == (lifecycle.SHARD_FIELD, "ASCENDING")
@@ -390,8 +394,8 @@ def test_the_test_prefix_has_its_lifecycle_rule():
     bucket = resource(load_tf("storage.tf"), "google_storage_bucket", "uploads")
     rules = [rule["condition"][0] for rule in bucket["lifecycle_rule"]]
     prefixes = [unquote(p) for rule in rules for p in rule.get("matches_prefix", [])]
-    assert uploads.PREFIXES["test"] in prefixes
-    test_rule = next(rule for rule in rules if uploads.PREFIXES["test"] in [unquote(p) for p in rule["matches_prefix"]])
+    assert naming.PREFIXES["test"] in prefixes
+    test_rule = next(rule for rule in rules if naming.PREFIXES["test"] in [unquote(p) for p in rule["matches_prefix"]])
     assert test_rule["age"] == "${var.test_upload_retention_days}"
     variables = tf_variables()
     assert variables["test_upload_retention_days"]["default"] == 1
@@ -419,10 +423,10 @@ def test_only_the_upload_prefixes_reach_the_uploads_bucket():
     url_map = resource(cdn, "google_compute_url_map", "cdn")
     (matcher,) = url_map["path_matcher"]
     routes = {unquote(path): rule["service"] for rule in matcher["path_rule"] for path in rule["paths"]}
-    assert routes == {f"/{uploads.PREFIXES['live']}*": "${google_compute_backend_bucket.uploads.id}",
-                      f"/{uploads.PREFIXES['test']}*": "${google_compute_backend_bucket.uploads_test.id}"}
+    assert routes == {f"/{naming.PREFIXES['live']}*": "${google_compute_backend_bucket.uploads.id}",
+                      f"/{naming.PREFIXES['test']}*": "${google_compute_backend_bucket.uploads_test.id}"}
     for name in ("uploads", "uploads_test"):
-        assert resource(cdn, "google_compute_backend_bucket", name)["bucket_name"] == "${google_storage_bucket.uploads.name}"
+        assert resource(cdn, "google_compute_backend_bucket", name)["bucket_name"] == UPLOADS_BUCKET_NAME
     # Everything else (`/`, `/uploads`, any other path) goes to a bucket that is not the uploads bucket.
     not_found = "${google_compute_backend_bucket.not_found.id}"
     assert url_map["default_service"] == matcher["default_service"] == not_found
@@ -455,7 +459,7 @@ def test_the_load_balancer_reads_by_private_bucket_access_and_can_list_nothing()
     assert unquote(grant["member"]) == "serviceAccount:${local.lb_service_agent}"
     # Conditioned on object names under the code's prefixes: the bucket itself (where a
     # listing is checked) matches no clause.
-    assert [unquote(p) for p in tf_locals("cdn.tf")["upload_prefixes"]] == list(uploads.PREFIXES.values())
+    assert [unquote(p) for p in tf_locals("cdn.tf")["upload_prefixes"]] == list(naming.PREFIXES.values())
     expression = grant["condition"][0]["expression"]
     assert "for prefix in local.upload_prefixes" in expression
     assert "resource.name.startsWith(" in expression and "/objects/${prefix}" in expression
@@ -468,7 +472,7 @@ def test_the_load_balancer_reads_by_private_bucket_access_and_can_list_nothing()
     assert "cloud-cdn-fill" not in text and "signed_url_key" not in text
     # No one else is granted read on the uploads bucket but the function.
     readers = {body["member"] for type_, _, body in all_resources()
-               if type_ == "google_storage_bucket_iam_member" and body["bucket"] == "${google_storage_bucket.uploads.name}"}
+               if type_ == "google_storage_bucket_iam_member" and body["bucket"] == UPLOADS_BUCKET_NAME}
     assert readers == {'"serviceAccount:${local.lb_service_agent}"',
                        '"serviceAccount:${google_service_account.runtime.email}"'}
 
@@ -516,7 +520,8 @@ def test_memory_is_checked_against_cpu_as_cloud_run_requires():
     assert {unquote(k): tuple(v) for k, v in table.items()} == CLOUD_RUN_MEMORY_MIB
     cpu_choices = re.findall(r'"(\d)"', tf_variables()["cpu"]["validation"][0]["condition"])
     assert set(cpu_choices) == set(CLOUD_RUN_MEMORY_MIB)
-    (precondition,) = resource(load_tf("function.tf"), "google_cloudfunctions2_function", "uploads")["lifecycle"][0]["precondition"]
+    function = resource(load_tf("function.tf"), "google_cloudfunctions2_function", "uploads")
+    (precondition,) = function["lifecycle"][0]["precondition"]
     assert "local.memory_range_mib[var.cpu][0]" in precondition["condition"]
     assert "local.memory_range_mib[var.cpu][1]" in precondition["condition"]
     # The defaults fit.
@@ -543,24 +548,23 @@ def sweep_job_uris(jobs: int) -> list[str]:
 
 @pytest.mark.parametrize("jobs", [1, 2, 4, 8, 16, 32, 64])
 def test_the_sweep_jobs_cover_every_shard_once_with_slices_the_function_takes(jobs):
-    import main
     locals_ = {k: v for block in load_tf("scheduler.tf")["locals"] for k, v in block.items()}
     assert locals_["sweep_shards"] == lifecycle.SWEEP_SHARDS
     covered = []
     for uri in sweep_job_uris(jobs):
         query = uri.partition("?shards=")[2] or None
-        covered += list(main._sweep_shards(query))
+        covered += list(sweep.shards(query))
     assert sorted(covered) == list(range(lifecycle.SWEEP_SHARDS))
     allowed = re.findall(r"\[([0-9, ]+)\]", tf_variables()["sweep_jobs"]["validation"][0]["condition"])[0]
     assert jobs in {int(n) for n in allowed.split(",")}
 
 
-def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function_checks():
+def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function_checks(main_module):
     job = resource(load_tf("scheduler.tf"), "google_cloud_scheduler_job", "sweep")
     target = job["http_target"][0]
     assert unquote(target["http_method"]) == "POST"
     assert sweep_job_uris(1) == ["/internal/sweep"]
-    import main
+    main = main_module
     assert any(pattern.fullmatch("/internal/sweep") and "POST" in methods for pattern, methods in main.ROUTES)
     token = target["oidc_token"][0]
     env = function_resource()["service_config"][0]["environment_variables"]
@@ -570,13 +574,13 @@ def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function
     assert unquote(job["attempt_deadline"]) == "${min(var.timeout_seconds, 1800)}s"
     variables = tf_variables()
     # A step starts by budget + grace and takes at most ~8 s (lib/clients.py).
-    assert main.SWEEP_BUDGET_SECONDS + main.SWEEP_GRACE_SECONDS + 8 + 5 <= variables["timeout_seconds"]["default"]
+    assert sweep.SWEEP_BUDGET_SECONDS + sweep.SWEEP_GRACE_SECONDS + 8 + 5 <= variables["timeout_seconds"]["default"]
     assert "cloudscheduler.googleapis.com" in (TF / "apis.tf").read_text()
 
 
-def test_storage_events_reach_the_route_as_the_identity_and_audience_the_function_checks():
+def test_storage_events_reach_the_route_as_the_identity_and_audience_the_function_checks(main_module):
     tf = load_tf("events.tf")
-    import main
+    main = main_module
     assert any(pattern.fullmatch("/internal/storage-events") and "POST" in methods for pattern, methods in main.ROUTES)
     subscription = resource(tf, "google_pubsub_subscription", "storage_events")
     push = subscription["push_config"][0]
@@ -597,7 +601,7 @@ def test_storage_events_reach_the_route_as_the_identity_and_audience_the_functio
 def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes():
     tf = load_tf("events.tf")
     notification = resource(tf, "google_storage_notification", "finalize")
-    assert set(re.findall(r'"([a-z-]+/)"', notification["for_each"])) == set(uploads.PREFIXES.values())
+    assert set(re.findall(r'"([a-z-]+/)"', notification["for_each"])) == set(naming.PREFIXES.values())
     assert notification["object_name_prefix"] == "${each.value}"
     assert unquote(notification["payload_format"]) == "JSON_API_V1"  # lib/events.py reads the object resource
     assert [unquote(t) for t in notification["event_types"]] == ["OBJECT_FINALIZE"]
@@ -611,10 +615,9 @@ def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes(
     assert unquote(resource(tf, "google_pubsub_subscription_iam_member", "pubsub_forwards")["member"]) == agent
 
 
-def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_checks():
+def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_checks(main_module):
     tf = load_tf("webhooks.tf")
-    import main
-    from lib import webhooks
+    main = main_module
     env = function_resource()["service_config"][0]["environment_variables"]
     assert env["WEBHOOKS_TOPIC"] == "${google_pubsub_topic.webhooks.name}"
     for name, route in (("webhooks", "/internal/webhooks"), ("webhooks_dead", "/internal/webhook-dead-letters")):
@@ -663,17 +666,16 @@ def test_webhook_retries_back_off_exponentially_for_at_least_12_hours_then_dead_
 
 
 def test_webhook_records_have_their_ttl_and_indexes_and_secrets_are_never_indexed():
-    from lib import webhooks
     tf = load_tf("firestore.tf")
     ttl = resource(tf, "google_firestore_field", "webhook_deliveries_ttl")
-    assert unquote(ttl["collection"]) == webhooks.DELIVERIES and unquote(ttl["field"]) == "expire_at"
+    assert unquote(ttl["collection"]) == attempts.DELIVERIES and unquote(ttl["field"]) == "expire_at"
     assert "ttl_config" in ttl
-    assert webhooks.DELIVERY_RETENTION.days == 7
+    assert attempts.DELIVERY_RETENTION.days == 7
     recent = resource(tf, "google_firestore_index", "webhook_deliveries_recent")
     assert [(unquote(f["field_path"]), unquote(f["order"])) for f in recent["fields"]] == [
         ("workspace_id", "ASCENDING"), ("at", "DESCENDING")]
     by_mode = resource(tf, "google_firestore_index", "webhook_endpoints_by_workspace_mode")
-    assert unquote(by_mode["collection"]) == webhooks.ENDPOINTS
+    assert unquote(by_mode["collection"]) == endpoints.ENDPOINTS
     assert [unquote(f["field_path"]) for f in by_mode["fields"]] == ["workspace_id", "mode"]
     unindexed = resource(tf, "google_firestore_field", "webhook_endpoints_unindexed")
     assert {"secret", "previous_secret"} <= set(re.findall(r'"([a-z_]+)"', unindexed["for_each"]))

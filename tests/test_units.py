@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from lib import auth, idempotency, logs, models, uploads
+from lib import auth, clock, idempotency, logs, models, naming, sweep
 from lib.config import ConfigError, Settings
-from lib.errors import (InvalidApiKey, InvalidIdempotencyKey, InvalidJson, PayloadTooLarge,
-                        UnsupportedContentType, ValidationFailed)
+from lib.errors import (
+    InvalidApiKey,
+    InvalidIdempotencyKey,
+    InvalidJson,
+    PayloadTooLarge,
+    UnsupportedContentType,
+    ValidationFailed,
+)
+from tests.helpers import content_type_pattern
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -27,7 +34,7 @@ from lib.errors import (InvalidApiKey, InvalidIdempotencyKey, InvalidJson, Paylo
     pytest.param("text/vtt", "text/vtt", id="subtitles"),
 ])
 def test_if_content_type_supported_then_normalised(given, expected):
-    assert uploads.normalize_content_type(given) == expected
+    assert naming.normalize_content_type(given) == expected
 
 
 @pytest.mark.parametrize("given", [
@@ -40,15 +47,15 @@ def test_if_content_type_supported_then_normalised(given, expected):
 ])
 def test_if_content_type_not_on_allow_list_then_unsupported(given):
     with pytest.raises(UnsupportedContentType) as info:
-        uploads.normalize_content_type(given)
-    assert info.value.details["supported_content_types"] == sorted(uploads.CONTENT_TYPES)
+        naming.normalize_content_type(given)
+    assert info.value.details["supported_content_types"] == sorted(naming.CONTENT_TYPES)
     assert "video/mp4" in info.value.details["supported_content_types"]
 
 
 @pytest.mark.parametrize("given", ["video/mp4\r\nX-Evil: 1", "video/mp4\x00", "video/\tmp4", "video/mp4;\x7f"])
 def test_if_content_type_has_control_characters_then_validation_error(given):
     with pytest.raises(ValidationFailed) as info:
-        uploads.normalize_content_type(given)
+        naming.normalize_content_type(given)
     assert info.value.details["fields"][0]["field"] == "content_type"
     assert given not in json.dumps(info.value.envelope())
 
@@ -77,37 +84,37 @@ def test_if_content_type_has_control_characters_then_validation_error(given):
     pytest.param("x.mp3.gz", "audio/mpeg", "mp3", id="double-suffix"),
 ])
 def test_extension_comes_from_filename_only_when_usual_for_the_type(filename, content_type, expected):
-    assert uploads.choose_extension(filename, content_type) == expected
+    assert naming.choose_extension(filename, content_type) == expected
 
 
 def test_object_name_is_workspace_scoped_and_unguessable_and_the_id_names_it():
-    made = [uploads.new_upload("ws_1", "mp4", "live") for _ in range(1000)]
+    made = [naming.new_upload("ws_1", "mp4", "live") for _ in range(1000)]
     assert len({name for _, name in made}) == 1000
     for upload_id, name in made:
         token = re.fullmatch(r"uploads/ws_1/([0-9a-f]{32})\.mp4", name).group(1)
-        assert upload_id == f"upl_{token}" and uploads.UPLOAD_ID.fullmatch(upload_id)
+        assert upload_id == f"upl_{token}" and naming.UPLOAD_ID.fullmatch(upload_id)
 
 
 def test_test_mode_objects_go_under_the_test_prefix():
-    _, name = uploads.new_upload("ws_1", "png", "test")
+    _, name = naming.new_upload("ws_1", "png", "test")
     assert re.fullmatch(r"test-uploads/ws_1/[0-9a-f]{32}\.png", name)
     # The prefixes must not nest, or one lifecycle rule would match the other's objects.
-    live, test = uploads.PREFIXES["live"], uploads.PREFIXES["test"]
+    live, test = naming.PREFIXES["live"], naming.PREFIXES["test"]
     assert not live.startswith(test) and not test.startswith(live)
 
 
 def test_source_url_joins_cdn_base_and_object_name():
-    assert uploads.source_url("https://cdn-user.framelane.io", "uploads/ws_1/ab.mp4") == \
+    assert naming.source_url("https://cdn-user.framelane.io", "uploads/ws_1/ab.mp4") == \
         "https://cdn-user.framelane.io/uploads/ws_1/ab.mp4"
 
 
 def test_lifetime_is_whole_utc_seconds_and_rfc3339_prints_it():
-    now = datetime(2026, 11, 28, 15, 59, 59, 987654, tzinfo=timezone.utc)
-    created, expires = uploads.lifetime(now, 3600)
-    assert uploads.rfc3339(created) == "2026-11-28T15:59:59Z"
-    assert uploads.rfc3339(expires) == "2026-11-28T16:59:59Z"
+    now = datetime(2026, 11, 28, 15, 59, 59, 987654, tzinfo=UTC)
+    created, expires = clock.lifetime(now, 3600)
+    assert clock.rfc3339(created) == "2026-11-28T15:59:59Z"
+    assert clock.rfc3339(expires) == "2026-11-28T16:59:59Z"
     east = timezone(timedelta(hours=2))
-    assert uploads.rfc3339(datetime(2026, 11, 28, 17, 0, 0, tzinfo=east)) == "2026-11-28T15:00:00Z"
+    assert clock.rfc3339(datetime(2026, 11, 28, 17, 0, 0, tzinfo=east)) == "2026-11-28T15:00:00Z"
 
 
 @pytest.mark.parametrize("header, expected", [
@@ -119,7 +126,7 @@ def test_lifetime_is_whole_utc_seconds_and_rfc3339_prints_it():
     (None, None),
 ])
 def test_only_a_well_formed_origin_is_forwarded(header, expected):
-    assert uploads.browser_origin(header) == expected
+    assert models.browser_origin(header) == expected
 
 
 def test_keys_have_the_documented_shape_and_entropy():
@@ -326,16 +333,16 @@ def test_if_setting_malformed_then_error_names_it(overrides, name):
 ])
 def test_only_ascii_is_case_folded_or_trimmed(given):
     with pytest.raises(UnsupportedContentType):
-        uploads.normalize_content_type(given)
+        naming.normalize_content_type(given)
 
 
 def test_content_type_pattern_accepts_exactly_what_normalisation_accepts():
-    pattern = re.compile(uploads.content_type_pattern())
+    pattern = re.compile(content_type_pattern())
     cases = ["video/mp4", " VIDEO/MP4 ", "audio/x-wav;rate=44100", "image/jpg; q=1", "font/woff2",
              "video/mp4\n", "video/mp4\x00", "text/html", "", "video/mp4\u00a0", "vİdeo/mp4", "video/mp4;\x7f"]
     for value in cases:
         try:
-            uploads.normalize_content_type(value)
+            naming.normalize_content_type(value)
             accepted = True
         except (UnsupportedContentType, ValidationFailed):
             accepted = False
@@ -376,7 +383,7 @@ def test_key_cache_remembers_refusals_briefly_and_apart():
     for n in range(auth.KeyLookupCache.MAX_ENTRIES + 50):
         cache.refused(f"made-up-{n}", "unknown")
     assert cache.get("good") == _key()
-    assert cache.sizes() == (1, auth.KeyLookupCache.MAX_ENTRIES)
+    assert (len(cache._found), len(cache._refused)) == (1, auth.KeyLookupCache.MAX_ENTRIES)
 
 
 def test_key_cache_is_bounded_least_recently_used_first():
@@ -386,7 +393,7 @@ def test_key_cache_is_bounded_least_recently_used_first():
     assert cache.get("k0") == _key(0)  # now the most recently used
     cache.found("new", _key(-1))
     assert cache.get("k1") is None and cache.get("k0") == _key(0) and cache.get("new") == _key(-1)
-    assert cache.sizes()[0] == auth.KeyLookupCache.MAX_ENTRIES
+    assert len(cache._found) == auth.KeyLookupCache.MAX_ENTRIES
 
 
 def test_key_cache_with_ttl_zero_caches_nothing():
@@ -416,7 +423,7 @@ def test_key_cache_is_safe_under_threads():
     for thread in threads:
         thread.join()
     assert errors == []
-    found, refused = cache.sizes()
+    found, refused = len(cache._found), len(cache._refused)
     assert found == 8 * 300 and refused == auth.KeyLookupCache.MAX_ENTRIES
 
 
@@ -436,11 +443,10 @@ def test_storage_client_skips_the_per_call_proxy_environment_scan(monkeypatch):
 
 def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
     """Past a pool's size urllib3 opens, then discards, a connection per call (and logs it)."""
-    import main
     from lib import clients
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing is sent
     # Fresh ones: other tests mount recording adapters on the instance's shared session.
     monkeypatch.delitem(clients._clients, ("session_http",), raising=False)
     for http in (clients.session_http(), clients.storage_client("p-pool")._http):
         for scheme in ("https://", "http://"):
-            assert http.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= main.SWEEP_WORKERS + 16
+            assert http.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= sweep.SWEEP_WORKERS + 16

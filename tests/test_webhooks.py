@@ -15,16 +15,16 @@ import secrets
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
 from google.cloud import firestore
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dev.oidc_issuer import WEBHOOKS_AUDIENCE
 from dev.receiver import Receiver
-from lib import lifecycle, webhooks
+from lib import attempts, endpoints, lifecycle, sweep, webhooks
 from tests.conftest import ROOT, WEBHOOK_MAX_ATTEMPTS
 from tests.helpers import SESSION_WEBHOOK_SECRETS, schema_errors
 from tests.test_events import wait_for
@@ -49,8 +49,8 @@ def receivers():
 @pytest.fixture
 def endpoint(db):
     """Register `receiver` as an endpoint of `workspace` (its secret given to the receiver)."""
-    def add(receiver: Receiver, workspace: str, mode: str = "live") -> webhooks.Endpoint:
-        created = webhooks.create_endpoint(db, workspace, mode, receiver.url, True, datetime.now(timezone.utc))
+    def add(receiver: Receiver, workspace: str, mode: str = "live") -> endpoints.Endpoint:
+        created = endpoints.create_endpoint(db, workspace, mode, receiver.url, True, datetime.now(UTC))
         receiver.secrets.append(created.secret)
         SESSION_WEBHOOK_SECRETS.add(created.secret)
         return created
@@ -73,7 +73,7 @@ def get(event_path, key: str, upload_id: str) -> dict:
 
 
 def deliveries(db, workspace: str, endpoint_id: str | None = None) -> list[dict]:
-    rows = webhooks.recent_deliveries(db, workspace, 100)
+    rows = attempts.recent_deliveries(db, workspace, 100)
     return [row for row in rows if endpoint_id is None or row["endpoint_id"] == endpoint_id]
 
 
@@ -91,12 +91,13 @@ def test_a_completed_upload_is_pushed_signed_with_the_upload_as_get_returns_it(e
     assert event["data"]["status"] == "completed" and event["data"]["size_bytes"] == 2048
     assert set(event) == {"type", "timestamp", "data"}
     assert schema_errors(openapi_doc, "#/components/schemas/UploadEvent", event) == []
-    documented = {p["name"]: p["schema"]["pattern"] for p in openapi_doc["webhooks"]["uploadEvent"]["post"]["parameters"]}
+    parameters = openapi_doc["webhooks"]["uploadEvent"]["post"]["parameters"]
+    documented = {p["name"]: p["schema"]["pattern"] for p in parameters}
     for name, pattern in documented.items():
         assert re.fullmatch(pattern, got.headers[name]), name
     assert got.headers["content-type"] == "application/json"
     assert got.webhook_id == webhooks.event_id(out["id"], "upload.completed")
-    assert abs(int(got.headers["webhook-timestamp"]) - datetime.now(timezone.utc).timestamp()) < 60
+    assert abs(int(got.headers["webhook-timestamp"]) - datetime.now(UTC).timestamp()) < 60
     assert got.headers["webhook-signature"].startswith("v1,") and " " not in got.headers["webhook-signature"]
     # Recorded: one attempt, 200; the owed mark cleared once fanned out.
     rows = wait_for(lambda: deliveries(db, workspace), what="the delivery record")
@@ -203,7 +204,7 @@ def test_a_removed_endpoint_gets_nothing_more(event_path, make_key, receivers, e
                       if line.get("endpoint_id") == gone.id and line.get("outcome") == "endpoint_removed"],
              what="the retry for the removed endpoint")
     before = len(removed.received)
-    assert all(item.at <= removed_at + webhooks.ENDPOINT_CACHE_SECONDS + 1 for item in removed.received)
+    assert all(item.at <= removed_at + endpoints.ENDPOINT_CACHE_SECONDS + 1 for item in removed.received)
     second = upload(event_path, key, b"second")
     kept.wait_for(2)
     assert {item.event["data"]["id"] for item in kept.received} >= {second["id"]}
@@ -221,7 +222,7 @@ def test_rotation_signs_with_both_secrets_then_only_the_new_one(event_path, make
     SESSION_WEBHOOK_SECRETS.add(rotated["secret"])
     assert rotated["secret"] != hook.secret and rotated["id"] == hook.id
     until = datetime.fromisoformat(rotated["previous_secret_expires_at"].replace("Z", "+00:00"))
-    assert timedelta(hours=23, minutes=59) < until - datetime.now(timezone.utc) <= timedelta(hours=24)
+    assert timedelta(hours=23, minutes=59) < until - datetime.now(UTC) <= timedelta(hours=24)
 
     upload(event_path, key, b"during the overlap")
     [during] = receiver.wait_for(1)
@@ -232,13 +233,13 @@ def test_rotation_signs_with_both_secrets_then_only_the_new_one(event_path, make
 
     # The overlap is over (as 24 hours later): only the new secret signs, once the
     # instance's cached copy of the endpoint is out of date (a documented TTL, waited out).
-    webhooks.endpoint_ref(db, hook.id).update({"previous_secret_expires_at": datetime.now(timezone.utc)})
-    time.sleep(webhooks.ENDPOINT_CACHE_SECONDS + 0.5)
+    endpoints.endpoint_ref(db, hook.id).update({"previous_secret_expires_at": datetime.now(UTC)})
+    time.sleep(endpoints.ENDPOINT_CACHE_SECONDS + 0.5)
     upload(event_path, key, b"after the overlap")
     after = receiver.wait_for(2)[1]
     assert len(after.headers["webhook-signature"].split(" ")) == 1
     Webhook(rotated["secret"]).verify(after.body, after.headers)
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(hook.secret).verify(after.body, after.headers)
 
 
@@ -289,7 +290,7 @@ def test_an_event_whose_publish_was_lost_is_published_again_by_the_sweep(event_p
     out = upload(event_path, key)
     receiver = receivers()
     endpoint(receiver, workspace)
-    past = datetime.now(timezone.utc) - webhooks.OWED_GRACE - timedelta(minutes=1)
+    past = datetime.now(UTC) - sweep.OWED_GRACE - timedelta(minutes=1)
     # The state change, stored with its owed mark, and no event published.
     db.collection(lifecycle.COLLECTION).document(out["id"]).update(
         {"state": "cancelled", "settled_at": past, lifecycle.OWED_FIELD: past, "session_url": firestore.DELETE_FIELD})
@@ -306,10 +307,10 @@ def test_a_url_that_became_private_is_refused_at_delivery(event_path, make_key, 
     key, workspace = make_key()
     receiver = receivers()
     url = receiver.url.replace("http://", "https://")
-    hook = webhooks.create_endpoint(db, workspace, "live", url, True, datetime.now(timezone.utc))
+    hook = endpoints.create_endpoint(db, workspace, "live", url, True, datetime.now(UTC))
     SESSION_WEBHOOK_SECRETS.add(hook.secret)
     delivery = webhooks.Delivery(hook.id, "evt_x", "upload.completed", "upl_" + "0" * 32, b"{}", 1)
-    outcome = webhooks.deliver(db, delivery, allow_private=False, now=datetime.now(timezone.utc))
+    outcome = webhooks.deliver(db, delivery, allow_private=False, now=datetime.now(UTC))
     assert not outcome.delivered and "loopback" in outcome.refused
     assert receiver.received == []
     [row] = deliveries(db, workspace, hook.id)

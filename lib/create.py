@@ -1,0 +1,85 @@
+"""Creating an upload (`POST /v1/uploads`): validate the request, mint its session, record it; once per Idempotency-Key.
+
+Without a key, each request mints a session and records a pending upload.
+With one, `idempotency.once` runs the mint at most once per (workspace,
+mode, key) and meaning (`UploadRequest.fingerprint`): the upload's record is
+created in the same commit that completes the key, so a key's completion and
+its upload exist together or not at all, and a replay answers the stored body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.cloud import firestore, storage
+
+from lib import clock, idempotency, lifecycle, models, naming, sessions
+from lib.auth import ApiKey
+from lib.config import Settings
+from lib.errors import UploadTooLarge
+
+
+@dataclass(frozen=True)
+class Created:
+    """What a create answers: the body, and whether it replays a key's first answer."""
+
+    body: dict[str, Any]
+    replayed: bool
+    # For the request's log line: the new upload's id, a replay, a claim left to its lease.
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+def create(db: firestore.Client, client: storage.Client, settings: Settings, key: ApiKey,
+           idempotency_key: str | None, raw: bytes, origin: str | None) -> Created:
+    """Create an upload for `key`'s workspace from the request body `raw`.
+
+    `idempotency_key` is the Idempotency-Key header and `origin` the Origin
+    header, as received (both checked here).
+
+    Raises:
+        InvalidIdempotencyKey, InvalidJson, ValidationFailed, UnsupportedContentType, UploadTooLarge:
+            the request is wrong (nothing is stored).
+        IdempotencyKeyReused, IdempotencyKeyInUse: the key meant something else, or is in flight.
+        ServiceUnavailable: Firestore or Storage is down or slow.
+    """
+    idem_key = idempotency.parse_key(idempotency_key)
+    upload = models.validate_upload_request(models.parse_json_object(raw))
+    content_type = naming.normalize_content_type(upload.content_type)
+    if upload.size_bytes is not None and upload.size_bytes > settings.max_upload_bytes:
+        raise UploadTooLarge(settings.max_upload_bytes)
+    extension = naming.choose_extension(upload.filename, content_type)
+    # A backend minting for a browser names it; else a browser calling us directly is its own origin.
+    bound_origin = upload.cors_origin or models.browser_origin(origin)
+    log: dict[str, Any] = {}
+
+    def mint() -> tuple[models.UploadOut, str, dict[str, Any]]:
+        upload_id, name = naming.new_upload(key.workspace_id, extension, key.mode)
+        url = sessions.mint_session(client, settings.upload_bucket, name, content_type, bound_origin,
+                                    upload.size_bytes, upload.crc32c, upload.md5)
+        created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
+        out = models.UploadOut(id=upload_id, upload_url=url, source_url=naming.source_url(settings.cdn_base_url, name),
+                               expires_at=clock.rfc3339(expires))
+        record = lifecycle.new_fields(upload_id, key.workspace_id, key.mode, name, content_type, upload.size_bytes,
+                                      created, expires, url, upload.crc32c, upload.md5)
+        log["upload_id"] = upload_id
+        return out, upload_id, record
+
+    if idem_key is None:
+        out, upload_id, record = mint()
+        lifecycle.create_record(db, upload_id, record)
+        return Created(out.model_dump(), False, log)
+
+    def work() -> tuple[dict[str, Any], tuple[Any, dict[str, Any]]]:
+        out, upload_id, record = mint()
+        # One atomic commit: the upload is recorded if and only if the key completes.
+        return out.model_dump(), lifecycle.creation(db, upload_id, record)
+
+    body, replayed = idempotency.once(db, key.workspace_id, key.mode, idem_key, upload.fingerprint(content_type),
+                                      settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds, work,
+                                      on_claim_left=lambda: log.update(claim_left_to_lease=True))
+    if not replayed:
+        return Created(body, False, log)
+    # In the model's field order (Firestore gives a map's keys back sorted).
+    replay = {name: body[name] for name in models.UploadOut.model_fields if name in body}
+    return Created(replay, True, {**log, "idempotent_replayed": True})

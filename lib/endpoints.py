@@ -1,0 +1,172 @@
+"""Webhook endpoints and their signing secrets: the one room that holds secrets.
+
+`webhook_endpoints/{we_...}` holds each endpoint's URL and its secrets
+(`whsec_` + base64 of 32 random bytes, as the Standard Webhooks specification
+asks); a rotated secret's predecessor keeps signing beside it for
+ROTATION_OVERLAP. Secrets are never logged, never in a repr, never in a
+delivery record; `Endpoint.public()` is what ops may see. `sign` makes the
+`webhook-signature` header with the specification's own library.
+
+An instance remembers an endpoint it read for ENDPOINT_CACHE_SECONDS
+(`EndpointCache`), so a removed endpoint, or a rotated secret, takes effect
+within that long.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from standardwebhooks.webhooks import Webhook
+
+from lib import clock, targets
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
+
+ENDPOINTS = "webhook_endpoints"
+# The old secret keeps signing beside the new one for this long after a rotation.
+ROTATION_OVERLAP = timedelta(hours=24)
+# How long an instance trusts an endpoint it read: the longest a removed
+# endpoint can still receive, or a rotated-in secret wait to sign.
+ENDPOINT_CACHE_SECONDS = 5.0
+ENDPOINT_ID_PREFIX = "we_"
+SECRET_PREFIX = "whsec_"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    workspace_id: str
+    mode: str
+    url: str
+    secret: str = field(repr=False)  # never in a repr, a log line or a traceback's message
+    created_at: datetime
+    previous_secret: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: datetime | None = None
+
+    @classmethod
+    def from_snapshot(cls, snap: Any) -> Endpoint:
+        data = snap.to_dict()
+        return cls(snap.id, data["workspace_id"], data["mode"], data["url"], data["secret"], data["created_at"],
+                   data.get("previous_secret"), data.get("previous_secret_expires_at"))
+
+    def public(self) -> dict[str, Any]:
+        """What ops may see of it: everything but the secrets."""
+        return {"id": self.id, "url": self.url, "workspace_id": self.workspace_id, "mode": self.mode,
+                "created_at": clock.rfc3339(self.created_at),
+                "previous_secret_expires_at": (clock.rfc3339(self.previous_secret_expires_at)
+                                               if self.previous_secret_expires_at else None)}
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The current secret, and the previous one while its overlap lasts."""
+        if self.previous_secret and self.previous_secret_expires_at and now < self.previous_secret_expires_at:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+
+def new_secret() -> str:
+    """`whsec_` + base64 of 32 random bytes (the spec asks for 24 to 64)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def endpoint_ref(db: firestore.Client, endpoint_id: str) -> firestore.DocumentReference:
+    return db.collection(ENDPOINTS).document(endpoint_id)
+
+
+def create_endpoint(db: firestore.Client, workspace_id: str, mode: str, url: str, allow_private: bool,
+                    now: datetime, resolver: targets.Resolver | None = None) -> Endpoint:
+    """A new endpoint with a fresh secret, once its URL passes the delivery rules.
+
+    Raises:
+        targets.TargetRefused: the URL breaks a rule (nothing is stored).
+    """
+    targets.resolve(url, allow_private, resolver)
+    endpoint = Endpoint(ENDPOINT_ID_PREFIX + secrets.token_hex(16), workspace_id, mode, url, new_secret(), now)
+    with upstream():
+        endpoint_ref(db, endpoint.id).create(
+            {"workspace_id": workspace_id, "mode": mode, "url": url, "secret": endpoint.secret, "created_at": now},
+            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return endpoint
+
+
+def get_endpoint(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
+    if not endpoint_id.startswith(ENDPOINT_ID_PREFIX) or len(endpoint_id) > 64:
+        return None
+    with upstream():
+        snap = endpoint_ref(db, endpoint_id).get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return Endpoint.from_snapshot(snap) if snap.exists else None
+
+
+class EndpointCache:
+    """Endpoints (and endpoints found missing) remembered per instance for
+    ENDPOINT_CACHE_SECONDS; bounded and thread-safe."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float = ENDPOINT_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self._entries: TtlLru[tuple[Endpoint | None]] = TtlLru(ttl, self.MAX_ENTRIES, clock)
+
+    def get(self, db: firestore.Client, endpoint_id: str) -> Endpoint | None:
+        cached = self._entries.get(endpoint_id)
+        if cached is not None:
+            return cached[0]
+        endpoint = get_endpoint(db, endpoint_id)
+        self._entries.put(endpoint_id, (endpoint,))
+        return endpoint
+
+
+def endpoint_cache() -> EndpointCache:
+    """The instance's endpoint cache."""
+    return shared(("webhook_endpoint_cache",), EndpointCache)
+
+
+def list_endpoints(db: firestore.Client, workspace_id: str, mode: str | None = None) -> list[Endpoint]:
+    query = db.collection(ENDPOINTS).where(filter=FieldFilter("workspace_id", "==", workspace_id))
+    if mode is not None:
+        query = query.where(filter=FieldFilter("mode", "==", mode))
+    with upstream():
+        found = [Endpoint.from_snapshot(snap)
+                 for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)]
+    return sorted(found, key=lambda endpoint: (endpoint.created_at, endpoint.id))
+
+
+def remove_endpoint(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
+    """Delete the endpoint; deliveries already queued for it are dropped when they come up."""
+    endpoint = get_endpoint(db, endpoint_id)
+    if endpoint is not None:
+        with upstream():
+            endpoint_ref(db, endpoint_id).delete(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return endpoint
+
+
+def rotate_secret(db: firestore.Client, endpoint_id: str, now: datetime) -> Endpoint | None:
+    """A new current secret; the old one signs beside it for ROTATION_OVERLAP."""
+    endpoint = get_endpoint(db, endpoint_id)
+    if endpoint is None:
+        return None
+    rotated = Endpoint(endpoint.id, endpoint.workspace_id, endpoint.mode, endpoint.url, new_secret(),
+                       endpoint.created_at, endpoint.secret, now + ROTATION_OVERLAP)
+    with upstream():
+        endpoint_ref(db, endpoint_id).update(
+            {"secret": rotated.secret, "previous_secret": rotated.previous_secret,
+             "previous_secret_expires_at": rotated.previous_secret_expires_at, "rotated_at": now},
+            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return rotated
+
+
+def sign(secrets_: list[str], message_id: str, at: datetime, body: str) -> str:
+    """`webhook-signature`: one `v1,<base64>` per secret, space-separated."""
+    return " ".join(_signer(secret).sign(message_id, at, body) for secret in secrets_)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    # The library decodes the secret's base64 when constructed: once per secret, not per delivery.
+    return Webhook(secret)

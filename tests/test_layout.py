@@ -1,0 +1,64 @@
+"""The code's rooms, held as the README draws them: one concern per lib module, each named in the
+layout with the line that opens it, none grown past its size, and the layering intact."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+LIB = sorted(path for path in (ROOT / "lib").glob("*.py") if path.name != "__init__.py")
+CHECKED = [ROOT / "main.py", *LIB, *sorted((ROOT / "client").glob("*.py"))]
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60
+
+
+def imported(path: Path) -> set[str]:
+    """The top-level packages and modules `path` imports (`lib`, `main`, `dev`, ...)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", LIB, ids=lambda path: path.name)
+def test_every_lib_module_opens_with_its_concern_and_is_in_the_readme_layout(path):
+    docstring = ast.get_docstring(ast.parse(path.read_text()))
+    assert docstring and docstring.split("\n", 1)[0].strip(), f"{path.name} has no opening line"
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
+    assert f"\nlib/{path.name} " in layout, f"lib/{path.name} is missing from the README's layout"
+
+
+@pytest.mark.parametrize("path", LIB, ids=lambda path: path.name)
+def test_no_lib_module_outgrows_its_room(path):
+    assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in CHECKED for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
+
+
+def test_the_layers_hold_lib_never_imports_the_entrypoint_the_tooling_or_the_command():
+    for path in LIB:
+        assert not imported(path) & {"main", "dev", "client", "tests", "bench"}, path.name
+    assert not imported(ROOT / "main.py") & {"dev", "client", "tests", "bench"}
+
+
+def test_settings_are_read_once_at_start_up_never_by_a_handler():
+    """main.py loads the settings at import (a bad one stops the function starting); handlers use
+    the loaded values, and nothing in lib reads the environment's settings on its own."""
+    source = (ROOT / "main.py").read_text()
+    assert source.count("config.load(") == 1 and "\nSETTINGS = _load_settings()\n" in source
+    for path in LIB:
+        if path.name != "config.py":
+            assert "config.load(" not in path.read_text(), path.name
