@@ -28,8 +28,9 @@ server.install()
 
 def _load_settings() -> config.Settings:
     """Read and check every setting now: a bad one stops the function from starting, so a
-    deploy that sets one never serves (Cloud Run keeps routing to the last revision that
-    started), and the log names the setting and why."""
+    revision that sets one never passes its startup probe and never serves (traffic stays on
+    the revision serving before: docs/operations.md, "Configuration"), and the log names the
+    setting and why."""
     try:
         return config.load()
     except config.ConfigError as exc:
