@@ -69,6 +69,14 @@ class Demo:
                 if origin is None:
                     return self._send(400, {"error": {"code": "unknown_host", "message":
                                                       "Open the demo at the address make run printed."}})
+                # Only the page itself may mint: another site's form or fetch carries its own Origin (or
+                # none), and a cross-site request without a preflight can only send text/plain or a form.
+                if self.headers.get("Origin") != origin:
+                    return self._send(403, {"error": {"code": "forbidden_origin", "message":
+                                                      "Only the demo page may create uploads."}})
+                if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+                    return self._send(415, {"error": {"code": "unsupported_media_type", "message":
+                                                      "Send application/json."}})
                 try:
                     asked = json.loads(self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 65536)))
                     body = {name: asked[name] for name in FIELDS if name in asked}

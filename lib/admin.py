@@ -11,7 +11,8 @@ stored; everything else only ever shows a key's id and display prefix. A
 webhook's signing secret is printed only by add-webhook and
 rotate-webhook-secret, never listed. A webhook URL is checked against the
 delivery rules (lib/targets.py) before it is stored; WEBHOOK_ALLOW_PRIVATE_TARGETS=true
-allows loopback and http, as the local service does.
+allows loopback and http, as the local service does, but only against the
+emulator (FIRESTORE_EMULATOR_HOST set); elsewhere it is ignored with a warning.
 
 Exit status: 0 done, 1 failed (not found, Firestore unavailable), 2 usage
 (including a webhook URL the delivery rules refuse).
@@ -194,10 +195,22 @@ def _revoke(db, args) -> int:
     return 0
 
 
+def _allow_private() -> bool:
+    """WEBHOOK_ALLOW_PRIVATE_TARGETS, honoured only against the emulator: a deployment's
+    endpoints must pass the rules its deliveries apply (which never allow private targets)."""
+    if not allow_private_targets(os.environ):
+        return False
+    if os.environ.get("FIRESTORE_EMULATOR_HOST"):
+        return True
+    print("warning: WEBHOOK_ALLOW_PRIVATE_TARGETS is ignored: it applies only with FIRESTORE_EMULATOR_HOST "
+          "(a local stack), never to a deployment's Firestore", file=sys.stderr)
+    return False
+
+
 def _add_webhook(db, args) -> int:
     try:
         endpoint = endpoints.create_endpoint(db, args.workspace, "test" if args.test else "live", args.url,
-                                            allow_private_targets(os.environ), datetime.now(UTC))
+                                            _allow_private(), datetime.now(UTC))
     except targets.TargetRefused as exc:
         print(f"error: refused webhook URL: {exc}", file=sys.stderr)
         return 2

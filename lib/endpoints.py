@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ ROTATION_OVERLAP = timedelta(hours=24)
 # endpoint can still receive, or a rotated-in secret wait to sign.
 ENDPOINT_CACHE_SECONDS = 5.0
 ENDPOINT_ID_PREFIX = "we_"
+# What `create_endpoint` makes; anything else names no endpoint (and is never a Firestore path).
+ENDPOINT_ID = re.compile(r"we_[0-9a-f]{32}")
 SECRET_PREFIX = "whsec_"
 
 
@@ -97,7 +100,8 @@ def create_endpoint(db: firestore.Client, workspace_id: str, mode: str, url: str
 
 
 def get_endpoint(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
-    if not endpoint_id.startswith(ENDPOINT_ID_PREFIX) or len(endpoint_id) > 64:
+    """The endpoint with this id; None if there is none, or the id is not one we make."""
+    if not ENDPOINT_ID.fullmatch(endpoint_id):
         return None
     with upstream():
         snap = endpoint_ref(db, endpoint_id).get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)

@@ -39,6 +39,7 @@ from lib.errors import InvalidEvent, UploadNotFound
 from lib.push import Push
 
 FINALIZE = "OBJECT_FINALIZE"
+INT64_MAX = 2**63 - 1
 # An object name the service makes: `{prefix}{workspace}/{32 hex}.{ext}` (lib/naming.py new_upload).
 _PREFIXES = "|".join(re.escape(prefix) for prefix in naming.PREFIXES.values())
 _OBJECT = re.compile(rf"(?:{_PREFIXES})[A-Za-z0-9_-]{{1,64}}/([0-9a-f]{{32}})\.[a-z0-9]{{1,10}}")
@@ -84,6 +85,9 @@ def _finalized(data: bytes, attributes: dict[str, str]) -> sessions.StoredObject
         created = datetime.fromisoformat(str(resource["timeCreated"]).replace("Z", "+00:00"))
     except (KeyError, TypeError, ValueError):
         raise InvalidEvent("the object resource lacks a whole size, generation or timeCreated") from None
+    # Firestore stores 64-bit integers, as GCS states both: anything outside is not GCS's.
+    if not (0 <= size <= INT64_MAX and 0 < generation <= INT64_MAX):
+        raise InvalidEvent("the object resource's size or generation is out of range")
     crc32c, md5 = resource.get("crc32c"), resource.get("md5Hash")
     if not all(value is None or isinstance(value, str) for value in (crc32c, md5)):
         raise InvalidEvent("the object resource's checksums are not strings")

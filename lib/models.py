@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import re
 from typing import IO, Any, Literal
@@ -18,9 +19,38 @@ from lib.errors import InvalidJson, PayloadTooLarge, RequestTimeout, ValidationF
 MAX_BODY_BYTES = 64 * 1024
 
 
-# A serialized origin as browsers send it in `Origin`: scheme://host[:port], no path.
-ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+# An origin exactly as browsers serialize it in `Origin` (the HTML standard's
+# serialization: scheme://host[:port], lower-case, no path, no default port):
+# a host that is an ASCII DNS name of LDH labels (IDNs in their xn-- form; at
+# most 253 characters; its last label not a number, which a browser reads as
+# an IPv4 address), an IPv4 address in dotted-decimal form, or a bracketed IPv6
+# address; a port from 1 to 65535 without leading zeros, never the scheme's
+# default. The pattern says it all (the OpenAPI document states it as is) but
+# that an IPv6 address may be written in any valid form: `is_origin` takes its
+# canonical form, which is the one browsers send.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_END = r"(?::|(?![\s\S]))"  # where a host ends: its port, or the end of the origin
+_DNS = rf"(?=[^:]{{1,253}}{_END})(?:{_LABEL}\.)*(?![0-9]+{_END}){_LABEL}"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
+_H = r"[0-9a-f]{1,4}"
+_IPV6 = (rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}"
+         rf"|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+         rf"|{_H}:(?::{_H}){{1,6}}|:(?:(?::{_H}){{1,7}}|:))")
+_HOST = rf"(?:{_IPV4}(?={_END})|{_DNS}|\[{_IPV6}\])"
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+ORIGIN = re.compile(rf"http://{_HOST}(?::(?!80(?![0-9])){_PORT})?|https://{_HOST}(?::(?!443(?![0-9])){_PORT})?")
+_BRACKETED = re.compile(r"\[([^\]]+)\]")
 
+
+def is_origin(value: str) -> bool:
+    """Whether `value` is an origin as a browser sends it (ORIGIN), an IPv6 address in any valid form."""
+    return ORIGIN.fullmatch(value) is not None
+
+
+def canonical_origin(value: str) -> str:
+    """`value` (an origin: `is_origin`) with its IPv6 address, if any, in canonical form."""
+    return _BRACKETED.sub(lambda m: f"[{ipaddress.IPv6Address(m.group(1))}]", value, count=1)
 
 
 def browser_origin(header: str | None) -> str | None:
@@ -29,9 +59,10 @@ def browser_origin(header: str | None) -> str | None:
     Only a browser sends one, and only a well-formed one is worth binding the
     session to; anything else ("null", garbage) is dropped, never forwarded.
     """
-    if header and ORIGIN.fullmatch(header):
-        return header
+    if header and is_origin(header):
+        return canonical_origin(header)
     return None
+
 
 class UploadRequest(BaseModel):
     # Strict: a number is not a content type, and an unknown field is a typo the
@@ -77,9 +108,12 @@ class UploadRequest(BaseModel):
     @field_validator("cors_origin")
     @classmethod
     def _origin(cls, value: str | None) -> str | None:
-        if value is not None and not ORIGIN.fullmatch(value):
-            raise ValueError("must be a serialized origin, scheme://host[:port] (http or https, no path)")
-        return value
+        if value is None:
+            return None
+        if not is_origin(value):
+            raise ValueError("must be an origin as a browser sends it: scheme://host[:port], lower-case, no path, "
+                             "no default port")
+        return canonical_origin(value)
 
     @field_validator("crc32c")
     @classmethod
@@ -243,18 +277,28 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 def validate_upload_request(body: dict[str, Any]) -> UploadRequest:
     """The body as an UploadRequest, or 422 with one entry per bad field.
 
-    The details name the field and the rule it broke, never the value sent.
+    The details name the field and the rule it broke, never the value sent: at
+    most MAX_FIELD_ERRORS of them (a 64 KiB body can hold thousands of unknown
+    keys), with `more_fields` saying how many more broke a rule.
     """
     try:
         return UploadRequest.model_validate(body)
     except PydanticValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
         fields = []
-        for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        for err in errors[:MAX_FIELD_ERRORS]:
             field = ".".join(str(part) for part in err["loc"])[:100] or "body"
             message = _FIELD_RULES.get(field) if err["type"] == "value_error" else None
             fields.append({"field": field, "type": err["type"],
                            "message": message or _MESSAGES.get(err["type"], err["msg"])})
-        raise ValidationFailed(details={"fields": fields}) from None
+        details: dict[str, Any] = {"fields": fields}
+        if len(errors) > MAX_FIELD_ERRORS:
+            details["more_fields"] = len(errors) - MAX_FIELD_ERRORS
+        raise ValidationFailed(details=details) from None
+
+
+# The request has 6 fields: past this many errors, the rest are unknown keys, counted, not listed.
+MAX_FIELD_ERRORS = 20
 
 
 _MESSAGES = {
@@ -269,6 +313,6 @@ _DIGEST = "Must be the base64 of the digest, as GCS reports it (crc32c: 4 bytes,
 _FIELD_RULES = {
     "crc32c": _DIGEST,
     "md5": _DIGEST,
-    "cors_origin": ("Must be a serialized origin, scheme://host[:port] (http or https, no path), "
-                    "as browsers send Origin."),
+    "cors_origin": ("Must be an origin as browsers send Origin: scheme://host[:port] (http or https, "
+                    "lower-case, no path, no default port, a port up to 65535)."),
 }

@@ -193,8 +193,10 @@ def verify(authorization: str | None, audience: str | None, service_account: str
         try:
             claims = jwt.decode(token, certs={key_id: known[key_id]}, audience=None,
                                 clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
-        except (auth_exc.GoogleAuthError, ValueError) as exc:
+        except (auth_exc.GoogleAuthError, ValueError, TypeError) as exc:  # TypeError: an `exp` that is a string
             raise InvalidToken(_decode_failure(exc)) from None
+        if not all(isinstance(claims.get(name), int) for name in ("iat", "exp")):
+            raise InvalidToken("token's iat or exp is not a whole number")
         _verified.put(token, claims)
     if claims.get("iss") not in GOOGLE_ISSUERS:
         raise InvalidToken("token not issued by Google")

@@ -33,6 +33,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+import idna
+
 MAX_URL_LENGTH = 2048
 DELIVERY_TIMEOUT_SECONDS = 10.0
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -132,7 +134,7 @@ def check_url(url: str, allow_private: bool) -> tuple[str, str, int, str]:
         raise TargetRefused("the URL carries credentials (user:password@); put secrets in the path or query")
     if parts.fragment:
         raise TargetRefused("the URL has a fragment (#...), which is never sent")
-    host = (parts.hostname or "").rstrip(".")
+    host = _ascii_host((parts.hostname or "").rstrip("."))
     if not host:
         raise TargetRefused("the URL has no host")
     if not allow_private:
@@ -145,6 +147,22 @@ def check_url(url: str, allow_private: bool) -> tuple[str, str, int, str]:
     if parts.query:
         path += "?" + parts.query
     return scheme, host, port or (443 if scheme == "https" else 80), path
+
+
+def _ascii_host(host: str) -> str:
+    """The host as DNS and TLS will see it: an internationalised name in its ASCII
+    (xn--) form after UTS #46 mapping, so that look-alikes (`ⓜetadata`, a full-width
+    dot) meet the name rules as the name they resolve as, and are connected to as such.
+
+    Raises:
+        TargetRefused: not a valid internationalised domain name.
+    """
+    if host.isascii() and "xn--" not in host.lower():
+        return host.lower()
+    try:
+        return idna.encode(host, uts46=True).decode("ascii").rstrip(".")
+    except idna.IDNAError:
+        raise TargetRefused("the host is not a valid internationalised domain name") from None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -173,6 +173,10 @@ def test_rotate_and_remove_webhook(backends, db, workspace):
     again = webhook_cli("remove-webhook", added["id"])
     assert again.returncode == 1 and "no webhook endpoint" in again.stderr
     assert webhook_cli("rotate-webhook-secret", added["id"]).returncode == 1
+    for malformed in ("we_a/b", "we_a//b"):  # never read as a Firestore path (was a traceback)
+        for command in ("rotate-webhook-secret", "remove-webhook"):
+            out = webhook_cli(command, malformed)
+            assert out.returncode == 1 and "no webhook endpoint" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_webhook_deliveries_limits_and_orders_newest_first(backends, db, workspace):
@@ -193,3 +197,19 @@ def test_webhook_deliveries_limits_and_orders_newest_first(backends, db, workspa
     assert set(rows[0]) == {"at", "event_id", "event_type", "upload_id", "endpoint_id", "url", "mode", "attempt",
                             "status", "error", "latency_ms", "dead_lettered"}
     assert webhook_cli("webhook-deliveries", "--workspace", workspace, "--limit", "0").returncode == 2
+
+
+@pytest.mark.parametrize("emulator, allowed", [("127.0.0.1:8681", True), (None, False)])
+def test_private_webhook_targets_are_allowed_only_against_the_emulator(monkeypatch, capsys, emulator, allowed):
+    """A deployment's endpoints must pass the rules its deliveries apply: the CLI honours
+    WEBHOOK_ALLOW_PRIVATE_TARGETS only with FIRESTORE_EMULATOR_HOST, and says so otherwise."""
+    from lib import admin
+
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+    if emulator is None:
+        monkeypatch.delenv("FIRESTORE_EMULATOR_HOST", raising=False)
+    else:
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator)
+    assert admin._allow_private() is allowed
+    warned = "WEBHOOK_ALLOW_PRIVATE_TARGETS is ignored" in capsys.readouterr().err
+    assert warned is not allowed

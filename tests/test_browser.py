@@ -109,6 +109,24 @@ def test_the_backend_refuses_a_host_it_does_not_serve_and_never_shows_its_key(de
     assert not [r for r in api.requests if r["method"] == "POST"]
     page = requests.get(demo.url + "/", timeout=30).text + requests.get(demo.url + "/app.js", timeout=30).text
     assert key not in page
-    refused = requests.post(f"{demo.url}/api/uploads", json={"content_type": "text/html"}, timeout=30)
+    refused = requests.post(f"{demo.url}/api/uploads", json={"content_type": "text/html"},
+                            headers={"Origin": demo.url}, timeout=30)
     # As the API said:
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unsupported_content_type"
+
+
+def test_the_backend_mints_only_for_its_own_page_and_only_from_json(demo):
+    """Another site cannot make a visitor's browser mint uploads with the demo's key: a cross-site
+    form or simple fetch (text/plain, no preflight) carries a foreign Origin, or no JSON."""
+    demo, api, _ = demo
+    body = json.dumps({"content_type": "video/mp4"})
+    for headers, status in (({"Origin": "https://evil.example", "Content-Type": "application/json"}, 403),
+                            ({"Content-Type": "application/json"}, 403),
+                            ({"Origin": demo.url, "Content-Type": "text/plain"}, 415),
+                            ({"Origin": demo.url, "Content-Type": "application/x-www-form-urlencoded"}, 415)):
+        resp = requests.post(f"{demo.url}/api/uploads", data=body, headers=headers, timeout=30)
+        assert resp.status_code == status, headers
+    assert not [r for r in api.requests if r["method"] == "POST"]
+    minted = requests.post(f"{demo.url}/api/uploads", data=body, timeout=30,
+                           headers={"Origin": demo.url, "Content-Type": "application/json"})
+    assert minted.status_code == 201

@@ -194,8 +194,17 @@ def _without(body: dict, *path: str) -> dict:
     return body
 
 
+def _resource_with(body: dict, **changes) -> dict:
+    """The envelope with its object resource changed."""
+    resource = {**json.loads(base64.b64decode(body["message"]["data"])), **changes}
+    return {**body, "message": {**body["message"], "data": base64.b64encode(json.dumps(resource).encode()).decode()}}
+
+
 @pytest.mark.parametrize("make_body", [
     pytest.param(lambda e: b"not json", id="not-json"),
+    pytest.param(lambda e: _resource_with(e, size=str(2**70)), id="size-beyond-int64"),
+    pytest.param(lambda e: _resource_with(e, generation=str(2**70)), id="generation-beyond-int64"),
+    pytest.param(lambda e: _resource_with(e, size="-1"), id="negative-size"),
     pytest.param(lambda e: [e], id="an-array"),
     pytest.param(lambda e: {"subscription": "x"}, id="no-message"),
     pytest.param(lambda e: _without(e, "message", "attributes"), id="no-attributes"),

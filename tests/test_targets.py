@@ -28,6 +28,12 @@ HOSTILE = [
     pytest.param("https://metadata.google.internal/computeMetadata/v1/", "internal name", id="metadata-name"),
     pytest.param("https://metadata/computeMetadata/v1/", "internal name", id="metadata-short"),
     pytest.param("https://printer.local/", "internal name", id="mdns"),
+    pytest.param("https://\u24dcetadata.google.\u24d8nternal/", "internal name", id="metadata-circled-letters"),
+    pytest.param("https://metadata.google\uff0einternal/", "internal name", id="metadata-full-width-dot"),
+    pytest.param("https://\u24dbocalhost/", "internal name", id="localhost-circled"),
+    pytest.param("https://a\u200d\u0000b.example/", "whitespace or control", id="nul-in-idn"),
+    pytest.param("https://\u0300a.example/", "internationalised", id="idn-invalid"),
+    pytest.param("https://xn--a-ecp.example/", "internationalised", id="punycode-invalid"),
     pytest.param("https://intranet/", "single-label", id="single-label"),
     pytest.param("https://127.0.0.1/", "loopback", id="loopback"),
     pytest.param("https://127.1/", "loopback", id="loopback-short"),
@@ -88,6 +94,13 @@ def test_public_addresses_pass_with_their_path_and_query():
     assert (target.scheme, target.host, target.port, target.path) == ("https", "hooks.example.com", 8443,
                                                                      "/in?token=abc")
     assert target.addresses == ("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c")
+
+
+def test_an_internationalised_name_is_looked_up_and_connected_to_in_its_ascii_form():
+    asked = []
+    target = targets.resolve("https://B\u00fccher.example/in", allow_private=False,
+                             resolver=lambda host, port: asked.append(host) or ["93.184.215.14"])
+    assert asked == ["xn--bcher-kva.example"] and target.host == "xn--bcher-kva.example"
 
 
 def test_private_targets_and_http_pass_only_when_allowed():

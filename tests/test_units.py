@@ -124,6 +124,8 @@ def test_lifetime_is_whole_utc_seconds_and_rfc3339_prints_it():
     ("https://a.example\r\nX: y", None),
     ("javascript:alert(1)", None),
     (None, None),
+    ("https://app.example.com:443", None),  # a browser never sends the default port
+    ("http://[0:0:0:0:0:0:0:1]:3000", "http://[::1]:3000"),  # bound as a browser serializes it
 ])
 def test_only_a_well_formed_origin_is_forwarded(header, expected):
     assert models.browser_origin(header) == expected

@@ -367,6 +367,16 @@ def test_a_body_that_is_not_a_webhooks_message_is_400(client, oidc_issuer, route
     assert error["code"] == "invalid_event" and "webhook" in error["message"]
 
 
+@pytest.mark.parametrize("route, outcome", [("/internal/webhooks", "endpoint_removed"),
+                                            ("/internal/webhook-dead-letters", "dead_letter_recorded")])
+@pytest.mark.parametrize("endpoint_id", ["we_a/b", "we_a//b", "we_" + "0" * 31 + "/", "we_" + "0" * 64])
+def test_a_delivery_naming_no_endpoint_we_make_is_acknowledged_not_a_5xx(client, oidc_issuer, route, outcome,
+                                                                         endpoint_id):
+    """An id that is not one we make is never read as a Firestore path (`we_a/b` was a 500)."""
+    resp = webhook_push(client, route, delivery_envelope(endpoint_id=endpoint_id), oidc_issuer.webhooks_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": outcome}
+
+
 def test_a_delivery_for_an_endpoint_that_is_gone_is_acknowledged_without_a_request(client, oidc_issuer):
     resp = webhook_push(client, "/internal/webhooks", delivery_envelope(), oidc_issuer.webhooks_token())
     assert resp.status_code == 200 and resp.get_json() == {"outcome": "endpoint_removed"}
