@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import mimetypes
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from client import state
-from client.resumable import CHUNK_QUANTUM, Finalized, Refused, SessionGone, Uploader
+from client.resumable import CHUNK_QUANTUM, Finalized, Misbehaved, Refused, SessionGone, Uploader
 from client.transport import GaveUp, Retry, session
 from lib.mediatypes import ALIASES, EXTENSIONS
 
@@ -212,6 +214,11 @@ class Command:
             # Bytes other than the declared ones (size, CRC32C): the file changed under us.
             state.remove(where)
             raise Failure(EXIT_REFUSED, f"{exc}; upload {saved.upload_id} was not completed") from None
+        except Misbehaved as exc:
+            # Nothing more is sent to that session, now or on a rerun (which starts a new upload).
+            state.remove(where)
+            raise Failure(EXIT_REFUSED, f"{exc}; upload {saved.upload_id} was not completed; "
+                                        "run the command again to start a new one") from None
         finally:
             progress.close()
         state.remove(where)
@@ -302,6 +309,11 @@ class Command:
                 return saved, None
             self.note(f"upload {saved.upload_id} was {status}; starting a new one")
             return None, None
+        except Misbehaved as exc:
+            state.remove(where)
+            self._cancel_quietly(saved.upload_id)
+            self.note(f"upload {saved.upload_id}: {exc}; starting a new one")
+            return None, None
         if isinstance(answer, int) and answer:
             self.note(f"resuming upload {saved.upload_id} at {_human(answer)} of {_human(saved.file.size)}")
         return saved, answer
@@ -318,6 +330,7 @@ class Command:
             response = self.api.call("POST", "/v1/uploads", body=body, ok=(200, 201),
                                      headers={"Idempotency-Key": idempotency_key(file, crc32c, previous)})
             created = response.json()
+            check_upload_url(self.args.api_url, created["upload_url"])
             saved = state.Saved(created["id"], created["upload_url"], created["source_url"], crc32c, file)
             state.save(where, saved)
             if response.status_code == 201:
@@ -418,3 +431,31 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_GAVE_UP, f"error: gave up ({exc.last}); run the same command again to resume")
     except KeyboardInterrupt:
         return fail(EXIT_INTERRUPTED, "error: interrupted; run the same command again to resume")
+    except Exception as exc:  # noqa: BLE001 - anything else: a clean line, never a traceback with the session URL
+        return fail(EXIT_REFUSED, f"error: unexpected {type(exc).__name__} (its details are not shown: they may "
+                                  "hold the upload's session URL); run the same command again to resume")
+
+
+def check_upload_url(api_url: str, upload_url: str) -> None:
+    """An upload URL is a bearer secret and carries the file: https only, unless the
+    API itself is on this machine (a local stack, whose storage is plain http).
+
+    Raises:
+        Failure: it is not (EXIT_REFUSED); nothing was sent.
+    """
+    scheme = urlsplit(upload_url).scheme
+    if scheme == "https" or (scheme == "http" and _on_loopback(api_url)):
+        return
+    raise Failure(EXIT_REFUSED, f"the API returned an upload URL over {scheme or '(no scheme)'}, not https; "
+                                "the file was not sent")
+
+
+def _on_loopback(url: str) -> bool:
+    """Whether `url`'s host is this machine (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -10,7 +10,8 @@ https://cloud.google.com/storage/docs/performing-resumable-uploads:
 - after an interruption, `PUT` with `Content-Range: bytes */TOTAL` and no body
   asks the session how much it holds, and the upload goes on from there.
 A cancelled session answers 499, an expired one 404 or 410 (the same set
-`lib/uploads.py` reads when it cancels sessions).
+`lib/sessions.py` reads when it cancels sessions). Redirects are never
+followed: a session URL is the whole address, and GCS's 308 carries no `Location`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,19 @@ from client.transport import Retry
 CHUNK_QUANTUM = 256 * 1024
 SESSION_ENDED = frozenset({404, 410, 499})
 _RANGE = re.compile(r"bytes=0-([0-9]+)")
+# Bounds on a session that misbehaves: how often its offset may go back, and
+# how many bytes may be sent for a file in all (every chunk three times over).
+MAX_REGRESSIONS = 3
+MAX_SENT_FACTOR = 3
 
 
 class SessionGone(Exception):
     """The session was cancelled or expired (GCS answered 499, 404 or 410)."""
+
+
+class Misbehaved(Exception):
+    """Storage answered what the protocol never does (a redirect, more bytes than the file
+    has, an offset that keeps going back): the session cannot be trusted with the file."""
 
 
 class Refused(Exception):
@@ -115,10 +125,13 @@ class Uploader:
             raise ValueError(f"chunk size must be a positive multiple of {CHUNK_QUANTUM} bytes")
         self.http, self.url, self.fd, self.size = http, url, fd, size
         self.chunk, self.retry, self.timeout, self.shown = chunk, retry, timeout, shown
+        self._regressions = 0  # times the session said it holds less than it held
+        self._sent = 0  # bytes sent in chunk PUTs, retries included
 
     def _put(self, headers: dict[str, str], body) -> requests.Response | Exception:
         try:
-            return self.http.put(self.url, data=body, headers=headers, timeout=(10, self.timeout))
+            return self.http.put(self.url, data=body, headers=headers, timeout=(10, self.timeout),
+                                 allow_redirects=False)
         except (requests.ConnectionError, requests.Timeout) as exc:
             return exc
 
@@ -128,14 +141,26 @@ class Uploader:
         if isinstance(outcome, requests.Response):
             if outcome.status_code in (200, 201):
                 return Finalized.of(outcome)
+            if outcome.status_code in (301, 302, 303, 307) or (outcome.status_code == 308
+                                                                and "Location" in outcome.headers):
+                raise Misbehaved(f"storage answered a redirect (HTTP {outcome.status_code}), which is not followed")
             if outcome.status_code == 308:
-                return persisted(outcome)
+                held = persisted(outcome)
+                if held > self.size:
+                    raise Misbehaved(f"storage says the session holds {held} bytes of a {self.size}-byte file")
+                return held
             if outcome.status_code in SESSION_ENDED:
                 raise SessionGone()
             if not Retry.transient(outcome):
                 raise Refused(outcome)
         self.retry.wait(outcome)
         return None
+
+    def _spend(self, size: int) -> None:
+        self._sent += size
+        if self._sent > MAX_SENT_FACTOR * self.size + self.chunk:
+            raise Misbehaved(f"{self._sent} bytes were sent for a {self.size}-byte file and the session has not "
+                             "finished")
 
     def holds(self) -> int | Finalized:
         """How many bytes the session holds, or its final answer if it is
@@ -155,6 +180,7 @@ class Uploader:
         while True:
             self.shown(offset)
             end = min(offset + self.chunk, self.size)
+            self._spend(end - offset)
             body = _Slice(self.fd, offset, end, self.shown)
             result = self._judge(self._put({"Content-Range": f"bytes {offset}-{end - 1}/{self.size}"}, body))
             if result is None:
@@ -166,9 +192,11 @@ class Uploader:
             if result > offset:
                 self.retry.progress()
             elif result < offset:
-                # The session holds less than it held before: never in GCS's
-                # protocol; go on from where it says, as it asks.
-                pass
+                # The session holds less than it held before: never in GCS's protocol.
+                # Go on from where it says, a few times; past that it is not to be trusted.
+                self._regressions += 1
+                if self._regressions > MAX_REGRESSIONS:
+                    raise Misbehaved(f"the session's offset went back {self._regressions} times")
             else:
                 # A 308 that took nothing: count it as a failure, so a session
                 # that never moves is bounded like any other.

@@ -529,7 +529,122 @@ def test_503s_and_a_stalled_chunk_are_ridden_out(on_resumable, resumable, tmp_pa
     assert len(chunks) == 9 and len(set(chunks)) == 7
 
 
+# --- a storage server that misbehaves ---------------------------------------
+
+def _clean_failure(done, saved_url: str | None = None) -> None:
+    """Exit 1 with one clean line: no traceback, never the session URL."""
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "upload_id=" not in done.stderr
+    if saved_url:
+        assert saved_url not in done.stderr
+
+
+def test_an_offset_going_back_and_forth_is_bounded_and_the_file_never_sent_over_and_over(on_resumable, resumable,
+                                                                                         tmp_path):
+    """Storage takes each chunk, then says it holds nothing: every rise reset the retries and the
+    command sent 100 MB for a 2 MiB file. Now the regressions and the bytes sent are bounded."""
+    command, _ = on_resumable
+    size, chunk = 2 * MIB, 256 * 1024
+
+    def script(request):
+        if request["method"] == "PUT" and request["body"]:
+            first = int(request["headers"]["Content-Range"].split()[1].split("-")[0])
+            held = first + chunk if first == 0 else 0  # the first chunk "lands"; every later one resets
+            return Answer(308, {"Range": f"bytes=0-{held - 1}"} if held else {})
+        return None
+
+    resumable["scripts"].append(script)
+    path = tmp_path / "wobbly.mp4"
+    write_random(path, size)
+    before = len(resumable["proxy"].requests)  # the proxy is the module's: earlier tests' requests are there
+    done = command.run("upload", str(path), "--chunk-size", "256KiB")
+    _clean_failure(done)
+    assert "went back" in done.stderr and command.saved() == []
+    sent = sum(len(r["body"]) for r in resumable["proxy"].requests[before:] if r["method"] == "PUT" and r["body"])
+    assert sent <= 3 * size + chunk
+
+
+def test_a_range_past_the_files_end_is_a_clean_error_and_a_rerun_does_not_repeat_it(on_resumable, resumable,
+                                                                                   tmp_path):
+    """Once, storage's answer claiming more bytes than the file has crashed the command, and every
+    rerun crashed the same way. Now it is a clean error, and a rerun (storage sane again) resumes
+    the session from what it really holds. The first chunk reaches storage, so the session holds
+    bytes (the stand-in says `bytes=0-0` for an empty session, where GCS says nothing)."""
+    command, _ = on_resumable
+    puts: list[str] = []
+
+    def script(request):
+        if request["method"] == "PUT":
+            puts.append(request["headers"].get("Content-Range", ""))
+            if len(puts) > 1:
+                return Answer(308, {"Range": f"bytes=0-{10 * MIB}"})
+        return None
+
+    resumable["scripts"].append(script)
+    path = tmp_path / "short.mp4"
+    data = write_random(path, MIB)
+    done = command.run("upload", str(path), "--chunk-size", "256KiB")
+    _clean_failure(done)
+    assert "holds" in done.stderr and command.saved() == []
+    resumable["scripts"].clear()
+    again = command.run("upload", str(path), "--json")
+    assert again.returncode == 0, again.stderr
+    assert object_bytes(resumable["storage"].url, json.loads(again.stdout)["source_url"], resumable["cdn"]) == data
+
+
+def test_a_redirect_from_storage_is_never_followed(on_resumable, resumable, tmp_path):
+    """A 307 (or a 308 with Location) would carry the file to another host: refused, not followed."""
+    command, _ = on_resumable
+    with RecordingProxy(resumable["storage"].url) as elsewhere:
+        def script(request):
+            if request["method"] == "PUT" and request["body"]:
+                return Answer(307, {"Location": elsewhere.url + "/upload/storage/v1/b/x/o?upload_id=elsewhere"})
+            return None
+
+        resumable["scripts"].append(script)
+        path = tmp_path / "moved.mp4"
+        write_random(path, MIB)
+        done = command.run("upload", str(path), "--chunk-size", "256KiB")
+        _clean_failure(done)
+        assert "redirect" in done.stderr and elsewhere.requests == []
+
+
+def test_an_unexpected_failure_is_one_clean_line_without_the_session_url(on_resumable, resumable, tmp_path):
+    """A final answer that cannot be decoded raised deep in requests, and the traceback held the URL."""
+    command, _ = on_resumable
+
+    def script(request):
+        if request["method"] == "PUT" and request["body"]:
+            return Answer(200, {"Content-Encoding": "gzip", "Content-Type": "application/json"}, b"not gzip at all")
+        return None
+
+    resumable["scripts"].append(script)
+    path = tmp_path / "garbled.mp4"
+    write_random(path, MIB)
+    done = command.run("upload", str(path), "--chunk-size", "1MiB")
+    _clean_failure(done)
+    assert done.stderr.startswith("error: unexpected ")
+
+
 # --- no services ------------------------------------------------------------
+
+@pytest.mark.parametrize("api_url, upload_url, allowed", [
+    ("https://api.framelane.example", "https://storage.googleapis.com/upload?upload_id=x", True),
+    ("https://api.framelane.example", "http://storage.googleapis.com/upload?upload_id=x", False),
+    ("https://api.framelane.example", "ftp://storage.example/upload", False),
+    ("http://127.0.0.1:8080", "http://127.0.0.1:4443/upload?upload_id=x", True),
+    ("http://localhost:8080", "http://127.0.0.1:4443/upload", True),
+    ("http://[::1]:8080", "http://[::1]:4443/upload", True),
+    ("http://10.0.0.5:8080", "http://10.0.0.5:4443/upload", False),
+])
+def test_an_upload_url_over_plain_http_is_refused_unless_the_api_is_local(api_url, upload_url, allowed):
+    from client import cli
+    if allowed:
+        cli.check_upload_url(api_url, upload_url)
+    else:
+        with pytest.raises(cli.Failure, match="not https; the file was not sent"):
+            cli.check_upload_url(api_url, upload_url)
+
 
 def test_retry_is_bounded_in_attempts_and_in_time_and_honours_retry_after():
     slept: list[float] = []
