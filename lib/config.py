@@ -34,11 +34,12 @@ OPTIONAL = (
     "WEBHOOKS_AUDIENCE",
     "OIDC_CERTS_URL",
     "WEBHOOK_ALLOW_PRIVATE_TARGETS",
+    "REQUEST_DEADLINE_SECONDS",
 )
 # Read, but never set by Terraform: they exist so the tests and `make run` can
 # verify tokens against certificates they serve themselves, and deliver
 # webhooks to receivers on loopback.
-LOCAL_ONLY = ("OIDC_CERTS_URL", "WEBHOOK_ALLOW_PRIVATE_TARGETS")
+LOCAL_ONLY = ("OIDC_CERTS_URL", "WEBHOOK_ALLOW_PRIVATE_TARGETS", "REQUEST_DEADLINE_SECONDS")
 
 GIB = 1024**3
 # GCS's own ceiling for one object.
@@ -97,6 +98,8 @@ class Settings:
     oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
     # Deliver webhooks to loopback/private addresses and plain http (local only).
     webhook_allow_private_targets: bool = False
+    # A request's line, headers and body, in all (lib/server.py); the tests shorten it.
+    request_deadline_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -119,6 +122,7 @@ class Settings:
             **_caller(env, "WEBHOOKS"),
             oidc_certs_url=_certs_url(env),
             webhook_allow_private_targets=allow_private_targets(env),
+            request_deadline_seconds=_seconds(env, "REQUEST_DEADLINE_SECONDS", 30, minimum=1, maximum=300),
         )
 
 

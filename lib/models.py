@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
@@ -183,22 +184,41 @@ class Upload(BaseModel):
     rejection: Rejection | None = None
 
 
-def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES) -> bytes:
+def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES,
+              before_read: Callable[[], bool] = lambda: True) -> bytes:
     """The raw body, at most `limit` bytes, without reading an oversized one whole.
+
+    `before_read` is asked before each read: False means the request's deadline
+    (lib/server.py) has passed, whose watchdog also ends a read that outlasts it.
 
     Raises:
         PayloadTooLarge: declared or actual length over the limit.
+        RequestTimeout: the body stopped arriving (a read timed out, or the deadline passed).
     """
     if content_length is not None and content_length > limit:
         raise PayloadTooLarge(limit)
-    try:
-        raw = stream.read(limit + 1)
-    except (BlockingIOError, TimeoutError):
-        # The server's per-read timeout (lib/server.py): the client stopped sending.
-        raise RequestTimeout() from None
-    if len(raw) > limit:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        if not before_read():
+            raise RequestTimeout()
+        try:
+            chunk = stream.read(min(_READ_SIZE, limit + 1 - size))
+        except (BlockingIOError, TimeoutError):
+            # The server's per-read timeout (lib/server.py): the client stopped sending.
+            raise RequestTimeout() from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
         raise PayloadTooLarge(limit)
-    return raw
+    if content_length is not None and size < content_length:
+        raise RequestTimeout()  # it ended short: the client stopped sending, or its time ran out
+    return b"".join(chunks)
+
+
+_READ_SIZE = 16 * 1024
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -12,6 +12,14 @@ does, before functions-framework builds its server) makes the server:
 - refuse request lines over MAX_REQUEST_LINE bytes (gunicorn: 414);
 - give each read of a request at most READ_TIMEOUT_SECONDS (SO_RCVTIMEO on
   every connection), so a stalled client frees its thread;
+- give a request's line, headers and body REQUEST_DEADLINE_SECONDS in all,
+  however they dribble: at the deadline a watchdog answers 408 and closes when
+  the line and headers are not in, and stops the body's reading when they are
+  (main.py then answers 408 itself: models.read_body);
+- send `Connection: close` whenever an answer says it closes (gunicorn drops
+  the application's Connection header otherwise), so a client never reuses a
+  connection the server then closes; gunicorn itself closes as RFC 9112 9.6
+  asks (half-close, read and discard briefly, then close);
 - answer what gunicorn refuses itself (malformed HTTP, over-long lines and
   headers) in the API's JSON envelope, with one structured log line.
 
@@ -20,25 +28,142 @@ Everything else is functions-framework's own configuration, unchanged.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import secrets
 import socket
 import struct
+import threading
+import time
 
 from functions_framework._http import gunicorn as ff_gunicorn
 from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, ParseException
 from gunicorn.workers.gthread import ThreadWorker
 
 from lib import logs
-from lib.errors import ApiError, BadHttpRequest, RequestHeadersTooLarge, UriTooLong
+from lib.errors import ApiError, BadHttpRequest, RequestHeadersTooLarge, RequestTimeout, UriTooLong
 
 # Longest request line (method, path, query, version): our routes need < 100.
 MAX_REQUEST_LINE = 8190
 # One read of a request (line, headers or body) waits at most this long.
 READ_TIMEOUT_SECONDS = 10
+# A request's line, headers and body, in all (install() takes the setting).
+REQUEST_DEADLINE_SECONDS = 30.0
 WORKER_CLASS = f"{__name__}.Worker"
+_request = threading.local()  # the request this thread reads: its socket, deadline and watch
+
+
+class _Watch:
+    """One request being read: its line and headers (the server's part), then its body
+    (main.py's), cut off at the deadline unless `done` first."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.sock, self.deadline = sock, deadline
+        self._lock = threading.Lock()
+        self._state = "headers"
+
+    def body(self) -> None:
+        with self._lock:
+            if self._state == "headers":
+                self._state = "body"
+
+    def done(self) -> None:
+        with self._lock:
+            if self._state in ("headers", "body"):
+                self._state = "done"
+
+    def cut(self) -> None:
+        """At the deadline: still in its headers, the server answers 408 and closes (the
+        application never saw it); in its body, reading stops and main.py answers 408."""
+        with self._lock:
+            state = self._state
+            if state in ("headers", "body"):
+                self._state = "cut"
+        if state == "body":
+            _shutdown(self.sock, socket.SHUT_RD)  # the blocked read ends; models.read_body says 408
+        elif state == "headers":
+            err = RequestTimeout()
+            request_id = secrets.token_hex(16)
+            try:
+                # Best effort, never blocking: a small answer fits the socket's buffer.
+                self.sock.send(_raw_answer(err, request_id), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            _shutdown(self.sock, socket.SHUT_RDWR)  # the blocked read ends; gunicorn closes
+            logs.emit({"severity": "WARNING", "message": f"(refused by the HTTP server) {err.status}",
+                       "httpRequest": {"status": err.status}, "request_id": request_id, "error_code": err.code,
+                       "reason": f"request line and headers not complete within {REQUEST_DEADLINE_SECONDS:g} s"})
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+
+
+class _Watchdog:
+    """One thread that cuts off requests whose line and headers pass their deadline."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, deadline: float) -> _Watch:
+        watched = _Watch(sock, deadline)
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="request-deadlines", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (deadline, next(self._order), watched))
+            self._changed.notify()
+        return watched
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._changed.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _, _, watched = heapq.heappop(self._heap)
+            watched.cut()
+
+
+_watchdog = _Watchdog()
+
+
+def headers_read() -> None:
+    """The request's line and headers are in (main.py, as a request reaches it): its body is next."""
+    watched = getattr(_request, "watch", None)
+    if watched is not None:
+        watched.body()
+
+
+def body_read() -> None:
+    """The request's body is in: nothing more of it is watched."""
+    watched = getattr(_request, "watch", None)
+    if watched is not None:
+        watched.done()
+
+
+def in_time() -> bool:
+    """Whether this thread's request is still within its deadline (always, outside the
+    server: the tests' in-process app)."""
+    deadline = getattr(_request, "deadline", None)
+    return deadline is None or time.monotonic() < deadline
+
+
+def _raw_answer(err: ApiError, request_id: str) -> bytes:
+    """A complete HTTP/1.1 answer carrying `err`'s envelope, which closes the connection."""
+    body = json.dumps(err.envelope(), separators=(",", ":")).encode() + b"\n"  # as main.py's answers end
+    head = (f"HTTP/1.1 {err.status} {err.code}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Cache-Control: no-store\r\nX-Request-Id: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
 
 
 class Worker(ThreadWorker):
@@ -54,17 +179,26 @@ class Worker(ThreadWorker):
             conn.framelane_timeout_set = True
         super().enqueue_req(conn)
 
+    def handle(self, conn):
+        # The request's deadline runs from when a thread takes it up (a connection with no data yet
+        # waits on the poller, not here); its line and headers are watched until main.py has them.
+        deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS
+        _request.sock, _request.deadline = conn.sock, deadline
+        _request.watch = _watchdog.watch(conn.sock, deadline)
+        try:
+            return super().handle(conn)
+        finally:
+            _request.watch.done()
+            _request.sock = _request.deadline = _request.watch = None
+
     def handle_error(self, req, client, addr, exc):
         if not isinstance(exc, ParseException):
             super().handle_error(req, client, addr, exc)
             return
         err = refusal(exc)
         request_id = secrets.token_hex(16)
-        body = json.dumps(err.envelope(), separators=(",", ":")).encode() + b"\n"  # as main.py's answers end
-        head = (f"HTTP/1.1 {err.status} {err.code}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                f"Cache-Control: no-store\r\nX-Request-Id: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n")
         try:
-            util.write_nonblock(client, head.encode("latin-1") + body)
+            util.write_nonblock(client, _raw_answer(err, request_id))
         except OSError:
             pass  # the client is gone; nothing to tell it
         # Never the request line or a header: they are the client's bytes, possibly huge or secret.
@@ -94,12 +228,23 @@ class _QuietSlowClients(logging.Filter):
         return True
 
 
-def install() -> None:
-    """Make functions-framework's gunicorn use the settings above (idempotent)."""
+def install(request_deadline_seconds: float = REQUEST_DEADLINE_SECONDS) -> None:
+    """Make functions-framework's gunicorn use the settings above (idempotent), a request's
+    line, headers and body given `request_deadline_seconds` in all."""
+    global REQUEST_DEADLINE_SECONDS
+    REQUEST_DEADLINE_SECONDS = request_deadline_seconds
     application = ff_gunicorn.GunicornApplication
     if getattr(application.load_config, "_framelane", False):
         return
     original = application.load_config
+    process_headers = wsgi.Response.process_headers
+
+    def closing_headers(self, headers):
+        # gunicorn drops the application's Connection header; an answer that says it
+        # closes (408, 413: lib/errors.py) must say so on the wire, and close.
+        if any(name.lower() == "connection" and value.strip().lower() == "close" for name, value in headers):
+            self.force_close()
+        process_headers(self, headers)
 
     def load_config(self):
         original(self)
@@ -111,4 +256,6 @@ def install() -> None:
     load_config._framelane = True  # type: ignore[attr-defined]  # marks the patch, so it is made once
     # Patched on purpose: functions-framework builds this class itself, so we cannot subclass it.
     application.load_config = load_config  # type: ignore[method-assign]
+    # Patched on purpose, as above: gunicorn makes its Response itself.
+    wsgi.Response.process_headers = closing_headers  # type: ignore[method-assign]
     logging.getLogger("gunicorn.error").addFilter(_QuietSlowClients())

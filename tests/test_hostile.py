@@ -13,6 +13,7 @@ import re
 import secrets
 import socket
 import subprocess
+import threading
 import uuid
 from urllib.parse import unquote
 
@@ -415,3 +416,84 @@ def test_half_sent_requests_cannot_hold_every_thread(target, ws_key, log_dir):
     finally:
         for sock in stalled:
             sock.close()
+
+
+# --- a request's whole time, and answers that close ---------------------------------------------
+
+DEADLINE = 3  # REQUEST_DEADLINE_SECONDS for these functions (30 s deployed)
+
+
+@pytest.fixture(scope="module")
+def quick(backends, log_dir):
+    """A served function whose requests get DEADLINE seconds for their line, headers and body."""
+    function = emulators.start_function(dict(backends["env"], REQUEST_DEADLINE_SECONDS=str(DEADLINE)), log_dir,
+                                        name="function-deadline")
+    try:
+        yield function
+    finally:
+        function.stop()
+
+
+def dribble(url: str, first: bytes, then: bytes, stop: threading.Event) -> bytes:
+    """Send `first`, then `then` a byte at a time every 0.5 s (each read is quick, the whole is not)
+    until the server closes; everything it answered."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(first)
+        for byte in then:
+            if stop.wait(0.5):
+                break
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break  # the server shut the connection
+            sock.settimeout(0.01)
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    break  # an answer is waiting
+            except (TimeoutError, BlockingIOError):
+                pass
+            except OSError:
+                break
+            sock.settimeout(60)
+        sock.settimeout(60)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except OSError:
+            pass
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("first, then", [
+    pytest.param(b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\n", b"X-Slow: " + b"v" * 200, id="headers"),
+    pytest.param(b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n", b"{" + b" " * 200,
+                 id="body"),
+])
+def test_a_dribbled_request_gets_408_at_its_deadline_and_the_connection_closes(quick, first, then):
+    """Every read is quick (a byte each 0.5 s, far under the 10 s per read), so only the whole
+    request's deadline ends it: 400 bytes would take 200 s; the server answers at its deadline."""
+    stop = threading.Event()
+    try:
+        answer = dribble(quick.url, first, then, stop)
+    finally:
+        stop.set()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"connection: close" in head.lower()
+    assert b'"code":"request_timeout"' in body  # the envelope (chunked when the function answers it)
+
+
+def test_an_early_answer_says_it_closes_and_the_clients_next_call_works(quick, ws_key):
+    """A 1 MiB body is refused with 413 before it is read: the answer says `Connection: close`,
+    so a client that pools connections (requests) opens a new one for its next call instead of
+    failing it with RemoteDisconnected."""
+    key, _ = ws_key
+    session = requests.Session()
+    refused = session.post(quick.url + "/v1/uploads", data=b"x" * (1024 * 1024), timeout=30,
+                           headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert refused.status_code == 413 and refused.headers["Connection"].lower() == "close"
+    created = session.post(quick.url + "/v1/uploads", json={"content_type": "video/mp4"}, timeout=30,
+                           headers={"Authorization": f"Bearer {key}"})
+    assert created.status_code == 201
