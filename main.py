@@ -22,9 +22,6 @@ from lib import auth, clock, config, create, events, lifecycle, logs, models, oi
 from lib.clients import firestore_client, publisher, session_http, storage_client
 from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, UriTooLong, WebhookDeliveryFailed
 
-# Before functions-framework builds its gunicorn (it imports this module first).
-server.install()
-
 
 def _load_settings() -> config.Settings:
     """Read and check every setting now: a bad one stops the function from starting, so a
@@ -39,6 +36,8 @@ def _load_settings() -> config.Settings:
 
 
 SETTINGS = _load_settings()
+# Before functions-framework builds its gunicorn (it imports this module first).
+server.install(SETTINGS.request_deadline_seconds)
 
 Result = tuple[int, dict[str, Any], dict[str, str]]
 # Our longest route is ~50 characters; anything past this is refused before routing.
@@ -169,27 +168,36 @@ def health(_request: flask.Request, _raw: bytes, _log: dict[str, Any], _params: 
 
 # (request, its body as read, the log line's fields, the path's parameters)
 Handler = Callable[[flask.Request, bytes, dict[str, Any], dict[str, str]], Result]
-# Path patterns (whole-path matches) and the methods each answers.
-ROUTES: tuple[tuple[re.Pattern[str], dict[str, Handler]], ...] = (
+Routes = tuple[tuple[re.Pattern[str], dict[str, Handler]], ...]
+# Cloud Run reserves some paths ending in "z" (its known issues advise avoiding
+# them all), so the uptime check probes /health; /healthz is the usual name.
+_HEALTH: Routes = ((re.compile(r"/health"), {"GET": health}), (re.compile(r"/healthz"), {"GET": health}))
+# Path patterns (whole-path matches) and the methods each answers, per function. Two functions
+# from this one source: `uploads` serves the API, the scheduler and storage events; `deliveries`
+# serves the webhook pushes, so a slow receiver holds a thread of its own instances, never one of
+# the API's (docs/operations.md, "Two functions").
+UPLOADS_ROUTES: Routes = (
     (re.compile(r"/v1/uploads"), {"POST": create_upload}),
     (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)"), {"GET": get_upload}),
     (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/cancel"), {"POST": cancel_upload}),
     (re.compile(r"/internal/sweep"), {"POST": run_sweep}),
     (re.compile(r"/internal/storage-events"), {"POST": storage_event}),
+    *_HEALTH,
+)
+DELIVERIES_ROUTES: Routes = (
     (re.compile(r"/internal/webhooks"), {"POST": webhook_message}),
     (re.compile(r"/internal/webhook-dead-letters"), {"POST": webhook_dead_letter}),
-    # Cloud Run reserves some paths ending in "z" (its known issues advise avoiding
-    # them all), so the uptime check probes /health; /healthz is the usual name.
-    (re.compile(r"/health"), {"GET": health}),
-    (re.compile(r"/healthz"), {"GET": health}),
+    *_HEALTH,
 )
+# Every route of either function (the API document lists them all).
+ROUTES: Routes = (*UPLOADS_ROUTES, *DELIVERIES_ROUTES[:-len(_HEALTH)])
 # Each route's path as a template (`/v1/uploads/{upload_id}`): the log line's
 # `route`, a label of the request metrics that stays few-valued.
 TEMPLATES = {pattern: re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern) for pattern, _ in ROUTES}
 
 
-def _route(path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
-    for pattern, methods in ROUTES:
+def _route(routes: Routes, path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
+    for pattern, methods in routes:
         match = pattern.fullmatch(path)
         if match:
             return methods, match.groupdict(), TEMPLATES[pattern]
@@ -198,6 +206,17 @@ def _route(path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
 
 @functions_framework.http
 def uploads(request: flask.Request) -> flask.Response:
+    """The API function: uploads, the sweep, storage events."""
+    return _serve(request, UPLOADS_ROUTES)
+
+
+@functions_framework.http
+def deliveries(request: flask.Request) -> flask.Response:
+    """The webhooks function: fan-out, deliveries and dead letters, pushed by Pub/Sub."""
+    return _serve(request, DELIVERIES_ROUTES)
+
+
+def _serve(request: flask.Request, routes: Routes) -> flask.Response:
     started = time.perf_counter()
     request_id = logs.request_id(request.headers.get("X-Request-Id"))
     # `route` is replaced by the matched route's template; "(none)": no route matched.
@@ -208,8 +227,10 @@ def uploads(request: flask.Request) -> flask.Response:
         # Every request's body is read (at most 64 KiB, each read bounded by
         # lib/server.py) before anything can answer early: otherwise
         # functions-framework reads it after our answer, unbounded by us.
-        raw = models.read_body(request.stream, request.content_length)
-        methods, params, log["route"] = _route(request.path)
+        server.headers_read()
+        raw = models.read_body(request.stream, request.content_length, before_read=server.in_time)
+        server.body_read()
+        methods, params, log["route"] = _route(routes, request.path)
         handler = methods.get(request.method)
         if handler is None:
             raise MethodNotAllowed(tuple(methods))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from bench import command, sweep
+from bench import command, isolation, sweep
 from dev import emulators
 from dev.receiver import Receiver
 
@@ -346,9 +346,11 @@ def main() -> int:
         key = _make_key(db)
 
         endpoint = emulators.start_function(env, log_dir, name="bench-endpoint")
+        # The webhook pushes' function, as deployed: (f) and (g) go through it.
+        deliveries = emulators.start_function(env, log_dir, name="bench-deliveries", target="deliveries")
         floor = emulators.start_function(env, log_dir, name="bench-floor", source_file="bench/floor.py",
                                          target="floor")
-        services += [endpoint, floor]
+        services += [endpoint, deliveries, floor]
         services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
                                               endpoint.url + "/internal/storage-events", issuer, log_dir))
         _prepare_replays(endpoint, db, key)
@@ -382,7 +384,7 @@ def main() -> int:
         delivery_runs = {"endpoint": [], "floor": []}
         for _ in range(rounds):
             for name, service, path, token in (
-                    ("endpoint", endpoint, "/internal/webhooks", issuer.webhooks_token()),
+                    ("endpoint", deliveries, "/internal/webhooks", issuer.webhooks_token()),
                     ("floor", floor, "/f", key)):
                 bodies = delivery_messages(db, receiver.url, event_count)
                 delivery_runs[name].append(measured(service, path, token, EVENT_CONCURRENCY, event_count, "none",
@@ -396,7 +398,7 @@ def main() -> int:
         receiver.received.clear()
         emulators.create_topic_and_subscription(pubsub, PROJECT, WEBHOOKS_TOPIC, f"{WEBHOOKS_TOPIC}-relay")
         services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{WEBHOOKS_TOPIC}-relay",
-                                              endpoint.url + "/internal/webhooks", issuer, log_dir,
+                                              deliveries.url + "/internal/webhooks", issuer, log_dir,
                                               name="push-relay-webhooks", caller="webhooks"))
         hook_latency = webhook_latency(endpoint, key, receiver)
         # (h) the upload command beside google-cloud-storage's own resumable upload.
@@ -407,6 +409,20 @@ def main() -> int:
         sweeps = sweep.measure(firestore_emulator, storage_emulator.url, PROJECT, BUCKET)
         print("i sweep " + ", ".join(f"{r['workers']} workers {r['per_second']:.0f}/s" for r in sweeps),
               file=sys.stderr)
+        # (j) another workspace's creates while one workspace's receiver dribbles 32 deliveries.
+        dribbler = isolation.Dribbler()
+        try:
+            slow = [body for _ in range(isolation.DELIVERIES) for body in delivery_messages(db, dribbler.url, 1)]
+            other = _make_key(db, "ws_isolation")
+            isolated = isolation.measure(
+                lambda: load(endpoint.url, "/v1/uploads", other, 8, counts[8], "none"),
+                lambda: load(deliveries.url, "/internal/webhooks", issuer.webhooks_token(), isolation.DELIVERIES,
+                             isolation.DELIVERIES, "none", slow),
+                dribbler, rounds)
+        finally:
+            dribbler.stop()
+        print(f"j create p99 {isolated['quiet_p99']:.1f} ms quiet, {isolated['busy_p99']:.1f} ms beside "
+              f"{isolated['held']} dribbled deliveries: ratio {isolated['ratio']:.2f}", file=sys.stderr)
 
         rss = [rss_mib(worker_pid(endpoint))]
         for _ in range(2):
@@ -417,7 +433,7 @@ def main() -> int:
         imports = import_times()
         cold = cold_starts(env, key, log_dir)
         report = _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count,
-                         latency, delivery_runs, hook_latency, uploads, sweeps)
+                         latency, delivery_runs, hook_latency, uploads, sweeps, isolated)
     finally:
         for service in reversed(services):
             service.stop()
@@ -430,9 +446,9 @@ def main() -> int:
     return 0
 
 
-def _make_key(db) -> str:
+def _make_key(db, workspace: str = "ws_bench") -> str:
     from lib import auth
-    return auth.create_key(db, "ws_bench", "bench", "live")[0]
+    return auth.create_key(db, workspace, "bench", "live")[0]
 
 
 def _prepare_replays(endpoint: emulators.Service, db, key: str) -> None:
@@ -473,7 +489,7 @@ RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency,
-            delivery_runs, hook_latency, uploads, sweeps) -> str:
+            delivery_runs, hook_latency, uploads, sweeps, isolated) -> str:
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
@@ -514,6 +530,11 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         "lookup, a conditional update; in this process, as the function runs it): "
         + ", ".join(f"{r['workers']} workers **{r['per_second']:.0f}/s** ({r['seconds']:.1f} s)" for r in sweeps)
         + ".", "",
+        f"**(j) one tenant's slow receiver against another's creates** ({isolation.DELIVERIES} deliveries to "
+        "a receiver that answers its status and then a header byte a second, held to their 10 s deadline by "
+        f"the deliveries function, while another workspace creates at concurrency 8, {counts[8]} requests; "
+        f"median of {rounds} rounds): create p99 **{isolated['busy_p99']:.1f} ms** beside them against "
+        f"**{isolated['quiet_p99']:.1f} ms** without, ratio **{isolated['ratio']:.2f}** (target ≤ 1.5).", "",
     ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "

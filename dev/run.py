@@ -11,7 +11,8 @@ verifies each signature and prints each event, serves the browser demo
 (dev/demo.py: a page and the backend that holds the key), and prints curls
 and the upload command to try.
 Ports: FUNCTION_PORT (8080), FIRESTORE_PORT (8681), STORAGE_PORT (4443),
-PUBSUB_PORT (8085), ISSUER_PORT (8086), RECEIVER_PORT (8087), DEMO_PORT (8088).
+PUBSUB_PORT (8085), ISSUER_PORT (8086), RECEIVER_PORT (8087), DEMO_PORT (8088),
+DELIVERIES_PORT (8089: the webhooks function, `deliveries`, as deployed beside the API's).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ WEBHOOK_MAX_ATTEMPTS = 5
 def main() -> int:
     ports = {name: int(os.environ.get(name, default)) for name, default in
              (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443), ("PUBSUB_PORT", 8085),
-              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087), ("DEMO_PORT", 8088))}
+              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087), ("DEMO_PORT", 8088), ("DELIVERIES_PORT", 8089))}
     busy = [f"{name}={port}" for name, port in ports.items() if emulators.port_in_use(port)]
     if busy:
         print(f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
@@ -81,13 +82,17 @@ def _serve(ports: dict[str, int], log_dir) -> int:
         endpoint = _demo_webhook(firestore, receiver)
         function = emulators.start_function(env, log_dir, ports["FUNCTION_PORT"])
         services.append(function)
+        # The webhook pushes go to the deliveries function, as deployed (terraform/webhooks.tf).
+        deliveries = emulators.start_function(env, log_dir, ports["DELIVERIES_PORT"], name="function-deliveries",
+                                              target="deliveries")
+        services.append(deliveries)
         services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
                                               function.url + "/internal/storage-events", issuer, log_dir))
         services.append(emulators.start_relay(
-            pubsub, hooks, function.url + "/internal/webhooks", issuer, log_dir, name="push-relay-webhooks",
+            pubsub, hooks, deliveries.url + "/internal/webhooks", issuer, log_dir, name="push-relay-webhooks",
             caller="webhooks", extra_args=("--max-attempts", str(WEBHOOK_MAX_ATTEMPTS), "--dead-letter-topic",
                                            f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}")))
-        services.append(emulators.start_relay(pubsub, dead_letters, function.url + "/internal/webhook-dead-letters",
+        services.append(emulators.start_relay(pubsub, dead_letters, deliveries.url + "/internal/webhook-dead-letters",
                                               issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
         from dev.demo import Demo
         demo = Demo(function.url, key, ports["DEMO_PORT"])

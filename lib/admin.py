@@ -1,7 +1,7 @@
 """Ops CLI for API keys and webhook endpoints: `python -m lib.admin COMMAND`.
 
 Keys: create-key, list-keys, revoke-key. Webhooks: add-webhook, list-webhooks,
-remove-webhook, rotate-webhook-secret, webhook-deliveries. Migration:
+enable-webhook, remove-webhook, rotate-webhook-secret, webhook-deliveries. Migration:
 backfill-sweep-shards (once, after the deploy that shards the sweep's index).
 
 Talks to the Firestore named by GOOGLE_CLOUD_PROJECT (and FIRESTORE_DATABASE,
@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     hooks.add_argument("--workspace", required=True, type=_workspace)
     hooks.add_argument("--json", action="store_true", help="print a JSON array")
 
+    enable = commands.add_parser("enable-webhook", help="deliver again to an endpoint disabled after days of failures")
+    enable.add_argument("endpoint_id", metavar="ID")
+
     remove = commands.add_parser("remove-webhook", help="remove an endpoint; nothing more is sent to it after 5 s")
     remove.add_argument("endpoint_id", metavar="ID", help="the id from add-webhook or list-webhooks (we_...)")
 
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     commands = {"create-key": _create, "list-keys": _list, "revoke-key": _revoke, "add-webhook": _add_webhook,
-                "list-webhooks": _list_webhooks, "remove-webhook": _remove_webhook,
+                "list-webhooks": _list_webhooks, "remove-webhook": _remove_webhook, "enable-webhook": _enable_webhook,
                 "rotate-webhook-secret": _rotate_webhook_secret, "webhook-deliveries": _webhook_deliveries,
                 "backfill-sweep-shards": _backfill_sweep_shards}
     try:
@@ -230,9 +233,22 @@ def _list_webhooks(db, args) -> int:
     rows = [endpoint.public() for endpoint in endpoints.list_endpoints(db, args.workspace)]
     return _show(rows, args.json, f"No webhook endpoints for workspace {args.workspace}.", (
         ("ID", 35, lambda row: row["id"]), ("MODE", 4, lambda row: row["mode"]),
+        ("STATUS", 8, lambda row: row["status"]),
+        ("SINCE", 20, lambda row: row["disabled_at"] or row["failing_since"] or "-"),
         ("CREATED", 20, lambda row: row["created_at"]),
         ("OLD SECRET UNTIL", 20, lambda row: row["previous_secret_expires_at"] or "-"),
         ("URL", 0, lambda row: row["url"])))
+
+
+def _enable_webhook(db, args) -> int:
+    endpoint = endpoints.enable(db, args.endpoint_id)
+    if endpoint is None:
+        print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
+        return 1
+    print(f"Enabled webhook endpoint {endpoint.id} ({endpoint.url}); deliveries resume once instances' "
+          f"copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s). Events from while "
+          "it was disabled are not sent.")
+    return 0
 
 
 def _remove_webhook(db, args) -> int:

@@ -130,6 +130,10 @@ class TtlLru(Generic[V]):
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
+    def pop(self, name: str) -> None:
+        with self._lock:
+            self._entries.pop(name, None)
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -41,6 +41,11 @@ ENDPOINT_ID_PREFIX = "we_"
 # What `create_endpoint` makes; anything else names no endpoint (and is never a Firestore path).
 ENDPOINT_ID = re.compile(r"we_[0-9a-f]{32}")
 SECRET_PREFIX = "whsec_"
+# An endpoint that has failed every delivery for this long is disabled: Svix's rule ("If all
+# attempts to a specific endpoint fail for a period of 5 days, the endpoint will be disabled",
+# https://docs.svix.com/retries). Stripe disables failing endpoints too but publishes no figure.
+# The clock starts at the first failure after the last success (`failing_since`).
+DISABLE_AFTER = timedelta(days=5)
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,28 @@ class Endpoint:
     created_at: datetime
     previous_secret: str | None = field(default=None, repr=False)
     previous_secret_expires_at: datetime | None = None
+    # Every delivery since this time has failed (None: the last one succeeded, or none failed).
+    failing_since: datetime | None = None
+    # Set once it has failed for DISABLE_AFTER: nothing more is sent until `enable` clears it.
+    disabled_at: datetime | None = None
 
     @classmethod
     def from_snapshot(cls, snap: Any) -> Endpoint:
         data = snap.to_dict()
         return cls(snap.id, data["workspace_id"], data["mode"], data["url"], data["secret"], data["created_at"],
-                   data.get("previous_secret"), data.get("previous_secret_expires_at"))
+                   data.get("previous_secret"), data.get("previous_secret_expires_at"), data.get("failing_since"),
+                   data.get("disabled_at"))
 
     def public(self) -> dict[str, Any]:
         """What ops may see of it: everything but the secrets."""
+        def at(value: datetime | None) -> str | None:
+            return clock.rfc3339(value) if value else None
+
         return {"id": self.id, "url": self.url, "workspace_id": self.workspace_id, "mode": self.mode,
                 "created_at": clock.rfc3339(self.created_at),
-                "previous_secret_expires_at": (clock.rfc3339(self.previous_secret_expires_at)
-                                               if self.previous_secret_expires_at else None)}
+                "previous_secret_expires_at": at(self.previous_secret_expires_at),
+                "status": "disabled" if self.disabled_at else "failing" if self.failing_since else "enabled",
+                "failing_since": at(self.failing_since), "disabled_at": at(self.disabled_at)}
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The current secret, and the previous one while its overlap lasts."""
@@ -117,6 +131,10 @@ class EndpointCache:
     def __init__(self, ttl: float = ENDPOINT_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic):
         self._entries: TtlLru[tuple[Endpoint | None]] = TtlLru(ttl, self.MAX_ENTRIES, clock)
 
+    def forget(self, endpoint_id: str) -> None:
+        """Read it afresh next time (this instance just changed it)."""
+        self._entries.pop(endpoint_id)
+
     def get(self, db: firestore.Client, endpoint_id: str) -> Endpoint | None:
         cached = self._entries.get(endpoint_id)
         if cached is not None:
@@ -148,6 +166,39 @@ def remove_endpoint(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
         with upstream():
             endpoint_ref(db, endpoint_id).delete(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
     return endpoint
+
+
+def record_health(db: firestore.Client, endpoint: Endpoint, delivered: bool, now: datetime) -> str | None:
+    """Keep the endpoint's failure clock after one of its deliveries; written only when it
+    changes (the first failure after a success, a success after failures, the disabling).
+
+    Returns "disabled" when this failure disabled it, else None.
+    """
+    if delivered:
+        changes: dict[str, Any] = {"failing_since": firestore.DELETE_FIELD} if endpoint.failing_since else {}
+    elif endpoint.failing_since is None:
+        changes = {"failing_since": now}
+    elif now - endpoint.failing_since >= DISABLE_AFTER and endpoint.disabled_at is None:
+        changes = {"disabled_at": now}
+    else:
+        changes = {}
+    if not changes:
+        return None
+    with upstream():
+        endpoint_ref(db, endpoint.id).update(changes, retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    endpoint_cache().forget(endpoint.id)
+    return "disabled" if "disabled_at" in changes else None
+
+
+def enable(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
+    """Deliver to a disabled endpoint again, its failure clock reset."""
+    endpoint = get_endpoint(db, endpoint_id)
+    if endpoint is not None:
+        with upstream():
+            endpoint_ref(db, endpoint_id).update(
+                {"disabled_at": firestore.DELETE_FIELD, "failing_since": firestore.DELETE_FIELD},
+                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    return get_endpoint(db, endpoint_id)
 
 
 def rotate_secret(db: firestore.Client, endpoint_id: str, now: datetime) -> Endpoint | None:

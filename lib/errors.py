@@ -52,6 +52,14 @@ class InvalidEvent(ApiError):
         super().__init__(message, reason=reason)
 
 
+class DeliveryDeferred(ApiError):
+    """POST /internal/webhooks: this instance already has its share of deliveries to the
+    endpoint in flight; Pub/Sub retries the delivery after its backoff."""
+
+    status, code = 429, "delivery_deferred"
+    message = "Enough deliveries to this endpoint are in flight here; it will be retried."
+
+
 class WebhookDeliveryFailed(ApiError):
     """POST /internal/webhooks: the customer's endpoint did not take the event.
 

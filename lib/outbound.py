@@ -2,9 +2,11 @@
 
 The connection goes to one of the target's checked addresses (no second
 lookup), with the URL's host for TLS (SNI and certificate) and `Host`.
-Redirects are never followed, at most MAX_RESPONSE_BYTES of an answer is
-read, and a watchdog thread shuts a connection whose exchange passes its
-deadline, however the receiver dribbles.
+Redirects are never followed. The status is the answer: once it is in, the
+body is read only to keep the connection for the next delivery, and only if
+it is small (MAX_KEPT_BODY_BYTES) and comes within BODY_GRACE_SECONDS; else the
+connection is dropped. A watchdog thread shuts a connection whose exchange
+passes its deadline, however the receiver dribbles.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from typing import NamedTuple
 
 from lib.targets import Target
 
+# A whole delivery, its lookup included (lib/webhooks.py deliver).
 DELIVERY_TIMEOUT_SECONDS = 10.0
-MAX_RESPONSE_BYTES = 64 * 1024
+# After the status: a body read to keep the connection is at most this big, and this quick.
+MAX_KEPT_BODY_BYTES = 4 * 1024
+BODY_GRACE_SECONDS = 1.0
 
 
 class Result(NamedTuple):
@@ -31,7 +36,6 @@ class Result(NamedTuple):
     status: int | None
     error: str | None
     latency_ms: float
-    bytes_read: int = 0
 
     @property
     def ok(self) -> bool:
@@ -202,47 +206,45 @@ _pool = _Pool()
 
 
 def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = DELIVERY_TIMEOUT_SECONDS,
-         max_response_bytes: int = MAX_RESPONSE_BYTES, tls_context: ssl.SSLContext | None = None) -> Result:
+         tls_context: ssl.SSLContext | None = None) -> Result:
     """POST `body` to a checked target, connecting only to its checked addresses.
 
     Never raises for what the receiver does: the Result says what happened.
-    The whole exchange (connect, TLS, request, status, up to
-    `max_response_bytes` of the body) ends by `timeout`. A connection the
-    receiver keeps alive, its answer read to the end, is kept for the next
-    delivery to the same address (_Pool); one found closed by the receiver
-    before answering is replaced by a new one, once.
+    The whole exchange (connect, TLS, request, status) ends by `timeout`. A
+    connection the receiver keeps alive, its small answer read to the end
+    within BODY_GRACE_SECONDS, is kept for the next delivery to the same
+    address (_Pool); one found closed by the receiver before answering is
+    replaced by a new one, once.
     """
     started = time.monotonic()
     deadline = started + timeout
-    outcome: tuple[int | None, str | None, int] = (None, "timeout", 0)
+    outcome: tuple[int | None, str | None] = (None, "timeout")
     for index, address in enumerate(target.addresses):
         key = (target.scheme, target.host, target.port, address)
         conn = _pool.take(key)
         if conn is not None:
-            outcome, stale = _exchange(conn, key, target, body, headers, deadline, max_response_bytes, reused=True)
+            outcome, stale = _exchange(conn, key, target, body, headers, deadline, reused=True)
             if not stale:
                 break
         if deadline <= time.monotonic():
-            outcome = (None, "timeout", 0)
+            outcome = (None, "timeout")
             break
         if target.scheme == "https":
             conn = _PinnedHTTPSConnection(target.host, target.port, address, deadline - time.monotonic(),
                                           tls_context or _tls())
         else:
             conn = _PinnedHTTPConnection(target.host, target.port, address, deadline - time.monotonic())
-        outcome, unreachable = _exchange(conn, key, target, body, headers, deadline, max_response_bytes,
-                                         reused=False)
+        outcome, unreachable = _exchange(conn, key, target, body, headers, deadline, reused=False)
         if not unreachable or index == len(target.addresses) - 1:
             break
         # Not connected: the next checked address may answer.
-    status, error, read = outcome
-    return Result(status, error, round((time.monotonic() - started) * 1000, 1), read)
+    status, error = outcome
+    return Result(status, error, round((time.monotonic() - started) * 1000, 1))
 
 
 def _exchange(conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, key: tuple, target: Target, body: bytes,
-              headers: dict[str, str], deadline: float, max_response_bytes: int,
-              reused: bool) -> tuple[tuple[int | None, str | None, int], bool]:
-    """One request on `conn`: ((status, error, bytes read), try-again), where try-again
+              headers: dict[str, str], deadline: float, reused: bool) -> tuple[tuple[int | None, str | None], bool]:
+    """One request on `conn`: ((status, error), try-again), where try-again
     means a reused connection was found closed before any answer (`reused`), or a
     new one could not connect (not `reused`)."""
     conn.exchange += 1
@@ -258,30 +260,40 @@ def _exchange(conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, key: tuple, 
         conn.request("POST", target.path, body=body, headers=headers)
         response = conn.getresponse()
         if conn.cut_off:  # the status line came, the headers were still dribbling at the deadline
-            return (None, "timeout", 0), False
-        read = 0
-        try:
-            read = len(response.read(max_response_bytes))
-            keep = response.isclosed() and not response.will_close and not conn.cut_off
-        except (OSError, http.client.HTTPException):
-            pass  # the status is in; what follows it does not matter
-        return (response.status, None, read), False
+            return (None, "timeout"), False
+        keep = _drain(conn, response, deadline)
+        return (response.status, None), False
     except ssl.SSLError as exc:
         if conn.cut_off:
-            return (None, "timeout", 0), False
+            return (None, "timeout"), False
         error = "tls_certificate_error" if isinstance(exc, ssl.SSLCertVerificationError) else "tls_error"
-        return (None, error, 0), False
+        return (None, error), False
     except (OSError, http.client.HTTPException) as exc:
         if conn.cut_off or isinstance(exc, TimeoutError):
-            return (None, "timeout", 0), False
+            return (None, "timeout"), False
         stale = reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
-        return (None, _error_class(exc), 0), stale or (not reused and not connected)
+        return (None, _error_class(exc)), stale or (not reused and not connected)
     finally:
         conn.finished = True
         if keep:
             _pool.give(key, conn)
         else:
             conn.close()
+
+
+def _drain(conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, response: http.client.HTTPResponse,
+           deadline: float) -> bool:
+    """Read a small answer's body to keep the connection; whether it may be kept. A body
+    of unknown length, or bigger than MAX_KEPT_BODY_BYTES, is not read at all, and a small
+    one gets BODY_GRACE_SECONDS (within the deadline): the status was the answer."""
+    if response.will_close or response.length is None or response.length > MAX_KEPT_BODY_BYTES:
+        return False
+    _watchdog.watch(min(deadline, time.monotonic() + BODY_GRACE_SECONDS), conn, conn.exchange)
+    try:
+        response.read(response.length)
+    except (OSError, http.client.HTTPException):
+        return False
+    return response.isclosed() and not conn.cut_off
 
 
 def _error_class(exc: BaseException) -> str:

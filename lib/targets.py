@@ -14,9 +14,9 @@ network unless every hop is checked (OWASP's SSRF prevention cheat sheet; the
 3. the connection goes to an address that was checked, with the URL's host
    for TLS (SNI and certificate) and `Host`: there is no second lookup for a
    rebinding DNS server to answer differently;
-4. redirects are never followed, at most 64 KiB of a response is read, and
-   the whole exchange is cut off at its deadline (10 s), however the receiver
-   dribbles (lib/outbound.py sends it).
+4. the lookup is bounded (RESOLVE_TIMEOUT_SECONDS) and fair between hosts
+   (`Lookups`); redirects are never followed and the whole delivery ends by
+   its deadline (10 s), however the receiver dribbles (lib/outbound.py sends it).
 
 The same rules run when an endpoint is added (lib/admin.py) and at every
 delivery (lib/webhooks.py).
@@ -26,19 +26,26 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+import dns.exception
+import dns.resolver
 import idna
 
+from lib.clients import TtlLru, shared
+
 MAX_URL_LENGTH = 2048
-DELIVERY_TIMEOUT_SECONDS = 10.0
-MAX_RESPONSE_BYTES = 64 * 1024
+# One lookup's whole time: both address families, every server and retry (dnspython's lifetime).
 RESOLVE_TIMEOUT_SECONDS = 3.0
+# How long a host that failed to resolve is refused without asking again.
+FAILURE_MEMORY_SECONDS = 5.0
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
@@ -167,23 +174,115 @@ def _ascii_host(host: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _literal(host: str) -> str | None:
-    """The address a host that is an IP literal names (pure: remembered), else None."""
+    """The address a host that is an IP literal names (pure: remembered), else None: the
+    IPv4 forms a URL parser reads as an address too (`127.1`, `2130706433`, `0x7f.0.0.1`,
+    as inet_aton does), so they are judged as the address they name, never looked up."""
     try:
         return str(ipaddress.ip_address(host.split("%", 1)[0]))
     except ValueError:
-        return None
+        pass
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            return str(ipaddress.IPv4Address(socket.inet_aton(host)))
+        except OSError:
+            return None
+    return None
 
 
-def _system_resolve(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+_NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+")
 
 
-_resolver_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="resolve")
+# A lookup: (host, port, seconds it may take) -> addresses. Resolver: what tests give instead
+# of DNS, (host, port) -> addresses.
+Lookup = Callable[[str, int, float], Sequence[str]]
 
 
-def resolve(url: str, allow_private: bool, resolver: Resolver | None = None) -> Target:
-    """`url` checked: its form, then every address its host resolves to.
+def dns_lookup(host: str, port: int, lifetime: float, resolver: dns.resolver.Resolver | None = None) -> list[str]:
+    """The host's IPv4 and IPv6 addresses from DNS (dnspython, the system's nameservers), the whole
+    lookup bounded by `lifetime`: past it dnspython stops (LifetimeTimeout), nothing keeps running.
+    `localhost` is loopback and never asked (RFC 6761 6.3)."""
+    if host == "localhost":
+        return ["127.0.0.1", "::1"]
+    resolver = resolver or shared(("dns_resolver",), dns.resolver.Resolver)
+    deadline = time.monotonic() + lifetime
+    found: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise dns.resolver.LifetimeTimeout(timeout=lifetime, errors=[])
+        try:
+            found += [record.address for record in resolver.resolve(host, rdtype, lifetime=remaining, search=False)]
+        except dns.resolver.NoAnswer:
+            continue
+    return found
+
+
+@dataclass
+class _Flight:
+    """One lookup in progress; others asking for the same host wait for it."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    addresses: list[str] = field(default_factory=list)
+    refusal: str | None = None
+
+
+class Lookups:
+    """An instance's DNS lookups, fair between hosts: each runs in its caller's own thread
+    (there is no shared queue a tenant's slow names can fill), bounded by the caller's time,
+    at most one in flight per host (the others wait for its answer), and a host that failed
+    is refused for FAILURE_MEMORY_SECONDS without asking again."""
+
+    def __init__(self, lookup: Lookup = dns_lookup, remember_failures: float = FAILURE_MEMORY_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        self._lookup = lookup
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._failed: TtlLru[str] = TtlLru(remember_failures, 10_000, clock)
+
+    def addresses(self, host: str, port: int, timeout: float) -> list[str]:
+        """Raises TargetRefused: it did not resolve within `timeout`, or to nothing."""
+        refusal = self._failed.get(host)
+        if refusal is not None:
+            raise TargetRefused(refusal)
+        with self._lock:
+            flight = self._flights.get(host)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[host] = _Flight()
+        if leader:
+            self._fly(flight, host, port, timeout)
+        elif not flight.done.wait(timeout):
+            raise TargetRefused(f"host {host!r} did not resolve within {timeout:.1f} s")
+        if flight.refusal is not None:
+            raise TargetRefused(flight.refusal)
+        if not flight.addresses:
+            raise TargetRefused(f"host {host!r} resolves to no address")
+        return flight.addresses
+
+    def _fly(self, flight: _Flight, host: str, port: int, timeout: float) -> None:
+        try:
+            flight.addresses = list(self._lookup(host, port, timeout))
+        except (dns.exception.Timeout, TimeoutError):
+            flight.refusal = f"host {host!r} did not resolve within {timeout:.1f} s"
+        except (dns.exception.DNSException, OSError, UnicodeError) as exc:
+            flight.refusal = f"host {host!r} does not resolve ({type(exc).__name__})"
+        finally:
+            if flight.refusal is not None:
+                self._failed.put(host, flight.refusal)
+            with self._lock:
+                self._flights.pop(host, None)
+            flight.done.set()
+
+
+def lookups() -> Lookups:
+    """The instance's DNS lookups."""
+    return shared(("webhook_lookups",), Lookups)
+
+
+def resolve(url: str, allow_private: bool, resolver: Resolver | None = None,
+            timeout: float = RESOLVE_TIMEOUT_SECONDS) -> Target:
+    """`url` checked: its form, then every address its host resolves to, the lookup
+    bounded by `timeout` (the instance's Lookups; `resolver` stands in for DNS in tests).
 
     Raises:
         TargetRefused: a rule is broken (the message names it and the address).
@@ -193,16 +292,8 @@ def resolve(url: str, allow_private: bool, resolver: Resolver | None = None) -> 
     if literal is not None:
         addresses = [literal]
     else:
-        lookup = resolver or _system_resolve
-        future = _resolver_pool.submit(lookup, host, port)
-        try:
-            addresses = list(future.result(timeout=RESOLVE_TIMEOUT_SECONDS))
-        except FutureTimeout:
-            raise TargetRefused(f"host {host!r} did not resolve within {RESOLVE_TIMEOUT_SECONDS:.0f} s") from None
-        except (OSError, UnicodeError) as exc:
-            raise TargetRefused(f"host {host!r} does not resolve ({type(exc).__name__})") from None
-        if not addresses:
-            raise TargetRefused(f"host {host!r} resolves to no address")
+        found = Lookups(lambda host_, port_, _: resolver(host_, port_)) if resolver is not None else lookups()
+        addresses = found.addresses(host, port, timeout)
     if not allow_private:
         for text in addresses:
             try:

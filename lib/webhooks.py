@@ -30,9 +30,12 @@ request's path).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -40,9 +43,9 @@ from typing import Any, NamedTuple
 from google.cloud import firestore
 
 from lib import attempts, clock, endpoints, lifecycle, outbound, targets
-from lib.clients import Publisher
+from lib.clients import Publisher, shared
 from lib.endpoints import Endpoint, EndpointCache
-from lib.errors import InvalidEvent, ServiceUnavailable, UploadNotFound, failure
+from lib.errors import DeliveryDeferred, InvalidEvent, ServiceUnavailable, UploadNotFound, failure
 from lib.push import Push
 
 EVENT_TYPES = {lifecycle.COMPLETED: "upload.completed", lifecycle.REJECTED: "upload.rejected",
@@ -181,13 +184,14 @@ class Delivery(NamedTuple):
 
 class Outcome(NamedTuple):
     delivered: bool
-    result: outbound.Result | None  # None: nothing was sent (the endpoint is gone)
+    result: outbound.Result | None  # None: nothing was sent (the endpoint is gone or disabled)
     refused: str | None = None  # why the URL was refused at this delivery
+    disabled: bool = False  # the endpoint is disabled (nothing sent), or this failure disabled it
 
     @property
     def label(self) -> str:
         if self.result is None and self.refused is None:
-            return "endpoint_removed"
+            return "endpoint_disabled" if self.disabled else "endpoint_removed"
         return "delivered" if self.delivered else "failed"
 
 
@@ -207,9 +211,14 @@ def deliver(db: firestore.Client, delivery: Delivery, allow_private: bool, now: 
     endpoint = cache.get(db, delivery.endpoint_id) if cache else endpoints.get_endpoint(db, delivery.endpoint_id)
     if endpoint is None:
         return Outcome(False, None)
+    if endpoint.disabled_at is not None:
+        return Outcome(False, None, disabled=True)  # acknowledged unsent, as for a removed endpoint
     body = delivery.body.decode()
+    # The whole delivery, the lookup included, ends by outbound.DELIVERY_TIMEOUT_SECONDS.
+    deadline = time.monotonic() + outbound.DELIVERY_TIMEOUT_SECONDS
     try:
-        target = targets.resolve(endpoint.url, allow_private, resolver)
+        target = targets.resolve(endpoint.url, allow_private, resolver,
+                                 timeout=min(targets.RESOLVE_TIMEOUT_SECONDS, outbound.DELIVERY_TIMEOUT_SECONDS))
     except targets.TargetRefused as exc:
         outcome = Outcome(False, outbound.Result(None, "refused_target", 0.0), refused=str(exc))
     else:
@@ -220,8 +229,10 @@ def deliver(db: firestore.Client, delivery: Delivery, allow_private: bool, now: 
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": endpoints.sign(endpoint.signing_secrets(now), delivery.event_id, now, body),
         }
-        result = outbound.post(target, delivery.body, headers)
+        result = outbound.post(target, delivery.body, headers, timeout=max(deadline - time.monotonic(), 0.0))
         outcome = Outcome(result.ok, result)
+    if endpoints.record_health(db, endpoint, outcome.delivered, now) == "disabled":
+        outcome = outcome._replace(disabled=True)
     row = attempt_row(endpoint, delivery, outcome.result, now)
     if record is not None:
         record(row)
@@ -267,6 +278,45 @@ def dead_lettered(db: firestore.Client, delivery: Delivery, now: datetime) -> st
 
 # -- the two push routes ------------------------------------------------------------------------
 
+# Deliveries to one endpoint an instance makes at once (of its deliveries_concurrency, 40):
+# past it a delivery is deferred (429, so Pub/Sub retries it after its backoff), so that one
+# slow or failing endpoint cannot hold every delivery thread.
+MAX_IN_FLIGHT_PER_ENDPOINT = 4
+
+
+class InFlight:
+    """Deliveries in flight per endpoint on this instance, each endpoint capped; thread-safe."""
+
+    def __init__(self, cap: int = MAX_IN_FLIGHT_PER_ENDPOINT):
+        self._cap = cap
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, endpoint_id: str) -> Iterator[bool]:
+        """Whether a delivery to `endpoint_id` may go now; its slot is held while inside."""
+        with self._lock:
+            held = self._counts.get(endpoint_id, 0)
+            admitted = held < self._cap
+            if admitted:
+                self._counts[endpoint_id] = held + 1
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self._lock:
+                    left = self._counts[endpoint_id] - 1
+                    if left:
+                        self._counts[endpoint_id] = left
+                    else:
+                        del self._counts[endpoint_id]
+
+
+def in_flight() -> InFlight:
+    """The instance's count of deliveries in flight per endpoint."""
+    return shared(("webhook_in_flight",), InFlight)
+
+
 @dataclass(frozen=True)
 class Handled:
     """What a pushed message came to: the answer's outcome and the log line's fields.
@@ -299,8 +349,11 @@ def handle(db: firestore.Client, message: Message, topic: str | None, publisher:
     delivery = message.delivery()
     log: dict[str, Any] = {"event_id": delivery.event_id, "endpoint_id": delivery.endpoint_id[:64],
                            "attempt": delivery.attempt}
-    outcome = deliver(db, delivery, allow_private, now, cache=endpoints.endpoint_cache(),
-                      record=attempts.attempt_log(db).add)
+    with in_flight().slot(delivery.endpoint_id) as admitted:
+        if not admitted:
+            raise DeliveryDeferred(reason=f"{MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to this endpoint in flight")
+        outcome = deliver(db, delivery, allow_private, now, cache=endpoints.endpoint_cache(),
+                          record=attempts.attempt_log(db).add)
     log["outcome"] = outcome.label
     if outcome.result is not None:
         log.update(receiver_status=outcome.result.status, receiver_error=outcome.result.error,
@@ -309,6 +362,9 @@ def handle(db: firestore.Client, message: Message, topic: str | None, publisher:
         log["refused"] = outcome.refused
     if outcome.label == "failed":
         log["severity"] = "WARNING"  # the customer's endpoint failed, not us
+        if outcome.disabled:
+            log["endpoint_disabled"] = (f"every delivery failed for {endpoints.DISABLE_AFTER.days} days: nothing "
+                                        "more is sent until `python -m lib.admin enable-webhook` re-enables it")
     return Handled({"outcome": outcome.label}, log, failed=outcome.label == "failed")
 
 

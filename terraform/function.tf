@@ -20,6 +20,26 @@ locals {
     "8" = [4096, 32768]
   }
   memory_mib = tonumber(regex("^[0-9]+", var.memory)) * (endswith(var.memory, "Gi") ? 1024 : 1)
+  # Exactly the settings lib/config.py reads (tests/test_terraform.py holds them together), the
+  # same for both functions: both run main.py, which checks them all when it starts.
+  function_settings = {
+    GOOGLE_CLOUD_PROJECT      = var.project_id
+    UPLOAD_BUCKET             = google_storage_bucket.uploads.name
+    CDN_BASE_URL              = local.cdn_base_url
+    UPLOAD_URL_TTL_SECONDS    = tostring(var.upload_url_ttl_seconds)
+    IDEMPOTENCY_TTL_SECONDS   = tostring(var.idempotency_ttl_seconds)
+    IDEMPOTENCY_LEASE_SECONDS = tostring(var.idempotency_lease_seconds)
+    API_KEY_CACHE_TTL_SECONDS = tostring(var.api_key_cache_ttl_seconds)
+    FIRESTORE_DATABASE        = google_firestore_database.main.name
+    MAX_UPLOAD_BYTES          = tostring(var.max_upload_bytes)
+    SWEEP_SERVICE_ACCOUNT     = google_service_account.sweep.email
+    SWEEP_AUDIENCE            = local.sweep_audience
+    EVENTS_SERVICE_ACCOUNT    = google_service_account.events.email
+    EVENTS_AUDIENCE           = local.events_audience
+    WEBHOOKS_TOPIC            = google_pubsub_topic.webhooks.name
+    WEBHOOKS_SERVICE_ACCOUNT  = google_service_account.webhooks.email
+    WEBHOOKS_AUDIENCE         = local.webhooks_audience
+  }
 }
 
 # The function's images, in a repository of its own so the build account can
@@ -87,29 +107,10 @@ resource "google_cloudfunctions2_function" "uploads" {
     ingress_settings                 = "ALLOW_ALL"
     all_traffic_on_latest_revision   = true
 
-    # Exactly the settings lib/config.py reads (tests/test_terraform.py holds them
-    # together), plus THREADS for functions-framework: it serves with gunicorn
-    # threads = THREADS, else 4 x os.cpu_count() (the CPUs the instance's
-    # machine reports, not its vCPU limit), which need not match the concurrency below.
-    environment_variables = {
-      THREADS                   = tostring(var.concurrency)
-      GOOGLE_CLOUD_PROJECT      = var.project_id
-      UPLOAD_BUCKET             = google_storage_bucket.uploads.name
-      CDN_BASE_URL              = local.cdn_base_url
-      UPLOAD_URL_TTL_SECONDS    = tostring(var.upload_url_ttl_seconds)
-      IDEMPOTENCY_TTL_SECONDS   = tostring(var.idempotency_ttl_seconds)
-      IDEMPOTENCY_LEASE_SECONDS = tostring(var.idempotency_lease_seconds)
-      API_KEY_CACHE_TTL_SECONDS = tostring(var.api_key_cache_ttl_seconds)
-      FIRESTORE_DATABASE        = google_firestore_database.main.name
-      MAX_UPLOAD_BYTES          = tostring(var.max_upload_bytes)
-      SWEEP_SERVICE_ACCOUNT     = google_service_account.sweep.email
-      SWEEP_AUDIENCE            = local.sweep_audience
-      EVENTS_SERVICE_ACCOUNT    = google_service_account.events.email
-      EVENTS_AUDIENCE           = local.events_audience
-      WEBHOOKS_TOPIC            = google_pubsub_topic.webhooks.name
-      WEBHOOKS_SERVICE_ACCOUNT  = google_service_account.webhooks.email
-      WEBHOOKS_AUDIENCE         = local.webhooks_audience
-    }
+    # THREADS for functions-framework: it serves with gunicorn threads = THREADS,
+    # else 4 x os.cpu_count() (the CPUs the instance's machine reports, not its
+    # vCPU limit), which need not match the concurrency above.
+    environment_variables = merge(local.function_settings, { THREADS = tostring(var.concurrency) })
   }
 
   lifecycle {
@@ -137,6 +138,66 @@ resource "google_cloud_run_service_iam_member" "public" {
   project  = var.project_id
   location = var.region
   service  = google_cloudfunctions2_function.uploads.name # a 2nd-gen function runs as the Cloud Run service of its name
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+
+# The webhooks function: the same source's `deliveries` entrypoint, serving only the webhook
+# pushes (fan-out, deliveries, dead letters). Apart from the API so that a receiver that answers
+# slowly holds a thread of these instances, never one of the API's (docs/operations.md, "Two
+# functions"): its own concurrency, instance cap, timeout and identity.
+resource "google_cloudfunctions2_function" "deliveries" {
+  #checkov:skip=CKV_GCP_124:Pub/Sub pushes to it; the function checks each push's OIDC token itself, as the API's routes do.
+  name        = var.deliveries_function_name
+  project     = var.project_id
+  location    = var.region
+  description = "Webhook fan-out and deliveries for the uploads API, pushed by Pub/Sub."
+
+  build_config {
+    runtime           = "python311"
+    entry_point       = "deliveries"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.function.id
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.function_source.name
+        object = google_storage_bucket_object.function_source.name
+      }
+    }
+  }
+
+  service_config {
+    min_instance_count               = 0
+    max_instance_count               = var.deliveries_max_instances
+    max_instance_request_concurrency = var.deliveries_concurrency
+    available_cpu                    = var.cpu
+    available_memory                 = var.memory
+    timeout_seconds                  = var.deliveries_timeout_seconds
+    service_account_email            = google_service_account.deliveries.email
+    ingress_settings                 = "ALLOW_ALL"
+    all_traffic_on_latest_revision   = true
+    environment_variables            = merge(local.function_settings, { THREADS = tostring(var.deliveries_concurrency) })
+  }
+
+  depends_on = [
+    google_project_service.enabled,
+    google_project_iam_member.build_logs,
+    google_project_iam_member.build_source,
+    google_artifact_registry_repository_iam_member.build_images,
+    google_project_iam_member.deliveries_firestore,
+    google_pubsub_topic_iam_member.deliveries_publish_webhooks,
+  ]
+}
+
+# Pub/Sub's push must reach it without an IAM check of its own: the function verifies each push's
+# OIDC token (lib/push.py: Google's signature, WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT), as the
+# API function does for the same routes today; anything else is refused before any work.
+resource "google_cloud_run_service_iam_member" "deliveries_public" {
+  #checkov:skip=CKV_GCP_102:Only Pub/Sub's signed pushes are served; the function checks each token itself.
+  project  = var.project_id
+  location = var.region
+  service  = google_cloudfunctions2_function.deliveries.name
   role     = "roles/run.invoker"
   member   = "allUsers"
 }

@@ -84,3 +84,18 @@ resource "google_artifact_registry_repository_iam_member" "build_images" {
   role       = "roles/artifactregistry.writer"
   member     = "serviceAccount:${google_service_account.build.email}"
 }
+
+# The webhooks function's identity: it reads endpoints and uploads and writes attempt rows
+# (Firestore), and publishes delivery messages to the webhooks topic (webhooks.tf); nothing in
+# Storage.
+resource "google_service_account" "deliveries" {
+  project      = var.project_id
+  account_id   = "${var.name}-deliver"
+  display_name = "Framelane uploads webhooks function (runtime)"
+}
+
+resource "google_project_iam_member" "deliveries_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.deliveries.email}"
+}

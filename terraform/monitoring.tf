@@ -13,18 +13,23 @@
 # A 2nd-gen function is a Cloud Run service of the same name: its logs and
 # metrics carry resource.type "cloud_run_revision" and
 # resource.labels.service_name = the function's name (variables.tf
-# function_name). Metric types: https://cloud.google.com/monitoring/api/metrics_gcp_p_z
+# function_name and deliveries_function_name). Metric types: https://cloud.google.com/monitoring/api/metrics_gcp_p_z
 # (pubsub.googleapis.com/subscription/oldest_unacked_message_age and
 # num_undelivered_messages; run.googleapis.com/container/instance_count).
 
 locals {
-  service_filter = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${google_cloudfunctions2_function.uploads.name}\""
+  # Both functions write the request line: the API's and the deliveries' (function.tf). The
+  # logging filter's `field = ("a" OR "b")` is documented in the query language's reference
+  # (https://cloud.google.com/logging/docs/view/logging-query-language).
+  service_filter = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(\"${google_cloudfunctions2_function.uploads.name}\" OR \"${google_cloudfunctions2_function.deliveries.name}\")"
   # Our request line: the only entries with a route field.
   request_lines = "${local.service_filter} AND jsonPayload.route:*"
   log_metric    = "logging.googleapis.com/user"
   channels      = [for channel in google_monitoring_notification_channel.email : channel.id]
-  run_resource  = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${google_cloudfunctions2_function.uploads.name}\""
-  runbook       = "Runbook: docs/operations.md, \"Monitoring and alerts\"."
+  run_resource  = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = one_of(\"${google_cloudfunctions2_function.uploads.name}\", \"${google_cloudfunctions2_function.deliveries.name}\")"
+  # The API function alone (its instance cap is var.max_instances).
+  api_resource = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${google_cloudfunctions2_function.uploads.name}\""
+  runbook      = "Runbook: docs/operations.md, \"Monitoring and alerts\"."
 
   failure_metrics = {
     storage_event_failures = {
@@ -390,7 +395,7 @@ resource "google_monitoring_alert_policy" "instances_near_max" {
   conditions {
     display_name = "instances > 80% of max_instances (${var.max_instances}) for 5 minutes"
     condition_threshold {
-      filter          = "metric.type = \"run.googleapis.com/container/instance_count\" AND ${local.run_resource}"
+      filter          = "metric.type = \"run.googleapis.com/container/instance_count\" AND ${local.api_resource}"
       comparison      = "COMPARISON_GT"
       threshold_value = floor(var.max_instances * 0.8)
       duration        = "300s"

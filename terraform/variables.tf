@@ -201,6 +201,50 @@ variable "timeout_seconds" {
   }
 }
 
+variable "deliveries_function_name" {
+  type        = string
+  description = "Name of the webhooks function (the same source's `deliveries` entrypoint), and of its Cloud Run service."
+  default     = "uploads-deliveries"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,48}[a-z0-9]$", var.deliveries_function_name))
+    error_message = "deliveries_function_name must be lower-case letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "deliveries_max_instances" {
+  type        = number
+  description = "Upper bound on webhooks-function instances (it scales from 0): its cost ceiling, and with its concurrency the deliveries in flight at once."
+  default     = 10
+
+  validation {
+    condition     = var.deliveries_max_instances >= 1 && var.deliveries_max_instances <= 1000
+    error_message = "deliveries_max_instances must be 1-1000."
+  }
+}
+
+variable "deliveries_concurrency" {
+  type        = number
+  description = "Deliveries one webhooks-function instance makes at once (also its THREADS). A delivery is ~1 ms of CPU (make bench (f)) and up to 10 s of waiting on a receiver, so many fit one vCPU."
+  default     = 40
+
+  validation {
+    condition     = var.deliveries_concurrency >= 1 && var.deliveries_concurrency <= 1000
+    error_message = "deliveries_concurrency must be 1-1000."
+  }
+}
+
+variable "deliveries_timeout_seconds" {
+  type        = number
+  description = "Request timeout of the webhooks function: above one delivery's worst case (the endpoint read, the 10 s POST, the attempt's record)."
+  default     = 60
+
+  validation {
+    condition     = var.deliveries_timeout_seconds >= 30 && var.deliveries_timeout_seconds <= 600
+    error_message = "deliveries_timeout_seconds must be 30-600."
+  }
+}
+
 # --- Behaviour (the function's optional settings) -------------------------------
 
 variable "upload_url_ttl_seconds" {

@@ -1,10 +1,10 @@
 # Webhooks: each state change of an upload is pushed, signed, to the endpoints
 # of its workspace and mode (lib/webhooks.py). One topic carries both steps:
 #
-#   state change --event message--> topic --push, OIDC--> POST <function>/internal/webhooks  (fan-out:
+#   state change --event message--> topic --push, OIDC--> POST <deliveries>/internal/webhooks  (fan-out:
 #                                     ^                     one delivery message per endpoint)
 #                                     \---delivery messages--/ --push--> same route: sign, POST to the endpoint
-#   after max_delivery_attempts --> dead-letter topic --push, OIDC--> POST <function>/internal/webhook-dead-letters
+#   after max_delivery_attempts --> dead-letter topic --push, OIDC--> POST <deliveries>/internal/webhook-dead-letters
 #                                                                     (recorded: webhook-deliveries shows it)
 #
 # Each (event, endpoint) pair is its own message, so Pub/Sub retries a failing
@@ -29,7 +29,7 @@
 # - Push authentication: https://cloud.google.com/pubsub/docs/authenticate-push-subscriptions
 
 locals {
-  webhooks_audience = "https://${var.region}-${var.project_id}.cloudfunctions.net/${var.function_name}/internal/webhooks"
+  webhooks_audience = "https://${var.region}-${var.project_id}.cloudfunctions.net/${var.deliveries_function_name}/internal/webhooks"
 }
 
 resource "google_pubsub_topic" "webhooks" {
@@ -40,12 +40,20 @@ resource "google_pubsub_topic" "webhooks" {
   depends_on = [google_project_service.enabled]
 }
 
-# The function publishes event messages (on each state change) and delivery messages (fan-out).
+# The API function publishes event messages (on each state change, and the sweep's republishing).
 resource "google_pubsub_topic_iam_member" "runtime_publishes_webhooks" {
   project = var.project_id
   topic   = google_pubsub_topic.webhooks.name
   role    = "roles/pubsub.publisher"
   member  = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# The deliveries function publishes delivery messages (fan-out).
+resource "google_pubsub_topic_iam_member" "deliveries_publish_webhooks" {
+  project = var.project_id
+  topic   = google_pubsub_topic.webhooks.name
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${google_service_account.deliveries.email}"
 }
 
 # The identity Pub/Sub signs the webhook pushes' OIDC tokens as (WEBHOOKS_SERVICE_ACCOUNT).
@@ -81,7 +89,7 @@ resource "google_pubsub_subscription" "webhooks" {
   message_retention_duration = "172800s"
 
   push_config {
-    push_endpoint = "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/webhooks"
+    push_endpoint = "${google_cloudfunctions2_function.deliveries.service_config[0].uri}/internal/webhooks"
 
     oidc_token {
       service_account_email = google_service_account.webhooks.email
@@ -139,7 +147,7 @@ resource "google_pubsub_subscription" "webhooks_dead" {
   message_retention_duration = "604800s"
 
   push_config {
-    push_endpoint = "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/webhook-dead-letters"
+    push_endpoint = "${google_cloudfunctions2_function.deliveries.service_config[0].uri}/internal/webhook-dead-letters"
 
     oidc_token {
       service_account_email = google_service_account.webhooks.email

@@ -3,15 +3,17 @@
 - `backends`: the Firestore emulator (a JVM) and fake-gcs-server, started once
   and stopped by PID; the process environment points the libraries at them
   before `main` is first imported.
-- `client`: the function through functions-framework's Flask app, in-process.
+- `client`: the API function (`uploads`) through functions-framework's Flask
+  app, in-process; `deliveries_client` the webhooks function (`deliveries`).
 - `serve`: the function served by `functions-framework` (gunicorn, threads),
   as deployed, with per-test environment overrides; stopped by PID.
 - `event_path`: storage events and webhooks end to end, apart from the rest
   so no other test's PUT completes behind its back: the Pub/Sub emulator, a
   second fake-gcs-server that publishes each finalized object there, a
-  served function on it (webhooks on, loopback receivers allowed), and push
-  relays (dev/relay.py) for the storage events, the webhooks topic (short
-  backoff, dead-lettering after WEBHOOK_MAX_ATTEMPTS) and its dead letters.
+  served function on it (webhooks on, loopback receivers allowed) and its
+  deliveries function, and push relays (dev/relay.py) for the storage events
+  (to the first), the webhooks topic (short backoff, dead-lettering after
+  WEBHOOK_MAX_ATTEMPTS) and its dead letters (to the second).
 """
 
 from __future__ import annotations
@@ -113,17 +115,21 @@ def event_path(backends, log_dir, oidc_issuer):
                                      WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
         function = emulators.start_function(env, log_dir, name="function-events")
         started.append(function)
+        # The webhook pushes go to the deliveries function, as deployed (terraform/webhooks.tf).
+        deliveries = emulators.start_function(env, log_dir, name="function-deliveries", target="deliveries")
+        started.append(deliveries)
         relay = emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}",
                                       function.url + "/internal/storage-events", oidc_issuer, log_dir)
         started.append(relay)
         started.append(emulators.start_relay(
-            pubsub, hooks, function.url + "/internal/webhooks", oidc_issuer, log_dir, name="push-relay-webhooks",
+            pubsub, hooks, deliveries.url + "/internal/webhooks", oidc_issuer, log_dir, name="push-relay-webhooks",
             caller="webhooks", extra_args=("--min-backoff", "1", "--max-backoff", "2", "--max-attempts",
                                            str(WEBHOOK_MAX_ATTEMPTS), "--dead-letter-topic",
                                            f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}")))
-        started.append(emulators.start_relay(pubsub, dead_letters, function.url + "/internal/webhook-dead-letters",
+        started.append(emulators.start_relay(pubsub, dead_letters, deliveries.url + "/internal/webhook-dead-letters",
                                              oidc_issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
-        yield {"pubsub": pubsub, "storage": storage, "function": Served(function), "relay": relay, "env": env}
+        yield {"pubsub": pubsub, "storage": storage, "function": Served(function), "deliveries": Served(deliveries),
+               "relay": relay, "env": env}
     finally:
         for service in reversed(started):
             service.stop()
@@ -150,6 +156,18 @@ def app(backends):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def deliveries_app(backends):
+    """The webhooks function (`deliveries`), in-process: the webhook pushes' routes."""
+    import functions_framework
+    return functions_framework.create_app("deliveries", str(ROOT / "main.py"))
+
+
+@pytest.fixture
+def deliveries_client(deliveries_app):
+    return deliveries_app.test_client()
 
 
 @pytest.fixture
@@ -205,11 +223,11 @@ def serve(backends, log_dir):
     """Start a served function with environment overrides; all are stopped at teardown."""
     started: list[emulators.Service] = []
 
-    def start(drop: tuple[str, ...] = (), **overrides: str) -> Served:
+    def start(drop: tuple[str, ...] = (), target: str = "uploads", **overrides: str) -> Served:
         env = dict(backends["env"], **overrides)
         for name in drop:
             env.pop(name, None)
-        service = emulators.start_function(env, log_dir, name=f"function-{secrets.token_hex(4)}")
+        service = emulators.start_function(env, log_dir, name=f"function-{secrets.token_hex(4)}", target=target)
         started.append(service)
         return Served(service)
 

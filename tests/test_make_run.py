@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_path):
     ports = {name: str(emulators.free_port()) for name in
              ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT",
-              "DEMO_PORT")}
+              "DEMO_PORT", "DELIVERIES_PORT")}
     out_path = tmp_path / "make-run.out"
     with open(out_path, "wb") as out:
         run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,

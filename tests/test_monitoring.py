@@ -33,6 +33,9 @@ from tests.test_terraform import TF, load_tf, tf_variables, unquote
 from tests.test_webhooks import deliveries, upload
 
 FUNCTION_NAME = unquote(tf_variables()["function_name"]["default"])
+DELIVERIES_NAME = unquote(tf_variables()["deliveries_function_name"]["default"])
+# How the filters name both functions: the logging query language's `= ("a" OR "b")`, Monitoring's one_of.
+BOTH_FUNCTIONS = (f'("{FUNCTION_NAME}" OR "{DELIVERIES_NAME}")', f'one_of("{FUNCTION_NAME}", "{DELIVERIES_NAME}")')
 
 
 # --- reading monitoring.tf ------------------------------------------------------
@@ -57,7 +60,8 @@ def tf_locals() -> dict:
 def resolve(value: str) -> str:
     """Interpolate the locals and the function's name, as Terraform would."""
     text = hcl_string(value)
-    known = {"google_cloudfunctions2_function.uploads.name": FUNCTION_NAME}
+    known = {"google_cloudfunctions2_function.uploads.name": FUNCTION_NAME,
+             "google_cloudfunctions2_function.deliveries.name": DELIVERIES_NAME}
     for _ in range(5):
         text = re.sub(r"\$\{local\.(\w+)\}", lambda m: hcl_string(tf_locals()[m.group(1)]), text)
         text = re.sub(r"\$\{([\w.]+)\}", lambda m: known.get(m.group(1), m.group(0)), text)
@@ -96,7 +100,8 @@ def metrics() -> dict[str, dict]:
 
 # --- the filter language, as far as our filters use it -----------------------------
 
-CLAUSE = re.compile(r'(?P<path>[\w.]+)\s*(?P<op>>=|<=|!=|=|<|>|:)\s*(?P<value>"(?:[^"\\]|\\.)*"|\*|-?\d+)')
+CLAUSE = re.compile(r'(?P<path>[\w.]+)\s*(?P<op>>=|<=|!=|=|<|>|:)\s*'
+                    r'(?P<value>"(?:[^"\\]|\\.)*"|\*|-?\d+|\("[^"]*" OR "[^"]*"\)|one_of\("[^"]*", "[^"]*"\))')
 
 
 def field(line: dict, path: str):
@@ -122,7 +127,7 @@ def matches(filter_text: str, line: dict) -> bool:
         path, op, raw = match.group("path", "op", "value")
         if path.startswith("resource."):
             assert path in ("resource.type", "resource.labels.service_name"), clause
-            assert raw in ('"cloud_run_revision"', f'"{FUNCTION_NAME}"'), clause
+            assert raw in ('"cloud_run_revision"', f'"{FUNCTION_NAME}"', *BOTH_FUNCTIONS), clause
             continue
         value = field(line, path)
         if op == ":" and raw == "*":
@@ -156,7 +161,7 @@ def extract(extractor: str, line: dict):
 
 @pytest.fixture(scope="module")
 def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_module, db, gcs):
-    """Request lines from three served functions, each kind of request once at least."""
+    """Request lines from the served functions (the API's and the deliveries'), each kind of request once at least."""
     key, workspace = make_key_module()
     tag = uuid.uuid4().hex[:8]
     auth = {"Authorization": f"Bearer {key}"}
@@ -197,7 +202,7 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
                  what="the dead-letter record")
     finally:
         receiver.stop()
-    events_lines = event_path["function"].log_lines()
+    events_lines = event_path["function"].log_lines() + event_path["deliveries"].log_lines()
     everything = [line for line in served_default.log_lines() + dead_lines + events_lines if "httpRequest" in line]
     return everything
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -179,13 +180,55 @@ def test_redirects_are_not_followed():
     assert result.status == 307 and not result.ok and other.hosts == []
 
 
-def test_at_most_64_kib_of_a_response_is_read():
-    huge = Server(answer(200, b"x" * (10 * 1024 * 1024)))
+def test_once_the_status_is_in_a_body_that_dribbles_holds_the_delivery_no_longer():
+    """The status is the answer: a receiver that then sends a big body a byte at a time holds
+    the delivery only until the status (the body is not read; the connection is dropped)."""
+    stop = threading.Event()
+
+    def status_then_dribble(h):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        h.wfile.flush()
+        while not stop.wait(0.2):
+            try:
+                h.wfile.write(b"x")
+                h.wfile.flush()
+            except OSError:
+                return
+
+    slow = Server(status_then_dribble)
+    done: list = []
     try:
-        result = outbound.post(targets.resolve(f"http://127.0.0.1:{huge.port}/", True), b"{}", {})
+        target = targets.resolve(f"http://127.0.0.1:{slow.port}/", True)
+        worker = threading.Thread(target=lambda: done.append(outbound.post(target, b"{}", {}, timeout=60)))
+        worker.start()
+        # Reading the body would last until the 60 s deadline: the post returns long before.
+        worker.join(45)
+        assert done and done[0].ok and done[0].status == 200
     finally:
-        huge.stop()
-    assert result.ok and result.bytes_read == outbound.MAX_RESPONSE_BYTES
+        stop.set()
+        slow.stop()
+
+
+def test_a_small_body_that_stalls_is_given_up_after_its_grace_and_the_connection_dropped():
+    stop = threading.Event()
+
+    def stall(h):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        h.wfile.flush()
+        stop.wait(30)
+
+    stalled = Server(stall)
+    done: list = []
+    try:
+        target = targets.resolve(f"http://127.0.0.1:{stalled.port}/", True)
+        worker = threading.Thread(target=lambda: done.append(outbound.post(target, b"{}", {}, timeout=60)))
+        worker.start()
+        worker.join(45)  # its grace (1 s) ends it, not the 60 s deadline
+        assert done and done[0].ok
+        assert outbound._pool.take(("http", "127.0.0.1", stalled.port, "127.0.0.1")) is None  # not kept
+    finally:
+        stop.set()
+        stalled.stop()
 
 
 def test_a_receiver_that_dribbles_its_answer_is_cut_off_at_the_deadline():
@@ -272,3 +315,107 @@ def test_a_connection_is_never_reused_for_another_address():
     finally:
         a.stop()
     assert first.ok and second.error == "connection_refused" and len(a.peers) == 1
+
+
+# --- lookups: bounded, one per host, failures remembered, no shared queue ----------------------
+
+def until(condition, what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` (a readiness check between threads, not a stand-in for one)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never came"
+        time.sleep(0.005)
+
+
+def test_a_lookup_is_bounded_by_its_lifetime_and_nothing_keeps_running():
+    """A nameserver that never answers (a black hole): dnspython gives up at the lifetime."""
+    import dns.exception
+    import dns.resolver
+
+    black_hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    black_hole.bind(("127.0.0.1", 0))
+    try:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = black_hole.getsockname()[1]
+        before = threading.active_count()
+        with pytest.raises(dns.exception.Timeout):
+            targets.dns_lookup("hooks.example.com", 443, 0.3, resolver)
+        assert threading.active_count() == before  # it ran in this thread: no lookup left behind
+        lookups = targets.Lookups(lambda host, port, lifetime: targets.dns_lookup(host, port, lifetime, resolver))
+        with pytest.raises(targets.TargetRefused, match="did not resolve within 0.3 s"):
+            lookups.addresses("hooks.example.com", 443, 0.3)
+    finally:
+        black_hole.close()
+
+
+def test_one_lookup_per_host_in_flight_the_others_wait_for_its_answer():
+    release, calls = threading.Event(), []
+
+    def slow(host, port, lifetime):
+        calls.append(host)
+        release.wait(30)
+        return ["93.184.215.14"]
+
+    lookups = targets.Lookups(slow)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(lookups.addresses, "hooks.example.com", 443, 30) for _ in range(8)]
+        until(lambda: calls, "the first lookup")
+        release.set()
+        assert [f.result() for f in futures] == [["93.184.215.14"]] * 8
+    assert calls == ["hooks.example.com"]
+
+
+def test_a_waiting_lookup_gives_up_at_its_own_deadline():
+    release = threading.Event()
+    lookups = targets.Lookups(lambda host, port, lifetime: release.wait(30) and ["93.184.215.14"])
+    with ThreadPoolExecutor(1) as pool:
+        leader = pool.submit(lookups.addresses, "slow.example.com", 443, 30)
+        until(lambda: lookups._flights, "the leader's lookup")
+        with pytest.raises(targets.TargetRefused, match="did not resolve within 0.2 s"):
+            lookups.addresses("slow.example.com", 443, 0.2)
+        release.set()
+        assert leader.result() == ["93.184.215.14"]
+
+
+def test_slow_names_of_one_tenant_hold_no_other_hosts_lookup():
+    """Sixteen lookups stuck on a black-holed name (one tenant's) and a healthy host still
+    resolves at once: each lookup runs in its caller's thread, with no shared queue to fill."""
+    import dns.exception
+
+    release = threading.Event()
+
+    def lookup(host, port, lifetime):
+        if host.endswith(".black-hole.example"):
+            release.wait(30)
+            raise dns.exception.Timeout()
+        return ["93.184.215.14"]
+
+    lookups = targets.Lookups(lookup)
+    with ThreadPoolExecutor(16) as pool:
+        stuck = [pool.submit(lookups.addresses, f"h{n}.black-hole.example", 443, 30) for n in range(16)]
+        until(lambda: len(lookups._flights) == 16, "sixteen lookups in flight")
+        assert lookups.addresses("healthy.example.com", 443, 30) == ["93.184.215.14"]
+        assert not any(f.done() for f in stuck)
+        release.set()
+        for future in stuck:
+            with pytest.raises(targets.TargetRefused):
+                future.result()
+
+
+def test_a_failed_lookup_is_remembered_briefly():
+    now, calls = [0.0], []
+
+    def fail(host, port, lifetime):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    lookups = targets.Lookups(fail, remember_failures=5.0, clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(targets.TargetRefused, match="does not resolve"):
+            lookups.addresses("gone.example.com", 443, 3)
+    assert calls == ["gone.example.com"]
+    now[0] = 5.1
+    with pytest.raises(targets.TargetRefused):
+        lookups.addresses("gone.example.com", 443, 3)
+    assert len(calls) == 2

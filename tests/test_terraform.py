@@ -243,8 +243,17 @@ def test_the_extracted_google_schema_has_what_we_rely_on(schemas):
 
 # --- 4. contracts between the code and the infrastructure ----------------------------------
 
-def function_resource() -> dict:
-    return resource(load_tf("function.tf"), "google_cloudfunctions2_function", "uploads")
+def function_resource(name: str = "uploads") -> dict:
+    return resource(load_tf("function.tf"), "google_cloudfunctions2_function", name)
+
+
+def function_env(name: str = "uploads") -> dict:
+    """A function's environment as Terraform sets it: the shared settings (local.function_settings)
+    merged with its own THREADS."""
+    merged = function_resource(name)["service_config"][0]["environment_variables"]
+    match = re.fullmatch(r"\$\{merge\(local\.function_settings, \{THREADS = (tostring\(var\.\w+\))\}\)\}", merged)
+    assert match, merged
+    return {**tf_locals("function.tf")["function_settings"], "THREADS": f"${{{match.group(1)}}}"}
 
 
 def test_function_env_vars_are_exactly_the_settings_the_code_reads():
@@ -264,17 +273,19 @@ def test_function_env_vars_are_exactly_the_settings_the_code_reads():
     declared = set(config.REQUIRED) | set(config.OPTIONAL)
     assert env.read == declared
 
-    terraform_env = set(function_resource()["service_config"][0]["environment_variables"])
     # THREADS is functions-framework's (its gunicorn thread count), matched to the concurrency;
-    # LOCAL_ONLY settings keep their defaults in a deployment.
+    # LOCAL_ONLY settings keep their defaults in a deployment. Both functions run main.py, which
+    # checks every setting at start-up, so both get them all.
     assert set(config.LOCAL_ONLY) <= set(config.OPTIONAL)
-    assert terraform_env == (declared - set(config.LOCAL_ONLY)) | {"THREADS"}
+    for name in ("uploads", "deliveries"):
+        assert set(function_env(name)) == (declared - set(config.LOCAL_ONLY)) | {"THREADS"}, name
 
 
 def test_framework_threads_match_the_request_concurrency():
-    service = function_resource()["service_config"][0]
-    assert service["environment_variables"]["THREADS"] == "${tostring(var.concurrency)}"
-    assert service["max_instance_request_concurrency"] == "${var.concurrency}"
+    for name, variable in (("uploads", "concurrency"), ("deliveries", "deliveries_concurrency")):
+        service = function_resource(name)["service_config"][0]
+        assert function_env(name)["THREADS"] == f"${{tostring(var.{variable})}}"
+        assert service["max_instance_request_concurrency"] == f"${{var.{variable}}}"
 
 
 def test_no_other_code_reads_the_environment():
@@ -286,18 +297,40 @@ def test_no_other_code_reads_the_environment():
     assert sorted(readers) == ["lib/admin.py", "lib/config.py"]
 
 
-def test_entry_point_names_the_http_function_in_main():
-    build = function_resource()["build_config"][0]
-    assert unquote(build["entry_point"]) == "uploads"
+def test_entry_points_name_the_http_functions_in_main():
     tree = ast.parse((ROOT / "main.py").read_text())
     decorated = {node.name: [ast.unparse(d) for d in node.decorator_list]
                  for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert "functions_framework.http" in decorated["uploads"]
+    for name in ("uploads", "deliveries"):
+        build = function_resource(name)["build_config"][0]
+        assert unquote(build["entry_point"]) == name
+        assert "functions_framework.http" in decorated[name]
+        # One archive, one build: the same source object for both.
+        assert build["source"][0]["storage_source"][0]["object"] == \
+            "${google_storage_bucket_object.function_source.name}"
+
+
+def test_the_deliveries_function_has_its_own_identity_scale_and_timeout():
+    service = function_resource("deliveries")["service_config"][0]
+    assert service["service_account_email"] == "${google_service_account.deliveries.email}"
+    assert service["max_instance_count"] == "${var.deliveries_max_instances}"
+    assert service["timeout_seconds"] == "${var.deliveries_timeout_seconds}"
+    assert service["min_instance_count"] == 0  # it scales from nothing: no cost while no webhook is due
+    variables = tf_variables()
+    # One delivery's worst case (endpoint read ~7 s, the 10 s POST, the record ~7 s) fits its timeout.
+    assert 7 + 10 + 7 < variables["deliveries_timeout_seconds"]["default"]
+    iam = load_tf("iam.tf")
+    assert unquote(resource(iam, "google_project_iam_member", "deliveries_firestore")["member"]) == \
+        "serviceAccount:${google_service_account.deliveries.email}"
+    # It holds no Storage grant: nothing of the uploads bucket is its business.
+    storage_grants = [body for type_, _, body in all_resources() if type_ == "google_storage_bucket_iam_member"]
+    assert not [g for g in storage_grants if "deliveries" in g["member"]]
 
 
 def test_runtime_is_the_python_the_tests_run_on():
-    runtime = unquote(function_resource()["build_config"][0]["runtime"])
-    assert runtime == f"python{sys.version_info.major}{sys.version_info.minor}"
+    for name in ("uploads", "deliveries"):
+        runtime = unquote(function_resource(name)["build_config"][0]["runtime"])
+        assert runtime == f"python{sys.version_info.major}{sys.version_info.minor}"
 
 
 def test_firestore_ttl_policy_is_on_the_field_the_code_writes():
@@ -565,9 +598,9 @@ def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function
     assert unquote(target["http_method"]) == "POST"
     assert sweep_job_uris(1) == ["/internal/sweep"]
     main = main_module
-    assert any(pattern.fullmatch("/internal/sweep") and "POST" in methods for pattern, methods in main.ROUTES)
+    assert any(pattern.fullmatch("/internal/sweep") and "POST" in methods for pattern, methods in main.UPLOADS_ROUTES)
     token = target["oidc_token"][0]
-    env = function_resource()["service_config"][0]["environment_variables"]
+    env = function_env()
     assert token["service_account_email"] == env["SWEEP_SERVICE_ACCOUNT"] == "${google_service_account.sweep.email}"
     assert token["audience"] == env["SWEEP_AUDIENCE"] == "${local.sweep_audience}"
     # The job gives up only after the function's timeout, and the sweep stops well inside it.
@@ -581,13 +614,14 @@ def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function
 def test_storage_events_reach_the_route_as_the_identity_and_audience_the_function_checks(main_module):
     tf = load_tf("events.tf")
     main = main_module
-    assert any(pattern.fullmatch("/internal/storage-events") and "POST" in methods for pattern, methods in main.ROUTES)
+    assert any(pattern.fullmatch("/internal/storage-events") and "POST" in methods
+               for pattern, methods in main.UPLOADS_ROUTES)
     subscription = resource(tf, "google_pubsub_subscription", "storage_events")
     push = subscription["push_config"][0]
     assert unquote(push["push_endpoint"]) == \
         "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/storage-events"
     token = push["oidc_token"][0]
-    env = function_resource()["service_config"][0]["environment_variables"]
+    env = function_env()
     assert token["service_account_email"] == env["EVENTS_SERVICE_ACCOUNT"] == "${google_service_account.events.email}"
     assert token["audience"] == env["EVENTS_AUDIENCE"] == "${local.events_audience}"
     # Within the function's timeout, Pub/Sub waits for the answer; failures back off; poison is set aside.
@@ -618,14 +652,16 @@ def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes(
 def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_checks(main_module):
     tf = load_tf("webhooks.tf")
     main = main_module
-    env = function_resource()["service_config"][0]["environment_variables"]
+    env = function_env("deliveries")
     assert env["WEBHOOKS_TOPIC"] == "${google_pubsub_topic.webhooks.name}"
     for name, route in (("webhooks", "/internal/webhooks"), ("webhooks_dead", "/internal/webhook-dead-letters")):
-        assert any(pattern.fullmatch(route) and "POST" in methods for pattern, methods in main.ROUTES)
+        # Served by the deliveries function, and never by the API's.
+        assert any(pattern.fullmatch(route) and "POST" in methods for pattern, methods in main.DELIVERIES_ROUTES)
+        assert not any(pattern.fullmatch(route) for pattern, _ in main.UPLOADS_ROUTES)
         subscription = resource(tf, "google_pubsub_subscription", name)
         push = subscription["push_config"][0]
         assert unquote(push["push_endpoint"]) == \
-            f"${{google_cloudfunctions2_function.uploads.service_config[0].uri}}{route}"
+            f"${{google_cloudfunctions2_function.deliveries.service_config[0].uri}}{route}"
         token = push["oidc_token"][0]
         assert token["service_account_email"] == env["WEBHOOKS_SERVICE_ACCOUNT"] == \
             "${google_service_account.webhooks.email}"
@@ -660,9 +696,10 @@ def test_webhook_retries_back_off_exponentially_for_at_least_12_hours_then_dead_
     agent = "serviceAccount:${local.pubsub_agent}"
     assert unquote(resource(tf, "google_pubsub_topic_iam_member", "pubsub_dead_letters_webhooks")["member"]) == agent
     assert unquote(resource(tf, "google_pubsub_subscription_iam_member", "pubsub_forwards_webhooks")["member"]) == agent
-    publisher = resource(tf, "google_pubsub_topic_iam_member", "runtime_publishes_webhooks")
-    assert unquote(publisher["role"]) == "roles/pubsub.publisher"
-    assert unquote(publisher["member"]) == "serviceAccount:${google_service_account.runtime.email}"
+    for grant, account in (("runtime_publishes_webhooks", "runtime"), ("deliveries_publish_webhooks", "deliveries")):
+        publisher = resource(tf, "google_pubsub_topic_iam_member", grant)
+        assert unquote(publisher["role"]) == "roles/pubsub.publisher"
+        assert unquote(publisher["member"]) == f"serviceAccount:${{google_service_account.{account}.email}}"
 
 
 def test_webhook_records_have_their_ttl_and_indexes_and_secrets_are_never_indexed():

@@ -198,7 +198,7 @@ def test_a_removed_endpoint_gets_nothing_more(event_path, make_key, receivers, e
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     removed_at = time.monotonic()
-    served = event_path["function"]
+    served = event_path["deliveries"]
     # A queued retry comes up, finds the endpoint gone and is acknowledged without a request.
     wait_for(lambda: [line for line in served.log_lines()
                       if line.get("endpoint_id") == gone.id and line.get("outcome") == "endpoint_removed"],
@@ -342,9 +342,9 @@ ROUTES = ["/internal/webhooks", "/internal/webhook-dead-letters"]
     pytest.param("events", 403, "forbidden", id="the-storage-events-identity"),
     pytest.param("sweep", 401, "invalid_token", id="the-sweeps-audience"),
 ])
-def test_only_the_webhook_subscriptions_token_may_push(client, oidc_issuer, route, token, status, code):
+def test_only_the_webhook_subscriptions_token_may_push(deliveries_client, oidc_issuer, route, token, status, code):
     tokens = {None: None, "events": oidc_issuer.events_token(aud=WEBHOOKS_AUDIENCE), "sweep": oidc_issuer.token()}
-    resp = webhook_push(client, route, delivery_envelope(), tokens[token])
+    resp = webhook_push(deliveries_client, route, delivery_envelope(), tokens[token])
     assert (resp.status_code, resp.get_json()["error"]["code"]) == (status, code)
 
 
@@ -360,8 +360,8 @@ def test_only_the_webhook_subscriptions_token_may_push(client, oidc_issuer, rout
                                              "event_id": "e", "event_type": "t"}, "data": "!!"}}, id="bad-base64"),
     pytest.param({"message": {"attributes": {"kind": 1, "upload_id": "u"}}}, id="attribute-not-string"),
 ])
-def test_a_body_that_is_not_a_webhooks_message_is_400(client, oidc_issuer, route, body, openapi_doc):
-    resp = webhook_push(client, route, body, oidc_issuer.webhooks_token())
+def test_a_body_that_is_not_a_webhooks_message_is_400(deliveries_client, oidc_issuer, route, body, openapi_doc):
+    resp = webhook_push(deliveries_client, route, body, oidc_issuer.webhooks_token())
     assert resp.status_code == 400
     error = resp.get_json()["error"]
     assert error["code"] == "invalid_event" and "webhook" in error["message"]
@@ -370,24 +370,65 @@ def test_a_body_that_is_not_a_webhooks_message_is_400(client, oidc_issuer, route
 @pytest.mark.parametrize("route, outcome", [("/internal/webhooks", "endpoint_removed"),
                                             ("/internal/webhook-dead-letters", "dead_letter_recorded")])
 @pytest.mark.parametrize("endpoint_id", ["we_a/b", "we_a//b", "we_" + "0" * 31 + "/", "we_" + "0" * 64])
-def test_a_delivery_naming_no_endpoint_we_make_is_acknowledged_not_a_5xx(client, oidc_issuer, route, outcome,
-                                                                         endpoint_id):
+def test_a_delivery_naming_no_endpoint_we_make_is_acknowledged_not_a_5xx(deliveries_client, oidc_issuer, route,
+                                                                         outcome, endpoint_id):
     """An id that is not one we make is never read as a Firestore path (`we_a/b` was a 500)."""
-    resp = webhook_push(client, route, delivery_envelope(endpoint_id=endpoint_id), oidc_issuer.webhooks_token())
+    resp = webhook_push(deliveries_client, route, delivery_envelope(endpoint_id=endpoint_id),
+                        oidc_issuer.webhooks_token())
     assert resp.status_code == 200 and resp.get_json() == {"outcome": outcome}
 
 
-def test_a_delivery_for_an_endpoint_that_is_gone_is_acknowledged_without_a_request(client, oidc_issuer):
-    resp = webhook_push(client, "/internal/webhooks", delivery_envelope(), oidc_issuer.webhooks_token())
+def test_past_its_share_of_deliveries_in_flight_an_endpoint_waits_its_turn(deliveries_client, oidc_issuer,
+                                                                            openapi_doc):
+    """With MAX_IN_FLIGHT_PER_ENDPOINT deliveries to one endpoint in flight on an instance, the
+    next is deferred (429: Pub/Sub retries it later); another endpoint's goes at once."""
+    busy, other = "we_" + "a" * 32, "we_" + "b" * 32
+    slots = [webhooks.in_flight().slot(busy) for _ in range(webhooks.MAX_IN_FLIGHT_PER_ENDPOINT)]
+    assert all(slot.__enter__() for slot in slots)
+    try:
+        deferred = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy),
+                                oidc_issuer.webhooks_token())
+        assert deferred.status_code == 429 and deferred.get_json()["error"]["code"] == "delivery_deferred"
+        assert schema_errors(openapi_doc, "#/components/schemas/Error", deferred.get_json()) == []
+        elsewhere = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=other),
+                                 oidc_issuer.webhooks_token())
+        assert elsewhere.status_code == 200
+    finally:
+        for slot in slots:
+            slot.__exit__(None, None, None)
+    # The slots are given back: its next delivery goes (its endpoint is gone here, so it is dropped).
+    again = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy),
+                         oidc_issuer.webhooks_token())
+    assert again.status_code == 200 and again.get_json() == {"outcome": "endpoint_removed"}
+
+
+def test_a_delivery_for_an_endpoint_that_is_gone_is_acknowledged_without_a_request(deliveries_client, oidc_issuer):
+    resp = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(), oidc_issuer.webhooks_token())
     assert resp.status_code == 200 and resp.get_json() == {"outcome": "endpoint_removed"}
 
 
 def test_unconfigured_the_webhook_routes_refuse_every_push(serve, oidc_issuer):
-    served = serve(drop=("WEBHOOKS_AUDIENCE", "WEBHOOKS_SERVICE_ACCOUNT"))
+    served = serve(drop=("WEBHOOKS_AUDIENCE", "WEBHOOKS_SERVICE_ACCOUNT"), target="deliveries")
     for route in ROUTES:
         resp = served.post(route, json=delivery_envelope(),
                            headers={"Authorization": f"Bearer {oidc_issuer.webhooks_token()}"})
         assert (resp.status_code, resp.json()["error"]["code"]) == (403, "forbidden")
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_the_api_function_does_not_serve_the_webhook_routes(client, oidc_issuer, route):
+    """Pushes go to the deliveries function only: on the API's, a slow receiver could hold its threads."""
+    resp = webhook_push(client, route, delivery_envelope(), oidc_issuer.webhooks_token())
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "not_found"
+
+
+def test_the_deliveries_function_serves_nothing_but_the_webhook_routes_and_health(deliveries_client, key):
+    resp = deliveries_client.post("/v1/uploads", json={"content_type": "video/mp4"},
+                                  headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "not_found"
+    for route in ("/internal/sweep", "/internal/storage-events"):
+        assert deliveries_client.post(route).status_code == 404
+    assert deliveries_client.get("/health").get_json() == {"status": "ok"}
 
 
 def test_with_webhooks_off_a_state_change_marks_nothing_owed(client, make_key, db):
@@ -413,3 +454,53 @@ def test_a_failed_publish_never_fails_the_request_and_leaves_the_event_owed(even
     assert stored["state"] == "cancelled" and lifecycle.OWED_FIELD in stored  # for the sweep to publish again
     [line] = [line for line in served.log_lines() if line.get("upload_id") == out["id"] and "cancel" in line["message"]]
     assert line["webhook_owed"] in ("NotFound", "ServiceUnavailable", "RetryError", "DeadlineExceeded", "TimeoutError")
+
+
+def test_an_endpoint_failing_every_delivery_for_5_days_is_disabled_then_skipped_until_enabled(db, make_key):
+    """Svix's rule: every attempt failed for 5 days (from the first failure after the last
+    success) disables the endpoint; it then gets nothing, says so in list-webhooks, and
+    enable-webhook brings it back."""
+
+
+    _, workspace = make_key()
+    hook = endpoints.create_endpoint(db, workspace, "live", "http://127.0.0.1:9/refused", True,
+                                     datetime.now(UTC))
+    SESSION_WEBHOOK_SECRETS.add(hook.secret)
+    delivery = webhooks.Delivery(hook.id, "evt_" + "1" * 32, "upload.completed", "upl_" + "2" * 32, b"{}", 1)
+    start = datetime.now(UTC)
+    first = webhooks.deliver(db, delivery, allow_private=True, now=start)
+    assert first.label == "failed" and endpoints.get_endpoint(db, hook.id).failing_since == start
+    almost = webhooks.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER - timedelta(1))
+    assert almost.label == "failed" and not almost.disabled and endpoints.get_endpoint(db, hook.id).disabled_at is None
+    last = webhooks.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER)
+    assert last.label == "failed" and last.disabled
+    stored = endpoints.get_endpoint(db, hook.id)
+    assert stored.disabled_at == start + endpoints.DISABLE_AFTER and stored.public()["status"] == "disabled"
+    skipped = webhooks.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER + timedelta(1))
+    assert skipped.label == "endpoint_disabled" and skipped.result is None  # nothing sent
+    listed = subprocess.run([sys.executable, "-m", "lib.admin", "list-webhooks", "--workspace", workspace, "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    [row] = json.loads(listed.stdout)
+    assert row["status"] == "disabled" and row["disabled_at"] and row["failing_since"]
+    enabled = subprocess.run([sys.executable, "-m", "lib.admin", "enable-webhook", hook.id], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert enabled.returncode == 0, enabled.stderr
+    again = endpoints.get_endpoint(db, hook.id)
+    assert again.disabled_at is None and again.failing_since is None and again.public()["status"] == "enabled"
+
+
+def test_a_success_resets_the_failure_clock(db, make_key):
+    from tests.test_targets import Server, answer
+
+    _, workspace = make_key()
+    ok = Server(answer(204))
+    try:
+        hook = endpoints.create_endpoint(db, workspace, "live", f"http://127.0.0.1:{ok.port}/in", True,
+                                         datetime.now(UTC))
+        SESSION_WEBHOOK_SECRETS.add(hook.secret)
+        endpoints.endpoint_ref(db, hook.id).update({"failing_since": datetime.now(UTC)})
+        delivery = webhooks.Delivery(hook.id, "evt_" + "3" * 32, "upload.completed", "upl_" + "4" * 32, b"{}", 1)
+        assert webhooks.deliver(db, delivery, allow_private=True, now=datetime.now(UTC)).delivered
+    finally:
+        ok.stop()
+    assert endpoints.get_endpoint(db, hook.id).failing_since is None
