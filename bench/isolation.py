@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 DELIVERIES = 32
+# The deliveries function's threads as deployed (terraform/variables.tf deliveries_concurrency).
+THREADS = 40
 
 
 class Dribbler:
@@ -80,7 +82,7 @@ def measure(create: Callable[[], dict], deliver: Callable[[], dict], dribbler: D
     return {"quiet_p99": quiet_p99, "busy_p99": busy_p99, "ratio": busy_p99 / quiet_p99, "held": held}
 
 
-def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     """Poll between threads (a readiness check: the deliveries reaching the dribbler)."""
     done = threading.Event()
     for _ in range(int(timeout / 0.01)):

@@ -412,14 +412,18 @@ def main() -> int:
         sweeps = sweep.measure(firestore_emulator, storage_emulator.url, PROJECT, BUCKET)
         print("i sweep " + ", ".join(f"{r['workers']} workers {r['per_second']:.0f}/s" for r in sweeps),
               file=sys.stderr)
-        # (j) another workspace's creates while one workspace's receiver dribbles 32 deliveries.
+        # (j) another workspace's creates while one workspace's receiver dribbles 32 deliveries, at a
+        # deliveries function with the threads it is deployed with (deliveries_concurrency, 40).
+        deliveries_40 = emulators.start_function(dict(env, THREADS=str(isolation.THREADS)), log_dir,
+                                                 name="bench-deliveries-deployed", target="deliveries")
+        services.append(deliveries_40)
         dribbler = isolation.Dribbler()
         try:
             slow = [body for _ in range(isolation.DELIVERIES) for body in delivery_messages(db, dribbler.url, 1)]
             other = _make_key(db, "ws_isolation")
             isolated = isolation.measure(
                 lambda: load(endpoint.url, "/v1/uploads", other, 8, counts[8], "none"),
-                lambda: load(deliveries.url, "/internal/webhooks", issuer.webhooks_token(), isolation.DELIVERIES,
+                lambda: load(deliveries_40.url, "/internal/webhooks", issuer.webhooks_token(), isolation.DELIVERIES,
                              isolation.DELIVERIES, "none", slow),
                 dribbler, rounds)
         finally:
