@@ -121,8 +121,11 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="request-deadlines", daemon=True)
                 self._thread.start()
+            # With one deadline for all, they only grow: the thread needs waking only when it
+            # sleeps with nothing to watch (not on every request: that costs each one a wake-up).
+            if not self._heap:
+                self._changed.notify()
             heapq.heappush(self._heap, (deadline, next(self._order), watched))
-            self._changed.notify()
         return watched
 
     def _run(self) -> None:
