@@ -102,7 +102,7 @@ def event_body(record: lifecycle.Record, cdn_base_url: str) -> tuple[str, bytes]
 
 
 def fan_out(db: firestore.Client, publisher: Publisher, topic: str, upload_id: str, cdn_base_url: str) -> int:
-    """One delivery message per endpoint of the upload's workspace and mode; the owed mark cleared.
+    """One delivery message per enabled endpoint of the upload's workspace and mode; the owed mark cleared.
 
     Returns how many deliveries were queued.
 
@@ -114,7 +114,9 @@ def fan_out(db: firestore.Client, publisher: Publisher, topic: str, upload_id: s
     if record.state not in EVENT_TYPES:
         return 0  # still pending: nothing happened to tell
     event_type, body = event_body(record, cdn_base_url)
-    found = endpoints.list_endpoints(db, record.data["workspace_id"], record.data["mode"])
+    # A disabled endpoint gets nothing: no delivery message is queued for it at all.
+    found = [endpoint for endpoint in endpoints.list_endpoints(db, record.data["workspace_id"], record.data["mode"])
+             if endpoint.disabled_at is None]
     if found:
         attributes = {"kind": KIND_DELIVERY, "event_id": event_id(record.id, event_type), "event_type": event_type,
                       "upload_id": record.id}
