@@ -7,12 +7,12 @@ PY           := $(VENV)/bin/python
 PAGE_DIR     := dev/page
 NODE_MODULES := $(PAGE_DIR)/node_modules/.installed
 
-.PHONY: run test lint tfcheck audit bench clean chromium
+.PHONY: run test lint tfcheck audit bench clean chromium redis
 
-run: $(VENV)/.installed $(NODE_MODULES)
+run: $(VENV)/.installed $(NODE_MODULES) redis
 	$(PY) -m dev.run
 
-test: lint $(CHECKOV_VENV)/.installed $(NODE_MODULES) chromium
+test: lint $(CHECKOV_VENV)/.installed $(NODE_MODULES) chromium redis
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (lint) and mypy (types) with the settings in pyproject.toml; `make test` runs them first.
@@ -25,7 +25,7 @@ tfcheck: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest tests/test_terraform.py $(PYTEST_ARGS)
 
 # The request path beside its floor; writes the tables into BENCHMARKS.md.
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed redis
 	$(PY) -m bench.run
 
 # Known vulnerabilities in what the function deploys. Needs PyPI's JSON API
@@ -60,6 +60,19 @@ chromium:
 	      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	  else \
 	    echo "note: no chromium on PATH and not root: tests/test_browser.py will skip (install Debian's chromium)"; \
+	  fi; }
+
+# Debian's redis-server: the store the limits count in (lib/limits.py), as Memorystore for
+# Redis is deployed. `make run`, `make test` and `make bench` start it; installed here where we may.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's redis-server, where the limits count (apt-get) ..."; \
+	    apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }; \
+	  else \
+	    echo "error: no redis-server on PATH and not root: install Debian's redis-server (apt-get install redis-server)"; \
+	    exit 1; \
 	  fi; }
 
 clean:

@@ -18,7 +18,22 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import auth, clock, config, create, events, lifecycle, logs, models, oidc, push, server, sweep, webhooks
+from lib import (
+    auth,
+    clock,
+    config,
+    create,
+    events,
+    lifecycle,
+    limits,
+    logs,
+    models,
+    oidc,
+    push,
+    server,
+    sweep,
+    webhooks,
+)
 from lib.clients import firestore_client, publisher, session_http, storage_client
 from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, UriTooLong, WebhookDeliveryFailed
 
@@ -47,18 +62,36 @@ MAX_PATH_BYTES = 2048
 def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /v1/uploads: authenticate, then create (lib/create.py)."""
     key = _authenticate(request, log)
-    created = create.create(_db(), storage_client(SETTINGS.firestore.project), SETTINGS, key,
-                            request.headers.get("Idempotency-Key"), raw, request.headers.get("Origin"))
-    log.update(created.log)
+    created = create.create(_db(), storage_client(SETTINGS.firestore.project), SETTINGS, _limiting(), key,
+                            request.headers.get("Idempotency-Key"), raw, request.headers.get("Origin"), log)
     if created.replayed:
-        return 200, created.body, {"Idempotent-Replayed": "true"}
-    return 201, created.body, {}
+        return 200, created.body, {**created.headers, "Idempotent-Replayed": "true"}
+    return 201, created.body, created.headers
+
+
+def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+    """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/limits.py)."""
+    key = _authenticate(request, log)
+    limiting = _limiting()
+    if not limiting.limiter.enabled:
+        off = models.LimitsOut(mode=key.mode, enforced=False, creates_per_minute=None, max_pending_uploads=None,
+                               creates_in_last_minute=None, creates_remaining=None, pending_uploads=None)
+        return 200, off.model_dump(), {}
+    workspace_limits = limits.for_workspace(_db(), key.workspace_id, limiting.defaults, log)
+    usage = limiting.limiter.usage(key.workspace_id, key.mode, log)
+    out = models.LimitsOut(
+        mode=key.mode, enforced=True, creates_per_minute=workspace_limits.creates_per_minute,
+        max_pending_uploads=workspace_limits.max_pending_uploads, creates_in_last_minute=usage.creates,
+        creates_remaining=(None if usage.creates is None
+                           else max(0, workspace_limits.creates_per_minute - usage.creates)),
+        pending_uploads=usage.pending)
+    return 200, out.model_dump(), limits.headers(workspace_limits, usage)
 
 
 def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
     record = _own_upload(request, log, params["upload_id"])
-    record = lifecycle.refresh(_db(), _storage(), record, clock.now(), lambda exc: log.update(unsettled=exc.reason),
+    record = lifecycle.refresh(_db(), _storage(log), record, clock.now(), lambda exc: log.update(unsettled=exc.reason),
                                announce=_announcer(log))
     return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
@@ -66,7 +99,7 @@ def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params:
 def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
     record = _own_upload(request, log, params["upload_id"])
-    record = lifecycle.cancel(_db(), _storage(), record, announce=_announcer(log))
+    record = lifecycle.cancel(_db(), _storage(log), record, announce=_announcer(log))
     return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
@@ -76,7 +109,7 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
                 _certs())
     slice_ = sweep.shards(request.args.get("shards"))
     log["sweep_shards"] = f"{slice_.start}-{slice_.stop - 1}"  # also when the sweep's query fails
-    report = sweep.run(_db(), _storage(), clock.now(), slice_, _announcer(log))
+    report = sweep.run(_db(), _storage(log), clock.now(), slice_, _announcer(log))
     log.update(report.log)
     if report.result.failed:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
@@ -91,7 +124,7 @@ def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _para
     log.update(event_type=event.event_type, message_id=event.message_id[:64])
     if event.upload_id is not None:
         log["upload_id"] = event.upload_id
-    log["outcome"] = events.handle(_db(), _storage(), event, _announcer(log))
+    log["outcome"] = events.handle(_db(), _storage(log), event, _announcer(log))
     return 200, {"outcome": log["outcome"]}, {}
 
 
@@ -142,8 +175,21 @@ def _db() -> Any:
     return firestore_client(SETTINGS.firestore)
 
 
-def _storage() -> lifecycle.Storage:
-    return lifecycle.Storage(storage_client(SETTINGS.firestore.project), SETTINGS.upload_bucket, session_http())
+def _storage(log: dict[str, Any]) -> lifecycle.Storage:
+    """GCS, and the limiter told of each upload that leaves `pending` (its slot is free)."""
+    limiter = _limiting().limiter
+    release = None
+    if limiter.enabled:
+        def release(record: lifecycle.Record) -> None:
+            limiter.release(record.data["workspace_id"], record.data["mode"], record.id, log)
+    return lifecycle.Storage(storage_client(SETTINGS.firestore.project), SETTINGS.upload_bucket, session_http(),
+                             release)
+
+
+def _limiting() -> create.Limiting:
+    return create.Limiting(limits.limiter(SETTINGS.limits_redis_url, SETTINGS.limits_redis_auth,
+                                          SETTINGS.limits_redis_ca_cert),
+                           limits.Limits(SETTINGS.creates_per_minute, SETTINGS.max_pending_uploads))
 
 
 def _certs() -> oidc.CertCache:
@@ -180,6 +226,7 @@ UPLOADS_ROUTES: Routes = (
     (re.compile(r"/v1/uploads"), {"POST": create_upload}),
     (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)"), {"GET": get_upload}),
     (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/cancel"), {"POST": cancel_upload}),
+    (re.compile(r"/v1/limits"), {"GET": get_limits}),
     (re.compile(r"/internal/sweep"), {"POST": run_sweep}),
     (re.compile(r"/internal/storage-events"), {"POST": storage_event}),
     *_HEALTH,

@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 
 from bench import command, isolation, sweep
+from bench import limits as limiter
 from dev import emulators
 from dev.receiver import Receiver
 
@@ -341,12 +342,18 @@ def main() -> int:
         emulators.pubsub_call(pubsub, "PUT", f"projects/{PROJECT}/topics/{WEBHOOKS_TOPIC}", ok=(200, 409))
         # One receiver (a thread of this process) for the endpoint's and the floor's POSTs alike.
         receiver = Receiver()
-        env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET, **issuer.env(),
+        env = emulators.function_env(firestore_emulator, storage_emulator, PROJECT, BUCKET, stack.redis,
+                                     **issuer.env(),
                                      PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
                                      WEBHOOK_ALLOW_PRIVATE_TARGETS="true",
                                      FLOOR_RECEIVER=f"127.0.0.1:{receiver.port}")
         db = emulators.firestore_client_for(firestore_emulator, PROJECT)
         key = _make_key(db)
+        # Limits on, as deployed: every create pays for its admit (the floor has none), under figures
+        # this run never reaches.
+        from lib import config, limits
+        for workspace in ("ws_bench", "ws_isolation"):
+            limits.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
 
         endpoint = emulators.start_function(env, log_dir, name="bench-endpoint")
         # The webhook pushes' function, as deployed: (f) and (g) go through it.
@@ -431,6 +438,12 @@ def main() -> int:
         print(f"j create p99 {isolated['quiet_p99']:.1f} ms quiet, {isolated['busy_p99']:.1f} ms beside "
               f"{isolated['held']} dribbled deliveries: ratio {isolated['ratio']:.2f}", file=sys.stderr)
 
+        # (k) the limiter's own cost.
+        admits = limiter.measure(stack.redis.url)
+        print(f"k admit p50 {admits['p50_ms']:.2f} ms, {admits['per_second']:.0f}/s", file=sys.stderr)
+        refused = [line for line in emulators_lines(endpoint) if line.get("limited") or line.get("limiter")]
+        assert not refused, refused[:3]  # the figures were never reached, the store always answered
+
         rss = [rss_mib(worker_pid(endpoint))]
         for _ in range(2):
             measured(endpoint, "/v1/uploads", key, 8, 10_000, "none")
@@ -440,7 +453,7 @@ def main() -> int:
         imports = import_times()
         cold = cold_starts(env, key, log_dir)
         report = _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count,
-                         latency, delivery_runs, hook_latency, uploads, sweeps, isolated)
+                         latency, delivery_runs, hook_latency, uploads, sweeps, isolated, admits)
     finally:
         for service in reversed(services):
             service.stop()
@@ -451,6 +464,11 @@ def main() -> int:
     _write(report)
     emulators.finish_log_dir(log_dir, True)  # an exception above leaves them in place
     return 0
+
+
+def emulators_lines(service: emulators.Service) -> list[dict]:
+    """The served function's JSON log lines."""
+    return [json.loads(raw) for raw in service.log_path.read_text().splitlines() if raw.startswith("{")]
 
 
 def _make_key(db, workspace: str = "ws_bench") -> str:
@@ -496,7 +514,7 @@ RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency,
-            delivery_runs, hook_latency, uploads, sweeps, isolated) -> str:
+            delivery_runs, hook_latency, uploads, sweeps, isolated, admits) -> str:
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
@@ -543,6 +561,11 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         f"the deliveries function, while another workspace creates at concurrency 8, {counts[8]} requests; "
         f"median of {rounds} rounds): create p99 **{isolated['busy_p99']:.1f} ms** beside them against "
         f"**{isolated['quiet_p99']:.1f} ms** without, ratio **{isolated['ratio']:.2f}** (target ≤ 1.5).", "",
+        "**(k) the limiter** (lib/limits.py's admit, the Lua script that decides a create, against the local "
+        "redis-server; every create in (a)-(c) and (j) paid for one, under figures it never reached): "
+        f"p50 **{admits['p50_ms']:.2f} ms**, p99 {admits['p99_ms']:.2f} ms, one at a time from this process; "
+        f"one Redis core runs it **{admits['per_second']:,.0f} times a second** (redis-benchmark, 50 "
+        "connections, a random upload id each).", "",
     ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "

@@ -170,7 +170,7 @@ class Progress:
 class Command:
     def __init__(self, args: argparse.Namespace, out: Callable[[str], None], note: Callable[[str], None]):
         self.args, self.out, self.note = args, out, note
-        self.retry = Retry()
+        self.retry = Retry(note=note)
         self.http = session(USER_AGENT)
         self.api = Api(self.http, args.api_url, args.api_key, self.retry, args.timeout)
 

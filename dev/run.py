@@ -12,7 +12,8 @@ verifies each signature and prints each event, serves the browser demo
 and the upload command to try.
 Ports: FUNCTION_PORT (8080), FIRESTORE_PORT (8681), STORAGE_PORT (4443),
 PUBSUB_PORT (8085), ISSUER_PORT (8086), RECEIVER_PORT (8087), DEMO_PORT (8088),
-DELIVERIES_PORT (8089: the webhooks function, `deliveries`, as deployed beside the API's).
+DELIVERIES_PORT (8089: the webhooks function, `deliveries`, as deployed beside the API's),
+REDIS_PORT (6390: redis-server, where the limits count, as Memorystore is deployed).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ WEBHOOK_MAX_ATTEMPTS = 5
 def main() -> int:
     ports = {name: int(os.environ.get(name, default)) for name, default in
              (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443), ("PUBSUB_PORT", 8085),
-              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087), ("DEMO_PORT", 8088), ("DELIVERIES_PORT", 8089))}
+              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087), ("DEMO_PORT", 8088), ("DELIVERIES_PORT", 8089),
+              ("REDIS_PORT", 6390))}
     busy = [f"{name}={port}" for name, port in ports.items() if emulators.port_in_use(port)]
     if busy:
         print(f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
@@ -61,7 +63,7 @@ def _serve(ports: dict[str, int], log_dir) -> int:
         signal.signal(sig, lambda *_: stop.set())
     issuer = receiver = demo = None
     try:
-        print("Starting the Firestore and Pub/Sub emulators and fake-gcs-server ...", file=sys.stderr)
+        print("Starting the Firestore and Pub/Sub emulators, fake-gcs-server and redis-server ...", file=sys.stderr)
         stack = emulators.start_stack(log_dir, PROJECT, BUCKET, events=(TOPIC, SUBSCRIPTION), ports=ports)
         services += stack.started
         firestore, storage, pubsub = stack.firestore, stack.storage, stack.pubsub
@@ -74,7 +76,7 @@ def _serve(ports: dict[str, int], log_dir) -> int:
         hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
                                                               WEBHOOKS_DEAD_LETTER_TOPIC)
         # Webhooks on, and allowed to reach the receiver on loopback (never so in a deployment).
-        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, **trust,
+        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, stack.redis, **trust,
                                      PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
                                      WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
         key = _demo_key(firestore)
@@ -193,6 +195,15 @@ Each block below stands alone: paste it into a shell in this directory.
 5. Upload from a browser: open {demo.url} and pick a video or image. The page's backend
    (dev/demo.py) holds the key and mints the upload with cors_origin {demo.url}; the browser
    sends the bytes straight to storage in chunks (UpChunk), with pause and resume.
+
+6. The demo workspace's limits and where its live keys stand (creates in the last minute,
+   pending uploads); each create's answer carries RateLimit-Policy and RateLimit too:
+
+  curl -sS {url}/v1/limits -H 'Authorization: Bearer {key}'
+  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin limits --workspace {WORKSPACE}
+
+   Ops change them with `lib.admin set-limits --workspace {WORKSPACE} --creates-per-minute N
+   --max-pending-uploads N`; past them a create answers 429 rate_limited or quota_exceeded.
 
 (The expiry sweep, POST /internal/sweep, is shut here: it takes only Cloud Scheduler's OIDC token.
 A GET after expires_at still expires the upload.)

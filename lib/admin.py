@@ -1,7 +1,8 @@
 """Ops CLI for API keys and webhook endpoints: `python -m lib.admin COMMAND`.
 
 Keys: create-key, list-keys, revoke-key. Webhooks: add-webhook, list-webhooks,
-enable-webhook, remove-webhook, rotate-webhook-secret, webhook-deliveries. Migration:
+enable-webhook, remove-webhook, rotate-webhook-secret, webhook-deliveries. Limits:
+set-limits, limits (a workspace's creates per minute and pending uploads). Migration:
 backfill-sweep-shards (once, after the deploy that shards the sweep's index).
 
 Talks to the Firestore named by GOOGLE_CLOUD_PROJECT (and FIRESTORE_DATABASE,
@@ -31,7 +32,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import attempts, auth, clock, endpoints, lifecycle, targets
+from lib import attempts, auth, clock, config, endpoints, lifecycle, limits, targets
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, firestore_client, upstream
 from lib.config import ConfigError, FirestoreSettings, allow_private_targets
 from lib.errors import ServiceUnavailable
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--json", action="store_true",
                         help='print only {"id","url","workspace_id","mode","secret","previous_secret_expires_at"}')
 
+    _limits_parsers(commands)
+
     commands.add_parser("backfill-sweep-shards",
                         help="give upload records from before the sharded sweep index their shard (once)")
     deliveries = commands.add_parser("webhook-deliveries", help="a workspace's recent delivery attempts")
@@ -92,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument("--limit", type=_limit, default=50, help="how many, newest first (1-1000, default 50)")
     deliveries.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
+
+
+def _limits_parsers(commands: Any) -> None:
+    set_limits = commands.add_parser("set-limits",
+                                     help="set a workspace's own limits (instances apply them within 5 s)")
+    set_limits.add_argument("--workspace", required=True, type=_workspace)
+    set_limits.add_argument("--creates-per-minute", type=_bounded(config.MAX_CREATES_PER_MINUTE),
+                            help=f"uploads it may create in any 60 s (1-{config.MAX_CREATES_PER_MINUTE})")
+    set_limits.add_argument("--max-pending-uploads", type=_bounded(config.MAX_PENDING_UPLOADS),
+                            help=f"uploads it may have pending at once (1-{config.MAX_PENDING_UPLOADS})")
+    show_limits = commands.add_parser("limits", help="a workspace's limits and its pending uploads")
+    show_limits.add_argument("--workspace", required=True, type=_workspace)
+    show_limits.add_argument("--test", action="store_true", help="count its test-mode uploads (live by default)")
+    show_limits.add_argument("--json", action="store_true",
+                             help='print {"workspace_id","mode","creates_per_minute","max_pending_uploads",'
+                                  '"pending_uploads","source"}')
 
 
 def _limit(value: str) -> int:
@@ -104,6 +123,18 @@ def _limit(value: str) -> int:
     return number
 
 
+def _bounded(maximum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError("must be a whole number") from None
+        if not 1 <= number <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between 1 and {maximum}")
+        return number
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -114,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"create-key": _create, "list-keys": _list, "revoke-key": _revoke, "add-webhook": _add_webhook,
                 "list-webhooks": _list_webhooks, "remove-webhook": _remove_webhook, "enable-webhook": _enable_webhook,
                 "rotate-webhook-secret": _rotate_webhook_secret, "webhook-deliveries": _webhook_deliveries,
-                "backfill-sweep-shards": _backfill_sweep_shards}
+                "backfill-sweep-shards": _backfill_sweep_shards, "set-limits": _set_limits, "limits": _limits}
     try:
         return commands[args.command](db, args)
     except ConfigError as exc:
@@ -287,6 +318,48 @@ def _webhook_deliveries(db, args) -> int:
         ("TRY", 3, lambda row: "-" if row["attempt"] is None else row["attempt"]),
         ("RESULT", 22, lambda row: "dead-lettered" if row["dead_lettered"] else (row["status"] or row["error"] or "-")),
         ("MS", 0, lambda row: "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}")))
+
+
+def _set_limits(db, args) -> int:
+    if args.creates_per_minute is None and args.max_pending_uploads is None:
+        print("error: give --creates-per-minute, --max-pending-uploads or both", file=sys.stderr)
+        return 2
+    with upstream():
+        limits.set_limits(db, args.workspace, args.creates_per_minute, args.max_pending_uploads)
+    now = _limits_of(db, args.workspace)
+    print(f"Workspace {args.workspace} may create {now.creates_per_minute} uploads a minute and have "
+          f"{now.max_pending_uploads} pending (test and live each); instances apply it within "
+          f"{limits.LIMITS_CACHE_SECONDS + 1:.0f} s.")
+    return 0
+
+
+def _limits(db, args) -> int:
+    mode = "test" if args.test else "live"
+    with upstream():
+        own = limits.stored(db, args.workspace)
+    now = _limits_of(db, args.workspace, own)
+    row = {"workspace_id": args.workspace, "mode": mode, "creates_per_minute": now.creates_per_minute,
+           "max_pending_uploads": now.max_pending_uploads,
+           "pending_uploads": lifecycle.pending_count(db, args.workspace, mode),
+           "source": "workspace" if own else "default"}
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    print(f"Workspace {args.workspace} ({mode}): {row['creates_per_minute']} creates a minute, "
+          f"{row['pending_uploads']} of {row['max_pending_uploads']} uploads pending "
+          f"({'its own limits' if own else 'the defaults'}).")
+    return 0
+
+
+def _limits_of(db, workspace_id: str, own: dict[str, Any] | None = None) -> limits.Limits:
+    """The workspace's limits: its own figures, the deployment's defaults (CREATES_PER_MINUTE,
+    MAX_PENDING_UPLOADS, as the function reads them) for what it leaves out."""
+    settings = config.Settings.from_env({**os.environ, "GOOGLE_CLOUD_PROJECT": "-", "UPLOAD_BUCKET": "-",
+                                         "CDN_BASE_URL": "https://-"})
+    if own is None:
+        with upstream():
+            own = limits.stored(db, workspace_id)
+    return limits.of(own, limits.Limits(settings.creates_per_minute, settings.max_pending_uploads))
 
 
 def _backfill_sweep_shards(db, _args) -> int:

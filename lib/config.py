@@ -35,13 +35,26 @@ OPTIONAL = (
     "OIDC_CERTS_URL",
     "WEBHOOK_ALLOW_PRIVATE_TARGETS",
     "REQUEST_DEADLINE_SECONDS",
+    "LIMITS_REDIS_URL",
+    "LIMITS_REDIS_AUTH",
+    "LIMITS_REDIS_CA_CERT",
+    "CREATES_PER_MINUTE",
+    "MAX_PENDING_UPLOADS",
 )
+# The limits' settings: set on the API function alone (terraform/limits.tf).
+LIMITS = ("LIMITS_REDIS_URL", "LIMITS_REDIS_AUTH", "LIMITS_REDIS_CA_CERT", "CREATES_PER_MINUTE", "MAX_PENDING_UPLOADS")
+# Set by Terraform from Secret Manager (secret_environment_variables), not as plain variables.
+SECRET = ("LIMITS_REDIS_AUTH",)
 # Read, but never set by Terraform: they exist so the tests and `make run` can
 # verify tokens against certificates they serve themselves, and deliver
 # webhooks to receivers on loopback.
 LOCAL_ONLY = ("OIDC_CERTS_URL", "WEBHOOK_ALLOW_PRIVATE_TARGETS", "REQUEST_DEADLINE_SECONDS")
 
 GIB = 1024**3
+# The most a workspace's limits may be: 10,000 creates a second (its rate log then holds 600,000
+# members, ~86 MB; docs/operations.md, "Limits").
+MAX_CREATES_PER_MINUTE = 600_000
+MAX_PENDING_UPLOADS = 1_000_000
 # GCS's own ceiling for one object.
 GCS_MAX_OBJECT_BYTES = 5 * 1024**4
 GOOGLE_OIDC_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -100,6 +113,14 @@ class Settings:
     webhook_allow_private_targets: bool = False
     # A request's line, headers and body, in all (lib/server.py); the tests shorten it.
     request_deadline_seconds: int = 30
+    # Limits (lib/limits.py): the store every instance counts in (redis:// or, with TLS,
+    # rediss://; unset: no limits), its AUTH string and its CA's PEM; the defaults a
+    # workspace has until ops set its own (docs/api.md, "Limits").
+    limits_redis_url: str | None = None
+    limits_redis_auth: str | None = None
+    limits_redis_ca_cert: str | None = None
+    creates_per_minute: int = 600
+    max_pending_uploads: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -123,6 +144,7 @@ class Settings:
             oidc_certs_url=_certs_url(env),
             webhook_allow_private_targets=allow_private_targets(env),
             request_deadline_seconds=_seconds(env, "REQUEST_DEADLINE_SECONDS", 30, minimum=1, maximum=300),
+            **_limits(env),
         )
 
 
@@ -135,6 +157,25 @@ def _caller(env: Mapping[str, str], route: str) -> dict:
     if account is not None and not _EMAIL.fullmatch(account):
         raise ConfigError(f"{route}_SERVICE_ACCOUNT must be a service account's email, got {account!r}")
     return {f"{route.lower()}_service_account": account, f"{route.lower()}_audience": audience}
+
+
+def _limits(env: Mapping[str, str]) -> dict:
+    url = env.get("LIMITS_REDIS_URL", "").strip() or None
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or parts.password or parts.query:
+            raise ConfigError("LIMITS_REDIS_URL must be redis://HOST:PORT or rediss://HOST:PORT "
+                              "(the AUTH string goes in LIMITS_REDIS_AUTH)")
+    ca = env.get("LIMITS_REDIS_CA_CERT", "").strip() or None
+    if url is not None and url.startswith("rediss://") and ca is None:
+        raise ConfigError("LIMITS_REDIS_CA_CERT must hold the server CA's PEM when LIMITS_REDIS_URL is rediss://")
+    return {
+        "limits_redis_url": url,
+        "limits_redis_auth": env.get("LIMITS_REDIS_AUTH", "").strip() or None,
+        "limits_redis_ca_cert": ca,
+        "creates_per_minute": _integer(env, "CREATES_PER_MINUTE", 600, 1, MAX_CREATES_PER_MINUTE, "creates"),
+        "max_pending_uploads": _integer(env, "MAX_PENDING_UPLOADS", 1000, 1, MAX_PENDING_UPLOADS, "uploads"),
+    }
 
 
 def allow_private_targets(env: Mapping[str, str]) -> bool:

@@ -9,40 +9,80 @@ its upload exist together or not at all, and a replay answers the stored body.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from google.cloud import firestore, storage
 
-from lib import clock, idempotency, lifecycle, models, naming, sessions
+from lib import clock, idempotency, lifecycle, limits, models, naming, sessions
 from lib.auth import ApiKey
 from lib.config import Settings
-from lib.errors import UploadTooLarge
+from lib.errors import ApiError, UploadTooLarge
 
 
 @dataclass(frozen=True)
 class Created:
-    """What a create answers: the body, and whether it replays a key's first answer."""
+    """What a create answers: the body, whether it replays a key's first answer, and the RateLimit fields."""
 
     body: dict[str, Any]
     replayed: bool
-    # For the request's log line: the new upload's id, a replay, a claim left to its lease.
-    log: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-def create(db: firestore.Client, client: storage.Client, settings: Settings, key: ApiKey,
-           idempotency_key: str | None, raw: bytes, origin: str | None) -> Created:
+@dataclass(frozen=True)
+class Limiting:
+    """The create's limits: the instance's store, and the defaults a workspace has until ops set its own."""
+
+    limiter: limits.Limiter
+    defaults: limits.Limits
+
+
+def create(db: firestore.Client, client: storage.Client, settings: Settings, limiting: Limiting, key: ApiKey,
+           idempotency_key: str | None, raw: bytes, origin: str | None, log: dict[str, Any]) -> Created:
     """Create an upload for `key`'s workspace from the request body `raw`.
 
     `idempotency_key` is the Idempotency-Key header and `origin` the Origin
-    header, as received (both checked here).
+    header, as received (both checked here). `log` is the request's log line.
+    Every answer, an error's too, carries the RateLimit fields while limits are on.
 
     Raises:
         InvalidIdempotencyKey, InvalidJson, ValidationFailed, UnsupportedContentType, UploadTooLarge:
             the request is wrong (nothing is stored).
         IdempotencyKeyReused, IdempotencyKeyInUse: the key meant something else, or is in flight.
+        RateLimited, QuotaExceeded: the workspace's limits (a replay is never refused for them).
         ServiceUnavailable: Firestore or Storage is down or slow.
     """
+    limiter = limiting.limiter
+    workspace_limits = (limits.for_workspace(db, key.workspace_id, limiting.defaults, log)
+                        if limiter.enabled else None)
+    taken: list[str] = []  # the ids this request took a slot for
+
+    def admit(upload_id: str, expires: datetime) -> dict[str, str]:
+        if workspace_limits is None:
+            return {}
+        fields = limiter.admit(key.workspace_id, key.mode, upload_id, expires, workspace_limits, log)
+        taken.append(upload_id)
+        return fields
+
+    try:
+        created = _create(db, client, settings, key, idempotency_key, raw, origin, log, admit)
+    except BaseException as exc:
+        for upload_id in taken:  # the create failed: its slot and its place in the window go back
+            limiter.give_back(key.workspace_id, key.mode, upload_id, log)
+        if isinstance(exc, ApiError) and workspace_limits is not None and "RateLimit-Policy" not in exc.headers:
+            exc.headers.update(limits.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode, log)))
+        raise
+    if workspace_limits is not None and not created.headers:  # a replay: where the window stands now
+        return replace(created, headers=limits.headers(workspace_limits,
+                                                       limiter.usage(key.workspace_id, key.mode, log)))
+    return created
+
+
+def _create(db: firestore.Client, client: storage.Client, settings: Settings, key: ApiKey,
+            idempotency_key: str | None, raw: bytes, origin: str | None, log: dict[str, Any],
+            admit: Callable[[str, datetime], dict[str, str]]) -> Created:
     idem_key = idempotency.parse_key(idempotency_key)
     upload = models.validate_upload_request(models.parse_json_object(raw))
     content_type = naming.normalize_content_type(upload.content_type)
@@ -51,13 +91,15 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, key
     extension = naming.choose_extension(upload.filename, content_type)
     # A backend minting for a browser names it; else a browser calling us directly is its own origin.
     bound_origin = upload.cors_origin or models.browser_origin(origin)
-    log: dict[str, Any] = {}
+    fields: dict[str, str] = {}
 
     def mint() -> tuple[models.UploadOut, str, dict[str, Any]]:
         upload_id, name = naming.new_upload(key.workspace_id, extension, key.mode)
+        created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
+        # Only a new upload is limited (a replay never reaches here); before its session exists.
+        fields.update(admit(upload_id, expires))
         url = sessions.mint_session(client, settings.upload_bucket, name, content_type, bound_origin,
                                     upload.size_bytes, upload.crc32c, upload.md5)
-        created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
         out = models.UploadOut(id=upload_id, upload_url=url, source_url=naming.source_url(settings.cdn_base_url, name),
                                expires_at=clock.rfc3339(expires))
         record = lifecycle.new_fields(upload_id, key.workspace_id, key.mode, name, content_type, upload.size_bytes,
@@ -68,7 +110,7 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, key
     if idem_key is None:
         out, upload_id, record = mint()
         lifecycle.create_record(db, upload_id, record)
-        return Created(out.model_dump(), False, log)
+        return Created(out.model_dump(), False, fields)
 
     def work() -> tuple[dict[str, Any], tuple[Any, dict[str, Any]]]:
         out, upload_id, record = mint()
@@ -79,7 +121,7 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, key
                                       settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds, work,
                                       on_claim_left=lambda: log.update(claim_left_to_lease=True))
     if not replayed:
-        return Created(body, False, log)
+        return Created(body, False, fields)
+    log["idempotent_replayed"] = True
     # In the model's field order (Firestore gives a map's keys back sorted).
-    replay = {name: body[name] for name in models.UploadOut.model_fields if name in body}
-    return Created(replay, True, {**log, "idempotent_replayed": True})
+    return Created({name: body[name] for name in models.UploadOut.model_fields if name in body}, True, fields)

@@ -198,6 +198,28 @@ class UploadTooLarge(ApiError):
                          details={"max_size_bytes": limit})
 
 
+class RateLimited(ApiError):
+    """POST /v1/uploads: the workspace has created its creates-per-minute in the last 60 s (lib/limits.py)."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, limit: int, retry_after: int, headers: dict[str, str]):
+        super().__init__(f"This workspace may create {limit} uploads a minute. Retry after the delay in Retry-After.",
+                         details={"limit": limit, "window_seconds": 60, "retry_after_seconds": retry_after},
+                         headers={**headers, "Retry-After": str(retry_after)})
+
+
+class QuotaExceeded(ApiError):
+    """POST /v1/uploads: the workspace has as many uploads pending as it may (lib/limits.py)."""
+
+    status, code = 429, "quota_exceeded"
+
+    def __init__(self, limit: int, pending: int, retry_after: int, headers: dict[str, str]):
+        super().__init__(f"This workspace has {pending} uploads pending and may have {limit}. Finish, cancel or "
+                         "let some expire, then retry.", details={"limit": limit, "pending": pending},
+                         headers={**headers, "Retry-After": str(retry_after)})
+
+
 class ServiceUnavailable(ApiError):
     status, code = 503, "service_unavailable"
     message = "A backing service is unavailable. Retry after the delay in Retry-After."

@@ -10,8 +10,7 @@ what the client declared: its size and, where declared, its CRC32C and MD5
 (`verdict`). An object that is not is `rejected` and deleted (`land`). A
 storage event (lib/events.py) lands an object within seconds, and every GET,
 cancel and sweep looks for itself, so a late or lost event costs nothing but
-time. Cancelling and
-expiring first cancel the GCS session, then look for the object once more:
+time. Cancelling and expiring first cancel the GCS session, then look for the object once more:
 an upload that finished in between is `completed`, never lost and never
 reported cancelled. Once settled, the record forgets its session URL.
 
@@ -32,6 +31,7 @@ from typing import Any
 import requests
 from google.api_core import exceptions as gexc
 from google.cloud import firestore, storage
+from google.cloud.firestore_v1.aggregation import AggregationQuery
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from lib import clock, naming, sessions
@@ -43,8 +43,8 @@ COLLECTION = "uploads"
 PENDING, COMPLETED, REJECTED, CANCELLED, EXPIRED = "pending", "completed", "rejected", "cancelled", "expired"
 # Why an upload was rejected (its `rejection.code`).
 SIZE_MISMATCH, CHECKSUM_MISMATCH = "size_mismatch", "checksum_mismatch"
-# Fields the record holds. Queried: (sweep_shard, state, expires_at) by the sweep,
-# (sweep_shard, webhook_owed_at) by its republishing of owed webhook events.
+# Fields the record holds. Queried: (sweep_shard, state, expires_at) by the sweep, (sweep_shard,
+# webhook_owed_at) by its republishing of owed events, (workspace_id, mode, state) by `pending_count`.
 FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
           "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at",
           "sweep_shard", "declared_crc32c", "declared_md5", "rejection_code", "rejection_message")
@@ -59,9 +59,8 @@ SHARD_FIELD = "sweep_shard"
 SWEEP_SHARDS = 64
 
 
-# Set with every state change while webhooks are on, cleared once the event is
-# fanned out to the workspace's endpoints (`clear_owed`); the sweep publishes
-# again what stays owed (`owed`).
+# Set with every state change while webhooks are on, cleared once the event is fanned out
+# to the workspace's endpoints (`clear_owed`); the sweep publishes again what stays owed (`owed`).
 OWED_FIELD = "webhook_owed_at"
 
 
@@ -95,11 +94,14 @@ Announce = Callable[[Record], None]
 
 @dataclass(frozen=True)
 class Storage:
-    """What settling a record needs of GCS: the client, the bucket, plain HTTP for session URLs."""
+    """What settling a record needs besides Firestore: GCS (the client, the bucket, plain HTTP
+    for session URLs), and who to tell that an upload left `pending` (lib/limits.py gives its
+    slot back; None: no limits)."""
 
     client: storage.Client
     bucket: str
     http: requests.Session
+    release: Callable[[Record], None] | None = None
 
 
 def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, content_type: str,
@@ -127,8 +129,8 @@ def ref(db: firestore.Client, upload_id: str) -> firestore.DocumentReference:
     return db.collection(COLLECTION).document(upload_id)
 
 
-def creation(db: firestore.Client, upload_id: str, fields: dict[str, Any]) -> tuple[firestore.DocumentReference,
-                                                                                 dict[str, Any]]:
+def creation(db: firestore.Client, upload_id: str,
+             fields: dict[str, Any]) -> tuple[firestore.DocumentReference, dict[str, Any]]:
     """A new upload's document and fields, for a caller that creates it in its own commit (idempotency.once)."""
     return ref(db, upload_id), fields
 
@@ -144,9 +146,7 @@ def create_record(db: firestore.Client, upload_id: str, fields: dict[str, Any]) 
 
 
 def load(db: firestore.Client, workspace_id: str, mode: str, upload_id: str) -> Record:
-    """The caller's upload.
-
-    Raises:
+    """The caller's upload. Raises:
         UploadNotFound: no such id, or it belongs to another workspace or mode
             (the answer is the same: whether it exists elsewhere is not told).
     """
@@ -157,9 +157,7 @@ def load(db: firestore.Client, workspace_id: str, mode: str, upload_id: str) -> 
 
 
 def load_by_id(db: firestore.Client, upload_id: str) -> Record:
-    """The upload with this id, whoever's it is.
-
-    Raises:
+    """The upload with this id, whoever's it is. Raises:
         UploadNotFound: no such id.
     """
     if not naming.UPLOAD_ID.fullmatch(upload_id):
@@ -234,17 +232,15 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.Store
     rejection, and a look at the bucket finds nothing to complete).
 
     `step` is called before each upstream step (settle's deadline); `announce`
-    is told of the change if this call stored it (`transition`).
-
-    Returns the record as stored afterwards (another request's decision if it
-    settled the record first).
+    is told of the change if this call stored it (`transition`). Returns the record
+    as stored afterwards (another request's decision if it settled the record first).
     """
     changes = verdict(record.data, obj)
     if changes["state"] == REJECTED:
         step()
         sessions.delete_object(gcs.client, gcs.bucket, record.data["object_name"], obj.generation)
     step()
-    return transition(db, record, changes, announce)
+    return transition(db, record, changes, announce, gcs.release)
 
 
 def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
@@ -252,9 +248,8 @@ def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
     """A pending record brought up to date: completed if its object exists,
     expired (its session cancelled) if past `expires_at`, else unchanged.
 
-    If its session cannot be cancelled (an unexpected answer), the record is
-    returned as stored, still pending, and `on_unsettled` is told: a GET
-    answers what is known; the sweep settles it later.
+    If its session cannot be cancelled (an unexpected answer), the record is returned as stored,
+    still pending, and `on_unsettled` is told: a GET answers what is known; the sweep settles it later.
     """
     if record.state != PENDING:
         return record
@@ -314,16 +309,17 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
     if end is None:
         return record
     step()
-    return transition(db, record, {"state": end}, announce)
+    return transition(db, record, {"state": end}, announce, gcs.release)
 
 
 def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
-               announce: Announce | None = None) -> Record:
+               announce: Announce | None = None, release: Callable[[Record], None] | None = None) -> Record:
     """Apply `changes` to a pending record, conditioned on the update_time it was read at.
 
     With `announce`, the write also marks the record's webhook event owed,
     and `announce` is called with the stored record once the write landed
-    (only ours: whoever settled it first announces).
+    (only ours: whoever settled it first announces). `release` is told the
+    same way, once per upload: its pending slot is free.
 
     Returns the record as stored afterwards: ours, or (if another request
     settled it first) theirs, which stands.
@@ -348,6 +344,8 @@ def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
     if owed:
         data[OWED_FIELD] = result.update_time
     settled = Record(record.id, data, result.update_time, ours=True)
+    if release is not None:
+        release(settled)
     if announce is not None:
         announce(settled)
     return settled
@@ -402,6 +400,21 @@ def owed(db: firestore.Client, cutoff: datetime, limit: int = 200, shards: range
     return [Record.of(snap) for snap in snaps]
 
 
+def pending_count(db: firestore.Client, workspace_id: str, mode: str) -> int:
+    """How many of a workspace's uploads in `mode` are pending (firestore.tf upload_indexes.pending), for
+    ops: unlike the limiter's count, one past expires_at counts until the sweep expires it."""
+    with upstream():
+        # Typed as a list of results, it is a list of lists of them (one list per read).
+        result: Any = AggregationQuery(pending_query(db, workspace_id, mode)).count().get(
+            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+    return int(result[0][0].value)
+
+
+def pending_query(db: firestore.Client, workspace_id: str, mode: str) -> firestore.Query:
+    return (db.collection(COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace_id))
+            .where(filter=FieldFilter("mode", "==", mode)).where(filter=FieldFilter("state", "==", PENDING)))
+
+
 def clear_owed(db: firestore.Client, record: Record) -> None:
     """The record's webhook event is fanned out: it is owed no more."""
     if OWED_FIELD in record.data:
@@ -411,9 +424,8 @@ def clear_owed(db: firestore.Client, record: Record) -> None:
 
 
 def backfill_shards(db: firestore.Client, page_size: int = 500) -> tuple[int, int]:
-    """Give every upload record that has no `sweep_shard` its shard: the one-off
-    migration to the sharded indexes (docs/operations.md, "Capacity"). Pages through the
-    whole collection by document id (no index needed), reading only that field;
+    """Give every upload record that has no `sweep_shard` its shard: the one-off migration to the
+    sharded indexes (docs/operations.md, "Capacity"); by document id, reading only that field;
     idempotent. Returns (records read, records given a shard)."""
     read = given = 0
     query = db.collection(COLLECTION).select([SHARD_FIELD]).order_by("__name__").limit(page_size)

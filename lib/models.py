@@ -184,6 +184,21 @@ class Upload(BaseModel):
     rejection: Rejection | None = None
 
 
+class LimitsOut(BaseModel):
+    """GET /v1/limits: the workspace's limits, and where the key's mode (test or live,
+    counted apart) stands. Usage is null when limits are off or the store did not answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: str  # "live" or "test"
+    enforced: bool
+    creates_per_minute: int | None
+    max_pending_uploads: int | None
+    creates_in_last_minute: int | None
+    creates_remaining: int | None
+    pending_uploads: int | None
+
+
 def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES,
               before_read: Callable[[], bool] = lambda: True) -> bytes:
     """The raw body, at most `limit` bytes, without reading an oversized one whole.

@@ -11,6 +11,8 @@ locals {
     "logging.googleapis.com",              # build and request logs, log-based metrics
     "monitoring.googleapis.com",           # alert policies, uptime check, dashboard (monitoring.tf)
     "pubsub.googleapis.com",               # storage events (events.tf)
+    "redis.googleapis.com",                # Memorystore for Redis: the limits' store (limits.tf)
+    "secretmanager.googleapis.com",        # the limits store's AUTH string (limits.tf)
     "run.googleapis.com",                  # the Cloud Run service behind a 2nd-gen function
     "storage.googleapis.com",              # the buckets
   ])

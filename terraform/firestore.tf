@@ -56,6 +56,9 @@ locals {
   upload_indexes = {
     sweep = ["sweep_shard", "state", "expires_at"]
     owed  = ["sweep_shard", "webhook_owed_at"]
+    # A workspace's pending uploads, counted for ops (lib/lifecycle.py pending_count,
+    # `python -m lib.admin limits`); no sequential field, so no hotspot.
+    pending = ["workspace_id", "mode", "state"]
   }
 }
 
@@ -76,7 +79,7 @@ resource "google_firestore_index" "uploads" {
   }
 }
 
-# Upload records are read by id and queried only through the two composite
+# Upload records are read by id and queried only through the composite
 # indexes above. No single-field index is needed but state's (the shard
 # backfill pages through pending records with it); expires_at and
 # webhook_owed_at in particular must not have one, or their sequential values

@@ -21,7 +21,8 @@ locals {
   }
   memory_mib = tonumber(regex("^[0-9]+", var.memory)) * (endswith(var.memory, "Gi") ? 1024 : 1)
   # Exactly the settings lib/config.py reads (tests/test_terraform.py holds them together), the
-  # same for both functions: both run main.py, which checks them all when it starts.
+  # same for both functions: both run main.py, which checks them all when it starts. The API's
+  # limits add theirs (limits.tf local.limits_settings and the AUTH string as a secret).
   function_settings = {
     GOOGLE_CLOUD_PROJECT      = var.project_id
     UPLOAD_BUCKET             = google_storage_bucket.uploads.name
@@ -109,14 +110,35 @@ resource "google_cloudfunctions2_function" "uploads" {
 
     # THREADS for functions-framework: it serves with gunicorn threads = THREADS,
     # else 4 x os.cpu_count() (the CPUs the instance's machine reports, not its
-    # vCPU limit), which need not match the concurrency above.
-    environment_variables = merge(local.function_settings, { THREADS = tostring(var.concurrency) })
+    # vCPU limit), which need not match the concurrency above. The limits' settings
+    # (limits.tf) are the API's alone.
+    environment_variables = merge(local.function_settings, local.limits_settings, { THREADS = tostring(var.concurrency) })
+
+    secret_environment_variables {
+      key        = "LIMITS_REDIS_AUTH"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.limits_redis_auth.secret_id
+      version    = "latest"
+    }
+
+    # To the limits store (limits.tf): only private ranges go through the network.
+    direct_vpc_network_interface {
+      network    = google_compute_network.limits.id
+      subnetwork = google_compute_subnetwork.functions.id
+    }
+    direct_vpc_egress = "VPC_EGRESS_PRIVATE_RANGES_ONLY"
   }
 
   lifecycle {
     precondition {
       condition     = local.memory_mib >= local.memory_range_mib[var.cpu][0] && local.memory_mib <= local.memory_range_mib[var.cpu][1]
       error_message = "memory ${var.memory} does not fit cpu ${var.cpu}: Cloud Run allows ${local.memory_range_mib[var.cpu][0]}-${local.memory_range_mib[var.cpu][1]} MiB with ${var.cpu} vCPU."
+    }
+    # Direct VPC egress takes 2 addresses per instance and reserves 16 at a time (limits.tf),
+    # with a margin of 4 for the addresses a subnet keeps for itself.
+    precondition {
+      condition     = 2 * var.max_instances + 16 <= pow(2, 32 - tonumber(split("/", var.limits_subnet_cidr)[1])) - 4
+      error_message = "limits_subnet_cidr ${var.limits_subnet_cidr} is too small for max_instances ${var.max_instances}: Direct VPC egress needs 2 addresses per instance and 16 spare."
     }
   }
 
@@ -129,6 +151,8 @@ resource "google_cloudfunctions2_function" "uploads" {
     google_storage_bucket_iam_member.runtime_uploads,
     google_storage_bucket_iam_member.runtime_uploads_read,
     google_pubsub_topic_iam_member.runtime_publishes_webhooks,
+    google_secret_manager_secret_iam_member.runtime_reads_limits_auth,
+    google_secret_manager_secret_version.limits_redis_auth,
   ]
 }
 

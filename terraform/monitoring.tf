@@ -40,6 +40,10 @@ locals {
       description = "Webhook delivery attempts that failed (the endpoint refused, failed or timed out): Pub/Sub retries them."
       condition   = "jsonPayload.route=\"/internal/webhooks\" AND jsonPayload.error_code=\"webhook_delivery_failed\""
     }
+    limiter_unavailable = {
+      description = "Creates served without their workspace's limits because the limits' store did not answer (lib/limits.py fails open)."
+      condition   = "jsonPayload.route=\"/v1/uploads\" AND jsonPayload.limiter=\"unavailable\""
+    }
     webhook_dead_letters = {
       description = "Webhook deliveries given up after the last attempt and recorded as dead-lettered."
       condition   = "jsonPayload.route=\"/internal/webhook-dead-letters\" AND httpRequest.status<300"
@@ -381,6 +385,41 @@ resource "google_monitoring_alert_policy" "dead_letters" {
       Something was given up after every retry.
       - A storage event: its upload completes at the next GET or sweep anyway. Read it: gcloud pubsub subscriptions pull ${google_pubsub_subscription.storage_events_dead.name} --limit 10 ; fix the cause (the function's log for /internal/storage-events), then ack it.
       - A webhook delivery: the customer's endpoint failed for the whole retry schedule. python -m lib.admin webhook-deliveries --workspace WS shows it as dead-lettered; tell the customer.
+      ${local.runbook}
+    EOT
+  }
+}
+
+resource "google_monitoring_alert_policy" "limiter_unavailable" {
+  project               = var.project_id
+  display_name          = "${var.name}: creates served without limits"
+  combiner              = "OR"
+  notification_channels = local.channels
+
+  conditions {
+    # Every minute for 5 minutes: a new instance's first minute (Direct VPC egress may take that
+    # long to connect, https://cloud.google.com/run/docs/configuring/vpc-direct-vpc) does not page.
+    display_name = "creates were served unlimited in each minute for 5 minutes"
+    condition_threshold {
+      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["limiter_unavailable"].name}\" AND ${local.api_resource}"
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "300s"
+      aggregations {
+        alignment_period     = "60s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      The limits' store (Memorystore for Redis ${google_redis_instance.limits.name}) is not answering the API function, so creates are served without per-workspace limits (fail open: nothing is refused because of it). The request lines say limiter=unavailable and limiter_error why.
+      1. Is the instance up? gcloud redis instances describe ${google_redis_instance.limits.name} --region ${var.region} (state READY; a BASIC instance is one node, down while it restarts).
+      2. If it is up, the function's Direct VPC egress or the AUTH secret is wrong: limiter_error ConnectionError/TimeoutError points at the network, AuthenticationError at the secret.
+      3. Counts start again from empty when it returns: a workspace may briefly have up to twice its pending uploads.
       ${local.runbook}
     EOT
   }

@@ -398,3 +398,60 @@ variable "alert_emails" {
     error_message = "alert_emails must be e-mail addresses."
   }
 }
+
+# --- Limits (limits.tf; docs/api.md, "Limits") -----------------------------------
+
+variable "creates_per_minute" {
+  type        = number
+  description = "Uploads a workspace may create in any 60 s, test and live counted apart, until ops set its own (python -m lib.admin set-limits)."
+  default     = 600
+
+  validation {
+    condition     = var.creates_per_minute >= 1 && var.creates_per_minute <= 600000
+    error_message = "creates_per_minute must be 1-600000 (lib/config.py MAX_CREATES_PER_MINUTE)."
+  }
+}
+
+variable "max_pending_uploads" {
+  type        = number
+  description = "Uploads a workspace may have pending at once, test and live counted apart, until ops set its own."
+  default     = 1000
+
+  validation {
+    condition     = var.max_pending_uploads >= 1 && var.max_pending_uploads <= 1000000
+    error_message = "max_pending_uploads must be 1-1000000 (lib/config.py MAX_PENDING_UPLOADS)."
+  }
+}
+
+variable "limits_redis_tier" {
+  type        = string
+  description = "Memorystore tier of the limits' store: BASIC (one node; while it is down or restarting, creates are served unlimited) or STANDARD_HA (a replica it fails over to, about twice the price). docs/operations.md, \"Limits\"."
+  default     = "BASIC"
+
+  validation {
+    condition     = contains(["BASIC", "STANDARD_HA"], var.limits_redis_tier)
+    error_message = "limits_redis_tier must be BASIC or STANDARD_HA."
+  }
+}
+
+variable "limits_redis_memory_gb" {
+  type        = number
+  description = "The limits' store's size. 1 GB (the least) holds the counts of tens of thousands of busy workspaces (docs/operations.md, \"Limits\")."
+  default     = 1
+
+  validation {
+    condition     = var.limits_redis_memory_gb >= 1 && var.limits_redis_memory_gb <= 300
+    error_message = "limits_redis_memory_gb must be 1-300."
+  }
+}
+
+variable "limits_subnet_cidr" {
+  type        = string
+  description = "The subnet the API function's Direct VPC egress takes addresses from (2 per instance; Cloud Run asks for a /26 or larger)."
+  default     = "10.8.0.0/24"
+
+  validation {
+    condition     = can(cidrnetmask(var.limits_subnet_cidr)) && tonumber(split("/", var.limits_subnet_cidr)[1]) <= 26
+    error_message = "limits_subnet_cidr must be an IPv4 CIDR of /26 or larger."
+  }
+}

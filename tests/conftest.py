@@ -87,15 +87,15 @@ def backends(log_dir, oidc_issuer):
     stack = emulators.start_stack(log_dir, PROJECT, BUCKET)
     firestore, storage = stack.firestore, stack.storage
     try:
-        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, **oidc_issuer.env())
+        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, stack.redis, **oidc_issuer.env())
         for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
-                     "UPLOAD_BUCKET", "CDN_BASE_URL", *oidc_issuer.env()):
+                     "UPLOAD_BUCKET", "CDN_BASE_URL", "LIMITS_REDIS_URL", *oidc_issuer.env()):
             os.environ[name] = env[name]
         # The in-process app forgets key lookups at once, so tests that revoke a
         # key see it refused straight away; served functions keep the deployed
         # default (tests/test_served.py covers the cache itself).
         os.environ["API_KEY_CACHE_TTL_SECONDS"] = "0"
-        yield {"firestore": firestore, "storage": storage, "env": env}
+        yield {"firestore": firestore, "storage": storage, "redis": stack.redis, "env": env}
     finally:
         stack.stop()
 
@@ -103,14 +103,16 @@ def backends(log_dir, oidc_issuer):
 @pytest.fixture(scope="session")
 def event_path(backends, log_dir, oidc_issuer):
     stack = emulators.start_stack(log_dir, PROJECT, BUCKET, events=(EVENTS_TOPIC, EVENTS_SUBSCRIPTION),
-                                  firestore=backends["firestore"], storage_name="fake-gcs-events")
+                                  firestore=backends["firestore"], storage_name="fake-gcs-events",
+                                  redis=backends["redis"])
     pubsub, storage = stack.pubsub, stack.storage
     assert pubsub is not None  # events on: start_stack started it
     started = list(stack.started)
     try:
         hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
                                                               WEBHOOKS_DEAD_LETTER_TOPIC)
-        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, **oidc_issuer.env(),
+        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
+                                     **oidc_issuer.env(),
                                      PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
                                      WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
         function = emulators.start_function(env, log_dir, name="function-events")

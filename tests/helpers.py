@@ -33,9 +33,9 @@ def schema_errors(doc: dict, ref: str, instance) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
 
 
-def response_schema_errors(doc: dict, status: int, body) -> list[str]:
-    """Check a POST /v1/uploads response against the document's declared response for `status`."""
-    responses = doc["paths"]["/v1/uploads"]["post"]["responses"]
+def response_schema_errors(doc: dict, status: int, body, path: str = "/v1/uploads", method: str = "post") -> list[str]:
+    """Check a response (POST /v1/uploads by default) against the document's declared response for `status`."""
+    responses = doc["paths"][path][method]["responses"]
     if str(status) not in responses:
         if status == 404 and "Error" in doc["components"]["schemas"]:
             return schema_errors(doc, "#/components/schemas/Error", body)
@@ -43,7 +43,8 @@ def response_schema_errors(doc: dict, status: int, body) -> list[str]:
     content = responses[str(status)].get("content")
     if not content:
         return []
-    return schema_errors(doc, f"#/paths/~1v1~1uploads/post/responses/{status}/content/application~1json/schema", body)
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return schema_errors(doc, f"#/paths/{pointer}/{method}/responses/{status}/content/application~1json/schema", body)
 
 
 def parse_rfc3339_utc(value: str) -> datetime:

@@ -149,7 +149,7 @@ def resumable(backends, log_dir):
     proxy = RecordingProxy(storage.url, script=script, keep_host=True).__enter__()
     function = None
     try:
-        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET,
+        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
                                      STORAGE_EMULATOR_HOST=proxy.url, CDN_BASE_URL=f"{storage.url}/{BUCKET}")
         function = emulators.start_function(env, log_dir, name="function-gcp-storage-emulator")
         yield {"storage": storage, "proxy": proxy, "scripts": scripts, "function": Served(function),

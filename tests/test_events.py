@@ -481,7 +481,8 @@ def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(eve
     started = [storage]
     try:
         emulators.create_bucket(storage.url, BUCKET)
-        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, **oidc_issuer.env())
+        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
+                                     **oidc_issuer.env())
         creator = emulators.start_function(env, log_dir, name="function-gated-creator")
         started.append(creator)
         fs_host, fs_port = backends["firestore"].extra["host"].split(":")
@@ -500,6 +501,8 @@ def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(eve
             assert record(db, out["id"])["state"] == "pending"
             gate.mode = TcpProxy.FORWARD
             wait_for(lambda: record(db, out["id"])["state"] == "completed", timeout=90, what="the redelivery")
+            # The record is written before the function answers, and the relay logs the answer after.
+            wait_for(lambda: '"status": 200' in relay_log.read_text(), timeout=30, what="the relay's 200")
         deliveries = [json.loads(line) for line in relay_log.read_text().splitlines() if '"delivery"' in line]
         assert deliveries[0]["status"] == 503 and deliveries[-1]["status"] == 200
         assert len({d["message_id"] for d in deliveries}) == 1  # one message, delivered until it landed

@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_path):
     ports = {name: str(emulators.free_port()) for name in
              ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT",
-              "DEMO_PORT", "DELIVERIES_PORT")}
+              "DEMO_PORT", "DELIVERIES_PORT", "REDIS_PORT")}
     out_path = tmp_path / "make-run.out"
     with open(out_path, "wb") as out:
         run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -55,6 +55,11 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         completed = run_block(blocks["2"])
         assert "# Framelane uploads" in completed  # read back from source_url
         assert '"status":"completed"' in completed.replace(" ", "")
+        # The limits: the API's view (three creates so far, step 1's still pending) and the ops CLI's.
+        limits_shown = run_block(blocks["6"])
+        assert '"creates_in_last_minute":3' in limits_shown.replace(" ", "")
+        assert '"pending_uploads":1' in limits_shown.replace(" ", "")
+        assert "1 of 1000 uploads pending (the defaults)" in limits_shown
         url = f"http://127.0.0.1:{ports['FUNCTION_PORT']}"
         created = requests.post(f"{url}/v1/uploads", json={"content_type": "video/mp4"},
                                 headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
@@ -84,6 +89,8 @@ def printed_blocks(text: str) -> dict[str, str]:
             blocks[step] = ""
         elif step and line.startswith("  ") and not re.match(r"^   \S", line):  # 3 spaces: prose
             blocks[step] += line[2:] + "\n"
+        elif line and not line[0].isspace():  # unindented prose: the numbered steps are over
+            step = None
     return blocks
 
 

@@ -173,6 +173,15 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     served_default.session.get(f"{base}/nowhere", timeout=30)
     served_default.session.get(f"{base}/health", timeout=30)
     served_default.post(json={"content_type": "text/html"}, headers=auth)
+    # A create served without its limits: the store does not answer (nothing listens on port 9).
+    unlimited = emulators.start_function(dict(backends["env"], LIMITS_REDIS_URL="redis://127.0.0.1:9"), log_dir,
+                                         name=f"function-no-limits-{tag}")
+    try:
+        assert requests.post(unlimited.url + "/v1/uploads", json={"content_type": "video/mp4"}, headers=auth,
+                             timeout=60).status_code == 201
+    finally:
+        unlimited.stop()
+    unlimited_lines = [json.loads(raw) for raw in unlimited.log_path.read_text().splitlines() if raw.startswith("{")]
 
     # A sweep and a storage event failing on a dead Firestore.
     name = created.json()["source_url"].split(f"/{BUCKET}/", 1)[1]  # an object the service knows
@@ -203,7 +212,8 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     finally:
         receiver.stop()
     events_lines = event_path["function"].log_lines() + event_path["deliveries"].log_lines()
-    everything = [line for line in served_default.log_lines() + dead_lines + events_lines if "httpRequest" in line]
+    everything = [line for line in served_default.log_lines() + dead_lines + events_lines + unlimited_lines
+                  if "httpRequest" in line]
     return everything
 
 
@@ -251,6 +261,7 @@ def test_the_latency_extractor_reads_a_number_of_seconds_from_every_line(lines):
     ("storage_event_failures", "/internal/storage-events", 503),
     ("webhook_delivery_failures", "/internal/webhooks", 502),
     ("webhook_dead_letters", "/internal/webhook-dead-letters", 200),
+    ("limiter_unavailable", "/v1/uploads", 201),
 ])
 def test_each_failure_metric_counts_its_lines_and_nothing_else(lines, metric, route, status):
     counted = [line for line in lines if matches(filter_of(metric), line)]
@@ -268,7 +279,7 @@ def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
                           for label in block.get("labels", [])} for m in metrics().values()}
     policies = resources("google_monitoring_alert_policy")
     assert set(policies) >= {"error_ratio", "create_latency", "sweep_failing", "pubsub_backlog", "dead_letters",
-                             "instances_near_max", "uptime"}
+                             "instances_near_max", "uptime", "limiter_unavailable"}
     gcp_metrics = {"pubsub.googleapis.com/subscription/oldest_unacked_message_age",
                    "pubsub.googleapis.com/subscription/num_undelivered_messages",
                    "run.googleapis.com/container/instance_count",

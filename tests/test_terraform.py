@@ -248,12 +248,19 @@ def function_resource(name: str = "uploads") -> dict:
 
 
 def function_env(name: str = "uploads") -> dict:
-    """A function's environment as Terraform sets it: the shared settings (local.function_settings)
-    merged with its own THREADS."""
-    merged = function_resource(name)["service_config"][0]["environment_variables"]
-    match = re.fullmatch(r"\$\{merge\(local\.function_settings, \{THREADS = (tostring\(var\.\w+\))\}\)\}", merged)
+    """A function's environment as Terraform sets it: the shared settings (local.function_settings),
+    the API's limits (limits.tf local.limits_settings) and its secret ones, and its own THREADS."""
+    service = function_resource(name)["service_config"][0]
+    merged = service["environment_variables"]
+    match = re.fullmatch(r"\$\{merge\(local\.function_settings, (local\.limits_settings, )?"
+                         r"\{THREADS = (tostring\(var\.\w+\))\}\)\}", merged)
     assert match, merged
-    return {**tf_locals("function.tf")["function_settings"], "THREADS": f"${{{match.group(1)}}}"}
+    env = {**tf_locals("function.tf")["function_settings"], "THREADS": f"${{{match.group(2)}}}"}
+    if match.group(1):
+        env.update(tf_locals("limits.tf")["limits_settings"])
+    for secret in service.get("secret_environment_variables", []):
+        env[unquote(secret["key"])] = f"secret:{unquote(secret['secret'])}"
+    return env
 
 
 def test_function_env_vars_are_exactly_the_settings_the_code_reads():
@@ -275,10 +282,14 @@ def test_function_env_vars_are_exactly_the_settings_the_code_reads():
 
     # THREADS is functions-framework's (its gunicorn thread count), matched to the concurrency;
     # LOCAL_ONLY settings keep their defaults in a deployment. Both functions run main.py, which
-    # checks every setting at start-up, so both get them all.
-    assert set(config.LOCAL_ONLY) <= set(config.OPTIONAL)
-    for name in ("uploads", "deliveries"):
-        assert set(function_env(name)) == (declared - set(config.LOCAL_ONLY)) | {"THREADS"}, name
+    # checks every setting at start-up, so both get them all, but the limits' (the API's alone:
+    # the deliveries function neither creates nor settles an upload).
+    assert set(config.LOCAL_ONLY) <= set(config.OPTIONAL) and set(config.SECRET) <= set(config.LIMITS)
+    assert set(function_env("uploads")) == (declared - set(config.LOCAL_ONLY)) | {"THREADS"}
+    assert set(function_env("deliveries")) == (declared - set(config.LOCAL_ONLY) - set(config.LIMITS)) | {"THREADS"}
+    # The AUTH string is a secret environment variable, from Secret Manager; nothing else is.
+    secrets = {name for name, value in function_env("uploads").items() if value.startswith("secret:")}
+    assert secrets == set(config.SECRET)
 
 
 def test_framework_threads_match_the_request_concurrency():
@@ -399,6 +410,14 @@ def query_shape(query) -> tuple[set[str], list[tuple[str, str]]]:
               for o in structured.order_by]
     assert {name for name, _ in orders} >= set(ranged)
     return equal, orders
+
+
+def test_the_pending_count_has_its_composite_index(db):
+    equal, orders = query_shape(lifecycle.pending_query(db, "ws_x", "live"))
+    assert not orders and {name for name, _ in index_fields("pending")} == equal
+    # Its fields keep no single-field index of their own but state's: the composite serves it.
+    exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "uploads_unindexed")
+    assert {"workspace_id", "mode"} <= set(re.findall(r'"(\w+)"', exempt["for_each"]))
 
 
 @pytest.mark.parametrize("index,make", [
@@ -554,7 +573,7 @@ def test_memory_is_checked_against_cpu_as_cloud_run_requires():
     cpu_choices = re.findall(r'"(\d)"', tf_variables()["cpu"]["validation"][0]["condition"])
     assert set(cpu_choices) == set(CLOUD_RUN_MEMORY_MIB)
     function = resource(load_tf("function.tf"), "google_cloudfunctions2_function", "uploads")
-    (precondition,) = function["lifecycle"][0]["precondition"]
+    precondition = function["lifecycle"][0]["precondition"][0]
     assert "local.memory_range_mib[var.cpu][0]" in precondition["condition"]
     assert "local.memory_range_mib[var.cpu][1]" in precondition["condition"]
     # The defaults fit.
@@ -816,3 +835,77 @@ def test_archive_installed_with_only_requirements_serves_a_request(tmp_path, bac
         assert sweep.status_code == 200, sweep.text
     finally:
         function.stop()
+
+
+# --- the limits' store (limits.tf) ---------------------------------------------------------
+
+def test_the_limits_store_is_the_redis_we_test_against_private_authenticated_and_encrypted():
+    tf = load_tf("limits.tf")
+    store = resource(tf, "google_redis_instance", "limits")
+    # The same major.minor as Debian's redis-server the tests and make run count in.
+    local = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=True).stdout
+    major, minor = re.search(r"v=(\d+)\.(\d+)", local).groups()
+    assert unquote(store["redis_version"]) == f"REDIS_{major}_{minor}"
+    assert store["auth_enabled"] is True
+    assert unquote(store["transit_encryption_mode"]) == "SERVER_AUTHENTICATION"
+    assert store["authorized_network"] == "${google_compute_network.limits.id}"
+    assert unquote(store["connect_mode"]) == "DIRECT_PEERING"
+    # Nothing may connect into the network.
+    wall = resource(tf, "google_compute_firewall", "limits_no_ingress")
+    assert unquote(wall["direction"]) == "INGRESS" and [unquote(r) for r in wall["source_ranges"]] == ["0.0.0.0/0"]
+    assert unquote(wall["deny"][0]["protocol"]) == "all" and "allow" not in wall
+    services = (TF / "apis.tf").read_text()
+    assert all(f'"{api}"' in services for api in ("redis.googleapis.com", "secretmanager.googleapis.com",
+                                                 "compute.googleapis.com"))
+
+
+def test_the_api_function_reaches_the_store_as_the_code_expects_and_the_deliveries_one_does_not():
+    api = function_resource("uploads")["service_config"][0]
+    (interface,) = api["direct_vpc_network_interface"]
+    assert interface["network"] == "${google_compute_network.limits.id}"
+    assert interface["subnetwork"] == "${google_compute_subnetwork.functions.id}"
+    assert unquote(api["direct_vpc_egress"]) == "VPC_EGRESS_PRIVATE_RANGES_ONLY"  # Google APIs as before
+    assert "direct_vpc_network_interface" not in function_resource("deliveries")["service_config"][0]
+    env = function_env("uploads")
+    assert env["LIMITS_REDIS_URL"] == \
+        '"rediss://${google_redis_instance.limits.host}:${google_redis_instance.limits.port}"'
+    assert "google_redis_instance.limits.server_ca_certs" in env["LIMITS_REDIS_CA_CERT"]
+    assert env["CREATES_PER_MINUTE"] == "${tostring(var.creates_per_minute)}"
+    assert env["MAX_PENDING_UPLOADS"] == "${tostring(var.max_pending_uploads)}"
+    # The settings' shapes are ones the function accepts at start.
+    config.load({"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "CDN_BASE_URL": "https://cdn.example.com",
+                 "LIMITS_REDIS_URL": "rediss://10.1.2.3:6378", "LIMITS_REDIS_CA_CERT": "-----BEGIN CERTIFICATE-----",
+                 "LIMITS_REDIS_AUTH": "0f2b7c1e-uuid", "CREATES_PER_MINUTE": "600", "MAX_PENDING_UPLOADS": "1000"})
+    variables = tf_variables()
+    assert variables["creates_per_minute"]["default"] == config.Settings.creates_per_minute
+    assert variables["max_pending_uploads"]["default"] == config.Settings.max_pending_uploads
+    assert str(config.MAX_CREATES_PER_MINUTE) in variables["creates_per_minute"]["validation"][0]["condition"]
+    assert str(config.MAX_PENDING_UPLOADS) in variables["max_pending_uploads"]["validation"][0]["condition"]
+
+
+def test_the_stores_auth_string_is_a_secret_only_the_api_functions_identity_reads():
+    tf = load_tf("limits.tf")
+    (secret,) = function_resource("uploads")["service_config"][0]["secret_environment_variables"]
+    assert unquote(secret["key"]) in config.SECRET
+    assert secret["secret"] == "${google_secret_manager_secret.limits_redis_auth.secret_id}"
+    assert unquote(secret["version"]) == "latest"
+    version = resource(tf, "google_secret_manager_secret_version", "limits_redis_auth")
+    assert version["secret_data"] == "${google_redis_instance.limits.auth_string}"
+    reader = resource(tf, "google_secret_manager_secret_iam_member", "runtime_reads_limits_auth")
+    assert unquote(reader["role"]) == "roles/secretmanager.secretAccessor"
+    assert unquote(reader["member"]) == "serviceAccount:${google_service_account.runtime.email}"
+    assert function_resource("uploads")["service_config"][0]["service_account_email"] == \
+        "${google_service_account.runtime.email}"
+    # Granted before the function starts reading it.
+    depends = function_resource("uploads")["depends_on"]
+    assert "${google_secret_manager_secret_iam_member.runtime_reads_limits_auth}" in depends
+
+
+def test_the_default_subnet_holds_the_default_instances_and_direct_vpc_asks_no_less_than_a_26():
+    variables = tf_variables()
+    cidr = unquote(variables["limits_subnet_cidr"]["default"])
+    prefix = int(cidr.split("/")[1])
+    assert prefix <= 26
+    assert 2 * variables["max_instances"]["default"] + 16 <= 2 ** (32 - prefix) - 4
+    conditions = [c["condition"] for c in function_resource("uploads")["lifecycle"][0]["precondition"]]
+    assert any("var.limits_subnet_cidr" in c and "var.max_instances" in c for c in conditions)

@@ -1,0 +1,279 @@
+"""Per-workspace limits: creates per minute and pending uploads, counted in Redis so every instance shares them.
+
+Each workspace's test and live modes are counted apart, in two sorted sets
+whose keys share one hash tag (`{workspace:mode}`), so one Lua script, one
+round trip, decides a create atomically by the Redis server's own clock:
+
+- `rate`: one member per admitted create, scored by when (ms). A create is
+  refused while the last 60 s hold `creates_per_minute` of them: a sliding
+  log, so a workspace may spend its whole minute at once and no 60 s window
+  ever holds more (the `limits` library calls it a moving window,
+  https://limits.readthedocs.io/en/stable/strategies.html).
+- `pending`: one member per pending upload (its id), scored by its
+  `expires_at`. A slot is taken at create and given back by removing the
+  member: once, whoever settles the upload (lib/lifecycle.py's `transition`
+  calls `release` only for the write that stored the change), and a second
+  removal would change nothing. A release that never arrives (the store was
+  down, the instance died) frees itself at the upload's expires_at, past
+  which no upload stays pending.
+
+The figures are the workspace's own (`workspace_limits/{id}` in Firestore,
+set by `python -m lib.admin set-limits`) or the settings' defaults, read
+through a cache of `LIMITS_CACHE_SECONDS` so a change holds within 5 s.
+
+The store failing never fails a request: each call is bounded by
+`STORE_TIMEOUT` seconds, a failure lets the create through (fail open), the
+request's log line says `limiter: unavailable`, and for `DOWN_SECONDS` no
+call waits on the store again. Monitoring alerts on those lines.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from lib import logs
+from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, TtlLru, shared
+from lib.errors import QuotaExceeded, RateLimited
+
+COLLECTION = "workspace_limits"
+WINDOW_SECONDS = 60
+# A change made by `set-limits` is seen within this (plus one Firestore read).
+LIMITS_CACHE_SECONDS = 4.0
+# Each call to the store: connect and answer. Memorystore answers within a millisecond or two
+# in-region; a store that takes longer is treated as down.
+STORE_TIMEOUT = 0.25
+# After a failure, creates go through unlimited for this long without waiting on the store.
+DOWN_SECONDS = 5.0
+# The policy's name in the RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11).
+POLICY = "creates"
+
+# KEYS: rate log, pending set. ARGV: member, creates per minute, max pending, expires_at (ms).
+# Returns {admitted (1/0), refused-by ("", "rate", "quota"), creates in the window, pending,
+#          ms until the rate log frees a create, ms until the first pending upload expires}.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = 60000
+local limit, max_pending = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local used = redis.call('ZCARD', KEYS[1])
+local pending = redis.call('ZCARD', KEYS[2])
+local function frees(rank)
+  local e = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
+  if #e == 0 then return 0 end
+  return tonumber(e[2]) + window - now
+end
+local function first_expiry()
+  local e = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if #e == 0 then return 0 end
+  return tonumber(e[2]) - now
+end
+if used >= limit then
+  return {0, 'rate', used, pending, frees(used - limit), first_expiry()}
+end
+if pending >= max_pending then
+  return {0, 'quota', used, pending, frees(0), first_expiry()}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[1])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000)
+return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
+"""
+# KEYS: rate log, pending set. Returns {creates in the window, pending, ms until the rate log frees one}.
+_USAGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local e = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local frees = 0
+if #e > 0 then frees = tonumber(e[2]) + 60000 - now end
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), frees}
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    creates_per_minute: int
+    max_pending_uploads: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Where a workspace's mode stands: creates in the last 60 s, pending uploads,
+    and the seconds until the window frees a create (None: the store was not reached)."""
+
+    creates: int | None
+    pending: int | None
+    frees_in: int | None
+
+
+def _seconds(ms: int) -> int:
+    return max(1, math.ceil(ms / 1000))
+
+
+def headers(limits: Limits, usage: Usage | None) -> dict[str, str]:
+    """The RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11,
+    https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/11/): the policy
+    always; the service limit when the store told it (`t`: until the window frees a create)."""
+    out = {"RateLimit-Policy": f'"{POLICY}";q={limits.creates_per_minute};w={WINDOW_SECONDS}'}
+    if usage is not None and usage.creates is not None:
+        remaining = max(0, limits.creates_per_minute - usage.creates)
+        out["RateLimit"] = f'"{POLICY}";r={remaining};t={usage.frees_in or WINDOW_SECONDS}'
+    return out
+
+
+class Limiter:
+    """The instance's view of the store: admit, release, give back, usage; failing open."""
+
+    def __init__(self, url: str | None, password: str | None = None, ca_pem: str | None = None,
+                 clock=time.monotonic):
+        self.enabled = url is not None
+        self._clock = clock
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self._client: Any = None
+        if url is not None:
+            tls: dict[str, Any] = {}
+            if url.startswith("rediss://"):
+                # Each Memorystore instance signs with its own CA, so a certificate that chains to
+                # the instance's CA is that instance; its certificate names no host we connect by
+                # (https://cloud.google.com/memorystore/docs/redis/in-transit-encryption).
+                tls = {"ssl_ca_data": ca_pem, "ssl_check_hostname": False}
+            self._client = redis.Redis.from_url(
+                url, password=password, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT,
+                retry=None, retry_on_timeout=False, health_check_interval=0, **tls)
+            self._admit = self._client.register_script(_ADMIT)
+            self._usage = self._client.register_script(_USAGE)
+
+    def _call(self, log: dict[str, Any], run):
+        """`run()` against the store, or None (logged) if it is down or fails now."""
+        if not self.enabled or self._clock() < self._down_until:
+            if self.enabled:
+                log["limiter"] = "unavailable"
+            return None
+        try:
+            return run()
+        except redis.RedisError as exc:
+            with self._lock:
+                self._down_until = self._clock() + DOWN_SECONDS
+            log.update(limiter="unavailable", limiter_error=type(exc).__name__)
+            return None
+
+    def admit(self, workspace_id: str, mode: str, upload_id: str, expires_at: datetime, limits: Limits,
+              log: dict[str, Any]) -> dict[str, str]:
+        """Take a create from the window and a pending slot for `upload_id`; the RateLimit fields.
+
+        Raises:
+            RateLimited: the last 60 s hold the workspace's creates per minute.
+            QuotaExceeded: the workspace has its most pending uploads.
+        """
+        keys = _keys(workspace_id, mode)
+        expires_ms = int(expires_at.timestamp() * 1000)
+        reply = self._call(log, lambda: self._admit(
+            keys=keys, args=[upload_id, limits.creates_per_minute, limits.max_pending_uploads, expires_ms]))
+        if reply is None:
+            return headers(limits, None)
+        admitted, refused, used, pending, frees_ms, expiry_ms = reply
+        fields = headers(limits, Usage(int(used), int(pending), _seconds(int(frees_ms))))
+        if int(admitted):
+            return fields
+        refused = refused.decode() if isinstance(refused, bytes) else refused
+        if refused == "rate":
+            log["limited"] = "rate"
+            raise RateLimited(limits.creates_per_minute, _seconds(int(frees_ms)), fields)
+        log["limited"] = "quota"
+        # A slot frees when an upload settles; at the latest when the first one expires.
+        raise QuotaExceeded(limits.max_pending_uploads, int(pending), min(_seconds(int(expiry_ms)), 60), fields)
+
+    def give_back(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> None:
+        """A create that failed after `admit`: its create and its slot are returned."""
+        rate, pending = _keys(workspace_id, mode)
+        self._call(log, lambda: self._client.pipeline(transaction=False)
+                   .zrem(rate, upload_id).zrem(pending, upload_id).execute())
+
+    def release(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> bool:
+        """The upload left `pending`: its slot is free. True if this call freed it."""
+        removed = self._call(log, lambda: self._client.zrem(_keys(workspace_id, mode)[1], upload_id))
+        return bool(removed)
+
+    def usage(self, workspace_id: str, mode: str, log: dict[str, Any]) -> Usage:
+        reply = self._call(log, lambda: self._usage(keys=_keys(workspace_id, mode)))
+        if reply is None:
+            return Usage(None, None, None)
+        creates, pending, frees_ms = (int(value) for value in reply)
+        return Usage(creates, pending, _seconds(frees_ms) if creates else None)
+
+
+def _keys(workspace_id: str, mode: str) -> list[str]:
+    tag = f"{{{workspace_id}:{mode}}}"
+    return [f"fl:rate:{tag}", f"fl:pending:{tag}"]
+
+
+def limiter(url: str | None, password: str | None, ca_pem: str | None) -> Limiter:
+    """The instance's one Limiter (its connection pool is thread-safe); made on first use, which
+    says so in the log when limits are off."""
+    def make() -> Limiter:
+        if url is None:
+            logs.emit({"severity": "WARNING", "message": "limits are off: LIMITS_REDIS_URL is not set"})
+        return Limiter(url, password, ca_pem)
+    return shared(("limiter", url), make)
+
+
+def _cache() -> TtlLru[Limits]:
+    return shared(("workspace_limits",), lambda: TtlLru[Limits](LIMITS_CACHE_SECONDS, 10_000))
+
+
+def for_workspace(db: firestore.Client, workspace_id: str, defaults: Limits, log: dict[str, Any]) -> Limits:
+    """The workspace's limits: its own where ops set them, else `defaults`. A failed
+    read uses the defaults for this request (logged) rather than fail the create."""
+    cache = _cache()
+    cached = cache.get(workspace_id)
+    if cached is not None:
+        return cached
+    try:
+        snap = db.collection(COLLECTION).document(workspace_id).get(timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        log["limits_read_failed"] = type(exc).__name__
+        return defaults
+    limits = of(snap.to_dict() if snap.exists else None, defaults)
+    cache.put(workspace_id, limits)
+    return limits
+
+
+def of(data: dict[str, Any] | None, defaults: Limits) -> Limits:
+    """The limits a `workspace_limits` document sets, the defaults for what it leaves out."""
+    data = data or {}
+    return Limits(int(data.get("creates_per_minute") or defaults.creates_per_minute),
+                  int(data.get("max_pending_uploads") or defaults.max_pending_uploads))
+
+
+def set_limits(db: firestore.Client, workspace_id: str, creates_per_minute: int | None,
+               max_pending_uploads: int | None) -> dict[str, Any]:
+    """Set a workspace's own figures (None: leave as is); the document as stored."""
+    changes: dict[str, Any] = {"updated_at": firestore.SERVER_TIMESTAMP}
+    if creates_per_minute is not None:
+        changes["creates_per_minute"] = creates_per_minute
+    if max_pending_uploads is not None:
+        changes["max_pending_uploads"] = max_pending_uploads
+    ref = db.collection(COLLECTION).document(workspace_id)
+    ref.set(changes, merge=True)
+    return ref.get().to_dict() or {}
+
+
+def stored(db: firestore.Client, workspace_id: str) -> dict[str, Any] | None:
+    """The workspace's own figures as stored (None: it has none)."""
+    snap = db.collection(COLLECTION).document(workspace_id).get()
+    return snap.to_dict() if snap.exists else None
