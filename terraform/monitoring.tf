@@ -397,16 +397,17 @@ resource "google_monitoring_alert_policy" "limiter_unavailable" {
   notification_channels = local.channels
 
   conditions {
-    # Every minute for 5 minutes: a new instance's first minute (Direct VPC egress may take that
-    # long to connect, https://cloud.google.com/run/docs/configuring/vpc-direct-vpc) does not page.
-    display_name = "creates were served unlimited in each minute for 5 minutes"
+    # In every 5-minute window for 10 minutes: a new instance's first minute (Direct VPC egress may
+    # take that long to connect, https://cloud.google.com/run/docs/configuring/vpc-direct-vpc) does
+    # not page, and a quiet deployment's outage still does (one create in 5 minutes is enough).
+    display_name = "creates were served unlimited in every 5 minutes for 10 minutes"
     condition_threshold {
       filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["limiter_unavailable"].name}\" AND ${local.api_resource}"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
-      duration        = "300s"
+      duration        = "600s"
       aggregations {
-        alignment_period     = "60s"
+        alignment_period     = "300s"
         per_series_aligner   = "ALIGN_SUM"
         cross_series_reducer = "REDUCE_SUM"
       }
