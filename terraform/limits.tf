@@ -6,6 +6,9 @@
 # functions to Memorystore (https://cloud.google.com/memorystore/docs/redis/connect-redis-instance-functions):
 # an interface in this network's subnet, and only private ranges routed through it
 # (https://cloud.google.com/functions/docs/running/direct-vpc), so Google APIs are reached as before.
+# That page asks for two grants. The function's service account needs roles/run.invoker, which
+# function.tf's allUsers grant already gives everyone. The Cloud Run service agent needs the network:
+# by default its roles/run.serviceAgent role carries the permissions, in the same project.
 
 resource "google_compute_network" "limits" {
   project                 = var.project_id
