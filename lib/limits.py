@@ -254,10 +254,16 @@ def for_workspace(db: firestore.Client, workspace_id: str, defaults: Limits, log
 
 
 def of(data: dict[str, Any] | None, defaults: Limits) -> Limits:
-    """The limits a `workspace_limits` document sets, the defaults for what it leaves out."""
+    """The limits a `workspace_limits` document sets, the defaults for what it leaves out or
+    holds in any form but a positive whole number (the CLI writes only those)."""
     data = data or {}
-    return Limits(int(data.get("creates_per_minute") or defaults.creates_per_minute),
-                  int(data.get("max_pending_uploads") or defaults.max_pending_uploads))
+
+    def figure(name: str, default: int) -> int:
+        value = data.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+    return Limits(figure("creates_per_minute", defaults.creates_per_minute),
+                  figure("max_pending_uploads", defaults.max_pending_uploads))
 
 
 def set_limits(db: firestore.Client, workspace_id: str, creates_per_minute: int | None,

@@ -341,3 +341,10 @@ def test_malformed_limits_settings_stop_the_function_naming_themselves(env, mess
     with pytest.raises(config.ConfigError, match=re.escape(message)) as refused:
         config.load({**base, **env})
     assert "secret" not in str(refused.value)  # never the password it was given
+
+
+def test_a_workspace_document_holding_anything_but_positive_whole_numbers_falls_back_to_the_defaults():
+    defaults = limits.Limits(600, 1000)
+    assert limits.of({"creates_per_minute": 5, "max_pending_uploads": 7}, defaults) == limits.Limits(5, 7)
+    for bad in ("12", 0, -3, 2.5, True, None, [1]):
+        assert limits.of({"creates_per_minute": bad, "max_pending_uploads": bad}, defaults) == defaults
