@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="give upload records from before the sharded sweep index their shard (once)")
     deliveries = commands.add_parser("webhook-deliveries", help="a workspace's recent delivery attempts")
     deliveries.add_argument("--workspace", required=True, type=_workspace)
-    deliveries.add_argument("--limit", type=_limit, default=50, help="how many, newest first (1-1000, default 50)")
+    deliveries.add_argument("--limit", type=_bounded(1000), default=50,
+                            help="how many, newest first (1-1000, default 50)")
     deliveries.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
 
@@ -111,16 +112,6 @@ def _limits_parsers(commands: Any) -> None:
     show_limits.add_argument("--json", action="store_true",
                              help='print {"workspace_id","mode","creates_per_minute","max_pending_uploads",'
                                   '"pending_uploads","source"}')
-
-
-def _limit(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number") from None
-    if not 1 <= number <= 1000:
-        raise argparse.ArgumentTypeError("must be between 1 and 1000")
-    return number
 
 
 def _bounded(maximum: int) -> Callable[[str], int]:
@@ -325,8 +316,7 @@ def _set_limits(db, args) -> int:
         print("error: give --creates-per-minute, --max-pending-uploads or both", file=sys.stderr)
         return 2
     with upstream():
-        limits.set_limits(db, args.workspace, args.creates_per_minute, args.max_pending_uploads)
-    now = _limits_of(db, args.workspace)
+        now = _limits_of(limits.set_limits(db, args.workspace, args.creates_per_minute, args.max_pending_uploads))
     print(f"Workspace {args.workspace} may create {now.creates_per_minute} uploads a minute and have "
           f"{now.max_pending_uploads} pending (test and live each); instances apply it within "
           f"{limits.LIMITS_CACHE_SECONDS + 1:.0f} s.")
@@ -337,7 +327,7 @@ def _limits(db, args) -> int:
     mode = "test" if args.test else "live"
     with upstream():
         own = limits.stored(db, args.workspace)
-    now = _limits_of(db, args.workspace, own)
+    now = _limits_of(own)
     row = {"workspace_id": args.workspace, "mode": mode, "creates_per_minute": now.creates_per_minute,
            "max_pending_uploads": now.max_pending_uploads,
            "pending_uploads": lifecycle.pending_count(db, args.workspace, mode),
@@ -351,15 +341,10 @@ def _limits(db, args) -> int:
     return 0
 
 
-def _limits_of(db, workspace_id: str, own: dict[str, Any] | None = None) -> limits.Limits:
-    """The workspace's limits: its own figures, the deployment's defaults (CREATES_PER_MINUTE,
-    MAX_PENDING_UPLOADS, as the function reads them) for what it leaves out."""
-    settings = config.Settings.from_env({**os.environ, "GOOGLE_CLOUD_PROJECT": "-", "UPLOAD_BUCKET": "-",
-                                         "CDN_BASE_URL": "https://-"})
-    if own is None:
-        with upstream():
-            own = limits.stored(db, workspace_id)
-    return limits.of(own, limits.Limits(settings.creates_per_minute, settings.max_pending_uploads))
+def _limits_of(own: dict[str, Any] | None) -> limits.Limits:
+    """A workspace's limits from its own figures (`own`, as stored), the deployment's defaults
+    (CREATES_PER_MINUTE, MAX_PENDING_UPLOADS, as the function reads them) for what it leaves out."""
+    return limits.of(own, limits.Limits(*config.limits_defaults(os.environ)))
 
 
 def _backfill_sweep_shards(db, _args) -> int:

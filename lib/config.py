@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 # Every environment variable the function reads, required first. Terraform's
 # function resource must set exactly these (the optional ones may be omitted).
 REQUIRED = ("GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "CDN_BASE_URL")
+# The limits' settings: set on the API function alone (terraform/limits.tf).
+LIMITS = ("LIMITS_REDIS_URL", "LIMITS_REDIS_AUTH", "LIMITS_REDIS_CA_CERT", "CREATES_PER_MINUTE", "MAX_PENDING_UPLOADS")
 OPTIONAL = (
     "UPLOAD_URL_TTL_SECONDS",
     "IDEMPOTENCY_TTL_SECONDS",
@@ -35,14 +37,8 @@ OPTIONAL = (
     "OIDC_CERTS_URL",
     "WEBHOOK_ALLOW_PRIVATE_TARGETS",
     "REQUEST_DEADLINE_SECONDS",
-    "LIMITS_REDIS_URL",
-    "LIMITS_REDIS_AUTH",
-    "LIMITS_REDIS_CA_CERT",
-    "CREATES_PER_MINUTE",
-    "MAX_PENDING_UPLOADS",
+    *LIMITS,
 )
-# The limits' settings: set on the API function alone (terraform/limits.tf).
-LIMITS = ("LIMITS_REDIS_URL", "LIMITS_REDIS_AUTH", "LIMITS_REDIS_CA_CERT", "CREATES_PER_MINUTE", "MAX_PENDING_UPLOADS")
 # Set by Terraform from Secret Manager (secret_environment_variables), not as plain variables.
 SECRET = ("LIMITS_REDIS_AUTH",)
 # Read, but never set by Terraform: they exist so the tests and `make run` can
@@ -169,13 +165,20 @@ def _limits(env: Mapping[str, str]) -> dict:
     ca = env.get("LIMITS_REDIS_CA_CERT", "").strip() or None
     if url is not None and url.startswith("rediss://") and ca is None:
         raise ConfigError("LIMITS_REDIS_CA_CERT must hold the server CA's PEM when LIMITS_REDIS_URL is rediss://")
+    creates_per_minute, max_pending_uploads = limits_defaults(env)
     return {
         "limits_redis_url": url,
         "limits_redis_auth": env.get("LIMITS_REDIS_AUTH", "").strip() or None,
         "limits_redis_ca_cert": ca,
-        "creates_per_minute": _integer(env, "CREATES_PER_MINUTE", 600, 1, MAX_CREATES_PER_MINUTE, "creates"),
-        "max_pending_uploads": _integer(env, "MAX_PENDING_UPLOADS", 1000, 1, MAX_PENDING_UPLOADS, "uploads"),
+        "creates_per_minute": creates_per_minute,
+        "max_pending_uploads": max_pending_uploads,
     }
+
+
+def limits_defaults(env: Mapping[str, str]) -> tuple[int, int]:
+    """CREATES_PER_MINUTE and MAX_PENDING_UPLOADS: a workspace's figures until ops set its own."""
+    return (_integer(env, "CREATES_PER_MINUTE", 600, 1, MAX_CREATES_PER_MINUTE, "creates"),
+            _integer(env, "MAX_PENDING_UPLOADS", 1000, 1, MAX_PENDING_UPLOADS, "uploads"))
 
 
 def allow_private_targets(env: Mapping[str, str]) -> bool:

@@ -30,7 +30,6 @@ call waits on the store again. Monitoring alerts on those lines.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,14 +55,13 @@ DOWN_SECONDS = 5.0
 # The policy's name in the RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11).
 POLICY = "creates"
 
-# KEYS: rate log, pending set. ARGV: member, creates per minute, max pending, expires_at (ms).
-# Returns {admitted (1/0), refused-by ("", "rate", "quota"), creates in the window, pending,
-#          ms until the rate log frees a create, ms until the first pending upload expires}.
-_ADMIT = """
+# Both scripts: KEYS are the rate log and the pending set. They start on the server's clock, drop
+# what left the window and what expired, and count both; `frees(rank)` is the ms until the
+# member at `rank` (oldest first) leaves the window.
+_PRELUDE = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = 60000
-local limit, max_pending = tonumber(ARGV[2]), tonumber(ARGV[3])
+local window = {WINDOW_SECONDS * 1000}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local used = redis.call('ZCARD', KEYS[1])
@@ -73,6 +71,12 @@ local function frees(rank)
   if #e == 0 then return 0 end
   return tonumber(e[2]) + window - now
 end
+"""
+# ARGV: member, creates per minute, max pending, expires_at (ms).
+# Returns {admitted (1/0), refused-by ("", "rate", "quota"), creates in the window, pending,
+#          ms until the rate log frees a create, ms until the first pending upload expires}.
+_ADMIT = _PRELUDE + """
+local limit, max_pending = tonumber(ARGV[2]), tonumber(ARGV[3])
 local function first_expiry()
   local e = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if #e == 0 then return 0 end
@@ -91,16 +95,9 @@ local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000)
 return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
 """
-# KEYS: rate log, pending set. Returns {creates in the window, pending, ms until the rate log frees one}.
-_USAGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local e = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local frees = 0
-if #e > 0 then frees = tonumber(e[2]) + 60000 - now end
-return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), frees}
+# Returns {creates in the window, pending, ms until the rate log frees one (0: it is empty)}.
+_USAGE = _PRELUDE + """
+return {used, pending, frees(0)}
 """
 
 
@@ -138,12 +135,10 @@ def headers(limits: Limits, usage: Usage | None) -> dict[str, str]:
 class Limiter:
     """The instance's view of the store: admit, release, give back, usage; failing open."""
 
-    def __init__(self, url: str | None, password: str | None = None, ca_pem: str | None = None,
-                 clock=time.monotonic):
+    def __init__(self, url: str | None, password: str | None = None, ca_pem: str | None = None):
         self.enabled = url is not None
-        self._clock = clock
+        # A float written whole: threads that race on it only both wait DOWN_SECONDS.
         self._down_until = 0.0
-        self._lock = threading.Lock()
         self._client: Any = None
         if url is not None:
             tls: dict[str, Any] = {}
@@ -160,15 +155,14 @@ class Limiter:
 
     def _call(self, log: dict[str, Any], run):
         """`run()` against the store, or None (logged) if it is down or fails now."""
-        if not self.enabled or self._clock() < self._down_until:
+        if not self.enabled or time.monotonic() < self._down_until:
             if self.enabled:
                 log["limiter"] = "unavailable"
             return None
         try:
             return run()
         except redis.RedisError as exc:
-            with self._lock:
-                self._down_until = self._clock() + DOWN_SECONDS
+            self._down_until = time.monotonic() + DOWN_SECONDS
             log.update(limiter="unavailable", limiter_error=type(exc).__name__)
             return None
 
