@@ -7,7 +7,7 @@ PY           := $(VENV)/bin/python
 PAGE_DIR     := dev/page
 NODE_MODULES := $(PAGE_DIR)/node_modules/.installed
 
-.PHONY: run test lint tfcheck audit bench clean chromium redis
+.PHONY: run test lint tfcheck audit bench clean chromium redis media-fixtures
 
 run: $(VENV)/.installed $(NODE_MODULES) redis
 	$(PY) -m dev.run
@@ -32,6 +32,12 @@ bench: $(VENV)/.installed redis
 # (or OSV: add --vulnerability-service osv), which these machines cannot reach.
 audit: $(VENV)/.installed
 	$(VENV)/bin/pip-audit -r requirements.txt --strict
+
+# Remakes the media fixtures in tests/media/ (committed: the tests only read them) with Debian's
+# ffmpeg and ffprobe, and fontTools for the fonts; run it only to change one.
+media-fixtures: $(VENV)/.installed
+	@command -v ffmpeg >/dev/null || { echo "error: no ffmpeg on PATH: install Debian's ffmpeg (apt-get install ffmpeg)"; exit 1; }
+	$(PY) tests/media/make.py
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt client/requirements.txt
 	@echo "First run (or the requirements changed): creating $(VENV) and installing the pinned packages; about a minute ..."
