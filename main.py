@@ -7,6 +7,7 @@ structured log line is written per request (lib/logs.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -24,6 +25,7 @@ from lib import (
     config,
     create,
     events,
+    landing,
     lifecycle,
     limits,
     logs,
@@ -91,7 +93,7 @@ def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params
 def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
     record = _own_upload(request, log, params["upload_id"])
-    record = lifecycle.refresh(_db(), _storage(log), record, clock.now(), lambda exc: log.update(unsettled=exc.reason),
+    record = landing.refresh(_db(), _storage(log), record, clock.now(), lambda exc: log.update(unsettled=exc.reason),
                                announce=_announcer(log))
     return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
@@ -99,7 +101,7 @@ def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params:
 def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
     record = _own_upload(request, log, params["upload_id"])
-    record = lifecycle.cancel(_db(), _storage(log), record, announce=_announcer(log))
+    record = landing.cancel(_db(), _storage(log), record, announce=_announcer(log))
     return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
@@ -109,7 +111,8 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
                 _certs())
     slice_ = sweep.shards(request.args.get("shards"))
     log["sweep_shards"] = f"{slice_.start}-{slice_.stop - 1}"  # also when the sweep's query fails
-    report = sweep.run(_db(), _storage(log), clock.now(), slice_, _announcer(log))
+    # Many uploads settle in one sweep: what each verification read is not the request's to log.
+    report = sweep.run(_db(), dataclasses.replace(_storage(log), log=None), clock.now(), slice_, _announcer(log))
     log.update(report.log)
     if report.result.failed:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
@@ -182,8 +185,8 @@ def _storage(log: dict[str, Any]) -> lifecycle.Storage:
     if limiter.enabled:
         def release(record: lifecycle.Record) -> None:
             limiter.release(record.data["workspace_id"], record.data["mode"], record.id, log)
-    return lifecycle.Storage(storage_client(SETTINGS.firestore.project), SETTINGS.upload_bucket, session_http(),
-                             release)
+    return lifecycle.Storage(storage_client(SETTINGS.firestore.project), SETTINGS.upload_bucket,
+                             SETTINGS.staging_bucket, session_http(), release, log)
 
 
 def _limiting() -> create.Limiting:

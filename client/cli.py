@@ -34,6 +34,7 @@ EXIT_USAGE = 2         # bad arguments, no key or URL, unreadable file, unknown 
 EXIT_FILE_CHANGED = 3  # the file changed since its upload was interrupted
 EXIT_GAVE_UP = 4       # retries ran out (network or service down); rerun to resume
 EXIT_NOT_THE_FILE = 5  # what landed is not the file (storage or the service says so); rerun to upload anew
+EXIT_NOT_MEDIA = 6     # the service read the file: it is not the content type declared; a rerun will not help
 EXIT_INTERRUPTED = 130  # Ctrl-C; rerun to resume
 
 # What a session says, as the command goes on from it: an offset to send from, its final
@@ -138,6 +139,18 @@ def parse_size(text: str) -> int:
     return value
 
 
+def _described(facts: dict) -> str:
+    """"1.0 s, 64x48, h264 + aac": what the service read of the bytes (the parts their format states)."""
+    parts = []
+    if facts.get("duration_seconds") is not None:
+        parts.append(f"{facts['duration_seconds']} s")
+    if facts.get("width") is not None:
+        parts.append(f"{facts['width']}x{facts['height']}")
+    if facts.get("codecs"):
+        parts.append(" + ".join(facts["codecs"]))
+    return ", ".join(parts) or "-"
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -222,22 +235,27 @@ class Command:
         finally:
             progress.close()
         state.remove(where)
-        self._confirm(saved, answer if isinstance(answer, Finalized) else None)  # an offset's send() finalized
+        upload = self._confirm(saved, answer if isinstance(answer, Finalized) else None)  # send() finalized
+        facts = upload.get("media") if upload.get("status") == "completed" else None
         if args.json:
-            self.out(json.dumps({"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size}))
+            self.out(json.dumps({"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size,
+                                 "media": facts}))
         else:
             self.out(f"uploaded {os.path.basename(file.path)} ({_human(file.size)})\n"
-                     f"id          {saved.upload_id}\nsource_url  {saved.source_url}")
+                     f"id          {saved.upload_id}\nsource_url  {saved.source_url}"
+                     + (f"\nmedia       {_described(facts)}" if facts else ""))
         return EXIT_OK
 
-    def _confirm(self, saved: state.Saved, final: Finalized | None) -> None:
+    def _confirm(self, saved: state.Saved, final: Finalized | None) -> dict:
         """That what landed is the file, as storage's final answer says (its
         size and crc32c) and as the service records the upload, read once
         (which also makes the service settle it, if nothing had yet). At least
         one of the two must vouch for it, and neither may say otherwise.
+        Returns the upload as the service showed it.
 
         Raises:
-            Failure: it is not the file, or cannot be shown to be (EXIT_NOT_THE_FILE).
+            Failure: the service read the file and it is not the type declared (EXIT_NOT_MEDIA); it
+                is not the file, or cannot be shown to be (EXIT_NOT_THE_FILE).
         """
         size, crc32c = saved.file.size, saved.crc32c
         problems: list[str] = []
@@ -249,6 +267,11 @@ class Command:
         status = upload.get("status")
         if status == "rejected":
             rejection = upload.get("rejection") or {}
+            if rejection.get("code") in ("content_mismatch", "unreadable_media"):
+                raise Failure(EXIT_NOT_MEDIA, f"upload {saved.upload_id}: the service read {self.args.file} and "
+                                              f"refused it as {upload.get('content_type')}: {rejection.get('code')}: "
+                                              f"{rejection.get('message')} (pass --content-type with its real "
+                                              "type, or convert it)")
             problems.append(f"the service rejected it: {rejection.get('code')}: {rejection.get('message')}")
         elif status == "completed":
             if (upload.get("size_bytes"), upload.get("crc32c")) == (size, crc32c):
@@ -264,6 +287,7 @@ class Command:
             raise Failure(EXIT_NOT_THE_FILE, f"upload {saved.upload_id} does not hold {self.args.file} "
                                              f"({'; '.join(problems)}). "
                                              "Run the same command again to upload the file anew.")
+        return upload
 
     def _check_unchanged(self, file: state.FileId) -> None:
         try:

@@ -323,7 +323,7 @@ def start_fake_gcs(log_dir: Path, port: int | None = None, timeout: float = 30.0
 
 def start_gcp_storage_emulator(log_dir: Path, bucket: str, port: int | None = None, timeout: float = 30.0,
                                name: str = "gcp-storage-emulator") -> Service:
-    """The PyPI `gcp-storage-emulator`, in memory, with `bucket`: unlike
+    """The PyPI `gcp-storage-emulator`, in memory, with `bucket` and its staging bucket: unlike
     fake-gcs-server it answers a resumable status query (`bytes */N`) with 308
     and `Range` instead of finalizing, and refuses a chunk at the wrong offset,
     so the upload command's resuming is judged against it."""
@@ -331,7 +331,13 @@ def start_gcp_storage_emulator(log_dir: Path, bucket: str, port: int | None = No
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
             "--in-memory", "--default-bucket", bucket, "--quiet"]
-    return _start(name, argv, url, _http_ok(f"{url}/storage/v1/b/{bucket}"), None, log_dir, timeout)
+    service = _start(name, argv, url, _http_ok(f"{url}/storage/v1/b/{bucket}"), None, log_dir, timeout)
+    try:
+        create_bucket(url, staging_bucket(bucket))
+    except BaseException:
+        service.stop()
+        raise
+    return service
 
 
 def redis_binary() -> str:
@@ -362,8 +368,14 @@ def start_redis(log_dir: Path, port: int | None = None, timeout: float = 30.0, n
     return _start(name, argv, f"redis://127.0.0.1:{port}", _redis_ping(port), None, log_dir, timeout)
 
 
+def create_buckets(storage_url: str, bucket: str) -> None:
+    """The served bucket and its staging bucket, as terraform/storage.tf makes them."""
+    create_bucket(storage_url, bucket)
+    create_bucket(storage_url, staging_bucket(bucket))
+
+
 def create_bucket(storage_url: str, bucket: str) -> None:
-    """Create `bucket` on fake-gcs-server (409 if it exists is fine)."""
+    """Create `bucket` on fake-gcs-server or gcp-storage-emulator (409 if it exists is fine)."""
     req = urllib.request.Request(f"{storage_url}/storage/v1/b", method="POST",
                                  data=f'{{"name": "{bucket}"}}'.encode(), headers={"Content-Type": "application/json"})
     try:
@@ -375,7 +387,7 @@ def create_bucket(storage_url: str, bucket: str) -> None:
 
 @dataclass
 class Stack:
-    """The emulators a function runs on: Firestore, fake-gcs-server with the bucket made, and,
+    """The emulators a function runs on: Firestore, fake-gcs-server with the buckets made (served and staging), and,
     where storage events are on, the Pub/Sub emulator that fake-gcs-server publishes them to."""
 
     firestore: Service
@@ -417,12 +429,17 @@ def start_stack(log_dir: Path, project: str, bucket: str, events: tuple[str, str
         storage = start_fake_gcs(log_dir, ports.get("STORAGE_PORT"), name=storage_name,
                                  events=(pubsub, project, events[0]) if pubsub is not None and events else None)
         started.append(storage)
-        create_bucket(storage.url, bucket)
+        create_buckets(storage.url, bucket)
     except BaseException:
         for service in reversed(started):
             service.stop()
         raise
     return Stack(firestore, storage, pubsub, redis, started)
+
+
+def staging_bucket(bucket: str) -> str:
+    """The staging bucket beside `bucket`, named as terraform/storage.tf names it."""
+    return f"{bucket}-staging"
 
 
 def function_env(firestore: Service, storage: Service, project: str, bucket: str, redis: Service | None = None,
@@ -439,6 +456,7 @@ def function_env(firestore: Service, storage: Service, project: str, bucket: str
         "STORAGE_EMULATOR_HOST": storage.url,
         "GOOGLE_CLOUD_PROJECT": project,
         "UPLOAD_BUCKET": bucket,
+        "STAGING_BUCKET": staging_bucket(bucket),
         "CDN_BASE_URL": f"{storage.url}/{bucket}",
         "PYTHONUNBUFFERED": "1",
     })

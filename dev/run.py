@@ -154,20 +154,24 @@ Each block below stands alone: paste it into a shell in this directory.
     -H "Idempotency-Key: $(date +%s%N)" \\
     -d '{{"content_type": "video/mp4", "filename": "clip.mp4"}}'
 
-2. Declare the size and checksum, PUT a file to the upload_url it returned (here: this README),
-   fetch it from source_url. Within a second or two of the PUT the storage event (fake-gcs-server
-   -> Pub/Sub emulator -> relay -> POST /internal/storage-events) has recorded the upload
-   completed, with no GET: the function's log says so, then the GET shows it ("status":
-   "completed", the stored size, completed_at, crc32c and md5):
+2. Declare the size and checksum, PUT a file to the upload_url it returned (here: a one-second
+   clip from tests/media/). Within a second or two of the PUT the storage event (fake-gcs-server
+   -> Pub/Sub emulator -> relay -> POST /internal/storage-events) has read the clip's headers,
+   found it is the MP4 declared, placed it at source_url and recorded the upload completed, with
+   no GET: the function's log says so, then the GET shows it ("status": "completed", the stored
+   size, completed_at, crc32c, md5 and "media": its duration, size and codecs). source_url
+   answers 404 until then. PUT this README instead and the upload is "rejected"
+   (content_mismatch), never served.
 
-  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\\"content_type\\": \\"video/mp4\\", \\"size_bytes\\": $(wc -c < README.md), \\"md5\\": \\"$(python3 -c 'import base64,hashlib; print(base64.b64encode(hashlib.md5(open("README.md","rb").read()).digest()).decode())')\\"}}")
+  FILE=tests/media/clip.mp4
+  RESP=$(curl -sS -X POST {url}/v1/uploads -H 'Authorization: Bearer {key}' -d "{{\\"content_type\\": \\"video/mp4\\", \\"size_bytes\\": $(wc -c < $FILE), \\"md5\\": \\"$(python3 -c 'import base64,hashlib,sys; print(base64.b64encode(hashlib.md5(open(sys.argv[1],"rb").read()).digest()).decode())' $FILE)\\"}}")
   ID=$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   UPLOAD_URL=$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upload_url"])')
   SOURCE_URL=$(echo "$RESP" | python3 -c 'import json,sys; print(json.load(sys.stdin)["source_url"])')
-  curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @README.md "$UPLOAD_URL"
-  curl -sS "$SOURCE_URL" | head -3
+  curl -sS -X PUT -H 'Content-Type: video/mp4' --data-binary @$FILE "$UPLOAD_URL"
   sleep 2; grep "storage-events.*$ID" {log_dir}/function.log
   curl -sS {url}/v1/uploads/$ID -H 'Authorization: Bearer {key}'
+  curl -sS -o /dev/null -w 'source_url: %{{http_code}}, %{{size_download}} bytes\\n' "$SOURCE_URL"
 
 3. Cancel an upload before its bytes arrive ("status": "cancelled"; again: the same answer):
 
@@ -179,11 +183,12 @@ Each block below stands alone: paste it into a shell in this directory.
    step 3's cancel still lands: its storage event deletes those late bytes, and the upload stays
    "cancelled", as it would in production. And bytes other than the declared ones land too: the
    service checks them itself, so such an upload is "rejected" (its "rejection" says why,
-   upload.rejected goes to the receiver) and its bytes are deleted, never served.
+   upload.rejected goes to the receiver) and its bytes are never served.
 
 4. Upload from a terminal, in chunks, with a progress bar; it checks that what landed is the file:
 
-  head -c 200000000 /dev/urandom > /tmp/framelane-sample.mp4    # or any video, image or audio file of yours
+  # A 200 MB MP4: the clip, then random filler in a box players skip. Or any video, image or audio file of yours.
+  python3 -c 'import os; c=open("tests/media/clip-faststart.mp4","rb").read(); n=200_000_000-len(c); open("/tmp/framelane-sample.mp4","wb").write(c+n.to_bytes(4,"big")+b"free"+os.urandom(n-8))'
   FRAMELANE_API_URL={url} FRAMELANE_API_KEY={key} .venv/bin/python -m client upload /tmp/framelane-sample.mp4
 
    Resuming cannot be shown here. Against GCS, Ctrl-C and the same command again resumes where it

@@ -50,6 +50,11 @@ FIRESTORE_CLEANUP_TIMEOUT = 1.5
 # session with if_generation_match=0 is conditional, so retrying it is safe.
 STORAGE_TIMEOUT = (2.0, 4.0)
 STORAGE_RETRY = STORAGE_DEFAULT_RETRY.with_delay(initial=0.1, maximum=1.0, multiplier=2.0).with_timeout(5.0)
+# A rewrite (placing a verified upload, lib/sessions.py `place`): "Any timeout logic that you set in
+# conjunction with using this method should be at least 30 seconds"
+# (https://cloud.google.com/storage/docs/json_api/v1/objects/rewrite). Within one location and
+# storage class it answers at once; the bound is for the day it does not.
+REWRITE_TIMEOUT = (2.0, 30.0)
 
 # Library errors that mean "the backend is unavailable or slow right now".
 _TRANSIENT = (

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 # Every environment variable the function reads, required first. Terraform's
 # function resource must set exactly these (the optional ones may be omitted).
-REQUIRED = ("GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "CDN_BASE_URL")
+REQUIRED = ("GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "STAGING_BUCKET", "CDN_BASE_URL")
 # The limits' settings: set on the API function alone (terraform/limits.tf).
 LIMITS = ("LIMITS_REDIS_URL", "LIMITS_REDIS_AUTH", "LIMITS_REDIS_CA_CERT", "CREATES_PER_MINUTE", "MAX_PENDING_UPLOADS")
 OPTIONAL = (
@@ -78,6 +78,8 @@ class FirestoreSettings:
 class Settings:
     firestore: FirestoreSettings
     upload_bucket: str
+    # Where sessions write: an upload is served from upload_bucket only once verified (lib/landing.py).
+    staging_bucket: str
     cdn_base_url: str
     upload_url_ttl_seconds: int = 3600
     idempotency_ttl_seconds: int = 24 * 3600
@@ -127,6 +129,7 @@ class Settings:
         return cls(
             firestore=FirestoreSettings.from_env(env),
             upload_bucket=_required(env, "UPLOAD_BUCKET"),
+            staging_bucket=_required(env, "STAGING_BUCKET"),
             cdn_base_url=cdn,
             upload_url_ttl_seconds=_seconds(env, "UPLOAD_URL_TTL_SECONDS", 3600),
             idempotency_ttl_seconds=_seconds(env, "IDEMPOTENCY_TTL_SECONDS", 24 * 3600),

@@ -98,7 +98,7 @@ def _create(db: firestore.Client, client: storage.Client, settings: Settings, ke
         created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
         # Only a new upload is limited (a replay never reaches here); before its session exists.
         fields.update(admit(upload_id, expires))
-        url = sessions.mint_session(client, settings.upload_bucket, name, content_type, bound_origin,
+        url = sessions.mint_session(client, settings.staging_bucket, name, content_type, bound_origin,
                                     upload.size_bytes, upload.crc32c, upload.md5)
         out = models.UploadOut(id=upload_id, upload_url=url, source_url=naming.source_url(settings.cdn_base_url, name),
                                expires_at=clock.rfc3339(expires))

@@ -228,6 +228,14 @@ class ServiceUnavailable(ApiError):
         super().__init__(details=details, headers={"Retry-After": str(retry_after)}, reason=reason)
 
 
+class ObjectChanged(ServiceUnavailable):
+    """The object being checked or placed went away meanwhile: another settler may have settled
+    it (lib/landing.py looks), else a retry sees the bucket as it is then."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason=reason)
+
+
 class SessionNotEnded(ServiceUnavailable):
     """Cancelling an upload session got an answer that is neither "cancelled"
     nor "finished": the upload stays pending until a later try settles it."""

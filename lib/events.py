@@ -1,22 +1,21 @@
-"""Storage events: an upload is `completed` the moment GCS finalizes its object.
+"""Storage events: an upload is settled the moment GCS finalizes its object in the staging bucket.
 
 GCS publishes an OBJECT_FINALIZE notification (payload JSON_API_V1: the
-object resource) for the upload prefixes to a Pub/Sub topic; a push
-subscription delivers each message to `POST /internal/storage-events` with
-a Google-signed OIDC token (checked in main.py, as the sweep's is).
+object resource) for the staging bucket's upload prefixes to a Pub/Sub topic;
+a push subscription delivers each message to `POST /internal/storage-events`
+with a Google-signed OIDC token (checked in main.py, as the sweep's is).
 
 Delivery is at least once, in any order, so every outcome is idempotent and
 the HTTP status is the acknowledgement:
 
-- pending upload: recorded `completed` with the object's size, checksums,
-  generation and finalize time, by the same conditional write the lifecycle
-  uses (a racing cancel, GET or sweep agrees on one outcome); or, when the
-  object is not what was declared (size, crc32c, md5), `rejected` and that
-  generation deleted (lib/lifecycle.py `land`);
-- already completed: nothing changes (a repeat); already rejected: its
-  object's deletion is made sure of (a repeat);
+- pending upload: settled by lib/landing.py `land` (checked, then placed at
+  its served name and `completed`, or `rejected`), by the same conditional
+  write the lifecycle uses, so a racing cancel, GET or sweep agrees on one outcome;
+- already completed or rejected: nothing changes (a repeat);
 - cancelled or expired (its bytes landed after all): that generation of the
   object is deleted, the upload keeps its state;
+- the placement's own object in the served bucket (which has no notification
+  in Terraform, but an emulator may publish it): ignored;
 - an object we do not know (another bucket or prefix, no record): ignored;
 - another event type: ignored.
 
@@ -34,7 +33,7 @@ from datetime import datetime
 
 from google.cloud import firestore
 
-from lib import lifecycle, naming, sessions
+from lib import landing, lifecycle, naming, sessions
 from lib.errors import InvalidEvent, UploadNotFound
 from lib.push import Push
 
@@ -109,7 +108,7 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
     """
     if event.event_type != FINALIZE:
         return "ignored_event_type"
-    if event.bucket != gcs.bucket or event.upload_id is None:
+    if event.bucket not in (gcs.bucket, gcs.staging_bucket) or event.upload_id is None:
         return "ignored_unknown_object"
     try:
         record = lifecycle.load_by_id(db, event.upload_id)
@@ -117,15 +116,22 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
         return "ignored_unknown_object"
     if record.data.get("object_name") != event.object_name:
         return "ignored_unknown_object"
+    staged = bool(record.data.get("staged"))
+    if staged and event.bucket == gcs.bucket:
+        return "ignored_placement"  # our own rewrite of a verified upload
+    if event.bucket != (gcs.staging_bucket if staged else gcs.bucket):
+        return "ignored_unknown_object"
     assert event.obj is not None  # from_push sets it for every FINALIZE
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
-        record = lifecycle.land(db, gcs, record, event.obj, announce=announce)
+        record = landing.land(db, gcs, record, event.obj, announce=announce)
     if record.state == lifecycle.COMPLETED:
         return "completed" if was_pending else "duplicate"
-    if was_pending and record.state == lifecycle.REJECTED:
-        return "rejected"  # `land` deleted these bytes (as did whoever rejected them first: the same verdict)
-    # Cancelled or expired (or a redelivery for a rejection), and yet these bytes
-    # are there: they must not stay behind its source_url.
-    sessions.delete_object(gcs.client, gcs.bucket, event.object_name, event.obj.generation)
-    return "duplicate" if record.state == lifecycle.REJECTED else "deleted_late_object"
+    if record.state == lifecycle.REJECTED:
+        if not was_pending and not staged:
+            # Landed at its served name: make sure the refused bytes are gone (a repeat).
+            sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
+        return "rejected" if was_pending else "duplicate"
+    # Cancelled or expired, and yet these bytes are there: nothing keeps them.
+    sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
+    return "deleted_late_object"

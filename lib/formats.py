@@ -67,28 +67,33 @@ def jpeg(reader: Reader, declared: str) -> Media:
         at += 2 + length
 
 
-def _riff(reader: Reader, form: bytes, declared: str) -> list[tuple[bytes, int, int]]:
-    """A RIFF file's top-level chunks: (id, data start, data end), the last one cut at the file's end."""
+def _riff(reader: Reader, form: bytes, declared: str, wanted: set[bytes] | None) -> dict[bytes, tuple[int, int]]:
+    """A RIFF file's top-level chunks, (data start, data end) by kind, read until each `wanted` kind
+    is found (None: the first chunk alone), within the end its header states (0, as a stream may
+    leave it: the file's end). A chunk's end is cut at the file's end."""
     head = reader.read(0, 12)
     if head[:4] != b"RIFF" or head[8:12] != form:
         raise Mismatch(f"The bytes do not begin as {declared} does.")
-    chunks, at = [], 12
-    while at + 8 <= reader.size:
+    stated = struct.unpack_from("<I", head, 4)[0]
+    end = reader.size if stated < 4 else min(8 + stated, reader.size)
+    found: dict[bytes, tuple[int, int]] = {}
+    at = 12
+    while at + 8 <= end and (wanted is None or not wanted <= found.keys()):
         reader.step()
         chunk = reader.exact(at, 8, "chunk header")
         size = struct.unpack_from("<I", chunk, 4)[0]
-        chunks.append((chunk[:4], at + 8, min(at + 8 + size, reader.size)))
-        if chunk[:4] == b"data":
-            break  # the samples follow: nothing after them is needed
+        found.setdefault(chunk[:4], (at + 8, min(at + 8 + size, reader.size)))
+        if wanted is None:
+            break
         at += 8 + size + (size & 1)
-    return chunks
+    return found
 
 
 def webp(reader: Reader, declared: str) -> Media:
-    chunks = _riff(reader, b"WEBP", declared)
+    chunks = _riff(reader, b"WEBP", declared, None)
     if not chunks:
         raise Unreadable("it has no image chunk")
-    kind, start, _ = chunks[0]
+    kind, (start, _) = next(iter(chunks.items()))
     data = reader.exact(start, 10, "image header")
     if kind == b"VP8X":
         return _sized(int.from_bytes(data[4:7], "little") + 1, int.from_bytes(data[7:10], "little") + 1)
@@ -114,7 +119,7 @@ def _wave_codec(fmt: bytes) -> str:
 
 
 def wav(reader: Reader, declared: str) -> Media:
-    chunks = {kind: (start, end) for kind, start, end in _riff(reader, b"WAVE", declared)}
+    chunks = _riff(reader, b"WAVE", declared, {b"fmt ", b"data"})
     if b"fmt " not in chunks or b"data" not in chunks:
         raise Unreadable("it lacks its format or data chunk")
     fmt_start, fmt_end = chunks[b"fmt "]

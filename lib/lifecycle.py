@@ -2,17 +2,10 @@
 
 One Firestore document per upload, `uploads/{upl_...}`. A record leaves
 `pending` exactly once, by a write conditioned on the `update_time` it was
-read at, so a cancel, a GET and a sweep racing on one upload agree on one
-outcome: whoever writes second re-reads and reports what the first decided.
-
-`completed` is what the bucket says (the object exists) once the object is
-what the client declared: its size and, where declared, its CRC32C and MD5
-(`verdict`). An object that is not is `rejected` and deleted (`land`). A
-storage event (lib/events.py) lands an object within seconds, and every GET,
-cancel and sweep looks for itself, so a late or lost event costs nothing but
-time. Cancelling and expiring first cancel the GCS session, then look for the object once more:
-an upload that finished in between is `completed`, never lost and never
-reported cancelled. Once settled, the record forgets its session URL.
+read at (`transition`), so a cancel, a GET, a storage event and a sweep racing
+on one upload agree on one outcome: whoever writes second re-reads and reports
+what the first decided. What decides it is lib/landing.py. Once settled, the
+record forgets its session URL.
 
 Every read and write of the collection is here, owed webhook marks included:
 the sweep (lib/sweep.py) pages through `due` and settles each record, webhook
@@ -22,7 +15,6 @@ sweep's republishing finds what is still `owed`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,20 +26,19 @@ from google.cloud import firestore, storage
 from google.cloud.firestore_v1.aggregation import AggregationQuery
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import clock, naming, sessions
+from lib import clock, naming
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
-from lib.errors import SessionNotEnded, UploadCompleted, UploadNotFound
-from lib.models import Rejection, Upload
+from lib.errors import UploadNotFound
+from lib.models import MediaFacts, Rejection, Upload
 
 COLLECTION = "uploads"
 PENDING, COMPLETED, REJECTED, CANCELLED, EXPIRED = "pending", "completed", "rejected", "cancelled", "expired"
-# Why an upload was rejected (its `rejection.code`).
-SIZE_MISMATCH, CHECKSUM_MISMATCH = "size_mismatch", "checksum_mismatch"
 # Fields the record holds. Queried: (sweep_shard, state, expires_at) by the sweep, (sweep_shard,
 # webhook_owed_at) by its republishing of owed events, (workspace_id, mode, state) by `pending_count`.
 FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
           "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at",
-          "sweep_shard", "declared_crc32c", "declared_md5", "rejection_code", "rejection_message")
+          "sweep_shard", "declared_crc32c", "declared_md5", "rejection_code", "rejection_message", "staged", "media",
+          "media_bytes_read")
 # expires_at and webhook_owed_at increase with time. A collection with a
 # sequentially increasing indexed field takes about 500 writes a second
 # (https://firebase.google.com/docs/firestore/solutions/shard-timestamp, which
@@ -94,21 +85,25 @@ Announce = Callable[[Record], None]
 
 @dataclass(frozen=True)
 class Storage:
-    """What settling a record needs besides Firestore: GCS (the client, the bucket, plain HTTP
-    for session URLs), and who to tell that an upload left `pending` (lib/limits.py gives its
-    slot back; None: no limits)."""
+    """What settling a record needs besides Firestore: GCS (the client, the served bucket, the
+    staging bucket sessions write to, plain HTTP for session URLs), who to tell that an upload
+    left `pending` (lib/limits.py gives its slot back; None: no limits), and the request's log
+    line, for what verifying read (None: not logged)."""
 
     client: storage.Client
     bucket: str
+    staging_bucket: str
     http: requests.Session
     release: Callable[[Record], None] | None = None
+    log: dict[str, Any] | None = None
 
 
 def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, content_type: str,
                size_bytes: int | None, created_at: datetime, expires_at: datetime, session_url: str,
                crc32c: str | None = None, md5: str | None = None) -> dict[str, Any]:
-    """A new pending record. `size_bytes`, `crc32c` and `md5` are what the client
-    declared (None: not declared): what landed is checked against them."""
+    """A new pending record, its session writing to the staging bucket (`staged`). `size_bytes`,
+    `crc32c` and `md5` are what the client declared (None: not declared): what lands is checked
+    against them."""
     return {
         SHARD_FIELD: shard_of(upload_id),
         "workspace_id": workspace_id,
@@ -122,6 +117,7 @@ def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, c
         "session_url": session_url,
         "declared_crc32c": crc32c,
         "declared_md5": md5,
+        "staged": True,
     }
 
 
@@ -184,132 +180,8 @@ def view(record: Record, cdn_base_url: str) -> Upload:
         md5=data.get("md5"),
         rejection=(Rejection(code=data["rejection_code"], message=data["rejection_message"])
                    if data["state"] == REJECTED else None),
+        media=MediaFacts(**data["media"]) if data["state"] == COMPLETED and data.get("media") else None,
     )
-
-
-def completed(obj: sessions.StoredObject) -> dict[str, Any]:
-    """The changes that record a pending upload as completed by `obj`."""
-    return {"state": COMPLETED, "size_bytes": obj.size, "crc32c": obj.crc32c, "md5": obj.md5,
-            "generation": obj.generation, "completed_at": obj.created}
-
-
-def rejected(obj: sessions.StoredObject, code: str, message: str) -> dict[str, Any]:
-    """The changes that record a pending upload as rejected: `size_bytes` keeps
-    what was declared, `generation` names the object that was deleted."""
-    return {"state": REJECTED, "rejection_code": code, "rejection_message": message, "generation": obj.generation}
-
-
-_AFTER_REJECTION = " The object was deleted; create a new upload and send the file again."
-
-
-def verdict(declared: dict[str, Any], obj: sessions.StoredObject) -> dict[str, Any]:
-    """The changes that settle a pending record (`declared`: its data) whose
-    object `obj` has landed: `completed` if the object is what was declared
-    (its size, and each checksum that was declared), else `rejected`.
-
-    A checksum declared but not reported by Storage cannot be checked, so it is
-    a mismatch too: nothing unverified is called completed.
-    """
-    size = declared.get("size_bytes")
-    if size is not None and obj.size != size:
-        return rejected(obj, SIZE_MISMATCH,
-                        f"{obj.size} bytes landed, but size_bytes declared {size}." + _AFTER_REJECTION)
-    for name, stored in (("crc32c", obj.crc32c), ("md5", obj.md5)):
-        wanted = declared.get(f"declared_{name}")
-        if wanted is not None and stored != wanted:
-            landed = f"have {name} {stored}" if stored else f"have no {name} in Storage"
-            return rejected(obj, CHECKSUM_MISMATCH,
-                            f"The bytes that landed {landed}, but {name} {wanted} was declared." + _AFTER_REJECTION)
-    return completed(obj)
-
-
-def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.StoredObject,
-         step: Callable[[], None] = lambda: None, announce: Announce | None = None) -> Record:
-    """Settle a pending record whose object `obj` exists: `completed`, or
-    `rejected` with that generation of the object deleted first, so a wrong
-    object is never left behind a rejection (if the record's write then fails,
-    the object is already gone: the storage event's redelivery records the
-    rejection, and a look at the bucket finds nothing to complete).
-
-    `step` is called before each upstream step (settle's deadline); `announce`
-    is told of the change if this call stored it (`transition`). Returns the record
-    as stored afterwards (another request's decision if it settled the record first).
-    """
-    changes = verdict(record.data, obj)
-    if changes["state"] == REJECTED:
-        step()
-        sessions.delete_object(gcs.client, gcs.bucket, record.data["object_name"], obj.generation)
-    step()
-    return transition(db, record, changes, announce, gcs.release)
-
-
-def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
-            on_unsettled: Callable[[SessionNotEnded], None] | None = None, announce: Announce | None = None) -> Record:
-    """A pending record brought up to date: completed if its object exists,
-    expired (its session cancelled) if past `expires_at`, else unchanged.
-
-    If its session cannot be cancelled (an unexpected answer), the record is returned as stored,
-    still pending, and `on_unsettled` is told: a GET answers what is known; the sweep settles it later.
-    """
-    if record.state != PENDING:
-        return record
-    try:
-        return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None, announce=announce)
-    except SessionNotEnded as exc:
-        if on_unsettled is not None:
-            on_unsettled(exc)
-        return record
-
-
-def cancel(db: firestore.Client, gcs: Storage, record: Record, announce: Announce | None = None) -> Record:
-    """Cancel a pending upload. Cancelled, expired or rejected ones are returned as they are.
-
-    Raises:
-        UploadCompleted: the upload had completed (maybe just now).
-    """
-    if record.state == PENDING:
-        record = settle(db, gcs, record, CANCELLED, announce=announce)
-    if record.state == COMPLETED:
-        raise UploadCompleted()
-    return record
-
-
-class OutOfTime(Exception):
-    """A settle step would start after its deadline; the record stays pending."""
-
-
-def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
-           deadline: float | None = None, announce: Announce | None = None) -> Record:
-    """Move a pending record on: `completed` (or `rejected`: `land`) if its
-    object exists; otherwise, when `end` is given, cancel its session and mark it `end`.
-
-    `deadline` (time.monotonic()) bounds when an upstream step may *start*:
-    a later step raises OutOfTime instead, leaving the record pending (a
-    session cancelled but not yet recorded is settled by the next try).
-
-    Returns the record as stored afterwards (another request's decision if it
-    settled the record first).
-    """
-    def step() -> None:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise OutOfTime()
-
-    obj = sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
-    if obj is None and end is not None:
-        step()
-        status = sessions.cancel_session(gcs.http, record.data["session_url"])
-        # The upload may have finished between the look and the cancel.
-        step()
-        obj = sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
-        if obj is None and not sessions.session_ended(status):
-            # Neither cancelled nor finished: leave it pending for a later try.
-            raise SessionNotEnded(status)
-    if obj is not None:
-        return land(db, gcs, record, obj, step, announce)
-    if end is None:
-        return record
-    step()
-    return transition(db, record, {"state": end}, announce, gcs.release)
 
 
 def transition(db: firestore.Client, record: Record, changes: dict[str, Any],

@@ -155,13 +155,24 @@ Status = Literal["pending", "completed", "rejected", "cancelled", "expired"]
 
 
 class Rejection(BaseModel):
-    """Why the bytes that landed were refused: `code` is stable (size_mismatch,
-    checksum_mismatch), `message` says what landed against what was declared."""
+    """Why the bytes that landed were refused: `code` is stable (size_mismatch, checksum_mismatch,
+    content_mismatch, unreadable_media), `message` says what landed against what was declared."""
 
     model_config = ConfigDict(frozen=True)
 
     code: str
     message: str
+
+
+class MediaFacts(BaseModel):
+    """What a completed upload's bytes hold, where their format states it (lib/media.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    duration_seconds: float | None
+    width: int | None
+    height: int | None
+    codecs: list[str]
 
 
 class Upload(BaseModel):
@@ -180,8 +191,10 @@ class Upload(BaseModel):
     completed_at: str | None = None
     crc32c: str | None = None
     md5: str | None = None
-    # Set once rejected: the bytes that landed were not what was declared (and were deleted).
+    # Set once rejected: the bytes that landed were not what was declared (and are not served).
     rejection: Rejection | None = None
+    # Set once completed (for uploads verified when they landed): what the bytes hold.
+    media: MediaFacts | None = None
 
 
 class LimitsOut(BaseModel):

@@ -1,9 +1,10 @@
 """Resumable sessions and the objects they make: minting and cancelling a
-session, finding and deleting the object it made. Every call is bounded
-(lib/clients.py) and a transient failure is our 503."""
+session, finding, reading (ranges), placing and deleting the object it made.
+Every call is bounded (lib/clients.py) and a transient failure is our 503."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,7 +12,8 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from lib.clients import STORAGE_RETRY, STORAGE_TIMEOUT, upstream
+from lib.clients import REWRITE_TIMEOUT, STORAGE_RETRY, STORAGE_TIMEOUT, upstream
+from lib.errors import ObjectChanged
 
 
 def mint_session(client: storage.Client, bucket: str, object_name: str, content_type: str,
@@ -108,3 +110,58 @@ def delete_object(client: storage.Client, bucket: str, object_name: str, generat
         return True
     except (gexc.NotFound, gexc.PreconditionFailed):
         return False
+
+
+def ranged(client: storage.Client, bucket: str, object_name: str, generation: int) -> Callable[[int, int], bytes]:
+    """Reads of bytes [start, end) of that generation of the object (lib/reading.py's `fetch`).
+
+    A ranged read carries no checksum to check (GCS states the whole object's): the bytes are
+    as TLS delivered them. If that generation is gone (deleted or replaced meanwhile), the read
+    is a 503: whoever settles it next sees the bucket as it is then.
+    """
+    blob = client.bucket(bucket).blob(object_name, generation=generation)
+
+    def fetch(start: int, end: int) -> bytes:
+        try:
+            with upstream():
+                data: bytes = blob.download_as_bytes(start=start, end=end - 1, raw_download=True, checksum=None,
+                                                     timeout=STORAGE_TIMEOUT, retry=STORAGE_RETRY)
+        except gexc.NotFound:
+            raise ObjectChanged("the object changed while it was read") from None
+        return data
+
+    return fetch
+
+
+def place(client: storage.Client, staging_bucket: str, bucket: str, object_name: str, generation: int,
+          content_type: str) -> StoredObject:
+    """Put that generation of the staging object at the same name in the served bucket, by one rewrite.
+
+    Within one location and storage class a rewrite copies no bytes and completes in one call
+    (docs/design-media.md cites Google's pages); otherwise its token is followed until it is done.
+    `if_generation_match=0`: the served name is only ever created, never replaced. If it exists
+    already, it is this upload's own earlier placement (nothing else writes that name, and its
+    staging name is written once): that object is the answer.
+
+    Raises:
+        ServiceUnavailable: Storage is unavailable; ObjectChanged: the staging object went away meanwhile.
+    """
+    source = client.bucket(staging_bucket).blob(object_name, generation=generation)
+    target = client.bucket(bucket).blob(object_name)
+    target.content_type = content_type
+    try:
+        with upstream():
+            token, _, _ = target.rewrite(source, if_generation_match=0, if_source_generation_match=generation,
+                                         timeout=REWRITE_TIMEOUT, retry=STORAGE_RETRY)
+            while token is not None:
+                token, _, _ = target.rewrite(source, token=token, if_generation_match=0,
+                                             if_source_generation_match=generation,
+                                             timeout=REWRITE_TIMEOUT, retry=STORAGE_RETRY)
+    except (gexc.PreconditionFailed, gexc.NotFound):
+        placed = stored_object(client, bucket, object_name)
+        if placed is None:
+            raise ObjectChanged("the staging object went away while it was placed") from None
+        return placed
+    return StoredObject(size=target.size, generation=target.generation, crc32c=target.crc32c, md5=target.md5_hash,
+                        created=target.time_created)
+

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from lib import clock, lifecycle
+from lib import clock, landing, lifecycle
 from lib.errors import ServiceUnavailable, SessionNotEnded, ValidationFailed, failure
 
 # No record is started after SWEEP_BUDGET_SECONDS and no upstream step after
@@ -170,7 +170,7 @@ def sweep(db: firestore.Client, gcs: lifecycle.Storage, now: datetime, budget_se
                         run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
                     if not run.may_start():
                         break
-                    run.in_flight[pool.submit(lifecycle.settle, db, gcs, record, lifecycle.EXPIRED, finish_by,
+                    run.in_flight[pool.submit(landing.settle, db, gcs, record, lifecycle.EXPIRED, finish_by,
                                               announce)] = record
                 if len(records) < page_size:
                     del cursors[shard]
@@ -202,7 +202,7 @@ class _Run:
             record = self.in_flight.pop(future)
             try:
                 settled = future.result()
-            except lifecycle.OutOfTime:
+            except landing.OutOfTime:
                 self.result.more = True
                 continue
             except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the rest

@@ -37,6 +37,7 @@ from tests.helpers import SESSION_KEYS
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "framelane-test"
 BUCKET = "framelane-test-uploads"
+STAGING_BUCKET = emulators.staging_bucket(BUCKET)
 # The public contract, kept beside the code (contract/); tests/test_contract.py holds it to
 # the shared original wherever that is beside the repository.
 SEED = ROOT / "contract" / "uploads-openapi.yaml"
@@ -89,7 +90,7 @@ def backends(log_dir, oidc_issuer):
     try:
         env = emulators.function_env(firestore, storage, PROJECT, BUCKET, stack.redis, **oidc_issuer.env())
         for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
-                     "UPLOAD_BUCKET", "CDN_BASE_URL", "LIMITS_REDIS_URL", *oidc_issuer.env()):
+                     "UPLOAD_BUCKET", "STAGING_BUCKET", "CDN_BASE_URL", "LIMITS_REDIS_URL", *oidc_issuer.env()):
             os.environ[name] = env[name]
         # The in-process app forgets key lookups at once, so tests that revoke a
         # key see it refused straight away; served functions keep the deployed
@@ -253,7 +254,8 @@ def main_module():
     under placeholder settings (it makes no client and calls nothing at import)."""
     if "main" in sys.modules:
         return sys.modules["main"]
-    placeholders = {"GOOGLE_CLOUD_PROJECT": PROJECT, "UPLOAD_BUCKET": BUCKET, "CDN_BASE_URL": "https://cdn.invalid"}
+    placeholders = {"GOOGLE_CLOUD_PROJECT": PROJECT, "UPLOAD_BUCKET": BUCKET, "STAGING_BUCKET": STAGING_BUCKET,
+                    "CDN_BASE_URL": "https://cdn.invalid"}
     with mock.patch.dict(os.environ, {name: os.environ.get(name) or value for name, value in placeholders.items()}):
         import main
     return main

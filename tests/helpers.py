@@ -4,12 +4,14 @@ recording HTTP proxy that shows what the function sends to Storage."""
 from __future__ import annotations
 
 import http.client
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
@@ -154,3 +156,45 @@ def content_type_pattern() -> str:
     # `(?![\s\S])` ends the string in both ECMA and Python regexes; `$` would
     # also match before a trailing newline in Python, which the service refuses.
     return f"^ *(?:{names}) *(?:;[^\\x00-\\x1f\\x7f-\\x9f]*)?(?![\\s\\S])"
+
+
+# --- media: what every PUT in the tests sends (the service verifies it, lib/media.py) ---------------------------
+
+MEDIA_DIR = Path(__file__).resolve().parent / "media"
+
+
+def media(name: str = "clip.mp4") -> bytes:
+    """A fixture from tests/media/ (one per content type; tests/media/make.py made them)."""
+    return (MEDIA_DIR / name).read_bytes()
+
+
+# The fixture a file of each extension grows from (tests/media/), and how it grows: an MP4/MOV by a
+# `free` box, WebM by a Void element, WAV by more samples; the rest by trailing bytes, which their
+# readers (and the service's, which reads only headers) ignore.
+GROWS_FROM = {"mp4": "clip-faststart.mp4", "mov": "clip.mov", "m4a": "sound.m4a", "webm": "clip.webm",
+               "mp3": "sound.mp3", "png": "image.png", "jpg": "image.jpg", "ogg": "sound.ogg"}
+
+
+# The extensions sized_media makes.
+SIZED_EXTENSIONS = {*GROWS_FROM, "wav"}
+
+
+def sized_media(extension: str, size: int, seed: int = 0) -> bytes:
+    """A real file of that type of exactly `size` bytes, its filler seeded random bytes: big files
+    for chunking and resuming tests, each different (so their checksums are their own)."""
+    filler = random.Random(seed).randbytes
+    if extension == "wav":  # 16-bit mono PCM at 8 kHz: any bytes are samples
+        fmt = b"fmt " + (16).to_bytes(4, "little") + bytes.fromhex("0100 0100 401f0000 803e0000 0200 1000")
+        return b"RIFF" + (size - 8).to_bytes(4, "little") + b"WAVE" + fmt + b"data" + \
+            (size - 44).to_bytes(4, "little") + filler(size - 44)
+    base = media(GROWS_FROM[extension])
+    if extension in ("mp4", "mov", "m4a"):
+        return base + (size - len(base)).to_bytes(4, "big") + b"free" + filler(size - len(base) - 8)
+    if extension == "webm":
+        return base + b"\xec" + ((1 << 56) | (size - len(base) - 9)).to_bytes(8, "big") + filler(size - len(base) - 9)
+    return base + filler(size - len(base))
+
+
+def padded_mp4(size: int, seed: int = 0) -> bytes:
+    """A real MP4 of exactly `size` bytes: clip-faststart.mp4 (its index first), then a `free` box."""
+    return sized_media("mp4", size, seed)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lib import auth, naming, sweep
-from tests.conftest import BUCKET
-from tests.helpers import content_type_pattern, parse_rfc3339_utc, response_schema_errors, schema_errors
+from tests.conftest import BUCKET, STAGING_BUCKET
+from tests.helpers import content_type_pattern, media, parse_rfc3339_utc, response_schema_errors, schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
 
@@ -82,11 +82,15 @@ def test_blob_is_created_with_the_normalised_content_type(client, auth_headers, 
     assert resp.status_code == 201
     body = resp.get_json()
     import requests
-    put = requests.put(body["upload_url"], data=b"\x00\x01movie", timeout=10)
+    clip = media("clip.mp4")
+    put = requests.put(body["upload_url"], data=clip, timeout=10)  # no Content-Type of its own
     assert put.status_code in (200, 201)
     name = body["source_url"].split(f"/{BUCKET}/", 1)[1]
-    blob = gcs.bucket(BUCKET).get_blob(name)
-    assert blob.content_type == "video/mp4" and blob.size == 7
+    staged = gcs.bucket(STAGING_BUCKET).get_blob(name)
+    assert staged.content_type == "video/mp4" and staged.size == len(clip)
+    assert client.get(f"/v1/uploads/{body['id']}", headers=auth_headers).get_json()["status"] == "completed"
+    placed = gcs.bucket(BUCKET).get_blob(name)  # the served copy keeps it
+    assert placed.content_type == "video/mp4" and placed.size == len(clip)
 
 
 def test_test_mode_key_also_works(client, make_key):

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from dev.demo import FILES, Demo
-from tests.helpers import RecordingProxy
+from tests.helpers import RecordingProxy, padded_mp4
 
 CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
 # As root, with no network beyond loopback: no sandbox, and none of Chromium's own calls home.
@@ -54,7 +54,7 @@ def demo(served_default, make_key):
 def test_the_page_uploads_cross_origin_in_chunks_with_pause_and_resume(browser, demo, backends, tmp_path):
     demo, api, key = demo
     storage = backends["storage"].url
-    data = os.urandom(16 * MIB + 123)
+    data = padded_mp4(16 * MIB + 123, seed=int.from_bytes(os.urandom(8), "big"))
     path = tmp_path / "clip.mp4"
     path.write_bytes(data)
 
@@ -84,6 +84,7 @@ def test_the_page_uploads_cross_origin_in_chunks_with_pause_and_resume(browser, 
     page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=120_000)
     assert page.text_content("#status") == "Done: completed."
     assert page.text_content("#upload-status") == "completed"
+    assert page.text_content("#media") == "1 s, 64x48, h264"  # what the service read of the bytes
     source_url = page.text_content("#source")
     assert errors == []
 
@@ -98,6 +99,23 @@ def test_the_page_uploads_cross_origin_in_chunks_with_pause_and_resume(browser, 
     assert len(puts) >= len(data) // (256 * 1024) and all(p["url"].startswith(storage) for p in puts)
     assert all(p["status"] in (200, 201, 308) for p in puts)
     assert requests.get(source_url, timeout=30).content == data
+    page.close()
+
+
+def test_the_page_says_why_when_the_bytes_are_not_the_type_declared(browser, demo, tmp_path):
+    """A page saved as clip.mp4: the browser declares video/mp4 (by the name), the service reads
+    the bytes, refuses them, and never serves them."""
+    demo, api, key = demo
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"<!doctype html><title>not a video</title>" + b"<p>x</p>" * 1000)
+    page = browser.new_page()
+    page.goto(f"{demo.url}/")
+    page.set_input_files("#file", str(path))
+    page.click("#start")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('The upload is')",
+                           timeout=60_000)
+    assert page.text_content("#status").startswith("The upload is rejected (content_mismatch: ")
+    assert page.text_content("#upload-status") == "rejected" and page.text_content("#source") == ""
     page.close()
 
 

@@ -22,7 +22,7 @@ from google.cloud import firestore, storage
 
 from dev import emulators
 from lib import clients, lifecycle, sweep
-from tests.conftest import BUCKET, PROJECT, ROOT
+from tests.conftest import BUCKET, PROJECT, ROOT, STAGING_BUCKET
 
 SEEDED = 3000
 
@@ -52,7 +52,7 @@ def storage_for() -> lifecycle.Storage:
     """Clients pooled as the function's are (lib/clients.py), one set per call, as each instance has."""
     client = storage.Client(project=PROJECT)
     clients.wide_pools(client._http)
-    return lifecycle.Storage(client, BUCKET, clients.wide_pools(requests.Session()))
+    return lifecycle.Storage(client, BUCKET, STAGING_BUCKET, clients.wide_pools(requests.Session()))
 
 
 def states(db, ids: set[str]) -> dict[str, int]:

@@ -37,15 +37,19 @@ from client.transport import GaveUp, Retry, retry_after
 from dev import emulators
 from lib.mediatypes import ALIASES, EXTENSIONS
 from tests.conftest import BUCKET, PROJECT, ROOT, Served
-from tests.helpers import Answer, RecordingProxy, Stall
+from tests.helpers import SIZED_EXTENSIONS, Answer, RecordingProxy, Stall, sized_media
 
 MIB = 1024 * 1024
 
 
 # --- helpers ---------------------------------------------------------------
 
-def write_random(path: Path, size: int) -> bytes:
-    data = os.urandom(size)
+def write_media(path: Path, size: int) -> bytes:
+    """A real file of the type its name says (tests/helpers.py sized_media), or random bytes for a
+    type uploads do not take."""
+    extension = path.suffix.lstrip(".")
+    seed = int.from_bytes(os.urandom(8), "big")
+    data = sized_media(extension, size, seed) if extension in SIZED_EXTENSIONS else os.urandom(size)
     path.write_bytes(data)
     return data
 
@@ -176,15 +180,32 @@ def on_fake_gcs(served_default, make_key, tmp_path):
 
 # --- against fake-gcs-server ------------------------------------------------
 
-def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_three_fields(on_fake_gcs, backends, tmp_path,
-                                                                               served_default):
+def test_a_file_that_is_not_its_type_fails_with_its_own_status_and_why(on_fake_gcs, tmp_path):
+    """A web page saved as .mp4: the upload goes through, the service reads it and refuses it; the
+    command says so, with the status that means "rerunning will not help"."""
     command, _ = on_fake_gcs
-    data = write_random(tmp_path / "clip.mp4", 64 * MIB)
+    path = tmp_path / "page.mp4"
+    path.write_bytes(b"<!doctype html><title>saved page</title>" + b"<p>text</p>" * 500)
+    done = command.run("upload", str(path))
+    assert done.returncode == cli.EXIT_NOT_MEDIA == 6, done.stderr
+    assert "refused it as video/mp4: content_mismatch: " in done.stderr and "--content-type" in done.stderr
+    assert done.stdout == "" and command.saved() == []
+    ok = tmp_path / "real.mp4"
+    write_media(ok, MIB)
+    done = command.run("upload", str(ok))
+    assert done.returncode == 0 and "media       1.0 s, 64x48, h264" in done.stdout, done.stderr
+
+
+def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_four_fields(on_fake_gcs, backends, tmp_path,
+                                                                              served_default):
+    command, _ = on_fake_gcs
+    data = write_media(tmp_path / "clip.mp4", 64 * MIB)
     done = command.run("upload", str(tmp_path / "clip.mp4"), "--json")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     out = json.loads(done.stdout)
-    assert set(out) == {"id", "source_url", "size_bytes"} and done.stdout.count("\n") == 1
+    assert set(out) == {"id", "source_url", "size_bytes", "media"} and done.stdout.count("\n") == 1
+    assert out["media"] == {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]}
     assert out["size_bytes"] == len(data) and out["source_url"].endswith(".mp4")
     cdn = backends["env"]["CDN_BASE_URL"]
     assert requests.get(out["source_url"], timeout=60).content == data
@@ -200,7 +221,7 @@ def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_three_fields
 
 def test_human_output_without_a_terminal_is_clean(on_fake_gcs, tmp_path):
     command, _ = on_fake_gcs
-    write_random(tmp_path / "voice.wav", 3 * MIB + 5)
+    write_media(tmp_path / "voice.wav", 3 * MIB + 5)
     done = command.run("upload", str(tmp_path / "voice.wav"))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
@@ -208,7 +229,9 @@ def test_human_output_without_a_terminal_is_clean(on_fake_gcs, tmp_path):
     assert lines[0] == "uploaded voice.wav (3.0 MiB)"
     assert lines[1].split()[0] == "id" and lines[1].split()[1].startswith("upl_")
     assert lines[2].split()[0] == "source_url" and lines[2].split()[1].endswith(".wav")
-    assert len(lines) == 3 and "\r" not in done.stdout and "\x1b" not in done.stdout
+    # What the service read of it: 16-bit mono samples at 8 kHz (tests/helpers.py sized_media).
+    assert lines[3] == f"media       {round((3 * MIB + 5 - 44) / 16000, 3)} s, pcm_s16le"
+    assert len(lines) == 4 and "\r" not in done.stdout and "\x1b" not in done.stdout
 
 
 def run_on_terminal(command: Command, *args: str) -> tuple[int, str]:
@@ -237,12 +260,12 @@ def run_on_terminal(command: Command, *args: str) -> tuple[int, str]:
 
 def test_a_terminal_gets_a_progress_bar_unless_quiet(on_fake_gcs, tmp_path):
     command, _ = on_fake_gcs
-    write_random(tmp_path / "big.webm", 24 * MIB)
+    write_media(tmp_path / "big.webm", 24 * MIB)
     status, shown = run_on_terminal(command, "upload", str(tmp_path / "big.webm"), "--chunk-size", "1MiB")
     assert status == 0, shown
     assert "big.webm" in shown and "100%" in shown and "24.0M/24.0M" in shown  # bytes done of total
     assert "B/s" in shown  # the rate
-    write_random(tmp_path / "quiet.webm", 4 * MIB)
+    write_media(tmp_path / "quiet.webm", 4 * MIB)
     status, shown = run_on_terminal(command, "upload", str(tmp_path / "quiet.webm"), "--quiet")
     assert status == 0, shown
     assert "%" not in shown and "B/s" not in shown and "uploaded quiet.webm" in shown
@@ -254,11 +277,11 @@ def test_a_changed_file_is_refused_then_restart_uploads_it_as_it_is_now(on_fake_
     made before the refusal, so fake-gcs-server can judge this.)"""
     command, workspace = on_fake_gcs
     path = tmp_path / "cut.mov"
-    write_random(path, 32 * MIB)
+    write_media(path, 32 * MIB)
     first = command.start("upload", str(path), "--chunk-size", "256KiB")
     saved = interrupt_once_saved(first, command)
 
-    new = write_random(path, 8 * MIB + 1)
+    new = write_media(path, 8 * MIB + 1)
     refused = command.run("upload", str(path))
     assert refused.returncode == cli.EXIT_FILE_CHANGED, refused.stderr
     assert f"changed since upload {saved.upload_id}" in refused.stderr and "--restart" in refused.stderr
@@ -277,7 +300,7 @@ def test_a_changed_file_is_refused_then_restart_uploads_it_as_it_is_now(on_fake_
 
 def test_api_errors_print_code_and_message_with_documented_exit_statuses(on_fake_gcs, tmp_path):
     command, _ = on_fake_gcs
-    write_random(tmp_path / "notes.txt", 10)
+    write_media(tmp_path / "notes.txt", 10)
     unknown = command.run("upload", str(tmp_path / "notes.txt"))
     assert unknown.returncode == cli.EXIT_USAGE and "pass --content-type" in unknown.stderr
 
@@ -305,7 +328,7 @@ def test_api_errors_print_code_and_message_with_documented_exit_statuses(on_fake
 def test_cancel_cancels_and_forgets_the_saved_state(on_fake_gcs, tmp_path):
     command, _ = on_fake_gcs
     path = tmp_path / "drop.mp3"
-    write_random(path, 32 * MIB)
+    write_media(path, 32 * MIB)
     saved = interrupt_once_saved(command.start("upload", str(path), "--chunk-size", "256KiB"), command)
     cancelled = command.run("cancel", saved.upload_id)
     assert cancelled.returncode == 0, cancelled.stderr
@@ -328,7 +351,7 @@ def test_429_with_retry_after_is_honoured(served_default, make_key, tmp_path):
     key, _ = make_key()
     with RecordingProxy(served_default.url, script=script) as proxy:
         command = Command(proxy.url, key, tmp_path / "cache")
-        write_random(tmp_path / "a.png", 1000)
+        write_media(tmp_path / "a.png", 1000)
         done = command.run("upload", str(tmp_path / "a.png"), "--json")
         assert done.returncode == 0, done.stderr
         posts = [r for r in proxy.requests if r["method"] == "POST"]
@@ -344,7 +367,7 @@ def test_on_fake_gcs_a_resume_finalizes_a_short_object_which_the_command_catches
     file, says so and exits 5, never "uploaded"; the service rejects it; the next run starts anew."""
     command, workspace = on_fake_gcs
     path = tmp_path / "sample.mp4"
-    data = write_random(path, 32 * MIB)
+    data = write_media(path, 32 * MIB)
     saved = interrupt_once_saved(command.start("upload", str(path), "--chunk-size", "256KiB"), command)
 
     caught = command.run("upload", str(path))
@@ -381,7 +404,7 @@ def test_a_rejection_the_service_reports_is_an_error_never_uploaded(served_defau
     key, _ = make_key()
     with RecordingProxy(served_default.url, script=script) as proxy:
         command = Command(proxy.url, key, tmp_path / "cache")
-        write_random(tmp_path / "a.png", 1000)
+        write_media(tmp_path / "a.png", 1000)
         done = command.run("upload", str(tmp_path / "a.png"))
         gets = [r for r in proxy.requests if r["method"] == "GET"]
     assert done.returncode == cli.EXIT_NOT_THE_FILE and done.stdout == ""
@@ -408,7 +431,7 @@ def test_the_final_answer_is_compared_with_the_file(resource, problem):
 def test_sigkill_mid_upload_then_rerun_completes_with_one_upload_and_one_object(on_resumable, resumable, tmp_path, db):
     command, workspace = on_resumable
     path = tmp_path / "crash.mp4"
-    data = write_random(path, 32 * MIB)
+    data = write_media(path, 32 * MIB)
     run = command.start("upload", str(path), "--chunk-size", "256KiB", "--json")
     saved = kill_after_progress(run, command, len(data), 2 * MIB, signal.SIGKILL)
     assert run.returncode == -signal.SIGKILL
@@ -432,7 +455,7 @@ def test_sigkill_mid_upload_then_rerun_completes_with_one_upload_and_one_object(
 def test_ctrl_c_exits_130_with_private_state_and_a_rerun_resumes(on_resumable, resumable, tmp_path):
     command, _ = on_resumable
     path = tmp_path / "pause.mov"
-    data = write_random(path, 16 * MIB)
+    data = write_media(path, 16 * MIB)
     run = command.start("upload", str(path), "--chunk-size", "256KiB")
     saved = kill_after_progress(run, command, len(data), 1 * MIB, signal.SIGINT)
     assert run.returncode == cli.EXIT_INTERRUPTED
@@ -445,7 +468,8 @@ def test_ctrl_c_exits_130_with_private_state_and_a_rerun_resumes(on_resumable, r
     again = command.run("upload", str(path))
     assert again.returncode == 0, again.stderr
     assert f"resuming upload {saved.upload_id}" in again.stderr
-    assert object_bytes(resumable["storage"].url, again.stdout.split()[-1], resumable["cdn"]) == data
+    source_url = next(line.split()[1] for line in again.stdout.splitlines() if line.startswith("source_url"))
+    assert object_bytes(resumable["storage"].url, source_url, resumable["cdn"]) == data
     assert command.saved() == []
 
 
@@ -455,7 +479,7 @@ def test_a_crash_before_the_state_was_saved_gets_the_same_session_back(on_resuma
     the session it names says how far it got."""
     command, workspace = on_resumable
     path = tmp_path / "lost.mp4"
-    data = write_random(path, 16 * MIB)
+    data = write_media(path, 16 * MIB)
     run = command.start("upload", str(path), "--chunk-size", "256KiB")
     saved = kill_after_progress(run, command, len(data), 1 * MIB, signal.SIGKILL)
     for leftover in command.saved():
@@ -475,7 +499,7 @@ def test_a_replayed_session_finalized_with_other_bytes_is_left_for_a_new_upload(
     names such a session and the object is not the file, the rerun uploads anew: it never calls it done."""
     command, workspace = on_resumable
     path = tmp_path / "replayed.mp4"
-    data = write_random(path, 16 * MIB)
+    data = write_media(path, 16 * MIB)
     saved = kill_after_progress(command.start("upload", str(path), "--chunk-size", "256KiB"), command, len(data),
                                 1 * MIB, signal.SIGKILL)
     for leftover in command.saved():
@@ -519,7 +543,7 @@ def test_503s_and_a_stalled_chunk_are_ridden_out(on_resumable, resumable, tmp_pa
 
     resumable["scripts"].append(script)
     path = tmp_path / "flaky.mp4"
-    data = write_random(path, 3 * MIB + 12345)
+    data = write_media(path, 3 * MIB + 12345)
     done = command.run("upload", str(path), "--chunk-size", "512KiB", "--timeout", "2", "--json")
     assert done.returncode == 0, done.stderr
     assert object_bytes(resumable["storage"].url, json.loads(done.stdout)["source_url"], resumable["cdn"]) == data
@@ -555,7 +579,7 @@ def test_an_offset_going_back_and_forth_is_bounded_and_the_file_never_sent_over_
 
     resumable["scripts"].append(script)
     path = tmp_path / "wobbly.mp4"
-    write_random(path, size)
+    write_media(path, size)
     before = len(resumable["proxy"].requests)  # the proxy is the module's: earlier tests' requests are there
     done = command.run("upload", str(path), "--chunk-size", "256KiB")
     _clean_failure(done)
@@ -582,7 +606,7 @@ def test_a_range_past_the_files_end_is_a_clean_error_and_a_rerun_does_not_repeat
 
     resumable["scripts"].append(script)
     path = tmp_path / "short.mp4"
-    data = write_random(path, MIB)
+    data = write_media(path, MIB)
     done = command.run("upload", str(path), "--chunk-size", "256KiB")
     _clean_failure(done)
     assert "holds" in done.stderr and command.saved() == []
@@ -603,7 +627,7 @@ def test_a_redirect_from_storage_is_never_followed(on_resumable, resumable, tmp_
 
         resumable["scripts"].append(script)
         path = tmp_path / "moved.mp4"
-        write_random(path, MIB)
+        write_media(path, MIB)
         done = command.run("upload", str(path), "--chunk-size", "256KiB")
         _clean_failure(done)
         assert "redirect" in done.stderr and elsewhere.requests == []
@@ -620,7 +644,7 @@ def test_an_unexpected_failure_is_one_clean_line_without_the_session_url(on_resu
 
     resumable["scripts"].append(script)
     path = tmp_path / "garbled.mp4"
-    write_random(path, MIB)
+    write_media(path, MIB)
     done = command.run("upload", str(path), "--chunk-size", "1MiB")
     _clean_failure(done)
     assert done.stderr.startswith("error: unexpected ")

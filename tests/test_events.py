@@ -18,8 +18,8 @@ import requests
 
 from dev.oidc_issuer import EVENTS_AUDIENCE
 from lib import events, lifecycle
-from tests.conftest import BUCKET
-from tests.helpers import RecordingProxy, schema_errors
+from tests.conftest import BUCKET, STAGING_BUCKET
+from tests.helpers import RecordingProxy, media, padded_mp4, schema_errors
 from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
 
 ROUTE = "/internal/storage-events"
@@ -39,7 +39,7 @@ def md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
-def resource_of(gcs, name: str, bucket: str = BUCKET) -> dict:
+def resource_of(gcs, name: str, bucket: str = STAGING_BUCKET) -> dict:
     """The object resource GCS would put in the notification (payload JSON_API_V1)."""
     blob = gcs.bucket(bucket).get_blob(name)
     assert blob is not None, name
@@ -75,7 +75,7 @@ def object_name(out: dict) -> str:
 def landed(client, make_key, gcs):
     """An upload whose bytes landed (a real PUT), not yet looked at by anyone."""
     key, _ = make_key()
-    data = secrets.token_bytes(3000)
+    data = padded_mp4(3000, secrets.randbits(64))  # a real MP4, its checksums its own
     out = create(client, key, {"content_type": "video/mp4", "size_bytes": len(data), "crc32c": crc32c(data),
                                "md5": md5(data)})
     put_bytes(out["upload_url"], data)
@@ -84,7 +84,7 @@ def landed(client, make_key, gcs):
 
 # --- completion ------------------------------------------------------------------------------------------
 
-def test_an_event_completes_the_upload_with_what_gcs_says_of_the_object(client, db, landed, oidc_issuer,
+def test_an_event_completes_the_upload_with_what_gcs_says_of_the_object(client, db, gcs, landed, oidc_issuer,
                                                                         openapi_doc):
     key, out, data, resource = landed
     assert record(db, out["id"])["state"] == "pending"  # nothing has looked yet
@@ -93,11 +93,19 @@ def test_an_event_completes_the_upload_with_what_gcs_says_of_the_object(client, 
     stored = record(db, out["id"])
     assert stored["state"] == "completed" and stored["size_bytes"] == len(data)
     assert stored["crc32c"] == resource["crc32c"] == crc32c(data) and stored["md5"] == resource["md5Hash"] == md5(data)
-    assert stored["generation"] == int(resource["generation"]) and "session_url" not in stored
-    # GET and cancel report it, with the finalize time and the checksums.
+    assert stored["media"] == {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]}
+    assert 0 < stored["media_bytes_read"] <= len(data)
+    # Placed at its served name, the staging object deleted: the record names the served generation.
+    placed = gcs.bucket(BUCKET).get_blob(resource["name"])
+    assert placed.generation == stored["generation"] and placed.content_type == "video/mp4"
+    assert gcs.bucket(STAGING_BUCKET).get_blob(resource["name"]) is None
+    assert requests.get(out["source_url"], timeout=10).content == data
+    assert "session_url" not in stored
+    # GET and cancel report it, with the placement time, the checksums and the media.
     got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
     assert got["status"] == "completed" and got["crc32c"] == crc32c(data) and got["md5"] == md5(data)
-    assert got["completed_at"] == resource["timeCreated"].split(".")[0].removesuffix("Z") + "Z"
+    assert got["completed_at"] == placed.time_created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert got["media"] == stored["media"]
     assert schema_errors(openapi_doc, "#/components/schemas/Upload", got) == []
     assert client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key)).status_code == 409
 
@@ -113,12 +121,24 @@ def test_a_repeated_event_changes_nothing(client, db, landed, oidc_issuer):
     assert db.collection(lifecycle.COLLECTION).document(out["id"]).get().update_time == before
 
 
-def test_an_event_after_a_get_completed_the_upload_is_a_duplicate(client, db, landed, oidc_issuer):
+def test_an_event_after_a_get_completed_the_upload_is_a_duplicate(client, db, gcs, landed, oidc_issuer):
     key, out, data, resource = landed
     got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
     assert got["status"] == "completed" and got["crc32c"] == crc32c(data) and got["completed_at"]
     assert push(client, envelope(resource), oidc_issuer.events_token()).get_json() == {"outcome": "duplicate"}
-    assert record(db, out["id"])["generation"] == int(resource["generation"])
+    assert record(db, out["id"])["generation"] == gcs.bucket(BUCKET).get_blob(resource["name"]).generation
+
+
+def test_the_placements_own_event_is_ignored_and_deletes_nothing(client, db, gcs, landed, oidc_issuer):
+    """GCS notifies for the staging bucket only (terraform/events.tf), but an emulator publishes
+    the rewrite's OBJECT_FINALIZE in the served bucket too: it must never be taken for an upload."""
+    key, out, _, resource = landed
+    assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["status"] == "completed"
+    served = resource_of(gcs, resource["name"], BUCKET)
+    for _ in range(2):
+        resp = push(client, envelope(served), oidc_issuer.events_token())
+        assert resp.status_code == 200 and resp.get_json() == {"outcome": "ignored_placement"}
+    assert gcs.bucket(BUCKET).get_blob(resource["name"]) is not None and record(db, out["id"])["state"] == "completed"
 
 
 @pytest.mark.parametrize("end", ["cancelled", "expired"])
@@ -133,10 +153,10 @@ def test_bytes_that_land_after_a_cancel_or_expiry_are_deleted_and_the_state_stay
         assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["status"] == end
     # The bytes land after all (on GCS a finalize racing the cancel; here written directly).
     name = object_name(out)
-    gcs.bucket(BUCKET).blob(name).upload_from_string(b"late bytes", content_type="video/mp4")
+    gcs.bucket(STAGING_BUCKET).blob(name).upload_from_string(media(), content_type="video/mp4")
     resp = push(client, envelope(resource_of(gcs, name)), oidc_issuer.events_token())
     assert resp.status_code == 200 and resp.get_json() == {"outcome": "deleted_late_object"}
-    assert gcs.bucket(BUCKET).get_blob(name) is None
+    assert gcs.bucket(STAGING_BUCKET).get_blob(name) is None and gcs.bucket(BUCKET).get_blob(name) is None
     assert record(db, out["id"])["state"] == end
     # Delivered again: the object is already gone; still acknowledged.
     assert push(client, envelope({**resource_of_deleted(name), "name": name}), oidc_issuer.events_token()) \
@@ -144,7 +164,7 @@ def test_bytes_that_land_after_a_cancel_or_expiry_are_deleted_and_the_state_stay
 
 
 def resource_of_deleted(name: str) -> dict:
-    return {"bucket": BUCKET, "name": name, "generation": "1", "size": "10",
+    return {"bucket": STAGING_BUCKET, "name": name, "generation": "1", "size": "10",
             "timeCreated": "2026-01-01T00:00:00.000Z"}
 
 
@@ -155,7 +175,7 @@ def test_the_delete_is_conditioned_on_the_events_generation(backends, serve, cli
     out = create(client, key)
     client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
     name = object_name(out)
-    gcs.bucket(BUCKET).blob(name).upload_from_string(b"late", content_type="video/mp4")
+    gcs.bucket(STAGING_BUCKET).blob(name).upload_from_string(b"late", content_type="video/mp4")
     resource = resource_of(gcs, name)
     with RecordingProxy(backends["storage"].url) as proxy:
         served = serve(STORAGE_EMULATOR_HOST=proxy.url)
@@ -285,14 +305,14 @@ def test_with_storage_down_a_late_objects_event_is_503_and_its_redelivery_delete
     out = create(client, key)
     client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
     name = object_name(out)
-    gcs.bucket(BUCKET).blob(name).upload_from_string(b"late", content_type="video/mp4")
+    gcs.bucket(STAGING_BUCKET).blob(name).upload_from_string(b"late", content_type="video/mp4")
     body, token = envelope(resource_of(gcs, name)), oidc_issuer.events_token()
     broken = serve(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}")
     resp = broken.post(ROUTE, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     assert resp.status_code == 503
-    assert gcs.bucket(BUCKET).get_blob(name) is not None
+    assert gcs.bucket(STAGING_BUCKET).get_blob(name) is not None
     assert push(client, body, token).get_json() == {"outcome": "deleted_late_object"}
-    assert gcs.bucket(BUCKET).get_blob(name) is None
+    assert gcs.bucket(STAGING_BUCKET).get_blob(name) is None
 
 
 # --- checksums ---------------------------------------------------------------------------------------------
@@ -397,7 +417,7 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
 def test_a_put_completes_its_upload_through_the_event_path_with_no_get(event_path, make_key, db):
     served = event_path["function"]
     key, _ = make_key()
-    data = secrets.token_bytes(5000)
+    data = padded_mp4(5000, secrets.randbits(64))
     out = served.post(json={"content_type": "video/mp4", "crc32c": crc32c(data), "md5": md5(data)},
                       headers=bearer(key)).json()
     put_bytes(out["upload_url"], data)
@@ -409,10 +429,14 @@ def test_a_put_completes_its_upload_through_the_event_path_with_no_get(event_pat
         return [line for line in served.log_lines() if line.get("upload_id") == out["id"]
                 and not line["httpRequest"]["requestUrl"].startswith("/internal/webhook")]
 
-    # The event's log line is written once it has answered (after the record and the webhook's publish).
-    lines = wait_for(lambda: len(found := lines_of_upload()) >= 2 and found, what="the event's log line")
-    assert [line["httpRequest"]["requestUrl"] for line in lines] == ["/v1/uploads", "/internal/storage-events"]
-    assert lines[1]["outcome"] == "completed" and "Bearer" not in served.log_text()
+    # The event's log line is written once it has answered (after the record and the webhook's publish);
+    # the placement's own event (fake-gcs publishes every bucket's) is acknowledged and ignored.
+    lines = wait_for(lambda: len(found := lines_of_upload()) >= 3 and found, what="the events' log lines")
+    assert [line["httpRequest"]["requestUrl"] for line in lines] == ["/v1/uploads", *["/internal/storage-events"] * 2]
+    assert sorted(line["outcome"] for line in lines[1:]) == ["completed", "ignored_placement"]
+    completing = next(line for line in lines if line.get("outcome") == "completed")
+    assert 0 < completing["media_bytes_read"] <= len(data) and completing["media_reads"] == 1
+    assert "Bearer" not in served.log_text()
 
 
 def test_a_redelivered_event_changes_nothing(event_path, make_key, db):
@@ -420,7 +444,7 @@ def test_a_redelivered_event_changes_nothing(event_path, make_key, db):
     served, pubsub = event_path["function"], event_path["pubsub"]
     key, _ = make_key()
     out = served.post(json=VIDEO, headers=bearer(key)).json()
-    put_bytes(out["upload_url"], b"bytes")
+    put_bytes(out["upload_url"], media())
     # Completed, and its webhook event fanned out (which clears the owed mark: a write of its own).
     wait_for(lambda: (r := record(db, out["id"]))["state"] == "completed" and lifecycle.OWED_FIELD not in r,
              what="completion")
@@ -428,7 +452,8 @@ def test_a_redelivered_event_changes_nothing(event_path, make_key, db):
     from dev import emulators
     from tests.conftest import EVENTS_TOPIC, PROJECT
     name = object_name(out)
-    resource = {**resource_of_storage(event_path, name)}
+    # Its staging object is gone once placed: the redelivery carries what it said then, in its bucket.
+    resource = {**resource_of_storage(event_path, name, BUCKET), "bucket": STAGING_BUCKET}
     emulators.pubsub_call(pubsub, "POST", f"projects/{PROJECT}/topics/{EVENTS_TOPIC}:publish",
                           {"messages": [{"data": envelope(resource)["message"]["data"],
                                          "attributes": envelope(resource)["message"]["attributes"]}]})
@@ -438,10 +463,10 @@ def test_a_redelivered_event_changes_nothing(event_path, make_key, db):
     assert db.collection(lifecycle.COLLECTION).document(out["id"]).get().update_time == before
 
 
-def resource_of_storage(event_path, name: str) -> dict:
+def resource_of_storage(event_path, name: str, bucket: str = STAGING_BUCKET) -> dict:
     """The object resource from the event path's own fake-gcs-server."""
     import urllib.parse
-    url = f"{event_path['storage'].url}/storage/v1/b/{BUCKET}/o/{urllib.parse.quote(name, safe='')}"
+    url = f"{event_path['storage'].url}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
     return requests.get(url, timeout=10).json()
 
 
@@ -454,14 +479,14 @@ def test_through_the_whole_path_late_bytes_are_deleted_and_unknown_objects_ackno
     assert served.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key)).json()["status"] == "cancelled"
     stranger = f"uploads/ws_nobody/{secrets.token_hex(16)}.mp4"
     for name in (object_name(out), stranger):
-        resp = requests.post(f"{storage.url}/upload/storage/v1/b/{BUCKET}/o", params={"uploadType": "media",
+        resp = requests.post(f"{storage.url}/upload/storage/v1/b/{STAGING_BUCKET}/o", params={"uploadType": "media",
                              "name": name}, data=b"bytes", headers={"Content-Type": "video/mp4"}, timeout=10)
         assert resp.status_code == 200, resp.text
     outcomes = lambda: {line.get("outcome") for line in served.log_lines()  # noqa: E731
                         if line.get("upload_id") in (out["id"], events.upload_id_for(stranger))}
     wait_for(lambda: {"deleted_late_object", "ignored_unknown_object"} <= outcomes(), what="both deliveries")
-    gone = requests.get(f"{storage.url}/storage/v1/b/{BUCKET}/o/{requests.utils.quote(object_name(out), safe='')}",
-                        timeout=10)
+    gone = requests.get(f"{storage.url}/storage/v1/b/{STAGING_BUCKET}/o/"
+                        f"{requests.utils.quote(object_name(out), safe='')}", timeout=10)
     assert gone.status_code == 404 and record(db, out["id"])["state"] == "cancelled"
 
 
@@ -480,7 +505,7 @@ def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(eve
     storage = emulators.start_fake_gcs(log_dir, events=(pubsub, PROJECT, topic), name="fake-gcs-gated")
     started = [storage]
     try:
-        emulators.create_bucket(storage.url, BUCKET)
+        emulators.create_buckets(storage.url, BUCKET)
         env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
                                      **oidc_issuer.env())
         creator = emulators.start_function(env, log_dir, name="function-gated-creator")
@@ -495,17 +520,20 @@ def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(eve
                                                  name="push-relay-gated"))
             key, _ = make_key()
             out = requests.post(creator.url + "/v1/uploads", json=VIDEO, headers=bearer(key), timeout=30).json()
-            put_bytes(out["upload_url"], b"gated bytes")
+            put_bytes(out["upload_url"], media())
             relay_log = log_dir / "push-relay-gated.log"
             wait_for(lambda: '"status": 503' in relay_log.read_text(), timeout=60, what="a 503 while Firestore is down")
             assert record(db, out["id"])["state"] == "pending"
             gate.mode = TcpProxy.FORWARD
             wait_for(lambda: record(db, out["id"])["state"] == "completed", timeout=90, what="the redelivery")
+
+            def deliveries() -> list[dict]:  # of the upload's own event (the placement's comes after it landed)
+                lines = [json.loads(line) for line in relay_log.read_text().splitlines() if '"delivery"' in line]
+                return [line for line in lines if line["message_id"] == lines[0]["message_id"]]
+
             # The record is written before the function answers, and the relay logs the answer after.
-            wait_for(lambda: '"status": 200' in relay_log.read_text(), timeout=30, what="the relay's 200")
-        deliveries = [json.loads(line) for line in relay_log.read_text().splitlines() if '"delivery"' in line]
-        assert deliveries[0]["status"] == 503 and deliveries[-1]["status"] == 200
-        assert len({d["message_id"] for d in deliveries}) == 1  # one message, delivered until it landed
+            wait_for(lambda: deliveries()[-1]["status"] == 200, timeout=30, what="the relay's 200")
+        assert deliveries()[0]["status"] == 503  # one message, delivered until it landed
     finally:
         for service in reversed(started):
             service.stop()

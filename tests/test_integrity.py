@@ -1,6 +1,7 @@
-"""What landed against what was declared: an object whose size, crc32c or md5 is
-not the declared one is never `completed`, on any path that settles an upload
-(storage event, GET, cancel, sweep); it is `rejected`, its object deleted.
+"""What landed against what was declared: an object whose size, crc32c or md5 is not the
+declared one, or whose bytes are not the declared media type, is never `completed`, on any path
+that settles an upload (storage event, GET, cancel, sweep); it is `rejected`, never served (its
+bytes stay in the staging bucket for support until its lifecycle rule deletes them).
 
 fake-gcs-server enforces none of the declared values at the PUT (GCS does), so
 here the wrong bytes really land, and it is the service's own check under test.
@@ -12,11 +13,12 @@ import secrets
 from datetime import UTC, datetime
 
 import pytest
+import requests
 
-from lib import lifecycle
+from lib import landing
 from lib.sessions import StoredObject
-from tests.conftest import BUCKET
-from tests.helpers import schema_errors
+from tests.conftest import BUCKET, STAGING_BUCKET
+from tests.helpers import media, padded_mp4, schema_errors
 from tests.test_events import crc32c, envelope, md5, object_name, push, resource_of
 from tests.test_lifecycle import backdate, bearer, create, put_bytes, record
 
@@ -27,23 +29,33 @@ def declared(data: bytes, **overrides) -> dict:
             **overrides}
 
 
-# Each way the bytes can differ from the declaration: (create-body overrides, what is PUT, code).
-DATA = secrets.token_bytes(3000)
+# Each way the bytes can differ from the declaration: (create body, what is PUT, code).
+DATA = padded_mp4(3000, secrets.randbits(64))
+CLIP = media("clip.mp4")
+HTML = b"<!doctype html><title>not a video</title>" + b"<p>page</p>" * 300
 MISMATCHES = [
-    pytest.param({}, DATA[:2048], "size_mismatch", id="short"),
-    pytest.param({}, DATA + b"extra", "size_mismatch", id="long"),
-    pytest.param({"crc32c": crc32c(b"other bytes")}, DATA, "checksum_mismatch", id="crc32c"),
-    pytest.param({"md5": md5(b"other bytes")}, DATA, "checksum_mismatch", id="md5"),
+    pytest.param(declared(DATA), DATA[:2048], "size_mismatch", id="short"),
+    pytest.param(declared(DATA), DATA + b"extra", "size_mismatch", id="long"),
+    pytest.param(declared(DATA, crc32c=crc32c(b"other bytes")), DATA, "checksum_mismatch", id="crc32c"),
+    pytest.param(declared(DATA, md5=md5(b"other bytes")), DATA, "checksum_mismatch", id="md5"),
+    pytest.param(declared(HTML), HTML, "content_mismatch", id="html-as-mp4"),
+    pytest.param(declared(media("image.png")), media("image.png"), "content_mismatch", id="png-as-mp4"),
+    pytest.param(declared(media("sound.m4a")), media("sound.m4a"), "content_mismatch", id="audio-only-as-video"),
+    pytest.param({"content_type": "video/mp4"}, CLIP[:-200], "unreadable_media", id="index-cut-short"),
 ]
 
 
 def assert_rejected(client, db, gcs, key: str, out: dict, code: str, openapi_doc) -> dict:
-    """Rejected, as GET shows it (settling it if nobody had) and as stored; the object gone."""
+    """Rejected, as GET shows it (settling it if nobody had) and as stored; never served, its
+    bytes kept in the staging bucket (for support, until the bucket's lifecycle rule)."""
     got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
     stored = record(db, out["id"])
     assert stored["state"] == "rejected" and stored["rejection_code"] == code
     assert "session_url" not in stored and stored["settled_at"]
     assert gcs.bucket(BUCKET).get_blob(object_name(out)) is None  # source_url can never serve it
+    assert requests.get(out["source_url"], timeout=10).status_code == 404
+    assert gcs.bucket(STAGING_BUCKET).get_blob(object_name(out)) is not None
+    assert got["media"] is None
     assert got["status"] == "rejected" and got["size_bytes"] == stored["size_bytes"]
     assert got["rejection"]["code"] == code and got["rejection"]["message"]
     assert got["completed_at"] is None and got["crc32c"] is None and got["md5"] is None
@@ -51,17 +63,17 @@ def assert_rejected(client, db, gcs, key: str, out: dict, code: str, openapi_doc
     return got
 
 
-@pytest.mark.parametrize("overrides, sent, code", MISMATCHES)
+@pytest.mark.parametrize("body, sent, code", MISMATCHES)
 def test_a_storage_event_for_bytes_other_than_the_declared_ones_rejects_the_upload(
-        client, db, gcs, make_key, oidc_issuer, openapi_doc, overrides, sent, code):
+        client, db, gcs, make_key, oidc_issuer, openapi_doc, body, sent, code):
     key, _ = make_key()
-    out = create(client, key, declared(DATA, **overrides))
+    out = create(client, key, body)
     put_bytes(out["upload_url"], sent)
     resource = resource_of(gcs, object_name(out))
     resp = push(client, envelope(resource), oidc_issuer.events_token())
     assert resp.status_code == 200 and resp.get_json() == {"outcome": "rejected"}
     got = assert_rejected(client, db, gcs, key, out, code, openapi_doc)
-    assert got["size_bytes"] == len(DATA)  # what the client declared, not what landed
+    assert got["size_bytes"] == body.get("size_bytes")  # what the client declared, not what landed
     assert record(db, out["id"])["generation"] == int(resource["generation"])
     # A redelivery changes nothing; a cancel answers the rejection (nothing to cancel, nothing completed).
     again = push(client, envelope(resource), oidc_issuer.events_token())
@@ -70,11 +82,11 @@ def test_a_storage_event_for_bytes_other_than_the_declared_ones_rejects_the_uplo
     assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "rejected"
 
 
-@pytest.mark.parametrize("overrides, sent, code", MISMATCHES)
+@pytest.mark.parametrize("body, sent, code", MISMATCHES)
 def test_a_get_that_finds_bytes_other_than_the_declared_ones_rejects_the_upload(
-        client, db, gcs, make_key, openapi_doc, overrides, sent, code):
+        client, db, gcs, make_key, openapi_doc, body, sent, code):
     key, _ = make_key()
-    out = create(client, key, declared(DATA, **overrides))
+    out = create(client, key, body)
     put_bytes(out["upload_url"], sent)
     assert record(db, out["id"])["state"] == "pending"  # nobody has looked yet
     assert_rejected(client, db, gcs, key, out, code, openapi_doc)
@@ -94,8 +106,8 @@ def test_a_cancel_that_finds_wrong_bytes_answers_the_rejection_not_upload_comple
 def test_the_sweep_rejects_an_expired_upload_whose_bytes_are_not_the_declared_ones(client, db, gcs, make_key,
                                                                                   oidc_issuer, openapi_doc):
     key, _ = make_key()
-    wrong, right = create(client, key, declared(DATA)), create(client, key, declared(DATA))
-    put_bytes(wrong["upload_url"], DATA[:1000])
+    wrong, right = create(client, key, {"content_type": "video/mp4"}), create(client, key, declared(DATA))
+    put_bytes(wrong["upload_url"], HTML)
     put_bytes(right["upload_url"], DATA)
     for out in (wrong, right):
         backdate(db, out["id"])
@@ -104,7 +116,7 @@ def test_the_sweep_rejects_an_expired_upload_whose_bytes_are_not_the_declared_on
     counts = resp.get_json()
     assert counts["rejected"] >= 1 and counts["completed"] >= 1 and counts["failed"] == 0
     assert schema_errors(openapi_doc, "#/components/schemas/SweepResult", counts) == []
-    assert_rejected(client, db, gcs, key, wrong, "size_mismatch", openapi_doc)
+    assert_rejected(client, db, gcs, key, wrong, "content_mismatch", openapi_doc)
     assert record(db, right["id"])["state"] == "completed"
     assert gcs.bucket(BUCKET).get_blob(object_name(right)) is not None
 
@@ -114,28 +126,41 @@ def test_the_declared_bytes_complete_and_undeclared_values_are_not_checked(clien
     exact = create(client, key, declared(DATA))
     put_bytes(exact["upload_url"], DATA)
     bare = create(client, key, {"content_type": "video/mp4"})
-    put_bytes(bare["upload_url"], b"anything")
-    for out, size in ((exact, len(DATA)), (bare, 8)):
+    put_bytes(bare["upload_url"], CLIP)
+    for out, size in ((exact, len(DATA)), (bare, len(CLIP))):
         got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
         assert got["status"] == "completed" and got["size_bytes"] == size and got["rejection"] is None
 
 
 def test_with_storage_down_a_rejection_is_503_with_nothing_changed_and_its_redelivery_rejects(
         backends, serve, client, db, gcs, make_key, oidc_issuer, openapi_doc):
-    """The object is deleted before the record says `rejected`: a failed delete leaves both as they were."""
+    """The bytes are read before the record says anything: a failed read leaves it pending."""
     from dev.emulators import free_port
 
     key, _ = make_key()
-    out = create(client, key, declared(DATA))
-    put_bytes(out["upload_url"], DATA[:100])
+    out = create(client, key, declared(HTML))
+    put_bytes(out["upload_url"], HTML)
     body = envelope(resource_of(gcs, object_name(out)))
     down = serve(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{free_port()}")
     resp = down.post("/internal/storage-events", json=body, headers=bearer(oidc_issuer.events_token()))
     assert resp.status_code == 503, resp.text
     assert record(db, out["id"])["state"] == "pending"
-    assert gcs.bucket(BUCKET).get_blob(object_name(out)) is not None
+    assert gcs.bucket(STAGING_BUCKET).get_blob(object_name(out)) is not None
     assert push(client, body, oidc_issuer.events_token()).get_json() == {"outcome": "rejected"}
-    assert_rejected(client, db, gcs, key, out, "size_mismatch", openapi_doc)
+    assert_rejected(client, db, gcs, key, out, "content_mismatch", openapi_doc)
+
+
+def test_a_content_rejection_names_what_the_bytes_are_and_what_to_do(client, make_key):
+    key, _ = make_key()
+    cases = ((declared(media("image.png")), media("image.png"), "The bytes are image/png, not video/mp4"),
+             ({"content_type": "audio/mpeg"}, media("captions.vtt"), "not audio/mpeg"))
+    for body, sent, named in cases:
+        out = create(client, key, body)
+        put_bytes(out["upload_url"], sent)
+        resp = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+        assert resp.status_code == 200 and resp.get_json()["status"] == "rejected"
+        message = resp.get_json()["rejection"]["message"]
+        assert named in message and "declares the file's own content type" in message, message
 
 
 # --- the verdict itself -------------------------------------------------------------------------------
@@ -162,16 +187,16 @@ def _declared(data: bytes, **overrides) -> dict:
     pytest.param({"size_bytes": 3}, _object(b"abc", crc=None, md5_hash=None), None, id="size-only"),
 ])
 def test_the_verdict_checks_each_declared_value(declaration, obj, code):
-    changes = lifecycle.verdict(declaration, obj)
+    changes = landing.verdict(declaration, obj)
     if code is None:
-        assert changes == lifecycle.completed(obj)
+        assert changes == landing.completed(obj)
     else:
         assert changes["state"] == "rejected" and changes["rejection_code"] == code
         assert changes["generation"] == obj.generation and "size_bytes" not in changes
 
 
 def test_a_size_rejection_says_what_landed_and_what_was_declared():
-    changes = lifecycle.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024))
+    changes = landing.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024))
     assert "1024 bytes landed" in changes["rejection_message"]
     assert "200000000" in changes["rejection_message"]
 

@@ -18,12 +18,13 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dev.oidc_issuer import AUDIENCE
-from lib import lifecycle, sweep
+from lib import landing, lifecycle, sweep
 from lib.config import GIB
-from tests.conftest import BUCKET
-from tests.helpers import RecordingProxy, parse_rfc3339_utc, schema_errors
+from tests.conftest import BUCKET, STAGING_BUCKET
+from tests.helpers import RecordingProxy, media, parse_rfc3339_utc, schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
+CLIP = media("clip.mp4")
 
 
 def bearer(key: str) -> dict:
@@ -103,9 +104,10 @@ def test_get_of_a_pending_upload_shows_it_without_its_url(client, make_key, open
     body = resp.get_json()
     assert_upload_schema(openapi_doc, body)
     assert list(body) == ["id", "status", "source_url", "content_type", "size_bytes", "created_at", "expires_at",
-                          "completed_at", "crc32c", "md5", "rejection"]
+                          "completed_at", "crc32c", "md5", "rejection", "media"]
     assert body["status"] == "pending" and body["size_bytes"] == 77 and body["content_type"] == "image/png"
     assert body["completed_at"] is None and body["crc32c"] is None and body["md5"] is None
+    assert body["media"] is None and body["rejection"] is None
     assert body["source_url"] == out["source_url"] and body["expires_at"] == out["expires_at"]
     assert "upload_id=" not in resp.get_data(as_text=True)
 
@@ -137,19 +139,19 @@ def test_declared_size_is_bound_into_the_session_and_the_stored_size_reported(ba
     key, _ = make_key()
     with RecordingProxy(backends["storage"].url) as proxy:
         served = serve(STORAGE_EMULATOR_HOST=proxy.url)
-        sized = served.post(json={"content_type": "video/mp4", "size_bytes": 2048}, headers=bearer(key))
+        sized = served.post(json={"content_type": "video/mp4", "size_bytes": len(CLIP)}, headers=bearer(key))
         unsized = served.post(json=VIDEO, headers=bearer(key))
         assert sized.status_code == 201 and unsized.status_code == 201
         initiations = [r for r in proxy.requests if r["method"] == "POST" and "uploadType=resumable" in r["path"]]
         assert len(initiations) == 2
         sent = [{name.lower(): value for name, value in r["headers"].items()} for r in initiations]
-        assert sent[0].get("x-upload-content-length") == "2048"
+        assert sent[0].get("x-upload-content-length") == str(len(CLIP))
         assert "x-upload-content-length" not in sent[1]
 
-        put_bytes(sized.json()["upload_url"], b"\x00" * 2048)
+        put_bytes(sized.json()["upload_url"], CLIP)
         status = served.session.get(f"{served.url}/v1/uploads/{sized.json()['id']}", headers=bearer(key),
                                     timeout=30).json()
-        assert status["status"] == "completed" and status["size_bytes"] == 2048
+        assert status["status"] == "completed" and status["size_bytes"] == len(CLIP)
 
 
 @pytest.mark.parametrize("size, status", [
@@ -207,9 +209,10 @@ def test_after_a_real_put_the_upload_is_completed_with_the_stored_size_and_canno
         client, make_key, db, session_wire, openapi_doc):
     key, _ = make_key()
     out = create(client, key)
-    put_bytes(out["upload_url"], b"frame" * 1000)
+    put_bytes(out["upload_url"], CLIP)
     body = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
-    assert body["status"] == "completed" and body["size_bytes"] == 5000
+    assert body["status"] == "completed" and body["size_bytes"] == len(CLIP)
+    assert body["media"] == {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264", "aac"]}
     doc = record(db, out["id"])
     assert doc["state"] == "completed" and "session_url" not in doc and doc["settled_at"]
 
@@ -223,7 +226,7 @@ def test_after_a_real_put_the_upload_is_completed_with_the_stored_size_and_canno
 def test_cancel_finds_an_upload_that_completed_unobserved_and_answers_409(client, make_key, db, session_wire):
     key, _ = make_key()
     out = create(client, key)
-    put_bytes(out["upload_url"], b"x" * 10)
+    put_bytes(out["upload_url"], CLIP)
     assert record(db, out["id"])["state"] == "pending"  # nobody has looked yet
     resp = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "upload_completed"
@@ -234,9 +237,10 @@ def test_a_test_mode_upload_goes_under_the_test_prefix_and_completes(client, mak
     key, workspace = make_key(mode="test")
     out = create(client, key)
     assert f"/{BUCKET}/test-uploads/{workspace}/" in out["source_url"]
-    put_bytes(out["upload_url"], b"t" * 3)
-    assert requests.get(out["source_url"], timeout=10).content == b"t" * 3
+    put_bytes(out["upload_url"], CLIP)
+    assert requests.get(out["source_url"], timeout=10).status_code == 404  # not served before it is checked
     assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["status"] == "completed"
+    assert requests.get(out["source_url"], timeout=10).content == CLIP
 
 
 # --- pending -> cancelled -------------------------------------------------------------------------------------
@@ -292,7 +296,7 @@ def test_get_after_expires_at_expires_the_upload_cancelling_its_session(client, 
 def test_an_upload_that_finished_late_but_before_anyone_looked_is_completed_not_expired(client, make_key, db):
     key, _ = make_key()
     out = create(client, key)
-    put_bytes(out["upload_url"], b"late")
+    put_bytes(out["upload_url"], CLIP)
     backdate(db, out["id"])
     assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["status"] == "completed"
 
@@ -304,7 +308,7 @@ def test_served_sweep_expires_pending_uploads_after_a_short_ttl(serve, make_key,
     short = serve(UPLOAD_URL_TTL_SECONDS="1")
     expiring = short.post(json=VIDEO, headers=bearer(key)).json()
     finished = short.post(json=VIDEO, headers=bearer(key)).json()
-    put_bytes(finished["upload_url"], b"done")
+    put_bytes(finished["upload_url"], CLIP)
     fresh = serve().post(json=VIDEO, headers=bearer(key)).json()
     # Both must be past their hour (they may have been made in different seconds).
     _wait_until_after(max(expiring["expires_at"], finished["expires_at"]))
@@ -382,14 +386,15 @@ def test_a_sweep_starts_nothing_after_its_budget_and_no_step_after_its_grace(cli
     key, _ = make_key()
     out = create(client, key)
     backdate(db, out["id"])
-    gcs = lifecycle.Storage(storage_client(config.load().firestore.project), BUCKET, session_http())
+    gcs = lifecycle.Storage(storage_client(config.load().firestore.project), BUCKET, STAGING_BUCKET,
+                            session_http())
     now = datetime.now(UTC)
     result = sweep.sweep(db, gcs, now, budget_seconds=0, grace_seconds=0)
     assert result.as_dict() == {"expired": 0, "completed": 0, "rejected": 0, "failed": 0, "more": True}
     snap = db.collection(lifecycle.COLLECTION).document(out["id"]).get()
     stale = lifecycle.Record(out["id"], snap.to_dict(), snap.update_time)
-    with pytest.raises(lifecycle.OutOfTime):
-        lifecycle.settle(db, gcs, stale, lifecycle.EXPIRED, deadline=0.0)
+    with pytest.raises(landing.OutOfTime):
+        landing.settle(db, gcs, stale, lifecycle.EXPIRED, deadline=0.0)
     assert record(db, out["id"])["state"] == "pending"
     # Within its budget the same sweep settles it.
     assert sweep.sweep(db, gcs, now, budget_seconds=20, grace_seconds=10).expired >= 1

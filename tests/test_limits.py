@@ -18,7 +18,7 @@ import requests
 
 from lib import limits
 from tests.conftest import ROOT
-from tests.helpers import response_schema_errors
+from tests.helpers import padded_mp4, response_schema_errors
 from tests.tcpproxy import TcpProxy
 from tests.test_events import envelope, object_name, push, resource_of
 from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
@@ -120,7 +120,7 @@ def test_past_its_pending_uploads_a_workspace_is_refused_until_one_settles(clien
 def _landed(client, key, gcs, size_bytes: int | None = None):
     body = dict(VIDEO, size_bytes=size_bytes) if size_bytes else VIDEO
     out = create(client, key, body)
-    put_bytes(out["upload_url"], secrets.token_bytes(1000))
+    put_bytes(out["upload_url"], padded_mp4(3000, secrets.randbits(64)))
     return out
 
 
@@ -135,7 +135,7 @@ def test_the_slot_is_given_back_exactly_once_when_every_path_races_to_settle(
     if outcome == "no bytes":
         out = create(client, key)
     else:
-        out = _landed(client, key, gcs, size_bytes=1000 if outcome == "completed" else 999)
+        out = _landed(client, key, gcs, size_bytes=3000 if outcome == "completed" else 2999)
     backdate(db, out["id"])
     calls, freed = [], []
     real = limits.Limiter.release
@@ -276,7 +276,7 @@ def test_the_upload_command_waits_out_a_429_as_asked_and_says_so(serve, db, make
     holder = function.post(json=VIDEO, headers=bearer(key))
     assert holder.status_code == 201
     file = tmp_path / "clip.mp4"
-    file.write_bytes(secrets.token_bytes(5000))
+    file.write_bytes(padded_mp4(5000, secrets.randbits(64)))
     done = Command(function.url, key, tmp_path / "cache").run("upload", str(file))
     assert done.returncode == 0, done.stderr
     note = re.search(r"quota_exceeded: waiting (\d+) s as asked \(Retry-After: (\d+)\)", done.stderr)
@@ -337,7 +337,8 @@ def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_
 def test_malformed_limits_settings_stop_the_function_naming_themselves(env, message):
     from lib import config
 
-    base = {"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "CDN_BASE_URL": "https://cdn.example.com"}
+    base = {"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "STAGING_BUCKET": "b-staging",
+            "CDN_BASE_URL": "https://cdn.example.com"}
     with pytest.raises(config.ConfigError, match=re.escape(message)) as refused:
         config.load({**base, **env})
     assert "secret" not in str(refused.value)  # never the password it was given

@@ -53,7 +53,10 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         cancelled = run_block(blocks["3"])
         assert '"status":"cancelled"' in cancelled.replace(" ", "")
         completed = run_block(blocks["2"])
-        assert "# Framelane uploads" in completed  # read back from source_url
+        clip = (ROOT / "tests/media/clip.mp4").stat().st_size
+        assert f"source_url: 200, {clip} bytes" in completed  # served once checked
+        assert '"media":{"duration_seconds":1.0,"width":64,"height":48,"codecs":["h264","aac"]}' in \
+            completed.replace(" ", "")
         assert '"status":"completed"' in completed.replace(" ", "")
         # The limits: the API's view (three creates so far, step 1's still pending) and the ops CLI's.
         limits_shown = run_block(blocks["6"])
@@ -63,7 +66,8 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         url = f"http://127.0.0.1:{ports['FUNCTION_PORT']}"
         created = requests.post(f"{url}/v1/uploads", json={"content_type": "video/mp4"},
                                 headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
-        put = requests.put(created["upload_url"], data=b"newcomer", headers={"Content-Type": "video/mp4"}, timeout=30)
+        put = requests.put(created["upload_url"], data=(ROOT / "tests/media/clip.mp4").read_bytes(),
+                           headers={"Content-Type": "video/mp4"}, timeout=30)
         assert put.status_code in (200, 201)
         line = printed(rf"\[webhook\] upload\.completed {created['id']} status=completed "
                        r"\(webhook-id evt_[0-9a-f]{32}; (signature verified|SIGNATURE NOT VERIFIED)\)", timeout=30)

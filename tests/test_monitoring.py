@@ -26,7 +26,7 @@ import requests
 from dev import emulators
 from dev.receiver import Receiver
 from lib import endpoints
-from tests.conftest import BUCKET, WEBHOOK_MAX_ATTEMPTS
+from tests.conftest import BUCKET, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS
 from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
 from tests.test_events import envelope, resource_of, wait_for
 from tests.test_terraform import TF, load_tf, tf_variables, unquote
@@ -185,7 +185,7 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
 
     # A sweep and a storage event failing on a dead Firestore.
     name = created.json()["source_url"].split(f"/{BUCKET}/", 1)[1]  # an object the service knows
-    gcs.bucket(BUCKET).blob(name).upload_from_string(b"x", content_type="video/mp4")
+    gcs.bucket(STAGING_BUCKET).blob(name).upload_from_string(b"x", content_type="video/mp4")  # where it lands
     dead = emulators.start_function(dict(backends["env"], FIRESTORE_EMULATOR_HOST="127.0.0.1:9"), log_dir,
                                     name=f"function-dead-firestore-{tag}")
     try:

@@ -85,7 +85,7 @@ def faults(log_dir):
     state = {"firestore": emulators.start_firestore(log_dir)}
     try:
         state["storage"] = emulators.start_fake_gcs(log_dir)
-        emulators.create_bucket(state["storage"].url, BUCKET)
+        emulators.create_buckets(state["storage"].url, BUCKET)
         yield state
     finally:
         for name in ("storage", "firestore"):
@@ -111,7 +111,7 @@ def restart_storage(faults, log_dir) -> None:
     if faults["storage"].alive():
         faults["storage"].stop()
     faults["storage"] = emulators.start_fake_gcs(log_dir, port=storage_port(faults))
-    emulators.create_bucket(faults["storage"].url, BUCKET)
+    emulators.create_buckets(faults["storage"].url, BUCKET)
 
 
 def fault_env(faults, **overrides) -> dict:

@@ -15,7 +15,7 @@ import requests
 from dev import emulators
 from lib import idempotency
 from tests.conftest import BUCKET
-from tests.helpers import RecordingProxy, response_schema_errors
+from tests.helpers import RecordingProxy, media, response_schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
 # The documented worst case for one upstream (lib/clients.py) is about 11 s;
@@ -28,16 +28,22 @@ def test_a_real_put_to_the_upload_url_lands_under_the_source_url(served_default,
                                headers={"Authorization": f"Bearer {key}"})
     assert resp.status_code == 201, resp.text
     body = resp.json()
-    payload = bytes(range(256)) * 40  # 10,240 bytes, every byte value
+    payload = media("image.png")
     put = requests.put(body["upload_url"], data=payload, headers={"Content-Type": "image/png"}, timeout=30)
     assert put.status_code in (200, 201), put.text
 
     name = body["source_url"].split(f"/{BUCKET}/", 1)[1]
     assert name.endswith(".png")
+    # Locally CDN_BASE_URL is the emulator's public path, so source_url itself serves the bytes: not
+    # before the service has checked them, which the GET makes it do.
+    assert requests.get(body["source_url"], timeout=10).status_code == 404
+    shown = served_default.session.get(f"{served_default.url}/v1/uploads/{body['id']}",
+                                       headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+    assert shown["status"] == "completed" and shown["media"] == {"duration_seconds": None, "width": 64, "height": 48,
+                                                                 "codecs": []}
     blob = gcs.bucket(BUCKET).get_blob(name)
     assert blob is not None and blob.content_type == "image/png" and blob.size == len(payload)
     assert blob.download_as_bytes() == payload
-    # Locally CDN_BASE_URL is the emulator's public path, so source_url itself serves the bytes.
     fetched = requests.get(body["source_url"], timeout=10)
     assert fetched.status_code == 200 and fetched.content == payload
 
@@ -107,7 +113,8 @@ def test_if_a_setting_is_missing_or_wrong_then_the_function_fails_to_start_namin
 
 
 def test_if_bucket_does_not_exist_then_500_not_503(serve, key):
-    served = serve(UPLOAD_BUCKET="no-such-bucket-" + uuid.uuid4().hex[:8])
+    """Sessions are minted in the staging bucket: a misconfigured one is a bug to see, not an outage to retry."""
+    served = serve(STAGING_BUCKET="no-such-bucket-" + uuid.uuid4().hex[:8])
     resp = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}"})
     assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal_error"
 

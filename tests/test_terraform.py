@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from dev import emulators, tfschema
-from lib import attempts, config, endpoints, idempotency, lifecycle, naming, sweep
+from lib import attempts, config, endpoints, idempotency, landing, lifecycle, naming, sweep
 from tests.conftest import ROOT
 
 TF = ROOT / "terraform"
@@ -275,7 +275,8 @@ def test_function_env_vars_are_exactly_the_settings_the_code_reads():
             self.read.add(key)
             return super().__getitem__(key)
 
-    env = Recording(GOOGLE_CLOUD_PROJECT="p", UPLOAD_BUCKET="b", CDN_BASE_URL="https://cdn.example.com")
+    env = Recording(GOOGLE_CLOUD_PROJECT="p", UPLOAD_BUCKET="b", STAGING_BUCKET="b-staging",
+                    CDN_BASE_URL="https://cdn.example.com")
     config.Settings.from_env(env)
     declared = set(config.REQUIRED) | set(config.OPTIONAL)
     assert env.read == declared
@@ -375,8 +376,9 @@ def test_upload_fields_are_exempt_from_single_field_indexing_but_state():
     # What a new record holds, plus what settling adds (completion adds the object's facts).
     from lib.sessions import StoredObject
     landed = StoredObject(1, 1, None, None, datetime.now(UTC))
-    completion, rejection = lifecycle.completed(landed), lifecycle.rejected(landed, "size_mismatch", "m")
-    assert (set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection)
+    completion, rejection = landing.completed(landed), landing.rejected(landed, "size_mismatch", "m")
+    checked = {"media", "media_bytes_read"}  # what landing.examine adds to either
+    assert (set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection) | checked
             == set(lifecycle.FIELDS))
 
 
@@ -451,8 +453,8 @@ def test_the_test_prefix_has_its_lifecycle_rule():
     assert test_rule["age"] == "${var.test_upload_retention_days}"
     variables = tf_variables()
     assert variables["test_upload_retention_days"]["default"] == 1
-    dynamic = bucket["dynamic"][0]['"lifecycle_rule"'] if "dynamic" in bucket else None
-    assert dynamic is None or "uploads/" in json.dumps(dynamic)  # the live retention rule keeps to uploads/
+    dynamic = [block['"lifecycle_rule"'] for block in bucket.get("dynamic", []) if '"lifecycle_rule"' in block]
+    assert all("uploads/" in json.dumps(rule) for rule in dynamic)  # the live retention rule keeps to uploads/
 
 
 def tf_locals(name: str) -> dict:
@@ -658,7 +660,7 @@ def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes(
     assert notification["object_name_prefix"] == "${each.value}"
     assert unquote(notification["payload_format"]) == "JSON_API_V1"  # lib/events.py reads the object resource
     assert [unquote(t) for t in notification["event_types"]] == ["OBJECT_FINALIZE"]
-    assert notification["bucket"] == "${google_storage_bucket.uploads.name}"
+    assert notification["bucket"] == "${google_storage_bucket.staging.name}"  # where sessions write
     publisher = resource(tf, "google_pubsub_topic_iam_member", "gcs_publishes")
     assert unquote(publisher["role"]) == "roles/pubsub.publisher"
     assert "google_storage_project_service_account.gcs.email_address" in publisher["member"]
@@ -751,11 +753,34 @@ def test_max_upload_bytes_default_is_the_codes_and_the_documents():
     assert size["maximum"] == config.Settings.max_upload_bytes and size["minimum"] == 1
 
 
-def test_runtime_account_may_read_objects_in_the_uploads_bucket():
-    binding = resource(load_tf("iam.tf"), "google_storage_bucket_iam_member", "runtime_uploads_read")
-    assert unquote(binding["role"]) == "roles/storage.objectViewer"
-    assert binding["bucket"] == "${google_storage_bucket.uploads.name}"
-    assert unquote(binding["member"]) == "serviceAccount:${google_service_account.runtime.email}"
+def test_runtime_account_may_create_read_and_delete_objects_in_both_buckets():
+    """Sessions, lookups, ranged reads and deletions in staging; a rewrite's destination in uploads."""
+    for name, bucket in (("runtime_staging", "staging"), ("runtime_uploads", "uploads")):
+        binding = resource(load_tf("iam.tf"), "google_storage_bucket_iam_member", name)
+        assert unquote(binding["role"]) == "roles/storage.objectUser"
+        assert binding["bucket"] == f"${{google_storage_bucket.{bucket}.name}}"
+        assert unquote(binding["member"]) == "serviceAccount:${google_service_account.runtime.email}"
+
+
+def test_the_staging_bucket_is_never_served_keeps_nothing_deleted_and_deletes_by_age_only():
+    """Placement by rewrite copies nothing only within one location and storage class; soft delete
+    would keep every placed upload's staging copy a week; nothing routes or grants the CDN to it."""
+    staging = resource(load_tf("storage.tf"), "google_storage_bucket", "staging")
+    assert staging["location"] == "${google_storage_bucket.uploads.location}"
+    assert staging["storage_class"] == "${google_storage_bucket.uploads.storage_class}"
+    assert "autoclass" not in staging
+    assert staging["soft_delete_policy"][0]["retention_duration_seconds"] == 0
+    assert unquote(staging["public_access_prevention"]) == "enforced"
+    rules = staging["lifecycle_rule"]
+    assert [unquote(rule["action"][0]["type"]) for rule in rules] == ["Delete"]
+    condition = {k: v for k, v in rules[0]["condition"][0].items() if k != "__is_block__"}
+    assert condition == {"age": "${var.staging_retention_days}"}  # everything in the bucket
+    assert tf_variables()["staging_retention_days"]["default"] == 3
+    cdn = (TF / "cdn.tf").read_text()
+    assert "google_storage_bucket.staging" not in cdn and "staging" not in cdn.lower()
+    grants = [body for kind, _, body in all_resources() if kind == "google_storage_bucket_iam_member"
+              and body["bucket"] == "${google_storage_bucket.staging.name}"]
+    assert [unquote(grant["member"]) for grant in grants] == ["serviceAccount:${google_service_account.runtime.email}"]
 
 
 def archive_files() -> list[str]:
@@ -873,7 +898,8 @@ def test_the_api_function_reaches_the_store_as_the_code_expects_and_the_deliveri
     assert env["CREATES_PER_MINUTE"] == "${tostring(var.creates_per_minute)}"
     assert env["MAX_PENDING_UPLOADS"] == "${tostring(var.max_pending_uploads)}"
     # The settings' shapes are ones the function accepts at start.
-    config.load({"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "CDN_BASE_URL": "https://cdn.example.com",
+    config.load({"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "STAGING_BUCKET": "b-staging",
+                 "CDN_BASE_URL": "https://cdn.example.com",
                  "LIMITS_REDIS_URL": "rediss://10.1.2.3:6378", "LIMITS_REDIS_CA_CERT": "-----BEGIN CERTIFICATE-----",
                  "LIMITS_REDIS_AUTH": "0f2b7c1e-uuid", "CREATES_PER_MINUTE": "600", "MAX_PENDING_UPLOADS": "1000"})
     variables = tf_variables()

@@ -281,7 +281,8 @@ def test_trace_header_becomes_cloud_logging_trace_field():
     assert logs.trace_field(None, "105445aa7843bc8bf206b12000100000/1") == {}
 
 
-BASE_ENV = {"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "CDN_BASE_URL": "https://cdn.example.com/"}
+BASE_ENV = {"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "STAGING_BUCKET": "b-staging",
+            "CDN_BASE_URL": "https://cdn.example.com/"}
 
 
 def test_settings_defaults_and_overrides():
@@ -303,7 +304,7 @@ def test_lifecycle_settings_default_to_5_gib_and_a_shut_sweep():
         1000, "aud", "sweep@p.iam.gserviceaccount.com")
 
 
-@pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "CDN_BASE_URL"])
+@pytest.mark.parametrize("name", ["GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "STAGING_BUCKET", "CDN_BASE_URL"])
 def test_if_required_setting_missing_then_error_names_it(name):
     env = {k: v for k, v in BASE_ENV.items() if k != name}
     with pytest.raises(ConfigError, match=name):
@@ -452,3 +453,17 @@ def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
     for http in (clients.session_http(), clients.storage_client("p-pool")._http):
         for scheme in ("https://", "http://"):
             assert http.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= sweep.SWEEP_WORKERS + 16
+
+
+def test_a_check_that_runs_out_of_time_is_a_503_not_a_verdict(monkeypatch):
+    """The reads of one check stop at CHECK_SECONDS: the upload stays pending, whatever the bytes."""
+    from lib import landing
+    from lib.errors import ServiceUnavailable
+
+    now = [100.0]
+    monkeypatch.setattr(landing.time, "monotonic", lambda: now[0])
+    read = landing.timed(lambda start, end: bytes(end - start), deadline=100.0 + landing.CHECK_SECONDS)
+    assert read(0, 4) == bytes(4)
+    now[0] += landing.CHECK_SECONDS
+    with pytest.raises(ServiceUnavailable):
+        read(4, 8)

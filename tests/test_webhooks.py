@@ -26,9 +26,9 @@ from dev.oidc_issuer import WEBHOOKS_AUDIENCE
 from dev.receiver import Receiver
 from lib import attempts, endpoints, lifecycle, sweep, webhooks
 from tests.conftest import ROOT, WEBHOOK_MAX_ATTEMPTS
-from tests.helpers import SESSION_WEBHOOK_SECRETS, schema_errors
+from tests.helpers import SESSION_WEBHOOK_SECRETS, padded_mp4, schema_errors
 from tests.test_events import wait_for
-from tests.test_lifecycle import VIDEO, backdate, bearer, put_bytes, record
+from tests.test_lifecycle import CLIP, VIDEO, backdate, bearer, put_bytes, record
 
 
 @pytest.fixture
@@ -82,13 +82,15 @@ def test_a_completed_upload_is_pushed_signed_with_the_upload_as_get_returns_it(e
     key, workspace = make_key()
     receiver = receivers()
     hook = endpoint(receiver, workspace)
-    out = upload(event_path, key, secrets.token_bytes(2048))
+    data = padded_mp4(4096, secrets.randbits(64))
+    out = upload(event_path, key, data)
     [got] = receiver.wait_for(1)
     assert got.verified
     event = Webhook(hook.secret).verify(got.body, got.headers)  # as a customer verifies it
     assert event["type"] == "upload.completed"
     assert event["data"] == get(event_path, key, out["id"])
-    assert event["data"]["status"] == "completed" and event["data"]["size_bytes"] == 2048
+    assert event["data"]["status"] == "completed" and event["data"]["size_bytes"] == len(data)
+    assert event["data"]["media"] == {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]}
     assert set(event) == {"type", "timestamp", "data"}
     assert schema_errors(openapi_doc, "#/components/schemas/UploadEvent", event) == []
     parameters = openapi_doc["webhooks"]["uploadEvent"]["post"]["parameters"]
@@ -115,14 +117,14 @@ def test_a_rejected_upload_is_pushed_with_its_rejection_and_its_bytes_are_gone(e
     resp = event_path["function"].post(json={**VIDEO, "size_bytes": 4096}, headers=bearer(key))
     assert resp.status_code == 201, resp.text
     out = resp.json()
-    put_bytes(out["upload_url"], secrets.token_bytes(1024))
+    put_bytes(out["upload_url"], padded_mp4(1024 * 3, secrets.randbits(64)))
     [got] = receiver.wait_for(1)
     assert got.verified and got.event["type"] == "upload.rejected"
     assert got.webhook_id == webhooks.event_id(out["id"], "upload.rejected")
     data = got.event["data"]
     assert data == get(event_path, key, out["id"])
     assert data["status"] == "rejected" and data["size_bytes"] == 4096 and data["completed_at"] is None
-    assert data["rejection"]["code"] == "size_mismatch" and "1024 bytes landed" in data["rejection"]["message"]
+    assert data["rejection"]["code"] == "size_mismatch" and "3072 bytes landed" in data["rejection"]["message"]
     assert schema_errors(openapi_doc, "#/components/schemas/UploadEvent", got.event) == []
     assert requests.get(out["source_url"], timeout=30).status_code == 404  # never served
 
@@ -152,7 +154,7 @@ def test_a_failing_receiver_gets_the_same_webhook_id_until_it_answers_2xx(event_
     key, workspace = make_key()
     receiver = receivers(500, 500, 200)
     hook = endpoint(receiver, workspace)
-    out = upload(event_path, key, b"bytes")
+    out = upload(event_path, key, CLIP)
     got = receiver.wait_for(3)
     assert [item.answered for item in got] == [500, 500, 200]
     assert {item.webhook_id for item in got} == {webhooks.event_id(out["id"], "upload.completed")}
@@ -165,7 +167,7 @@ def test_a_receiver_that_hangs_is_cut_off_at_10_s_and_retried(event_path, make_k
     key, workspace = make_key()
     receiver = receivers(("hang", 30), 200)
     hook = endpoint(receiver, workspace)
-    upload(event_path, key, b"bytes")
+    upload(event_path, key, CLIP)
     first, second = receiver.wait_for(2, timeout=45)
     assert first.answered is None and second.answered == 200 and first.webhook_id == second.webhook_id
     rows = wait_for(lambda: len(r := deliveries(db, workspace, hook.id)) == 2 and r, what="two attempts")
@@ -180,7 +182,7 @@ def test_one_failing_endpoint_causes_no_repeats_at_another(event_path, make_key,
     failing, healthy = receivers(500, 500), receivers()
     endpoint(failing, workspace)
     endpoint(healthy, workspace)
-    upload(event_path, key, b"bytes")
+    upload(event_path, key, CLIP)
     assert len(failing.wait_for(3)) == 3  # 500, 500, then 200
     assert len(healthy.received) == 1 and healthy.received[0].verified
 
@@ -192,7 +194,7 @@ def test_a_removed_endpoint_gets_nothing_more(event_path, make_key, receivers, e
     removed, kept = receivers(*([500] * 10)), receivers()
     gone = endpoint(removed, workspace)
     endpoint(kept, workspace)
-    upload(event_path, key, b"first")
+    upload(event_path, key, CLIP)
     assert len(removed.wait_for(1)) == 1  # its first attempt failed; a retry is queued
     out = subprocess.run([sys.executable, "-m", "lib.admin", "remove-webhook", gone.id], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
@@ -205,7 +207,7 @@ def test_a_removed_endpoint_gets_nothing_more(event_path, make_key, receivers, e
              what="the retry for the removed endpoint")
     before = len(removed.received)
     assert all(item.at <= removed_at + endpoints.ENDPOINT_CACHE_SECONDS + 1 for item in removed.received)
-    second = upload(event_path, key, b"second")
+    second = upload(event_path, key, CLIP)
     kept.wait_for(2)
     assert {item.event["data"]["id"] for item in kept.received} >= {second["id"]}
     assert len(removed.received) == before
@@ -224,7 +226,7 @@ def test_rotation_signs_with_both_secrets_then_only_the_new_one(event_path, make
     until = datetime.fromisoformat(rotated["previous_secret_expires_at"].replace("Z", "+00:00"))
     assert timedelta(hours=23, minutes=59) < until - datetime.now(UTC) <= timedelta(hours=24)
 
-    upload(event_path, key, b"during the overlap")
+    upload(event_path, key, CLIP)
     [during] = receiver.wait_for(1)
     signatures = during.headers["webhook-signature"].split(" ")
     assert len(signatures) == 2
@@ -235,7 +237,7 @@ def test_rotation_signs_with_both_secrets_then_only_the_new_one(event_path, make
     # instance's cached copy of the endpoint is out of date (a documented TTL, waited out).
     endpoints.endpoint_ref(db, hook.id).update({"previous_secret_expires_at": datetime.now(UTC)})
     time.sleep(endpoints.ENDPOINT_CACHE_SECONDS + 0.5)
-    upload(event_path, key, b"after the overlap")
+    upload(event_path, key, CLIP)
     after = receiver.wait_for(2)[1]
     assert len(after.headers["webhook-signature"].split(" ")) == 1
     Webhook(rotated["secret"]).verify(after.body, after.headers)
@@ -270,7 +272,7 @@ def test_after_the_last_attempt_a_delivery_is_dead_lettered_and_shown(event_path
     key, workspace = make_key()
     receiver = receivers(*([503] * WEBHOOK_MAX_ATTEMPTS))
     hook = endpoint(receiver, workspace)
-    upload(event_path, key, b"bytes")
+    upload(event_path, key, CLIP)
     assert len(receiver.wait_for(WEBHOOK_MAX_ATTEMPTS, timeout=60)) == WEBHOOK_MAX_ATTEMPTS
     rows = wait_for(lambda: [r for r in deliveries(db, workspace, hook.id) if r["dead_lettered"]], timeout=30,
                     what="the dead-letter record")

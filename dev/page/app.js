@@ -31,6 +31,16 @@ async function api(method, path, body) {
   return json;
 }
 
+// What the service read of the bytes: "1.0 s, 64x48, h264 + aac" (the parts the format states).
+function describe(media) {
+  if (!media) return "-";
+  const parts = [];
+  if (media.duration_seconds !== null) parts.push(`${media.duration_seconds} s`);
+  if (media.width !== null) parts.push(`${media.width}x${media.height}`);
+  if (media.codecs.length) parts.push(media.codecs.join(" + "));
+  return parts.join(", ") || "-";
+}
+
 async function settle(id) {
   // The storage event (or the GET itself) completes the upload moments after the last chunk.
   for (let i = 0; i < 60; i++) {
@@ -73,9 +83,11 @@ $("start").addEventListener("click", async () => {
         const done = await settle(created.id);
         if (done.status === "completed") {
           $("source").href = $("source").textContent = done.source_url;
+          $("media").textContent = describe(done.media);
           say(`Done: ${done.status}.`);
         } else {
-          // Rejected: the bytes that landed were not the file declared (its size or checksum).
+          // Rejected: the bytes that landed were not the file declared (its size or checksum), or not
+          // the media type declared (the service reads and identifies them before serving them).
           const why = done.rejection ? ` (${done.rejection.code}: ${done.rejection.message})` : "";
           say(`The upload is ${done.status}${why}`, true);
         }

@@ -1,0 +1,241 @@
+"""Settling a pending upload: its bytes checked (size, checksums, media), placed where they are served, or refused.
+
+The session writes to the staging bucket, which nothing serves. When the object lands there (a
+storage event, or a GET, cancel or sweep looking for itself), `land` decides:
+
+1. `verdict`: the size and each declared checksum, from the object's metadata (no reads);
+2. `examine`: ranged reads of the object, within lib/reading.py's budget, say whether it is the
+   media declared and what it holds (lib/media.py);
+3. a match is placed at its served name in the uploads bucket by one rewrite (`sessions.place`,
+   no bytes copied within one location and storage class), then recorded `completed` with its
+   `media`, and the staging object deleted. `source_url` answers 404 until then;
+4. anything else is recorded `rejected`, and its bytes stay in the staging bucket, never served,
+   until the bucket's lifecycle rule deletes them (docs/operations.md, "Verifying media").
+
+Every step is idempotent, so a second settler (a redelivered event, a racing GET) reaches the same
+outcome: the verdict depends only on the bytes, a placement finds its own earlier copy, and the
+record's write is conditional (lib/lifecycle.py `transition`). Uploads created before staging
+(no `staged` field) landed at their served name: they are examined there, and a rejected one is
+deleted.
+
+Cancelling and expiring first cancel the GCS session, then look for the object once more: an
+upload that finished in between is settled as landed, never lost and never reported cancelled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from google.cloud import firestore
+
+from lib import media, sessions
+from lib.errors import ObjectChanged, ServiceUnavailable, SessionNotEnded, UploadCompleted
+from lib.lifecycle import (
+    CANCELLED,
+    COMPLETED,
+    EXPIRED,
+    PENDING,
+    REJECTED,
+    Announce,
+    Record,
+    Storage,
+    load_by_id,
+    transition,
+)
+from lib.reading import Mismatch, Reader, Unreadable
+
+# Why an upload was rejected (its `rejection.code`).
+SIZE_MISMATCH, CHECKSUM_MISMATCH = "size_mismatch", "checksum_mismatch"
+CONTENT_MISMATCH, UNREADABLE_MEDIA = "content_mismatch", "unreadable_media"
+_AGAIN = " It is not served; create a new upload and send the file again."
+# The most a check's reads may take, all together. Each read is bounded by Storage's timeouts, but
+# 16 of them could add up past a push's ack deadline; past this the upload stays pending (a 503:
+# the event is redelivered, a GET answers again), never a verdict that would depend on the clock.
+CHECK_SECONDS = 10.0
+
+
+def completed(obj: sessions.StoredObject) -> dict[str, Any]:
+    """The changes that record a pending upload as completed by `obj`."""
+    return {"state": COMPLETED, "size_bytes": obj.size, "crc32c": obj.crc32c, "md5": obj.md5,
+            "generation": obj.generation, "completed_at": obj.created}
+
+
+def rejected(obj: sessions.StoredObject, code: str, message: str) -> dict[str, Any]:
+    """The changes that record a pending upload as rejected: `size_bytes` keeps
+    what was declared, `generation` names the object that was refused."""
+    return {"state": REJECTED, "rejection_code": code, "rejection_message": message, "generation": obj.generation}
+
+
+def verdict(declared: dict[str, Any], obj: sessions.StoredObject) -> dict[str, Any]:
+    """What the object's metadata says of a pending record (`declared`: its data): `completed` if
+    it is the size declared and has each checksum declared, else `rejected`.
+
+    A checksum declared but not reported by Storage cannot be checked, so it is
+    a mismatch too: nothing unverified is called completed.
+    """
+    size = declared.get("size_bytes")
+    if size is not None and obj.size != size:
+        return rejected(obj, SIZE_MISMATCH, f"{obj.size} bytes landed, but size_bytes declared {size}." + _AGAIN)
+    for name, stored in (("crc32c", obj.crc32c), ("md5", obj.md5)):
+        wanted = declared.get(f"declared_{name}")
+        if wanted is not None and stored != wanted:
+            landed = f"have {name} {stored}" if stored else f"have no {name} in Storage"
+            return rejected(obj, CHECKSUM_MISMATCH,
+                            f"The bytes that landed {landed}, but {name} {wanted} was declared." + _AGAIN)
+    return completed(obj)
+
+
+def examine(gcs: Storage, bucket: str, name: str, obj: sessions.StoredObject, content_type: str,
+            budget: dict[str, int] | None = None) -> dict[str, Any]:
+    """What the object's bytes say: `completed` with their `media`, or `rejected` (content_mismatch,
+    unreadable_media); either with `media_bytes_read`, what the ranged reads took."""
+    fetch = timed(sessions.ranged(gcs.client, bucket, name, obj.generation), time.monotonic() + CHECK_SECONDS)
+    reader = Reader(obj.size, fetch, **(budget or {}))
+    try:
+        found = media.verify(content_type, reader)
+    except Mismatch as exc:
+        changes = rejected(obj, CONTENT_MISMATCH, f"{exc} Create a new upload that declares the file's own "
+                                                  "content type.")
+    except Unreadable as exc:
+        changes = rejected(obj, UNREADABLE_MEDIA, f"The bytes begin as {content_type} but cannot be read as it: "
+                                                  f"{exc}." + _AGAIN)
+    else:
+        changes = {**completed(obj), "media": found.as_record()}
+    if gcs.log is not None:
+        gcs.log.update(media_bytes_read=reader.bytes_read, media_reads=reader.reads)
+    return {**changes, "media_bytes_read": reader.bytes_read}
+
+
+def timed(fetch: Callable[[int, int], bytes], deadline: float) -> Callable[[int, int], bytes]:
+    """`fetch`, refusing to start a read after `deadline` (time.monotonic()): a 503."""
+    def read(start: int, end: int) -> bytes:
+        if time.monotonic() >= deadline:
+            raise ServiceUnavailable(reason=f"checking the object took more than {CHECK_SECONDS:.0f} s")
+        return fetch(start, end)
+    return read
+
+
+def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.StoredObject,
+         step: Callable[[], None] = lambda: None, announce: Announce | None = None) -> Record:
+    """Settle a pending record whose object `obj` has landed (module docstring, steps 1-4).
+
+    `step` is called before each upstream step (settle's deadline); `announce`
+    is told of the change if this call stored it (`transition`). Returns the record
+    as stored afterwards (another request's decision if it settled the record first:
+    also when that one's cleanup took the object away while this one was reading it).
+    """
+    staged = bool(record.data.get("staged"))
+    try:
+        changes = _decide(gcs, record, obj, staged, step)
+    except ObjectChanged:
+        current = load_by_id(db, record.id)
+        if current.state != PENDING:
+            return current
+        raise
+    step()
+    settled = transition(db, record, changes, announce, gcs.release)
+    if staged and settled.state == COMPLETED:
+        forget_staged(gcs, record.data["object_name"], obj.generation)
+    return settled
+
+
+def _decide(gcs: Storage, record: Record, obj: sessions.StoredObject, staged: bool,
+            step: Callable[[], None]) -> dict[str, Any]:
+    """The changes that settle the record, its object checked, and placed if it passed."""
+    where, name = (gcs.staging_bucket if staged else gcs.bucket), record.data["object_name"]
+    changes = verdict(record.data, obj)
+    if changes["state"] == COMPLETED:
+        step()
+        changes = examine(gcs, where, name, obj, record.data["content_type"])
+    if changes["state"] == REJECTED and not staged:
+        # Landed at its served name: deleted before the record says so, so a wrong object is never left
+        # behind a rejection (if the write then fails, a redelivery or a look at the bucket settles it).
+        step()
+        sessions.delete_object(gcs.client, where, name, obj.generation)
+    if changes["state"] == COMPLETED and staged:
+        step()
+        placed = sessions.place(gcs.client, gcs.staging_bucket, gcs.bucket, name, obj.generation,
+                                record.data["content_type"])
+        changes.update(generation=placed.generation, completed_at=placed.created)
+    return changes
+
+
+def forget_staged(gcs: Storage, name: str, generation: int) -> None:
+    """Delete a placed upload's staging object; if Storage is unavailable, the bucket's lifecycle rule will."""
+    try:
+        sessions.delete_object(gcs.client, gcs.staging_bucket, name, generation)
+    except ServiceUnavailable:
+        pass
+
+
+def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
+            on_unsettled: Callable[[SessionNotEnded], None] | None = None, announce: Announce | None = None) -> Record:
+    """A pending record brought up to date: settled if its object has landed,
+    expired (its session cancelled) if past `expires_at`, else unchanged.
+
+    If its session cannot be cancelled (an unexpected answer), the record is returned as stored,
+    still pending, and `on_unsettled` is told: a GET answers what is known; the sweep settles it later.
+    """
+    if record.state != PENDING:
+        return record
+    try:
+        return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None, announce=announce)
+    except SessionNotEnded as exc:
+        if on_unsettled is not None:
+            on_unsettled(exc)
+        return record
+
+
+def cancel(db: firestore.Client, gcs: Storage, record: Record, announce: Announce | None = None) -> Record:
+    """Cancel a pending upload. Cancelled, expired or rejected ones are returned as they are.
+
+    Raises:
+        UploadCompleted: the upload had completed (maybe just now).
+    """
+    if record.state == PENDING:
+        record = settle(db, gcs, record, CANCELLED, announce=announce)
+    if record.state == COMPLETED:
+        raise UploadCompleted()
+    return record
+
+
+class OutOfTime(Exception):
+    """A settle step would start after its deadline; the record stays pending."""
+
+
+def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
+           deadline: float | None = None, announce: Announce | None = None) -> Record:
+    """Move a pending record on: `land` it if its object has landed; otherwise, when `end` is
+    given, cancel its session and mark it `end`.
+
+    `deadline` (time.monotonic()) bounds when an upstream step may *start*:
+    a later step raises OutOfTime instead, leaving the record pending (a
+    session cancelled but not yet recorded is settled by the next try).
+
+    Returns the record as stored afterwards (another request's decision if it
+    settled the record first).
+    """
+    def step() -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise OutOfTime()
+
+    where = gcs.staging_bucket if record.data.get("staged") else gcs.bucket
+    obj = sessions.stored_object(gcs.client, where, record.data["object_name"])
+    if obj is None and end is not None:
+        step()
+        status = sessions.cancel_session(gcs.http, record.data["session_url"])
+        # The upload may have finished between the look and the cancel.
+        step()
+        obj = sessions.stored_object(gcs.client, where, record.data["object_name"])
+        if obj is None and not sessions.session_ended(status):
+            # Neither cancelled nor finished: leave it pending for a later try.
+            raise SessionNotEnded(status)
+    if obj is not None:
+        return land(db, gcs, record, obj, step, announce)
+    if end is None:
+        return record
+    step()
+    return transition(db, record, {"state": end}, announce, gcs.release)
