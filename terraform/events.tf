@@ -43,11 +43,13 @@ resource "google_pubsub_topic_iam_member" "gcs_publishes" {
   member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
 }
 
-# One notification per upload prefix (lib/uploads.py PREFIXES): a notification takes one prefix.
+# One notification per upload prefix (lib/naming.py PREFIXES): a notification takes one prefix.
+# On the staging bucket, where sessions write: the uploads bucket's objects are the function's own
+# placements of uploads it has already settled, so it has no notification.
 resource "google_storage_notification" "finalize" {
   for_each = toset(["uploads/", "test-uploads/"])
 
-  bucket             = google_storage_bucket.uploads.name
+  bucket             = google_storage_bucket.staging.name
   topic              = google_pubsub_topic.storage_events.id
   payload_format     = "JSON_API_V1"
   event_types        = ["OBJECT_FINALIZE"]

@@ -86,7 +86,7 @@ resource "google_firestore_index" "uploads" {
 # would cap writes at ~500 a second whatever the composites do.
 # `session_url` is a long secret.
 resource "google_firestore_field" "uploads_unindexed" {
-  for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at", "sweep_shard", "declared_crc32c", "declared_md5", "rejection_code", "rejection_message"])
+  for_each = toset(["workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at", "sweep_shard", "declared_crc32c", "declared_md5", "rejection_code", "rejection_message", "staged", "media", "media_bytes_read"])
 
   project    = var.project_id
   database   = google_firestore_database.main.name

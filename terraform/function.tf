@@ -26,6 +26,7 @@ locals {
   function_settings = {
     GOOGLE_CLOUD_PROJECT      = var.project_id
     UPLOAD_BUCKET             = google_storage_bucket.uploads.name
+    STAGING_BUCKET            = google_storage_bucket.staging.name
     CDN_BASE_URL              = local.cdn_base_url
     UPLOAD_URL_TTL_SECONDS    = tostring(var.upload_url_ttl_seconds)
     IDEMPOTENCY_TTL_SECONDS   = tostring(var.idempotency_ttl_seconds)
@@ -149,7 +150,7 @@ resource "google_cloudfunctions2_function" "uploads" {
     google_artifact_registry_repository_iam_member.build_images,
     google_project_iam_member.runtime_firestore,
     google_storage_bucket_iam_member.runtime_uploads,
-    google_storage_bucket_iam_member.runtime_uploads_read,
+    google_storage_bucket_iam_member.runtime_staging,
     google_pubsub_topic_iam_member.runtime_publishes_webhooks,
     google_secret_manager_secret_iam_member.runtime_reads_limits_auth,
     google_secret_manager_secret_version.limits_redis_auth,

@@ -1,4 +1,4 @@
-# The function's identity: Firestore, and creating and reading objects in the uploads bucket; nothing else.
+# The function's identity: Firestore, and the objects of the staging and uploads buckets; nothing else.
 resource "google_service_account" "runtime" {
   project      = var.project_id
   account_id   = "${var.name}-run"
@@ -12,18 +12,22 @@ resource "google_project_iam_member" "runtime_firestore" {
   member  = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-# Initiating a resumable session needs storage.objects.create on the bucket only.
-resource "google_storage_bucket_iam_member" "runtime_uploads" {
-  bucket = google_storage_bucket.uploads.name
-  role   = "roles/storage.objectCreator"
+# Storage Object User (create, get, list, update, delete objects) on both buckets: the staging
+# bucket for sessions (storage.objects.create), lookups and ranged reads (get) and deleting placed,
+# late or refused objects (delete: https://cloud.google.com/storage/docs/deleting-objects); the
+# uploads bucket as a rewrite's destination ("storage.objects.create on the destination bucket",
+# https://cloud.google.com/storage/docs/json_api/v1/objects/rewrite; `get` on the staging bucket is
+# its source), and to delete a refused upload that landed there before staging existed. Cancelling
+# a session needs no role: the session URL is its own credential.
+resource "google_storage_bucket_iam_member" "runtime_staging" {
+  bucket = google_storage_bucket.staging.name
+  role   = "roles/storage.objectUser"
   member = "serviceAccount:${google_service_account.runtime.email}"
 }
 
-# An upload is completed when its object exists: storage.objects.get. (Cancelling
-# a session needs no role: the session URL is its own credential.)
-resource "google_storage_bucket_iam_member" "runtime_uploads_read" {
+resource "google_storage_bucket_iam_member" "runtime_uploads" {
   bucket = google_storage_bucket.uploads.name
-  role   = "roles/storage.objectViewer"
+  role   = "roles/storage.objectUser"
   member = "serviceAccount:${google_service_account.runtime.email}"
 }
 

@@ -27,8 +27,13 @@ output "dns_records" {
 }
 
 output "upload_bucket" {
-  description = "The private bucket uploads are written to."
+  description = "The private bucket the CDN serves verified uploads from."
   value       = google_storage_bucket.uploads.name
+}
+
+output "staging_bucket" {
+  description = "The private bucket upload sessions write to; never served. Rejected uploads' bytes stay here for staging_retention_days."
+  value       = google_storage_bucket.staging.name
 }
 
 output "function_source_bucket" {

@@ -1,3 +1,13 @@
+locals {
+  # Browsers PUT to resumable session URLs (and preflight them) from customers' apps.
+  session_cors = {
+    origin          = var.cors_origins
+    method          = ["PUT", "POST", "OPTIONS"]
+    response_header = ["Content-Type", "Content-Range", "Range", "Location", "X-Goog-Upload-Status", "X-Goog-Upload-Chunk-Granularity", "X-Goog-Upload-Size-Received", "X-GUploader-UploadID"]
+    max_age_seconds = 3600
+  }
+}
+
 resource "google_storage_bucket" "uploads" {
   #checkov:skip=CKV_GCP_78:Versioning adds nothing: sessions use if_generation_match=0, so no object is ever overwritten; soft delete covers deletions.
   #checkov:skip=CKV_GCP_62:Usage and storage logs are superseded by Cloud Audit Logs (data access) and Cloud CDN request logs on the load balancer.
@@ -10,12 +20,16 @@ resource "google_storage_bucket" "uploads" {
   public_access_prevention    = "enforced"
   force_destroy               = false
 
-  # Browsers PUT to resumable session URLs (and preflight them) from customers' apps.
-  cors {
-    origin          = var.cors_origins
-    method          = ["PUT", "POST", "OPTIONS"]
-    response_header = ["Content-Type", "Content-Range", "Range", "Location", "X-Goog-Upload-Status", "X-Goog-Upload-Chunk-Granularity", "X-Goog-Upload-Size-Received", "X-GUploader-UploadID"]
-    max_age_seconds = 3600
+  # Sessions write to the staging bucket now; this serves browsers' sessions minted before the
+  # upgrade (for UPLOAD_URL_TTL_SECONDS after it), and may go in the release after.
+  dynamic "cors" {
+    for_each = [local.session_cors]
+    content {
+      origin          = cors.value.origin
+      method          = cors.value.method
+      response_header = cors.value.response_header
+      max_age_seconds = cors.value.max_age_seconds
+    }
   }
 
   soft_delete_policy {
@@ -43,6 +57,55 @@ resource "google_storage_bucket" "uploads" {
         age            = lifecycle_rule.value
         matches_prefix = ["uploads/"]
       }
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Where upload sessions write (lib/landing.py): an object is served from the uploads bucket only
+# once it is checked, placed there by a rewrite. This bucket has no CDN backend and no reader but
+# the function, so nothing in it is ever served.
+# - Same location and storage class as the uploads bucket: a rewrite between them then copies no
+#   bytes and completes in one call (docs/design-media.md cites the pages). No Autoclass, and its
+#   only lifecycle rule deletes (one that changed the class would make the rewrite copy).
+# - No soft delete (https://cloud.google.com/storage/docs/soft-delete: it is per bucket and keeps
+#   every deleted object for at least 7 days): each upload's staging object is deleted the moment
+#   it is placed, and keeping those would bill every upload's bytes a second time for a week.
+# - Rejected uploads' bytes stay here, for support, until the lifecycle rule deletes them
+#   (var.staging_retention_days); so do objects the function could not delete.
+resource "google_storage_bucket" "staging" {
+  #checkov:skip=CKV_GCP_78:Versioning adds nothing: sessions use if_generation_match=0, and every object here is transient by design.
+  #checkov:skip=CKV_GCP_62:Usage and storage logs are superseded by Cloud Audit Logs (data access).
+  name     = "${local.upload_bucket}-staging"
+  project  = var.project_id
+  location = google_storage_bucket.uploads.location
+
+  storage_class               = google_storage_bucket.uploads.storage_class
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  dynamic "cors" {
+    for_each = [local.session_cors]
+    content {
+      origin          = cors.value.origin
+      method          = cors.value.method
+      response_header = cors.value.response_header
+      max_age_seconds = cors.value.max_age_seconds
+    }
+  }
+
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
+  lifecycle_rule {
+    action {
+      type = "Delete"
+    }
+    condition {
+      age = var.staging_retention_days
     }
   }
 

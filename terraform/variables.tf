@@ -92,6 +92,17 @@ variable "upload_retention_days" {
   }
 }
 
+variable "staging_retention_days" {
+  type        = number
+  description = "Days an object stays in the staging bucket: the most a placed upload's leftover, a late object or a rejected upload's bytes (kept for support) outlive their upload."
+  default     = 3
+
+  validation {
+    condition     = var.staging_retention_days >= 1 && floor(var.staging_retention_days) == var.staging_retention_days
+    error_message = "staging_retention_days must be a whole number, 1 or more."
+  }
+}
+
 variable "test_upload_retention_days" {
   type        = number
   description = "Delete test-mode uploads (fl_test_ keys; the test-uploads/ prefix) this many days after they were written."
