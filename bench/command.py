@@ -26,6 +26,8 @@ from urllib.parse import quote
 
 import requests
 
+from dev import emulators
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 256 * 1024 * 1024
 CHUNK = 8 * 1024 * 1024
@@ -69,18 +71,20 @@ def _run(argv: list[str], env: dict, rss_file: Path) -> tuple[float, float, str]
 
 
 def _delete_everything(storage_url: str, bucket: str) -> None:
-    """Keep the emulator's memory flat between rounds (it holds objects in memory)."""
-    listing = requests.get(f"{storage_url}/storage/v1/b/{bucket}/o", timeout=60).json()
-    for item in listing.get("items", []):
-        requests.delete(f"{storage_url}/storage/v1/b/{bucket}/o/{quote(item['name'], safe='')}", timeout=60)
+    """Keep the emulator's memory flat between rounds (it holds objects in memory): both buckets."""
+    for name in (bucket, emulators.staging_bucket(bucket)):
+        listing = requests.get(f"{storage_url}/storage/v1/b/{name}/o", timeout=60).json()
+        for item in listing.get("items", []):
+            requests.delete(f"{storage_url}/storage/v1/b/{name}/o/{quote(item['name'], safe='')}", timeout=60)
 
 
 def measure(api_url: str, key: str, storage_url: str, bucket: str, rounds: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="framelane-bench-command-") as tmp:
         path = Path(tmp) / "clip.mp4"
-        with open(path, "wb") as f:
-            for _ in range(SIZE // MIB):
-                f.write(os.urandom(MIB))
+        clip = (Path(__file__).resolve().parent.parent / "tests" / "media" / "clip-faststart.mp4").read_bytes()
+        with open(path, "wb") as f:  # a real MP4 (the service checks it): the clip, then a `free` box of filler
+            f.write(clip + (SIZE - len(clip)).to_bytes(4, "big") + b"free")
+            f.write(os.urandom(SIZE - len(clip) - 8))
         env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
         command_env = {**env, "FRAMELANE_API_URL": api_url, "FRAMELANE_API_KEY": key,
                        "XDG_CACHE_HOME": str(Path(tmp) / "cache")}

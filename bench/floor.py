@@ -9,11 +9,14 @@ beyond this is our overhead.
       update (a fresh key)
   /c  one Firestore get (the least a replay needs)
   /d  a storage event's least work: read the pushed JSON and the object
-      resource it carries, get the upload's record, write the same completion
-      to it (the fields lib/lifecycle.py writes are part of the work, the
-      webhook's owed mark included), conditioned on the update_time read (a
-      conditional update in Firestore needs the read), and publish the
-      webhook event message (WEBHOOKS_TOPIC)
+      resource it carries, get the upload's record, read the object's first
+      64 KiB (one ranged read: what the service's check reads of a small
+      file; no parsing), place it in the served bucket (the same rewrite,
+      if_generation_match=0), write the same completion to the record (the
+      fields lib/landing.py writes are part of the work, the webhook's owed
+      mark and the media included), conditioned on the update_time read (a
+      conditional update in Firestore needs the read), publish the webhook
+      event message (WEBHOOKS_TOPIC), and delete the staging object
   /f  a webhook delivery's least work: read the pushed JSON, decode the body
       it carries, and make the same HTTP POST to the receiver (FLOOR_RECEIVER,
       host:port) as the endpoint does: a new connection, the same headers (a
@@ -37,6 +40,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 _project = os.environ["GOOGLE_CLOUD_PROJECT"]
 _bucket = storage.Client(project=_project).bucket(os.environ["UPLOAD_BUCKET"])
+_staging = storage.Client(project=_project).bucket(os.environ["STAGING_BUCKET"])
 _db = firestore.Client(project=_project)
 _replay = _db.collection("floor").document("replay")
 _FS_RETRY = gretry.Retry(initial=0.05, maximum=1.0, multiplier=2.0, timeout=4.0)
@@ -113,14 +117,24 @@ def floor(request):
         name = message["attributes"]["objectId"]
         ref = _db.collection("floor_uploads").document("upl_" + name.rsplit("/", 1)[1].split(".")[0])
         snap = ref.get(retry=_FS_RETRY, timeout=2.5)
+        generation = int(obj["generation"])
+        source = _staging.blob(name, generation=generation)
+        head = source.download_as_bytes(start=0, end=min(int(obj["size"]), 65536) - 1, raw_download=True,
+                                        checksum=None, timeout=(2.0, 4.0), retry=_GCS_RETRY)
+        target = _bucket.blob(name)
+        target.content_type = "video/mp4"
+        target.rewrite(source, if_generation_match=0, if_source_generation_match=generation, timeout=(2.0, 30.0),
+                       retry=_GCS_RETRY)
         ref.update({"state": "completed", "size_bytes": int(obj["size"]), "crc32c": obj.get("crc32c"),
-                    "md5": obj.get("md5Hash"), "generation": int(obj["generation"]),
-                    "completed_at": datetime.fromisoformat(obj["timeCreated"].replace("Z", "+00:00")),
+                    "md5": obj.get("md5Hash"), "generation": target.generation, "completed_at": target.time_created,
+                    "media": {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264", "aac"]},
+                    "media_bytes_read": len(head),
                     "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD,
                     "webhook_owed_at": firestore.SERVER_TIMESTAMP},
                    option=_db.write_option(last_update_time=snap.update_time), retry=_FS_RETRY, timeout=2.5)
         _publisher.publish(_webhooks, b"", retry=_FS_RETRY, timeout=2.5, kind="event",
                            upload_id=ref.id).result(timeout=6)
+        _staging.blob(name).delete(if_generation_match=generation, timeout=(2.0, 4.0), retry=_GCS_RETRY)
         body = {"outcome": "completed"}
     elif request.path == "/f":
         _post_to_receiver(json.loads(request.get_data())["message"])

@@ -25,12 +25,15 @@ import requests
 
 from bench import command, isolation, sweep
 from bench import limits as limiter
+from bench import media as media_reads
 from dev import emulators
 from dev.receiver import Receiver
 
 ROOT = emulators.ROOT
 PROJECT, BUCKET = "framelane-bench", "framelane-bench-uploads"
 BODY = json.dumps({"content_type": "video/mp4", "filename": "clip.mp4"})
+# What every PUT here sends: a real one-second MP4 (the service checks it before `completed`).
+CLIP = (Path(__file__).resolve().parent.parent / "tests" / "media" / "clip.mp4").read_bytes()
 REPLAY_KEY = "bench-replay"
 SCENARIOS = {  # name: (endpoint path, floor path, idempotency)
     "a": ("/v1/uploads", "/a", "none"),
@@ -187,26 +190,38 @@ def cold_starts(env: dict, key: str, log_dir: Path, runs: int = 3) -> list[float
     return results
 
 
-def pending_events(db, collection: str, count: int) -> list[str]:
-    """`count` fresh pending upload records in `collection`, and one push envelope for each
-    (what Pub/Sub delivers when each object lands)."""
+def pending_events(db, collection: str, count: int, storage_url: str) -> list[str]:
+    """`count` fresh pending upload records in `collection`, each with its object landed in the staging
+    bucket (tests/media/clip.mp4: the check reads it, the placement rewrites it), and one push envelope
+    for each (what Pub/Sub delivers when each object lands)."""
     import base64
     import secrets as token
+    from concurrent.futures import ThreadPoolExecutor
 
     now = datetime.now(UTC).replace(microsecond=0)
-    bodies, batch = [], db.batch()
-    for n in range(count):
+    staging = emulators.staging_bucket(BUCKET)
+    http = requests.Session()
+
+    def land(n: int) -> tuple[str, dict]:
         hex32 = token.token_hex(16)
         name = f"uploads/ws_bench/{hex32}.mp4"
+        resp = http.post(f"{storage_url}/upload/storage/v1/b/{staging}/o", params={"uploadType": "media", "name": name},
+                         data=CLIP, headers={"Content-Type": "video/mp4"}, timeout=30)
+        resp.raise_for_status()
+        return hex32, resp.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        landed = list(pool.map(land, range(count)))
+    bodies, batch = [], db.batch()
+    for n, (hex32, resource) in enumerate(landed):
+        name = resource["name"]
         batch.create(db.collection(collection).document(f"upl_{hex32}"), {
             "workspace_id": "ws_bench", "mode": "live", "object_name": name, "content_type": "video/mp4",
             "size_bytes": None, "created_at": now, "expires_at": now + timedelta(hours=1), "state": "pending",
-            "session_url": "http://unused"})
-        resource = {"name": name, "bucket": BUCKET, "generation": "1", "size": "1048576",
-                    "crc32c": "AAAAAA==", "md5Hash": "1B2M2Y8AsgTpgAmY7PhCfg==", "timeCreated": now.isoformat()}
+            "session_url": "http://unused", "staged": True})
         bodies.append(json.dumps({"message": {
-            "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": BUCKET, "objectId": name,
-                           "objectGeneration": "1", "payloadFormat": "JSON_API_V1"},
+            "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": staging, "objectId": name,
+                           "objectGeneration": str(resource["generation"]), "payloadFormat": "JSON_API_V1"},
             "data": base64.b64encode(json.dumps(resource).encode()).decode(),
             "messageId": str(n), "publishTime": now.isoformat()}, "subscription": "bench"}))
         if n % 400 == 399:
@@ -224,7 +239,7 @@ def completion_latency(endpoint: emulators.Service, db, key: str, runs: int = 10
         out = requests.post(endpoint.url + "/v1/uploads", data=BODY, timeout=30,
                             headers={"Authorization": f"Bearer {key}"}).json()
         ref = db.collection("uploads").document(out["id"])
-        requests.put(out["upload_url"], data=b"x" * 4096, headers={"Content-Type": "video/mp4"}, timeout=30)
+        requests.put(out["upload_url"], data=CLIP, headers={"Content-Type": "video/mp4"}, timeout=30)
         landed = time.perf_counter()
         while ref.get().to_dict()["state"] != "completed":
             if time.perf_counter() - landed > 30:
@@ -268,7 +283,7 @@ def webhook_latency(endpoint: emulators.Service, key: str, receiver, runs: int =
     for _ in range(runs):
         out = requests.post(endpoint.url + "/v1/uploads", data=BODY, timeout=30,
                             headers={"Authorization": f"Bearer {key}"}).json()
-        requests.put(out["upload_url"], data=b"x" * 4096, headers={"Content-Type": "video/mp4"}, timeout=30)
+        requests.put(out["upload_url"], data=CLIP, headers={"Content-Type": "video/mp4"}, timeout=30)
         landed = time.monotonic()
         got = receiver.wait_for(1, timeout=30, where=lambda item, upload=out["id"]: upload.encode() in item.body)
         if not got:
@@ -361,8 +376,6 @@ def main() -> int:
         floor = emulators.start_function(env, log_dir, name="bench-floor", source_file="bench/floor.py",
                                          target="floor")
         services += [endpoint, deliveries, floor]
-        services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
-                                              endpoint.url + "/internal/storage-events", issuer, log_dir))
         _prepare_replays(endpoint, db, key)
         for service, path in ((endpoint, "/v1/uploads"), (floor, "/a")):  # warm: connections, caches
             load(service.url, path, key, 8, 300, "none")
@@ -384,10 +397,16 @@ def main() -> int:
             for name, service, path, collection, token in (
                     ("endpoint", endpoint, "/internal/storage-events", "uploads", issuer.events_token()),
                     ("floor", floor, "/d", "floor_uploads", key)):
-                bodies = pending_events(db, collection, event_count)
+                bodies = pending_events(db, collection, event_count, storage_emulator.url)
                 event_runs[name].append(measured(service, path, token, EVENT_CONCURRENCY, event_count, "none",
                                                  bodies))
         print(_row("d", EVENT_CONCURRENCY, event_runs), file=sys.stderr)
+        # (e) through the relay: only now, over a fresh subscription, so the events of (d)'s seeded and
+        # placed objects (fake-gcs-server publishes every bucket's) are never delivered beside it.
+        emulators.pubsub_call(pubsub, "DELETE", f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}")
+        emulators.create_topic_and_subscription(pubsub, PROJECT, TOPIC, SUBSCRIPTION)
+        services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
+                                              endpoint.url + "/internal/storage-events", issuer, log_dir))
         latency = completion_latency(endpoint, db, key)
 
         # (f) webhook deliveries: each push signs and POSTs one event to the receiver.
@@ -441,6 +460,10 @@ def main() -> int:
         # (k) the limiter's own cost.
         admits = limiter.measure(stack.redis.url)
         print(f"k admit p50 {admits['p50_ms']:.2f} ms, {admits['per_second']:.0f}/s", file=sys.stderr)
+        # (m) what a check reads.
+        checks = media_reads.measure()
+        print(f"m check reads median {checks['median']:.0f} B, max {checks['max']} B; at 1 GiB median "
+              f"{checks['big_median']:.0f} B, max {checks['big_max']} B", file=sys.stderr)
         refused = [line for line in emulators_lines(endpoint) if line.get("limited") or line.get("limiter")]
         assert not refused, refused[:3]  # the figures were never reached, the store always answered
 
@@ -453,7 +476,7 @@ def main() -> int:
         imports = import_times()
         cold = cold_starts(env, key, log_dir)
         report = _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count,
-                         latency, delivery_runs, hook_latency, uploads, sweeps, isolated, admits)
+                         latency, delivery_runs, hook_latency, uploads, sweeps, isolated, admits, checks)
     finally:
         for service in reversed(services):
             service.stop()
@@ -514,7 +537,7 @@ RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def _report(results, reference, imports, cold, rss, where, rounds, counts, event_runs, event_count, latency,
-            delivery_runs, hook_latency, uploads, sweeps, isolated, admits) -> str:
+            delivery_runs, hook_latency, uploads, sweeps, isolated, admits, checks) -> str:
     cores = os.cpu_count()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lines = [
@@ -528,11 +551,14 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
                   *(_cells(concurrency, results[(scenario, concurrency)]) for concurrency in CONCURRENCY), ""]
     lines += [
         f"**(d) storage events** ({event_count} deliveries per round at concurrency {EVENT_CONCURRENCY}, each "
-        "completing a fresh pending upload; the floor: the pushed JSON read, one Firestore get and one update "
-        "conditioned on it)", "", HEADER, RULE, _cells(EVENT_CONCURRENCY, event_runs), "",
+        "completing a fresh pending upload whose object (a one-second MP4, 5.4 KB) landed in the staging "
+        "bucket: the object read and checked, placed in the served bucket by a rewrite, the record written, "
+        "the webhook event published, the staging object deleted; the floor: the pushed JSON read, one "
+        "Firestore get, the same ranged read (no parsing), the same rewrite, one update conditioned on the "
+        "get, the same publish and delete)", "", HEADER, RULE, _cells(EVENT_CONCURRENCY, event_runs), "",
         f"**(e) completion latency** (PUT answered to the record `completed`, through fake-gcs-server's event, "
-        f"the Pub/Sub emulator, the relay and the function; {len(latency)} uploads one at a time): "
-        f"{_percentiles(latency)}.", "",
+        f"the Pub/Sub emulator, the relay and the function, which checks the bytes and places them; "
+        f"{len(latency)} uploads of a one-second MP4, one at a time): {_percentiles(latency)}.", "",
         f"**(f) webhook deliveries** ({event_count} delivery pushes per round at concurrency {EVENT_CONCURRENCY}, "
         "each a distinct event to one of 16 endpoints on a local receiver (so the per-endpoint cap of 4 "
         "never binds): the token checked, the endpoint read (cached), the URL's rules checked, the body "
@@ -566,6 +592,13 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         f"p50 **{admits['p50_ms']:.2f} ms**, p99 {admits['p99_ms']:.2f} ms, one at a time from this process; "
         f"one Redis core runs it **{admits['per_second']:,.0f} times a second** (redis-benchmark, 50 "
         "connections, a random upload id each).", "",
+        f"**(m) what a check reads** (lib/media.py over the {len(checks['rows'])} fixtures in tests/media/, one "
+        "per content type and two more MP4/Opus; counted by its reader): as made (a few KB each, so one read "
+        f"takes the file whole), median **{checks['median']:,.0f} bytes**, max **{checks['max']:,} bytes**; "
+        "each picture and sound grown to 1 GiB (an MP4's index moved past 1 GiB of samples, filler after the "
+        f"others), median **{checks['big_median']:,.0f} bytes**, max **{checks['big_max']:,} bytes** in at most "
+        f"{checks['big_max_reads']} reads (the end of an Ogg file, for its duration, or an index past the "
+        "samples, is the second).", "",
     ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "

@@ -32,7 +32,8 @@ def measure(firestore_emulator: emulators.Service, storage_url: str, project: st
         client = storage.Client(project=project, credentials=AnonymousCredentials(),
                                 client_options={"api_endpoint": storage_url})
         clients.wide_pools(client._http)  # pooled as the function's own clients are (lib/clients.py)
-        gcs = lifecycle.Storage(client, bucket, clients.wide_pools(requests.Session()))
+        gcs = lifecycle.Storage(client, bucket, emulators.staging_bucket(bucket),
+                                clients.wide_pools(requests.Session()))
         started = time.perf_counter()
         result = sweep.sweep(db, gcs, datetime.now(UTC), budget_seconds=3600, grace_seconds=60,
                                  workers=n)
