@@ -88,12 +88,11 @@ def verdict(declared: dict[str, Any], obj: sessions.StoredObject) -> dict[str, A
     return completed(obj)
 
 
-def examine(gcs: Storage, bucket: str, name: str, obj: sessions.StoredObject, content_type: str,
-            budget: dict[str, int] | None = None) -> dict[str, Any]:
+def examine(gcs: Storage, bucket: str, name: str, obj: sessions.StoredObject, content_type: str) -> dict[str, Any]:
     """What the object's bytes say: `completed` with their `media`, or `rejected` (content_mismatch,
     unreadable_media); either with `media_bytes_read`, what the ranged reads took."""
     fetch = timed(sessions.ranged(gcs.client, bucket, name, obj.generation), time.monotonic() + CHECK_SECONDS)
-    reader = Reader(obj.size, fetch, **(budget or {}))
+    reader = Reader(obj.size, fetch)
     try:
         found = media.verify(content_type, reader)
     except Mismatch as exc:
