@@ -1,8 +1,11 @@
 """(h) The upload command's throughput beside google-cloud-storage's own.
 
 The floor is `Blob.upload_from_filename` (resumable, the same chunk size) to the
-same emulator, timed around that call alone: its process start, its imports and
-its client are left out. The command is timed as a user meets it, the whole
+same emulator's staging bucket, then the placement every upload pays since
+issue 23 (one rewrite to the served bucket, the staging object deleted: on
+fake-gcs-server the rewrite copies the bytes, as GCS's does not within one
+location and storage class), timed around those calls alone: its process start,
+its imports and its client are left out. The command is timed as a user meets it, the whole
 process: start, the CRC32C pass, `POST /v1/uploads`, every chunk, exit. So the
 ratio charges the command with everything it does and the floor with nothing
 but the bytes. Its peak RSS comes from the kernel's accounting of the exited
@@ -40,9 +43,16 @@ def _floor(path: str, storage_url: str, bucket: str, chunk: int) -> None:
 
     client = storage.Client(project="bench", credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": storage_url})
-    blob = client.bucket(bucket).blob(f"bench-floor/{os.getpid()}.mp4", chunk_size=chunk)
+    name = f"bench-floor/{os.getpid()}.mp4"
+    blob = client.bucket(emulators.staging_bucket(bucket)).blob(name, chunk_size=chunk)
     started = time.perf_counter()
     blob.upload_from_filename(path, content_type="video/mp4")
+    placed = client.bucket(bucket).blob(name)
+    placed.content_type = "video/mp4"
+    token, _, _ = placed.rewrite(blob, if_generation_match=0)
+    while token is not None:
+        token, _, _ = placed.rewrite(blob, token=token, if_generation_match=0)
+    blob.delete(if_generation_match=blob.generation)
     print(time.perf_counter() - started)
 
 

@@ -111,7 +111,7 @@ def median_of(rounds: list[dict], field: str) -> float:
 def in_process_reference(env: dict, rounds: int = 300) -> dict:
     """The same upstream calls made directly from this process: no HTTP, no framework."""
     os.environ.update({k: env[k] for k in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST",
-                                          "GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET")})
+                                          "GOOGLE_CLOUD_PROJECT", "UPLOAD_BUCKET", "STAGING_BUCKET")})
     sys.path.insert(0, str(ROOT / "bench"))
     import floor  # the floor's own functions, called without HTTP
 
