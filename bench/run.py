@@ -572,8 +572,9 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         f"{_percentiles(hook_latency)}.", "",
         f"**(h) the upload command** (`python -m client upload`, a {command.SIZE // command.MIB} MiB file in "
         f"{command.CHUNK // command.MIB} MiB chunks to fake-gcs-server, {uploads['rounds']} interleaved rounds, "
-        "median; the command timed as a whole process, start, CRC32C, `POST /v1/uploads` and exit included; the "
-        "floor `Blob.upload_from_filename` with the same chunk size, timed around that call alone): "
+        "median; the command timed as a whole process, start, CRC32C, `POST /v1/uploads`, the service's check "
+        "and exit included; the floor `Blob.upload_from_filename` with the same chunk size to the staging bucket "
+        "and the placement (a rewrite, the staging object deleted), timed around those calls alone): "
         f"{uploads['command_mibs']:.1f} MiB/s against {uploads['floor_mibs']:.1f} MiB/s, ratio "
         f"**{uploads['ratio']:.2f}**; the command's peak RSS **{uploads['peak_rss_mib']:.0f} MiB** (target: chunk "
         f"+ 80 MiB = {command.CHUNK // command.MIB + 80} MiB).", "",
