@@ -435,9 +435,12 @@ resource "google_monitoring_alert_policy" "instances_near_max" {
   conditions {
     display_name = "instances > 80% of max_instances (${var.max_instances}) for 5 minutes"
     condition_threshold {
-      filter          = "metric.type = \"run.googleapis.com/container/instance_count\" AND ${local.api_resource}"
-      comparison      = "COMPARISON_GT"
-      threshold_value = floor(var.max_instances * 0.8)
+      filter     = "metric.type = \"run.googleapis.com/container/instance_count\" AND ${local.api_resource}"
+      comparison = "COMPARISON_GT"
+      # 80% of the cap, but never below 1 or min_instances (an idle function would be "near" a small
+      # cap for ever: floor(0.8) is 0) and never above the cap (at max_instances = min_instances
+      # there is nothing to scale, so it does not fire).
+      threshold_value = min(max(floor(var.max_instances * 0.8), var.min_instances, 1), var.max_instances)
       duration        = "300s"
       aggregations {
         alignment_period     = "60s"

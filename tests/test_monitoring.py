@@ -306,11 +306,25 @@ def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
                     assert metric_type in gcp_metrics, (name, metric_type)
 
 
-def test_instances_alert_fires_below_the_cap_it_guards():
+def test_instances_alert_fires_below_the_cap_it_guards_and_never_at_rest():
+    """instance_count > threshold: below the cap when there is room to scale, never at idle (the warm
+    instances), and never for ever, whatever max_instances and min_instances are (issue 24: at a cap of
+    1, floor(0.8) was 0 and the alert fired for ever)."""
     policy = resources("google_monitoring_alert_policy")["instances_near_max"]
-    threshold = policy["conditions"][0]["condition_threshold"][0]["threshold_value"]
-    assert threshold == "${floor(var.max_instances * 0.8)}"
-    assert int(tf_variables()["max_instances"]["default"] * 0.8) < tf_variables()["max_instances"]["default"]
+    condition = policy["conditions"][0]["condition_threshold"][0]
+    assert hcl_string(condition["comparison"]) == "COMPARISON_GT"
+    expression = condition["threshold_value"]
+    assert expression == "${min(max(floor(var.max_instances * 0.8), var.min_instances, 1), var.max_instances)}"
+    variables = tf_variables()
+    for max_instances in range(1, 1001):
+        for min_instances in {0, 1, 2, variables["min_instances"]["default"], max_instances} - {max_instances + 1}:
+            if min_instances > max_instances:
+                continue
+            threshold = min(max(math.floor(max_instances * 0.8), min_instances, 1), max_instances)
+            assert threshold >= max(min_instances, 1)  # idle, or one instance serving, is not "near max"
+            assert threshold < max_instances or max_instances == max(min_instances, 1)  # it can fire
+    default = variables["max_instances"]["default"]
+    assert min(max(math.floor(default * 0.8), variables["min_instances"]["default"], 1), default) < default
 
 
 def test_notification_channels_come_from_the_variable_and_none_by_default():
