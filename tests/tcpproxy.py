@@ -65,8 +65,9 @@ class TcpProxy:
             threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(60)
         try:
+            # Inside the try: the other direction's pipe may have closed this socket already.
+            src.settimeout(60)
             while not self._stop.is_set():
                 data = src.recv(65536)
                 if not data:
