@@ -7,7 +7,7 @@ PY           := $(VENV)/bin/python
 PAGE_DIR     := dev/page
 NODE_MODULES := $(PAGE_DIR)/node_modules/.installed
 
-.PHONY: run test lint tfcheck audit bench clean chromium redis media-fixtures
+.PHONY: run test lint tfcheck audit bench clean chromium redis media-fixtures smoke
 
 run: $(VENV)/.installed $(NODE_MODULES) redis
 	$(PY) -m dev.run
@@ -32,6 +32,12 @@ bench: $(VENV)/.installed redis
 # (or OSV: add --vulnerability-service osv), which these machines cannot reach.
 audit: $(VENV)/.installed
 	$(VENV)/bin/pip-audit -r requirements.txt --strict
+
+# Proves a deployment: the whole upload journey against API_URL with API_KEY (a test-mode key is
+# enough; docs/operations.md). The key goes through the environment, never the command line.
+smoke: $(VENV)/.installed
+	@test -n "$(API_URL)" || { echo "usage: make smoke API_URL=https://api.example.com API_KEY=fl_test_... [SMOKE_ARGS=--emulators]"; exit 2; }
+	@FRAMELANE_API_KEY="$(API_KEY)" $(PY) -m dev.smoke --api-url "$(API_URL)" $(SMOKE_ARGS)
 
 # Remakes the media fixtures in tests/media/ (committed: the tests only read them) with Debian's
 # ffmpeg and ffprobe, and fontTools for the fonts; run it only to change one.

@@ -72,6 +72,10 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         line = printed(rf"\[webhook\] upload\.completed {created['id']} status=completed "
                        r"\(webhook-id evt_[0-9a-f]{32}; (signature verified|SIGNATURE NOT VERIFIED)\)", timeout=30)
         assert line.group(1) == "signature verified"
+        # Step 7: the smoke, through make, against this deployment; the key never echoed.
+        smoked = run_block(blocks["7"])
+        assert "smoke: the deployment works" in smoked and "ok    completed by the storage event" in smoked
+        assert key not in smoked  # make echoes nothing of the command (@), the smoke never prints it
         assert key not in out_path.read_text().split("Demo API key", 1)[0]  # nothing before it printed the key
     finally:
         os.killpg(run.pid, signal.SIGINT)
