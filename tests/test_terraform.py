@@ -14,16 +14,13 @@ import re
 import shutil
 import subprocess
 import sys
-import venv
-import zipfile
 from datetime import UTC
 from pathlib import Path
 
 import hcl2
 import pytest
-import requests
 
-from dev import emulators, tfschema
+from dev import tfschema
 from lib import attempts, config, endpoints, idempotency, landing, lifecycle, naming, sweep
 from tests.conftest import ROOT
 
@@ -821,45 +818,6 @@ def test_archive_holds_exactly_what_the_function_needs():
             needed.add(module)
             todo.append(ROOT / module)
     assert needed and needed <= set(files)
-
-
-def test_archive_installed_with_only_requirements_serves_a_request(tmp_path, backends, make_key, log_dir,
-                                                                   oidc_issuer):
-    """Build the zip as archive_file would, install requirements.txt alone into a
-    fresh virtualenv, and serve it: main imports and answers real requests on
-    every route (the sweep's token check needs google-auth's crypto)."""
-    zip_path = tmp_path / "function-source.zip"
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in archive_files():
-            zf.write(ROOT / name, name)
-    source = tmp_path / "source"
-    with zipfile.ZipFile(zip_path) as zf:
-        zf.extractall(source)
-
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    install = subprocess.run([str(env_dir / "bin/python"), "-m", "pip", "install", "--quiet",
-                              "--disable-pip-version-check", "-r", str(source / "requirements.txt")],
-                             capture_output=True, text=True, timeout=600)
-    assert install.returncode == 0, install.stderr[-2000:]
-
-    env = {k: v for k, v in backends["env"].items() if k != "PYTHONPATH"}
-    function = emulators.start_function(env, log_dir, name="function-from-archive", source_dir=source,
-                                        bin_dir=env_dir / "bin")
-    try:
-        key, _ = make_key()
-        resp = requests.post(function.url + "/v1/uploads", json={"content_type": "video/mp4"},
-                             headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        assert resp.status_code == 201, resp.text
-        assert set(resp.json()) == {"id", "upload_url", "source_url", "expires_at"}
-        status = requests.get(f"{function.url}/v1/uploads/{resp.json()['id']}",
-                              headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        assert status.status_code == 200 and status.json()["status"] == "pending"
-        sweep = requests.post(function.url + "/internal/sweep",
-                              headers={"Authorization": f"Bearer {oidc_issuer.token()}"}, timeout=60)
-        assert sweep.status_code == 200, sweep.text
-    finally:
-        function.stop()
 
 
 # --- the limits' store (limits.tf) ---------------------------------------------------------
