@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import requests
 
-from dev import emulators
+from dev import emulators, samples
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 256 * 1024 * 1024
@@ -91,10 +91,7 @@ def _delete_everything(storage_url: str, bucket: str) -> None:
 def measure(api_url: str, key: str, storage_url: str, bucket: str, rounds: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="framelane-bench-command-") as tmp:
         path = Path(tmp) / "clip.mp4"
-        clip = (Path(__file__).resolve().parent.parent / "tests" / "media" / "clip-faststart.mp4").read_bytes()
-        with open(path, "wb") as f:  # a real MP4 (the service checks it): the clip, then a `free` box of filler
-            f.write(clip + (SIZE - len(clip)).to_bytes(4, "big") + b"free")
-            f.write(os.urandom(SIZE - len(clip) - 8))
+        path.write_bytes(samples.mp4_of_size(SIZE))  # a real MP4: the service checks it
         env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
         command_env = {**env, "FRAMELANE_API_URL": api_url, "FRAMELANE_API_KEY": key,
                        "XDG_CACHE_HOME": str(Path(tmp) / "cache")}

@@ -23,12 +23,12 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import google_crc32c
 import requests
 
-CLIP = Path(__file__).resolve().parent.parent / "tests" / "media" / "clip-faststart.mp4"
+from dev import samples
+
 TIMEOUT = 30
 
 
@@ -38,13 +38,6 @@ class StepFailed(Exception):
 
 class Skipped(Exception):
     """A step that cannot be shown on this deployment: the message says why."""
-
-
-def clip(size: int = 64 * 1024) -> bytes:
-    """A real MP4 (the service checks what it gets), different every run: the clip, then a `free` box
-    of random bytes."""
-    base = CLIP.read_bytes()
-    return base + (size - len(base)).to_bytes(4, "big") + b"free" + secrets.token_bytes(size - len(base) - 8)
 
 
 def crc32c(data: bytes) -> str:
@@ -61,7 +54,7 @@ class Smoke:
         self.out = out
         self.http = requests.Session()
         self.made: list[str] = []  # upload ids, to cancel at the end if still pending
-        self.data = clip()
+        self.data = samples.mp4_of_size(64 * 1024)  # a real MP4, different every run
         self.upload: dict = {}
         self.put_at = 0.0
 

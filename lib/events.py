@@ -119,7 +119,7 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
     staged = bool(record.data.get("staged"))
     if staged and event.bucket == gcs.bucket:
         return "ignored_placement"  # our own rewrite of a verified upload
-    if event.bucket != (gcs.staging_bucket if staged else gcs.bucket):
+    if event.bucket != gcs.landing_bucket(record):
         return "ignored_unknown_object"
     assert event.obj is not None  # from_push sets it for every FINALIZE
     was_pending = record.state == lifecycle.PENDING

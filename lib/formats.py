@@ -16,7 +16,7 @@ import codecs
 import re
 import struct
 
-from lib.reading import Media, Mismatch, Reader, Unreadable, be16, be32, le16
+from lib.reading import WINDOW, Media, Mismatch, Reader, Unreadable, be16, be32, le16
 
 
 def _signed(reader: Reader, signatures: tuple[bytes, ...], declared: str) -> None:
@@ -240,7 +240,7 @@ def ogg(reader: Reader, declared: str) -> Media:
         raise Unreadable("its first stream is not Opus, Vorbis or FLAC")
     if rate == 0:
         raise Unreadable("its codec header states a sample rate of 0")
-    tail_at = max(0, reader.size - 65536)
+    tail_at = max(0, reader.size - WINDOW)
     tail = reader.read(tail_at, reader.size - tail_at)
     granule, at = None, tail.rfind(b"OggS")
     while at >= 0 and granule is None:
@@ -256,8 +256,8 @@ _SRT_CUE = re.compile(r"\A\s*\d+[ \t]*\r?\n\d+:\d{2}:\d{2}[,.]\d{3}[ \t]+-->[ \t
 
 
 def _text(reader: Reader, declared: str) -> str:
-    """The bytes read as UTF-8 (up to the first window; a character it cuts is left out)."""
-    data = reader.read(0, 65536)
+    """The bytes read as UTF-8 (the first window; a character it cuts is left out)."""
+    data = reader.read(0, WINDOW)
     if b"\x00" in data:
         raise Mismatch(f"The bytes hold NUL bytes, so they are not text ({declared}).")
     try:

@@ -144,7 +144,7 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.Store
 def _decide(gcs: Storage, record: Record, obj: sessions.StoredObject, staged: bool,
             step: Callable[[], None]) -> dict[str, Any]:
     """The changes that settle the record, its object checked, and placed if it passed."""
-    where, name = (gcs.staging_bucket if staged else gcs.bucket), record.data["object_name"]
+    where, name = gcs.landing_bucket(record), record.data["object_name"]
     changes = verdict(record.data, obj)
     if changes["state"] == COMPLETED:
         step()
@@ -221,7 +221,7 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
         if deadline is not None and time.monotonic() >= deadline:
             raise OutOfTime()
 
-    where = gcs.staging_bucket if record.data.get("staged") else gcs.bucket
+    where = gcs.landing_bucket(record)
     obj = sessions.stored_object(gcs.client, where, record.data["object_name"])
     if obj is None and end is not None:
         step()

@@ -97,6 +97,11 @@ class Storage:
     release: Callable[[Record], None] | None = None
     log: dict[str, Any] | None = None
 
+    def landing_bucket(self, record: Record) -> str:
+        """Where the upload's session writes: the staging bucket, or (a record from before staging,
+        with no `staged` field) the served bucket itself."""
+        return self.staging_bucket if record.data.get("staged") else self.bucket
+
 
 def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, content_type: str,
                size_bytes: int | None, created_at: datetime, expires_at: datetime, session_url: str,

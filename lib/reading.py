@@ -84,12 +84,13 @@ class Reader:
         for start, data in self._windows:
             if start <= offset and end <= start + len(data):
                 return data[offset - start:end - start]
-        want = min(max(end, offset + WINDOW), self.size)
-        if self.reads >= self.max_reads or self.bytes_read + (want - offset) > self.max_bytes:
-            want = end  # the least that answers; still within the budget?
-            if self.reads >= self.max_reads or self.bytes_read + (want - offset) > self.max_bytes:
-                raise Unreadable(f"it could not be read within the verification budget ({self.max_bytes:,} bytes "
-                                 f"in {self.max_reads} reads)")
+        # A whole window if the budget allows, else the least that answers.
+        for want in (min(max(end, offset + WINDOW), self.size), end):
+            if self.reads < self.max_reads and self.bytes_read + (want - offset) <= self.max_bytes:
+                break
+        else:
+            raise Unreadable(f"it could not be read within the verification budget ({self.max_bytes:,} bytes "
+                             f"in {self.max_reads} reads)")
         data = self.fetch(offset, want)
         self.reads += 1
         self.bytes_read += len(data)

@@ -149,14 +149,15 @@ def place(client: storage.Client, staging_bucket: str, bucket: str, object_name:
     source = client.bucket(staging_bucket).blob(object_name, generation=generation)
     target = client.bucket(bucket).blob(object_name)
     target.content_type = content_type
+    token: str | None = None
     try:
         with upstream():
-            token, _, _ = target.rewrite(source, if_generation_match=0, if_source_generation_match=generation,
-                                         timeout=REWRITE_TIMEOUT, retry=STORAGE_RETRY)
-            while token is not None:
+            while True:  # one call within one location and storage class; a token otherwise
                 token, _, _ = target.rewrite(source, token=token, if_generation_match=0,
                                              if_source_generation_match=generation,
                                              timeout=REWRITE_TIMEOUT, retry=STORAGE_RETRY)
+                if token is None:
+                    break
     except (gexc.PreconditionFailed, gexc.NotFound):
         placed = stored_object(client, bucket, object_name)
         if placed is None:

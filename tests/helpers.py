@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from dev import samples
 from lib.mediatypes import ALIASES, CONTENT_TYPES
 
 # Every API key minted through the `make_key` fixture this session, for the
@@ -189,7 +190,7 @@ def sized_media(extension: str, size: int, seed: int = 0) -> bytes:
             (size - 44).to_bytes(4, "little") + filler(size - 44)
     base = media(GROWS_FROM[extension])
     if extension in ("mp4", "mov", "m4a"):
-        return base + (size - len(base)).to_bytes(4, "big") + b"free" + filler(size - len(base) - 8)
+        return samples.mp4_of_size(size, filler, GROWS_FROM[extension])
     if extension == "webm":
         return base + b"\xec" + ((1 << 56) | (size - len(base) - 9)).to_bytes(8, "big") + filler(size - len(base) - 9)
     return base + filler(size - len(base))
