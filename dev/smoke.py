@@ -145,7 +145,8 @@ class Smoke:
         if self.emulators:
             raise Skipped("the local stand-in for the CDN is fake-gcs-server, which lists its buckets")
         base = self.upload["source_url"].split("/test-uploads/", 1)[0].split("/uploads/", 1)[0]
-        for path in ("/", "/uploads/", "/test-uploads/", "/?prefix=uploads/", "/uploads?list-type=2"):
+        for path in ("/", "/uploads/", "/test-uploads/", "/?prefix=uploads/", "/uploads?list-type=2",
+                     "/uploads/?list-type=2&prefix=uploads/", "/test-uploads/?prefix=test-uploads/"):
             resp = self.http.get(base + path, timeout=TIMEOUT)
             if resp.status_code != 404 or b"<ListBucketResult" in resp.content or b'"items"' in resp.content:
                 raise StepFailed(f"the CDN answered {path} with {resp.status_code}, not 404 (a listing?)")

@@ -15,25 +15,36 @@ resource "google_compute_global_address" "cdn" {
 # global external Application Load Balancer fetches from a backend bucket as
 # the project's load-balancer service agent,
 # service-<project number>@https-lb.iam.gserviceaccount.com, which Google
-# creates with the project's first backend bucket; granting it
-# roles/storage.objectViewer is the whole mechanism (no signed URLs, no
-# public bucket), and Cloud CDN caches the private objects under
-# FORCE_CACHE_ALL.
+# creates with the project's first backend bucket; the page's one step is to
+# grant it roles/storage.objectViewer on the bucket (no signed URLs, no public
+# bucket), and Cloud CDN caches the private objects under FORCE_CACHE_ALL.
+#
+# That grant is exactly what the page documents: unconditioned. No Google page
+# says the load balancer's reads honour an IAM condition on it, and if they did
+# not, every source_url would answer 404. So a condition on object names is an
+# option (var.cdn_grant_condition, off by default), for a project that has
+# proved it with `make smoke` (its source_url step fails at once if the
+# condition is not honoured).
 #
 # Which protects what:
-# - The grants carry IAM conditions on object names
-#   (https://cloud.google.com/iam/docs/conditions-resource-attributes: a
-#   Cloud Storage object is projects/_/buckets/BUCKET/objects/NAME). The
-#   bucket itself (projects/_/buckets/BUCKET), where storage.objects.list is
-#   checked, matches no condition: the agent can read the objects under
-#   uploads/ and test-uploads/ and cannot list the bucket, whatever path
-#   reaches it. Nothing else in the bucket is readable through the CDN.
-# - The URL map routes only /uploads/* and /test-uploads/* to the uploads
-#   bucket; `/`, `/uploads` and any other path go to the not-found bucket,
-#   whose only readable object is the 404 body.
+# - The URL map (below) is what keeps listings out. Only /uploads/* and
+#   /test-uploads/* reach the uploads bucket, and those name objects under the
+#   two prefixes, never the bucket itself; `/`, `/uploads`, and any other path,
+#   whatever its query, go to the not-found bucket, whose only object is the
+#   404 body. `make smoke` asks for `/`, `/uploads/` and listing queries on both
+#   kinds of path after every apply, and fails on anything but our 404.
+# - The uploads bucket holds nothing else to read: only objects the function
+#   placed there after verifying them (lib/landing.py), under the two prefixes;
+#   unverified bytes wait in a bucket of their own (storage.tf), which no CDN
+#   route or grant reaches (test_terraform checks both).
 # - The custom error response policy turns a 403 or 404 from any bucket into
 #   that same 404 (https://cloud.google.com/load-balancing/docs/https/custom-error-response),
 #   so no path shows a bucket's own error, or which bucket answered.
+# - With var.cdn_grant_condition, the agent itself also cannot list either
+#   bucket or read outside the prefixes: the condition matches object names
+#   only (https://cloud.google.com/iam/docs/conditions-resource-attributes: a
+#   Cloud Storage object is projects/_/buckets/BUCKET/objects/NAME), and the
+#   bucket, where storage.objects.list is checked, is not an object.
 locals {
   # lib/uploads.py PREFIXES
   upload_prefixes = ["uploads/", "test-uploads/"]
@@ -140,10 +151,14 @@ resource "google_storage_bucket_iam_member" "cdn_reads_uploads" {
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${local.lb_service_agent}"
 
-  condition {
-    title       = "upload-objects-only"
-    description = "Objects under the upload prefixes; not the bucket, so never a listing."
-    expression  = join(" || ", [for prefix in local.upload_prefixes : "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.uploads.name}/objects/${prefix}\")"])
+  # Off by default: see "Which protects what" above.
+  dynamic "condition" {
+    for_each = var.cdn_grant_condition ? [1] : []
+    content {
+      title       = "upload-objects-only"
+      description = "Objects under the upload prefixes; not the bucket, so never a listing."
+      expression  = join(" || ", [for prefix in local.upload_prefixes : "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.uploads.name}/objects/${prefix}\")"])
+    }
   }
 
   # The agent exists once the project has a backend bucket.
@@ -155,10 +170,13 @@ resource "google_storage_bucket_iam_member" "cdn_reads_not_found" {
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${local.lb_service_agent}"
 
-  condition {
-    title       = "not-found-object-only"
-    description = "The 404 body; not the bucket, so never a listing."
-    expression  = "resource.name == \"projects/_/buckets/${google_storage_bucket.cdn_not_found.name}/objects/${local.not_found_object}\""
+  dynamic "condition" {
+    for_each = var.cdn_grant_condition ? [1] : []
+    content {
+      title       = "not-found-object-only"
+      description = "The 404 body; not the bucket, so never a listing."
+      expression  = "resource.name == \"projects/_/buckets/${google_storage_bucket.cdn_not_found.name}/objects/${local.not_found_object}\""
+    }
   }
 
   depends_on = [google_compute_backend_bucket.not_found]

@@ -386,6 +386,12 @@ variable "cdn_default_ttl_seconds" {
   }
 }
 
+variable "cdn_grant_condition" {
+  type        = bool
+  description = "Put an IAM condition on the CDN's read grants: object names under the upload prefixes only, so the load balancer's agent can neither list a bucket nor read outside them. Off by default, because no Google page says the load balancer honours a conditioned grant (if it does not, every source_url answers 404). Turn it on only if `make smoke` passes with it; the URL map keeps listings out either way (terraform/cdn.tf, \"Which protects what\")."
+  default     = false
+}
+
 variable "api_domain" {
   type        = string
   description = "Optional: also serve the function at https://<api_domain>/v1/uploads through a load balancer (e.g. api.framelane.io). Empty: off."

@@ -500,7 +500,7 @@ def test_a_buckets_403_or_404_is_our_one_404_and_other_errors_pass():
     assert f'code = "{NotFound.code}"' in body["content"] and "details = {}" in body["content"]
 
 
-def test_the_load_balancer_reads_by_private_bucket_access_and_can_list_nothing():
+def test_the_load_balancer_reads_by_private_bucket_access_as_documented_and_a_condition_is_opt_in():
     cdn = load_tf("cdn.tf")
     agent = "service-${data.google_project.this.number}@https-lb.iam.gserviceaccount.com"
     assert unquote(tf_locals("main.tf")["lb_service_agent"]) == agent
@@ -508,16 +508,28 @@ def test_the_load_balancer_reads_by_private_bucket_access_and_can_list_nothing()
     assert grant["bucket"] == "${google_storage_bucket.uploads.name}"
     assert unquote(grant["role"]) == "roles/storage.objectViewer"  # the role Google documents for it
     assert unquote(grant["member"]) == "serviceAccount:${local.lb_service_agent}"
+    # No page says the load balancer honours a conditioned grant: the condition is there only
+    # when the operator asks for it, and off by default.
+    variable = tf_variables()["cdn_grant_condition"]
+    assert variable["type"] == "bool" and variable["default"] is False
+    assert "condition" not in grant
+    (dynamic,) = grant["dynamic"]
+    (body,) = dynamic.values()
+    assert body["for_each"] == "${var.cdn_grant_condition ? [1] : []}"
+    (content,) = body["content"]
     # Conditioned on object names under the code's prefixes: the bucket itself (where a
     # listing is checked) matches no clause.
     assert [unquote(p) for p in tf_locals("cdn.tf")["upload_prefixes"]] == list(naming.PREFIXES.values())
-    expression = grant["condition"][0]["expression"]
+    expression = content["expression"]
     assert "for prefix in local.upload_prefixes" in expression
     assert "resource.name.startsWith(" in expression and "/objects/${prefix}" in expression
     assert "resource.name ==" not in expression and "resource.type" not in expression and "!" not in expression
     error_grant = resource(cdn, "google_storage_bucket_iam_member", "cdn_reads_not_found")
     assert unquote(error_grant["member"]) == "serviceAccount:${local.lb_service_agent}"
-    assert "/objects/${local.not_found_object}" in error_grant["condition"][0]["expression"]
+    (error_dynamic,) = error_grant["dynamic"]
+    (error_body,) = error_dynamic.values()
+    assert error_body["for_each"] == body["for_each"]
+    assert "/objects/${local.not_found_object}" in error_body["content"][0]["expression"]
     # The signed-URL route (cloud-cdn-fill, a key that signed nothing) is gone for good.
     text = "\n".join(path.read_text() for path in TF.glob("*.tf"))
     assert "cloud-cdn-fill" not in text and "signed_url_key" not in text
