@@ -38,12 +38,13 @@ import hcl2
 # provider -> (PyPI package, package version, provider version it was generated from)
 PROVIDERS = {
     "google": ("cdktn-provider-google", "21.1.0", "8.7.0"),
+    "google-beta": ("cdktn-provider-google-beta", "21.1.0", "8.7.0"),
     "archive": ("cdktn-provider-archive", "14.0.1", "2.8.1"),
     "random": ("cdktn-provider-random", "15.0.1", "3.9.1"),
 }
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider"}
 META_BLOCKS = {"lifecycle", "provisioner", "connection"}
-_CLASS_DOC = re.compile(r"registry\.terraform\.io/providers/hashicorp/(\w+)/([\d.]+)/docs/"
+_CLASS_DOC = re.compile(r"registry\.terraform\.io/providers/hashicorp/([\w-]+)/([\d.]+)/docs/"
                         r"(resources|data-sources)/\w+ (\w+)\}")
 _ARG_DOC = re.compile(r"#(\w+) \w+#\w+\}")
 _BASES = {"cdktn.TerraformResource": "resource", "cdktn.TerraformDataSource": "data"}
@@ -231,8 +232,10 @@ def check(directory: Path, schemas: dict[str, dict] | None = None) -> list[Probl
     """Every schema problem in the .tf files of `directory`."""
     schemas = schemas if schemas is not None else {}
 
-    def schema_for(type_name: str) -> dict | None:
+    def schema_for(type_name: str, body: dict) -> dict | None:
         provider = type_name.split("_", 1)[0]
+        if "provider" in body:  # `provider = google-beta` (or `google-beta.alias`): that provider's schema
+            provider = str(body["provider"]).removeprefix("${").removesuffix("}").split(".", 1)[0]
         if provider not in PROVIDERS:
             return None
         if provider not in schemas:
@@ -246,7 +249,7 @@ def check(directory: Path, schemas: dict[str, dict] | None = None) -> list[Probl
         for kind in ("resource", "data"):
             for type_name, name, body in _blocks(tf, kind):
                 address = f"{'data.' if kind == 'data' else ''}{type_name}.{name}"
-                schema = schema_for(type_name)
+                schema = schema_for(type_name, body)
                 if schema is None:
                     problems.append(Problem(path.name, address, f"no schema for provider of {type_name!r}"))
                     continue

@@ -18,7 +18,26 @@
 locals {
   # As for the sweep (scheduler.tf): a string both sides agree on, fixed by the inputs alone.
   events_audience = "https://${var.region}-${var.project_id}.cloudfunctions.net/${var.function_name}/internal/storage-events"
-  pubsub_agent    = "service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  # service-<project number>@gcp-sa-pubsub.iam.gserviceaccount.com, created first (below).
+  pubsub_agent = google_project_service_identity.pubsub.email
+}
+
+# The Pub/Sub service agent, asked for before anything grants it a role. Google
+# creates service agents "as you enable and use" a service, and "if a service
+# agent hasn't been created yet, then you can't grant roles to the service
+# agent"; asking for it first is the documented way, and the page names
+# Terraform as the case for it (https://cloud.google.com/iam/docs/create-service-agents;
+# `gcloud beta services identity create --service=pubsub.googleapis.com` is the
+# same request by hand). On a project whose agent already exists it returns
+# that agent. Every grant to it here and in webhooks.tf goes through
+# local.pubsub_agent, so none is attempted before it exists: one apply works
+# from an empty project.
+resource "google_project_service_identity" "pubsub" {
+  provider = google-beta
+  project  = var.project_id
+  service  = "pubsub.googleapis.com"
+
+  depends_on = [google_project_service.enabled]
 }
 
 data "google_storage_project_service_account" "gcs" {

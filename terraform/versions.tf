@@ -9,6 +9,11 @@ terraform {
       # provider 8.7.0, which this constraint admits.
       version = "~> 8.0"
     }
+    # For google_project_service_identity alone (events.tf), which only the beta provider has.
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = "~> 8.0"
+    }
     archive = {
       source  = "hashicorp/archive"
       version = "~> 2.4"
@@ -17,6 +22,13 @@ terraform {
 }
 
 provider "google" {
+  project = var.project_id
+  region  = var.region
+
+  default_labels = merge({ app = "framelane-uploads", managed-by = "terraform" }, var.labels)
+}
+
+provider "google-beta" {
   project = var.project_id
   region  = var.region
 

@@ -183,6 +183,17 @@ data "archive_file" "z" {
     assert problems == []
 
 
+def test_schema_check_reads_a_resource_against_the_provider_it_names(tmp_path, schemas):
+    beta = 'resource "google_project_service_identity" "p" {\n  provider = google-beta\n  service  = "pubsub.googleapis.com"\n}'
+    assert check_snippet(tmp_path, schemas, beta) == []
+    # The same resource on the GA provider does not exist; a typo is caught on the beta one too.
+    assert check_snippet(tmp_path, schemas, beta.replace("  provider = google-beta\n", "")) == [
+        "google_project_service_identity.p: unknown resource type 'google_project_service_identity' in provider 8.7.0"]
+    assert check_snippet(tmp_path, schemas, beta.replace("service  =", "servce  =")) == [
+        "google_project_service_identity.p: unknown argument 'servce'",
+        "google_project_service_identity.p: missing required argument 'service'"]
+
+
 def test_schema_check_reads_the_version_constraints(tmp_path, schemas):
     problems = check_snippet(tmp_path, schemas, '''
 terraform {
@@ -677,6 +688,27 @@ def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes(
     agent = "serviceAccount:${local.pubsub_agent}"
     assert unquote(resource(tf, "google_pubsub_topic_iam_member", "pubsub_dead_letters")["member"]) == agent
     assert unquote(resource(tf, "google_pubsub_subscription_iam_member", "pubsub_forwards")["member"]) == agent
+
+
+def test_the_pubsub_service_agent_is_created_before_anything_grants_it_a_role():
+    tf = load_tf("events.tf")
+    identity = resource(tf, "google_project_service_identity", "pubsub")
+    assert identity["provider"] == "google-beta" and unquote(identity["service"]) == "pubsub.googleapis.com"
+    assert identity["depends_on"] == ["${google_project_service.enabled}"]
+    # Every grant to the agent names it through the identity, so none can run before it exists.
+    assert tf_locals("events.tf")["pubsub_agent"] == "${google_project_service_identity.pubsub.email}"
+    text = "\n".join(path.read_text() for path in TF.glob("*.tf"))
+    assert "gcp-sa-pubsub.iam.gserviceaccount.com\"" not in text
+    grants = [body for type_, _, body in all_resources() if "pubsub_agent" in json.dumps(body)]
+    assert len(grants) == 6  # token minting, dead-letter publishing and forwarding, for events and webhooks
+    # The beta provider is declared, pinned like the GA one, and configured for the same project.
+    versions = load_tf("versions.tf")
+    (required,) = versions["terraform"][0]["required_providers"]
+    assert unquote(required["google-beta"]["source"]) == "hashicorp/google-beta"
+    assert required["google-beta"]["version"] == required["google"]["version"]
+    providers = {unquote(name): body for block in versions["provider"] for name, body in block.items()}
+    for field in ("project", "region", "default_labels"):
+        assert providers["google-beta"][field] == providers["google"][field]
 
 
 def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_checks(main_module):
