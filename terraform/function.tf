@@ -162,7 +162,7 @@ resource "google_cloud_run_service_iam_member" "public" {
   #checkov:skip=CKV_GCP_102:Public by design: a public API; the function authenticates every request by its API key.
   project  = var.project_id
   location = var.region
-  service  = google_cloudfunctions2_function.uploads.name # a 2nd-gen function runs as the Cloud Run service of its name
+  service  = local.api_service # the Cloud Run service the 2nd-gen function runs as (main.tf)
   role     = "roles/run.invoker"
   member   = "allUsers"
 }
@@ -222,7 +222,7 @@ resource "google_cloud_run_service_iam_member" "deliveries_public" {
   #checkov:skip=CKV_GCP_102:Only Pub/Sub's signed pushes are served; the function checks each token itself.
   project  = var.project_id
   location = var.region
-  service  = google_cloudfunctions2_function.deliveries.name
+  service  = local.deliveries_service
   role     = "roles/run.invoker"
   member   = "allUsers"
 }

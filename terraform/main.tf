@@ -9,4 +9,13 @@ locals {
   # The load balancer's service agent: it reads the private buckets behind the
   # CDN (cdn.tf). Google creates it with the project's first backend bucket.
   lb_service_agent = "service-${data.google_project.this.number}@https-lb.iam.gserviceaccount.com"
+  # The Cloud Run service each 2nd-gen function runs as, from the function's own
+  # serviceConfig.service ("projects/{project}/locations/{region}/services/{service}",
+  # https://cloud.google.com/functions/docs/reference/rest/v2/projects.locations.functions#ServiceConfig),
+  # never assumed to be the function's name. Its logs and metrics are
+  # resource.type "cloud_run_revision" with resource.labels.service_name = that
+  # name (https://cloud.google.com/run/docs/logging: `gcloud logging read
+  # "resource.type=cloud_run_revision AND resource.labels.service_name=SERVICE"`).
+  api_service        = element(reverse(split("/", google_cloudfunctions2_function.uploads.service_config[0].service)), 0)
+  deliveries_service = element(reverse(split("/", google_cloudfunctions2_function.deliveries.service_config[0].service)), 0)
 }

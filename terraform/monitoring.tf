@@ -10,10 +10,11 @@
 # twice. tests/test_terraform.py evaluates each filter against the lines a
 # served function really writes.
 #
-# A 2nd-gen function is a Cloud Run service of the same name: its logs and
-# metrics carry resource.type "cloud_run_revision" and
-# resource.labels.service_name = the function's name (variables.tf
-# function_name and deliveries_function_name). Metric types: https://cloud.google.com/monitoring/api/metrics_gcp_p_z
+# A 2nd-gen function runs as a Cloud Run service (main.tf: local.api_service
+# and local.deliveries_service, read from the function's serviceConfig.service):
+# its logs and metrics carry resource.type "cloud_run_revision" and
+# resource.labels.service_name = that service's name (https://cloud.google.com/run/docs/logging).
+# Metric types: https://cloud.google.com/monitoring/api/metrics_gcp_p_z
 # (pubsub.googleapis.com/subscription/oldest_unacked_message_age and
 # num_undelivered_messages; run.googleapis.com/container/instance_count).
 
@@ -21,14 +22,14 @@ locals {
   # Both functions write the request line: the API's and the deliveries' (function.tf). The
   # logging filter's `field = ("a" OR "b")` is documented in the query language's reference
   # (https://cloud.google.com/logging/docs/view/logging-query-language).
-  service_filter = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(\"${google_cloudfunctions2_function.uploads.name}\" OR \"${google_cloudfunctions2_function.deliveries.name}\")"
+  service_filter = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(\"${local.api_service}\" OR \"${local.deliveries_service}\")"
   # Our request line: the only entries with a route field.
   request_lines = "${local.service_filter} AND jsonPayload.route:*"
   log_metric    = "logging.googleapis.com/user"
   channels      = [for channel in google_monitoring_notification_channel.email : channel.id]
-  run_resource  = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = one_of(\"${google_cloudfunctions2_function.uploads.name}\", \"${google_cloudfunctions2_function.deliveries.name}\")"
+  run_resource  = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = one_of(\"${local.api_service}\", \"${local.deliveries_service}\")"
   # The API function alone (its instance cap is var.max_instances).
-  api_resource = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${google_cloudfunctions2_function.uploads.name}\""
+  api_resource = "resource.type = \"cloud_run_revision\" AND resource.labels.service_name = \"${local.api_service}\""
   runbook      = "Runbook: docs/operations.md, \"Monitoring and alerts\"."
 
   failure_metrics = {
@@ -524,7 +525,7 @@ resource "google_monitoring_alert_policy" "uptime" {
     mime_type = "text/markdown"
     content   = <<-EOT
       GET /health on the function's URL is failing from several places: the function is down or unreachable. /health calls nothing upstream, so this is the function or Cloud Run itself, not Firestore or Storage.
-      1. Cloud Run's page for the service "${google_cloudfunctions2_function.uploads.name}": is a revision serving? Did the last deploy fail to start (the build or the container log says why)?
+      1. Cloud Run's page for the service "${local.api_service}": is a revision serving? Did the last deploy fail to start (the build or the container log says why)?
       2. Roll back to the last good revision (docs/operations.md, "Rolling out and rolling back").
       ${local.runbook}
     EOT
@@ -540,7 +541,7 @@ resource "google_monitoring_dashboard" "uploads" {
     name            = var.name
     requests_metric = "${local.log_metric}/${google_logging_metric.requests.name}"
     latency_metric  = "${local.log_metric}/${google_logging_metric.latency.name}"
-    service         = google_cloudfunctions2_function.uploads.name
+    service         = local.api_service
     max_instances   = var.max_instances
   })
 

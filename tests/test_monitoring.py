@@ -60,11 +60,12 @@ def tf_locals() -> dict:
 def resolve(value: str) -> str:
     """Interpolate the locals and the function's name, as Terraform would."""
     text = hcl_string(value)
-    known = {"google_cloudfunctions2_function.uploads.name": FUNCTION_NAME,
-             "google_cloudfunctions2_function.deliveries.name": DELIVERIES_NAME}
+    # main.tf's locals: the Cloud Run services the functions run as (test_the_filters_name_the_
+    # cloud_run_services_the_functions_run_as checks how they are derived).
+    known = {"local.api_service": FUNCTION_NAME, "local.deliveries_service": DELIVERIES_NAME}
     for _ in range(5):
-        text = re.sub(r"\$\{local\.(\w+)\}", lambda m: hcl_string(tf_locals()[m.group(1)]), text)
         text = re.sub(r"\$\{([\w.]+)\}", lambda m: known.get(m.group(1), m.group(0)), text)
+        text = re.sub(r"\$\{local\.(\w+)\}", lambda m: hcl_string(tf_locals()[m.group(1)]), text)
     return text
 
 
@@ -371,3 +372,23 @@ def test_the_dashboard_renders_to_json_with_the_charts_ops_need():
     assert "google_logging_metric.requests.name" in call and "google_logging_metric.latency.name" in call
     assert {m["name"] for m in metrics().values()} >= {"framelane-uploads/requests",
                                                         "framelane-uploads/request_latencies"}
+
+
+def test_the_filters_name_the_cloud_run_services_the_functions_run_as():
+    """Never the function's name assumed to be its service's: the service from its serviceConfig."""
+    main = {k: v for block in load_tf("main.tf")["locals"] for k, v in block.items()}
+    for local, function in (("api_service", "uploads"), ("deliveries_service", "deliveries")):
+        expression = hcl_string(main[local])
+        # serviceConfig.service is "projects/{project}/locations/{region}/services/{service}".
+        assert expression == ('${element(reverse(split("/", google_cloudfunctions2_function.'
+                              f'{function}.service_config[0].service)), 0)}}'), expression
+        full = f"projects/p/locations/us-central1/services/{function}-svc"
+        assert list(reversed(full.split("/")))[0] == f"{function}-svc"
+    text = "\n".join(path.read_text() for path in (TF / "monitoring.tf", TF / "function.tf"))
+    # No filter, chart or invoker grant names a function where a service is meant.
+    assert "google_cloudfunctions2_function.uploads.name" not in text
+    assert "google_cloudfunctions2_function.deliveries.name" not in text
+    for name in ("service_filter", "run_resource", "api_resource"):
+        assert "local.api_service" in hcl_string(tf_locals()[name])
+    call = hcl_string(resources("google_monitoring_dashboard")["uploads"]["dashboard_json"])
+    assert "service = local.api_service" in call
