@@ -11,7 +11,7 @@ locals {
   lb_service_agent = "service-${data.google_project.this.number}@https-lb.iam.gserviceaccount.com"
   # The Cloud Run service each 2nd-gen function runs as, from the function's own
   # serviceConfig.service ("projects/{project}/locations/{region}/services/{service}",
-  # https://cloud.google.com/functions/docs/reference/rest/v2/projects.locations.functions#ServiceConfig),
+  # the v2 API's ServiceConfig: https://cloud.google.com/php/docs/reference/cloud-functions/latest/V2.ServiceConfig),
   # never assumed to be the function's name. Its logs and metrics are
   # resource.type "cloud_run_revision" with resource.labels.service_name = that
   # name (https://cloud.google.com/run/docs/logging: `gcloud logging read
