@@ -144,13 +144,15 @@ def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _pa
 
 def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/webhook-dead-letters (the dead-letter topic's push, OIDC): record what Pub/Sub gave up on."""
-    handled = webhooks.dead_letter(_db(), _webhook_push(request, raw, log), clock.now())
+    handled = webhooks.dead_letter(_db(), _webhook_push(request, raw, log, webhooks.Message.dead_lettered),
+                                   clock.now())
     log.update(handled.log)
     return 200, handled.body, {}
 
 
-def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any]) -> webhooks.Message:
-    message = webhooks.Message.from_push(push.receive(
+def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any],
+                  read: Callable[[push.Push], webhooks.Message] = webhooks.Message.from_push) -> webhooks.Message:
+    message = read(push.receive(
         request.headers.get("Authorization"), raw, SETTINGS.webhooks_audience, SETTINGS.webhooks_service_account,
         _certs(), "webhooks", webhooks.INVALID_PUSH))
     log.update(kind=message.kind, message_id=message.message_id[:64])

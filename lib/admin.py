@@ -305,7 +305,7 @@ def _webhook_deliveries(db, args) -> int:
     rows = attempts.recent_deliveries(db, args.workspace, args.limit)
     return _show(rows, args.json, f"No webhook deliveries for workspace {args.workspace} in the last 7 days.", (
         ("AT", 20, lambda row: row["at"]), ("EVENT", 36, lambda row: row["event_id"]),
-        ("TYPE", 16, lambda row: row["event_type"]), ("ENDPOINT", 35, lambda row: row["endpoint_id"]),
+        ("TYPE", 16, lambda row: row["event_type"]), ("ENDPOINT", 35, lambda row: row["endpoint_id"] or "-"),
         ("TRY", 3, lambda row: "-" if row["attempt"] is None else row["attempt"]),
         ("RESULT", 22, lambda row: "dead-lettered" if row["dead_lettered"] else (row["status"] or row["error"] or "-")),
         ("MS", 0, lambda row: "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}")))

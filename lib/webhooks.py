@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 from google.cloud import firestore
 
-from lib import attempts, clock, endpoints, lifecycle, outbound, targets
+from lib import attempts, clock, endpoints, lifecycle, naming, outbound, targets
 from lib.clients import Publisher, shared
 from lib.endpoints import Endpoint, EndpointCache
 from lib.errors import DeliveryDeferred, InvalidEvent, ServiceUnavailable, UploadNotFound, failure
@@ -81,7 +81,8 @@ class Announcer:
         Raises:
             ServiceUnavailable: Pub/Sub did not take them all (the owed marks stay; the sweep retries).
         """
-        self._publisher.publish(self._topic, [(b"", {"kind": KIND_EVENT, "upload_id": record.id})
+        # The id is in the data too: the dead-letter route needs nothing from the attributes.
+        self._publisher.publish(self._topic, [(record.id.encode(), {"kind": KIND_EVENT, "upload_id": record.id})
                                               for record in records])
 
     def __call__(self, record: lifecycle.Record) -> None:
@@ -158,13 +159,51 @@ class Message(NamedTuple):
             raise InvalidEvent("not a delivery message", INVALID_PUSH)
         return Delivery.from_message(self.attributes, self.data, self.attempt)
 
+    @classmethod
+    def dead_lettered(cls, push: Push) -> Message:
+        """A message the dead-letter topic pushed: ours as sent, or, without our attributes, read from its data.
+
+        Pub/Sub's page says a dead-lettered message is forwarded with attributes added
+        (https://cloud.google.com/pubsub/docs/dead-letter-topics), not in so many words that ours
+        are kept, so nothing here rests on them: an event message's data is its upload id, and a
+        delivery's is the event body, which names the upload and the event type (hence the event
+        id). Only the endpoint is then unknown; the row says so.
+
+        Raises InvalidEvent: neither.
+        """
+        if "kind" in push.attributes:
+            return cls.from_push(push)
+        body = _event_body(push.data)
+        if body is not None:
+            upload_id, event_type = body
+            attributes = {"event_id": event_id(upload_id, event_type), "event_type": event_type,
+                          "upload_id": upload_id}
+            return cls(KIND_DELIVERY, push.message_id, attributes, push.data, push.attempt)
+        text = push.data.decode("ascii", "replace")
+        if naming.UPLOAD_ID.fullmatch(text):
+            return cls(KIND_EVENT, push.message_id, {"upload_id": text}, push.data, push.attempt)
+        raise InvalidEvent("a dead-lettered message that is neither an event nor a delivery of ours", INVALID_PUSH)
+
+
+def _event_body(data: bytes) -> tuple[str, str] | None:
+    """(upload id, event type) of an event body as event_body() makes it, or None."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("type") not in EVENT_TYPES.values():
+        return None
+    upload = body.get("data")
+    upload_id = upload.get("id") if isinstance(upload, dict) else None
+    return (upload_id, body["type"]) if isinstance(upload_id, str) and naming.UPLOAD_ID.fullmatch(upload_id) else None
+
 
 # -- step 3: delivery ---------------------------------------------------------------------------
 
 class Delivery(NamedTuple):
     """One delivery message: which event goes to which endpoint, and its exact body."""
 
-    endpoint_id: str
+    endpoint_id: str  # "": a dead-lettered delivery whose attributes did not survive (unknown)
     event_id: str
     event_type: str
     upload_id: str
@@ -177,9 +216,12 @@ class Delivery(NamedTuple):
             data.decode()
         except UnicodeDecodeError:
             raise InvalidEvent("a delivery message's body is not UTF-8", INVALID_PUSH) from None
+        endpoint_id = attributes.get("endpoint_id", "")
+        if not endpoint_id and "kind" in attributes:  # as we send it, a delivery always names its endpoint
+            raise InvalidEvent("a delivery message lacks the attribute endpoint_id", INVALID_PUSH)
         try:
-            return cls(attributes["endpoint_id"], attributes["event_id"], attributes["event_type"],
-                       attributes["upload_id"], data, attempt)
+            return cls(endpoint_id, attributes["event_id"], attributes["event_type"], attributes["upload_id"],
+                       data, attempt)
         except KeyError as exc:
             raise InvalidEvent(f"a delivery message lacks the attribute {exc.args[0]}", INVALID_PUSH) from None
 
@@ -251,7 +293,7 @@ def attempt_row(endpoint: Endpoint | None, delivery: Delivery, result: outbound.
         "workspace_id": workspace_id,
         "at": now,
         "mode": mode,
-        "endpoint_id": delivery.endpoint_id,
+        "endpoint_id": delivery.endpoint_id or None,
         "url": endpoint.url if endpoint else None,
         "event_id": delivery.event_id,
         "event_type": delivery.event_type,
@@ -266,7 +308,7 @@ def attempt_row(endpoint: Endpoint | None, delivery: Delivery, result: outbound.
 
 def dead_lettered(db: firestore.Client, delivery: Delivery, now: datetime) -> str:
     """A delivery Pub/Sub gave up on: recorded, so `webhook-deliveries` shows it."""
-    endpoint = endpoints.get_endpoint(db, delivery.endpoint_id)
+    endpoint = endpoints.get_endpoint(db, delivery.endpoint_id) if delivery.endpoint_id else None
     workspace = None
     if endpoint is None:
         try:
@@ -377,5 +419,6 @@ def dead_letter(db: firestore.Client, message: Message, now: datetime) -> Handle
         return Handled({"outcome": "event_dead_lettered"}, {"outcome": "event_dead_lettered", "severity": "ERROR"})
     delivery = message.delivery()
     outcome = dead_lettered(db, delivery, now)
-    return Handled({"outcome": outcome}, {"event_id": delivery.event_id, "endpoint_id": delivery.endpoint_id[:64],
+    return Handled({"outcome": outcome}, {"event_id": delivery.event_id,
+                                          "endpoint_id": (delivery.endpoint_id or "unknown")[:64],
                                           "outcome": outcome, "severity": "WARNING"})

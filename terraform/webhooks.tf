@@ -130,15 +130,14 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards_webhooks" {
 
 # Dead-lettered deliveries are pushed back to the function, which records them
 # (`webhook-deliveries` shows "dead-lettered"); a fan-out that was dead-lettered
-# stays owed on its upload and the sweep publishes it again. The route reads the
-# message's own attributes (kind, endpoint_id, event_id, ...): a forwarded
-# message keeps its data and attributes, and Pub/Sub adds its
-# CloudPubSubDeadLetterSource* attributes beside them
-# (https://cloud.google.com/pubsub/docs/dead-letter-topics; the excerpt found
-# here did not quote that paragraph, so this rests on it and on client code
-# that reads those attributes beside the original ones). If it ever did not
-# hold, the route answers 400 and the message stays on the dead-letter
-# subscription for 7 days; the delivery attempts before it are recorded anyway.
+# stays owed on its upload and the sweep publishes it again. Pub/Sub's page says
+# it forwards the message with attributes added that name the source
+# subscription (https://cloud.google.com/pubsub/docs/dead-letter-topics), not
+# in so many words that the original attributes are kept; so the route does not
+# rest on them (lib/webhooks.py Message.dead_lettered). It reads our attributes
+# when they are there, and otherwise the data: an event message's is its upload
+# id, a delivery's is the event body (the upload and the event type, hence the
+# event id). Only the endpoint is then unknown, and the row says so.
 resource "google_pubsub_subscription" "webhooks_dead" {
   project                    = var.project_id
   name                       = "${var.name}-webhooks-dead"

@@ -184,7 +184,8 @@ data "archive_file" "z" {
 
 
 def test_schema_check_reads_a_resource_against_the_provider_it_names(tmp_path, schemas):
-    beta = 'resource "google_project_service_identity" "p" {\n  provider = google-beta\n  service  = "pubsub.googleapis.com"\n}'
+    beta = ('resource "google_project_service_identity" "p" {\n  provider = google-beta\n'
+            '  service  = "pubsub.googleapis.com"\n}')
     assert check_snippet(tmp_path, schemas, beta) == []
     # The same resource on the GA provider does not exist; a typo is caught on the beta one too.
     assert check_snippet(tmp_path, schemas, beta.replace("  provider = google-beta\n", "")) == [

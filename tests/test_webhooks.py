@@ -380,6 +380,57 @@ def test_a_delivery_naming_no_endpoint_we_make_is_acknowledged_not_a_5xx(deliver
     assert resp.status_code == 200 and resp.get_json() == {"outcome": outcome}
 
 
+def dead_letter_envelope(data: bytes) -> dict:
+    """A dead-lettered message carrying only what Pub/Sub adds (as if ours were not kept)."""
+    import base64
+    added = {"CloudPubSubDeadLetterSourceSubscription": "framelane-uploads-webhooks",
+             "CloudPubSubDeadLetterSourceDeliveryCount": "100"}
+    return {"message": {"attributes": added, "data": base64.b64encode(data).decode(), "messageId": "7"},
+            "subscription": "framelane-uploads-webhooks-dead"}
+
+
+def test_a_dead_letter_is_recorded_from_its_data_alone_whatever_attributes_survive(
+        event_path, make_key, deliveries_client, oidc_issuer, db):
+    """Pub/Sub's page does not promise our attributes outlive dead-lettering: nothing rests on them."""
+    key, workspace = make_key()
+    out = upload(event_path, key, CLIP)
+    wait_for(lambda: get(event_path, key, out["id"])["status"] == "completed", what="the upload completed")
+    event_type, body = webhooks.event_body(lifecycle.load_by_id(db, out["id"]), "https://cdn.example")
+    # A delivery: its data is the event body, which names the upload and the event.
+    resp = webhook_push(deliveries_client, "/internal/webhook-dead-letters", dead_letter_envelope(body),
+                        oidc_issuer.webhooks_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": "dead_letter_recorded"}
+    [row] = [r for r in deliveries(db, workspace) if r["dead_lettered"]]
+    assert (row["upload_id"], row["event_type"], row["event_id"], row["mode"]) == \
+        (out["id"], event_type, webhooks.event_id(out["id"], event_type), "live")
+    assert row["endpoint_id"] is None and row["error"] == "dead_lettered"  # which endpoint is unknown, said so
+    # An event message: its data is the upload's id; the owed mark (kept) brings it back.
+    resp = webhook_push(deliveries_client, "/internal/webhook-dead-letters", dead_letter_envelope(out["id"].encode()),
+                        oidc_issuer.webhooks_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": "event_dead_lettered"}
+    # Neither: refused, as any message that is not ours.
+    for data in (b"upl_nope", json.dumps({"type": "upload.completed", "data": {"id": "x"}}).encode(), b"{}"):
+        resp = webhook_push(deliveries_client, "/internal/webhook-dead-letters", dead_letter_envelope(data),
+                            oidc_issuer.webhooks_token())
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_event", data
+    # On the live route the attributes stay required: a message without them is not ours.
+    resp = webhook_push(deliveries_client, "/internal/webhooks", dead_letter_envelope(body),
+                        oidc_issuer.webhooks_token())
+    assert resp.status_code == 400
+
+
+def test_event_messages_carry_their_upload_id_in_their_data():
+    published = []
+
+    class Recorder:
+        def publish(self, topic, messages):
+            published.extend(messages)
+
+    record = lifecycle.Record("upl_" + "3" * 32, {}, None)
+    webhooks.Announcer(Recorder(), "t").publish([record])
+    assert published == [(record.id.encode(), {"kind": webhooks.KIND_EVENT, "upload_id": record.id})]
+
+
 def test_past_its_share_of_deliveries_in_flight_an_endpoint_waits_its_turn(deliveries_client, oidc_issuer,
                                                                             openapi_doc):
     """With MAX_IN_FLIGHT_PER_ENDPOINT deliveries to one endpoint in flight on an instance, the
