@@ -164,7 +164,7 @@ class Message(NamedTuple):
         """A message the dead-letter topic pushed: ours as sent, or, without our attributes, read from its data.
 
         Pub/Sub's page says a dead-lettered message is forwarded with attributes added
-        (https://cloud.google.com/pubsub/docs/dead-letter-topics), not in so many words that ours
+        (https://cloud.google.com/pubsub/docs/handling-failures), not in so many words that ours
         are kept, so nothing here rests on them: an event message's data is its upload id, and a
         delivery's is the event body, which names the upload and the event type (hence the event
         id). Only the endpoint is then unknown; the row says so.

@@ -19,7 +19,7 @@
 # Google's pages this follows:
 # - Retry policy: https://cloud.google.com/pubsub/docs/subscription-retry-policy
 #   (minimum_backoff and maximum_backoff 0-600 s; exponential between them).
-# - Dead-letter topics: https://cloud.google.com/pubsub/docs/dead-letter-topics
+# - Dead-letter topics: https://cloud.google.com/pubsub/docs/handling-failures
 #   (max_delivery_attempts 5-100; the Pub/Sub service agent publishes to the
 #   dead-letter topic and acknowledges on the source subscription).
 # - Push subscriptions: https://cloud.google.com/pubsub/docs/push (the envelope's
@@ -132,7 +132,7 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards_webhooks" {
 # (`webhook-deliveries` shows "dead-lettered"); a fan-out that was dead-lettered
 # stays owed on its upload and the sweep publishes it again. Pub/Sub's page says
 # it forwards the message with attributes added that name the source
-# subscription (https://cloud.google.com/pubsub/docs/dead-letter-topics), not
+# subscription (https://cloud.google.com/pubsub/docs/handling-failures), not
 # in so many words that the original attributes are kept; so the route does not
 # rest on them (lib/webhooks.py Message.dead_lettered). It reads our attributes
 # when they are there, and otherwise the data: an event message's is its upload
