@@ -36,8 +36,8 @@ audit: $(VENV)/.installed
 # Proves a deployment: the whole upload journey against API_URL with API_KEY (a test-mode key is
 # enough; docs/operations.md). The key goes through the environment, never the command line.
 smoke: $(VENV)/.installed
-	@test -n "$(API_URL)" || { echo "usage: make smoke API_URL=https://api.example.com API_KEY=fl_test_... [SMOKE_ARGS=--emulators]"; exit 2; }
-	@FRAMELANE_API_KEY="$(API_KEY)" $(PY) -m dev.smoke --api-url "$(API_URL)" $(SMOKE_ARGS)
+	@test -n "$(API_URL)" || { echo "usage: make smoke API_URL=https://api.example.com API_KEY=fl_test_... [WEBHOOK_URL=https://receiver.example.com/hook] [SMOKE_ARGS=--emulators]"; exit 2; }
+	@FRAMELANE_API_KEY="$(API_KEY)" $(PY) -m dev.smoke --api-url "$(API_URL)" $(if $(WEBHOOK_URL),--webhook-url "$(WEBHOOK_URL)") $(SMOKE_ARGS)
 
 # Remakes the media fixtures in tests/media/ (committed: the tests only read them) with Debian's
 # ffmpeg and ffprobe, and fontTools for the fonts; run it only to change one.

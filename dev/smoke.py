@@ -10,6 +10,12 @@ are never printed. What the smoke made is cancelled if it is still pending when 
 
 `--emulators`: the deployment is `make run`'s. Steps that need what only Google runs (the CDN's
 headers and 404s, a cancelled session refusing bytes) are skipped there, each saying why.
+
+`--webhook-url URL`: also prove webhooks. The smoke adds a webhook endpoint with that URL for the
+key's workspace and mode (through Firestore, as `python -m lib.admin add-webhook` does, so it needs
+the ops credentials and GOOGLE_CLOUD_PROJECT), then waits for the deliveries function's record of
+the upload's `upload.completed` delivered there with a 2xx, and removes the endpoint at the end. Any
+receiver that answers 2xx will do; the smoke reads the outcome from the attempt log, not from it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,16 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import google_crc32c
 import requests
 
 from dev import samples
+from lib import attempts, auth, clock, endpoints, targets
+from lib.clients import firestore_client
+from lib.config import ConfigError, FirestoreSettings
+from lib.errors import ApiError
 
 TIMEOUT = 30
 
@@ -46,9 +57,13 @@ def crc32c(data: bytes) -> str:
 
 class Smoke:
     def __init__(self, api_url: str, api_key: str, emulators: bool, event_seconds: float,
-                 out: Callable[[str], None] = print):
+                 out: Callable[[str], None] = print, webhook_url: str | None = None, webhook_seconds: float = 60.0):
         self.api = api_url.rstrip("/")
         self.auth = {"Authorization": f"Bearer {api_key}"}
+        self.webhook_url = webhook_url
+        self.webhook_seconds = webhook_seconds
+        self.endpoint: endpoints.Endpoint | None = None
+        self.db: Any = None  # a Firestore client, once a step needs one
         self.emulators = emulators
         self.event_seconds = event_seconds
         self.out = out
@@ -65,8 +80,9 @@ class Smoke:
         return resp
 
     def run(self) -> int:
-        steps = [("health", self.health), ("create", self.create), ("put", self.put),
-                 ("completed by the storage event", self.completed), ("source_url", self.source),
+        steps = [("health", self.health), ("webhook endpoint", self.add_endpoint), ("create", self.create),
+                 ("put", self.put), ("completed by the storage event", self.completed),
+                 ("webhook delivered", self.delivered), ("source_url", self.source),
                  ("the CDN serves nothing else", self.cdn_refuses), ("a rejected impostor", self.impostor),
                  ("cancel", self.cancel)]
         try:
@@ -91,6 +107,37 @@ class Smoke:
         if resp.status_code != 200:
             raise StepFailed(f"/health answered {resp.status_code}")
         return ""
+
+    def add_endpoint(self) -> str:
+        """Before the upload, so that its completion is told to the endpoint."""
+        if not self.webhook_url:
+            raise Skipped("no --webhook-url given")
+        try:
+            self.db = firestore_client(FirestoreSettings.from_env(os.environ))
+            key = auth.authenticate(self.db, self.auth["Authorization"], auth.lookup_cache(0))
+        except (ConfigError, ApiError) as exc:  # no project set; an unknown key; Firestore unreachable
+            raise StepFailed(f"cannot read the key's workspace from Firestore: {exc}") from None
+        try:
+            self.endpoint = endpoints.create_endpoint(self.db, key.workspace_id, key.mode, self.webhook_url,
+                                                      allow_private=self.emulators, now=clock.now())
+        except targets.TargetRefused as exc:  # the URL's rules, as add-webhook applies them
+            raise StepFailed(f"the webhook URL is refused: {exc}") from None
+        return f"{self.endpoint.id} for {key.workspace_id} ({key.mode})"
+
+    def delivered(self) -> str:
+        if self.endpoint is None:
+            raise Skipped("no --webhook-url given")
+        deadline = time.monotonic() + self.webhook_seconds
+        while True:
+            rows = [row for row in attempts.recent_deliveries(self.db, self.endpoint.workspace_id, 100)
+                    if row["endpoint_id"] == self.endpoint.id and row["upload_id"] == self.upload["id"]
+                    and row["event_type"] == "upload.completed"]
+            if any(row["status"] and 200 <= row["status"] < 300 for row in rows):
+                return f"upload.completed answered 2xx, after {len(rows)} attempt(s)"
+            if time.monotonic() >= deadline:
+                seen = ", ".join(str(row["status"] or row["error"]) for row in rows) or "no attempt recorded"
+                raise StepFailed(f"no 2xx delivery of upload.completed within {self.webhook_seconds:.0f} s ({seen})")
+            time.sleep(1)  # polling the attempt log, within the bound above
 
     def create(self) -> str:
         body = {"content_type": "video/mp4", "filename": "smoke.mp4", "size_bytes": len(self.data),
@@ -184,6 +231,12 @@ class Smoke:
         return f"cancelled; its session refuses bytes ({resp.status_code})"
 
     def clean_up(self) -> None:
+        if self.endpoint is not None:
+            try:
+                endpoints.remove_endpoint(self.db, self.endpoint.id)
+            except Exception:  # noqa: BLE001 - the run's verdict stands; say what is left behind
+                self.out(f"note  could not remove webhook endpoint {self.endpoint.id}: "
+                         "python -m lib.admin remove-webhook removes it")
         for upload_id in self.made:
             try:
                 self.http.post(f"{self.api}/v1/uploads/{upload_id}/cancel", headers=self.auth, timeout=TIMEOUT)
@@ -208,12 +261,17 @@ def main(argv: list[str] | None = None) -> int:
                         "Google runs, saying why)")
     parser.add_argument("--event-seconds", type=float, default=10.0,
                         help="how long the storage event may take to complete an upload (default 10)")
+    parser.add_argument("--webhook-url", help="also prove webhooks: a receiver answering 2xx (needs the ops "
+                        "credentials and GOOGLE_CLOUD_PROJECT; the endpoint is removed at the end)")
+    parser.add_argument("--webhook-seconds", type=float, default=60.0,
+                        help="how long the upload.completed delivery may take (default 60)")
     args = parser.parse_args(argv)
     if args.event_seconds < 3:
         parser.error("--event-seconds must be 3 or more: the step tells the event's completion from a GET's by it")
     if not args.api_key:
         parser.error("no API key: pass --api-key or set FRAMELANE_API_KEY")
-    return Smoke(args.api_url, args.api_key, args.emulators, args.event_seconds).run()
+    return Smoke(args.api_url, args.api_key, args.emulators, args.event_seconds,
+                 webhook_url=args.webhook_url, webhook_seconds=args.webhook_seconds).run()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,14 @@ storage events do not arrive fails it at that step."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
+from dev.receiver import Receiver
+from lib import endpoints
 from tests.conftest import ROOT
+from tests.test_webhooks import deliveries
 
 
 def smoke(url: str, key: str, *extra: str) -> subprocess.CompletedProcess:
@@ -23,9 +27,10 @@ def test_the_smoke_walks_the_local_deployment(event_path, make_key):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     steps = {line[6:].split(" (")[0].split(":")[0]: line[:6].strip() for line in lines[:-1]}  # "ok    name (...)"
-    assert steps == {"health": "ok", "create": "ok", "put": "ok", "completed by the storage event": "ok",
-                     "source_url": "ok", "the CDN serves nothing else": "skip", "a rejected impostor": "ok",
-                     "cancel": "ok"}, lines
+    assert steps == {"health": "ok", "webhook endpoint": "skip", "create": "ok", "put": "ok",
+                     "completed by the storage event": "ok", "webhook delivered": "skip", "source_url": "ok",
+                     "the CDN serves nothing else": "skip", "a rejected impostor": "ok", "cancel": "ok"}, lines
+    assert "skip  webhook endpoint: no --webhook-url given" in done.stdout
     assert "skip  the CDN serves nothing else: the local stand-in for the CDN is fake-gcs-server" in done.stdout
     assert "media 1.0 s 64x48 h264" in done.stdout and lines[-1] == "smoke: the deployment works"
     assert key not in done.stdout + done.stderr and "upload_id=" not in done.stdout + done.stderr
@@ -48,3 +53,35 @@ def test_the_smoke_needs_a_key_and_a_sane_bound(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dev.smoke", "--api-url", "http://127.0.0.1:9", "--api-key", "k",
                            "--event-seconds", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--event-seconds must be 3 or more" in done.stderr
+
+
+def test_with_a_receiver_the_smoke_proves_webhooks_and_removes_its_endpoint(event_path, make_key, db):
+    key, workspace = make_key(mode="test")
+    receiver = Receiver()
+    try:
+        done = smoke(event_path["function"].url, key, "--webhook-url", receiver.url, "--webhook-seconds", "60")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "ok    webhook delivered (" in done.stdout and "upload.completed answered 2xx" in done.stdout
+        # The receiver really got the event, for the smoke's upload; the endpoint is gone afterwards.
+        made = re.search(r"ok    create \(.*\): (upl_[0-9a-f]{32})", done.stdout).group(1)
+        completed = [item.event["data"]["id"] for item in receiver.received if item.event["type"] == "upload.completed"]
+        assert made in completed
+        assert endpoints.list_endpoints(db, workspace) == []
+        assert key not in done.stdout + done.stderr
+    finally:
+        receiver.stop()
+
+
+def test_a_receiver_that_fails_fails_the_smoke_at_the_webhook_step(event_path, make_key, db):
+    key, workspace = make_key(mode="test")
+    receiver = Receiver()
+    receiver.script.extend([500] * 20)
+    try:
+        done = smoke(event_path["function"].url, key, "--webhook-url", receiver.url, "--webhook-seconds", "5")
+        assert done.returncode == 1
+        assert done.stdout.splitlines()[-1].startswith("FAIL  webhook delivered ("), done.stdout
+        assert "no 2xx delivery of upload.completed within 5 s (500" in done.stdout
+        assert endpoints.list_endpoints(db, workspace) == []  # removed even so
+        assert [r for r in deliveries(db, workspace) if r["status"] == 500]
+    finally:
+        receiver.stop()
