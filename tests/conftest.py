@@ -5,8 +5,14 @@
   before `main` is first imported.
 - `client`: the API function (`uploads`) through functions-framework's Flask
   app, in-process; `deliveries_client` the webhooks function (`deliveries`).
-- `serve`: the function served by `functions-framework` (gunicorn, threads),
-  as deployed, with per-test environment overrides; stopped by PID.
+- `shipped`: the archive terraform uploads (function.tf's includes and
+  excludes), unzipped and installed into a fresh virtualenv from its
+  requirements.txt alone, on this Python, as Cloud Functions builds it.
+- `serve`: the function served by `functions-framework` (gunicorn, threads)
+  from `shipped`, as deployed, with per-test environment overrides; stopped
+  by PID. `served_default` and `event_path` serve `shipped` too, so every
+  served-function test runs the archive that ships: a file it leaves out, or
+  a dependency only the dev requirements bring, fails them.
 - `event_path`: storage events and webhooks end to end, apart from the rest
   so no other test's PUT completes behind its back: the Pub/Sub emulator, a
   second fake-gcs-server that publishes each finalized object there, a
@@ -22,8 +28,11 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import uuid
+import venv
+import zipfile
 from pathlib import Path
 from unittest import mock
 
@@ -102,7 +111,36 @@ def backends(log_dir, oidc_issuer):
 
 
 @pytest.fixture(scope="session")
-def event_path(backends, log_dir, oidc_issuer):
+def shipped(tmp_path_factory) -> tuple[Path, Path]:
+    """(source dir, the virtualenv's bin) of the archive as terraform zips it, installed as shipped."""
+    from tests.test_terraform import archive_files
+
+    tmp = tmp_path_factory.mktemp("shipped")
+    zip_path = tmp / "function-source.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in archive_files():
+            zf.write(ROOT / name, name)
+    source = tmp / "source"
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(source)
+    env_dir = tmp / "venv"
+    venv.create(env_dir, with_pip=True)
+    install = subprocess.run([str(env_dir / "bin/python"), "-m", "pip", "install", "--quiet",
+                              "--disable-pip-version-check", "-r", str(source / "requirements.txt")],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    return source, env_dir / "bin"
+
+
+def start_shipped(shipped: tuple[Path, Path], env: dict, log_dir: Path, **kwargs) -> emulators.Service:
+    """A function served from the shipped archive: nothing of this checkout's is importable."""
+    source, bin_dir = shipped
+    env = {name: value for name, value in env.items() if name != "PYTHONPATH"}
+    return emulators.start_function(env, log_dir, source_dir=source, bin_dir=bin_dir, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def event_path(backends, log_dir, oidc_issuer, shipped):
     stack = emulators.start_stack(log_dir, PROJECT, BUCKET, events=(EVENTS_TOPIC, EVENTS_SUBSCRIPTION),
                                   firestore=backends["firestore"], storage_name="fake-gcs-events",
                                   redis=backends["redis"])
@@ -116,10 +154,10 @@ def event_path(backends, log_dir, oidc_issuer):
                                      **oidc_issuer.env(),
                                      PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
                                      WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
-        function = emulators.start_function(env, log_dir, name="function-events")
+        function = start_shipped(shipped, env, log_dir, name="function-events")
         started.append(function)
         # The webhook pushes go to the deliveries function, as deployed (terraform/webhooks.tf).
-        deliveries = emulators.start_function(env, log_dir, name="function-deliveries", target="deliveries")
+        deliveries = start_shipped(shipped, env, log_dir, name="function-deliveries", target="deliveries")
         started.append(deliveries)
         relay = emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}",
                                       function.url + "/internal/storage-events", oidc_issuer, log_dir)
@@ -222,15 +260,15 @@ class Served:
 
 
 @pytest.fixture
-def serve(backends, log_dir):
-    """Start a served function with environment overrides; all are stopped at teardown."""
+def serve(backends, log_dir, shipped):
+    """Start a function served from the shipped archive, with environment overrides; all stopped at teardown."""
     started: list[emulators.Service] = []
 
     def start(drop: tuple[str, ...] = (), target: str = "uploads", **overrides: str) -> Served:
         env = dict(backends["env"], **overrides)
         for name in drop:
             env.pop(name, None)
-        service = emulators.start_function(env, log_dir, name=f"function-{secrets.token_hex(4)}", target=target)
+        service = start_shipped(shipped, env, log_dir, name=f"function-{secrets.token_hex(4)}", target=target)
         started.append(service)
         return Served(service)
 
@@ -240,9 +278,9 @@ def serve(backends, log_dir):
 
 
 @pytest.fixture(scope="session")
-def served_default(backends, log_dir):
-    """One served function on the default settings, shared by the tests that only read it."""
-    service = emulators.start_function(backends["env"], log_dir, name="function-shared")
+def served_default(backends, log_dir, shipped):
+    """One function served from the shipped archive on the default settings, shared by the tests that only read it."""
+    service = start_shipped(shipped, backends["env"], log_dir, name="function-shared")
     yield Served(service)
     service.stop()
 

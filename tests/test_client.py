@@ -36,7 +36,7 @@ from client.resumable import Finalized, persisted
 from client.transport import GaveUp, Retry, retry_after
 from dev import emulators
 from lib.mediatypes import ALIASES, EXTENSIONS
-from tests.conftest import BUCKET, PROJECT, ROOT, Served
+from tests.conftest import BUCKET, PROJECT, ROOT, Served, start_shipped
 from tests.helpers import SIZED_EXTENSIONS, Answer, RecordingProxy, Stall, sized_media
 
 MIB = 1024 * 1024
@@ -141,7 +141,7 @@ def interrupt_once_saved(proc: subprocess.Popen, command: Command) -> state.Save
 # --- fixtures --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def resumable(backends, log_dir):
+def resumable(backends, log_dir, shipped):
     """gcp-storage-emulator, and a served function minting sessions on it (through
     a proxy that tests can script: 503s and stalls on chunk PUTs)."""
     storage = emulators.start_gcp_storage_emulator(log_dir, BUCKET)
@@ -155,7 +155,7 @@ def resumable(backends, log_dir):
     try:
         env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
                                      STORAGE_EMULATOR_HOST=proxy.url, CDN_BASE_URL=f"{storage.url}/{BUCKET}")
-        function = emulators.start_function(env, log_dir, name="function-gcp-storage-emulator")
+        function = start_shipped(shipped, env, log_dir, name="function-gcp-storage-emulator")
         yield {"storage": storage, "proxy": proxy, "scripts": scripts, "function": Served(function),
                "cdn": f"{storage.url}/{BUCKET}"}
     finally:

@@ -18,7 +18,7 @@ import requests
 
 from dev.oidc_issuer import EVENTS_AUDIENCE
 from lib import events, lifecycle
-from tests.conftest import BUCKET, STAGING_BUCKET
+from tests.conftest import BUCKET, STAGING_BUCKET, start_shipped
 from tests.helpers import RecordingProxy, media, padded_mp4, schema_errors
 from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
 
@@ -491,7 +491,7 @@ def test_through_the_whole_path_late_bytes_are_deleted_and_unknown_objects_ackno
 
 
 def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(event_path, backends, make_key, db,
-                                                                             log_dir, oidc_issuer):
+                                                                             log_dir, oidc_issuer, shipped):
     """The function answers 503 while Firestore is unreachable; the relay keeps the
     message and redelivers it with backoff; once Firestore is back the redelivery
     completes the upload. A path of its own (topic, fake-gcs-server, functions,
@@ -508,11 +508,11 @@ def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(eve
         emulators.create_buckets(storage.url, BUCKET)
         env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
                                      **oidc_issuer.env())
-        creator = emulators.start_function(env, log_dir, name="function-gated-creator")
+        creator = start_shipped(shipped, env, log_dir, name="function-gated-creator")
         started.append(creator)
         fs_host, fs_port = backends["firestore"].extra["host"].split(":")
         with TcpProxy(fs_host, int(fs_port), TcpProxy.STALL) as gate:
-            gated = emulators.start_function(dict(env, FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{gate.port}"), log_dir,
+            gated = start_shipped(shipped, dict(env, FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{gate.port}"), log_dir,
                                              name="function-gated")
             started.append(gated)
             started.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{sub}",

@@ -20,20 +20,19 @@ from urllib.parse import unquote
 import pytest
 import requests
 
-from dev import emulators
 from lib import idempotency
-from tests.conftest import BUCKET, ROOT
+from tests.conftest import BUCKET, ROOT, start_shipped
 from tests.helpers import RecordingProxy
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
 
 
 @pytest.fixture(scope="module")
-def target(backends, log_dir):
+def target(backends, log_dir, shipped):
     """A served function whose Storage traffic goes through a recording proxy."""
     with RecordingProxy(backends["storage"].url) as proxy:
         env = dict(backends["env"], STORAGE_EMULATOR_HOST=proxy.url)
-        function = emulators.start_function(env, log_dir, name="function-hostile")
+        function = start_shipped(shipped, env, log_dir, name="function-hostile")
         try:
             yield function.url, proxy
         finally:
@@ -313,9 +312,9 @@ def test_one_workspaces_idempotency_key_replayed_by_another_gets_its_own_upload(
 # --- property-based: schemathesis against openapi.yaml ------------------------------------------------
 
 @pytest.fixture(scope="module")
-def deliveries_target(backends, log_dir):
+def deliveries_target(backends, log_dir, shipped):
     """The deliveries function (the webhook pushes' routes), served as deployed."""
-    function = emulators.start_function(backends["env"], log_dir, name="function-hostile-deliveries",
+    function = start_shipped(shipped, backends["env"], log_dir, name="function-hostile-deliveries",
                                         target="deliveries")
     try:
         yield function.url
@@ -444,9 +443,9 @@ DEADLINE = 3  # REQUEST_DEADLINE_SECONDS for these functions (30 s deployed)
 
 
 @pytest.fixture(scope="module")
-def quick(backends, log_dir):
+def quick(backends, log_dir, shipped):
     """A served function whose requests get DEADLINE seconds for their line, headers and body."""
-    function = emulators.start_function(dict(backends["env"], REQUEST_DEADLINE_SECONDS=str(DEADLINE)), log_dir,
+    function = start_shipped(shipped, dict(backends["env"], REQUEST_DEADLINE_SECONDS=str(DEADLINE)), log_dir,
                                         name="function-deadline")
     try:
         yield function

@@ -23,10 +23,9 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from dev import emulators
 from dev.receiver import Receiver
 from lib import endpoints
-from tests.conftest import BUCKET, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS
+from tests.conftest import BUCKET, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS, start_shipped
 from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
 from tests.test_events import envelope, resource_of, wait_for
 from tests.test_terraform import TF, load_tf, tf_variables, unquote
@@ -161,7 +160,8 @@ def extract(extractor: str, line: dict):
 # --- real lines ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_module, db, gcs):
+def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_module, db, gcs,
+          shipped):
     """Request lines from the served functions (the API's and the deliveries'), each kind of request once at least."""
     key, workspace = make_key_module()
     tag = uuid.uuid4().hex[:8]
@@ -175,7 +175,7 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     served_default.session.get(f"{base}/health", timeout=30)
     served_default.post(json={"content_type": "text/html"}, headers=auth)
     # A create served without its limits: the store does not answer (nothing listens on port 9).
-    unlimited = emulators.start_function(dict(backends["env"], LIMITS_REDIS_URL="redis://127.0.0.1:9"), log_dir,
+    unlimited = start_shipped(shipped, dict(backends["env"], LIMITS_REDIS_URL="redis://127.0.0.1:9"), log_dir,
                                          name=f"function-no-limits-{tag}")
     try:
         assert requests.post(unlimited.url + "/v1/uploads", json={"content_type": "video/mp4"}, headers=auth,
@@ -187,7 +187,7 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     # A sweep and a storage event failing on a dead Firestore.
     name = created.json()["source_url"].split(f"/{BUCKET}/", 1)[1]  # an object the service knows
     gcs.bucket(STAGING_BUCKET).blob(name).upload_from_string(b"x", content_type="video/mp4")  # where it lands
-    dead = emulators.start_function(dict(backends["env"], FIRESTORE_EMULATOR_HOST="127.0.0.1:9"), log_dir,
+    dead = start_shipped(shipped, dict(backends["env"], FIRESTORE_EMULATOR_HOST="127.0.0.1:9"), log_dir,
                                     name=f"function-dead-firestore-{tag}")
     try:
         sweep = requests.post(dead.url + "/internal/sweep", timeout=60,

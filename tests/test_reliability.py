@@ -20,6 +20,7 @@ from google.cloud import firestore
 
 from dev import emulators
 from lib import auth, idempotency
+from tests.conftest import start_shipped
 from tests.tcpproxy import TcpProxy
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
@@ -130,11 +131,11 @@ def new_key(faults) -> str:
 
 
 @pytest.fixture
-def serve_faults(faults, log_dir):
+def serve_faults(faults, log_dir, shipped):
     started = []
 
     def start(**overrides):
-        service = emulators.start_function(fault_env(faults, **overrides), log_dir,
+        service = start_shipped(shipped, fault_env(faults, **overrides), log_dir,
                                            name=f"function-faults-{uuid.uuid4().hex[:6]}")
         started.append(service)
         return service
