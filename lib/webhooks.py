@@ -189,7 +189,7 @@ def _event_body(data: bytes) -> tuple[str, str] | None:
     """(upload id, event type) of an event body as event_body() makes it, or None."""
     try:
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     if not isinstance(body, dict) or body.get("type") not in EVENT_TYPES.values():
         return None

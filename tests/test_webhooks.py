@@ -409,7 +409,8 @@ def test_a_dead_letter_is_recorded_from_its_data_alone_whatever_attributes_survi
                         oidc_issuer.webhooks_token())
     assert resp.status_code == 200 and resp.get_json() == {"outcome": "event_dead_lettered"}
     # Neither: refused, as any message that is not ours.
-    for data in (b"upl_nope", json.dumps({"type": "upload.completed", "data": {"id": "x"}}).encode(), b"{}"):
+    for data in (b"upl_nope", json.dumps({"type": "upload.completed", "data": {"id": "x"}}).encode(), b"{}",
+                 b"[" * 20_000, b"\xff\xfe"):
         resp = webhook_push(deliveries_client, "/internal/webhook-dead-letters", dead_letter_envelope(data),
                             oidc_issuer.webhooks_token())
         assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_event", data
