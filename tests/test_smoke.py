@@ -89,48 +89,20 @@ def test_a_receiver_that_fails_fails_the_smoke_at_the_webhook_step(event_path, m
         receiver.stop()
 
 
-class StandInCdn:
-    """A CDN stand-in on loopback: 404 everywhere, except one path that answers as a bucket listing."""
-
-    def __init__(self, listing_path: str | None):
-        import http.server
-        import threading
-
-        listing = listing_path
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                listed = self.path == listing
-                body = b"<ListBucketResult><Contents><Key>uploads/x</Key></Contents></ListBucketResult>" if listed \
-                    else b'{"error": {"code": "not_found"}}'
-                self.send_response(200 if listed else 404)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("listing_path", [None, "/", "/uploads/?list-type=2&prefix=uploads/",
                                           "/test-uploads/?prefix=test-uploads/"])
 def test_the_cdn_step_fails_on_any_listing_the_url_map_could_let_through(listing_path):
     """What keeps listings out on a deployment is the URL map (terraform/cdn.tf): the smoke asks for
     them on both kinds of path, and any one answered is a failure naming it."""
     from dev.smoke import Smoke, StepFailed
+    from tests.test_targets import Server, answer
 
-    cdn = StandInCdn(listing_path)
+    listing = answer(200, b"<ListBucketResult><Contents><Key>uploads/x</Key></Contents></ListBucketResult>")
+    not_found = answer(404, b'{"error": {"code": "not_found"}}')
+    cdn = Server(lambda h: (listing if h.path == listing_path else not_found)(h))  # a CDN stand-in on loopback
     try:
         smoke = Smoke("http://127.0.0.1:9", "fl_test_x", emulators=False, event_seconds=3, out=lambda line: None)
-        smoke.upload = {"source_url": f"{cdn.url}/test-uploads/ws/abc.mp4"}
+        smoke.upload = {"source_url": f"http://127.0.0.1:{cdn.port}/test-uploads/ws/abc.mp4"}
         if listing_path is None:
             assert smoke.cdn_refuses() == "/, /uploads/, /test-uploads/ and listing queries: 404"
         else:

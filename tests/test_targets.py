@@ -111,7 +111,7 @@ def test_private_targets_and_http_pass_only_when_allowed():
 
 
 class Server:
-    """A tiny HTTP server on `host` whose handler the test supplies; records Host headers."""
+    """A tiny HTTP server on `host` whose handler the test supplies (POST and GET); records Host headers."""
 
     def __init__(self, handle, host: str = "127.0.0.1"):
         hosts = self.hosts = []
@@ -125,6 +125,8 @@ class Server:
                 peers.append(self.client_address)
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 handle(self)
+
+            do_GET = do_POST  # http.server dispatches on do_<METHOD>
 
             def log_message(self, *_):
                 pass
