@@ -382,8 +382,6 @@ def test_the_filters_name_the_cloud_run_services_the_functions_run_as():
         # serviceConfig.service is "projects/{project}/locations/{region}/services/{service}".
         assert expression == ('${element(reverse(split("/", google_cloudfunctions2_function.'
                               f'{function}.service_config[0].service)), 0)}}'), expression
-        full = f"projects/p/locations/us-central1/services/{function}-svc"
-        assert list(reversed(full.split("/")))[0] == f"{function}-svc"
     text = "\n".join(path.read_text() for path in (TF / "monitoring.tf", TF / "function.tf"))
     # No filter, chart or invoker grant names a function where a service is meant.
     assert "google_cloudfunctions2_function.uploads.name" not in text
