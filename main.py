@@ -315,7 +315,9 @@ def _framework_not_found(_exc: HTTPException) -> flask.Response:
 def _respond(request: flask.Request, status: int, body: dict[str, Any], headers: dict[str, str],
              request_id: str, log: dict[str, Any], started: float) -> flask.Response:
     # Ends with a newline, so a shell prompt after curl starts on a line of its own.
-    payload = json.dumps(body, separators=(",", ":")) + "\n"
+    # allow_nan=False: a NaN or Infinity is no JSON a client can parse; refusing it here makes any
+    # that got past the models (lib/models.py MediaFacts) a logged 500, never a body clients choke on.
+    payload = json.dumps(body, separators=(",", ":"), allow_nan=False) + "\n"
     # functions-framework reads the rest of the request body after each response
     # unless the response is streamed. A response that closes the connection
     # (408: the body stalled; 413: it is too large) is streamed, so it does not.

@@ -462,8 +462,9 @@ def main() -> int:
         print(f"k admit p50 {admits['p50_ms']:.2f} ms, {admits['per_second']:.0f}/s", file=sys.stderr)
         # (m) what a check reads.
         checks = media_reads.measure()
-        print(f"m check reads median {checks['median']:.0f} B, max {checks['max']} B; at 1 GiB median "
-              f"{checks['big_median']:.0f} B, max {checks['big_max']} B", file=sys.stderr)
+        print(f"m check wall median {checks['wall_median']:.0f} ms, child peak RSS max {checks['rss_max']:.0f} MiB; "
+              + "; ".join(f"{row['name']}: {row['reads']} reads, {row['read']:,} B, {row['cpu_ms']:.0f} ms CPU"
+                          for row in checks["long"]), file=sys.stderr)
         refused = [line for line in emulators_lines(endpoint) if line.get("limited") or line.get("limiter")]
         assert not refused, refused[:3]  # the figures were never reached, the store always answered
 
@@ -593,13 +594,17 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         f"p50 **{admits['p50_ms']:.2f} ms**, p99 {admits['p99_ms']:.2f} ms, one at a time from this process; "
         f"one Redis core runs it **{admits['per_second']:,.0f} times a second** (redis-benchmark, 50 "
         "connections, a random upload id each).", "",
-        f"**(m) what a check reads** (lib/media.py over the {len(checks['rows'])} fixtures in tests/media/, one "
-        "per content type and two more MP4/Opus; counted by its reader): as made (a few KB each, so one read "
-        f"takes the file whole), median **{checks['median']:,.0f} bytes**, max **{checks['max']:,} bytes**; "
-        "each picture and sound grown to 1 GiB (an MP4's index moved past 1 GiB of samples, filler after the "
-        f"others), median **{checks['big_median']:,.0f} bytes**, max **{checks['big_max']:,} bytes** in at most "
-        f"{checks['big_max_reads']} reads (the end of an Ogg file, for its duration, or an index past the "
-        "samples, is the second).", "",
+        f"**(m) what a check costs** (lib/media/ through its sandboxed child, over the {len(checks['rows']) - 2} "
+        "fixtures in tests/media/ and a 2-hour MP4 with a video and eight 48 kHz AAC tracks, its 11 MB index "
+        "last and then first; bytes and reads counted by the parent, CPU time and peak memory the child's): "
+        + "; ".join(f"{kind} CPU median **{k['cpu_median']:.0f} ms**, max {k['cpu_max']:.0f} ms, bytes read median "
+                    f"{k['read_median']:,.0f}, max {k['read_max']:,} in at most {k['reads_max']} reads"
+                    for kind, k in checks["per_kind"].items())
+        + "; " + "; ".join(f"the 2-hour file, {row['name'][len('2 h, 8 audio tracks, '):]}: **{row['reads']} reads, "
+                           f"{row['read'] / 2**20:.1f} MiB**, {row['cpu_ms']:.0f} ms CPU" for row in checks["long"])
+        + f". A check's wall time, child start-up included: median **{checks['wall_median']:.0f} ms**. The "
+        f"child's peak RSS: at most **{checks['rss_max']:.0f} MiB** (the budget: 64 MiB in 64 reads, 512 MiB of "
+        "address space, 4 s of CPU).", "",
     ]
     lines += [
         "**Reference**: the floor's calls made in-process, without HTTP or a framework (p50, concurrency 1): "

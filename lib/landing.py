@@ -4,8 +4,8 @@ The session writes to the staging bucket, which nothing serves. When the object 
 storage event, or a GET, cancel or sweep looking for itself), `land` decides:
 
 1. `verdict`: the size and each declared checksum, from the object's metadata (no reads);
-2. `examine`: ranged reads of the object, within lib/reading.py's budget, say whether it is the
-   media declared and what it holds (lib/media.py);
+2. `examine`: the object's bytes, read in ranges within a counted budget and decoded in a sandboxed
+   child, say whether it is the media declared and what it holds (lib/media/);
 3. a match is placed at its served name in the uploads bucket by one rewrite (`sessions.place`,
    no bytes copied within one location and storage class), then recorded `completed` with its
    `media`, and the staging object deleted. `source_url` answers 404 until then;
@@ -45,15 +45,15 @@ from lib.lifecycle import (
     load_by_id,
     transition,
 )
-from lib.reading import Mismatch, Reader, Unreadable
+from lib.media.facts import CONTENT_MISMATCH, UNREADABLE_MEDIA
 
 # Why an upload was rejected (its `rejection.code`).
 SIZE_MISMATCH, CHECKSUM_MISMATCH = "size_mismatch", "checksum_mismatch"
-CONTENT_MISMATCH, UNREADABLE_MEDIA = "content_mismatch", "unreadable_media"
 _AGAIN = " It is not served; create a new upload and send the file again."
-# The most a check's reads may take, all together. Each read is bounded by Storage's timeouts, but
-# 16 of them could add up past a push's ack deadline; past this the upload stays pending (a 503:
-# the event is redelivered, a GET answers again), never a verdict that would depend on the clock.
+# The most a check may take, its reads and its decoding together (wall clock). Each read is bounded
+# by Storage's timeouts, but many could add up past a push's ack deadline; past this the upload stays
+# pending (a 503: the event is redelivered, a GET answers again), never a verdict that would depend
+# on the clock.
 CHECK_SECONDS = 10.0
 
 
@@ -89,32 +89,30 @@ def verdict(declared: dict[str, Any], obj: sessions.StoredObject) -> dict[str, A
 
 
 def examine(gcs: Storage, bucket: str, name: str, obj: sessions.StoredObject, content_type: str) -> dict[str, Any]:
-    """What the object's bytes say: `completed` with their `media`, or `rejected` (content_mismatch,
-    unreadable_media); either with `media_bytes_read`, what the ranged reads took."""
-    fetch = timed(sessions.ranged(gcs.client, bucket, name, obj.generation), time.monotonic() + CHECK_SECONDS)
-    reader = Reader(obj.size, fetch)
+    """What the object's bytes say (lib/media/: decoded in a sandboxed child, within a counted budget):
+    `completed` with their `media`, or `rejected` (content_mismatch, unreadable_media); either with
+    `media_bytes_read`, what the ranged reads took. A check that runs past CHECK_SECONDS, or whose
+    engine cannot start, is a 503: the upload stays pending and is settled again, never a verdict
+    that would depend on the clock."""
+    fetch = sessions.ranged(gcs.client, bucket, name, obj.generation)
     try:
-        found = media.verify(content_type, reader)
-    except Mismatch as exc:
-        changes = rejected(obj, CONTENT_MISMATCH, f"{exc} Create a new upload that declares the file's own "
-                                                  "content type.")
-    except Unreadable as exc:
-        changes = rejected(obj, UNREADABLE_MEDIA, f"The bytes begin as {content_type} but cannot be read as it: "
-                                                  f"{exc}." + _AGAIN)
-    else:
-        changes = {**completed(obj), "media": found.as_record()}
+        found = media.check(content_type, obj.size, fetch, time.monotonic() + CHECK_SECONDS)
+    except (media.CheckTimedOut, media.EngineFailed) as exc:
+        raise ServiceUnavailable(reason=f"checking the object: {exc}") from None
     if gcs.log is not None:
-        gcs.log.update(media_bytes_read=reader.bytes_read, media_reads=reader.reads)
-    return {**changes, "media_bytes_read": reader.bytes_read}
-
-
-def timed(fetch: Callable[[int, int], bytes], deadline: float) -> Callable[[int, int], bytes]:
-    """`fetch`, refusing to start a read after `deadline` (time.monotonic()): a 503."""
-    def read(start: int, end: int) -> bytes:
-        if time.monotonic() >= deadline:
-            raise ServiceUnavailable(reason=f"checking the object took more than {CHECK_SECONDS:.0f} s")
-        return fetch(start, end)
-    return read
+        gcs.log.update(media_bytes_read=found.usage.bytes_read, media_reads=found.usage.reads,
+                       media_cpu_ms=found.usage.cpu_ms, media_sandbox=found.usage.sandbox)
+        if found.failure:
+            gcs.log["media_failure"] = found.failure
+    if found.media is not None:
+        changes = {**completed(obj), "media": found.media.as_record()}
+    elif found.code == CONTENT_MISMATCH:
+        changes = rejected(obj, CONTENT_MISMATCH, f"{found.reason} Create a new upload that declares the file's own "
+                                                  "content type.")
+    else:
+        changes = rejected(obj, UNREADABLE_MEDIA, f"The bytes begin as {content_type} but cannot be read as it: "
+                                                  f"{found.reason}." + _AGAIN)
+    return {**changes, "media_bytes_read": found.usage.bytes_read}
 
 
 def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.StoredObject,

@@ -10,12 +10,13 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable
-from typing import IO, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from lib.errors import InvalidJson, PayloadTooLarge, RequestTimeout, ValidationFailed
+from lib.media.facts import sane_dimension, sane_duration
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -165,13 +166,15 @@ class Rejection(BaseModel):
 
 
 class MediaFacts(BaseModel):
-    """What a completed upload's bytes hold, where their format states it (lib/media.py)."""
+    """What a completed upload's bytes hold, where their format states it (lib/media/): each fact
+    sane or null (lib/media/facts.py's bounds: never NaN, Infinity, negative or absurd), also for a
+    record stored before the bounds were kept."""
 
     model_config = ConfigDict(frozen=True)
 
-    duration_seconds: float | None
-    width: int | None
-    height: int | None
+    duration_seconds: Annotated[float | None, BeforeValidator(sane_duration)]
+    width: Annotated[int | None, BeforeValidator(sane_dimension)]
+    height: Annotated[int | None, BeforeValidator(sane_dimension)]
     codecs: list[str]
 
 

@@ -99,7 +99,7 @@ def event_body(record: lifecycle.Record, cdn_base_url: str) -> tuple[str, bytes]
     event_type = EVENT_TYPES[record.state]
     body = {"type": event_type, "timestamp": clock.rfc3339(record.data["settled_at"]),
             "data": lifecycle.view(record, cdn_base_url).model_dump()}
-    return event_type, json.dumps(body, separators=(",", ":")).encode()
+    return event_type, json.dumps(body, separators=(",", ":"), allow_nan=False).encode()  # as main._respond
 
 
 def fan_out(db: firestore.Client, publisher: Publisher, topic: str, upload_id: str, cdn_base_url: str) -> int:

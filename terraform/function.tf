@@ -2,7 +2,7 @@ locals {
   repo_root = abspath("${path.module}/..")
   # Exactly what the function needs at runtime: the entrypoint, its package and
   # the requirements the build installs. Nothing from dev/, tests/ or terraform/.
-  function_files = setunion(["main.py", "requirements.txt"], fileset(local.repo_root, "lib/*.py"))
+  function_files = setunion(["main.py", "requirements.txt"], fileset(local.repo_root, "lib/**/*.py"))
   # Where the build reads the source from (iam.tf build_source): our bucket, and
   # the bucket Cloud Functions stages sources in.
   function_source_buckets = [
@@ -98,6 +98,14 @@ resource "google_cloudfunctions2_function" "uploads" {
     }
   }
 
+  # The media check decodes uploaded bytes (FFmpeg, Pillow, fontTools) in this function, but in a child
+  # process per check that holds nothing of the function's: no environment, no client, no token; a
+  # seccomp filter refuses it sockets (so the metadata server's credentials too), programs and new
+  # processes; it runs as nobody where the function runs as root, limited in memory, CPU time and file
+  # writes (lib/media/probe.py; docs/design-media.md, "Hostile bytes"). Not a function of its own:
+  # every settling path (storage event, GET, cancel, sweep) checks in-line, and a second service would
+  # add a network hop, an identity and a cold start to each without taking anything from the child
+  # that it can reach. `available_memory` leaves room for two such children (variables.tf).
   service_config {
     min_instance_count               = var.min_instances
     max_instance_count               = var.max_instances

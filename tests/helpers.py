@@ -169,11 +169,13 @@ def media(name: str = "clip.mp4") -> bytes:
     return (MEDIA_DIR / name).read_bytes()
 
 
-# The fixture a file of each extension grows from (tests/media/), and how it grows: an MP4/MOV by a
-# `free` box, WebM by a Void element, WAV by more samples; the rest by trailing bytes, which their
-# readers (and the service's, which reads only headers) ignore.
+# The fixture a file of each extension grows from (tests/media/), and how it grows, always as a file
+# that decodes as a whole (the service decodes what lands, and refuses a header followed by junk): an
+# MP4/MOV by a `free` box, WebM by its frames again (then a Void element inside its Segment), WAV by
+# more samples, MP3 by its frames again behind an ID3 tag that holds the seeded bytes; a PNG or JPEG
+# by bytes after its end, which decoders (Pillow's, browsers') never read.
 GROWS_FROM = {"mp4": "clip-faststart.mp4", "mov": "clip.mov", "m4a": "sound.m4a", "webm": "clip.webm",
-               "mp3": "sound.mp3", "png": "image.png", "jpg": "image.jpg", "ogg": "sound.ogg"}
+               "mp3": "sound.mp3", "png": "image.png", "jpg": "image.jpg"}
 
 
 # The extensions sized_media makes.
@@ -192,8 +194,38 @@ def sized_media(extension: str, size: int, seed: int = 0) -> bytes:
     if extension in ("mp4", "mov", "m4a"):
         return samples.mp4_of_size(size, filler, GROWS_FROM[extension])
     if extension == "webm":
-        return base + b"\xec" + ((1 << 56) | (size - len(base) - 9)).to_bytes(8, "big") + filler(size - len(base) - 9)
+        return _webm_grown(base, size, filler)
+    if extension == "mp3":
+        return _mp3_grown(base, size, filler)
     return base + filler(size - len(base))
+
+
+def _webm_grown(base: bytes, size: int, filler: Callable[[int], bytes]) -> bytes:
+    """The WebM's frames again and again to within 64 KiB of `size` (dev/samples.py), then a Void
+    element (EBML ID 0xEC) of filler at the end of its Segment, whose 8-byte size grows to hold it."""
+    base = samples.webm_clusters(base, size) if size > len(base) + 128 * 1024 else base
+    at = base.index(b"\x18\x53\x80\x67") + 4  # the Segment's size, an 8-byte EBML number
+    void = size - len(base)
+    grown = int.from_bytes(base[at:at + 8], "big") & ((1 << 56) - 1)
+    return (base[:at] + ((1 << 56) | (grown + void)).to_bytes(8, "big") + base[at + 8:]
+            + b"\xec" + ((1 << 56) | (void - 9)).to_bytes(8, "big") + filler(void - 9))
+
+
+def _mp3_grown(base: bytes, size: int, filler: Callable[[int], bytes]) -> bytes:
+    """The MP3's audio frames (its own tag and its Xing frame, which counts them, left out) again and
+    again, behind an ID3v2.3 tag whose PRIV frame holds filler to make `size`."""
+    tag_end = 10 + sum(b << (7 * (3 - i)) for i, b in enumerate(base[6:10])) if base.startswith(b"ID3") else 0
+    header = base[tag_end + 2]  # sound.mp3 is MPEG-1 Layer III at a constant bitrate, its frames unpadded
+    bitrate = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)[header >> 4] * 1000
+    frame = 144 * bitrate // (44100, 48000, 32000)[(header >> 2) & 3]
+    frames = base[tag_end + frame:]  # after the Xing frame
+    body = frames * max(1, (size - 64) // len(frames))
+    body = body[:len(body) - len(body) % frame] if len(body) > size - 64 else body
+    private = size - len(body) - 10 - 10 - len(b"framelane\0")
+    frame_data = b"framelane\0" + filler(private)
+    tag = b"PRIV" + len(frame_data).to_bytes(4, "big") + b"\x00\x00" + frame_data
+    syncsafe = sum(((len(tag) >> (7 * i)) & 0x7F) << (8 * i) for i in range(4)).to_bytes(4, "big")
+    return b"ID3\x03\x00\x00" + syncsafe + tag + body
 
 
 def padded_mp4(size: int, seed: int = 0) -> bytes:

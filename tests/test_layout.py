@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-LIB = sorted(path for path in (ROOT / "lib").glob("*.py") if path.name != "__init__.py")
+LIB = sorted(path for path in (ROOT / "lib").rglob("*.py") if path.name != "__init__.py")
 CHECKED = [ROOT / "main.py", *LIB, *sorted((ROOT / "client").glob("*.py"))]
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
@@ -27,15 +27,16 @@ def imported(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", LIB, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", LIB, ids=lambda path: path.relative_to(ROOT / "lib").as_posix())
 def test_every_lib_module_opens_with_its_concern_and_is_in_the_readme_layout(path):
     docstring = ast.get_docstring(ast.parse(path.read_text()))
     assert docstring and docstring.split("\n", 1)[0].strip(), f"{path.name} has no opening line"
     layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
-    assert f"\nlib/{path.name} " in layout, f"lib/{path.name} is missing from the README's layout"
+    name = path.relative_to(ROOT).as_posix()
+    assert f"\n{name} " in layout, f"{name} is missing from the README's layout"
 
 
-@pytest.mark.parametrize("path", LIB, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", LIB, ids=lambda path: path.relative_to(ROOT / "lib").as_posix())
 def test_no_lib_module_outgrows_its_room(path):
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
 

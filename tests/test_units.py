@@ -455,15 +455,3 @@ def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
             assert http.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= sweep.SWEEP_WORKERS + 16
 
 
-def test_a_check_that_runs_out_of_time_is_a_503_not_a_verdict(monkeypatch):
-    """The reads of one check stop at CHECK_SECONDS: the upload stays pending, whatever the bytes."""
-    from lib import landing
-    from lib.errors import ServiceUnavailable
-
-    now = [100.0]
-    monkeypatch.setattr(landing.time, "monotonic", lambda: now[0])
-    read = landing.timed(lambda start, end: bytes(end - start), deadline=100.0 + landing.CHECK_SECONDS)
-    assert read(0, 4) == bytes(4)
-    now[0] += landing.CHECK_SECONDS
-    with pytest.raises(ServiceUnavailable):
-        read(4, 8)
