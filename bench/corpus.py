@@ -45,18 +45,18 @@ CORPUS = ROOT / ".corpus"
 # Other projects' published test media, pinned: (sdist file name, SHA-256). Their media files (by
 # extension) are the corpus's "real" part.
 SDISTS = {
-    "pillow-13.0.0.tar.gz": "",
-    "mutagen-1.48.1.tar.gz": "",
-    "fonttools-4.9.0.zip": "",
-    "webvtt_py-0.6.0.tar.gz": "",
-    "pysrt-1.1.2.tar.gz": "",
-    "pymediainfo-7.0.1.tar.gz": "",
-    "hachoir-3.4.0.tar.gz": "",
-    "puremagic-2.2.0.tar.gz": "",
-    "imageio-2.9.0.tar.gz": "",
-    "moviepy-2.2.1.tar.gz": "",
-    "srt-3.5.3.tar.gz": "",
-    "soundfile-0.14.0.tar.gz": "",
+    "pillow-13.0.0.tar.gz": "cdcd1ba258178f7356d74170c9a81ba4eab6a5d55748bc402a5a2a6fe6be3510",
+    "mutagen-1.48.1.tar.gz": "8f95637ab9f6f305cec6bd1294e197debe207998e3e068596563c74f86b0a173",
+    "fonttools-4.69.1.tar.gz": "d09a2ea8ed4c71ac52e789ba9313da3e26cee3f812400d7e8a8b3a38d0f98dfe",
+    "webvtt_py-0.6.0.tar.gz": "2f4ba359ab7e6bac98aa086fa7fc0ba1320ca7495f7d67f565baceac37f40aff",
+    "pysrt-1.1.2.tar.gz": "b4f844ba33e4e7743e9db746492f3a193dc0bc112b153914698e7c1cdeb9b0b9",
+    "pymediainfo-7.0.1.tar.gz": "0d5df59ecc615e24c56f303b8f651579c6accab7265715e5d429186d7ba21514",
+    "hachoir-3.4.0.tar.gz": "7f88018d58ef42b5dcd8ff51f2a6191abf3ade38eee8da11acd93f5a7d9cf8f8",
+    "puremagic-2.2.0.tar.gz": "eb4bddf07c177c4b434554b92165b67449f5a51e152b976202d6254498810eef",
+    "imageio-2.9.0.tar.gz": "52ddbaeca2dccf53ba2d6dec5676ca7bc3b2403ef8b37f7da78b7654bb3e10f0",
+    "moviepy-2.2.1.tar.gz": "c80cb56815ece94e5e3e2d361aa40070eeb30a09d23a24c4e684d03e16deacb1",
+    "srt-3.5.3.tar.gz": "4884315043a4f0740fd1f878ed6caa376ac06d70e135f306a6dc44632eed0cc0",
+    "soundfile-0.14.0.tar.gz": "ba1c1a2d618bca5c406647c83b89f07cc8810fa506a50622a6993ba130c1de11",
 }
 BY_EXTENSION = {extension: content_type for content_type, extensions in EXTENSIONS.items()
                 for extension in extensions} | {"apng": "image/png", "oga": "audio/ogg", "mp4": "video/mp4"}
@@ -76,7 +76,7 @@ def _fetch_sdist(name: str, sha256: str, into: Path) -> Path:
         url = next(f["url"] for f in files if f["filename"] == name)
         urllib.request.urlretrieve(url, path)  # noqa: S310 - a file PyPI's index names
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if sha256 and digest != sha256:
+    if digest != sha256:
         raise SystemExit(f"{name}: SHA-256 {digest}, pinned {sha256}")
     return path
 

@@ -278,6 +278,24 @@ def test_whatever_an_engine_raises_is_a_verdict(monkeypatch, raised):
     assert found["failure"] == name
 
 
+def test_a_module_the_engine_failed_to_load_is_ours_not_a_verdict(monkeypatch):
+    """The child runs as nobody, who may not read what was not imported before: a missing module is
+    a broken deployment (a 503, the upload settled again), never a rejected file."""
+    def engine(*_args: object) -> None:
+        raise ModuleNotFoundError("No module named 'av.subtitles'")
+
+    monkeypatch.setattr(engines, "check", engine)
+    assert "engine_failed" in judged("video/mp4", fixture("clip.mp4"))
+
+
+def test_the_parent_answers_an_engine_failure_with_no_verdict(monkeypatch):
+    said = b'{"engine_failed": "ModuleNotFoundError: av.subtitles"}'
+    _child(monkeypatch, f"out = sys.stdout.buffer; out.write(b'S' + b'V' + len({said!r}).to_bytes(4, 'big') "
+                        f"+ {said!r}); out.flush()")
+    with pytest.raises(media.EngineFailed, match="av.subtitles"):
+        checked("video/mp4", fixture("clip.mp4"))
+
+
 def _child(monkeypatch, program: str) -> None:
     """The child replaced by `program` (Python), started as the real one is."""
     monkeypatch.setattr(sandbox, "_CHILD", "import os, signal, sys, time; " + program)

@@ -40,7 +40,7 @@ def test_a_real_put_to_the_upload_url_lands_under_the_source_url(served_default,
     shown = served_default.session.get(f"{served_default.url}/v1/uploads/{body['id']}",
                                        headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
     assert shown["status"] == "completed" and shown["media"] == {"duration_seconds": None, "width": 64, "height": 48,
-                                                                 "codecs": []}
+                                                                 "codecs": ["png"]}
     blob = gcs.bucket(BUCKET).get_blob(name)
     assert blob is not None and blob.content_type == "image/png" and blob.size == len(payload)
     assert blob.download_as_bytes() == payload

@@ -3,6 +3,9 @@ first frame decoded at the offset the index gives, and frames where the stated d
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import av
 import av.logging
 
@@ -28,6 +31,9 @@ Track = av.VideoStream | av.AudioStream
 
 def prepare() -> None:
     av.logging.set_level(None)  # FFmpeg's own complaints: the verdict says what matters
+    for module in pkgutil.walk_packages(av.__path__, "av."):  # PyAV imports some (av.subtitles) on first use
+        if not module.name.endswith("__main__"):  # its command line, which would run
+            importlib.import_module(module.name)
 
 
 def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:

@@ -178,6 +178,10 @@ def judge(declared: str, source: Remote, limits: Limits) -> dict[str, object]:
         if source.over_budget:
             return _over_budget(limits.max_bytes)
         return {"code": UNREADABLE_MEDIA, "reason": str(exc)}
+    except ImportError as exc:
+        # A module the engine did not load before the sandbox closed: ours, not the bytes' (the parent
+        # answers 503 and the upload is settled again), never a verdict on a file.
+        return {"engine_failed": f"{type(exc).__name__}: {exc}"}
     except MemoryError:
         return {"code": UNREADABLE_MEDIA, "reason": "decoding it needs more memory than a check may take",
                 "failure": "MemoryError"}

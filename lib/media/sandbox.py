@@ -49,7 +49,7 @@ class CheckTimedOut(Exception):
 
 
 class EngineFailed(Exception):
-    """The decoding child could not start (a broken deployment, not the bytes): no verdict."""
+    """The decoding child could not start or load its engine (a broken deployment, not the bytes): no verdict."""
 
 
 def check(declared: str, size: int, fetch: Fetch, deadline: float, budget: Budget = BUDGET) -> Verdict:
@@ -128,6 +128,8 @@ class _Session:
         return self.window
 
     def _verdict(self, said: dict[str, object]) -> Verdict:
+        if said.get("engine_failed"):
+            raise EngineFailed(f"the media check's child could not run its engine: {said['engine_failed']}")
         media = said.get("media")
         facts = None
         if isinstance(media, dict):
