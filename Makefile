@@ -7,7 +7,7 @@ PY           := $(VENV)/bin/python
 PAGE_DIR     := dev/page
 NODE_MODULES := $(PAGE_DIR)/node_modules/.installed
 
-.PHONY: run test lint tfcheck audit bench clean chromium redis media-fixtures smoke
+.PHONY: run test lint tfcheck audit bench clean chromium redis ffmpeg media-fixtures smoke
 
 run: $(VENV)/.installed $(NODE_MODULES) redis
 	$(PY) -m dev.run
@@ -25,7 +25,7 @@ tfcheck: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest tests/test_terraform.py $(PYTEST_ARGS)
 
 # The request path beside its floor; writes the tables into BENCHMARKS.md.
-bench: $(VENV)/.installed redis
+bench: $(VENV)/.installed redis ffmpeg
 	$(PY) -m bench.run
 
 # Known vulnerabilities in what the function deploys. Needs PyPI's JSON API
@@ -87,5 +87,18 @@ redis:
 	    exit 1; \
 	  fi; }
 
+# Debian's ffmpeg and ffprobe: the reference tools the corpus (bench/corpus.py) is judged against, and
+# what makes its variants and the media fixtures. `make bench` installs it where we may.
+ffmpeg:
+	@command -v ffprobe >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's ffmpeg, the corpus's reference tools (apt-get) ..."; \
+	    apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; }; \
+	  else \
+	    echo "error: no ffprobe on PATH and not root: install Debian's ffmpeg (apt-get install ffmpeg)"; \
+	    exit 1; \
+	  fi; }
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache terraform/.build $(PAGE_DIR)/node_modules
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache terraform/.build $(PAGE_DIR)/node_modules .corpus

@@ -1,6 +1,7 @@
 """(m) What a check costs: lib/media/ over every fixture in tests/media/ and over a 2-hour MP4 with eight
 audio tracks (its 11 MB index last, then first), each through the real sandboxed child: bytes and reads
-(counted by the parent), the child's CPU time and peak memory, and the wall time of the whole check."""
+(counted by the parent), the child's CPU time and peak memory, and the wall time of the whole check;
+then (n), the corpus of real files against the reference tools (bench/corpus.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import corpus
 from dev.samples import long_mp4
 from lib import media
 
@@ -45,6 +47,6 @@ def measure() -> dict:
                        "read_max": max(r["read"] for r in kind_rows), "reads_max": max(r["reads"] for r in kind_rows)}
                 for kind, kind_rows in sorted(kinds.items())}
     longest = [row for row in rows if row["name"].startswith("2 h")]
-    return {"rows": rows, "per_kind": per_kind, "long": longest,
+    return {"rows": rows, "per_kind": per_kind, "long": longest, "corpus": corpus.run(),
             "rss_max": max(row["rss_mib"] for row in rows),
             "wall_median": statistics.median(row["wall_ms"] for row in rows)}

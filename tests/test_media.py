@@ -101,6 +101,38 @@ def test_an_srt_without_cue_numbers_and_with_crlf_is_read():
     assert judged("application/x-subrip", srt)["media"]["duration_seconds"] == 4.25  # type: ignore[index]  # a dict here
 
 
+@pytest.mark.parametrize(("encoding", "data"), [
+    ("UTF-16 with its mark", "1\n00:00:01,000 --> 00:00:02,000\nÉté\n".encode("utf-16")),
+    ("Windows-1252", "1\n00:00:01,000 --> 00:00:02,000\nCaf\xe9\n".encode("cp1252")),
+])
+def test_an_srt_in_another_encoding_is_read(encoding, data):
+    assert judged("application/x-subrip", data)["media"]["duration_seconds"] == 2.0  # type: ignore[index]  # a dict here
+
+
+def test_a_few_malformed_cues_are_skipped_as_players_skip_them_but_markup_is_refused():
+    cues = "".join(f"{n}\n00:00:{n:02d},000 --> 00:00:{n:02d},500\nline {n}\n\n" for n in range(1, 20))
+    typo = cues + "20\n00:00:20,000 --> 00:00:2x,500\nline 20\n"
+    assert judged("application/x-subrip", typo.encode())["media"]["duration_seconds"] == 19.5  # type: ignore[index]  # a dict here
+    junk = cues + "\n".join(f"junk line {n}" for n in range(200))
+    assert judged("application/x-subrip", junk.encode())["code"] == UNREADABLE_MEDIA
+    markup = cues + "<script>alert(1)</script>\n"
+    assert judged("application/x-subrip", markup.encode())["code"] == CONTENT_MISMATCH
+
+
+def test_unpadded_webvtt_timings_and_white_lines_between_blocks_are_read():
+    vtt = b"WEBVTT\n\nNOTE made by hand\n   \n1\n0:0:1.5 --> 0:0:3.25 align:middle\nhello\n"
+    assert judged("text/vtt", vtt)["media"]["duration_seconds"] == 3.25  # type: ignore[index]  # a dict here
+
+
+def test_a_picture_larger_than_a_window_is_read_across_windows():
+    """Pillow reads chunks that span the parent's windows: each read gets every byte it asks for."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (700, 700), random.Random(3).randbytes(700 * 700 * 3)).save(out, format="PNG")
+    assert len(out.getvalue()) > 3 * media.BUDGET.first_window
+    found = checked("image/png", out.getvalue())
+    assert found.media is not None and found.media.width == 700 and found.usage.reads >= 2, found
+
+
 def test_an_animated_png_is_a_png():
     frames = [Image.new("RGB", (32, 24), colour) for colour in ("red", "green", "blue")]
     out = io.BytesIO()

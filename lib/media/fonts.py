@@ -1,27 +1,31 @@
-"""Fonts, by fontTools: the tables a font needs, each decompiled, and the first glyphs' outlines."""
+"""Fonts, by fontTools: every table decompiled (as fontTools itself opens a font), and the first glyphs'
+outlines expanded; a font must have the header and glyph count every sfnt has."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import struct
 from typing import BinaryIO, cast
 
+import fontTools.ttLib.tables
 from fontTools import ttLib
 
 from lib.media.facts import Limits, Media, Mismatch, Source, Unreadable
 
 TYPES = {"font/ttf", "font/otf", "font/woff", "font/woff2"}
-REQUIRED = ("cmap", "head", "hhea", "hmtx", "maxp", "name", "post")  # OpenType's required tables
-
-
+REQUIRED = ("head", "maxp")  # what every sfnt has: its header and its glyph count
+GLYPHS = 256  # outlines expanded, from the first
 
 
 def prepare() -> None:
-    """Each table reader and WOFF2's (with brotli), which fontTools imports on first use."""
+    """Every table's reader, WOFF2's (with brotli) and CFF's, which fontTools imports on first use."""
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    for tag in (*REQUIRED, "OS/2", "glyf", "loca", "CFF ", "CFF2"):
-        ttLib.getTableClass(tag)
-    import fontTools.ttLib.woff2  # noqa: F401 - imported for its side effect: loaded before the sandbox closes
+    for module in pkgutil.walk_packages(fontTools.ttLib.tables.__path__, "fontTools.ttLib.tables."):
+        importlib.import_module(module.name)
+    for name in ("fontTools.ttLib.woff2", "fontTools.cffLib", "fontTools.misc.psCharStrings"):
+        importlib.import_module(name)
 
 
 def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:
@@ -32,19 +36,19 @@ def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:
             raise Mismatch(f"The bytes are no font, so they are not {declared}.") from None
         raise Unreadable(f"fontTools does not read it as a font ({exc})") from None
     with face:
-        outlines = [tag for tag in ("glyf", "CFF ", "CFF2") if tag in face]
         missing = [tag for tag in REQUIRED if tag not in face]
-        if missing or not outlines:
-            raise Unreadable(f"it lacks the table{'s' if len(missing) > 1 else ''} a font needs: "
-                             f"{', '.join(missing) or 'glyf, CFF or CFF2'}")
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            raise Unreadable(f"it lacks the table{plural} every font has: {', '.join(missing)}")
         tag = ""
         try:
-            for tag in (*REQUIRED, *outlines):
+            for tag in face.keys():
                 face[tag]  # each table decompiled: a table directory in front of anything else fails here
             if "glyf" in face:
                 tag, glyphs = "glyf", face["glyf"]
-                for name in face.getGlyphOrder()[:256]:  # the first glyphs' outlines, expanded
+                for name in face.getGlyphOrder()[:GLYPHS]:
                     glyphs[name].expand(glyphs)
-        except (ttLib.TTLibError, struct.error, ValueError, KeyError, IndexError, AssertionError, EOFError):
+        except (ttLib.TTLibError, struct.error, ValueError, KeyError, IndexError, AssertionError, EOFError,
+                TypeError, AttributeError):  # fontTools' words for a table whose bytes are not what it says
             raise Unreadable(f"its {tag.strip()} table does not read") from None
     return Media.sane()

@@ -20,8 +20,9 @@ TYPES = {  # the content type: the FFmpeg demuxers that may read it
 # earlier ones); the tail of a file is read for at most so many packets, from a seek to TAIL_AT of
 # its bytes where it has no index to seek by.
 PACKETS_PER_TRACK = 64
-TAIL_PACKETS = 256
+TAIL_PACKETS = 4096
 TAIL_AT = 0.8
+TAIL_ROOM = 16 * 1024  # a byte seek leaves at least this much after it: a few frames even of a small file
 CUES = b"\x53\xab\x84\x1c\x53\xbb\x6b"  # a SeekHead's SeekID naming the Cues element (EBML ID 0x1C53BB6B)
 # The frames must reach this share of the duration the header states (raw MP3 and AAC durations
 # are FFmpeg's estimate from a bitrate, which a VBR file's frames may miss by some 15%).
@@ -116,8 +117,8 @@ def _backed(container: av.container.InputContainer, tracks: list[Track], duratio
     that points past the end of a file cut short finds none). A raw MP3 or AAC stream would be read
     frame by frame up to any time sought, so it is judged by bytes: the duration at the stated bitrate
     must fit in the file (an MP3 whose Xing header counts more than it holds), and a frame must decode
-    after a seek to TAIL_AT of its bytes. A WebM without Cues, which would be read to any time sought,
-    is judged by its first frames alone."""
+    after a seek to TAIL_AT of its bytes (or TAIL_ROOM before its end). A WebM without Cues, which
+    would be read to any time sought, is judged by its first frames alone."""
     if not duration or duration <= 0:
         return
     name = container.format.name
@@ -129,20 +130,51 @@ def _backed(container: av.container.InputContainer, tracks: list[Track], duratio
     if name == "matroska,webm" and CUES not in source.read_at(0, 4096):
         return
     start = container.start_time / av.time_base if container.start_time is not None else 0.0
+    target = None if raw else start + duration * BACKED  # the time (s) frames must reach, where times are known
     try:
-        if raw:
-            container.seek(int(source.size * TAIL_AT), unsupported_byte_offset=True)
+        if target is None:
+            at = max(0, min(int(source.size * TAIL_AT), source.size - TAIL_ROOM))
+            container.seek(at, unsupported_byte_offset=True)
         else:
-            container.seek(int((start + duration * BACKED) * av.time_base), backward=True, any_frame=False)
+            container.seek(int(target * av.time_base), backward=True, any_frame=False)
     except av.error.FFmpegError:
-        return  # no seek to try here: the first frames are what is known
-    by_index = {s.index: s for s in tracks}
-    for stream in tracks:
-        stream.codec_context.flush_buffers()  # what the first frames left is not the tail's
-    for count, packet in enumerate(container.demux(tracks)):
-        if count >= TAIL_PACKETS:
-            break
-        if packet.stream.index in by_index and packet.size and _frames(by_index[packet.stream.index], packet):
-            return
+        pass  # read on from the first frames: EOF before the target is a file cut short
+    if _tail_decodes(container, tracks, target):
+        return
     raise Unreadable(f"its header states {duration:.2f} s, but no frame decodes where the bytes should hold "
                      f"its last quarter: it is cut short or its frames are not media")
+
+
+def _tail_decodes(container: av.container.InputContainer, tracks: list[Track], target: float | None) -> bool:
+    """Whether frames decode where the target says (s; None: anywhere), within TAIL_PACKETS packets of
+    where the demuxer stands; past TAIL_PACKETS, with the file going on, nothing holds against it (True).
+
+    A seek by an index lands on the keyframe before the target. Past the target, a sound frame (each
+    one decodes alone) or a picture's keyframe must decode; a file with pictures alone, whose next
+    keyframe may lie past its end, needs the keyframe the seek landed on to decode and a packet that
+    reaches the target."""
+    by_index = {s.index: s for s in tracks}
+    sound = any(isinstance(s, av.AudioStream) for s in tracks)
+    for stream in tracks:
+        stream.codec_context.flush_buffers()  # what the first frames left is not the tail's
+    landed, decoding = False, None  # the keyframe the seek landed on gave a frame; the track being decoded
+    for count, packet in enumerate(container.demux(tracks)):
+        if count >= TAIL_PACKETS:
+            return True
+        track = by_index.get(packet.stream.index)
+        if track is None or not packet.size:
+            continue
+        at = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
+        if target is not None and (at is None or at < target):
+            if not landed and (packet.is_keyframe or decoding is track):  # a decoder may hold frames back
+                decoding = track
+                landed = bool(_frames(track, packet))
+            continue
+        if target is None or isinstance(track, av.AudioStream) or packet.is_keyframe:
+            if _frames(track, packet):
+                return True
+        elif not sound and landed:
+            return True
+    return False
+
+

@@ -140,12 +140,22 @@ class Remote(io.RawIOBase):
         return len(data)
 
     def read_at(self, offset: int, length: int) -> bytes:
+        """Exactly the bytes [offset, offset + length) that exist: across windows, asking for what is missing."""
         end = min(offset + length, self.size)
-        if offset >= end:
-            return b""
+        pieces = []
+        while offset < end:
+            piece = self._cached(offset, end) or self._ask(offset, end)
+            pieces.append(piece)
+            offset += len(piece)
+        return b"".join(pieces)
+
+    def _cached(self, offset: int, end: int) -> bytes:
         for start, data in self.windows:
             if start <= offset < start + len(data):
                 return data[offset - start:min(end, start + len(data)) - start]
+        return b""
+
+    def _ask(self, offset: int, end: int) -> bytes:
         self.requests.write(b"R" + struct.pack(">QI", offset, min(end - offset, 2**32 - 1)))
         self.requests.flush()
         (count,) = struct.unpack(">i", _exactly(self.answers, 4))
@@ -153,6 +163,8 @@ class Remote(io.RawIOBase):
             self.over_budget = True
             raise OverBudget(errno.EIO, "the check's budget of reads is spent")
         data = _exactly(self.answers, count)
+        if not data:
+            raise OSError(errno.EIO, "the parent answered no bytes inside the object")
         self.windows.append((offset, data))
         while sum(len(window) for _, window in self.windows) > self.KEEP and len(self.windows) > 1:
             self.windows.pop(0)
