@@ -381,7 +381,31 @@ def run() -> dict:
                         "type": expected["type"], "completed": found.media is not None, "agrees": ok, "how": how,
                         "real": "/real/" in str(path), "cpu_ms": found.usage.cpu_ms, "read": found.usage.bytes_read,
                         "parent_ms": (time.process_time() - started) * 1000})
-    return summary(results)
+    return {**summary(results), "fuzz": fuzz(corpus)}
+
+
+def fuzz(corpus: list[tuple[Path, dict]], files: int = 120, each: int = 4) -> dict:
+    """Truncations and mutations of real files, through the sandboxed child: every one must end in sane
+    facts or a refusal (never an exception out of the check, never a fact outside its bounds)."""
+    from tests.test_media import mutations  # the same damage the tests do to the fixtures
+
+    rng = random.Random(31)
+    real = [(path, expected) for path, expected in corpus if "/real/" in str(path)]
+    chosen = rng.sample(real, min(files, len(real)))
+    counts = Counter()
+    for path, expected in chosen:
+        data = path.read_bytes()
+        damaged = [data[:rng.randrange(1, len(data))] for _ in range(each // 2)]
+        damaged += list(mutations(data, rng, each - len(damaged)))
+        for bad in damaged:
+            found = media.check(expected["type"], len(bad), lambda start, end, d=bad: d[start:end],
+                                time.monotonic() + 60)
+            facts = found.media.as_record() if found.media else None
+            json.dumps(facts, allow_nan=False)
+            assert facts is None or facts == media.Media.sane(
+                facts["duration_seconds"], facts["width"], facts["height"], tuple(facts["codecs"])).as_record()
+            counts["completed" if found.media else found.code or "?"] += 1
+    return {"files": len(chosen), "checks": sum(counts.values()), **counts}
 
 
 def summary(results: list[dict]) -> dict:

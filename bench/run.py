@@ -504,7 +504,11 @@ def _corpus_paragraph(corpus: dict) -> str:
             f"states, **{corpus['cut_rejected']:,}** are `rejected` (target: all); {corpus['complaints']:,} open "
             "with complaints when decoded whole (damaged frames), "
             f"{corpus['complaints_completed']:,} of them completed. "
-            + (f"The {len(misses)} that disagree: {shown}." if misses else "None disagrees."))
+            + (f"The {len(misses)} that disagree: {shown}. " if misses else "None disagrees. ")
+            + f"**Fuzzing the real files**: {corpus['fuzz']['checks']:,} truncations and mutations of "
+            f"{corpus['fuzz']['files']} of them through the child, every one ending in sane facts or a refusal "
+            f"({corpus['fuzz'].get('completed', 0):,} completed, {corpus['fuzz'].get('unreadable_media', 0):,} "
+            f"unreadable_media, {corpus['fuzz'].get('content_mismatch', 0):,} content_mismatch).")
 
 
 def emulators_lines(service: emulators.Service) -> list[dict]:

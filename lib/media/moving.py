@@ -164,7 +164,9 @@ def _tail_decodes(container: av.container.InputContainer, tracks: list[Track], t
         track = by_index.get(packet.stream.index)
         if track is None or not packet.size:
             continue
-        at = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
+        # Where the packet's frames end: a short file's one packet may span the target.
+        at = float((packet.pts + (packet.duration or 0)) * packet.time_base) \
+            if packet.pts is not None and packet.time_base else None
         if target is not None and (at is None or at < target):
             if not landed and (packet.is_keyframe or decoding is track):  # a decoder may hold frames back
                 decoding = track

@@ -75,7 +75,10 @@ def _cues(blocks: list[list[str]], cue: re.Pattern[str], name: str, codec: str, 
     """The last cue's end; Mismatch where no block is a cue, Unreadable where too many are not."""
     end, strays, stray_bytes = 0.0, 0, 0
     for lines in blocks:
-        timing = next((line for line in lines[:2] if "-->" in line), "")
+        # A cue's timing is its first line, or its second after an identifier: in SRT a number, in
+        # WebVTT any text.
+        identified = len(lines) > 1 and (lines[0].isdigit() or codec == "webvtt")
+        timing = lines[0] if "-->" in lines[0] else lines[1] if identified else ""
         match = cue.match(timing)
         if match is None:
             strays += 1
