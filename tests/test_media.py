@@ -213,6 +213,8 @@ def _disguised() -> dict[str, tuple[str, bytes]]:
         "an MP4 cut before the end of its index": ("video/mp4", mp4[:-200]),
         "an MP4 with its index first, cut in half": ("video/mp4", faststart[:len(faststart) // 2]),
         "an Ogg of header pages only": ("audio/ogg", fixture("sound.ogg")[:3000]),
+        "a Canon CR3 raw photo (ISO BMFF, brand crx, CRAW tracks)": (
+            "video/mp4", mp4[:8] + b"crx " + mp4[12:].replace(b"avc1", b"CRAW")),
         "a PNG whose header states 0 x 0": ("image/png", png[:16] + bytes(8) + png[24:]),
         "a PNG whose IHDR fails its CRC": ("image/png", png[:29] + b"\x00\x00\x00\x00" + png[33:]),
     }
@@ -256,6 +258,71 @@ def _mp3_frames(seconds: float) -> bytes:
     return out.getvalue()
 
 
+# -- real shapes the header parsers refused or misnamed (issue 31) --------------------------------------
+
+def _made(format_: str, codec: str, options: dict[str, str] | None = None, video: str | None = None,
+          rate: int = 44100) -> bytes:
+    """One second of silence (and black pictures where `video` names their codec), muxed by the service's
+    own FFmpeg: real files of the shapes issue 31 named."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, "w", format=format_, options=options or {}) as container:
+        picture = None
+        if video:
+            picture = container.add_stream(video, rate=10)
+            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        sound = container.add_stream(codec, rate=rate, layout="mono")
+        format_name = sound.codec_context.codec.audio_formats[0].name if sound.codec_context.codec.audio_formats \
+            else "s16"
+        for n in range(10 if video else 0):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+            frame.pts = n
+            container.mux(picture.encode(frame))  # type: ignore[union-attr]  # made above when video is named
+        samples = 1152
+        for n in range(rate // samples):
+            frame = av.AudioFrame(format=format_name, layout="mono", samples=samples)
+            frame.sample_rate = rate
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+            frame.pts = n * samples
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+        if picture is not None:
+            container.mux(picture.encode(None))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("shape", "content_type", "made", "codecs"), [
+    ("MP3 in MP4", "video/mp4", lambda: _made("mp4", "libmp3lame", video="mpeg4"), ("mpeg4", "mp3")),
+    ("big-endian PCM in MOV (twos)", "video/quicktime", lambda: _made("mov", "pcm_s16be", video="mpeg4"),
+     ("mpeg4", "pcm_s16be")),
+    ("little-endian PCM in MOV (sowt)", "video/quicktime", lambda: _made("mov", "pcm_s16le", video="mpeg4"),
+     ("mpeg4", "pcm_s16le")),
+    ("Microsoft ADPCM in WAV", "audio/wav", lambda: _made("wav", "adpcm_ms"), ("adpcm_ms",)),
+    ("IMA ADPCM in WAV", "audio/wav", lambda: _made("wav", "adpcm_ima_wav"), ("adpcm_ima_wav",)),
+    ("RF64", "audio/wav", lambda: _made("wav", "pcm_s16le", {"rf64": "always"}), ("pcm_s16le",)),
+    ("Opus in Ogg", "audio/ogg", lambda: _made("ogg", "libopus", rate=48000), ("opus",)),
+    ("FLAC in Ogg", "audio/ogg", lambda: _made("ogg", "flac"), ("flac",)),
+])
+def test_real_shapes_complete_with_ffmpegs_codec_names_and_their_length(shape, content_type, made, codecs):
+    found = checked(content_type, made())
+    assert found.media is not None, (shape, found)
+    assert found.media.codecs == codecs
+    assert found.media.duration_seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_an_mp3_with_stray_bytes_between_its_tag_and_its_first_frame_is_read():
+    """ffmpeg and mutagen look ahead for the first frame; so does the check."""
+    data = fixture("sound.mp3")
+    tag_end = 10 + sum(b << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
+    strays = data[:tag_end] + bytes(300) + b"\x12\x34stray" + data[tag_end:]
+    found = checked("audio/mpeg", strays)
+    assert found.media is not None and found.media.codecs == ("mp3",), found
+
+
 # -- facts sane or absent --------------------------------------------------------------------------
 
 def _webm_with_duration(value: float) -> bytes:
@@ -286,6 +353,34 @@ def test_a_stored_absurd_fact_is_shown_as_null(stored):
     facts = MediaFacts(**stored)
     assert (facts.duration_seconds, facts.width, facts.height) == (None, None, None)
     json.dumps(facts.model_dump(), allow_nan=False)
+
+
+def _png_of_width(width: int) -> bytes:
+    """image.png with its IHDR stating `width` (its CRC made again)."""
+    import zlib
+
+    png = bytearray(fixture("image.png"))
+    png[16:20] = struct.pack(">I", width)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+def test_a_png_stating_2_31_pixels_across_is_refused():
+    found = checked("image/png", _png_of_width(2**31 - 1))
+    assert found.media is None and found.code == UNREADABLE_MEDIA, found
+
+
+def test_an_mvhd_stating_1_8e19_seconds_never_reaches_an_answer():
+    data = bytearray(fixture("clip-faststart.mp4"))
+    at = data.index(b"mvhd") + 4  # version 0: flags, created, modified, timescale, duration
+    data[at + 16:at + 20] = struct.pack(">I", 2**32 - 1)
+    data[at + 12:at + 16] = struct.pack(">I", 1)  # 4.3e9 s at a timescale of 1
+    found = checked("video/mp4", bytes(data))
+    if found.media is not None:
+        stated = found.media.duration_seconds
+        assert stated is None or stated <= 31 * 24 * 3600
+    else:
+        assert found.code == UNREADABLE_MEDIA
 
 
 def test_a_picture_of_too_many_pixels_is_refused_before_it_is_decoded():

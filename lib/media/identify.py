@@ -23,6 +23,8 @@ def prepare() -> None:
 
 def identify(head: bytes) -> str | None:
     """What the bytes' magic numbers say they are (a media type), or None."""
+    if head[4:12] == b"ftypcrx ":  # Canon's CR3 raw photo: ISO BMFF, which filetype takes for an MP4
+        return "image/x-canon-cr3"
     if head.startswith(b"ID3"):
         return None  # an ID3 tag opens MP3 and AAC files alike: their demuxers tell them apart
     kind = filetype.guess(head)
