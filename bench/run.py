@@ -576,7 +576,8 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         "completing a fresh pending upload whose object (a one-second MP4, 5.4 KB) landed in the staging "
         "bucket: the object read and checked, placed in the served bucket by a rewrite, the record written, "
         "the webhook event published, the staging object deleted; the floor: the pushed JSON read, one "
-        "Firestore get, the same ranged read and a decode of each track's first frame (PyAV, in-process: no sandbox), the same rewrite, one update conditioned on the "
+        "Firestore get, the same ranged read and a decode of each track's first frame"
+        " (PyAV, in-process: no sandbox), the same rewrite, one update conditioned on the "
         "get, the same publish and delete)", "", HEADER, RULE, _cells(EVENT_CONCURRENCY, event_runs), "",
         f"**(e) completion latency** (PUT answered to the record `completed`, through fake-gcs-server's event, "
         f"the Pub/Sub emulator, the relay and the function, which checks the bytes and places them; "
