@@ -434,6 +434,19 @@ def test_a_child_that_crashes_after_it_started_is_a_verdict(monkeypatch):
     assert (found.code, found.failure) == (UNREADABLE_MEDIA, signal.SIGSEGV.name)
 
 
+@pytest.mark.parametrize("said", [
+    "b'R' + bytes(5)",  # a read request cut off
+    "b'V' + (100).to_bytes(4, 'big') + b'{\"media\": '",  # a verdict cut off
+    "b'V' + (3).to_bytes(4, 'big') + b'[1]'",  # a verdict that is no object
+    "b'V' + (2**31).to_bytes(4, 'big')",  # a verdict larger than any the child writes
+])
+def test_a_child_that_dies_mid_message_is_a_verdict_never_an_exception(monkeypatch, said):
+    _child(monkeypatch, f"out = sys.stdout.buffer; out.write(b'S' + {said}); out.flush(); "
+                        "os.kill(os.getpid(), signal.SIGSEGV)")
+    found = checked("video/mp4", fixture("clip.mp4"))
+    assert (found.code, found.failure) == (UNREADABLE_MEDIA, signal.SIGSEGV.name)
+
+
 def test_a_child_out_of_cpu_time_is_a_verdict(monkeypatch):
     _child(monkeypatch, "sys.stdout.buffer.write(b'S'); sys.stdout.flush(); os.kill(os.getpid(), signal.SIGXCPU)")
     found = checked("video/mp4", fixture("clip.mp4"))

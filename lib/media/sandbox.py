@@ -40,6 +40,8 @@ BUDGET = Budget()
 # (terraform/variables.tf's memory is sized for this many beside the requests).
 CHECKS_AT_ONCE = 2
 _SLOTS = threading.BoundedSemaphore(CHECKS_AT_ONCE)
+VERDICT_BYTES = 64 * 1024  # the most a child's verdict may hold; more is a child gone wrong
+REASON_CHARS = 400  # of a refusal's reason kept (it becomes the rejection's message)
 _CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
           "from lib.media.probe import main; main(sys.argv[2:])")
 
@@ -92,16 +94,25 @@ class _Session:
                 tag = self._receive(1)
                 if tag == b"S":
                     started = True
-                elif tag == b"R" and started:
-                    offset, length = struct.unpack(">QI", self._receive(12))
-                    self._serve(offset, length)
-                elif tag == b"V" and started:
-                    (length,) = struct.unpack(">I", self._receive(4))
-                    return self._verdict(json.loads(self._receive(length)))
-                else:
+                elif tag == b"R" and started and len(request := self._receive(12)) == 12:
+                    self._serve(*struct.unpack(">QI", request))
+                elif tag == b"V" and started and (said := self._said()) is not None:
+                    return self._verdict(said)
+                else:  # anything else, or a message cut off, is the child ending
                     return self._died(started)
         finally:
             self._end()
+
+    def _said(self) -> dict[str, object] | None:
+        """The verdict's fields, or None where the child did not finish saying them (or said too much)."""
+        size = self._receive(4)
+        length = struct.unpack(">I", size)[0] if len(size) == 4 else VERDICT_BYTES + 1
+        body = self._receive(length) if length <= VERDICT_BYTES else b""
+        try:
+            said = json.loads(body) if len(body) == length else None
+        except ValueError:
+            return None
+        return said if isinstance(said, dict) else None
 
     def _serve(self, offset: int, length: int) -> None:
         if offset >= self.size:
@@ -141,8 +152,8 @@ class _Session:
         peak = said.get("peak_rss_kib")
         self.usage.peak_rss_kib = peak if isinstance(peak, int) else 0
         code = None if facts else str(said.get("code") or UNREADABLE_MEDIA)
-        failure = str(said["failure"]) if said.get("failure") else None
-        return Verdict(facts, code, str(said.get("reason") or ""), failure, self.usage)
+        failure = str(said["failure"])[:100] if said.get("failure") else None
+        return Verdict(facts, code, str(said.get("reason") or "")[:REASON_CHARS], failure, self.usage)
 
     def _died(self, started: bool) -> Verdict:
         try:
