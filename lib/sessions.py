@@ -113,7 +113,7 @@ def delete_object(client: storage.Client, bucket: str, object_name: str, generat
 
 
 def ranged(client: storage.Client, bucket: str, object_name: str, generation: int) -> Callable[[int, int], bytes]:
-    """Reads of bytes [start, end) of that generation of the object (lib/reading.py's `fetch`).
+    """Reads of bytes [start, end) of that generation of the object (lib/media/sandbox.py's `fetch`).
 
     A ranged read carries no checksum to check (GCS states the whole object's): the bytes are
     as TLS delivered them. If that generation is gone (deleted or replaced meanwhile), the read
