@@ -192,7 +192,7 @@ variable "cpu" {
 
 variable "memory" {
   type        = string
-  description = "Memory per instance. Cloud Run ties it to cpu: 1 vCPU up to 4Gi, 2 up to 8Gi, 4 from 2Gi, 6 and 8 from 4Gi (checked at plan). The default leaves room for the media check: each instance decodes in at most 2 sandboxed child processes at once (lib/media/sandbox.py CHECKS_AT_ONCE), each limited to 512 MiB of address space (a 2-hour, 8-track MP4 takes about 200 MiB: BENCHMARKS.md (m)), beside the worker's ~100 MiB."
+  description = "Memory per instance. Cloud Run ties it to cpu: 1 vCPU up to 4Gi, 2 up to 8Gi, 4 from 2Gi, 6 and 8 from 4Gi (checked at plan). The default leaves room for the media check: each instance decodes in at most 2 sandboxed child processes at once (lib/media/sandbox.py CHECKS_AT_ONCE), each limited to 512 MiB of address space (what the largest check took: BENCHMARKS.md (m)), beside the worker's ~100 MiB."
   default     = "1024Mi"
 
   validation {
