@@ -11,9 +11,10 @@ the HTTP status is the acknowledgement:
 - pending upload: settled by lib/landing.py `land` (checked, then placed at
   its served name and `completed`, or `rejected`), by the same conditional
   write the lifecycle uses, so a racing cancel, GET or sweep agrees on one outcome;
-- already completed or rejected: nothing changes (a repeat);
-- cancelled or expired (its bytes landed after all): that generation of the
-  object is deleted, the upload keeps its state;
+- already completed or rejected: nothing changes (a repeat), except that an event
+  still owed is published (its first attempt may have died between write and publish);
+- cancelled or expired (its bytes landed after all, or landed after `expires_at`): that
+  generation of the object is deleted, anything at its served name too, the upload keeps its state;
 - the placement's own object in the served bucket (which has no notification
   in Terraform, but an emulator may publish it): ignored;
 - an object we do not know (another bucket or prefix, no record): ignored;
@@ -125,6 +126,10 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
         record = landing.land(db, gcs, record, event.obj, announce=announce)
+    elif announce is not None and record.data.get(lifecycle.OWED_FIELD) is not None:
+        # Settled, its event still owed: the attempt that settled it may have died between its write and
+        # its publish. A redelivery finishes that (the event's id is the same, so a repeat is one event).
+        announce(record)
     if record.state == lifecycle.COMPLETED:
         return "completed" if was_pending else "duplicate"
     if record.state == lifecycle.REJECTED:
@@ -132,6 +137,9 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
             # Landed at its served name: make sure the refused bytes are gone (a repeat).
             sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
         return "rejected" if was_pending else "duplicate"
-    # Cancelled or expired, and yet these bytes are there: nothing keeps them.
+    # Cancelled or expired, and yet these bytes are there: nothing keeps them, and nothing is served
+    # (a settler that placed them and lost the race may have died before undoing it).
     sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
+    if staged:
+        landing.unserve(gcs, record)
     return "deleted_late_object"

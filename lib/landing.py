@@ -20,6 +20,11 @@ deleted.
 
 Cancelling and expiring first cancel the GCS session, then look for the object once more: an
 upload that finished in between is settled as landed, never lost and never reported cancelled.
+
+Whoever settles first decides, and is judged by the bytes' own finalize time: bytes finalized at or
+after `expires_at` (a session stays writable past it on GCS) make the upload `expired`. A settler
+whose conditional write loses undoes what it placed unless the winner completed it with that very
+object, so a cancel or expiry that wrote first is never left serving bytes.
 """
 
 from __future__ import annotations
@@ -123,6 +128,11 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.Store
     is told of the change if this call stored it (`transition`). Returns the record
     as stored afterwards (another request's decision if it settled the record first:
     also when that one's cleanup took the object away while this one was reading it).
+
+    If another request settled it first, and not as completed by what this call placed, the
+    placement is undone (that generation deleted): a cancel or expiry that wrote first is never
+    left serving bytes. Bytes finalized at or after `expires_at` make the upload `expired`,
+    unchecked and never placed, whoever looks first.
     """
     staged = bool(record.data.get("staged"))
     try:
@@ -134,8 +144,19 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.Store
         raise
     step()
     settled = transition(db, record, changes, announce, gcs.release)
-    if staged and settled.state == COMPLETED:
-        forget_staged(gcs, record.data["object_name"], obj.generation)
+    name = record.data["object_name"]
+    # What this call left at the served name: its placement, or a legacy upload's own object.
+    served = changes["generation"] if changes["state"] == COMPLETED else None
+    if settled.state == COMPLETED and settled.data.get("generation") == served:
+        if staged:
+            forget_staged(gcs, name, obj.generation)
+        return settled
+    if served is not None:
+        # Theirs stands and it is not this placement: undone before anyone is told otherwise (a 503 if
+        # Storage fails: the event is redelivered, and `unserve` finishes it).
+        sessions.delete_object(gcs.client, gcs.bucket, name, served)
+    if settled.state in (CANCELLED, EXPIRED):
+        forget_late(gcs, record, obj.generation)
     return settled
 
 
@@ -143,6 +164,9 @@ def _decide(gcs: Storage, record: Record, obj: sessions.StoredObject, staged: bo
             step: Callable[[], None]) -> dict[str, Any]:
     """The changes that settle the record, its object checked, and placed if it passed."""
     where, name = gcs.landing_bucket(record), record.data["object_name"]
+    if obj.created >= record.data["expires_at"]:
+        # Finalized too late: judged by when its bytes landed, not by who looked first.
+        return {"state": EXPIRED}
     changes = verdict(record.data, obj)
     if changes["state"] == COMPLETED:
         step()
@@ -158,6 +182,25 @@ def _decide(gcs: Storage, record: Record, obj: sessions.StoredObject, staged: bo
                                 record.data["content_type"])
         changes.update(generation=placed.generation, completed_at=placed.created)
     return changes
+
+
+def forget_late(gcs: Storage, record: Record, generation: int) -> None:
+    """Delete the object a cancelled or expired upload's session made after all (conditioned on its
+    generation). Staged bytes are never served, so Storage failing leaves them to the bucket's
+    lifecycle rule; a legacy upload's landed at its served name, so that failure is a 503."""
+    name = record.data["object_name"]
+    if not record.data.get("staged"):
+        sessions.delete_object(gcs.client, gcs.bucket, name, generation)
+        return
+    forget_staged(gcs, name, generation)
+
+
+def unserve(gcs: Storage, record: Record) -> bool:
+    """Make sure nothing is served for an upload that did not complete (a placement whose
+    record write lost, left by an instance that died before undoing it). True if it deleted one."""
+    placed = sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
+    return placed is not None and sessions.delete_object(gcs.client, gcs.bucket, record.data["object_name"],
+                                                         placed.generation)
 
 
 def forget_staged(gcs: Storage, name: str, generation: int) -> None:

@@ -17,10 +17,10 @@ import pytest
 import requests
 
 from dev.oidc_issuer import EVENTS_AUDIENCE
-from lib import events, lifecycle
+from lib import events, landing, lifecycle, sessions
 from tests.conftest import BUCKET, STAGING_BUCKET, start_shipped
 from tests.helpers import RecordingProxy, media, padded_mp4, schema_errors
-from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
+from tests.test_lifecycle import VIDEO, backdate, bearer, create, end_hour_now, put_bytes, record
 
 ROUTE = "/internal/storage-events"
 
@@ -537,3 +537,119 @@ def test_with_firestore_down_the_relay_redelivers_until_the_upload_completes(eve
     finally:
         for service in reversed(started):
             service.stop()
+
+
+# --- settlers racing: whoever writes first decides, and only a completion is ever served -----------------------
+
+SETTLERS = ["event", "get", "cancel", "sweep"]
+
+
+def _settle_by(settler: str, client, key: str, out: dict, resource: dict, token: str):
+    """One settler's real request; its answer (status, the upload's status or the event's outcome)."""
+    if settler == "event":
+        resp = push(client, envelope(resource), token)
+        return resp.status_code, resp.get_json()["outcome"]
+    if settler == "get":
+        resp = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key))
+        return resp.status_code, resp.get_json()["status"]
+    if settler == "cancel":
+        resp = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
+        return resp.status_code, (resp.get_json().get("status") or resp.get_json()["error"]["code"])
+    resp = client.post("/internal/sweep", headers=bearer(token))
+    return resp.status_code, "swept"
+
+
+@pytest.mark.parametrize("winner", SETTLERS)
+@pytest.mark.parametrize("loser", SETTLERS)
+def test_a_settler_whose_write_loses_undoes_its_placement_unless_the_winner_completed_it(
+        client, db, gcs, make_key, oidc_issuer, monkeypatch, loser, winner):
+    """`loser` reads the upload pending, checks and places its bytes; before its conditional write,
+    `winner` settles it first. A cancel or sweep that wins decided before the bytes landed; an event
+    or GET that wins completed it with the placement it found (on GCS a second rewrite to the served
+    name fails its `ifGenerationMatch=0` and `place` answers the existing object; fake-gcs-server
+    1.54 ignores that precondition and overwrites, so the winner's write is made here as it would
+    be). Then the loser's write loses: the winner's outcome stands, and the served name holds the
+    bytes exactly when that outcome is `completed` with them."""
+    key, _ = make_key()
+    data = padded_mp4(3000, secrets.randbits(64))
+    out = create(client, key, {"content_type": "video/mp4", "size_bytes": len(data)})
+    put_bytes(out["upload_url"], data)
+    end_hour_now(db, out["id"])  # after the bytes landed: each settler (a sweep too) looks, and they count
+    name, token = object_name(out), oidc_issuer.token()
+    resource, events_token = resource_of(gcs, name), oidc_issuer.events_token()
+    real_place, raced = sessions.place, []
+
+    def place_then_lose(*args, **kwargs):
+        placed = real_place(*args, **kwargs)
+        if not raced:
+            raced.append(winner)
+            current = lifecycle.load_by_id(db, out["id"])
+            if winner in ("cancel", "sweep"):
+                changes = {"state": "cancelled" if winner == "cancel" else "expired"}
+            else:
+                changes = {**landing.completed(placed),
+                           "media": {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]}}
+            lifecycle.transition(db, current, changes)
+        return placed
+
+    monkeypatch.setattr(sessions, "place", place_then_lose)
+    status, said = _settle_by(loser, client, key, out, resource, events_token if loser == "event" else token)
+    assert raced == [winner]  # the loser did place before its write
+    final = record(db, out["id"])["state"]
+    assert final == ("completed" if winner in ("event", "get") else
+                     "cancelled" if winner == "cancel" else "expired")
+    served = gcs.bucket(BUCKET).get_blob(name)
+    fetched = requests.get(out["source_url"], timeout=10)
+    if final == "completed":
+        assert served is not None and served.generation == record(db, out["id"])["generation"]
+        assert fetched.status_code == 200 and fetched.content == data
+    else:
+        assert served is None and fetched.status_code == 404
+    # The loser answered what stands.
+    if loser == "get":
+        assert (status, said) == (200, final)
+    elif loser == "cancel":
+        assert (status, said) == ((409, "upload_completed") if final == "completed" else (200, final))
+    else:
+        assert status == 200
+
+
+@pytest.mark.parametrize("settler", SETTLERS)
+def test_bytes_finalized_after_expires_at_expire_the_upload_whoever_looks_first(client, db, gcs, make_key,
+                                                                                  oidc_issuer, settler):
+    """A GCS session stays writable past our expires_at: bytes that land then are never served,
+    and no settler calls them completed, though none had expired the upload before they landed."""
+    key, _ = make_key()
+    data = padded_mp4(3000, secrets.randbits(64))
+    out = create(client, key, {"content_type": "video/mp4", "size_bytes": len(data)})
+    backdate(db, out["id"])  # its hour is over, and nothing has looked
+    put_bytes(out["upload_url"], data)
+    name = object_name(out)
+    resource = resource_of(gcs, name)
+    token = oidc_issuer.events_token() if settler == "event" else oidc_issuer.token()
+    status, said = _settle_by(settler, client, key, out, resource, token)
+    assert status == 200 and said in ("expired", "deleted_late_object", "swept")
+    stored = record(db, out["id"])
+    assert stored["state"] == "expired" and "media" not in stored
+    assert gcs.bucket(BUCKET).get_blob(name) is None and requests.get(out["source_url"], timeout=10).status_code == 404
+    assert gcs.bucket(STAGING_BUCKET).get_blob(name) is None  # nothing keeps them
+    got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
+    assert got["status"] == "expired" and got["completed_at"] is None
+
+
+def test_a_late_event_finishes_undoing_a_placement_its_settler_left_behind(client, db, gcs, make_key, oidc_issuer):
+    """An instance placed the bytes, lost its write to a cancel, and died before undoing it:
+    the storage event (its redelivery) takes the placement away."""
+    key, _ = make_key()
+    data = padded_mp4(3000, secrets.randbits(64))
+    out = create(client, key, {"content_type": "video/mp4"})
+    put_bytes(out["upload_url"], data)
+    name = object_name(out)
+    resource = resource_of(gcs, name)
+    sessions.place(gcs, STAGING_BUCKET, BUCKET, name, int(resource["generation"]), "video/mp4")
+    lifecycle.transition(db, lifecycle.load_by_id(db, out["id"]), {"state": "cancelled"})
+    assert requests.get(out["source_url"], timeout=10).status_code == 200  # what the dead instance left
+    resp = push(client, envelope(resource), oidc_issuer.events_token())
+    assert resp.status_code == 200 and resp.get_json() == {"outcome": "deleted_late_object"}
+    assert gcs.bucket(BUCKET).get_blob(name) is None and requests.get(out["source_url"], timeout=10).status_code == 404
+    assert record(db, out["id"])["state"] == "cancelled"

@@ -20,7 +20,7 @@ from lib.sessions import StoredObject
 from tests.conftest import BUCKET, STAGING_BUCKET
 from tests.helpers import media, padded_mp4, schema_errors
 from tests.test_events import crc32c, envelope, md5, object_name, push, resource_of
-from tests.test_lifecycle import backdate, bearer, create, put_bytes, record
+from tests.test_lifecycle import bearer, create, end_hour_now, put_bytes, record
 
 
 def declared(data: bytes, **overrides) -> dict:
@@ -110,7 +110,7 @@ def test_the_sweep_rejects_an_expired_upload_whose_bytes_are_not_the_declared_on
     put_bytes(wrong["upload_url"], HTML)
     put_bytes(right["upload_url"], DATA)
     for out in (wrong, right):
-        backdate(db, out["id"])
+        end_hour_now(db, out["id"])
     resp = client.post("/internal/sweep", headers=bearer(oidc_issuer.token()))
     assert resp.status_code == 200, resp.get_data(as_text=True)
     counts = resp.get_json()

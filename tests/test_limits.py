@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 from tests.helpers import padded_mp4, response_schema_errors
 from tests.tcpproxy import TcpProxy
 from tests.test_events import envelope, object_name, push, resource_of
-from tests.test_lifecycle import VIDEO, backdate, bearer, create, put_bytes, record
+from tests.test_lifecycle import VIDEO, bearer, create, end_hour_now, put_bytes, record
 
 POLICY = re.compile(r'"creates";q=(\d+);w=60')
 SERVICE = re.compile(r'"creates";r=(\d+);t=(\d+)')
@@ -136,7 +136,7 @@ def test_the_slot_is_given_back_exactly_once_when_every_path_races_to_settle(
         out = create(client, key)
     else:
         out = _landed(client, key, gcs, size_bytes=3000 if outcome == "completed" else 2999)
-    backdate(db, out["id"])
+    end_hour_now(db, out["id"])
     calls, freed = [], []
     real = limits.Limiter.release
 

@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from dev.oidc_issuer import WEBHOOKS_AUDIENCE
 from dev.receiver import Receiver
 from lib import attempts, endpoints, lifecycle, sweep, webhooks
-from tests.conftest import ROOT, WEBHOOK_MAX_ATTEMPTS
+from tests.conftest import BUCKET, ROOT, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS
 from tests.helpers import SESSION_WEBHOOK_SECRETS, padded_mp4, schema_errors
 from tests.test_events import wait_for
 from tests.test_lifecycle import CLIP, VIDEO, backdate, bearer, put_bytes, record
@@ -301,6 +301,28 @@ def test_an_event_whose_publish_was_lost_is_published_again_by_the_sweep(event_p
     assert resp.status_code == 200
     [got] = receiver.wait_for(1)
     assert got.verified and got.event["type"] == "upload.cancelled" and got.event["data"]["id"] == out["id"]
+    wait_for(lambda: lifecycle.OWED_FIELD not in record(db, out["id"]), what="the owed mark cleared")
+
+
+def test_a_redelivered_storage_event_publishes_the_event_its_first_attempt_owed(event_path, make_key, receivers,
+                                                                               endpoint, db):
+    """As if the instance that settled the upload died between its write and its publish: the
+    storage event's redelivery (here: bytes landing after the cancel) publishes it, with no sweep."""
+    key, workspace = make_key()
+    out = upload(event_path, key)
+    receiver = receivers()
+    endpoint(receiver, workspace)
+    now = datetime.now(UTC)
+    db.collection(lifecycle.COLLECTION).document(out["id"]).update(
+        {"state": "cancelled", "settled_at": now, lifecycle.OWED_FIELD: now, "session_url": firestore.DELETE_FIELD})
+    name = out["source_url"].split(f"/{BUCKET}/", 1)[1]
+    storage = event_path["storage"].url
+    resp = requests.post(f"{storage}/upload/storage/v1/b/{STAGING_BUCKET}/o", params={"uploadType": "media",
+                         "name": name}, data=CLIP, headers={"Content-Type": "video/mp4"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    [got] = receiver.wait_for(1)
+    assert got.verified and got.event["type"] == "upload.cancelled" and got.event["data"]["id"] == out["id"]
+    assert got.webhook_id == webhooks.event_id(out["id"], "upload.cancelled")
     wait_for(lambda: lifecycle.OWED_FIELD not in record(db, out["id"]), what="the owed mark cleared")
 
 
