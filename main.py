@@ -280,7 +280,10 @@ def _serve(request: flask.Request, routes: Routes) -> flask.Response:
         # lib/server.py) before anything can answer early: otherwise
         # functions-framework reads it after our answer, unbounded by us.
         server.headers_read()
-        raw = models.read_body(request.stream, request.content_length, before_read=server.in_time)
+        try:
+            raw = models.read_body(request.stream, request.content_length, before_read=server.in_time)
+        except server.BODY_FRAMING_ERRORS as exc:
+            raise server.body_refusal(exc) from None
         server.body_read()
         methods, params, log["route"] = _route(routes, request.path)
         handler = methods.get(request.method)

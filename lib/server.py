@@ -21,7 +21,8 @@ does, before functions-framework builds its server) makes the server:
   connection the server then closes; gunicorn itself closes as RFC 9112 9.6
   asks (half-close, read and discard briefly, then close);
 - answer what gunicorn refuses itself (malformed HTTP, over-long lines and
-  headers) in the API's JSON envelope, with one structured log line.
+  headers) in the API's JSON envelope, with one structured log line, and a body
+  whose chunked framing it cannot follow a 400 there too (`body_refusal`, main.py).
 
 Everything else is functions-framework's own configuration, unchanged.
 """
@@ -41,7 +42,7 @@ import time
 from functions_framework._http import gunicorn as ff_gunicorn
 from gunicorn import util
 from gunicorn.http import wsgi
-from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, ParseException
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, NoMoreData, ParseException
 from gunicorn.workers.gthread import ThreadWorker
 
 from lib import logs
@@ -208,6 +209,19 @@ class Worker(ThreadWorker):
         logs.emit({"severity": logs.severity_for(err.status), "message": f"(refused by the HTTP server) {err.status}",
                    "httpRequest": {"status": err.status}, "request_id": request_id, "error_code": err.code,
                    "reason": type(exc).__name__})
+
+
+# What gunicorn's body readers raise for framing it cannot follow (a chunk size that is no hex number, a
+# chunk without its CRLF, a chunked body that ends before its last chunk): the client's fault, a 400.
+BODY_FRAMING_ERRORS = (ParseException, NoMoreData)
+
+
+def body_refusal(exc: Exception) -> ApiError:
+    """The error for a body whose framing gunicorn cannot follow. The connection closes with it:
+    where the next request would start on it is unknowable."""
+    return BadHttpRequest("The request body's framing is malformed (Transfer-Encoding: chunked as RFC 9112 "
+                          "section 7.1 defines it, or Content-Length).", headers={"Connection": "close"},
+                          reason=type(exc).__name__)
 
 
 def refusal(exc: ParseException) -> ApiError:

@@ -7,6 +7,7 @@ header there.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -163,6 +164,32 @@ def test_one_mib_chunked_body_without_length_is_refused_with_413(target, ws_key)
     resp = requests.post(url + "/v1/uploads", data=chunks(), timeout=30,
                          headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     assert_envelope(resp, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("path", ["/v1/uploads", "/nowhere", "/internal/storage-events"])
+@pytest.mark.parametrize("chunks", [
+    pytest.param(b"zz\r\n{}\r\n0\r\n\r\n", id="size-not-hex"),
+    pytest.param(b"2\r\n{}XX0\r\n\r\n", id="no-crlf-after-data"),
+    pytest.param(b"2\r\n{}\r\n", id="ends-before-the-last-chunk"),
+])
+def test_malformed_chunked_framing_is_400_without_a_key_and_logs_no_error(served_default, path, chunks):
+    """The server cannot follow the body: a 400 in the envelope, the connection closed, no traceback."""
+    host, port = served_default.url.removeprefix("http://").split(":")
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    before = len(served_default.log_lines())
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + chunks)
+        sock.shutdown(socket.SHUT_WR)  # the client has nothing more: the server must not wait for it
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+    assert response.status == 400, body
+    assert response.getheader("Connection", "").lower() == "close"
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    lines = served_default.log_lines()[before:]
+    assert [line["httpRequest"]["status"] for line in lines if "httpRequest" in line] == [400]
+    assert not [line for line in lines if line.get("severity") == "ERROR"]
 
 
 @pytest.mark.parametrize("raw", [
