@@ -35,9 +35,12 @@ audit: $(VENV)/.installed
 
 # Proves a deployment: the whole upload journey against API_URL with API_KEY (a test-mode key is
 # enough; docs/operations.md). The key goes through the environment, never the command line.
+# The key comes from the environment (FRAMELANE_API_KEY) or a file (API_KEY_FILE), never make's command
+# line: make's and the shell's argv are readable by every user through ps.
 smoke: $(VENV)/.installed
-	@test -n "$(API_URL)" || { echo "usage: make smoke API_URL=https://api.example.com API_KEY=fl_test_... [WEBHOOK_URL=https://receiver.example.com/hook] [SMOKE_ARGS=--emulators]"; exit 2; }
-	@FRAMELANE_API_KEY="$(API_KEY)" $(PY) -m dev.smoke --api-url "$(API_URL)" $(if $(WEBHOOK_URL),--webhook-url "$(WEBHOOK_URL)") $(SMOKE_ARGS)
+	@test "$(origin API_KEY)" != "command line" || { echo "error: do not pass API_KEY (ps shows a command line to everyone): export FRAMELANE_API_KEY, or pass API_KEY_FILE=path"; exit 2; }
+	@test -n "$(API_URL)" || { echo "usage: FRAMELANE_API_KEY=fl_test_... make smoke API_URL=https://api.example.com [API_KEY_FILE=path] [WEBHOOK_URL=https://receiver.example.com/hook] [SMOKE_ARGS=--emulators]"; exit 2; }
+	@$(PY) -m dev.smoke --api-url "$(API_URL)" $(if $(API_KEY_FILE),--api-key-file "$(API_KEY_FILE)") $(if $(WEBHOOK_URL),--webhook-url "$(WEBHOOK_URL)") $(SMOKE_ARGS)
 
 # Remakes the media fixtures in tests/media/ (committed: the tests only read them) with Debian's
 # ffmpeg and ffprobe, and fontTools for the fonts; run it only to change one.

@@ -213,7 +213,7 @@ Each block below stands alone: paste it into a shell in this directory.
 7. Prove the deployment, as ops do after every apply and rollout (docs/operations.md): the whole
    journey, each step timed; here the steps only Google runs are skipped, each saying why:
 
-  make smoke API_URL={url} API_KEY={key} SMOKE_ARGS=--emulators
+  FRAMELANE_API_KEY={key} make smoke API_URL={url} SMOKE_ARGS=--emulators
 
 (The expiry sweep, POST /internal/sweep, is shut here: it takes only Cloud Scheduler's OIDC token.
 A GET after expires_at still expires the upload.)

@@ -1,12 +1,15 @@
 """`make smoke`: walk a deployment's whole upload journey and say which step failed.
 
-    python -m dev.smoke --api-url https://api.example.com --api-key fl_test_... [--emulators]
+    FRAMELANE_API_KEY=fl_test_... python -m dev.smoke --api-url https://api.example.com [--emulators]
+    python -m dev.smoke --api-url https://api.example.com --api-key-file ~/.framelane-smoke-key
 
 Run it after every `terraform apply` and rollout (docs/operations.md). A test-mode key is enough:
-its objects go under test-uploads/, which the bucket deletes a day later. The key may also come
-from FRAMELANE_API_KEY. Each step prints its name, its time and what it saw; the first failure
-ends the run with exit 1, naming the step and why. The key and the upload URLs (bearer secrets)
-are never printed. What the smoke made is cancelled if it is still pending when it ends.
+its objects go under test-uploads/, which the bucket deletes a day later. The key comes from the
+environment (FRAMELANE_API_KEY) or a file (`--api-key-file`, `-` for standard input), never from
+the command line, where `ps` shows it to every user of the machine. Each step prints its name, its
+time and what it saw; the first failure ends the run with exit 1, naming the step and why. The key
+and the upload URLs (bearer secrets) are never printed: a failure's message is redacted as the
+service's log lines are (lib/logs.py). What the smoke made is cancelled if it is still pending.
 
 `--emulators`: the deployment is `make run`'s. Steps that need what only Google runs (the CDN's
 headers and 404s, a cancelled session refusing bytes) are skipped there, each saying why.
@@ -35,7 +38,7 @@ import google_crc32c
 import requests
 
 from dev import samples
-from lib import attempts, auth, clock, endpoints, targets
+from lib import attempts, auth, clock, endpoints, logs, targets
 from lib.clients import firestore_client
 from lib.config import ConfigError, FirestoreSettings
 from lib.errors import ApiError
@@ -94,7 +97,8 @@ class Smoke:
                     self.out(f"skip  {name}: {why}")
                     continue
                 except (StepFailed, requests.RequestException) as exc:
-                    self.out(f"FAIL  {name} ({time.monotonic() - started:.2f} s): {exc}")
+                    # A connection error names the URL it tried: a session URL's upload_id is a secret.
+                    self.out(f"FAIL  {name} ({time.monotonic() - started:.2f} s): {logs.redact(str(exc))}")
                     return 1
                 self.out(f"ok    {name} ({time.monotonic() - started:.2f} s){': ' + said if said else ''}")
             self.out("smoke: the deployment works")
@@ -255,8 +259,9 @@ def _error(resp: requests.Response) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dev.smoke", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--api-url", required=True, help="the API's base URL (https://api.<domain>, or the function's)")
-    parser.add_argument("--api-key", default=os.environ.get("FRAMELANE_API_KEY"),
-                        help="an API key (a test-mode fl_test_ key is enough); default: $FRAMELANE_API_KEY")
+    parser.add_argument("--api-key-file", type=argparse.FileType("r"),
+                        help="a file holding the API key (a test-mode fl_test_ key is enough; - for standard input); "
+                        "default: $FRAMELANE_API_KEY")
     parser.add_argument("--emulators", action="store_true", help="the deployment is `make run`'s (skips what only "
                         "Google runs, saying why)")
     parser.add_argument("--event-seconds", type=float, default=10.0,
@@ -268,9 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.event_seconds < 3:
         parser.error("--event-seconds must be 3 or more: the step tells the event's completion from a GET's by it")
-    if not args.api_key:
-        parser.error("no API key: pass --api-key or set FRAMELANE_API_KEY")
-    return Smoke(args.api_url, args.api_key, args.emulators, args.event_seconds,
+    if args.api_key_file is not None:
+        with args.api_key_file:
+            api_key = args.api_key_file.read().strip()
+    else:
+        api_key = os.environ.get("FRAMELANE_API_KEY", "").strip()
+    if not api_key:
+        parser.error("no API key: set FRAMELANE_API_KEY or pass --api-key-file (never the key itself: "
+                     "a command line is visible to every user of the machine)")
+    return Smoke(args.api_url, api_key, args.emulators, args.event_seconds,
                  webhook_url=args.webhook_url, webhook_seconds=args.webhook_seconds).run()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -52,8 +53,9 @@ def test_the_smoke_needs_a_key_and_a_sane_bound(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dev.smoke", "--api-url", "http://127.0.0.1:9"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no API key" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "dev.smoke", "--api-url", "http://127.0.0.1:9", "--api-key", "k",
-                           "--event-seconds", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "dev.smoke", "--api-url", "http://127.0.0.1:9", "--event-seconds",
+                           "1"], cwd=ROOT, env={**env, "FRAMELANE_API_KEY": "k"}, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 2 and "--event-seconds must be 3 or more" in done.stderr
 
 
@@ -110,3 +112,43 @@ def test_the_cdn_step_fails_on_any_listing_the_url_map_could_let_through(listing
                 smoke.cdn_refuses()
     finally:
         cdn.stop()
+
+
+def test_a_put_that_fails_to_connect_never_prints_the_session_url(served_default, make_key):
+    """requests names the URL it could not reach; the FAIL line must not carry the session's upload_id."""
+    from dev.smoke import Smoke
+
+    key, _ = make_key(mode="test")
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: the PUT's connection is refused
+    said: list[str] = []
+
+    class Unreachable(Smoke):
+        def put(self) -> str:
+            real = self.upload["upload_url"]
+            self.upload = {**self.upload, "upload_url": re.sub(r"^http://[^/]+", f"http://127.0.0.1:{port}", real)}
+            return super().put()
+
+    smoke = Unreachable(served_default.url, key, emulators=True, event_seconds=3, out=said.append)
+    assert smoke.run() == 1
+    fail = said[-1]
+    assert fail.startswith("FAIL  put (") and "Connection" in fail, said
+    assert "upload_id=" not in fail.replace("upload_id=[REDACTED]", "") and key not in "\n".join(said)
+
+
+def test_the_key_never_goes_on_a_command_line(tmp_path, served_default, make_key):
+    """`make smoke API_KEY=...` is refused before anything runs; the key comes from a file or the environment."""
+    done = subprocess.run(["make", "--no-print-directory", "smoke", "API_URL=http://127.0.0.1:9", "API_KEY=fl_test_x"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "do not pass API_KEY" in done.stdout + done.stderr
+    key, _ = make_key(mode="test")
+    path = tmp_path / "key"
+    path.write_text(key + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "FRAMELANE_API_KEY"}
+    # The first step that needs the key (create) passes with the key read from the file.
+    done = subprocess.run([sys.executable, "-m", "dev.smoke", "--api-url", served_default.url, "--emulators",
+                           "--event-seconds", "3", "--api-key-file", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "ok    create (" in done.stdout, done.stdout + done.stderr
+    assert key not in done.stdout + done.stderr
