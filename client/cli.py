@@ -115,11 +115,14 @@ def crc32c_of(fd: int, size: int) -> str:
     return base64.b64encode(checksum.digest()).decode()
 
 
-def idempotency_key(file: state.FileId, crc32c: str, previous: str | None) -> str:
-    """The same file (path, inode, size, mtime, bytes) gives the same key, so a
-    rerun after a crash before the state was saved gets the same session back.
+def idempotency_key(file: state.FileId, body: dict[str, Any], previous: str | None) -> str:
+    """The same file (path, inode, size, mtime) sent as the same request (`body`: its type, name,
+    size and crc32c) gives the same key, so a rerun after a crash before the state was saved gets
+    the same session back; anything else the create says (another --content-type) is another
+    request, so another key (the service refuses a key reused for other contents).
     `previous` is an upload of it that ended unfinished: then a new one."""
-    identity = json.dumps([file.path, file.device, file.inode, file.size, file.mtime_ns, crc32c, previous])
+    identity = json.dumps([file.path, file.device, file.inode, file.size, file.mtime_ns, body, previous],
+                          sort_keys=True)
     return "cli-" + hashlib.sha256(identity.encode()).hexdigest()
 
 
@@ -352,7 +355,7 @@ class Command:
         previous = None
         for _ in range(3):
             response = self.api.call("POST", "/v1/uploads", body=body, ok=(200, 201),
-                                     headers={"Idempotency-Key": idempotency_key(file, crc32c, previous)})
+                                     headers={"Idempotency-Key": idempotency_key(file, body, previous)})
             created = response.json()
             check_upload_url(self.args.api_url, created["upload_url"])
             saved = state.Saved(created["id"], created["upload_url"], created["source_url"], crc32c, file)

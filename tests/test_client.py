@@ -37,7 +37,7 @@ from client.transport import GaveUp, Retry, retry_after
 from dev import emulators
 from lib.mediatypes import ALIASES, EXTENSIONS
 from tests.conftest import BUCKET, PROJECT, ROOT, Served, start_shipped
-from tests.helpers import SIZED_EXTENSIONS, Answer, RecordingProxy, Stall, sized_media
+from tests.helpers import SIZED_EXTENSIONS, Answer, RecordingProxy, Stall, media, sized_media
 
 MIB = 1024 * 1024
 
@@ -194,6 +194,21 @@ def test_a_file_that_is_not_its_type_fails_with_its_own_status_and_why(on_fake_g
     write_media(ok, MIB)
     done = command.run("upload", str(ok))
     assert done.returncode == 0 and "media       1.0 s, 64x48, h264" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_the_commands_own_advice_works_a_picture_named_mp4_goes_up_with_its_real_type(on_fake_gcs, tmp_path,
+                                                                                      restart):
+    """A PNG renamed .mp4 is refused (exit 6, "pass --content-type"); passing its real type (with or without
+    --restart) is another request, under another Idempotency-Key, and completes."""
+    command, _ = on_fake_gcs
+    path = tmp_path / "x.mp4"
+    path.write_bytes(media("image.png"))
+    refused = command.run("upload", str(path))
+    assert refused.returncode == cli.EXIT_NOT_MEDIA and "--content-type" in refused.stderr, refused.stderr
+    done = command.run("upload", str(path), "--content-type", "image/png", *(["--restart"] if restart else []))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("uploaded x.mp4") and "media       64x48, png" in done.stdout, done.stdout
 
 
 def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_four_fields(on_fake_gcs, backends, tmp_path,
