@@ -123,13 +123,17 @@ def _start(name: str, argv: list[str], url: str, ready: Callable[[], bool], env:
     log.close()
     service = Service(name, process, url, log_path)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not service.alive():
-            raise SetupError(f"{name} exited with status {process.returncode} before it was ready:\n"
-                             f"{service.log_tail()}", log_path)
-        if ready():
-            return service
-        time.sleep(0.02)  # poll interval between readiness checks, not a stand-in for one
+    try:
+        while time.monotonic() < deadline:
+            if not service.alive():
+                raise SetupError(f"{name} exited with status {process.returncode} before it was ready:\n"
+                                 f"{service.log_tail()}", log_path)
+            if ready():
+                return service
+            time.sleep(0.02)  # poll interval between readiness checks, not a stand-in for one
+    except BaseException:  # a Ctrl-C while it starts too: nobody else holds its PID yet
+        service.stop()
+        raise
     service.stop()
     raise SetupError(f"{name} was not ready after {timeout:.0f}s:\n{service.log_tail()}", log_path)
 

@@ -50,17 +50,27 @@ def main() -> int:
     status = 1
     try:
         status = _serve(ports, log_dir)
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM) during start-up: what had started is stopped already (_serve's finally).
+        print("\nStopped during start-up; nothing is left running.", file=sys.stderr)
+        status = 0
     finally:
         # Kept (and said where) when something failed; a clean Ctrl-C leaves nothing behind.
         emulators.finish_log_dir(log_dir, status == 0)
     return status
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve(ports: dict[str, int], log_dir) -> int:
     services: list[emulators.Service] = []
     stop = threading.Event()
+    # Until everything is up, a signal interrupts start-up where it is (each starter stops what it
+    # started: lib's _start and start_stack); once it is up, it ends the loop below.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, _interrupt)
     issuer = receiver = demo = None
     try:
         print("Starting the Firestore and Pub/Sub emulators, fake-gcs-server and redis-server ...", file=sys.stderr)
@@ -98,6 +108,8 @@ def _serve(ports: dict[str, int], log_dir) -> int:
                                               issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
         from dev.demo import Demo
         demo = Demo(function.url, key, ports["DEMO_PORT"])
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         _print_instructions(function.url, key, env, log_dir, endpoint, receiver, demo)
         while not stop.is_set():
             for service in services:

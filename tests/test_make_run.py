@@ -107,3 +107,54 @@ def run_block(block: str) -> str:
                           env={k: v for k, v in os.environ.items() if not k.startswith(("RESP", "ID"))})
     assert done.returncode == 0, (block, done.stdout, done.stderr)
     return done.stdout
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (from /proc: each line of stat names its parent)."""
+    found = set()
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == pid:
+                found.add(int(stat))
+    return found
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_during_start_up_stops_at_once_and_leaves_nothing_running(tmp_path):
+    """Interrupted while its first emulator is still starting, it stops there: nothing more is started,
+    no key is minted or printed, and every process it had started (each in a group of its own) is gone."""
+    ports = {name: str(emulators.free_port()) for name in
+             ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT",
+              "DEMO_PORT", "DELIVERIES_PORT", "REDIS_PORT")}
+    out_path = tmp_path / "make-run.out"
+    with open(out_path, "wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, **ports, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (started := _children(run.pid)):
+            assert run.poll() is None and time.monotonic() < deadline, out_path.read_text()
+            time.sleep(0.01)  # poll interval for its first child, not a stand-in for readiness
+        os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to make run's group, not the emulators'
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=10)
+    text = out_path.read_text()
+    assert run.returncode == 0, text
+    assert "Stopped during start-up; nothing is left running." in text
+    assert "Demo API key" not in text and "fl_live_" not in text and "Logs kept" not in text
+    assert not [pid for pid in started if _group_alive(pid)], text
+    assert not _children(run.pid)
