@@ -458,7 +458,7 @@ def main() -> int:
               f"{isolated['held']} dribbled deliveries: ratio {isolated['ratio']:.2f}", file=sys.stderr)
 
         # (k) the limiter's own cost.
-        admits = limiter.measure(stack.redis.url)
+        admits = limiter.measure(stack.redis.url, db)
         print(f"k admit p50 {admits['p50_ms']:.2f} ms, {admits['per_second']:.0f}/s", file=sys.stderr)
         # (m) what a check reads.
         checks = media_reads.measure()

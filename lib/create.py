@@ -62,7 +62,7 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, lim
     def admit(upload_id: str, expires: datetime) -> dict[str, str]:
         if workspace_limits is None:
             return {}
-        fields = limiter.admit(key.workspace_id, key.mode, upload_id, expires, workspace_limits, log)
+        fields = limiter.admit(db, key.workspace_id, key.mode, upload_id, expires, workspace_limits, log)
         taken.append(upload_id)
         return fields
 
@@ -74,6 +74,8 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, lim
         if isinstance(exc, ApiError) and workspace_limits is not None and "RateLimit-Policy" not in exc.headers:
             exc.headers.update(limits.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode, log)))
         raise
+    for upload_id in taken:  # its record is written: Firestore counts it from now on
+        limiter.done(key.workspace_id, key.mode, upload_id)
     if workspace_limits is not None and not created.headers:  # a replay: where the window stands now
         return replace(created, headers=limits.headers(workspace_limits,
                                                        limiter.usage(key.workspace_id, key.mode, log)))

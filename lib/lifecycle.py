@@ -287,6 +287,25 @@ def pending_count(db: firestore.Client, workspace_id: str, mode: str) -> int:
     return int(result[0][0].value)
 
 
+def pending_expiries(db: firestore.Client, workspace_id: str, mode: str) -> dict[str, datetime]:
+    """Each of a workspace's pending uploads in `mode` and its expires_at (the limiter rebuilds its
+    count from these: lib/limits.py). One read per upload, paged by the client."""
+    with upstream():
+        snaps = list(pending_query(db, workspace_id, mode).select(["expires_at"]).stream(
+            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 4))
+    return {snap.id: snap.get("expires_at") for snap in snaps}
+
+
+def recorded(db: firestore.Client, upload_ids: list[str]) -> set[str]:
+    """Which of these uploads have a record (in any state): one read each."""
+    if not upload_ids:
+        return set()
+    with upstream():
+        snaps = db.get_all([ref(db, upload_id) for upload_id in upload_ids], field_paths=["state"],
+                           retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+        return {snap.id for snap in snaps if snap.exists}
+
+
 def pending_query(db: firestore.Client, workspace_id: str, mode: str) -> firestore.Query:
     return (db.collection(COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace_id))
             .where(filter=FieldFilter("mode", "==", mode)).where(filter=FieldFilter("state", "==", PENDING)))

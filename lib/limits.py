@@ -21,17 +21,31 @@ The figures are the workspace's own (`workspace_limits/{id}` in Firestore,
 set by `python -m lib.admin set-limits`) or the settings' defaults, read
 through a cache of `LIMITS_CACHE_SECONDS` so a change holds within 5 s.
 
-The store failing never fails a request: each call is bounded by
-`STORE_TIMEOUT` seconds, a failure lets the create through (fail open), the
-request's log line says `limiter: unavailable`, and for `DOWN_SECONDS` no
-call waits on the store again. Monitoring alerts on those lines.
+Firestore's records are the truth; the store's pending set is rebuilt from
+them (`_SYNC`: the workspace's pending records, plus what was admitted in the
+last IN_FLIGHT_MS and may not have written its record yet) whenever the store
+cannot vouch for it: a store that has no mark of a rebuild for the workspace
+(a new or flushed store), and, on an instance that saw the store fail, each
+workspace's first create once it answers again (what it admitted meanwhile,
+and the releases it lost, are counted at once).
+
+The store failing never fails a request and never lifts the limits: each call
+is bounded by `STORE_TIMEOUT` seconds; after a failure, for `DOWN_SECONDS` no
+call waits on the store and the instance limits each workspace on its own
+(`_Local`): creates per minute by its own sliding log, the whole figure; pending
+uploads by Firestore's count of pending records (recounted at most every
+LOCAL_RECOUNT_SECONDS) plus what it admitted since. The request's log line says
+`limiter: unavailable` (and `limited_locally`); monitoring alerts on those lines.
+What a workspace can get during an outage is in docs/operations.md.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +53,7 @@ import redis
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from lib import logs
+from lib import lifecycle, logs
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, TtlLru, shared
 from lib.errors import QuotaExceeded, RateLimited
 
@@ -50,8 +64,13 @@ LIMITS_CACHE_SECONDS = 4.0
 # Each call to the store: connect and answer. Memorystore answers within a millisecond or two
 # in-region; a store that takes longer is treated as down.
 STORE_TIMEOUT = 0.25
-# After a failure, creates go through unlimited for this long without waiting on the store.
+# After a failure, the instance limits creates on its own for this long without waiting on the store.
 DOWN_SECONDS = 5.0
+# While the store is down, an instance recounts a workspace's pending records in Firestore at most this often.
+LOCAL_RECOUNT_SECONDS = 2.0
+# A create admitted this recently may not have written its record yet (its request's deadline, lib/server.py):
+# a rebuild of the pending set keeps its slot.
+IN_FLIGHT_MS = 30_000
 # The policy's name in the RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11).
 POLICY = "creates"
 
@@ -72,10 +91,14 @@ local function frees(rank)
   return tonumber(e[2]) + window - now
 end
 """
-# ARGV: member, creates per minute, max pending, expires_at (ms).
-# Returns {admitted (1/0), refused-by ("", "rate", "quota"), creates in the window, pending,
-#          ms until the rate log frees a create, ms until the first pending upload expires}.
+# KEYS[3]: the mark of the pending set's last rebuild from Firestore. ARGV: member, creates per minute,
+# max pending, expires_at (ms).
+# Returns {admitted (1/0; -1: no mark, rebuild first), refused-by ("", "rate", "quota"), creates in the window,
+#          pending, ms until the rate log frees a create, ms until the first pending upload expires}.
 _ADMIT = _PRELUDE + """
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return {-1, 'unsynced', used, pending, 0, 0}
+end
 local limit, max_pending = tonumber(ARGV[2]), tonumber(ARGV[3])
 local function first_expiry()
   local e = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -98,6 +121,30 @@ return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
 # Returns {creates in the window, pending, ms until the rate log frees one (0: it is empty)}.
 _USAGE = _PRELUDE + """
 return {used, pending, frees(0)}
+"""
+# The pending set rebuilt from Firestore's records. ARGV: ms a create may still be writing its record; how
+# many ids follow that are settled (recorded, not pending: dropped); those ids; then (upload id, expires_at
+# ms) pairs: the workspace's pending records. Any other member they do not name is dropped unless the rate
+# log admitted it within that time (its record may not be written yet); then each record still before its
+# expiry is added, and the mark set. Returns the pending count.
+_SYNC = _PRELUDE + """
+local in_flight, settled = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, 2 + settled do redis.call('ZREM', KEYS[2], ARGV[i]) end
+local records = {}
+for i = 3 + settled, #ARGV, 2 do records[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if records[member] == nil then
+    local admitted = redis.call('ZSCORE', KEYS[1], member)
+    if not admitted or tonumber(admitted) < now - in_flight then redis.call('ZREM', KEYS[2], member) end
+  end
+end
+for member, expires in pairs(records) do
+  if expires > now then redis.call('ZADD', KEYS[2], expires, member) end
+end
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last > 0 then redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000) end
+redis.call('SET', KEYS[3], now)
+return redis.call('ZCARD', KEYS[2])
 """
 
 
@@ -133,12 +180,18 @@ def headers(limits: Limits, usage: Usage | None) -> dict[str, str]:
 
 
 class Limiter:
-    """The instance's view of the store: admit, release, give back, usage; failing open."""
+    """The instance's view of the store: admit, done, release, give back, usage; limiting locally while it fails."""
 
     def __init__(self, url: str | None, password: str | None = None, ca_pem: str | None = None):
         self.enabled = url is not None
         # A float written whole: threads that race on it only both wait DOWN_SECONDS.
         self._down_until = 0.0
+        # Set by a failed call, cleared (and the epoch advanced) by the next that succeeds: each
+        # workspace's pending set is rebuilt once per epoch this instance saw begin (`admit`).
+        self._was_down = False
+        self._epoch = 0
+        self._synced: dict[tuple[str, str], int] = {}
+        self._local = _Local()
         self._client: Any = None
         if url is not None:
             tls: dict[str, Any] = {}
@@ -152,6 +205,7 @@ class Limiter:
                 retry=None, retry_on_timeout=False, health_check_interval=0, **tls)
             self._admit = self._client.register_script(_ADMIT)
             self._usage = self._client.register_script(_USAGE)
+            self._sync = self._client.register_script(_SYNC)
 
     def _call(self, log: dict[str, Any], run):
         """`run()` against the store, or None (logged) if it is down or fails now."""
@@ -160,25 +214,48 @@ class Limiter:
                 log["limiter"] = "unavailable"
             return None
         try:
-            return run()
+            result = run()
         except redis.RedisError as exc:
             self._down_until = time.monotonic() + DOWN_SECONDS
+            self._was_down = True
             log.update(limiter="unavailable", limiter_error=type(exc).__name__)
             return None
+        if self._was_down:  # it answers again: what it holds is rebuilt before it is trusted
+            self._was_down = False
+            self._epoch += 1
+            self._local = _Local()
+            log["limiter_recovered"] = True
+        return result
 
-    def admit(self, workspace_id: str, mode: str, upload_id: str, expires_at: datetime, limits: Limits,
-              log: dict[str, Any]) -> dict[str, str]:
+    def admit(self, db: firestore.Client, workspace_id: str, mode: str, upload_id: str, expires_at: datetime,
+              limits: Limits, log: dict[str, Any]) -> dict[str, str]:
         """Take a create from the window and a pending slot for `upload_id`; the RateLimit fields.
+        `done` (or `give_back`) must follow once the create has written its record (or failed).
 
         Raises:
             RateLimited: the last 60 s hold the workspace's creates per minute.
             QuotaExceeded: the workspace has its most pending uploads.
+            ServiceUnavailable: the pending set had to be rebuilt and Firestore is unavailable.
         """
         keys = _keys(workspace_id, mode)
         expires_ms = int(expires_at.timestamp() * 1000)
-        reply = self._call(log, lambda: self._admit(
-            keys=keys, args=[upload_id, limits.creates_per_minute, limits.max_pending_uploads, expires_ms]))
+
+        def run() -> Any:
+            return self._admit(keys=keys, args=[upload_id, limits.creates_per_minute, limits.max_pending_uploads,
+                                                expires_ms])
+
+        if self.enabled and time.monotonic() >= self._down_until and (
+                self._was_down or self._synced.get((workspace_id, mode), 0) < self._epoch):
+            self._rebuild(db, workspace_id, mode, log)
+        reply = self._call(log, run)
+        if reply is not None and int(reply[0]) == -1:  # a store with no count of it (new, or flushed)
+            self._rebuild(db, workspace_id, mode, log)
+            reply = self._call(log, run)
+            if reply is not None and int(reply[0]) == -1:
+                reply = None  # flushed again at once: this one is decided locally
         if reply is None:
+            log["limited_locally"] = True
+            self._local.admit(db, workspace_id, mode, upload_id, limits)
             return headers(limits, None)
         admitted, refused, used, pending, frees_ms, expiry_ms = reply
         fields = headers(limits, Usage(int(used), int(pending), _seconds(int(frees_ms))))
@@ -192,28 +269,119 @@ class Limiter:
         # A slot frees when an upload settles; at the latest when the first one expires.
         raise QuotaExceeded(limits.max_pending_uploads, int(pending), min(_seconds(int(expiry_ms)), 60), fields)
 
+    def _rebuild(self, db: firestore.Client, workspace_id: str, mode: str, log: dict[str, Any]) -> None:
+        """The store's pending set for the workspace made Firestore's (module docstring)."""
+        keys = _keys(workspace_id, mode)
+        members = self._call(log, lambda: self._client.zrange(keys[1], 0, -1))
+        if members is None:
+            return
+        records = lifecycle.pending_expiries(db, workspace_id, mode)
+        # Members with a record that is not pending settled (their release lost); one without a record may
+        # be a create still writing it: the script keeps that one while it is recent.
+        settled = sorted(lifecycle.recorded(db, [m.decode() for m in members if m.decode() not in records]))
+        pairs: list[Any] = []
+        for upload_id, expires in records.items():
+            pairs += [upload_id, int(expires.timestamp() * 1000)]
+        if self._call(log, lambda: self._sync(keys=keys, args=[IN_FLIGHT_MS, len(settled), *settled, *pairs])) \
+                is not None:
+            self._synced[(workspace_id, mode)] = self._epoch
+            log["limiter_rebuilt"] = len(records)
+
+    def done(self, workspace_id: str, mode: str, upload_id: str) -> None:
+        """A create admitted by `admit` has written its record: Firestore counts it now."""
+        self._local.done(workspace_id, mode, upload_id)
+
     def give_back(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> None:
         """A create that failed after `admit`: its create and its slot are returned."""
-        rate, pending = _keys(workspace_id, mode)
+        self._local.forget(workspace_id, mode, upload_id, rate=True)
+        rate, pending, _ = _keys(workspace_id, mode)
         self._call(log, lambda: self._client.pipeline(transaction=False)
                    .zrem(rate, upload_id).zrem(pending, upload_id).execute())
 
     def release(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> bool:
-        """The upload left `pending`: its slot is free. True if this call freed it."""
+        """The upload left `pending`: its slot is free. True if this call freed it (in the store)."""
+        self._local.forget(workspace_id, mode, upload_id, rate=False)
         removed = self._call(log, lambda: self._client.zrem(_keys(workspace_id, mode)[1], upload_id))
         return bool(removed)
 
     def usage(self, workspace_id: str, mode: str, log: dict[str, Any]) -> Usage:
-        reply = self._call(log, lambda: self._usage(keys=_keys(workspace_id, mode)))
+        reply = self._call(log, lambda: self._usage(keys=_keys(workspace_id, mode)[:2]))
         if reply is None:
             return Usage(None, None, None)
         creates, pending, frees_ms = (int(value) for value in reply)
         return Usage(creates, pending, _seconds(frees_ms) if creates else None)
 
 
+@dataclass
+class _Count:
+    """One workspace's pending uploads as an instance sees them while the store is down: Firestore's
+    count when last taken, plus its own admits since (`since`) and those whose records were not yet
+    written then (`carry`)."""
+
+    base: int = 0
+    taken_at: float = -math.inf
+    carry: set[str] = field(default_factory=set)
+    since: set[str] = field(default_factory=set)
+
+
+class _Local:
+    """The limits one instance enforces alone while the store is down (module docstring): the same
+    figures, the creates per minute by its own sliding log, the pending uploads by Firestore's count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rate: dict[tuple[str, str], deque[tuple[float, str]]] = {}
+        self._counts: dict[tuple[str, str], _Count] = {}
+        self._in_flight: dict[tuple[str, str], set[str]] = {}
+
+    def admit(self, db: firestore.Client, workspace_id: str, mode: str, upload_id: str, limits: Limits) -> None:
+        key = (workspace_id, mode)
+        now = time.monotonic()
+        with self._lock:
+            count = self._counts.setdefault(key, _Count())
+            stale = now - count.taken_at >= LOCAL_RECOUNT_SECONDS
+        if stale:
+            base = lifecycle.pending_count(db, workspace_id, mode)  # ServiceUnavailable: the create is a 503
+            with self._lock:
+                # Admits whose records may not be counted yet stay on top (a few counted twice: stricter).
+                count.base, count.taken_at = base, now
+                count.carry, count.since = set(self._in_flight.get(key, ())), set()
+        with self._lock:
+            log = self._rate.setdefault(key, deque())
+            while log and log[0][0] <= now - WINDOW_SECONDS:
+                log.popleft()
+            if len(log) >= limits.creates_per_minute:
+                frees = _seconds(int((log[len(log) - limits.creates_per_minute][0] + WINDOW_SECONDS - now) * 1000))
+                raise RateLimited(limits.creates_per_minute, frees, headers(limits, None))
+            pending = count.base + len(count.carry | count.since)
+            if pending >= limits.max_pending_uploads:
+                raise QuotaExceeded(limits.max_pending_uploads, pending, math.ceil(LOCAL_RECOUNT_SECONDS),
+                                    headers(limits, None))
+            log.append((now, upload_id))
+            count.since.add(upload_id)
+            self._in_flight.setdefault(key, set()).add(upload_id)
+
+    def done(self, workspace_id: str, mode: str, upload_id: str) -> None:
+        with self._lock:
+            self._in_flight.get((workspace_id, mode), set()).discard(upload_id)
+
+    def forget(self, workspace_id: str, mode: str, upload_id: str, rate: bool) -> None:
+        """An upload settled (its slot), or a create given back (its slot and its place in the window)."""
+        key = (workspace_id, mode)
+        with self._lock:
+            self._in_flight.get(key, set()).discard(upload_id)
+            count = self._counts.get(key)
+            if count is not None:
+                count.carry.discard(upload_id)
+                count.since.discard(upload_id)
+            if rate and key in self._rate:
+                self._rate[key] = deque(entry for entry in self._rate[key] if entry[1] != upload_id)
+
+
 def _keys(workspace_id: str, mode: str) -> list[str]:
+    """The rate log, the pending set and the mark of its last rebuild: one hash tag, one slot."""
     tag = f"{{{workspace_id}:{mode}}}"
-    return [f"fl:rate:{tag}", f"fl:pending:{tag}"]
+    return [f"fl:rate:{tag}", f"fl:pending:{tag}", f"fl:synced:{tag}"]
 
 
 def limiter(url: str | None, password: str | None, ca_pem: str | None) -> Limiter:

@@ -4,8 +4,10 @@ the real Redis every instance shares; the slot given back once however an upload
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -305,7 +307,7 @@ def test_a_429s_wait_is_noted_and_is_never_shorter_than_retry_after():
 
 # --- the engine and its settings --------------------------------------------------------------------------
 
-def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_it(backends):
+def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_it(backends, db):
     from datetime import UTC, datetime, timedelta
 
     from lib.errors import RateLimited
@@ -314,14 +316,14 @@ def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_
     workspace, log = f"ws_{secrets.token_hex(6)}", {}
     expires = datetime.now(UTC) + timedelta(hours=1)
     for _ in range(5):
-        limiter.admit(workspace, "live", "upl_" + secrets.token_hex(16), expires, limits.Limits(5, 100), log)
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, limits.Limits(5, 100), log)
     with pytest.raises(RateLimited) as refused:
-        limiter.admit(workspace, "live", "upl_" + secrets.token_hex(16), expires, limits.Limits(2, 100), log)
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, limits.Limits(2, 100), log)
     assert 55 <= int(refused.value.headers["Retry-After"]) <= 60  # the fourth oldest leaves in about a minute
     assert limiter.usage(workspace, "live", log).creates == 5 and "limiter" not in log
     # A release frees only its own slot, once.
     upload = "upl_" + secrets.token_hex(16)
-    limiter.admit(workspace, "test", upload, expires, limits.Limits(5, 100), log)
+    limiter.admit(db, workspace, "test", upload, expires, limits.Limits(5, 100), log)
     assert limiter.release(workspace, "test", upload, log) is True
     assert limiter.release(workspace, "test", upload, log) is False
     assert limiter.usage(workspace, "test", log).pending == 0 and limiter.usage(workspace, "live", log).pending == 5
@@ -349,3 +351,110 @@ def test_a_workspace_document_holding_anything_but_positive_whole_numbers_falls_
     assert limits.of({"creates_per_minute": 5, "max_pending_uploads": 7}, defaults) == limits.Limits(5, 7)
     for bad in ("12", 0, -3, 2.5, True, None, [1]):
         assert limits.of({"creates_per_minute": bad, "max_pending_uploads": bad}, defaults) == defaults
+
+
+# --- the store failing: limits kept locally, the count rebuilt from Firestore -----------------------------
+
+@pytest.fixture
+def own_store(log_dir):
+    """A redis-server of this test's own, to freeze (SIGSTOP) and flush without touching the shared one."""
+    from dev import emulators
+
+    service = emulators.start_redis(log_dir, name=f"redis-{secrets.token_hex(3)}")
+    yield service
+    os.kill(service.pid, signal.SIGCONT)  # a frozen process cannot act on the SIGTERM that stops it
+    service.stop()
+
+
+def _pending_record(db, workspace: str, upload_id: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from lib import lifecycle
+    now = datetime.now(UTC)
+    lifecycle.create_record(db, upload_id, lifecycle.new_fields(
+        upload_id, workspace, "live", f"uploads/{workspace}/{upload_id[4:]}.mp4", "video/mp4", None, now,
+        now + timedelta(hours=1), "https://storage.example/session"))
+
+
+def _settle(db, upload_id: str) -> None:
+    from lib import lifecycle
+    lifecycle.transition(db, lifecycle.load_by_id(db, upload_id), {"state": "cancelled"})
+
+
+def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_firestore(db, own_store, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from lib.errors import QuotaExceeded, RateLimited
+
+    # Each refusal or admit while down recounts at once, and the store is tried again on the next call
+    # after a failure: the test steps through an outage without waiting out its clocks.
+    monkeypatch.setattr(limits, "LOCAL_RECOUNT_SECONDS", 0.0)
+    monkeypatch.setattr(limits, "DOWN_SECONDS", 0.0)
+    limiter = limits.Limiter(own_store.url)
+    capped, busy = f"ws_{secrets.token_hex(6)}", f"ws_{secrets.token_hex(6)}"
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    figures = limits.Limits(creates_per_minute=100, max_pending_uploads=3)
+
+    def admit(workspace: str, log: dict, figures=figures) -> str:
+        upload_id = "upl_" + secrets.token_hex(16)
+        limiter.admit(db, workspace, "live", upload_id, expires, figures, log)
+        _pending_record(db, workspace, upload_id)
+        limiter.done(workspace, "live", upload_id)
+        return upload_id
+
+    first = [admit(capped, {}) for _ in range(3)]
+    with pytest.raises(QuotaExceeded):
+        admit(capped, {})
+    # The store freezes: the cap still holds, counted from Firestore's records.
+    os.kill(own_store.pid, signal.SIGSTOP)
+    for _ in range(10):
+        log: dict = {}
+        with pytest.raises(QuotaExceeded):
+            admit(capped, log)
+        assert log["limiter"] == "unavailable" and log["limited_locally"] is True
+    # Two settle while it is frozen (their releases cannot reach it); two more are admitted, no more.
+    for upload_id in first[:2]:
+        _settle(db, upload_id)
+        limiter.release(capped, "live", upload_id, {})
+    meanwhile = [admit(capped, {}) for _ in range(2)]
+    with pytest.raises(QuotaExceeded):
+        admit(capped, {})
+    _settle(db, meanwhile[0])
+    limiter.release(capped, "live", meanwhile[0], {})
+    # Creates per minute hold too: the whole figure, on this instance's own log.
+    admitted = 0
+    for _ in range(8):
+        try:
+            admit(busy, {}, limits.Limits(creates_per_minute=5, max_pending_uploads=1000))
+            admitted += 1
+        except RateLimited:
+            pass
+    assert admitted == 5
+    # It answers again, still holding the first three (their releases were missed) and neither upload
+    # admitted meanwhile: the first create rebuilds the workspace's count from Firestore (2 pending), so
+    # one more fits, and no more.
+    os.kill(own_store.pid, signal.SIGCONT)
+    log = {}
+    admit(capped, log)
+    assert "limiter" not in log and log["limiter_rebuilt"] == 2 and log.get("limiter_recovered")
+    assert limiter.usage(capped, "live", {}).pending == 3 == lifecycle_pending(db, capped)
+    with pytest.raises(QuotaExceeded):
+        admit(capped, {})
+
+
+def lifecycle_pending(db, workspace: str) -> int:
+    from lib import lifecycle
+    return lifecycle.pending_count(db, workspace, "live")
+
+
+def test_a_store_that_comes_back_empty_counts_the_pending_uploads_firestore_holds(client, db, make_key, backends):
+    """FLUSHALL (or a new instance): the next create rebuilds the count before it admits."""
+    key, workspace = limited(db, make_key, pending=3)
+    for _ in range(3):
+        assert post(client, key).status_code == 201
+    store = redis.Redis.from_url(backends["redis"].url)
+    for name in limits._keys(workspace, "live"):
+        store.delete(name)  # as a FLUSHALL does to this workspace (the shared store keeps the others')
+    refused = post(client, key)
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "quota_exceeded"
+    assert pending_in_store(backends, workspace) == 3
