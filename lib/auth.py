@@ -10,12 +10,14 @@ the same 401 to the client; the reason goes to the log.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from google.cloud import firestore
 
@@ -114,12 +116,52 @@ def lookup_cache(ttl: float) -> KeyLookupCache:
     return shared(("key_lookup_cache", ttl), lambda: KeyLookupCache(ttl))
 
 
-def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLookupCache) -> ApiKey:
+class Guard(Protocol):
+    """What stands between a flood of made-up keys and Firestore (lib/limits.py: per client address)."""
+
+    def check(self) -> None:
+        """Raises AuthenticationsLimited when the caller's address failed too often of late."""
+
+    def failed(self) -> None:
+        """The caller's key was looked up and refused."""
+
+
+def client_address(forwarded_for: str | None, remote: str | None, load_balancer: str | None) -> str:
+    """The address a request came from, as Google's front ends state it.
+
+    Behind the external Application Load Balancer, X-Forwarded-For ends with
+    `<client-ip>,<load-balancer-ip>`, after whatever the client sent itself
+    (https://cloud.google.com/load-balancing/docs/https#x-forwarded-for_header): the entry before the
+    balancer's own address (`load_balancer`, API_LB_ADDRESS) is the client's. Straight to the
+    function's own URL, the last entry is the one Cloud Run's front end added. Without the header (a
+    local run), the peer's address.
+    """
+    entries = [entry.strip() for entry in (forwarded_for or "").split(",") if entry.strip()]
+    if load_balancer and len(entries) >= 2 and entries[-1] == load_balancer:
+        return entries[-2][:64]
+    if entries:
+        return entries[-1][:64]
+    return (remote or "unknown")[:64]
+
+
+def is_loopback(address: str) -> bool:
+    """A caller on this machine: only a local run (`make run`, the tests) sees one. On Cloud Run every
+    request comes through Google's front end, which always states the client in X-Forwarded-For."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLookupCache,
+                 guard: Guard | None = None) -> ApiKey:
     """The active key behind the header. Malformed keys never reach Firestore;
-    keys looked up recently are answered from `cache` without it.
+    keys looked up recently are answered from `cache` without it; a key neither
+    cached nor malformed is looked up only if `guard` lets its caller's address.
 
     Raises:
         InvalidApiKey: missing, malformed, unknown or revoked.
+        AuthenticationsLimited: the address sent too many unknown or revoked keys of late.
         ServiceUnavailable: Firestore is down or slow.
     """
     key = bearer_key(authorization)
@@ -129,6 +171,8 @@ def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLook
         return cached
     if cached is not None:
         raise InvalidApiKey(f"{cached} (cached)")
+    if guard is not None:
+        guard.check()
     with upstream():
         snap = db.collection(COLLECTION).document(key_hash).get(
             retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT
@@ -137,6 +181,8 @@ def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLook
     if doc is None or doc.get("revoked_at") is not None:
         reason = f"{'unknown' if doc is None else 'revoked'} API key {display_prefix(key)}"
         cache.refused(key_hash, reason)
+        if guard is not None:
+            guard.failed()
         raise InvalidApiKey(reason)
     found = ApiKey(id=snap.id, workspace_id=doc["workspace_id"], prefix=doc["prefix"], mode=doc["mode"])
     cache.found(key_hash, found)

@@ -37,6 +37,7 @@ OPTIONAL = (
     "OIDC_CERTS_URL",
     "WEBHOOK_ALLOW_PRIVATE_TARGETS",
     "REQUEST_DEADLINE_SECONDS",
+    "API_LB_ADDRESS",
     *LIMITS,
 )
 # Set by Terraform from Secret Manager (secret_environment_variables), not as plain variables.
@@ -111,6 +112,9 @@ class Settings:
     webhook_allow_private_targets: bool = False
     # A request's line, headers and body, in all (lib/server.py); the tests shorten it.
     request_deadline_seconds: int = 30
+    # The API load balancer's own address (terraform/api_domain.tf), by which the client's is found in
+    # X-Forwarded-For (lib/auth.py client_address); unset: no load balancer in front.
+    api_lb_address: str | None = None
     # Limits (lib/limits.py): the store every instance counts in (redis:// or, with TLS,
     # rediss://; unset: no limits), its AUTH string and its CA's PEM; the defaults a
     # workspace has until ops set its own (docs/api.md, "Limits").
@@ -143,6 +147,7 @@ class Settings:
             oidc_certs_url=_certs_url(env),
             webhook_allow_private_targets=allow_private_targets(env),
             request_deadline_seconds=_seconds(env, "REQUEST_DEADLINE_SECONDS", 30, minimum=1, maximum=300),
+            api_lb_address=env.get("API_LB_ADDRESS", "").strip() or None,
             **_limits(env),
         )
 

@@ -209,6 +209,19 @@ class RateLimited(ApiError):
                          headers={**headers, "Retry-After": str(retry_after)})
 
 
+class AuthenticationsLimited(ApiError):
+    """Any route taking an API key: this client address sent too many unknown or revoked keys in the
+    last minute (lib/limits.py `Limiter.auth_check`); refused before the key is looked up."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, limit: int, retry_after: int):
+        super().__init__(f"Too many requests from this address carried an unknown or revoked API key "
+                         f"(at most {limit} a minute). Retry after the delay in Retry-After.",
+                         details={"limit": limit, "window_seconds": 60, "retry_after_seconds": retry_after},
+                         headers={"Retry-After": str(retry_after)})
+
+
 class QuotaExceeded(ApiError):
     """POST /v1/uploads: the workspace has as many uploads pending as it may (lib/limits.py)."""
 

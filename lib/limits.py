@@ -55,7 +55,7 @@ from google.cloud import firestore
 
 from lib import lifecycle, logs
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, TtlLru, shared
-from lib.errors import QuotaExceeded, RateLimited
+from lib.errors import AuthenticationsLimited, QuotaExceeded, RateLimited
 
 COLLECTION = "workspace_limits"
 WINDOW_SECONDS = 60
@@ -71,6 +71,9 @@ LOCAL_RECOUNT_SECONDS = 2.0
 # A create admitted this recently may not have written its record yet (its request's deadline, lib/server.py):
 # a rebuild of the pending set keeps its slot.
 IN_FLIGHT_MS = 30_000
+# Unknown or revoked API keys one client address may send in a minute before the rest of that minute's
+# keys from it are refused unread (a 429): a flood of made-up keys costs a Firestore read each otherwise.
+AUTH_FAILURES_PER_MINUTE = 30
 # The policy's name in the RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11).
 POLICY = "creates"
 
@@ -304,12 +307,47 @@ class Limiter:
         removed = self._call(log, lambda: self._client.zrem(_keys(workspace_id, mode)[1], upload_id))
         return bool(removed)
 
+    def guard(self, address: str, log: dict[str, Any]) -> AuthGuard:
+        """The failed-authentication limit for one request from `address` (lib/auth.py `Guard`)."""
+        return AuthGuard(self, address, log)
+
+    def auth_failures(self, address: str, log: dict[str, Any], add: bool) -> tuple[int, int]:
+        """The address's failed authentications in its current minute, and the ms left of it; with `add`,
+        one more first. In the store, shared by every instance; while it is down, this instance's own."""
+        name = f"fl:authfail:{address}"
+        if add:
+            reply = self._call(log, lambda: self._client.pipeline(transaction=False).incr(name)
+                               .pexpire(name, WINDOW_SECONDS * 1000, nx=True).pttl(name).execute())
+        else:
+            reply = self._call(log, lambda: self._client.pipeline(transaction=False).get(name).pttl(name).execute())
+        if reply is None:
+            return self._local.auth_failures(address, add)
+        count, left = int(reply[0] or 0), int(reply[-1])
+        return count, left if left > 0 else WINDOW_SECONDS * 1000
+
     def usage(self, workspace_id: str, mode: str, log: dict[str, Any]) -> Usage:
         reply = self._call(log, lambda: self._usage(keys=_keys(workspace_id, mode)[:2]))
         if reply is None:
             return Usage(None, None, None)
         creates, pending, frees_ms = (int(value) for value in reply)
         return Usage(creates, pending, _seconds(frees_ms) if creates else None)
+
+
+class AuthGuard:
+    """lib/auth.py's `Guard` for one request: refuses its address once it has AUTH_FAILURES_PER_MINUTE
+    failures in the current minute (a fixed window, from its first failure), and counts its failures."""
+
+    def __init__(self, limiter: Limiter, address: str, log: dict[str, Any]):
+        self._limiter, self._address, self._log = limiter, address, log
+
+    def check(self) -> None:
+        count, left_ms = self._limiter.auth_failures(self._address, self._log, add=False)
+        if count >= AUTH_FAILURES_PER_MINUTE:
+            self._log["limited"] = "authentication"
+            raise AuthenticationsLimited(AUTH_FAILURES_PER_MINUTE, _seconds(left_ms))
+
+    def failed(self) -> None:
+        self._limiter.auth_failures(self._address, self._log, add=True)
 
 
 @dataclass
@@ -330,6 +368,8 @@ class _Local:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # address -> [failures, when its minute ends (monotonic)]; bounded, the oldest out first.
+        self._auth: TtlLru[list[float]] = TtlLru(WINDOW_SECONDS, 10_000)
         self._rate: dict[tuple[str, str], deque[tuple[float, str]]] = {}
         self._counts: dict[tuple[str, str], _Count] = {}
         self._in_flight: dict[tuple[str, str], set[str]] = {}
@@ -360,6 +400,19 @@ class _Local:
             log.append((now, upload_id))
             count.since.add(upload_id)
             self._in_flight.setdefault(key, set()).add(upload_id)
+
+    def auth_failures(self, address: str, add: bool) -> tuple[int, int]:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._auth.get(address)
+            if entry is None or entry[1] <= now:
+                if not add:
+                    return 0, WINDOW_SECONDS * 1000
+                entry = [0, now + WINDOW_SECONDS]
+                self._auth.put(address, entry)
+            if add:
+                entry[0] += 1
+            return int(entry[0]), int((entry[1] - now) * 1000)
 
     def done(self, workspace_id: str, mode: str, upload_id: str) -> None:
         with self._lock:

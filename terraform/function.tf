@@ -41,6 +41,8 @@ locals {
     WEBHOOKS_TOPIC            = google_pubsub_topic.webhooks.name
     WEBHOOKS_SERVICE_ACCOUNT  = google_service_account.webhooks.email
     WEBHOOKS_AUDIENCE         = local.webhooks_audience
+    # The client's address is the X-Forwarded-For entry before the load balancer's own (lib/auth.py).
+    API_LB_ADDRESS = local.api_enabled ? google_compute_global_address.api[0].address : ""
   }
 }
 

@@ -168,6 +168,17 @@ variable "max_instances" {
   }
 }
 
+variable "api_requests_per_minute_per_ip" {
+  type        = number
+  description = "Cloud Armor's throttle on the API's load balancer (api_domain.tf): requests one client address may make a minute before the rest of its minute is answered 429 at Google's edge. A workspace's own creates per minute are the function's (limits.tf); this bounds a flood from one address, whatever its keys."
+  default     = 3000
+
+  validation {
+    condition     = var.api_requests_per_minute_per_ip >= 100 && var.api_requests_per_minute_per_ip <= 1000000
+    error_message = "api_requests_per_minute_per_ip must be 100-1000000."
+  }
+}
+
 variable "concurrency" {
   type        = number
   description = "Requests one instance serves at once (also functions-framework's THREADS). The code is thread-safe; a request spends ~3 ms of CPU (make bench) and most of its time waiting on GCS, so 16 keep one vCPU busy at ~50 ms upstream latency."

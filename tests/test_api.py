@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -361,3 +362,44 @@ def test_the_documents_cors_origin_pattern_is_the_codes_and_admits_all_it_accept
                   "https://app.example.com/", "https://app.example.com\n", "null", "ftp://x.example", "https://",
                   "https://a.example:443", "https://1.2.3.04"):
         assert bool(re.search(pattern, value)) == bool(ORIGIN.fullmatch(value)) == is_origin(value), value
+
+
+# --- unauthenticated floods ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("forwarded_for, remote, balancer, expected", [
+    ("198.51.100.7,34.120.0.1", "169.254.1.1", "34.120.0.1", "198.51.100.7"),  # through the load balancer
+    ("6.6.6.6, 198.51.100.7,34.120.0.1", "169.254.1.1", "34.120.0.1", "198.51.100.7"),  # the client's own, unverified
+    ("6.6.6.6, 34.120.0.1, 198.51.100.7", "169.254.1.1", "34.120.0.1", "198.51.100.7"),  # straight to the function
+    ("198.51.100.7", "169.254.1.1", None, "198.51.100.7"),  # the function's own URL: Cloud Run's entry
+    (None, "127.0.0.1", None, "127.0.0.1"),  # a local run
+])
+def test_the_client_address_is_the_one_googles_front_end_states(forwarded_for, remote, balancer, expected):
+    assert auth.client_address(forwarded_for, remote, balancer) == expected
+
+
+def test_an_address_sending_unknown_keys_is_refused_unread_past_its_limit(serve, make_key, openapi_doc):
+    """Each unknown key costs a Firestore read until the address has sent AUTH_FAILURES_PER_MINUTE of them;
+    then even a real key it has not shown before is refused unread (429), while other addresses are not."""
+    from lib import limits
+
+    served = serve()
+    address = f"198.51.100.{secrets.randbelow(200) + 1}"
+    other = f"203.0.113.{secrets.randbelow(200) + 1}"
+    real, _ = make_key()
+
+    def send(key: str, source: str):
+        return served.post(json={"content_type": "video/mp4"},
+                           headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": source})
+
+    for _ in range(limits.AUTH_FAILURES_PER_MINUTE):
+        assert send(auth.generate_key("live"), address).status_code == 401
+    refused = send(auth.generate_key("live"), address)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert response_schema_errors(openapi_doc, 429, refused.json()) == []
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.json()["error"]["details"]["limit"] == limits.AUTH_FAILURES_PER_MINUTE
+    # Not looked up: a real key from that address is refused too, and served from another.
+    assert send(real, address).status_code == 429
+    assert send(real, other).status_code == 201
+    lines = [line for line in served.log_lines() if line.get("limited") == "authentication"]
+    assert len(lines) == 2 and all(line["httpRequest"]["status"] == 429 for line in lines)
