@@ -44,10 +44,10 @@ def server_rate(redis_url: str, expires_ms: int, calls: int) -> float:
     sha = store.script_load(limits._ADMIT)
     port = str(urlsplit(redis_url).port)
     keys = limits._keys("ws_rate", "live")
-    store.set(keys[2], 1)  # rebuilt: every call takes the admitting path
+    store.set(keys[2], int(store.get(limits.EPOCH_KEY) or 0))  # rebuilt: every call takes the admitting path
     done = subprocess.run(["redis-benchmark", "-p", port, "-n", str(calls), "-c", "50", "-r", "1000000000",
                            "--csv", "EVALSHA", sha, "3", *keys, "upl___rand_int__", str(LIMITS.creates_per_minute),
-                           str(LIMITS.max_pending_uploads), str(expires_ms)],
+                           str(LIMITS.max_pending_uploads), str(expires_ms), "0"],
                           capture_output=True, text=True, timeout=600, check=True)
     rows = list(csv.reader(done.stdout.splitlines()))
     return float(rows[-1][1])

@@ -24,10 +24,11 @@ through a cache of `LIMITS_CACHE_SECONDS` so a change holds within 5 s.
 Firestore's records are the truth; the store's pending set is rebuilt from
 them (`_SYNC`: the workspace's pending records, plus what was admitted in the
 last IN_FLIGHT_MS and may not have written its record yet) whenever the store
-cannot vouch for it: a store that has no mark of a rebuild for the workspace
-(a new or flushed store), and, on an instance that saw the store fail, each
-workspace's first create once it answers again (what it admitted meanwhile,
-and the releases it lost, are counted at once).
+cannot vouch for it: on the workspace's first create in each of the store's
+epochs (EPOCH_KEY, advanced by the first instance to reach the store after
+failing to), and when the store has no mark of a rebuild (a new or flushed
+store). So what instances admitted during an outage, and the releases they
+lost, are counted at once, whichever instance serves the workspace next.
 
 The store failing never fails a request and never lifts the limits: each call
 is bounded by `STORE_TIMEOUT` seconds; after a failure, for `DOWN_SECONDS` no
@@ -68,6 +69,14 @@ STORE_TIMEOUT = 0.25
 DOWN_SECONDS = 5.0
 # While the store is down, an instance recounts a workspace's pending records in Firestore at most this often.
 LOCAL_RECOUNT_SECONDS = 2.0
+# Advanced by the first instance to reach the store after failing to: a workspace's pending set is rebuilt
+# from Firestore on its first create in each epoch (and when the store has no mark of it: new or flushed).
+EPOCH_KEY = "fl:epoch"
+# A rebuild's mark lasts this long, so each active workspace's count is also rebuilt at least this often:
+# drift no epoch catches (releases lost by an instance that died before the store came back) lasts no longer.
+REBUILD_SECONDS = 600
+# An instance reads the store's epoch at most this often.
+EPOCH_CACHE_SECONDS = 1.0
 # A create admitted this recently may not have written its record yet (its request's deadline, lib/server.py):
 # a rebuild of the pending set keeps its slot.
 IN_FLIGHT_MS = 30_000
@@ -94,12 +103,14 @@ local function frees(rank)
   return tonumber(e[2]) + window - now
 end
 """
-# KEYS[3]: the mark of the pending set's last rebuild from Firestore. ARGV: member, creates per minute,
-# max pending, expires_at (ms).
-# Returns {admitted (1/0; -1: no mark, rebuild first), refused-by ("", "rate", "quota"), creates in the window,
-#          pending, ms until the rate log frees a create, ms until the first pending upload expires}.
+# KEYS[3]: the store's epoch when the pending set was last rebuilt from Firestore. ARGV: member, creates per
+# minute, max pending, expires_at (ms), the store's epoch now.
+# Returns {admitted (1/0; -1: not rebuilt in this epoch, rebuild first), refused-by ("", "rate", "quota"),
+#          creates in the window, pending, ms until the rate log frees a create, ms until the first pending
+#          upload expires}.
 _ADMIT = _PRELUDE + """
-if redis.call('EXISTS', KEYS[3]) == 0 then
+local synced = redis.call('GET', KEYS[3])
+if not synced or tonumber(synced) < tonumber(ARGV[5]) then
   return {-1, 'unsynced', used, pending, 0, 0}
 end
 local limit, max_pending = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -125,16 +136,16 @@ return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
 _USAGE = _PRELUDE + """
 return {used, pending, frees(0)}
 """
-# The pending set rebuilt from Firestore's records. ARGV: ms a create may still be writing its record; how
-# many ids follow that are settled (recorded, not pending: dropped); those ids; then (upload id, expires_at
-# ms) pairs: the workspace's pending records. Any other member they do not name is dropped unless the rate
-# log admitted it within that time (its record may not be written yet); then each record still before its
-# expiry is added, and the mark set. Returns the pending count.
-_SYNC = _PRELUDE + """
-local in_flight, settled = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, 2 + settled do redis.call('ZREM', KEYS[2], ARGV[i]) end
-local records = {}
-for i = 3 + settled, #ARGV, 2 do records[ARGV[i]] = tonumber(ARGV[i + 1]) end
+# The pending set rebuilt from Firestore's records. ARGV: the store's epoch; ms a create may still be writing
+# its record; how many ids follow that are settled (recorded, not pending: dropped); those ids; then (upload
+# id, expires_at ms) pairs: the workspace's pending records. Any other member they do not name is dropped
+# unless the rate log admitted it within that time (its record may not be written yet); then each record
+# still before its expiry is added, and the epoch marked. Returns the pending count.
+_SYNC = _PRELUDE + f"""
+local epoch, in_flight, settled = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4, 3 + settled do redis.call('ZREM', KEYS[2], ARGV[i]) end
+local records = {{}}
+for i = 4 + settled, #ARGV, 2 do records[ARGV[i]] = tonumber(ARGV[i + 1]) end
 for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if records[member] == nil then
     local admitted = redis.call('ZSCORE', KEYS[1], member)
@@ -146,7 +157,7 @@ for member, expires in pairs(records) do
 end
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if #last > 0 then redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000) end
-redis.call('SET', KEYS[3], now)
+redis.call('SET', KEYS[3], epoch, 'EX', {REBUILD_SECONDS})
 return redis.call('ZCARD', KEYS[2])
 """
 
@@ -189,11 +200,10 @@ class Limiter:
         self.enabled = url is not None
         # A float written whole: threads that race on it only both wait DOWN_SECONDS.
         self._down_until = 0.0
-        # Set by a failed call, cleared (and the epoch advanced) by the next that succeeds: each
-        # workspace's pending set is rebuilt once per epoch this instance saw begin (`admit`).
+        # Set by a failed call, cleared by the next that succeeds, which advances the store's epoch: every
+        # workspace's pending set is then rebuilt on its next create, by whichever instance serves it.
         self._was_down = False
-        self._epoch = 0
-        self._synced: dict[tuple[str, str], int] = {}
+        self._epoch: tuple[int, float] | None = None  # the store's epoch, and when it was read
         self._local = _Local()
         self._client: Any = None
         if url is not None:
@@ -224,11 +234,27 @@ class Limiter:
             log.update(limiter="unavailable", limiter_error=type(exc).__name__)
             return None
         if self._was_down:  # it answers again: what it holds is rebuilt before it is trusted
+            try:
+                self._epoch = (int(self._client.incr(EPOCH_KEY)), time.monotonic())
+            except redis.RedisError:
+                return result  # failed again at once: the next call tries the epoch once more
             self._was_down = False
-            self._epoch += 1
             self._local = _Local()
             log["limiter_recovered"] = True
         return result
+
+    def _store_epoch(self, log: dict[str, Any]) -> int | None:
+        """The store's epoch (EPOCH_KEY), read at most every EPOCH_CACHE_SECONDS; None if it is down."""
+        cached = self._epoch
+        if cached is not None and time.monotonic() - cached[1] < EPOCH_CACHE_SECONDS:
+            return cached[0]
+        value = self._call(log, lambda: self._client.get(EPOCH_KEY) or b"0")
+        if value is None:
+            return None
+        if self._epoch is not cached and self._epoch is not None:
+            return self._epoch[0]  # that call found the store back and advanced the epoch itself
+        self._epoch = (int(value), time.monotonic())
+        return self._epoch[0]
 
     def admit(self, db: firestore.Client, workspace_id: str, mode: str, upload_id: str, expires_at: datetime,
               limits: Limits, log: dict[str, Any]) -> dict[str, str]:
@@ -243,16 +269,15 @@ class Limiter:
         keys = _keys(workspace_id, mode)
         expires_ms = int(expires_at.timestamp() * 1000)
 
+        epoch = self._store_epoch(log) if self.enabled else None
+
         def run() -> Any:
             return self._admit(keys=keys, args=[upload_id, limits.creates_per_minute, limits.max_pending_uploads,
-                                                expires_ms])
+                                                expires_ms, epoch])
 
-        if self.enabled and time.monotonic() >= self._down_until and (
-                self._was_down or self._synced.get((workspace_id, mode), 0) < self._epoch):
-            self._rebuild(db, workspace_id, mode, log)
-        reply = self._call(log, run)
-        if reply is not None and int(reply[0]) == -1:  # a store with no count of it (new, or flushed)
-            self._rebuild(db, workspace_id, mode, log)
+        reply = self._call(log, run) if epoch is not None else None
+        if reply is not None and int(reply[0]) == -1:  # not rebuilt since the store's last outage, flush or start
+            self._rebuild(db, workspace_id, mode, epoch, log)
             reply = self._call(log, run)
             if reply is not None and int(reply[0]) == -1:
                 reply = None  # flushed again at once: this one is decided locally
@@ -272,7 +297,7 @@ class Limiter:
         # A slot frees when an upload settles; at the latest when the first one expires.
         raise QuotaExceeded(limits.max_pending_uploads, int(pending), min(_seconds(int(expiry_ms)), 60), fields)
 
-    def _rebuild(self, db: firestore.Client, workspace_id: str, mode: str, log: dict[str, Any]) -> None:
+    def _rebuild(self, db: firestore.Client, workspace_id: str, mode: str, epoch: Any, log: dict[str, Any]) -> None:
         """The store's pending set for the workspace made Firestore's (module docstring)."""
         keys = _keys(workspace_id, mode)
         members = self._call(log, lambda: self._client.zrange(keys[1], 0, -1))
@@ -285,9 +310,8 @@ class Limiter:
         pairs: list[Any] = []
         for upload_id, expires in records.items():
             pairs += [upload_id, int(expires.timestamp() * 1000)]
-        if self._call(log, lambda: self._sync(keys=keys, args=[IN_FLIGHT_MS, len(settled), *settled, *pairs])) \
-                is not None:
-            self._synced[(workspace_id, mode)] = self._epoch
+        args = [epoch, IN_FLIGHT_MS, len(settled), *settled, *pairs]
+        if self._call(log, lambda: self._sync(keys=keys, args=args)) is not None:
             log["limiter_rebuilt"] = len(records)
 
     def done(self, workspace_id: str, mode: str, upload_id: str) -> None:

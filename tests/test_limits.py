@@ -458,3 +458,37 @@ def test_a_store_that_comes_back_empty_counts_the_pending_uploads_firestore_hold
     refused = post(client, key)
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "quota_exceeded"
     assert pending_in_store(backends, workspace) == 3
+
+
+def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever_saw_it(db, own_store,
+                                                                                        monkeypatch):
+    """One instance saw the store fail, and a release was lost meanwhile; when it reaches the store again it advances
+    the store's epoch, and the next create on another instance, which never saw the outage, rebuilds
+    the workspace's count from Firestore before deciding (and the one after does not)."""
+    from datetime import UTC, datetime, timedelta
+
+    monkeypatch.setattr(limits, "DOWN_SECONDS", 0.0)
+    monkeypatch.setattr(limits, "EPOCH_CACHE_SECONDS", 0.0)
+    saw, other = limits.Limiter(own_store.url), limits.Limiter(own_store.url)
+    workspace = f"ws_{secrets.token_hex(6)}"
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    figures = limits.Limits(creates_per_minute=100, max_pending_uploads=2)
+    held = []
+    for limiter in (saw, other):
+        upload_id = "upl_" + secrets.token_hex(16)
+        limiter.admit(db, workspace, "live", upload_id, expires, figures, {})
+        _pending_record(db, workspace, upload_id)
+        held.append(upload_id)
+    os.kill(own_store.pid, signal.SIGSTOP)
+    assert saw.usage(workspace, "live", {}).pending is None  # it sees the outage
+    _settle(db, held[0])  # settled by an instance that died before it could release the slot
+    os.kill(own_store.pid, signal.SIGCONT)
+    log: dict = {}
+    assert saw.usage(workspace, "live", log).pending == 2 and log.get("limiter_recovered")  # stale, for now
+    first, second = {}, {}
+    other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, first)
+    assert first["limiter_rebuilt"] == 1 and "limiter" not in first
+    from lib.errors import QuotaExceeded
+    with pytest.raises(QuotaExceeded):
+        other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, second)
+    assert "limiter_rebuilt" not in second
