@@ -7,7 +7,7 @@ PY           := $(VENV)/bin/python
 PAGE_DIR     := dev/page
 NODE_MODULES := $(PAGE_DIR)/node_modules/.installed
 
-.PHONY: run test lint tfcheck audit bench clean chromium redis ffmpeg media-fixtures smoke
+.PHONY: run test lint tfcheck audit bench chaos clean chromium redis ffmpeg media-fixtures smoke
 
 run: $(VENV)/.installed $(NODE_MODULES) redis
 	$(PY) -m dev.run
@@ -35,6 +35,11 @@ audit: $(VENV)/.installed
 
 # Proves a deployment: the whole upload journey against API_URL with API_KEY (a test-mode key is
 # enough; docs/operations.md). The key goes through the environment, never the command line.
+# A few hundred uploads on make run's stack while its parts fail (bench/chaos.py); its table is
+# BENCHMARKS.md's (o). CHAOS_ARGS="--seed N" repeats a run's faults.
+chaos: $(VENV)/.installed redis
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
 # The key comes from the environment (FRAMELANE_API_KEY) or a file (API_KEY_FILE), never make's command
 # line: make's and the shell's argv are readable by every user through ps.
 smoke: $(VENV)/.installed

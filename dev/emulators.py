@@ -257,10 +257,14 @@ def pubsub_call(emulator: Service, method: str, path: str, body: dict | None = N
 
 
 def create_topic_and_subscription(emulator: Service, project: str, topic: str, subscription: str) -> None:
-    """The topic fake-gcs-server publishes to, and the pull subscription the relay reads (409: there already)."""
+    """The topic fake-gcs-server publishes to, and the pull subscription the relay reads (409: there already).
+
+    Its ack deadline is Pub/Sub's least, 10 s: the relay holds a message it is pushing for as long as the
+    push takes (dev/relay.py), so the deadline only says how soon a relay that died gives its messages back.
+    """
     pubsub_call(emulator, "PUT", f"projects/{project}/topics/{topic}", ok=(200, 409))
     pubsub_call(emulator, "PUT", f"projects/{project}/subscriptions/{subscription}",
-                {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": 30}, ok=(200, 409))
+                {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": 10}, ok=(200, 409))
 
 
 def start_relay(pubsub: Service, subscription: str, endpoint: str, issuer, log_dir: Path,

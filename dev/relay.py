@@ -37,6 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from google.auth import crypt, jwt
 
+# A push in flight has its message's deadline pushed back this often (to twice this from then).
+HOLD_SECONDS = 4
+# An idle subscription is pulled again after this long.
+IDLE_SECONDS = 0.05
+
 
 class Relay:
     def __init__(self, pubsub_host: str, subscription: str, endpoint: str, audience: str, service_account: str,
@@ -63,12 +68,25 @@ class Relay:
         return jwt.encode(self.signer, claims).decode()
 
     def pull(self, count: int) -> list[dict]:
-        # A long poll: the emulator answers as soon as a message is published, and holds an idle
-        # pull for as long as it stays idle. Never give up on one: the emulator would still hand
-        # the next message to the abandoned pull, to sit unseen until its ack deadline passed.
-        resp = self.http.post(f"{self.base}:pull", json={"maxMessages": count}, timeout=(5, None))
+        # Never a long poll: the emulator hands messages to a pull whose client is gone (a relay that
+        # was killed, or gave up waiting) as readily as to a live one, and they then sit unseen until
+        # their ack deadline passes. A pull that returns at once leaves nothing behind; when it finds
+        # nothing, the next is made after IDLE_SECONDS.
+        resp = self.http.post(f"{self.base}:pull", json={"maxMessages": count, "returnImmediately": True},
+                              timeout=(5, 30))
         resp.raise_for_status()
         return resp.json().get("receivedMessages", [])
+
+    def hold(self, ack_id: str, pushed: threading.Event) -> None:
+        """Keep a message leased while its push is in flight, as Pub/Sub's own push holds it: its
+        deadline is pushed back every HOLD_SECONDS, so only a relay that died gives it back (within
+        the subscription's 10 s), never a slow push."""
+        while not pushed.wait(HOLD_SECONDS):
+            try:
+                self.http.post(f"{self.base}:modifyAckDeadline", timeout=5,
+                               json={"ackIds": [ack_id], "ackDeadlineSeconds": 2 * HOLD_SECONDS})
+            except requests.RequestException:
+                pass  # the emulator is busy or gone: the message may come back, as it may on Pub/Sub
 
     def deliver(self, received: dict) -> None:
         try:
@@ -86,12 +104,16 @@ class Relay:
                     "subscription": self.subscription}
         if self.dead_letter_topic:
             envelope["deliveryAttempt"] = attempt
+        pushed = threading.Event()
+        threading.Thread(target=self.hold, args=(received["ackId"], pushed), daemon=True).start()
         try:
             resp = self.http.post(self.endpoint, json=envelope, timeout=60,
                                   headers={"Authorization": f"Bearer {self.token()}"})
             status: int | str = resp.status_code
         except requests.RequestException as exc:
             status = type(exc).__name__
+        finally:
+            pushed.set()
         outcome = "nack"
         if isinstance(status, int) and 200 <= status < 300:
             outcome = "ack"
@@ -135,6 +157,8 @@ class Relay:
                     self.slots.release()
                 for item in received:
                     pool.submit(self.deliver, item)
+                if not received:
+                    time.sleep(IDLE_SECONDS)  # the poll interval of an idle subscription
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,15 @@ local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000)
 return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
 """
+# A release: the member leaves the pending set, and is noted in KEYS[4] for a minute, so that a rebuild that
+# read its record while it was still pending does not put it back. ARGV: the member. Returns 1 if it was there.
+_RELEASE = _PRELUDE + """
+local removed = redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60000)
+redis.call('PEXPIRE', KEYS[4], 60000)
+return removed
+"""
 # Returns {creates in the window, pending, ms until the rate log frees one (0: it is empty)}.
 _USAGE = _PRELUDE + """
 return {used, pending, frees(0)}
@@ -153,7 +162,8 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   end
 end
 for member, expires in pairs(records) do
-  if expires > now then redis.call('ZADD', KEYS[2], expires, member) end
+  -- One released since its record was read (it settled meanwhile) stays out.
+  if expires > now and not redis.call('ZSCORE', KEYS[4], member) then redis.call('ZADD', KEYS[2], expires, member) end
 end
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if #last > 0 then redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000) end
@@ -219,6 +229,7 @@ class Limiter:
             self._admit = self._client.register_script(_ADMIT)
             self._usage = self._client.register_script(_USAGE)
             self._sync = self._client.register_script(_SYNC)
+            self._release = self._client.register_script(_RELEASE)
 
     def _call(self, log: dict[str, Any], run):
         """`run()` against the store, or None (logged) if it is down or fails now."""
@@ -321,14 +332,14 @@ class Limiter:
     def give_back(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> None:
         """A create that failed after `admit`: its create and its slot are returned."""
         self._local.forget(workspace_id, mode, upload_id, rate=True)
-        rate, pending, _ = _keys(workspace_id, mode)
+        rate, pending, *_ = _keys(workspace_id, mode)
         self._call(log, lambda: self._client.pipeline(transaction=False)
                    .zrem(rate, upload_id).zrem(pending, upload_id).execute())
 
     def release(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> bool:
         """The upload left `pending`: its slot is free. True if this call freed it (in the store)."""
         self._local.forget(workspace_id, mode, upload_id, rate=False)
-        removed = self._call(log, lambda: self._client.zrem(_keys(workspace_id, mode)[1], upload_id))
+        removed = self._call(log, lambda: self._release(keys=_keys(workspace_id, mode), args=[upload_id]))
         return bool(removed)
 
     def guard(self, address: str, log: dict[str, Any]) -> AuthGuard:
@@ -456,9 +467,10 @@ class _Local:
 
 
 def _keys(workspace_id: str, mode: str) -> list[str]:
-    """The rate log, the pending set and the mark of its last rebuild: one hash tag, one slot."""
+    """The rate log, the pending set, the mark of its last rebuild and the last minute's releases: one hash
+    tag, one slot."""
     tag = f"{{{workspace_id}:{mode}}}"
-    return [f"fl:rate:{tag}", f"fl:pending:{tag}", f"fl:synced:{tag}"]
+    return [f"fl:rate:{tag}", f"fl:pending:{tag}", f"fl:synced:{tag}", f"fl:released:{tag}"]
 
 
 def limiter(url: str | None, password: str | None, ca_pem: str | None) -> Limiter:

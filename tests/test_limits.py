@@ -492,3 +492,37 @@ def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever
     with pytest.raises(QuotaExceeded):
         other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, second)
     assert "limiter_rebuilt" not in second
+
+
+def test_a_release_while_a_rebuild_reads_firestore_is_not_undone_by_it(db, own_store, monkeypatch):
+    """A rebuild reads the pending records, an upload among them settles and releases its slot, then the
+    rebuild writes what it read: the released one stays out."""
+    from datetime import UTC, datetime, timedelta
+
+    from lib import lifecycle
+
+    limiter = limits.Limiter(own_store.url)
+    workspace = f"ws_{secrets.token_hex(6)}"
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    figures = limits.Limits(creates_per_minute=100, max_pending_uploads=10)
+    held = []
+    for _ in range(2):
+        upload_id = "upl_" + secrets.token_hex(16)
+        limiter.admit(db, workspace, "live", upload_id, expires, figures, {})
+        _pending_record(db, workspace, upload_id)
+        held.append(upload_id)
+    redis.Redis.from_url(own_store.url).incr(limits.EPOCH_KEY)  # as after an outage: the next create rebuilds
+    monkeypatch.setattr(limits, "EPOCH_CACHE_SECONDS", 0.0)
+    read = lifecycle.pending_expiries
+
+    def read_then_settle(*args):
+        found = read(*args)
+        _settle(db, held[0])
+        limiter.release(workspace, "live", held[0], {})  # between the rebuild's read and its write
+        return found
+
+    monkeypatch.setattr(lifecycle, "pending_expiries", read_then_settle)
+    log: dict = {}
+    limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, log)
+    assert log["limiter_rebuilt"] == 2  # it read both as pending
+    assert limiter.usage(workspace, "live", {}).pending == 2  # the one still pending and the new one
