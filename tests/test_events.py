@@ -653,3 +653,32 @@ def test_a_late_event_finishes_undoing_a_placement_its_settler_left_behind(clien
     assert resp.status_code == 200 and resp.get_json() == {"outcome": "deleted_late_object"}
     assert gcs.bucket(BUCKET).get_blob(name) is None and requests.get(out["source_url"], timeout=10).status_code == 404
     assert record(db, out["id"])["state"] == "cancelled"
+
+
+def test_the_preconditions_proxy_keeps_what_fake_gcs_server_ignores(backends):
+    """dev/gcs_preconditions.py (make chaos runs the functions behind it): a rewrite onto an existing object
+    with ifGenerationMatch=0 and a delete of another generation are 412, as on GCS; the rest passes."""
+    from google.api_core import exceptions as gexc
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from dev.gcs_preconditions import Preconditions
+
+    proxy = Preconditions(backends["storage"].url)
+    try:
+        client = storage.Client(project="p", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": proxy.url})
+        name = f"uploads/ws_proxy/{secrets.token_hex(16)}.mp4"
+        client.bucket(STAGING_BUCKET).blob(name).upload_from_string(b"bytes", content_type="video/mp4")
+        source = client.bucket(STAGING_BUCKET).get_blob(name)
+        first = client.bucket(BUCKET).blob(name)
+        first.rewrite(source, if_generation_match=0)
+        with pytest.raises(gexc.PreconditionFailed):
+            client.bucket(BUCKET).blob(name).rewrite(source, if_generation_match=0)
+        with pytest.raises(gexc.PreconditionFailed):
+            client.bucket(BUCKET).blob(name).delete(if_generation_match=first.generation + 1)
+        assert client.bucket(BUCKET).get_blob(name).generation == first.generation  # not overwritten
+        client.bucket(BUCKET).blob(name).delete(if_generation_match=first.generation)
+        assert client.bucket(BUCKET).get_blob(name) is None
+    finally:
+        proxy.stop()
