@@ -165,7 +165,7 @@ def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:
     address = auth.client_address(request.headers.get("X-Forwarded-For"), request.remote_addr,
                                   SETTINGS.api_lb_address)
     # A flood of made-up keys from one address stops costing Firestore reads past its limit (lib/limits.py).
-    guard = None if auth.is_loopback(address) else _limiting().limiter.guard(address, log)
+    guard = _limiting().limiter.guard(address, log, enforced=not auth.is_loopback(address))
     key = auth.authenticate(_db(), request.headers.get("Authorization"),
                             auth.lookup_cache(SETTINGS.api_key_cache_ttl_seconds), guard)
     log.update(workspace_id=key.workspace_id, key_prefix=key.prefix)

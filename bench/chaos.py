@@ -449,6 +449,7 @@ def run(count: int, clients: int, seconds: float, seed: int, log_dir: Path) -> b
         results = _check(db, lifecycle, limits, stack, client, uploads, records, receivers, served, answers,
                          failures, faults)
         _print(results, faults, answers, uploads, landed - began)
+        _bogus(function)
         return all(held for _, held, _ in results)
     finally:
         for workspace_receivers in receivers.values():
@@ -610,6 +611,30 @@ def _check(db, lifecycle, limits, stack, client, uploads, records, receivers, se
                     f"{fives or 'none'}; {answers.bare_503s} 503s without Retry-After; "
                     f"{answers.connection_errors} connections cut (killed workers)"))
     return results
+
+
+def _bogus(function) -> None:
+    """What a request with a made-up key costs: Firestore reads (the log's `key_lookup`) and time, from a
+    local caller (loopback: not limited, as every address was before issue 32) and from one address."""
+    import json
+
+    from lib import auth
+
+    http = requests.Session()
+    print("\n| 300 made-up keys from | Firestore reads each | p50 | 401 | 429 |\n|---|---|---|---|---|")
+    for name, headers in (("loopback (unlimited)", {}), ("one address", {"X-Forwarded-For": "198.51.100.9"})):
+        before = len(function.log_path.read_text(errors="replace").splitlines())
+        seconds, statuses = [], Counter()
+        for _ in range(300):
+            started = time.perf_counter()
+            resp = http.post(function.url + "/v1/uploads", json={"content_type": "video/mp4"}, timeout=TIMEOUT,
+                             headers={"Authorization": f"Bearer {auth.generate_key('live')}", **headers})
+            seconds.append(time.perf_counter() - started)
+            statuses[resp.status_code] += 1
+        lines = function.log_path.read_text(errors="replace").splitlines()[before:]
+        reads = sum(1 for line in lines if line.startswith("{") and json.loads(line).get("key_lookup"))
+        print(f"| {name} | {reads / 300:.2f} | {statistics.median(seconds) * 1000:.1f} ms | {statuses[401]} | "
+              f"{statuses[429]} |")
 
 
 def _print(results, faults: Faults, answers: Answers, uploads: list[Upload], seconds: float) -> None:

@@ -342,9 +342,9 @@ class Limiter:
         removed = self._call(log, lambda: self._release(keys=_keys(workspace_id, mode), args=[upload_id]))
         return bool(removed)
 
-    def guard(self, address: str, log: dict[str, Any]) -> AuthGuard:
+    def guard(self, address: str, log: dict[str, Any], enforced: bool = True) -> AuthGuard:
         """The failed-authentication limit for one request from `address` (lib/auth.py `Guard`)."""
-        return AuthGuard(self, address, log)
+        return AuthGuard(self, address, log, enforced)
 
     def auth_failures(self, address: str, log: dict[str, Any], add: bool) -> tuple[int, int]:
         """The address's failed authentications in its current minute, and the ms left of it; with `add`,
@@ -370,19 +370,24 @@ class Limiter:
 
 class AuthGuard:
     """lib/auth.py's `Guard` for one request: refuses its address once it has AUTH_FAILURES_PER_MINUTE
-    failures in the current minute (a fixed window, from its first failure), and counts its failures."""
+    failures in the current minute (a fixed window, from its first failure), and counts its failures.
+    Not `enforced` (a loopback caller: lib/auth.py is_loopback), it only notes the lookup. Either way
+    the request's log line says `key_lookup` when the key is read from Firestore."""
 
-    def __init__(self, limiter: Limiter, address: str, log: dict[str, Any]):
-        self._limiter, self._address, self._log = limiter, address, log
+    def __init__(self, limiter: Limiter, address: str, log: dict[str, Any], enforced: bool = True):
+        self._limiter, self._address, self._log, self._enforced = limiter, address, log, enforced
 
     def check(self) -> None:
-        count, left_ms = self._limiter.auth_failures(self._address, self._log, add=False)
-        if count >= AUTH_FAILURES_PER_MINUTE:
-            self._log["limited"] = "authentication"
-            raise AuthenticationsLimited(AUTH_FAILURES_PER_MINUTE, _seconds(left_ms))
+        if self._enforced:
+            count, left_ms = self._limiter.auth_failures(self._address, self._log, add=False)
+            if count >= AUTH_FAILURES_PER_MINUTE:
+                self._log["limited"] = "authentication"
+                raise AuthenticationsLimited(AUTH_FAILURES_PER_MINUTE, _seconds(left_ms))
+        self._log["key_lookup"] = True
 
     def failed(self) -> None:
-        self._limiter.auth_failures(self._address, self._log, add=True)
+        if self._enforced:
+            self._limiter.auth_failures(self._address, self._log, add=True)
 
 
 @dataclass

@@ -403,3 +403,5 @@ def test_an_address_sending_unknown_keys_is_refused_unread_past_its_limit(serve,
     assert send(real, other).status_code == 201
     lines = [line for line in served.log_lines() if line.get("limited") == "authentication"]
     assert len(lines) == 2 and all(line["httpRequest"]["status"] == 429 for line in lines)
+    # Firestore was read for the first AUTH_FAILURES_PER_MINUTE keys and the real key's other address only.
+    assert sum(1 for line in served.log_lines() if line.get("key_lookup")) == limits.AUTH_FAILURES_PER_MINUTE + 1
