@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from lib import limits
+from lib import limits, limits_store
 
 LIMITS = limits.Limits(creates_per_minute=600_000, max_pending_uploads=1_000_000)
 
@@ -41,7 +41,7 @@ def measure(redis_url: str, db, one_at_a_time: int = 3000, calls: int = 200_000)
 def server_rate(redis_url: str, expires_ms: int, calls: int) -> float:
     """Scripts a second one redis-server runs, from redis-benchmark's 50 connections."""
     store = redis.Redis.from_url(redis_url)
-    sha = store.script_load(limits._ADMIT)
+    sha = store.script_load(limits_store.ADMIT)
     port = str(urlsplit(redis_url).port)
     keys = limits._keys("ws_rate", "live")[:3]
     store.set(keys[2], int(store.get(limits.EPOCH_KEY) or 0))  # rebuilt: every call takes the admitting path

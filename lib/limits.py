@@ -1,8 +1,8 @@
 """Per-workspace limits: creates per minute and pending uploads, counted in Redis so every instance shares them.
 
-Each workspace's test and live modes are counted apart, in two sorted sets
-whose keys share one hash tag (`{workspace:mode}`), so one Lua script, one
-round trip, decides a create atomically by the Redis server's own clock:
+Each workspace's test and live modes are counted apart, in sorted sets whose
+keys share one hash tag (`{workspace:mode}`), so one Lua script
+(lib/limits_store.py), one round trip, decides a create atomically:
 
 - `rate`: one member per admitted create, scored by when (ms). A create is
   refused while the last 60 s hold `creates_per_minute` of them: a sliding
@@ -13,9 +13,8 @@ round trip, decides a create atomically by the Redis server's own clock:
   `expires_at`. A slot is taken at create and given back by removing the
   member: once, whoever settles the upload (lib/lifecycle.py's `transition`
   calls `release` only for the write that stored the change), and a second
-  removal would change nothing. A release that never arrives (the store was
-  down, the instance died) frees itself at the upload's expires_at, past
-  which no upload stays pending.
+  removal would change nothing. A release that never arrives is dropped by
+  the next rebuild (below), at the latest at the upload's expires_at.
 
 The figures are the workspace's own (`workspace_limits/{id}` in Firestore,
 set by `python -m lib.admin set-limits`) or the settings' defaults, read
@@ -57,119 +56,28 @@ from google.cloud import firestore
 from lib import lifecycle, logs
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, TtlLru, shared
 from lib.errors import AuthenticationsLimited, QuotaExceeded, RateLimited
+from lib.limits_store import ADMIT, RELEASE, SYNC, USAGE, WINDOW_SECONDS
 
 COLLECTION = "workspace_limits"
-WINDOW_SECONDS = 60
 # A change made by `set-limits` is seen within this (plus one Firestore read).
 LIMITS_CACHE_SECONDS = 4.0
-# Each call to the store: connect and answer. Memorystore answers within a millisecond or two
-# in-region; a store that takes longer is treated as down.
+# Each call to the store, connect and answer; Memorystore answers in a ms or two in-region, slower is down.
 STORE_TIMEOUT = 0.25
 # After a failure, the instance limits creates on its own for this long without waiting on the store.
 DOWN_SECONDS = 5.0
-# While the store is down, an instance recounts a workspace's pending records in Firestore at most this often.
-LOCAL_RECOUNT_SECONDS = 2.0
+LOCAL_RECOUNT_SECONDS = 2.0  # while the store is down, how often an instance recounts pending records
 # Advanced by the first instance to reach the store after failing to: a workspace's pending set is rebuilt
 # from Firestore on its first create in each epoch (and when the store has no mark of it: new or flushed).
 EPOCH_KEY = "fl:epoch"
-# A rebuild's mark lasts this long, so each active workspace's count is also rebuilt at least this often:
-# drift no epoch catches (releases lost by an instance that died before the store came back) lasts no longer.
-REBUILD_SECONDS = 600
 # An instance reads the store's epoch at most this often.
 EPOCH_CACHE_SECONDS = 1.0
-# A create admitted this recently may not have written its record yet (its request's deadline, lib/server.py):
-# a rebuild of the pending set keeps its slot.
+# A create admitted this recently may still be writing its record (its request's deadline): a rebuild keeps it.
 IN_FLIGHT_MS = 30_000
 # Unknown or revoked API keys one client address may send in a minute before the rest of that minute's
 # keys from it are refused unread (a 429): a flood of made-up keys costs a Firestore read each otherwise.
 AUTH_FAILURES_PER_MINUTE = 30
 # The policy's name in the RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11).
 POLICY = "creates"
-
-# Both scripts: KEYS are the rate log and the pending set. They start on the server's clock, drop
-# what left the window and what expired, and count both; `frees(rank)` is the ms until the
-# member at `rank` (oldest first) leaves the window.
-_PRELUDE = f"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = {WINDOW_SECONDS * 1000}
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local used = redis.call('ZCARD', KEYS[1])
-local pending = redis.call('ZCARD', KEYS[2])
-local function frees(rank)
-  local e = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
-  if #e == 0 then return 0 end
-  return tonumber(e[2]) + window - now
-end
-"""
-# KEYS[3]: the store's epoch when the pending set was last rebuilt from Firestore. ARGV: member, creates per
-# minute, max pending, expires_at (ms), the store's epoch now.
-# Returns {admitted (1/0; -1: not rebuilt in this epoch, rebuild first), refused-by ("", "rate", "quota"),
-#          creates in the window, pending, ms until the rate log frees a create, ms until the first pending
-#          upload expires}.
-_ADMIT = _PRELUDE + """
-local synced = redis.call('GET', KEYS[3])
-if not synced or tonumber(synced) < tonumber(ARGV[5]) then
-  return {-1, 'unsynced', used, pending, 0, 0}
-end
-local limit, max_pending = tonumber(ARGV[2]), tonumber(ARGV[3])
-local function first_expiry()
-  local e = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  if #e == 0 then return 0 end
-  return tonumber(e[2]) - now
-end
-if used >= limit then
-  return {0, 'rate', used, pending, frees(used - limit), first_expiry()}
-end
-if pending >= max_pending then
-  return {0, 'quota', used, pending, frees(0), first_expiry()}
-end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], window)
-redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[1])
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000)
-return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
-"""
-# A release: the member leaves the pending set, and is noted in KEYS[4] for a minute, so that a rebuild that
-# read its record while it was still pending does not put it back. ARGV: the member. Returns 1 if it was there.
-_RELEASE = _PRELUDE + """
-local removed = redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[4], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60000)
-redis.call('PEXPIRE', KEYS[4], 60000)
-return removed
-"""
-# Returns {creates in the window, pending, ms until the rate log frees one (0: it is empty)}.
-_USAGE = _PRELUDE + """
-return {used, pending, frees(0)}
-"""
-# The pending set rebuilt from Firestore's records. ARGV: the store's epoch; ms a create may still be writing
-# its record; how many ids follow that are settled (recorded, not pending: dropped); those ids; then (upload
-# id, expires_at ms) pairs: the workspace's pending records. Any other member they do not name is dropped
-# unless the rate log admitted it within that time (its record may not be written yet); then each record
-# still before its expiry is added, and the epoch marked. Returns the pending count.
-_SYNC = _PRELUDE + f"""
-local epoch, in_flight, settled = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 4, 3 + settled do redis.call('ZREM', KEYS[2], ARGV[i]) end
-local records = {{}}
-for i = 4 + settled, #ARGV, 2 do records[ARGV[i]] = tonumber(ARGV[i + 1]) end
-for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if records[member] == nil then
-    local admitted = redis.call('ZSCORE', KEYS[1], member)
-    if not admitted or tonumber(admitted) < now - in_flight then redis.call('ZREM', KEYS[2], member) end
-  end
-end
-for member, expires in pairs(records) do
-  -- One released since its record was read (it settled meanwhile) stays out.
-  if expires > now and not redis.call('ZSCORE', KEYS[4], member) then redis.call('ZADD', KEYS[2], expires, member) end
-end
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #last > 0 then redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000) end
-redis.call('SET', KEYS[3], epoch, 'EX', {REBUILD_SECONDS})
-return redis.call('ZCARD', KEYS[2])
-"""
 
 
 @dataclass(frozen=True)
@@ -226,10 +134,10 @@ class Limiter:
             self._client = redis.Redis.from_url(
                 url, password=password, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT,
                 retry=None, retry_on_timeout=False, health_check_interval=0, **tls)
-            self._admit = self._client.register_script(_ADMIT)
-            self._usage = self._client.register_script(_USAGE)
-            self._sync = self._client.register_script(_SYNC)
-            self._release = self._client.register_script(_RELEASE)
+            self._admit = self._client.register_script(ADMIT)
+            self._usage = self._client.register_script(USAGE)
+            self._sync = self._client.register_script(SYNC)
+            self._release = self._client.register_script(RELEASE)
 
     def _call(self, log: dict[str, Any], run):
         """`run()` against the store, or None (logged) if it is down or fails now."""
