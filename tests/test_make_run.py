@@ -16,7 +16,8 @@ from dev import emulators
 from tests.conftest import ROOT
 
 
-def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_path):
+def _start_make_run(tmp_path):
+    """`python -m dev.run` on free ports, its output in a file, in a process group of its own."""
     ports = {name: str(emulators.free_port()) for name in
              ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT",
               "DEMO_PORT", "DELIVERIES_PORT", "REDIS_PORT")}
@@ -24,6 +25,11 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
     with open(out_path, "wb") as out:
         run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                env={**os.environ, **ports, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    return ports, out_path, run
+
+
+def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_path):
+    ports, out_path, run = _start_make_run(tmp_path)
     try:
         def printed(pattern: str, timeout: float = 120) -> re.Match:
             deadline = time.monotonic() + timeout
@@ -134,13 +140,7 @@ def _group_alive(pgid: int) -> bool:
 def test_ctrl_c_during_start_up_stops_at_once_and_leaves_nothing_running(tmp_path):
     """Interrupted while its first emulator is still starting, it stops there: nothing more is started,
     no key is minted or printed, and every process it had started (each in a group of its own) is gone."""
-    ports = {name: str(emulators.free_port()) for name in
-             ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT",
-              "DEMO_PORT", "DELIVERIES_PORT", "REDIS_PORT")}
-    out_path = tmp_path / "make-run.out"
-    with open(out_path, "wb") as out:
-        run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, **ports, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    _, out_path, run = _start_make_run(tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not (started := _children(run.pid)):
