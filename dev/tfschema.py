@@ -41,6 +41,7 @@ PROVIDERS = {
     "google-beta": ("cdktn-provider-google-beta", "21.1.0", "8.7.0"),
     "archive": ("cdktn-provider-archive", "14.0.1", "2.8.1"),
     "random": ("cdktn-provider-random", "15.0.1", "3.9.1"),
+    "time": ("cdktn-provider-time", "14.0.2", "0.14.2"),
 }
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider"}
 META_BLOCKS = {"lifecycle", "provisioner", "connection"}

@@ -184,6 +184,31 @@ resource "google_logging_metric" "failures" {
   depends_on = [google_project_service.enabled]
 }
 
+# A new log-based metric is not at once a metric Monitoring knows: an alert policy naming it in
+# the same apply fails, "Error 404: Cannot find metric(s) that match type = \"logging.googleapis.com/user/...\".
+# If a metric was created recently, it could take up to 10 minutes to become available" (the API's
+# own answer, in https://github.com/hashicorp/terraform-provider-google/issues/11102, open; the
+# provider does not retry it). References already order the policies after the metrics, so what is
+# missing is time: this wait starts once every metric exists, and every policy and the dashboard
+# that reads a log-based metric waits for it (`depends_on`). Its triggers are the metrics' ids, so
+# an apply that adds or replaces a metric waits again, and one that changes none waits not at all
+# (https://registry.terraform.io/providers/hashicorp/time/latest/docs/resources/sleep: "triggers -
+# Arbitrary map of values that, when changed, will run any creation or destroy delays again").
+# The wait overlaps the functions' builds and Memorystore's creation, which the policies wait for
+# anyway (they name the functions' services and the instance).
+resource "time_sleep" "log_metrics" {
+  create_duration = "${var.log_metrics_wait_seconds}s"
+
+  triggers = merge(
+    {
+      requests       = google_logging_metric.requests.id
+      latency        = google_logging_metric.latency.id
+      sweep_failures = google_logging_metric.sweep_failures.id
+    },
+    { for key, metric in google_logging_metric.failures : key => metric.id },
+  )
+}
+
 # --- Who is told ---------------------------------------------------------------
 
 resource "google_monitoring_notification_channel" "email" {
@@ -206,6 +231,8 @@ resource "google_monitoring_alert_policy" "error_ratio" {
   display_name          = "${var.name}: 5xx above 1% of requests"
   combiner              = "OR"
   notification_channels = local.channels
+  # It names a log-based metric: created after the wait above.
+  depends_on = [time_sleep.log_metrics]
 
   conditions {
     display_name = "5xx / all requests > 1% for 5 minutes"
@@ -245,6 +272,8 @@ resource "google_monitoring_alert_policy" "create_latency" {
   display_name          = "${var.name}: POST /v1/uploads p95 above 1 s"
   combiner              = "OR"
   notification_channels = local.channels
+  # It names a log-based metric: created after the wait above.
+  depends_on = [time_sleep.log_metrics]
 
   conditions {
     display_name = "p95 latency of POST /v1/uploads > 1 s for 10 minutes"
@@ -280,6 +309,8 @@ resource "google_monitoring_alert_policy" "sweep_failing" {
   display_name          = "${var.name}: the sweep failed twice in a row"
   combiner              = "OR"
   notification_channels = local.channels
+  # It names a log-based metric: created after the wait above.
+  depends_on = [time_sleep.log_metrics]
 
   conditions {
     display_name = "3+ failed sweep calls in 10 minutes"
@@ -350,6 +381,8 @@ resource "google_monitoring_alert_policy" "dead_letters" {
   display_name          = "${var.name}: messages dead-lettered"
   combiner              = "OR"
   notification_channels = local.channels
+  # It names a log-based metric: created after the wait above.
+  depends_on = [time_sleep.log_metrics]
 
   conditions {
     display_name = "a storage event waits in the dead-letter subscription"
@@ -396,6 +429,8 @@ resource "google_monitoring_alert_policy" "limiter_unavailable" {
   display_name          = "${var.name}: creates served without limits"
   combiner              = "OR"
   notification_channels = local.channels
+  # It names a log-based metric: created after the wait above.
+  depends_on = [time_sleep.log_metrics]
 
   conditions {
     # In every 5-minute window for 10 minutes: a new instance's first minute (Direct VPC egress may
@@ -545,5 +580,5 @@ resource "google_monitoring_dashboard" "uploads" {
     max_instances   = var.max_instances
   })
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, time_sleep.log_metrics]
 }

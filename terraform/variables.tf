@@ -427,6 +427,17 @@ variable "alert_emails" {
   }
 }
 
+variable "log_metrics_wait_seconds" {
+  type        = number
+  description = "How long an apply that creates or replaces a log-based metric waits before the alert policies that read it (monitoring.tf time_sleep.log_metrics). The Monitoring API says a new metric may take up to 10 minutes to become available; a policy created before then fails the apply."
+  default     = 600
+
+  validation {
+    condition     = var.log_metrics_wait_seconds >= 0 && var.log_metrics_wait_seconds <= 1800
+    error_message = "log_metrics_wait_seconds must be 0-1800."
+  }
+}
+
 # --- Limits (limits.tf; docs/api.md, "Limits") -----------------------------------
 
 variable "creates_per_minute" {

@@ -18,6 +18,11 @@ terraform {
       source  = "hashicorp/archive"
       version = "~> 2.4"
     }
+    # For time_sleep alone (monitoring.tf): the wait between log-based metrics and their alerts.
+    time = {
+      source  = "hashicorp/time"
+      version = "~> 0.14"
+    }
   }
 }
 

@@ -390,3 +390,31 @@ def test_the_filters_name_the_cloud_run_services_the_functions_run_as():
         assert "local.api_service" in hcl_string(tf_locals()[name])
     call = hcl_string(resources("google_monitoring_dashboard")["uploads"]["dashboard_json"])
     assert "service = local.api_service" in call
+
+
+def test_whatever_reads_a_log_based_metric_waits_until_monitoring_knows_it():
+    """Issue 33: a policy created moments after its log-based metric fails the first apply (404 "it could
+    take up to 10 minutes to become available", terraform-provider-google#11102). The wait starts once
+    every metric exists (its triggers name each one, so a new metric waits again), and everything that
+    names a log-based metric is created after it."""
+    sleeps = resources("time_sleep")
+    assert set(sleeps) == {"log_metrics"}
+    wait = sleeps["log_metrics"]
+    assert hcl_string(wait["create_duration"]) == "${var.log_metrics_wait_seconds}s"
+    assert tf_variables()["log_metrics_wait_seconds"]["default"] == 600  # the 10 minutes the API names
+    triggers = hcl_string(wait["triggers"]) if isinstance(wait["triggers"], str) else json.dumps(wait["triggers"])
+    for metric in metrics().values():
+        ref = metric["ref"].split("[")[0]
+        assert f"{ref}.id" in triggers or f"in {ref} :" in triggers, (metric["ref"], triggers)
+    readers = {**{f"google_monitoring_alert_policy.{k}": v for k, v in resources("google_monitoring_alert_policy").items()},
+               **{f"google_monitoring_dashboard.{k}": v for k, v in resources("google_monitoring_dashboard").items()}}
+    waiting = set()
+    for address, body in readers.items():
+        text = json.dumps(body)
+        if "google_logging_metric." not in text and "local.log_metric" not in text:
+            continue
+        assert "${time_sleep.log_metrics}" in body.get("depends_on", []), address
+        waiting.add(address)
+    assert {"google_monitoring_alert_policy.error_ratio", "google_monitoring_alert_policy.create_latency",
+            "google_monitoring_alert_policy.sweep_failing", "google_monitoring_alert_policy.dead_letters",
+            "google_monitoring_alert_policy.limiter_unavailable", "google_monitoring_dashboard.uploads"} <= waiting
