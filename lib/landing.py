@@ -7,7 +7,7 @@ storage event, or a GET, cancel or sweep looking for itself), `land` decides:
 2. `examine`: the object's bytes, read in ranges within a counted budget and decoded in a sandboxed
    child, say whether it is the media declared and what it holds (lib/media/);
 3. a match is placed at its served name in the uploads bucket by one rewrite (`sessions.place`,
-   no bytes copied within one location and storage class), then recorded `completed` with its
+   a single request within one location and storage class), then recorded `completed` with its
    `media`, and the staging object deleted. `source_url` answers 404 until then;
 4. anything else is recorded `rejected`, and its bytes stay in the staging bucket, never served,
    until the bucket's lifecycle rule deletes them (docs/operations.md, "Verifying media").

@@ -137,8 +137,9 @@ def place(client: storage.Client, staging_bucket: str, bucket: str, object_name:
           content_type: str) -> StoredObject:
     """Put that generation of the staging object at the same name in the served bucket, by one rewrite.
 
-    Within one location and storage class a rewrite copies no bytes and completes in one call
-    (docs/design-media.md cites Google's pages); otherwise its token is followed until it is done.
+    Within one location and storage class a rewrite completes in a single request (in a dual-region,
+    once the object has replicated: docs/design-media.md quotes Google's page); otherwise its token is
+    followed until it is done.
     `if_generation_match=0`: the served name is only ever created, never replaced. If it exists
     already, it is this upload's own earlier placement (nothing else writes that name, and its
     staging name is written once): that object is the answer.
@@ -152,7 +153,7 @@ def place(client: storage.Client, staging_bucket: str, bucket: str, object_name:
     token: str | None = None
     try:
         with upstream():
-            while True:  # one call within one location and storage class; a token otherwise
+            while True:  # one request within one location and storage class; a token otherwise
                 token, _, _ = target.rewrite(source, token=token, if_generation_match=0,
                                              if_source_generation_match=generation,
                                              timeout=REWRITE_TIMEOUT, retry=STORAGE_RETRY)

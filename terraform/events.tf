@@ -40,6 +40,20 @@ resource "google_project_service_identity" "pubsub" {
   depends_on = [google_project_service.enabled]
 }
 
+# Google grants an agent it creates on its own the role it needs, but not one created on request:
+# "After you trigger service agent creation, you must grant the service agents the roles that they
+# are typically granted automatically ... service agents that are created at a user's request aren't
+# automatically granted roles" (https://cloud.google.com/iam/docs/create-service-agents). Pub/Sub's is
+# Cloud Pub/Sub Service Agent (roles/pubsub.serviceAgent, "Grants Cloud Pub/Sub Service Account
+# access to manage resources", https://cloud.google.com/iam/docs/roles-permissions/pubsub; the role
+# per agent: https://cloud.google.com/iam/docs/service-agents), granted before any subscription.
+resource "google_project_iam_member" "pubsub_agent" {
+  #checkov:skip=CKV_GCP_49:Google's own agent, given the role Google gives it on the project when it creates the agent itself (the pages cited above).
+  project = var.project_id
+  role    = "roles/pubsub.serviceAgent"
+  member  = "serviceAccount:${local.pubsub_agent}"
+}
+
 data "google_storage_project_service_account" "gcs" {
   project = var.project_id
 }
@@ -147,7 +161,7 @@ resource "google_pubsub_subscription" "storage_events" {
     ttl = "" # never expires, however quiet the bucket
   }
 
-  depends_on = [google_service_account_iam_member.pubsub_mints_event_tokens]
+  depends_on = [google_service_account_iam_member.pubsub_mints_event_tokens, google_project_iam_member.pubsub_agent]
 }
 
 resource "google_pubsub_topic_iam_member" "pubsub_dead_letters" {

@@ -133,9 +133,12 @@ resource "google_cloudfunctions2_function" "uploads" {
     }
 
     # To the limits store (limits.tf): only private ranges go through the network.
+    # Names, as the Cloud Functions API documents both fields ("The name of the VPC network",
+    # "The name of the VPC subnetwork": https://cloud.google.com/functions/docs/reference/rest/v2/projects.locations.functions#DirectVpcNetworkInterface),
+    # so what the API stores is what the plan compares with, and no apply redeploys for a spelling.
     direct_vpc_network_interface {
-      network    = google_compute_network.limits.id
-      subnetwork = google_compute_subnetwork.functions.id
+      network    = google_compute_network.limits.name
+      subnetwork = google_compute_subnetwork.functions.name
     }
     direct_vpc_egress = "VPC_EGRESS_PRIVATE_RANGES_ONLY"
   }
@@ -145,11 +148,11 @@ resource "google_cloudfunctions2_function" "uploads" {
       condition     = local.memory_mib >= local.memory_range_mib[var.cpu][0] && local.memory_mib <= local.memory_range_mib[var.cpu][1]
       error_message = "memory ${var.memory} does not fit cpu ${var.cpu}: Cloud Run allows ${local.memory_range_mib[var.cpu][0]}-${local.memory_range_mib[var.cpu][1]} MiB with ${var.cpu} vCPU."
     }
-    # Direct VPC egress takes 2 addresses per instance and reserves 16 at a time (limits.tf),
-    # with a margin of 4 for the addresses a subnet keeps for itself.
+    # Direct VPC egress takes 2 addresses per instance and reserves 16 at a time; room for two
+    # revisions at max_instances (a rollout), with a margin of 4 (limits.tf).
     precondition {
-      condition     = 2 * var.max_instances + 16 <= pow(2, 32 - tonumber(split("/", var.limits_subnet_cidr)[1])) - 4
-      error_message = "limits_subnet_cidr ${var.limits_subnet_cidr} is too small for max_instances ${var.max_instances}: Direct VPC egress needs 2 addresses per instance and 16 spare."
+      condition     = 2 * 2 * var.max_instances + 16 <= pow(2, 32 - tonumber(split("/", var.limits_subnet_cidr)[1])) - 4
+      error_message = "limits_subnet_cidr ${var.limits_subnet_cidr} is too small for max_instances ${var.max_instances}: Direct VPC egress needs 2 addresses per instance, for two revisions during a rollout, and 16 spare."
     }
   }
 
@@ -159,6 +162,7 @@ resource "google_cloudfunctions2_function" "uploads" {
     google_project_iam_member.build_source,
     google_artifact_registry_repository_iam_member.build_images,
     google_project_iam_member.runtime_firestore,
+    google_project_iam_member.runtime_direct_vpc,
     google_storage_bucket_iam_member.runtime_uploads,
     google_storage_bucket_iam_member.runtime_staging,
     google_pubsub_topic_iam_member.runtime_publishes_webhooks,

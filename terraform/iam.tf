@@ -12,6 +12,20 @@ resource "google_project_iam_member" "runtime_firestore" {
   member  = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# Direct VPC egress (limits.tf) asks for this grant: "To authorize Direct VPC egress, ask your
+# administrator to grant the Cloud Run Invoker (roles/run.invoker) role to your function's service
+# account" (https://cloud.google.com/functions/docs/running/direct-vpc). Granted explicitly and before
+# the API function (its depends_on), not left to the allUsers grant (function.tf), which is made only
+# once the function exists and which an organization with domain-restricted sharing refuses. On the
+# project: the function's Cloud Run service, where a narrower grant would go, exists only once the
+# function does. The one other service it reaches there is the deliveries function, which serves
+# only tokens signed as the webhooks' push account (lib/push.py), never this one.
+resource "google_project_iam_member" "runtime_direct_vpc" {
+  project = var.project_id
+  role    = "roles/run.invoker"
+  member  = "serviceAccount:${google_service_account.runtime.email}"
+}
+
 # Storage Object User (create, get, list, update, delete objects) on both buckets: the staging
 # bucket for sessions (storage.objects.create), lookups and ranged reads (get) and deleting placed,
 # late or refused objects (delete: https://cloud.google.com/storage/docs/deleting-objects); the

@@ -6,9 +6,9 @@
 # functions to Memorystore (https://cloud.google.com/memorystore/docs/redis/connect-redis-instance-functions):
 # an interface in this network's subnet, and only private ranges routed through it
 # (https://cloud.google.com/functions/docs/running/direct-vpc), so Google APIs are reached as before.
-# That page asks for two grants. The function's service account needs roles/run.invoker, which
-# function.tf's allUsers grant already gives everyone. The Cloud Run service agent needs the network:
-# by default its roles/run.serviceAgent role carries the permissions, in the same project.
+# That page asks for two grants. The function's service account needs roles/run.invoker (iam.tf
+# runtime_direct_vpc, made before the function). The Cloud Run service agent needs the network: by
+# default its roles/run.serviceAgent role carries the permissions, in the same project.
 
 resource "google_compute_network" "limits" {
   project                 = var.project_id
@@ -38,7 +38,11 @@ resource "google_compute_firewall" "limits_no_ingress" {
 
 # Cloud Run takes 2 addresses per instance at steady state and reserves them 16 at a time, and
 # asks for a /26 or larger (https://cloud.google.com/run/docs/configuring/vpc-direct-vpc,
-# "IP address allocation"): the default /24 leaves room for well over var.max_instances' 1000.
+# "IP address allocation"). The page does not say how soon an instance that scaled down, or a
+# replaced revision, gives its addresses back, and during a rollout both revisions' instances hold
+# theirs; so function.tf's precondition asks room for two revisions at max_instances:
+# 4 x max_instances + 16 addresses, with a margin of 4. The default /24 holds max_instances up to
+# 59; a larger cap needs a larger subnet, and the plan says so before anything is changed.
 resource "google_compute_subnetwork" "functions" {
   #checkov:skip=CKV_GCP_26:Only the function's egress to the limits store crosses it; VPC flow logs cost more than they tell here.
   #checkov:skip=CKV_GCP_76:No IPv6 in this network.
@@ -69,6 +73,13 @@ resource "google_redis_instance" "limits" {
   # over TLS that the instance's own CA signs (https://cloud.google.com/memorystore/docs/redis/in-transit-encryption).
   auth_enabled            = true
   transit_encryption_mode = "SERVER_AUTHENTICATION"
+
+  # Said here rather than left to the provider's default (true in 8.x): `terraform destroy` and any
+  # change that replaces the instance fail while it is on. `tier` is one: Memorystore updates only
+  # displayName, labels, memorySizeGb, redisConfig and replicaCount in place
+  # (https://cloud.google.com/memorystore/docs/redis/reference/rest/v1/projects.locations.instances/patch),
+  # so a new tier is a new instance. docs/operations.md, "Changing the store's tier", is the operation.
+  deletion_protection = var.limits_redis_deletion_protection
 
   depends_on = [google_project_service.enabled]
 }

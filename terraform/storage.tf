@@ -66,9 +66,11 @@ resource "google_storage_bucket" "uploads" {
 # Where upload sessions write (lib/landing.py): an object is served from the uploads bucket only
 # once it is checked, placed there by a rewrite. This bucket has no CDN backend and no reader but
 # the function, so nothing in it is ever served.
-# - Same location and storage class as the uploads bucket: a rewrite between them then copies no
-#   bytes and completes in one call (docs/design-media.md cites the pages). No Autoclass, and its
-#   only lifecycle rule deletes (one that changed the class would make the rewrite copy).
+# - Same location and storage class as the uploads bucket: a rewrite between them then completes in
+#   a single request, the rewrite page says, in a dual-region once the object has replicated (or with
+#   turbo replication); otherwise the function follows the rewrite's token (docs/design-media.md
+#   quotes the page). No Autoclass, and its only lifecycle rule deletes (one that changed the class
+#   would break the condition).
 # - No soft delete (https://cloud.google.com/storage/docs/soft-delete: it is per bucket and keeps
 #   every deleted object for at least 7 days): each upload's staging object is deleted the moment
 #   it is placed, and keeping those would bill every upload's bytes a second time for a week.

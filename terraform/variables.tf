@@ -464,7 +464,7 @@ variable "max_pending_uploads" {
 
 variable "limits_redis_tier" {
   type        = string
-  description = "Memorystore tier of the limits' store: BASIC (one node; while it is down or restarting, creates are served unlimited) or STANDARD_HA (a replica it fails over to, about twice the price). docs/operations.md, \"Limits\"."
+  description = "Memorystore tier of the limits' store: BASIC (one node; while it is down or restarting, each API instance keeps the limits on its own) or STANDARD_HA (a replica it fails over to, about twice the price). Changing it replaces the instance: docs/operations.md, \"Changing the store's tier\"."
   default     = "BASIC"
 
   validation {
@@ -482,6 +482,12 @@ variable "limits_redis_memory_gb" {
     condition     = var.limits_redis_memory_gb >= 1 && var.limits_redis_memory_gb <= 300
     error_message = "limits_redis_memory_gb must be 1-300."
   }
+}
+
+variable "limits_redis_deletion_protection" {
+  type        = bool
+  description = "Whether Terraform refuses to delete the limits' store: on, destroy and a tier change fail. Turned off for one apply to change limits_redis_tier (docs/operations.md, \"Changing the store's tier\")."
+  default     = true
 }
 
 variable "limits_subnet_cidr" {

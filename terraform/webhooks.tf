@@ -111,7 +111,7 @@ resource "google_pubsub_subscription" "webhooks" {
     ttl = "" # never expires, however quiet the workspaces
   }
 
-  depends_on = [google_service_account_iam_member.pubsub_mints_webhook_tokens]
+  depends_on = [google_service_account_iam_member.pubsub_mints_webhook_tokens, google_project_iam_member.pubsub_agent]
 }
 
 resource "google_pubsub_topic_iam_member" "pubsub_dead_letters_webhooks" {
@@ -163,5 +163,5 @@ resource "google_pubsub_subscription" "webhooks_dead" {
     ttl = ""
   }
 
-  depends_on = [google_service_account_iam_member.pubsub_mints_webhook_tokens]
+  depends_on = [google_service_account_iam_member.pubsub_mints_webhook_tokens, google_project_iam_member.pubsub_agent]
 }

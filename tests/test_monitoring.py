@@ -406,8 +406,8 @@ def test_whatever_reads_a_log_based_metric_waits_until_monitoring_knows_it():
     for metric in metrics().values():
         ref = metric["ref"].split("[")[0]
         assert f"{ref}.id" in triggers or f"in {ref} :" in triggers, (metric["ref"], triggers)
-    readers = {**{f"google_monitoring_alert_policy.{k}": v for k, v in resources("google_monitoring_alert_policy").items()},
-               **{f"google_monitoring_dashboard.{k}": v for k, v in resources("google_monitoring_dashboard").items()}}
+    readers = {f"{kind}.{name}": body for kind in ("google_monitoring_alert_policy", "google_monitoring_dashboard")
+               for name, body in resources(kind).items()}
     waiting = set()
     for address, body in readers.items():
         text = json.dumps(body)

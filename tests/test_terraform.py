@@ -700,8 +700,19 @@ def test_the_pubsub_service_agent_is_created_before_anything_grants_it_a_role():
     assert tf_locals("events.tf")["pubsub_agent"] == "${google_project_service_identity.pubsub.email}"
     text = "\n".join(path.read_text() for path in TF.glob("*.tf"))
     assert "gcp-sa-pubsub.iam.gserviceaccount.com\"" not in text
-    grants = [body for type_, _, body in all_resources() if "pubsub_agent" in json.dumps(body)]
-    assert len(grants) == 6  # token minting, dead-letter publishing and forwarding, for events and webhooks
+    grants = [body for type_, _, body in all_resources() if "${local.pubsub_agent}" in json.dumps(body.get("member"))]
+    # Its own role, then token minting, dead-letter publishing and forwarding, for events and webhooks.
+    assert len(grants) == 7
+    # Asked for, it is granted nothing by Google (issue 33): the role it usually has is granted here,
+    # and every push subscription is made after it.
+    role = resource(tf, "google_project_iam_member", "pubsub_agent")
+    assert unquote(role["role"]) == "roles/pubsub.serviceAgent"
+    assert unquote(role["member"]) == "serviceAccount:${local.pubsub_agent}"
+    subscriptions = [(name, body) for type_, name, body in all_resources() if type_ == "google_pubsub_subscription"
+                     and "push_config" in body]
+    assert len(subscriptions) == 3
+    for name, body in subscriptions:
+        assert "${google_project_iam_member.pubsub_agent}" in body["depends_on"], name
     # The beta provider is declared, pinned like the GA one, and configured for the same project.
     versions = load_tf("versions.tf")
     (required,) = versions["terraform"][0]["required_providers"]
@@ -907,8 +918,10 @@ def test_the_limits_store_is_the_redis_we_test_against_private_authenticated_and
 def test_the_api_function_reaches_the_store_as_the_code_expects_and_the_deliveries_one_does_not():
     api = function_resource("uploads")["service_config"][0]
     (interface,) = api["direct_vpc_network_interface"]
-    assert interface["network"] == "${google_compute_network.limits.id}"
-    assert interface["subnetwork"] == "${google_compute_subnetwork.functions.id}"
+    # Names, as the API documents both fields: an id would differ from what it stores, and every plan
+    # would redeploy the function (issue 33).
+    assert interface["network"] == "${google_compute_network.limits.name}"
+    assert interface["subnetwork"] == "${google_compute_subnetwork.functions.name}"
     assert unquote(api["direct_vpc_egress"]) == "VPC_EGRESS_PRIVATE_RANGES_ONLY"  # Google APIs as before
     assert "direct_vpc_network_interface" not in function_resource("deliveries")["service_config"][0]
     env = function_env("uploads")
@@ -952,6 +965,53 @@ def test_the_default_subnet_holds_the_default_instances_and_direct_vpc_asks_no_l
     cidr = unquote(variables["limits_subnet_cidr"]["default"])
     prefix = int(cidr.split("/")[1])
     assert prefix <= 26
-    assert 2 * variables["max_instances"]["default"] + 16 <= 2 ** (32 - prefix) - 4
     conditions = [c["condition"] for c in function_resource("uploads")["lifecycle"][0]["precondition"]]
-    assert any("var.limits_subnet_cidr" in c and "var.max_instances" in c for c in conditions)
+    (subnet,) = [c for c in conditions if "var.limits_subnet_cidr" in c and "var.max_instances" in c]
+    # Two revisions at the cap (a rollout), 2 addresses an instance, 16 reserved at a time, a margin of 4.
+    assert subnet == ('${2 * 2 * var.max_instances + 16 <= pow(2, 32 - tonumber(split("/", '
+                      'var.limits_subnet_cidr)[1])) - 4}')
+
+    def fits(max_instances: int, prefix: int) -> bool:
+        return 2 * 2 * max_instances + 16 <= 2 ** (32 - prefix) - 4
+
+    assert fits(variables["max_instances"]["default"], prefix)
+    # The figure limits.tf states for the default subnet is the precondition's (issue 33: it claimed
+    # "well over 1000" where the rule allowed 118).
+    most = max(n for n in range(1, 1001) if fits(n, prefix))
+    claim = re.search(r"default /\d+ holds max_instances up to\s+#\s+(\d+)", (TF / "limits.tf").read_text())
+    assert claim and int(claim.group(1)) == most, (claim, most)
+
+
+def test_the_direct_vpc_invoker_grant_is_made_before_the_api_function():
+    """The Direct VPC page asks for roles/run.invoker on the function's account; the allUsers grant comes
+    after the function and a domain-restricted organization refuses it (issue 33)."""
+    grant = resource(load_tf("iam.tf"), "google_project_iam_member", "runtime_direct_vpc")
+    assert unquote(grant["role"]) == "roles/run.invoker"
+    assert unquote(grant["member"]) == "serviceAccount:${google_service_account.runtime.email}"
+    assert "condition" not in grant
+    assert "${google_project_iam_member.runtime_direct_vpc}" in function_resource("uploads")["depends_on"]
+
+
+def test_the_limits_store_is_protected_explicitly_and_its_tier_change_is_an_operation():
+    """Provider 8.x protects a Redis instance by default and `tier` forces a new one: the protection is a
+    setting, and changing the tier is written down as an operation (issue 33)."""
+    store = resource(load_tf("limits.tf"), "google_redis_instance", "limits")
+    assert store["deletion_protection"] == "${var.limits_redis_deletion_protection}"
+    variables = tf_variables()
+    assert variables["limits_redis_deletion_protection"]["default"] is True
+    assert "Changing the store's tier" in variables["limits_redis_tier"]["description"]
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    section = operations.split("### Changing the store's tier", 1)[1].split("\n#", 1)[0]
+    for step in ("limits_redis_deletion_protection=false", "limits_redis_tier", "Firestore",
+                 "limits_redis_deletion_protection = true"):
+        assert step in section, step
+
+
+def test_no_file_claims_a_rewrite_copies_no_bytes():
+    """The rewrite page promises one request under its conditions, not that nothing is copied (issue 33)."""
+    texts = [path for pattern in ("terraform/*.tf", "lib/**/*.py", "docs/*.md", "README.md")
+             for path in ROOT.glob(pattern)]
+    for path in texts:
+        text = " ".join(path.read_text().split()).lower()
+        for claim in ("copies no bytes", "no bytes copied", "copy no bytes"):
+            assert claim not in text, (path, claim)
