@@ -1015,3 +1015,27 @@ def test_no_file_claims_a_rewrite_copies_no_bytes():
         text = " ".join(path.read_text().split()).lower()
         for claim in ("copies no bytes", "no bytes copied", "copy no bytes"):
             assert claim not in text, (path, claim)
+
+
+def test_the_deploy_steps_are_one_apply_then_the_smoke_and_say_what_stops_a_first_apply():
+    """Issue 33: one `terraform apply` (plus what Google requires, stated), then `make smoke`; what the
+    pages leave open on a first apply is written there with the page checked."""
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    steps = operations.split("### From an empty project to the first upload", 1)[1].split("\n### ", 1)[0]
+    commands = [line.split("#")[0].strip() for block in re.findall(r"```sh\n(.*?)```", steps, re.S)
+                for line in block.splitlines()]
+    assert commands.count("terraform apply") == 1, commands
+    assert not any(c.startswith("terraform apply ") for c in commands)
+    # The init comment names every provider versions.tf requires.
+    (required,) = load_tf("versions.tf")["terraform"][0]["required_providers"]
+    init = next(line for line in steps.splitlines() if line.startswith("terraform init"))
+    for provider in (p for p in required if not p.startswith("__")):
+        assert provider in init, provider
+    # The smoke takes its key from a file written without the key ever on a command line.
+    assert "create-key --test" in steps and "umask 077" in steps
+    assert re.search(r"make smoke API_URL=\$\([^)]*\) API_KEY_FILE=~/\.framelane-smoke-key", steps)
+    assert "> ~/.framelane-smoke-key" in steps
+    stops = steps.split("**When the first apply stops.**", 1)[1]
+    for needed in ("https-lb.iam.gserviceaccount.com", "cloud.google.com/cdn/docs/configure-private-bucket-access",
+                   "log_metrics_wait_seconds", "terraform-provider-google/issues/11102", "Domain-restricted"):
+        assert needed in stops, needed
