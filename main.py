@@ -37,7 +37,15 @@ from lib import (
     webhooks,
 )
 from lib.clients import firestore_client, publisher, session_http, storage_client
-from lib.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable, UriTooLong, WebhookDeliveryFailed
+from lib.errors import (
+    ApiError,
+    DeliveryDeferred,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    UriTooLong,
+    WebhookDeliveryFailed,
+)
 
 
 def _load_settings() -> config.Settings:
@@ -137,6 +145,8 @@ def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _pa
                               lambda: publisher(SETTINGS.firestore.project), SETTINGS.cdn_base_url,
                               SETTINGS.webhook_allow_private_targets, clock.now())
     log.update(handled.log)
+    if handled.deferred:
+        raise DeliveryDeferred(reason=f"{webhooks.MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to it in flight here")
     if handled.failed:
         raise WebhookDeliveryFailed()
     return 200, handled.body, {}

@@ -45,7 +45,7 @@ from google.cloud import firestore
 from lib import attempts, clock, endpoints, lifecycle, naming, outbound, targets
 from lib.clients import Publisher, shared
 from lib.endpoints import Endpoint, EndpointCache
-from lib.errors import DeliveryDeferred, InvalidEvent, ServiceUnavailable, UploadNotFound, failure
+from lib.errors import InvalidEvent, ServiceUnavailable, UploadNotFound, failure
 from lib.push import Push
 
 EVENT_TYPES = {lifecycle.COMPLETED: "upload.completed", lifecycle.REJECTED: "upload.rejected",
@@ -364,11 +364,13 @@ def in_flight() -> InFlight:
 @dataclass(frozen=True)
 class Handled:
     """What a pushed message came to: the answer's outcome and the log line's fields.
-    `failed`: the receiver did not take the delivery (the route answers 502, so Pub/Sub retries)."""
+    `failed`: the receiver did not take the delivery (the route answers 502, so Pub/Sub retries);
+    `deferred`: it was not sent, its endpoint's share being in flight here (429, retried later)."""
 
     body: dict[str, Any]
     log: dict[str, Any]
     failed: bool = False
+    deferred: bool = False
 
 
 def handle(db: firestore.Client, message: Message, topic: str | None, publisher: Callable[[], Publisher],
@@ -394,8 +396,9 @@ def handle(db: firestore.Client, message: Message, topic: str | None, publisher:
     log: dict[str, Any] = {"event_id": delivery.event_id, "endpoint_id": delivery.endpoint_id[:64],
                            "attempt": delivery.attempt}
     with in_flight().slot(delivery.endpoint_id) as admitted:
-        if not admitted:
-            raise DeliveryDeferred(reason=f"{MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to this endpoint in flight")
+        if not admitted:  # logged with its event and endpoint, as any delivery is
+            log["outcome"] = "deferred"
+            return Handled({"outcome": "deferred"}, log, deferred=True)
         outcome = deliver(db, delivery, allow_private, now, cache=endpoints.endpoint_cache(),
                           record=attempts.attempt_log(db).add)
     log["outcome"] = outcome.label

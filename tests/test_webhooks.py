@@ -455,17 +455,24 @@ def test_event_messages_carry_their_upload_id_in_their_data():
 
 
 def test_past_its_share_of_deliveries_in_flight_an_endpoint_waits_its_turn(deliveries_client, oidc_issuer,
-                                                                            openapi_doc):
+                                                                            openapi_doc, capsys):
     """With MAX_IN_FLIGHT_PER_ENDPOINT deliveries to one endpoint in flight on an instance, the
-    next is deferred (429: Pub/Sub retries it later); another endpoint's goes at once."""
+    next is deferred (429: Pub/Sub retries it later); another endpoint's goes at once. The deferral's
+    log line names its event and endpoint, as a delivery's does (issue 33: it named neither)."""
     busy, other = "we_" + "a" * 32, "we_" + "b" * 32
     slots = [webhooks.in_flight().slot(busy) for _ in range(webhooks.MAX_IN_FLIGHT_PER_ENDPOINT)]
     assert all(slot.__enter__() for slot in slots)
     try:
-        deferred = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy),
-                                oidc_issuer.webhooks_token())
+        capsys.readouterr()
+        envelope = delivery_envelope(endpoint_id=busy)
+        deferred = webhook_push(deliveries_client, "/internal/webhooks", envelope, oidc_issuer.webhooks_token())
         assert deferred.status_code == 429 and deferred.get_json()["error"]["code"] == "delivery_deferred"
         assert schema_errors(openapi_doc, "#/components/schemas/Error", deferred.get_json()) == []
+        [line] = [json.loads(raw) for raw in capsys.readouterr().out.splitlines()
+                  if raw.startswith("{") and '"delivery_deferred"' in raw]
+        sent = envelope["message"]["attributes"]
+        assert line["endpoint_id"] == busy and line["event_id"] == sent["event_id"] and line["outcome"] == "deferred"
+        assert line["attempt"] == 1 and "in flight" in line["reason"]
         elsewhere = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=other),
                                  oidc_issuer.webhooks_token())
         assert elsewhere.status_code == 200
