@@ -144,6 +144,8 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.Store
         raise
     step()
     settled = transition(db, record, changes, announce, gcs.release)
+    if settled.ours and settled.state == REJECTED and gcs.log is not None:
+        gcs.log["rejection_code"] = settled.data["rejection_code"]  # the alert on integrity rejections counts it
     name = record.data["object_name"]
     # What this call left at the served name: its placement, or a legacy upload's own object.
     served = changes["generation"] if changes["state"] == COMPLETED else None

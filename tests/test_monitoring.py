@@ -18,18 +18,20 @@ import json
 import math
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
 
 from dev.receiver import Receiver
-from lib import endpoints
+from lib import endpoints, webhooks
 from tests.conftest import BUCKET, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS, start_shipped
 from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
 from tests.test_events import envelope, resource_of, wait_for
+from tests.test_integrity import DATA, HTML, declared
+from tests.test_lifecycle import bearer, create, put_bytes
 from tests.test_terraform import TF, load_tf, tf_variables, unquote
-from tests.test_webhooks import deliveries, upload
+from tests.test_webhooks import deliveries, delivery_envelope, upload, webhook_push
 
 FUNCTION_NAME = unquote(tf_variables()["function_name"]["default"])
 DELIVERIES_NAME = unquote(tf_variables()["deliveries_function_name"]["default"])
@@ -132,6 +134,8 @@ def matches(filter_text: str, line: dict) -> bool:
         value = field(line, path)
         if op == ":" and raw == "*":
             ok = value is not None
+        elif raw.startswith("("):  # field=("a" OR "b")
+            ok = op == "=" and value is not None and str(value) in re.findall(r'"([^"]*)"', raw)
         elif raw.startswith('"'):
             expected = json.loads(raw)
             ok = value is not None and {"=": str(value) == expected, "!=": str(value) != expected}[op]
@@ -280,7 +284,8 @@ def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
                           for label in block.get("labels", [])} for m in metrics().values()}
     policies = resources("google_monitoring_alert_policy")
     assert set(policies) >= {"error_ratio", "create_latency", "sweep_failing", "pubsub_backlog", "dead_letters",
-                             "instances_near_max", "uptime", "limiter_unavailable"}
+                             "instances_near_max", "uptime", "limiter_unavailable", "integrity_rejections",
+                             "webhooks_deferred", "webhook_endpoint_disabled"}
     gcp_metrics = {"pubsub.googleapis.com/subscription/oldest_unacked_message_age",
                    "pubsub.googleapis.com/subscription/num_undelivered_messages",
                    "run.googleapis.com/container/instance_count",
@@ -418,3 +423,66 @@ def test_whatever_reads_a_log_based_metric_waits_until_monitoring_knows_it():
     assert {"google_monitoring_alert_policy.error_ratio", "google_monitoring_alert_policy.create_latency",
             "google_monitoring_alert_policy.sweep_failing", "google_monitoring_alert_policy.dead_letters",
             "google_monitoring_alert_policy.limiter_unavailable", "google_monitoring_dashboard.uploads"} <= waiting
+
+
+def logged(capsys, route: str) -> list[dict]:
+    """The request lines an in-process app wrote on `route` since the last call."""
+    return [line for line in (json.loads(raw) for raw in capsys.readouterr().out.splitlines() if raw.startswith("{"))
+            if line.get("route") == route and "httpRequest" in line]
+
+
+def test_the_ops_signals_count_rejected_integrity_deferred_deliveries_and_disabled_endpoints(
+        client, deliveries_client, db, make_key, oidc_issuer, capsys):
+    """Issue 33's signals, against the lines the code writes: a rejection for size or checksum counts
+    (GCS refuses those, so each is unexpected) and one for the file's content does not; a delivery
+    deferred for its endpoint's share in flight counts, with its event and endpoint; the failure
+    that disables an endpoint counts, an ordinary failure does not."""
+    key, workspace = make_key()
+    capsys.readouterr()
+    rejected = {}
+    for code, body, sent in (("size_mismatch", declared(DATA), DATA[:2048]),
+                             ("checksum_mismatch", declared(DATA, crc32c=declared(b"other")["crc32c"]), DATA),
+                             ("content_mismatch", declared(HTML), HTML)):
+        out = create(client, key, body)
+        put_bytes(out["upload_url"], sent)
+        assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["rejection"]["code"] == code
+        [line] = [line for line in logged(capsys, "/v1/uploads/{upload_id}") if line.get("upload_id") == out["id"]]
+        rejected[code] = line
+    integrity = filter_of("integrity_rejections")
+    assert matches(integrity, rejected["size_mismatch"]) and matches(integrity, rejected["checksum_mismatch"])
+    assert not matches(integrity, rejected["content_mismatch"])
+    assert rejected["content_mismatch"]["rejection_code"] == "content_mismatch"  # logged, only not counted
+
+    # Deferred: this instance already has the endpoint's share of deliveries in flight.
+    busy = "we_" + uuid.uuid4().hex
+    slots = [webhooks.in_flight().slot(busy) for _ in range(webhooks.MAX_IN_FLIGHT_PER_ENDPOINT)]
+    assert all(slot.__enter__() for slot in slots)
+    try:
+        resp = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy),
+                            oidc_issuer.webhooks_token())
+        assert resp.status_code == 429
+    finally:
+        for slot in slots:
+            slot.__exit__(None, None, None)
+    [deferred] = logged(capsys, "/internal/webhooks")
+    assert matches(filter_of("webhook_deliveries_deferred"), deferred) and deferred["endpoint_id"] == busy
+    assert not matches(filter_of("webhook_delivery_failures"), deferred)
+
+    # Disabled: one endpoint failing for longer than DISABLE_AFTER already, one failing since now.
+    now = datetime.now(UTC)
+    lines = {}
+    for name, failing_since in (("disabled", now - endpoints.DISABLE_AFTER - timedelta(hours=1)), ("failing", None)):
+        hook = endpoints.create_endpoint(db, workspace, "live", "https://127.0.0.1:9/refused", True, now)
+        SESSION_WEBHOOK_SECRETS.add(hook.secret)
+        if failing_since is not None:
+            endpoints.endpoint_ref(db, hook.id).update({"failing_since": failing_since})
+        resp = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=hook.id),
+                            oidc_issuer.webhooks_token())
+        assert resp.status_code == 502, resp.get_json()
+        [lines[name]] = logged(capsys, "/internal/webhooks")
+    assert matches(filter_of("webhook_endpoints_disabled"), lines["disabled"])
+    assert not matches(filter_of("webhook_endpoints_disabled"), lines["failing"])
+    assert endpoints.get_endpoint(db, lines["disabled"]["endpoint_id"]).disabled_at is not None
+    assert all(matches(filter_of("webhook_delivery_failures"), line) for line in lines.values())
+    for line in lines.values():  # the attempts are recorded (in the background) as for any delivery
+        wait_for(lambda line=line: deliveries(db, workspace, line["endpoint_id"]), timeout=30, what="the attempt row")
