@@ -439,59 +439,88 @@ resource "google_monitoring_alert_policy" "dead_letters" {
   }
 }
 
-resource "google_monitoring_alert_policy" "limiter_unavailable" {
-  project               = var.project_id
-  display_name          = "${var.name}: limits store unreachable"
-  combiner              = "OR"
-  notification_channels = local.channels
-  # It names a log-based metric: created after the wait above.
-  depends_on = [time_sleep.log_metrics]
 
-  conditions {
+
+
+
+# Alerts that read one failure counter (local.failure_metrics): above 0 in each 5-minute window for
+# `duration`, on the API function alone or both. One resource for them all, each with its own words.
+locals {
+  counter_alerts = {
     # In every 5-minute window for 10 minutes: a new instance's first minute (Direct VPC egress may
     # take that long to connect, https://cloud.google.com/run/docs/configuring/vpc-direct-vpc) does
     # not page, and a quiet deployment's outage still does (one create in 5 minutes is enough).
-    display_name = "creates were decided without the store in every 5 minutes for 10 minutes"
-    condition_threshold {
-      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["limiter_unavailable"].name}\" AND ${local.api_resource}"
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "600s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_SUM"
-        cross_series_reducer = "REDUCE_SUM"
-      }
+    limiter_unavailable = {
+      metric    = "limiter_unavailable"
+      title     = "limits store unreachable"
+      condition = "creates were decided without the store in every 5 minutes for 10 minutes"
+      duration  = "600s"
+      api_only  = true
+      content   = <<-EOT
+        The limits' store (Memorystore for Redis ${google_redis_instance.limits.name}) is not answering the API function, so each instance keeps the per-workspace limits on its own: creates per minute per instance, pending uploads counted from Firestore (docs/operations.md, "When the store is down"). The request lines say limiter=unavailable and limiter_error why.
+        1. Is the instance up? gcloud redis instances describe ${google_redis_instance.limits.name} --region ${var.region} (state READY; a BASIC instance is one node, down while it restarts).
+        2. If it is up, the function's Direct VPC egress or the AUTH secret is wrong: limiter_error ConnectionError/TimeoutError points at the network, AuthenticationError at the secret.
+        3. When it answers again, each workspace's pending count is rebuilt from Firestore on its next create (limiter_rebuilt on the line); nothing to do.
+      EOT
     }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = <<-EOT
-      The limits' store (Memorystore for Redis ${google_redis_instance.limits.name}) is not answering the API function, so each instance keeps the per-workspace limits on its own: creates per minute per instance, pending uploads counted from Firestore (docs/operations.md, "When the store is down"). The request lines say limiter=unavailable and limiter_error why.
-      1. Is the instance up? gcloud redis instances describe ${google_redis_instance.limits.name} --region ${var.region} (state READY; a BASIC instance is one node, down while it restarts).
-      2. If it is up, the function's Direct VPC egress or the AUTH secret is wrong: limiter_error ConnectionError/TimeoutError points at the network, AuthenticationError at the secret.
-      3. When it answers again, each workspace's pending count is rebuilt from Firestore on its next create (limiter_rebuilt on the line); nothing to do.
-      ${local.runbook}
-    EOT
+    integrity_rejections = {
+      metric    = "integrity_rejections"
+      title     = "an upload rejected for its size or checksum"
+      condition = "a size_mismatch or checksum_mismatch rejection"
+      duration  = "0s"
+      api_only  = true
+      content   = <<-EOT
+        An upload was rejected because the bytes that landed were not the size or checksum its create declared. GCS refuses such bytes at the PUT (the session carries the declared length and checksums), so this should never happen: either the session was created without them, or Storage accepted what it should have refused.
+        1. Find the line: jsonPayload.rejection_code="size_mismatch" OR "checksum_mismatch"; it names the upload_id. GET the upload (its rejection.message says what landed and what was declared).
+        2. The bytes are kept in the staging bucket for support until its lifecycle rule deletes them (docs/operations.md, "Verifying media"): compare them with the declaration.
+        3. If it began with a deploy, roll back: the create no longer passes the declared values to the session.
+      EOT
+    }
+    webhooks_deferred = {
+      metric    = "webhook_deliveries_deferred"
+      title     = "webhook deliveries deferred for 30 minutes"
+      condition = "deliveries were deferred in every 5 minutes for 30 minutes"
+      duration  = "1800s"
+      api_only  = false
+      content   = <<-EOT
+        For 30 minutes, webhook deliveries have been put off because their endpoint already had its share in flight on an instance: a receiver answers slowly (up to the 10 s timeout) while events keep coming. Nothing is lost (Pub/Sub retries each one with its backoff), but that endpoint's events arrive late, and Pub/Sub slows pushes for every endpoint as failures rise.
+        1. Which endpoint: the /internal/webhooks lines with error_code "delivery_deferred" name its endpoint_id (and the event_id and attempt).
+        2. Its attempts and latency: python -m lib.admin webhook-deliveries --workspace WS.
+        3. Tell the customer their endpoint is slow; past 5 days of failures it is disabled by itself.
+      EOT
+    }
+    webhook_endpoint_disabled = {
+      metric    = "webhook_endpoints_disabled"
+      title     = "a webhook endpoint was disabled"
+      condition = "an endpoint was disabled after failing every delivery for days"
+      duration  = "0s"
+      api_only  = false
+      content   = <<-EOT
+        A webhook endpoint failed every delivery for days and was disabled: it gets nothing more until it is enabled again.
+        1. Which: the /internal/webhooks line with endpoint_disabled names its endpoint_id; python -m lib.admin list-webhooks --workspace WS shows it "disabled".
+        2. Tell the customer. Once their endpoint answers 2xx again: python -m lib.admin enable-webhook ENDPOINT_ID (events from while it was disabled are not sent).
+      EOT
+    }
   }
 }
 
-resource "google_monitoring_alert_policy" "integrity_rejections" {
+resource "google_monitoring_alert_policy" "counters" {
+  for_each = local.counter_alerts
+
   project               = var.project_id
-  display_name          = "${var.name}: an upload rejected for its size or checksum"
+  display_name          = "${var.name}: ${each.value.title}"
   combiner              = "OR"
   notification_channels = local.channels
   # It names a log-based metric: created after the wait above.
   depends_on = [time_sleep.log_metrics]
 
   conditions {
-    display_name = "a size_mismatch or checksum_mismatch rejection"
+    display_name = each.value.condition
     condition_threshold {
-      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["integrity_rejections"].name}\" AND ${local.api_resource}"
+      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures[each.value.metric].name}\" AND ${each.value.api_only ? local.api_resource : local.run_resource}"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
-      duration        = "0s"
+      duration        = each.value.duration
       aggregations {
         alignment_period     = "300s"
         per_series_aligner   = "ALIGN_SUM"
@@ -502,83 +531,14 @@ resource "google_monitoring_alert_policy" "integrity_rejections" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = <<-EOT
-      An upload was rejected because the bytes that landed were not the size or checksum its create declared. GCS refuses such bytes at the PUT (the session carries the declared length and checksums), so this should never happen: either the session was created without them, or Storage accepted what it should have refused.
-      1. Find the line: jsonPayload.rejection_code="size_mismatch" OR "checksum_mismatch"; it names the upload_id. GET the upload (its rejection.message says what landed and what was declared).
-      2. The bytes are kept in the staging bucket for support until its lifecycle rule deletes them (docs/operations.md, "Verifying media"): compare them with the declaration.
-      3. If it began with a deploy, roll back: the create no longer passes the declared values to the session.
-      ${local.runbook}
-    EOT
+    content   = "${each.value.content}${local.runbook}" # the content ends with its newline
   }
 }
 
-resource "google_monitoring_alert_policy" "webhooks_deferred" {
-  project               = var.project_id
-  display_name          = "${var.name}: webhook deliveries deferred for 30 minutes"
-  combiner              = "OR"
-  notification_channels = local.channels
-  # It names a log-based metric: created after the wait above.
-  depends_on = [time_sleep.log_metrics]
-
-  conditions {
-    display_name = "deliveries were deferred in every 5 minutes for 30 minutes"
-    condition_threshold {
-      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["webhook_deliveries_deferred"].name}\" AND ${local.run_resource}"
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "1800s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_SUM"
-        cross_series_reducer = "REDUCE_SUM"
-      }
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = <<-EOT
-      For 30 minutes, webhook deliveries have been put off because their endpoint already had its share in flight on an instance: a receiver answers slowly (up to the 10 s timeout) while events keep coming. Nothing is lost (Pub/Sub retries each one with its backoff), but that endpoint's events arrive late, and Pub/Sub slows pushes for every endpoint as failures rise.
-      1. Which endpoint: the /internal/webhooks lines with error_code "delivery_deferred" name its endpoint_id (and the event_id and attempt).
-      2. Its attempts and latency: python -m lib.admin webhook-deliveries --workspace WS.
-      3. Tell the customer their endpoint is slow; past 5 days of failures it is disabled by itself.
-      ${local.runbook}
-    EOT
-  }
-}
-
-resource "google_monitoring_alert_policy" "webhook_endpoint_disabled" {
-  project               = var.project_id
-  display_name          = "${var.name}: a webhook endpoint was disabled"
-  combiner              = "OR"
-  notification_channels = local.channels
-  # It names a log-based metric: created after the wait above.
-  depends_on = [time_sleep.log_metrics]
-
-  conditions {
-    display_name = "an endpoint was disabled after failing every delivery for days"
-    condition_threshold {
-      filter          = "metric.type = \"${local.log_metric}/${google_logging_metric.failures["webhook_endpoints_disabled"].name}\" AND ${local.run_resource}"
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "300s"
-        per_series_aligner   = "ALIGN_SUM"
-        cross_series_reducer = "REDUCE_SUM"
-      }
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = <<-EOT
-      A webhook endpoint failed every delivery for days and was disabled: it gets nothing more until it is enabled again.
-      1. Which: the /internal/webhooks line with endpoint_disabled names its endpoint_id; python -m lib.admin list-webhooks --workspace WS shows it "disabled".
-      2. Tell the customer. Once their endpoint answers 2xx again: python -m lib.admin enable-webhook ENDPOINT_ID (events from while it was disabled are not sent).
-      ${local.runbook}
-    EOT
-  }
+# Deployments from before the alerts were one resource keep their policy.
+moved {
+  from = google_monitoring_alert_policy.limiter_unavailable
+  to   = google_monitoring_alert_policy.counters["limiter_unavailable"]
 }
 
 resource "google_monitoring_alert_policy" "instances_near_max" {

@@ -100,6 +100,33 @@ def metrics() -> dict[str, dict]:
     return found
 
 
+@functools.cache
+def policies() -> dict[str, dict]:
+    """Every alert policy by name, for_each expanded: a `counters` entry is named by its key, with
+    `each.value.*` read from local.counter_alerts as Terraform would."""
+    found = {}
+    for name, body in resources("google_monitoring_alert_policy").items():
+        if "for_each" not in body:
+            found[name] = body
+            continue
+        assert body["for_each"] == "${local.counter_alerts}", name
+        for key, each in tf_locals()["counter_alerts"].items():
+            found[key] = expand(body, {k: hcl_string(v) if isinstance(v, str) else v for k, v in each.items()})
+    return found
+
+
+def expand(node, each: dict):
+    """`node` with each.value.* put in, as for_each does (strings keep their quotes, as python-hcl2's)."""
+    if isinstance(node, dict):
+        return {k: expand(v, each) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand(v, each) for v in node]
+    if not isinstance(node, str):
+        return node
+    text = node.replace("[each.value.metric]", f'["{each["metric"]}"]')
+    return re.sub(r"\$\{each\.value\.(\w+)\}", lambda m: str(each[m.group(1)]), text)
+
+
 # --- the filter language, as far as our filters use it -----------------------------
 
 CLAUSE = re.compile(r'(?P<path>[\w.]+)\s*(?P<op>>=|<=|!=|=|<|>|:)\s*'
@@ -282,7 +309,7 @@ def test_each_failure_metric_counts_its_lines_and_nothing_else(lines, metric, ro
 def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
     defined = {m["ref"]: {unquote(label["key"]) for block in m["body"].get("metric_descriptor", [])
                           for label in block.get("labels", [])} for m in metrics().values()}
-    policies = resources("google_monitoring_alert_policy")
+    policies = globals()["policies"]()
     assert set(policies) >= {"error_ratio", "create_latency", "sweep_failing", "pubsub_backlog", "dead_letters",
                              "instances_near_max", "uptime", "limiter_unavailable", "integrity_rejections",
                              "webhooks_deferred", "webhook_endpoint_disabled"}
@@ -316,7 +343,7 @@ def test_instances_alert_fires_below_the_cap_it_guards_and_never_at_rest():
     """instance_count > threshold: below the cap when there is room to scale, never at idle (the warm
     instances), and never for ever, whatever max_instances and min_instances are (issue 24: at a cap of
     1, floor(0.8) was 0 and the alert fired for ever)."""
-    policy = resources("google_monitoring_alert_policy")["instances_near_max"]
+    policy = policies()["instances_near_max"]
     condition = policy["conditions"][0]["condition_threshold"][0]
     assert hcl_string(condition["comparison"]) == "COMPARISON_GT"
     expression = condition["threshold_value"]
@@ -411,8 +438,9 @@ def test_whatever_reads_a_log_based_metric_waits_until_monitoring_knows_it():
     for metric in metrics().values():
         ref = metric["ref"].split("[")[0]
         assert f"{ref}.id" in triggers or f"in {ref} :" in triggers, (metric["ref"], triggers)
-    readers = {f"{kind}.{name}": body for kind in ("google_monitoring_alert_policy", "google_monitoring_dashboard")
-               for name, body in resources(kind).items()}
+    readers = {**{f"google_monitoring_alert_policy.{name}": body for name, body in policies().items()},
+               **{f"google_monitoring_dashboard.{name}": body
+                  for name, body in resources("google_monitoring_dashboard").items()}}
     waiting = set()
     for address, body in readers.items():
         text = json.dumps(body)
@@ -486,3 +514,17 @@ def test_the_ops_signals_count_rejected_integrity_deferred_deliveries_and_disabl
     assert all(matches(filter_of("webhook_delivery_failures"), line) for line in lines.values())
     for line in lines.values():  # the attempts are recorded (in the background) as for any delivery
         wait_for(lambda line=line: deliveries(db, workspace, line["endpoint_id"]), timeout=30, what="the attempt row")
+
+
+def test_each_counter_alert_reads_the_function_whose_lines_its_metric_counts():
+    """The API's signals (the limiter, rejections) on the API function; the webhooks' on either."""
+    alerts = tf_locals()["counter_alerts"]
+    assert {key: each["api_only"] for key, each in alerts.items()} == {
+        "limiter_unavailable": True, "integrity_rejections": True,
+        "webhooks_deferred": False, "webhook_endpoint_disabled": False}
+    condition = resources("google_monitoring_alert_policy")["counters"]["conditions"][0]["condition_threshold"][0]
+    assert "${each.value.api_only ? local.api_resource : local.run_resource}" in hcl_string(condition["filter"])
+    # A policy that existed before the alerts were one resource is moved, not replaced.
+    moved = [{k: v for k, v in block.items() if k in ("from", "to")} for block in monitoring().get("moved", [])]
+    assert {"from": "${google_monitoring_alert_policy.limiter_unavailable}",
+            "to": '${google_monitoring_alert_policy.counters["limiter_unavailable"]}'} in moved, moved
