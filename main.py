@@ -163,12 +163,18 @@ def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any],
 def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any],
                   read: Callable[[push.Push], webhooks.Message] = webhooks.Message.from_push) -> webhooks.Message:
     message = read(push.receive(
-        request.headers.get("Authorization"), raw, SETTINGS.webhooks_audience, SETTINGS.webhooks_service_account,
-        _certs(), "webhooks", webhooks.INVALID_PUSH))
+        request.headers.get("Authorization"), raw, _audience(request, SETTINGS.webhooks_audience),
+        SETTINGS.webhooks_service_account, _certs(), "webhooks", webhooks.INVALID_PUSH))
     log.update(kind=message.kind, message_id=message.message_id[:64])
     if message.upload_id:
         log["upload_id"] = message.upload_id[:64]
     return message
+
+
+def _audience(request: flask.Request, audience: str | None) -> str | None:
+    """The audience a push's token must carry: as set, or (config.OWN_URL) the URL the push reached.
+    Cloud Run routes a request by its Host, so a token minted for another service's URL cannot pass."""
+    return f"https://{request.host}" if audience == config.OWN_URL else audience
 
 
 def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:

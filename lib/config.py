@@ -55,6 +55,8 @@ MAX_PENDING_UPLOADS = 1_000_000
 # GCS's own ceiling for one object.
 GCS_MAX_OBJECT_BYTES = 5 * 1024**4
 GOOGLE_OIDC_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+# An {ROUTE}_AUDIENCE of this value: the token's audience must be the URL the request reached.
+OWN_URL = "own-url"
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
@@ -106,6 +108,8 @@ class Settings:
     # POST /internal/webhooks and /internal/webhook-dead-letters.
     webhooks_topic: str | None = None
     webhooks_service_account: str | None = None
+    # A URL, or OWN_URL: the URL the push reached (https:// and its Host), which is what Pub/Sub puts
+    # in the token when its audience is the function's own run.app URL (terraform/webhooks.tf).
     webhooks_audience: str | None = None
     oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
     # Deliver webhooks to loopback/private addresses and plain http (local only).

@@ -40,7 +40,7 @@ locals {
     EVENTS_AUDIENCE           = local.events_audience
     WEBHOOKS_TOPIC            = google_pubsub_topic.webhooks.name
     WEBHOOKS_SERVICE_ACCOUNT  = google_service_account.webhooks.email
-    WEBHOOKS_AUDIENCE         = local.webhooks_audience
+    WEBHOOKS_AUDIENCE         = "own-url" # the URL each push reached: webhooks.tf says why
     # The client's address is the X-Forwarded-For entry before the load balancer's own (lib/auth.py).
     API_LB_ADDRESS = local.api_enabled ? google_compute_global_address.api[0].address : ""
   }
@@ -186,7 +186,7 @@ resource "google_cloud_run_service_iam_member" "public" {
 # slowly holds a thread of these instances, never one of the API's (docs/operations.md, "Two
 # functions"): its own concurrency, instance cap, timeout and identity.
 resource "google_cloudfunctions2_function" "deliveries" {
-  #checkov:skip=CKV_GCP_124:Pub/Sub pushes to it; the function checks each push's OIDC token itself, as the API's routes do.
+  #checkov:skip=CKV_GCP_124:Pub/Sub pushes reach it from Google's network; Cloud Run's IAM check admits only the webhooks push identity (deliveries_push).
   name        = var.deliveries_function_name
   project     = var.project_id
   location    = var.region
@@ -229,14 +229,13 @@ resource "google_cloudfunctions2_function" "deliveries" {
   ]
 }
 
-# Pub/Sub's push must reach it without an IAM check of its own: the function verifies each push's
-# OIDC token (lib/push.py: Google's signature, WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT), as the
-# API function does for the same routes today; anything else is refused before any work.
-resource "google_cloud_run_service_iam_member" "deliveries_public" {
-  #checkov:skip=CKV_GCP_102:Only Pub/Sub's signed pushes are served; the function checks each token itself.
+# Only the webhooks' push identity may invoke it (webhooks.tf says how Cloud Run checks its token);
+# the function checks each push's token again (lib/push.py: Google's signature, the URL it reached,
+# WEBHOOKS_SERVICE_ACCOUNT).
+resource "google_cloud_run_service_iam_member" "deliveries_push" {
   project  = var.project_id
   location = var.region
   service  = local.deliveries_service
   role     = "roles/run.invoker"
-  member   = "allUsers"
+  member   = "serviceAccount:${google_service_account.webhooks.email}"
 }

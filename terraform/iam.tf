@@ -18,8 +18,9 @@ resource "google_project_iam_member" "runtime_firestore" {
 # the API function (its depends_on), not left to the allUsers grant (function.tf), which is made only
 # once the function exists and which an organization with domain-restricted sharing refuses. On the
 # project: the function's Cloud Run service, where a narrower grant would go, exists only once the
-# function does. The one other service it reaches there is the deliveries function, which serves
-# only tokens signed as the webhooks' push account (lib/push.py), never this one.
+# function does. So it passes Cloud Run's check on the deliveries function too (function.tf
+# deliveries_push), which then refuses its tokens: it serves only those signed as the webhooks' push
+# account (lib/push.py).
 resource "google_project_iam_member" "runtime_direct_vpc" {
   project = var.project_id
   role    = "roles/run.invoker"

@@ -28,8 +28,18 @@
 #   slow every endpoint's deliveries: see docs/api.md, "Webhooks").
 # - Push authentication: https://cloud.google.com/pubsub/docs/authenticate-push-subscriptions
 
+# Only Pub/Sub reaches the deliveries function: Cloud Run refuses every request whose token is not
+# Google's, for its URL, from an account holding roles/run.invoker on it (deliveries_push below,
+# the only grant). "Clients that call an Identity and Access Management-protected Cloud Run service
+# must provide a valid ID token that includes an audience (aud) claim matching the receiving
+# service's *.run.app URL" (https://cloud.google.com/run/docs/configuring/custom-audiences), and a
+# push subscription's token carries the audience it is given
+# (https://cloud.google.com/pubsub/docs/authenticate-push-subscriptions): so the pushes' audience is
+# the function's own run.app URL (service_config.uri). The function checks the token again itself
+# (lib/push.py), for the URL the push reached (WEBHOOKS_AUDIENCE = own-url): its own URL cannot be
+# in its own settings, which Terraform must know before the function, and so its URL, exists.
 locals {
-  webhooks_audience = "https://${var.region}-${var.project_id}.cloudfunctions.net/${var.deliveries_function_name}/internal/webhooks"
+  webhooks_audience = google_cloudfunctions2_function.deliveries.service_config[0].uri
 }
 
 resource "google_pubsub_topic" "webhooks" {

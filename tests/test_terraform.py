@@ -739,7 +739,10 @@ def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_c
         token = push["oidc_token"][0]
         assert token["service_account_email"] == env["WEBHOOKS_SERVICE_ACCOUNT"] == \
             "${google_service_account.webhooks.email}"
-        assert token["audience"] == env["WEBHOOKS_AUDIENCE"] == "${local.webhooks_audience}"
+        # Its own run.app URL, which Cloud Run's IAM check requires; the function checks the URL the
+        # push reached, since its own URL cannot be among its settings (issue 33).
+        assert token["audience"] == "${local.webhooks_audience}"
+        assert unquote(env["WEBHOOKS_AUDIENCE"]) == config.OWN_URL
         # Pub/Sub waits longer than one delivery can take (10 s POST plus the reads and the record).
         assert subscription["ack_deadline_seconds"] >= 30
         assert unquote(subscription["expiration_policy"][0]["ttl"]) == ""
@@ -1039,3 +1042,19 @@ def test_the_deploy_steps_are_one_apply_then_the_smoke_and_say_what_stops_a_firs
     for needed in ("https-lb.iam.gserviceaccount.com", "cloud.google.com/cdn/docs/configure-private-bucket-access",
                    "log_metrics_wait_seconds", "terraform-provider-google/issues/11102", "Domain-restricted"):
         assert needed in stops, needed
+
+
+def test_only_the_webhooks_push_identity_may_invoke_the_deliveries_function():
+    """Issue 33: the deliveries function was open to anyone (allUsers); its only grant is now the identity
+    Pub/Sub signs the webhook pushes as, with the function's run.app URL as their audience."""
+    grants = {name: body for type_, name, body in all_resources() if type_ == "google_cloud_run_service_iam_member"}
+    deliveries = {name: body for name, body in grants.items() if body["service"] == "${local.deliveries_service}"}
+    assert list(deliveries) == ["deliveries_push"]
+    (grant,) = deliveries.values()
+    assert unquote(grant["role"]) == "roles/run.invoker"
+    assert unquote(grant["member"]) == "serviceAccount:${google_service_account.webhooks.email}"
+    assert tf_locals("webhooks.tf")["webhooks_audience"] == \
+        "${google_cloudfunctions2_function.deliveries.service_config[0].uri}"
+    # The API stays public: clients call it with API keys.
+    assert [unquote(body["member"]) for body in grants.values() if body["service"] == "${local.api_service}"] == \
+        ["allUsers"]

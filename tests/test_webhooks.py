@@ -498,6 +498,23 @@ def test_unconfigured_the_webhook_routes_refuse_every_push(serve, oidc_issuer):
         assert (resp.status_code, resp.json()["error"]["code"]) == (403, "forbidden")
 
 
+def test_with_its_own_url_as_audience_a_push_must_carry_the_url_it_reached(serve, oidc_issuer):
+    """WEBHOOKS_AUDIENCE=own-url (terraform: the deliveries function behind Cloud Run's IAM check, its
+    pushes' audience its run.app URL): a token for the URL the push reached passes; one for another
+    URL, or for the fixed audience, does not."""
+    served = serve(target="deliveries", WEBHOOKS_AUDIENCE="own-url")
+    own = served.url.replace("http://", "https://", 1)
+    for audience, passes in ((own, True), (own + "/internal/webhooks", False),
+                             ("https://other-service.a.run.app", False), (WEBHOOKS_AUDIENCE, False)):
+        for route in ROUTES:
+            resp = served.post(route, json=delivery_envelope(),
+                               headers={"Authorization": f"Bearer {oidc_issuer.webhooks_token(aud=audience)}"})
+            if passes:  # past the token: the delivery's endpoint is unknown, so it is acknowledged
+                assert resp.status_code == 200, (route, resp.text)
+            else:
+                assert (resp.status_code, resp.json()["error"]["code"]) == (401, "invalid_token"), (audience, route)
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_the_api_function_does_not_serve_the_webhook_routes(client, oidc_issuer, route):
     """Pushes go to the deliveries function only: on the API's, a slow receiver could hold its threads."""
