@@ -983,6 +983,8 @@ def test_the_default_subnet_holds_the_default_instances_and_direct_vpc_asks_no_l
     most = max(n for n in range(1, 1001) if fits(n, prefix))
     claim = re.search(r"default /\d+ holds max_instances up to\s+#\s+(\d+)", (TF / "limits.tf").read_text())
     assert claim and int(claim.group(1)) == most, (claim, most)
+    operations = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    assert f"the default /24 holds `max_instances` up to {most}." in operations
 
 
 def test_the_direct_vpc_invoker_grant_is_made_before_the_api_function():
