@@ -219,8 +219,10 @@ Each block below stands alone: paste it into a shell in this directory.
   curl -sS {url}/v1/limits -H 'Authorization: Bearer {key}'
   FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin limits --workspace {WORKSPACE}
 
-   Ops change them with `lib.admin set-limits --workspace {WORKSPACE} --creates-per-minute N
-   --max-pending-uploads N`; past them a create answers 429 rate_limited or quota_exceeded.
+   Ops change a workspace's limits (every instance holds them within 5 s); past them a create
+   answers 429 rate_limited or quota_exceeded. For {WORKSPACE}:
+
+  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin set-limits --workspace {WORKSPACE} --creates-per-minute 120 --max-pending-uploads 100
 
 7. Prove the deployment, as ops do after every apply and rollout (docs/operations.md): the whole
    journey, each step timed; here the steps only Google runs are skipped, each saying why:

@@ -69,6 +69,9 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         assert '"creates_in_last_minute":3' in limits_shown.replace(" ", "")
         assert '"pending_uploads":1' in limits_shown.replace(" ", "")
         assert "1 of 1000 uploads pending (the defaults)" in limits_shown
+        # ... and its set-limits line, pasted as printed (issue 34: it lacked its environment and exited 2).
+        assert "Workspace ws_demo may create 120 uploads a minute and have" in limits_shown
+        assert "120 creates a minute" in run_block(blocks["6"].splitlines()[1])  # as stored, the ops CLI says
         url = f"http://127.0.0.1:{ports['FUNCTION_PORT']}"
         created = requests.post(f"{url}/v1/uploads", json={"content_type": "video/mp4"},
                                 headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
@@ -83,6 +86,13 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         assert "smoke: the deployment works" in smoked and "ok    completed by the storage event" in smoked
         assert key not in smoked  # make echoes nothing of the command (@), the smoke never prints it
         assert key not in out_path.read_text().split("Demo API key", 1)[0]  # nothing before it printed the key
+        # The commands after the steps, pasted as printed: add an endpoint, list the attempts, another key.
+        hooks = "".join(line[2:] + "\n" for line in text.split("\nWebhooks:", 1)[1].split("\nMore keys:", 1)[0]
+                        .splitlines() if line.startswith("  "))
+        listed = run_block(hooks)
+        assert re.search(r"^whsec_\S+$", listed, re.M) and "upload.completed" in listed, listed
+        more = re.search(r"^More keys: (.+)$", text, re.M).group(1)
+        assert re.search(r"^fl_live_\S+$", run_block(more), re.M)
     finally:
         os.killpg(run.pid, signal.SIGINT)
         try:
