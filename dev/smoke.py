@@ -75,6 +75,7 @@ class Smoke:
         self.data = samples.mp4_of_size(64 * 1024)  # a real MP4, different every run
         self.upload: dict = {}
         self.put_at = 0.0
+        self.put_date: datetime | None = None
 
     def call(self, method: str, path: str, expect: int, **kwargs) -> requests.Response:
         resp = self.http.request(method, self.api + path, headers=self.auth, timeout=TIMEOUT, **kwargs)
@@ -158,6 +159,8 @@ class Smoke:
         if resp.status_code not in (200, 201):
             raise StepFailed(f"the session answered {resp.status_code} to the bytes")
         self.put_at = time.monotonic()
+        # When storage answered (its clock, to the second): what the completion's latency is measured from.
+        self.put_date = email.utils.parsedate_to_datetime(resp.headers["Date"]) if resp.headers.get("Date") else None
         return f"{len(self.data):,} bytes"
 
     def completed(self) -> str:
@@ -179,7 +182,11 @@ class Smoke:
         facts = shown.get("media") or {}
         if (facts.get("width"), facts.get("height"), facts.get("codecs")) != (64, 48, ["h264"]):
             raise StepFailed(f"its media are {facts}, not the clip's 64x48 h264")
-        return f"completed_at {shown['completed_at']}, media {facts['duration_seconds']} s 64x48 h264"
+        seen = (f"placed {max(0.0, (placed - self.put_date).total_seconds()):.0f} s after the PUT's answer"
+                if self.put_date else "the PUT's answer had no Date to measure from")
+        # The step's own time is the wait before it looks (--event-seconds), not the event's latency.
+        return (f"{seen} (the servers' clocks, to the second; looked after the {self.event_seconds:.0f} s bound), "
+                f"completed_at {shown['completed_at']}, media {facts['duration_seconds']} s 64x48 h264")
 
     def source(self) -> str:
         resp = self.http.get(self.upload["source_url"], timeout=TIMEOUT * 4)

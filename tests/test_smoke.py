@@ -36,6 +36,10 @@ def test_the_smoke_walks_the_local_deployment(event_path, make_key):
     assert "skip  webhook endpoint: no --webhook-url given" in done.stdout
     assert "skip  the CDN serves nothing else: the local stand-in for the CDN is fake-gcs-server" in done.stdout
     assert "media 1.0 s 64x48 h264" in done.stdout and lines[-1] == "smoke: the deployment works"
+    # The event's latency as seen, not the step's wait (issue 34: it reported its fixed wait).
+    (completed,) = [line for line in lines if line.startswith("ok    completed by the storage event")]
+    seen = re.search(r": placed (\d+) s after the PUT's answer \(.*looked after the 3 s bound\)", completed)
+    assert seen, completed
     assert key not in done.stdout + done.stderr and "upload_id=" not in done.stdout + done.stderr
 
 
