@@ -249,7 +249,9 @@ def test_two_instances_sharing_the_store_admit_the_figure_at_most_burst_included
                                  range(60)))
     admitted = statuses.count(201)
     assert statuses.count(429) == 60 - admitted
-    assert 20 <= admitted <= 22  # the figure, all at once; never more than the figure + 10 %
+    # The figure, all at once. More only when a call outwaits the store's 250 ms on this busy machine and
+    # its instance decides alone (lib/limits.py _Local); docs/operations.md and docs/testing.md say 20 to 22.
+    assert 20 <= admitted <= 22
 
 
 def test_with_the_store_down_creates_are_served_and_the_log_says_so(serve, make_key):
