@@ -18,6 +18,7 @@ from typing import Any
 import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
 
 from lib import (
     auth,
@@ -239,56 +240,75 @@ def health(_request: flask.Request, _raw: bytes, _log: dict[str, Any], _params: 
 
 # (request, its body as read, the log line's fields, the path's parameters)
 Handler = Callable[[flask.Request, bytes, dict[str, Any], dict[str, str]], Result]
-Routes = tuple[tuple[re.Pattern[str], dict[str, Handler]], ...]
+# Each route's template (`/v1/uploads/{upload_id}`: the log line's `route`, a label of the request
+# metrics that stays few-valued) and the methods it answers.
+Routes = tuple[tuple[str, dict[str, Handler]], ...]
 # Cloud Run reserves some paths ending in "z" (its known issues advise avoiding
 # them all), so the uptime check probes /health; /healthz is the usual name.
-_HEALTH: Routes = ((re.compile(r"/health"), {"GET": health}), (re.compile(r"/healthz"), {"GET": health}))
-# Path patterns (whole-path matches) and the methods each answers, per function. Two functions
-# from this one source: `uploads` serves the API, the scheduler and storage events; `deliveries`
-# serves the webhook pushes, so a slow receiver holds a thread of its own instances, never one of
-# the API's (docs/operations.md, "Two functions").
+_HEALTH: Routes = (("/health", {"GET": health}), ("/healthz", {"GET": health}))
+# Two functions from this one source: `uploads` serves the API, the scheduler and storage events;
+# `deliveries` serves the webhook pushes, so a slow receiver holds a thread of its own instances,
+# never one of the API's (docs/operations.md, "Two functions").
 UPLOADS_ROUTES: Routes = (
-    (re.compile(r"/v1/uploads"), {"POST": create_upload}),
-    (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)"), {"GET": get_upload}),
-    (re.compile(r"/v1/uploads/(?P<upload_id>[^/]+)/cancel"), {"POST": cancel_upload}),
-    (re.compile(r"/v1/limits"), {"GET": get_limits}),
-    (re.compile(r"/internal/sweep"), {"POST": run_sweep}),
-    (re.compile(r"/internal/storage-events"), {"POST": storage_event}),
+    ("/v1/uploads", {"POST": create_upload}),
+    ("/v1/uploads/{upload_id}", {"GET": get_upload}),
+    ("/v1/uploads/{upload_id}/cancel", {"POST": cancel_upload}),
+    ("/v1/limits", {"GET": get_limits}),
+    ("/internal/sweep", {"POST": run_sweep}),
+    ("/internal/storage-events", {"POST": storage_event}),
     *_HEALTH,
 )
 DELIVERIES_ROUTES: Routes = (
-    (re.compile(r"/internal/webhooks"), {"POST": webhook_message}),
-    (re.compile(r"/internal/webhook-dead-letters"), {"POST": webhook_dead_letter}),
+    ("/internal/webhooks", {"POST": webhook_message}),
+    ("/internal/webhook-dead-letters", {"POST": webhook_dead_letter}),
     *_HEALTH,
 )
 # Every route of either function (the API document lists them all).
 ROUTES: Routes = (*UPLOADS_ROUTES, *DELIVERIES_ROUTES[:-len(_HEALTH)])
-# Each route's path as a template (`/v1/uploads/{upload_id}`): the log line's
-# `route`, a label of the request metrics that stays few-valued.
-TEMPLATES = {pattern: re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern) for pattern, _ in ROUTES}
+Router = Callable[[str], tuple[dict[str, Handler], dict[str, str], str]]
 
 
-def _route(routes: Routes, path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
-    for pattern, methods in routes:
-        match = pattern.fullmatch(path)
-        if match:
-            return methods, match.groupdict(), TEMPLATES[pattern]
-    raise NotFound()
+def router(routes: Routes) -> Router:
+    """The path's route: its handlers by method, the path's parameters, its template.
+
+    werkzeug's routing matches the path alone (its rules take any method), so a wrong method is our
+    405 with the route's own `Allow`, never werkzeug's, which adds HEAD to every GET.
+
+    Raises:
+        NotFound: no route has that path.
+    """
+    handlers = dict(routes)
+    rules = Map([Rule(re.sub(r"\{(\w+)\}", r"<\1>", template), endpoint=template) for template in handlers],
+                merge_slashes=False)
+    adapter = rules.bind("")
+
+    def route(path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
+        if path.startswith("//"):  # werkzeug's matcher drops extra leading slashes; no route of ours has them
+            raise NotFound()
+        try:
+            template, params = adapter.match(path)
+        except HTTPException:  # no rule matches (or a redirect a rule without its trailing slash never asks)
+            raise NotFound() from None
+        return handlers[template], {name: str(value) for name, value in params.items()}, str(template)
+    return route
+
+
+UPLOADS, DELIVERIES = router(UPLOADS_ROUTES), router(DELIVERIES_ROUTES)
 
 
 @functions_framework.http
 def uploads(request: flask.Request) -> flask.Response:
     """The API function: uploads, the sweep, storage events."""
-    return _serve(request, UPLOADS_ROUTES)
+    return _serve(request, UPLOADS)
 
 
 @functions_framework.http
 def deliveries(request: flask.Request) -> flask.Response:
     """The webhooks function: fan-out, deliveries and dead letters, pushed by Pub/Sub."""
-    return _serve(request, DELIVERIES_ROUTES)
+    return _serve(request, DELIVERIES)
 
 
-def _serve(request: flask.Request, routes: Routes) -> flask.Response:
+def _serve(request: flask.Request, route: Router) -> flask.Response:
     started = time.perf_counter()
     request_id = logs.request_id(request.headers.get("X-Request-Id"))
     # `route` is replaced by the matched route's template; "(none)": no route matched.
@@ -305,7 +325,7 @@ def _serve(request: flask.Request, routes: Routes) -> flask.Response:
         except server.BODY_FRAMING_ERRORS as exc:
             raise server.body_refusal(exc) from None
         server.body_read()
-        methods, params, log["route"] = _route(routes, request.path)
+        methods, params, log["route"] = route(request.path)
         handler = methods.get(request.method)
         if handler is None:
             raise MethodNotAllowed(tuple(methods))
