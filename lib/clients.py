@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+import cachetools
 import requests
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
@@ -107,40 +107,33 @@ V = TypeVar("V")
 
 
 class TtlLru(Generic[V]):
-    """A bounded map whose entries expire, least recently used first out when
-    full; thread-safe (each call holds its own lock)."""
+    """A bounded map whose entries expire, least recently used first out when full: cachetools'
+    TTLCache, which does both, behind one lock (it is not thread-safe itself); a ttl of 0 caches
+    nothing. `clock` is its timer, so tests move time instead of waiting."""
 
     def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
-        self.ttl, self.max_entries, self._clock = ttl, max_entries, clock
-        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self.ttl, self.max_entries = ttl, max_entries
+        self._entries: cachetools.TTLCache[str, V] = cachetools.TTLCache(max_entries, max(ttl, 0.0), timer=clock)
         self._lock = threading.Lock()
 
     def get(self, name: str) -> V | None:
         with self._lock:
-            entry = self._entries.get(name)
-            if entry is None:
-                return None
-            if entry[0] <= self._clock():
-                del self._entries[name]
-                return None
-            self._entries.move_to_end(name)
-            return entry[1]
+            return self._entries.get(name)
 
     def put(self, name: str, value: V) -> None:
         if self.ttl <= 0:
             return
         with self._lock:
-            self._entries[name] = (self._clock() + self.ttl, value)
-            self._entries.move_to_end(name)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries[name] = value
 
     def pop(self, name: str) -> None:
         with self._lock:
             self._entries.pop(name, None)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            self._entries.expire()
+            return len(self._entries)
 
 
 def firestore_client(settings: FirestoreSettings) -> firestore.Client:
