@@ -188,3 +188,28 @@ def test_a_token_seen_before_skips_the_signature_check_but_not_the_others(oidc_i
     with pytest.raises(InvalidToken, match="token"):
         oidc.verify(f"Bearer {token}", WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT, certs, route="webhooks")
     assert len(decodes) == 2
+
+
+def test_a_refused_token_is_told_apart_by_its_own_claims_never_by_the_librarys_words(oidc_issuer):
+    """Issue 34: the reason came from substrings of google-auth's messages; it now comes from the
+    token's claims, and says no more than what kind of failure it was (never the token)."""
+    from dev.oidc_issuer import AUDIENCE, SERVICE_ACCOUNT
+    from lib import oidc
+    from lib.clients import session_http
+    from lib.errors import InvalidToken
+
+    certs = oidc.cert_cache(oidc_issuer.certs_url, session_http())
+    now = int(time.time())
+    good = oidc_issuer.token(iat=now, exp=now + 600)
+    head, payload, signature = good.split(".")
+    forged = f"{head}.{payload}.{signature[:-4]}{'BBBB' if signature.endswith('AAAA') else 'AAAA'}"
+    cases = {
+        oidc_issuer.token(iat=now - 7200, exp=now - 3600): "token expired or not yet valid",
+        oidc_issuer.token(iat=now + 3600, exp=now + 7200): "token expired or not yet valid",
+        oidc_issuer.token(iat=now, exp=None): "token lacks iat or exp",
+        forged: "bad token signature",
+    }
+    for token, reason in cases.items():
+        with pytest.raises(InvalidToken) as caught:
+            oidc.verify(f"Bearer {token}", AUDIENCE, SERVICE_ACCOUNT, certs)
+        assert caught.value.reason == reason, (reason, caught.value.reason)
