@@ -36,8 +36,8 @@ from lib import (
     server,
     sweep,
     webhooks,
+    wiring,
 )
-from lib.clients import firestore_client, publisher, session_http, storage_client
 from lib.errors import (
     ApiError,
     DeliveryDeferred,
@@ -62,6 +62,7 @@ def _load_settings() -> config.Settings:
 
 
 SETTINGS = _load_settings()
+WIRING = wiring.Wiring(SETTINGS)
 # Before functions-framework builds its gunicorn (it imports this module first).
 server.install(SETTINGS.request_deadline_seconds)
 
@@ -73,7 +74,7 @@ MAX_PATH_BYTES = 2048
 def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /v1/uploads: authenticate, then create (lib/create.py)."""
     key = _authenticate(request, log)
-    created = create.create(_db(), storage_client(SETTINGS.firestore.project), SETTINGS, _limiting(), key,
+    created = create.create(WIRING.db(), WIRING.gcs(), SETTINGS, WIRING.limiting(), key,
                             request.headers.get("Idempotency-Key"), raw, request.headers.get("Origin"), log)
     if created.replayed:
         return 200, created.body, {**created.headers, "Idempotent-Replayed": "true"}
@@ -83,12 +84,12 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
 def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/limits.py)."""
     key = _authenticate(request, log)
-    limiting = _limiting()
+    limiting = WIRING.limiting()
     if not limiting.limiter.enabled:
         off = models.LimitsOut(mode=key.mode, enforced=False, creates_per_minute=None, max_pending_uploads=None,
                                creates_in_last_minute=None, creates_remaining=None, pending_uploads=None)
         return 200, off.model_dump(), {}
-    workspace_limits = limits.for_workspace(_db(), key.workspace_id, limiting.defaults, log)
+    workspace_limits = limits.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
     usage = limiting.limiter.usage(key.workspace_id, key.mode, log)
     out = models.LimitsOut(
         mode=key.mode, enforced=True, creates_per_minute=workspace_limits.creates_per_minute,
@@ -102,26 +103,27 @@ def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params
 def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
     record = _own_upload(request, log, params["upload_id"])
-    record = landing.refresh(_db(), _storage(log), record, clock.now(), lambda exc: log.update(unsettled=exc.reason),
-                               announce=_announcer(log))
+    record = landing.refresh(WIRING.db(), WIRING.storage(log), record, clock.now(),
+                             lambda exc: log.update(unsettled=exc.reason), announce=WIRING.announcer(log))
     return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
 def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
     record = _own_upload(request, log, params["upload_id"])
-    record = landing.cancel(_db(), _storage(log), record, announce=_announcer(log))
+    record = landing.cancel(WIRING.db(), WIRING.storage(log), record, announce=WIRING.announcer(log))
     return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
 def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at (lib/sweep.py)."""
     oidc.verify(request.headers.get("Authorization"), SETTINGS.sweep_audience, SETTINGS.sweep_service_account,
-                _certs())
+                WIRING.certs())
     slice_ = sweep.shards(request.args.get("shards"))
     log["sweep_shards"] = f"{slice_.start}-{slice_.stop - 1}"  # also when the sweep's query fails
     # Many uploads settle in one sweep: what each verification read is not the request's to log.
-    report = sweep.run(_db(), dataclasses.replace(_storage(log), log=None), clock.now(), slice_, _announcer(log))
+    report = sweep.run(WIRING.db(), dataclasses.replace(WIRING.storage(log), log=None), clock.now(), slice_,
+                       WIRING.announcer(log))
     log.update(report.log)
     if report.result.failed:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
@@ -132,18 +134,18 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
 def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/storage-events (Pub/Sub push, OIDC): a finalized object completes its upload."""
     event = events.from_push(push.receive(request.headers.get("Authorization"), raw, SETTINGS.events_audience,
-                                          SETTINGS.events_service_account, _certs(), "events"))
+                                          SETTINGS.events_service_account, WIRING.certs(), "events"))
     log.update(event_type=event.event_type, message_id=event.message_id[:64])
     if event.upload_id is not None:
         log["upload_id"] = event.upload_id
-    log["outcome"] = events.handle(_db(), _storage(log), event, _announcer(log))
+    log["outcome"] = events.handle(WIRING.db(), WIRING.storage(log), event, WIRING.announcer(log))
     return 200, {"outcome": log["outcome"]}, {}
 
 
 def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/webhooks (Pub/Sub push, OIDC): fan an event out, or deliver it to one endpoint."""
-    handled = webhooks.handle(_db(), _webhook_push(request, raw, log), SETTINGS.webhooks_topic,
-                              lambda: publisher(SETTINGS.firestore.project), SETTINGS.cdn_base_url,
+    handled = webhooks.handle(WIRING.db(), _webhook_push(request, raw, log), SETTINGS.webhooks_topic,
+                              WIRING.publisher, SETTINGS.cdn_base_url,
                               SETTINGS.webhook_allow_private_targets, clock.now())
     log.update(handled.log)
     if handled.deferred:
@@ -155,7 +157,7 @@ def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _pa
 
 def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/webhook-dead-letters (the dead-letter topic's push, OIDC): record what Pub/Sub gave up on."""
-    handled = webhooks.dead_letter(_db(), _webhook_push(request, raw, log, webhooks.Message.dead_lettered),
+    handled = webhooks.dead_letter(WIRING.db(), _webhook_push(request, raw, log, webhooks.Message.dead_lettered),
                                    clock.now())
     log.update(handled.log)
     return 200, handled.body, {}
@@ -165,7 +167,7 @@ def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any],
                   read: Callable[[push.Push], webhooks.Message] = webhooks.Message.from_push) -> webhooks.Message:
     message = read(push.receive(
         request.headers.get("Authorization"), raw, _audience(request, SETTINGS.webhooks_audience),
-        SETTINGS.webhooks_service_account, _certs(), "webhooks", webhooks.INVALID_PUSH))
+        SETTINGS.webhooks_service_account, WIRING.certs(), "webhooks", webhooks.INVALID_PUSH))
     log.update(kind=message.kind, message_id=message.message_id[:64])
     if message.upload_id:
         log["upload_id"] = message.upload_id[:64]
@@ -182,8 +184,8 @@ def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:
     address = auth.client_address(request.headers.get("X-Forwarded-For"), request.remote_addr,
                                   SETTINGS.api_lb_address)
     # A flood of made-up keys from one address stops costing Firestore reads past its limit (lib/limits.py).
-    guard = _limiting().limiter.guard(address, log, enforced=not auth.is_loopback(address))
-    key = auth.authenticate(_db(), request.headers.get("Authorization"),
+    guard = WIRING.limiting().limiter.guard(address, log, enforced=not auth.is_loopback(address))
+    key = auth.authenticate(WIRING.db(), request.headers.get("Authorization"),
                             auth.lookup_cache(SETTINGS.api_key_cache_ttl_seconds), guard)
     log.update(workspace_id=key.workspace_id, key_prefix=key.prefix)
     return key
@@ -192,44 +194,9 @@ def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:
 def _own_upload(request: flask.Request, log: dict[str, Any], upload_id: str) -> lifecycle.Record:
     """The caller's upload (404 if it is not theirs)."""
     key = _authenticate(request, log)
-    record = lifecycle.load(_db(), key.workspace_id, key.mode, upload_id)
+    record = lifecycle.load(WIRING.db(), key.workspace_id, key.mode, upload_id)
     log["upload_id"] = record.id
     return record
-
-
-def _db() -> Any:
-    return firestore_client(SETTINGS.firestore)
-
-
-def _storage(log: dict[str, Any]) -> lifecycle.Storage:
-    """GCS, and the limiter told of each upload that leaves `pending` (its slot is free)."""
-    limiter = _limiting().limiter
-    release = None
-    if limiter.enabled:
-        def release(record: lifecycle.Record) -> None:
-            limiter.release(record.data["workspace_id"], record.data["mode"], record.id, log)
-    return lifecycle.Storage(storage_client(SETTINGS.firestore.project), SETTINGS.upload_bucket,
-                             SETTINGS.staging_bucket, session_http(), release, log)
-
-
-def _limiting() -> create.Limiting:
-    return create.Limiting(limits.limiter(SETTINGS.limits_redis_url, SETTINGS.limits_redis_auth,
-                                          SETTINGS.limits_redis_ca_cert),
-                           limits.Limits(SETTINGS.creates_per_minute, SETTINGS.max_pending_uploads))
-
-
-def _certs() -> oidc.CertCache:
-    """The instance's cache of Google's certificates, for every OIDC-checked route."""
-    return oidc.cert_cache(SETTINGS.oidc_certs_url, session_http())
-
-
-def _announcer(log: dict[str, Any]) -> webhooks.Announcer | None:
-    """Publishes each state change's webhook event (None while webhooks are off); a
-    failed publish leaves the event owed, for the sweep, and this request's log says why."""
-    if SETTINGS.webhooks_topic is None:
-        return None
-    return webhooks.Announcer(publisher(SETTINGS.firestore.project), SETTINGS.webhooks_topic,
-                              lambda reason: log.update(webhook_owed=reason))
 
 
 def health(_request: flask.Request, _raw: bytes, _log: dict[str, Any], _params: dict[str, str]) -> Result:
