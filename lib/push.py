@@ -15,6 +15,8 @@ import binascii
 import json
 from dataclasses import dataclass
 
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
 from lib import oidc
 from lib.errors import InvalidEvent
 
@@ -49,6 +51,32 @@ def receive(authorization: str | None, raw: bytes, audience: str | None, service
     return read(body, invalid)
 
 
+class _Message(BaseModel):
+    """A push's message, as Pub/Sub sends it: string attributes, base64 data, a string id (either
+    spelling). Anything else in it is Pub/Sub's (publishTime, orderingKey) and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    attributes: dict[str, StrictStr] | None = None
+    data: StrictStr | None = None
+    message_id: StrictStr | None = Field(None, validation_alias=AliasChoices("messageId", "message_id"))
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    message: _Message
+    deliveryAttempt: object = None  # Pub/Sub's field name; read leniently below
+
+
+# What each part of a refused envelope is called in the 400's reason.
+_NOT_A_STRING_ID = "the message's messageId is not a string"
+_REASONS = {"message": "not a Pub/Sub push envelope: no message object",
+            "attributes": "the message's attributes are not strings",
+            "messageId": _NOT_A_STRING_ID, "message_id": _NOT_A_STRING_ID,
+            "data": "the message's data is not base64"}
+
+
 def read(body: object, invalid: str | None = None) -> Push:
     """The message of a push envelope.
 
@@ -56,23 +84,18 @@ def read(body: object, invalid: str | None = None) -> Push:
         InvalidEvent: not a push envelope (no message object, attributes that
             are not strings, data that is not base64, a messageId that is not a string).
     """
-    message = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(body, dict) or not isinstance(message, dict):
-        raise InvalidEvent("not a Pub/Sub push envelope: no message object", invalid)
-    attributes = message.get("attributes") or {}
-    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
-        raise InvalidEvent("the message's attributes are not strings", invalid)
-    message_id = message.get("messageId") or message.get("message_id") or ""
-    if not isinstance(message_id, str):
-        raise InvalidEvent("the message's messageId is not a string", invalid)
-    data = message.get("data") or ""
     try:
-        if not isinstance(data, str):
-            raise ValueError("not a string")
-        decoded = base64.b64decode(data, validate=True)
+        envelope = _Envelope.model_validate(body)
+    except ValidationError as exc:
+        where = exc.errors()[0]["loc"]
+        part = str(where[1]) if len(where) > 1 and where[0] == "message" else "message"
+        raise InvalidEvent(_REASONS.get(part, _REASONS["message"]), invalid) from None
+    message = envelope.message
+    try:
+        decoded = base64.b64decode(message.data or "", validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidEvent("the message's data is not base64", invalid) from None
-    attempt = body.get("deliveryAttempt")
+        raise InvalidEvent(_REASONS["data"], invalid) from None
+    attempt = envelope.deliveryAttempt
     if not isinstance(attempt, int) or isinstance(attempt, bool):
-        attempt = None
-    return Push(message_id, attributes, decoded, attempt)
+        attempt = None  # not Pub/Sub's number: read as none, as the push's own count is only advice
+    return Push(message.message_id or "", message.attributes or {}, decoded, attempt)
