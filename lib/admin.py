@@ -29,11 +29,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from google.api_core import exceptions as gexc
-from google.cloud.firestore_v1.base_query import FieldFilter
-
 from lib import attempts, auth, clock, config, endpoints, lifecycle, limits, targets
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, firestore_client, upstream
+from lib.clients import firestore_client, upstream
 from lib.config import ConfigError, FirestoreSettings, allow_private_targets
 from lib.errors import ServiceUnavailable
 
@@ -161,15 +158,8 @@ def _create(db, args) -> int:
 
 
 def _list(db, args) -> int:
-    query = db.collection(auth.COLLECTION).where(filter=FieldFilter("workspace_id", "==", args.workspace))
-    with upstream():
-        rows = [
-            {"id": snap.id, "prefix": d.get("prefix"), "mode": d.get("mode"), "name": d.get("name"),
-             "created_at": _iso(d.get("created_at")), "revoked_at": _iso(d.get("revoked_at"))}
-            for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
-            for d in [snap.to_dict()]
-        ]
-    rows.sort(key=lambda row: row["created_at"] or "")
+    rows = [{**row, "created_at": _iso(row["created_at"]), "revoked_at": _iso(row["revoked_at"])}
+            for row in auth.list_keys(db, args.workspace)]
     return _show(rows, args.json, f"No keys for workspace {args.workspace}.", (
         ("ID", 64, lambda row: row["id"]), ("PREFIX", 12, lambda row: row["prefix"]),
         ("MODE", 4, lambda row: row["mode"]), ("CREATED", 20, lambda row: row["created_at"] or "-"),
@@ -198,24 +188,15 @@ def _revoke(db, args) -> int:
     if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
         print("error: KEY_ID must be a key id (64 hex characters) as list-keys prints it", file=sys.stderr)
         return 2
-    ref = db.collection(auth.COLLECTION).document(key_id)
-    with upstream():
-        snap = ref.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
-    if not snap.exists:
+    try:
+        revoked = auth.revoke(db, key_id, datetime.now(UTC))
+    except auth.KeyChanged:
+        print("error: the key changed while revoking it; run the command again", file=sys.stderr)
+        return 1
+    if revoked is None:
         print(f"error: no key with id {key_id}", file=sys.stderr)
         return 1
-    revoked_at = snap.get("revoked_at")
-    if revoked_at is None:
-        revoked_at = datetime.now(UTC)
-        try:
-            with upstream():
-                ref.update({"revoked_at": revoked_at},
-                           option=db.write_option(last_update_time=snap.update_time),
-                           retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
-        except gexc.FailedPrecondition:
-            print("error: the key changed while revoking it; run the command again", file=sys.stderr)
-            return 1
-    print(f"Revoked key {key_id} ({snap.get('prefix')}) at {_iso(revoked_at)}; "
+    print(f"Revoked key {key_id} ({revoked.prefix}) at {_iso(revoked.revoked_at)}; "
           "instances that looked it up recently accept it for up to API_KEY_CACHE_TTL_SECONDS (30 s) more.")
     return 0
 

@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
 from lib.errors import InvalidApiKey
@@ -204,3 +206,53 @@ def create_key(db: firestore.Client, workspace_id: str, name: str | None, mode: 
         }
     )
     return key, record
+
+
+_LISTED = ("prefix", "mode", "name", "created_at", "revoked_at")
+
+
+def list_keys(db: firestore.Client, workspace_id: str) -> list[dict[str, Any]]:
+    """The workspace's keys as stored, oldest first: id, prefix, mode, name, created_at, revoked_at
+    (never the key: only its hash is stored)."""
+    query = db.collection(COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace_id))
+    with upstream():
+        rows = [{"id": snap.id, **{name: doc.get(name) for name in _LISTED}}
+                for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+                for doc in [snap.to_dict() or {}]]
+    return sorted(rows, key=lambda row: row["created_at"] or datetime.min.replace(tzinfo=UTC))
+
+
+class KeyChanged(Exception):
+    """The key's record changed between revoke's read and its write: nothing was written."""
+
+
+@dataclass(frozen=True)
+class Revoked:
+    key_id: str
+    prefix: str | None
+    revoked_at: datetime  # the first revocation's time: revoking again changes nothing
+
+
+def revoke(db: firestore.Client, key_id: str, now: datetime) -> Revoked | None:
+    """Revoke the key with this id (None: there is none). Conditioned on the record as read, so a
+    concurrent change is never overwritten.
+
+    Raises:
+        KeyChanged: the record changed meanwhile (run it again).
+        ServiceUnavailable: Firestore is unavailable.
+    """
+    ref = db.collection(COLLECTION).document(key_id)
+    with upstream():
+        snap = ref.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+    if not snap.exists:
+        return None
+    revoked_at = snap.get("revoked_at")
+    if revoked_at is None:
+        revoked_at = now
+        try:
+            with upstream():
+                ref.update({"revoked_at": revoked_at}, option=db.write_option(last_update_time=snap.update_time),
+                           retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+        except gexc.FailedPrecondition:
+            raise KeyChanged(key_id) from None
+    return Revoked(key_id, snap.get("prefix"), revoked_at)

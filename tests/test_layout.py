@@ -63,3 +63,12 @@ def test_settings_are_read_once_at_start_up_never_by_a_handler():
     for path in LIB:
         if path.name != "config.py":
             assert "config.load(" not in path.read_text(), path.name
+
+
+def test_the_api_keys_collection_has_one_owner():
+    """Issue 34: admin revoked and listed keys by writing the collection itself; lib/auth.py is now the only
+    code that names it (creation, lookup, listing, revocation)."""
+    sources = [ROOT / "main.py", *LIB, *sorted((ROOT / "dev").glob("*.py"))]
+    named = [path.relative_to(ROOT).as_posix() for path in sources
+             if "auth.COLLECTION" in path.read_text() or '"api_keys"' in path.read_text()]
+    assert named == ["lib/auth.py"]
