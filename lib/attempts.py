@@ -2,8 +2,8 @@
 
 `webhook_deliveries/{auto}` documents each hold up to ROWS_PER_DOCUMENT
 attempts of one workspace and are deleted by a TTL policy on `expire_at`
-after DELIVERY_RETENTION. A row never holds a secret or the receiver's body
-(lib/webhooks.py `attempt_row` makes them).
+after DELIVERY_RETENTION. A row is an `Attempt`: it never holds a secret or the receiver's body
+(lib/webhooks.py `attempt_row` fills one from a delivery).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,33 @@ DELIVERIES = "webhook_deliveries"
 DELIVERY_RETENTION = timedelta(days=7)
 # Attempts per webhook_deliveries document (a few hundred bytes each, far below the 1 MiB limit).
 ROWS_PER_DOCUMENT = 500
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt, as webhook-deliveries shows it. `status` and `latency_ms` are the
+    receiver's answer (None: none came); `error` says why not, or "dead_lettered"."""
+
+    workspace_id: str | None
+    mode: str | None
+    endpoint_id: str | None
+    url: str | None
+    event_id: str
+    event_type: str
+    upload_id: str
+    attempt: int | None
+    at: datetime
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    dead_lettered: bool = False
+
+    def row(self) -> dict[str, Any]:
+        """The row as stored and listed."""
+        return {"workspace_id": self.workspace_id, "at": self.at, "mode": self.mode, "endpoint_id": self.endpoint_id,
+                "url": self.url, "event_id": self.event_id, "event_type": self.event_type,
+                "upload_id": self.upload_id, "attempt": self.attempt, "status": self.status, "error": self.error,
+                "latency_ms": self.latency_ms, "dead_lettered": self.dead_lettered}
 
 
 def write_rows(db: firestore.Client, rows: list[dict[str, Any]]) -> None:

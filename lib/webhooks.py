@@ -287,23 +287,15 @@ def deliver(db: firestore.Client, delivery: Delivery, allow_private: bool, now: 
 
 def attempt_row(endpoint: Endpoint | None, delivery: Delivery, result: outbound.Result | None, now: datetime,
                 dead_lettered: bool = False, workspace: tuple[str, str] | None = None) -> dict[str, Any]:
-    """One attempt, as webhook-deliveries shows it: never a secret, never the receiver's body."""
+    """The attempt log's row (lib/attempts.py `Attempt`) for this delivery and what came of it."""
     workspace_id, mode = (endpoint.workspace_id, endpoint.mode) if endpoint else (workspace or (None, None))
-    return {
-        "workspace_id": workspace_id,
-        "at": now,
-        "mode": mode,
-        "endpoint_id": delivery.endpoint_id or None,
-        "url": endpoint.url if endpoint else None,
-        "event_id": delivery.event_id,
-        "event_type": delivery.event_type,
-        "upload_id": delivery.upload_id,
-        "attempt": delivery.attempt,
-        "status": result.status if result else None,
-        "error": "dead_lettered" if dead_lettered else (result.error if result else None),
-        "latency_ms": result.latency_ms if result else None,
-        "dead_lettered": dead_lettered,
-    }
+    return attempts.Attempt(
+        workspace_id=workspace_id, mode=mode, endpoint_id=delivery.endpoint_id or None,
+        url=endpoint.url if endpoint else None, event_id=delivery.event_id, event_type=delivery.event_type,
+        upload_id=delivery.upload_id, attempt=delivery.attempt, at=now,
+        status=result.status if result else None,
+        error="dead_lettered" if dead_lettered else (result.error if result else None),
+        latency_ms=result.latency_ms if result else None, dead_lettered=dead_lettered).row()
 
 
 def dead_lettered(db: firestore.Client, delivery: Delivery, now: datetime) -> str:
