@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from google.cloud import firestore
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from lib import landing, lifecycle, naming, sessions
 from lib.errors import InvalidEvent, UploadNotFound
@@ -79,19 +80,51 @@ def _finalized(data: bytes, attributes: dict[str, str]) -> sessions.StoredObject
         raise InvalidEvent("the message data is not JSON") from None
     if not isinstance(resource, dict):
         raise InvalidEvent("the message data is not a JSON object")
+    if not resource.get("generation"):  # the notification's attribute says it too
+        resource = {**resource, "generation": attributes.get("objectGeneration")}
     try:
-        generation = int(resource.get("generation") or attributes["objectGeneration"])
-        size = int(resource["size"])
-        created = datetime.fromisoformat(str(resource["timeCreated"]).replace("Z", "+00:00"))
-    except (KeyError, TypeError, ValueError):
-        raise InvalidEvent("the object resource lacks a whole size, generation or timeCreated") from None
-    # Firestore stores 64-bit integers, as GCS states both: anything outside is not GCS's.
-    if not (0 <= size <= INT64_MAX and 0 < generation <= INT64_MAX):
-        raise InvalidEvent("the object resource's size or generation is out of range")
-    crc32c, md5 = resource.get("crc32c"), resource.get("md5Hash")
-    if not all(value is None or isinstance(value, str) for value in (crc32c, md5)):
-        raise InvalidEvent("the object resource's checksums are not strings")
-    return sessions.StoredObject(size=size, generation=generation, crc32c=crc32c, md5=md5, created=created)
+        found = _ObjectResource.model_validate(resource)
+    except ValidationError as exc:
+        raise InvalidEvent(_resource_failure(exc)) from None
+    return sessions.StoredObject(size=found.size, generation=found.generation, crc32c=found.crc32c,
+                                 md5=found.md5Hash, created=found.timeCreated)
+
+
+class _ObjectResource(BaseModel):
+    """The object resource an OBJECT_FINALIZE notification carries (payload JSON_API_V1). GCS states
+    size and generation as decimal strings; Firestore stores 64-bit integers, as GCS states both, so
+    anything outside is not GCS's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    size: int = Field(ge=0, le=INT64_MAX)
+    generation: int = Field(gt=0, le=INT64_MAX)
+    timeCreated: datetime
+    crc32c: StrictStr | None = None
+    md5Hash: StrictStr | None = None
+
+    @field_validator("size", "generation", mode="before")
+    @classmethod
+    def _whole(cls, value: object) -> int:
+        try:
+            return int(value)  # type: ignore[call-overload]  # any JSON value; what int() refuses is refused
+        except (TypeError, ValueError):
+            raise ValueError("not a whole number") from None
+
+    @field_validator("timeCreated", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> datetime:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))  # RFC 3339, as GCS writes it
+
+
+def _resource_failure(exc: ValidationError) -> str:
+    """The 400's reason for the first thing wrong with an object resource."""
+    error = exc.errors()[0]
+    if error["loc"] and error["loc"][0] in ("crc32c", "md5Hash"):
+        return "the object resource's checksums are not strings"
+    if error["type"] in ("greater_than", "greater_than_equal", "less_than_equal"):
+        return "the object resource's size or generation is out of range"
+    return "the object resource lacks a whole size, generation or timeCreated"
 
 
 def upload_id_for(object_name: str) -> str | None:
