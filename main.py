@@ -86,18 +86,12 @@ def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params
     key = _authenticate(request, log)
     limiting = WIRING.limiting()
     if not limiting.limiter.enabled:
-        off = models.LimitsOut(mode=key.mode, enforced=False, creates_per_minute=None, max_pending_uploads=None,
-                               creates_in_last_minute=None, creates_remaining=None, pending_uploads=None)
-        return 200, off.model_dump(), {}
-    workspace_limits = limits.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
+        return 200, models.LimitsOut.off(key.mode).model_dump(), {}
+    figures = limits.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
     usage = limiting.limiter.usage(key.workspace_id, key.mode, log)
-    out = models.LimitsOut(
-        mode=key.mode, enforced=True, creates_per_minute=workspace_limits.creates_per_minute,
-        max_pending_uploads=workspace_limits.max_pending_uploads, creates_in_last_minute=usage.creates,
-        creates_remaining=(None if usage.creates is None
-                           else max(0, workspace_limits.creates_per_minute - usage.creates)),
-        pending_uploads=usage.pending)
-    return 200, out.model_dump(), limits.headers(workspace_limits, usage)
+    out = models.LimitsOut.counted(key.mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates,
+                                   usage.pending)
+    return 200, out.model_dump(), limits.headers(figures, usage)
 
 
 def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:

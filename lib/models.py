@@ -214,6 +214,21 @@ class LimitsOut(BaseModel):
     creates_remaining: int | None
     pending_uploads: int | None
 
+    @classmethod
+    def off(cls, mode: str) -> LimitsOut:
+        """Limits are off here (no store configured): nothing is enforced or counted."""
+        return cls(mode=mode, enforced=False, creates_per_minute=None, max_pending_uploads=None,
+                   creates_in_last_minute=None, creates_remaining=None, pending_uploads=None)
+
+    @classmethod
+    def counted(cls, mode: str, creates_per_minute: int, max_pending_uploads: int, creates: int | None,
+                pending: int | None) -> LimitsOut:
+        """The figures and the usage the store reported (None: it did not answer)."""
+        return cls(mode=mode, enforced=True, creates_per_minute=creates_per_minute,
+                   max_pending_uploads=max_pending_uploads, creates_in_last_minute=creates,
+                   creates_remaining=None if creates is None else max(0, creates_per_minute - creates),
+                   pending_uploads=pending)
+
 
 def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES,
               before_read: Callable[[], bool] = lambda: True) -> bytes:
