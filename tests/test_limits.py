@@ -188,6 +188,17 @@ def test_get_v1_limits_shows_the_workspaces_limits_and_usage(client, db, make_ke
     assert client.get("/v1/limits").status_code == 401
 
 
+def test_get_v1_limits_without_a_store_says_nothing_is_enforced(serve, make_key, openapi_doc):
+    key, _ = make_key()
+    served = serve(drop=("LIMITS_REDIS_URL",))
+    resp = served.session.get(served.url + "/v1/limits", headers=bearer(key), timeout=30)
+    assert resp.status_code == 200 and "RateLimit-Policy" not in resp.headers
+    body = resp.json()
+    assert body == {"mode": "live", "enforced": False, "creates_per_minute": None, "max_pending_uploads": None,
+                    "creates_in_last_minute": None, "creates_remaining": None, "pending_uploads": None}
+    assert not response_schema_errors(openapi_doc, 200, body, path="/v1/limits", method="get")
+
+
 def test_defaults_apply_until_ops_set_a_workspaces_own(client, key):
     body = client.get("/v1/limits", headers=bearer(key)).get_json()
     assert body["creates_per_minute"] == 600 and body["max_pending_uploads"] == 1000
