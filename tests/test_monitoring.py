@@ -24,14 +24,14 @@ import pytest
 import requests
 
 from dev.receiver import Receiver
-from lib import endpoints, webhooks
+from lib import endpoints
 from tests.conftest import BUCKET, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS, start_shipped
 from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
 from tests.test_events import envelope, resource_of, wait_for
 from tests.test_integrity import DATA, HTML, declared
 from tests.test_lifecycle import bearer, create, put_bytes
 from tests.test_terraform import TF, load_tf, tf_variables, unquote
-from tests.test_webhooks import deliveries, delivery_envelope, upload, webhook_push
+from tests.test_webhooks import deliveries, delivery_envelope, share_in_flight, upload, webhook_push
 
 FUNCTION_NAME = unquote(tf_variables()["function_name"]["default"])
 DELIVERIES_NAME = unquote(tf_variables()["deliveries_function_name"]["default"])
@@ -483,15 +483,10 @@ def test_the_ops_signals_count_rejected_integrity_deferred_deliveries_and_disabl
 
     # Deferred: this instance already has the endpoint's share of deliveries in flight.
     busy = "we_" + uuid.uuid4().hex
-    slots = [webhooks.in_flight().slot(busy) for _ in range(webhooks.MAX_IN_FLIGHT_PER_ENDPOINT)]
-    assert all(slot.__enter__() for slot in slots)
-    try:
+    with share_in_flight(busy):
         resp = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy),
                             oidc_issuer.webhooks_token())
         assert resp.status_code == 429
-    finally:
-        for slot in slots:
-            slot.__exit__(None, None, None)
     [deferred] = logged(capsys, "/internal/webhooks")
     assert matches(filter_of("webhook_deliveries_deferred"), deferred) and deferred["endpoint_id"] == busy
     assert not matches(filter_of("webhook_delivery_failures"), deferred)

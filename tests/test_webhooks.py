@@ -9,12 +9,14 @@ subscription backs off 10 s to 600 s for 100 attempts (terraform/webhooks.tf).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -349,6 +351,15 @@ def webhook_push(client, route: str, body, token: str | None):
     return client.post(route, data=data, headers=headers, content_type="application/json")
 
 
+@contextlib.contextmanager
+def share_in_flight(endpoint_id: str) -> Iterator[None]:
+    """This instance holds `endpoint_id`'s whole share of deliveries in flight while inside."""
+    with contextlib.ExitStack() as held:
+        assert all(held.enter_context(webhooks.in_flight().slot(endpoint_id))
+                   for _ in range(webhooks.MAX_IN_FLIGHT_PER_ENDPOINT))
+        yield
+
+
 def delivery_envelope(**attributes) -> dict:
     import base64
     base = {"kind": "delivery", "endpoint_id": "we_" + "0" * 32, "event_id": "evt_" + "1" * 32,
@@ -460,9 +471,7 @@ def test_past_its_share_of_deliveries_in_flight_an_endpoint_waits_its_turn(deliv
     next is deferred (429: Pub/Sub retries it later); another endpoint's goes at once. The deferral's
     log line names its event and endpoint, as a delivery's does (issue 33: it named neither)."""
     busy, other = "we_" + "a" * 32, "we_" + "b" * 32
-    slots = [webhooks.in_flight().slot(busy) for _ in range(webhooks.MAX_IN_FLIGHT_PER_ENDPOINT)]
-    assert all(slot.__enter__() for slot in slots)
-    try:
+    with share_in_flight(busy):
         capsys.readouterr()
         envelope = delivery_envelope(endpoint_id=busy)
         deferred = webhook_push(deliveries_client, "/internal/webhooks", envelope, oidc_issuer.webhooks_token())
@@ -476,9 +485,6 @@ def test_past_its_share_of_deliveries_in_flight_an_endpoint_waits_its_turn(deliv
         elsewhere = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=other),
                                  oidc_issuer.webhooks_token())
         assert elsewhere.status_code == 200
-    finally:
-        for slot in slots:
-            slot.__exit__(None, None, None)
     # The slots are given back: its next delivery goes (its endpoint is gone here, so it is dropped).
     again = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy),
                          oidc_issuer.webhooks_token())
