@@ -12,6 +12,8 @@ WINDOW_SECONDS = 60
 # A rebuild's mark lasts this long, so each active workspace's count is also rebuilt at least this often:
 # drift no epoch catches (releases lost by an instance that died before the store came back) lasts no longer.
 REBUILD_SECONDS = 600
+# A release is remembered this long (KEYS[4]): longer than a rebuild takes to read the records it then writes.
+RELEASED_SECONDS = 60
 
 # Both scripts: KEYS are the rate log and the pending set. They start on the server's clock, drop
 # what left the window and what expired, and count both; `frees(rank)` is the ms until the
@@ -59,13 +61,14 @@ local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000)
 return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
 """
-# A release: the member leaves the pending set, and is noted in KEYS[4] for a minute, so that a rebuild that
-# read its record while it was still pending does not put it back. ARGV: the member. Returns 1 if it was there.
-RELEASE = PRELUDE + """
+# A release: the member leaves the pending set, and is noted in KEYS[4] for RELEASED_SECONDS, so that a
+# rebuild that read its record while it was still pending does not put it back. ARGV: the member. Returns 1
+# if it was there.
+RELEASE = PRELUDE + f"""
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[4], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60000)
-redis.call('PEXPIRE', KEYS[4], 60000)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - {RELEASED_SECONDS * 1000})
+redis.call('PEXPIRE', KEYS[4], {RELEASED_SECONDS * 1000})
 return removed
 """
 # Returns {creates in the window, pending, ms until the rate log frees one (0: it is empty)}.
