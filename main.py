@@ -169,8 +169,9 @@ def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any],
 
 
 def _audience(request: flask.Request, audience: str | None) -> str | None:
-    """The audience a push's token must carry: as set, or (config.OWN_URL) the URL the push reached.
-    Cloud Run routes a request by its Host, so a token minted for another service's URL cannot pass."""
+    """The audience a push's token must carry: as set, or (config.OWN_URL) the URL the push reached. Set so
+    only behind Cloud Run's IAM check, which has already required the token's audience to be this service's
+    run.app URL (https://cloud.google.com/run/docs/configuring/custom-audiences): this checks it again."""
     return f"https://{request.host}" if audience == config.OWN_URL else audience
 
 
