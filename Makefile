@@ -82,7 +82,7 @@ chromium:
 	    echo "note: no chromium on PATH and not root: tests/test_browser.py will skip (install Debian's chromium)"; \
 	  fi; }
 
-# Debian's redis-server: the store the limits count in (lib/limits.py), as Memorystore for
+# Debian's redis-server: the store the limits count in (lib/limits/counters.py), as Memorystore for
 # Redis is deployed. `make run`, `make test` and `make bench` start it; installed here where we may.
 redis:
 	@command -v redis-server >/dev/null || { \

@@ -2,7 +2,7 @@
 
 Every response is JSON, carries `X-Request-Id` and `Cache-Control: no-store`
 (bodies hold bearer URLs), and every non-2xx body is the error envelope. One
-structured log line is written per request (lib/logs.py).
+structured log line is written per request (lib/platform/logs.py).
 """
 
 from __future__ import annotations
@@ -20,25 +20,11 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
-from lib import (
-    auth,
-    clock,
-    config,
-    create,
-    events,
-    landing,
-    lifecycle,
-    limits,
-    logs,
-    models,
-    oidc,
-    push,
-    server,
-    sweep,
-    webhooks,
-    wiring,
-)
-from lib.errors import (
+from lib import wiring
+from lib.api import auth, create, models, views
+from lib.limits import counters
+from lib.platform import clock, config, logs, oidc, push, server
+from lib.platform.errors import (
     ApiError,
     DeliveryDeferred,
     MethodNotAllowed,
@@ -47,6 +33,8 @@ from lib.errors import (
     UriTooLong,
     WebhookDeliveryFailed,
 )
+from lib.uploads import lifecycle, settling, storage_events, sweep
+from lib.webhooks import fanout
 
 
 def _load_settings() -> config.Settings:
@@ -72,7 +60,7 @@ MAX_PATH_BYTES = 2048
 
 
 def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
-    """POST /v1/uploads: authenticate, then create (lib/create.py)."""
+    """POST /v1/uploads: authenticate, then create (lib/api/create.py)."""
     key = _authenticate(request, log)
     created = create.create(WIRING.db(), WIRING.gcs(), SETTINGS, WIRING.limiting(), key,
                             request.headers.get("Idempotency-Key"), raw, request.headers.get("Origin"), log)
@@ -82,35 +70,35 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
 
 
 def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
-    """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/limits.py)."""
+    """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/counters.py)."""
     key = _authenticate(request, log)
     limiting = WIRING.limiting()
     if not limiting.limiter.enabled:
         return 200, models.LimitsOut.off(key.mode).model_dump(), {}
-    figures = limits.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
+    figures = counters.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
     usage = limiting.limiter.usage(key.workspace_id, key.mode, log)
     out = models.LimitsOut.counted(key.mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates,
                                    usage.pending)
-    return 200, out.model_dump(), limits.headers(figures, usage)
+    return 200, out.model_dump(), counters.headers(figures, usage)
 
 
 def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
     record = _own_upload(request, log, params["upload_id"])
-    record = landing.refresh(WIRING.db(), WIRING.storage(log), record, clock.now(),
+    record = settling.refresh(WIRING.db(), WIRING.storage(log), record, clock.now(),
                              lambda exc: log.update(unsettled=exc.reason), announce=WIRING.announcer(log))
-    return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
+    return 200, views.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
 def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
     record = _own_upload(request, log, params["upload_id"])
-    record = landing.cancel(WIRING.db(), WIRING.storage(log), record, announce=WIRING.announcer(log))
-    return 200, lifecycle.view(record, SETTINGS.cdn_base_url).model_dump(), {}
+    record = settling.cancel(WIRING.db(), WIRING.storage(log), record, announce=WIRING.announcer(log))
+    return 200, views.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
 def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
-    """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at (lib/sweep.py)."""
+    """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at (lib/uploads/sweep.py)."""
     oidc.verify(request.headers.get("Authorization"), SETTINGS.sweep_audience, SETTINGS.sweep_service_account,
                 WIRING.certs())
     slice_ = sweep.shards(request.args.get("shards"))
@@ -127,23 +115,23 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
 
 def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/storage-events (Pub/Sub push, OIDC): a finalized object completes its upload."""
-    event = events.from_push(push.receive(request.headers.get("Authorization"), raw, SETTINGS.events_audience,
+    event = storage_events.from_push(push.receive(request.headers.get("Authorization"), raw, SETTINGS.events_audience,
                                           SETTINGS.events_service_account, WIRING.certs(), "events"))
     log.update(event_type=event.event_type, message_id=event.message_id[:64])
     if event.upload_id is not None:
         log["upload_id"] = event.upload_id
-    log["outcome"] = events.handle(WIRING.db(), WIRING.storage(log), event, WIRING.announcer(log))
+    log["outcome"] = storage_events.handle(WIRING.db(), WIRING.storage(log), event, WIRING.announcer(log))
     return 200, {"outcome": log["outcome"]}, {}
 
 
 def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/webhooks (Pub/Sub push, OIDC): fan an event out, or deliver it to one endpoint."""
-    handled = webhooks.handle(WIRING.db(), _webhook_push(request, raw, log), SETTINGS.webhooks_topic,
+    handled = fanout.handle(WIRING.db(), _webhook_push(request, raw, log), SETTINGS.webhooks_topic,
                               WIRING.publisher, SETTINGS.cdn_base_url,
                               SETTINGS.webhook_allow_private_targets, clock.now())
     log.update(handled.log)
     if handled.deferred:
-        raise DeliveryDeferred(reason=f"{webhooks.MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to it in flight here")
+        raise DeliveryDeferred(reason=f"{fanout.MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to it in flight here")
     if handled.failed:
         raise WebhookDeliveryFailed()
     return 200, handled.body, {}
@@ -151,17 +139,17 @@ def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _pa
 
 def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/webhook-dead-letters (the dead-letter topic's push, OIDC): record what Pub/Sub gave up on."""
-    handled = webhooks.dead_letter(WIRING.db(), _webhook_push(request, raw, log, webhooks.Message.dead_lettered),
+    handled = fanout.dead_letter(WIRING.db(), _webhook_push(request, raw, log, fanout.Message.dead_lettered),
                                    clock.now())
     log.update(handled.log)
     return 200, handled.body, {}
 
 
 def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any],
-                  read: Callable[[push.Push], webhooks.Message] = webhooks.Message.from_push) -> webhooks.Message:
+                  read: Callable[[push.Push], fanout.Message] = fanout.Message.from_push) -> fanout.Message:
     message = read(push.receive(
         request.headers.get("Authorization"), raw, _audience(request, SETTINGS.webhooks_audience),
-        SETTINGS.webhooks_service_account, WIRING.certs(), "webhooks", webhooks.INVALID_PUSH))
+        SETTINGS.webhooks_service_account, WIRING.certs(), "webhooks", fanout.INVALID_PUSH))
     log.update(kind=message.kind, message_id=message.message_id[:64])
     if message.upload_id:
         log["upload_id"] = message.upload_id[:64]
@@ -178,7 +166,7 @@ def _audience(request: flask.Request, audience: str | None) -> str | None:
 def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:
     address = auth.client_address(request.headers.get("X-Forwarded-For"), request.remote_addr,
                                   SETTINGS.api_lb_address)
-    # A flood of made-up keys from one address stops costing Firestore reads past its limit (lib/limits.py).
+    # A flood of made-up keys from one address stops costing Firestore reads past its limit (lib/counters.py).
     guard = WIRING.limiting().limiter.guard(address, log, enforced=not auth.is_loopback(address))
     key = auth.authenticate(WIRING.db(), request.headers.get("Authorization"),
                             auth.lookup_cache(SETTINGS.api_key_cache_ttl_seconds), guard)
@@ -279,7 +267,7 @@ def _serve(request: flask.Request, route: Router) -> flask.Response:
         if len(request.path) > MAX_PATH_BYTES:
             raise UriTooLong(MAX_PATH_BYTES)
         # Every request's body is read (at most 64 KiB, each read bounded by
-        # lib/server.py) before anything can answer early: otherwise
+        # lib/platform/server.py) before anything can answer early: otherwise
         # functions-framework reads it after our answer, unbounded by us.
         server.headers_read()
         try:
@@ -321,7 +309,7 @@ def _respond(request: flask.Request, status: int, body: dict[str, Any], headers:
              request_id: str, log: dict[str, Any], started: float) -> flask.Response:
     # Ends with a newline, so a shell prompt after curl starts on a line of its own.
     # allow_nan=False: a NaN or Infinity is no JSON a client can parse; refusing it here makes any
-    # that got past the models (lib/models.py MediaFacts) a logged 500, never a body clients choke on.
+    # that got past the models (lib/api/models.py MediaFacts) a logged 500, never a body clients choke on.
     payload = json.dumps(body, separators=(",", ":"), allow_nan=False) + "\n"
     # functions-framework reads the rest of the request body after each response
     # unless the response is streamed. A response that closes the connection

@@ -345,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(count: int, clients: int, seconds: float, seed: int, log_dir: Path) -> bool:
-    from lib import auth, clock, endpoints, lifecycle, limits
+    from lib.api import auth
+    from lib.limits import counters
+    from lib.platform import clock
+    from lib.uploads import lifecycle
+    from lib.webhooks import endpoints
 
     rng = random.Random(seed)  # the uploads
     fault_rng, sample_rng = random.Random(seed + 1), random.Random(seed + 2)
@@ -446,7 +450,7 @@ def run(count: int, clients: int, seconds: float, seed: int, log_dir: Path) -> b
         _wait_announced(uploads, receivers, records, deadline=time.monotonic() + 120)
         sampling.set()
         sampler.join(10)
-        results = _check(db, lifecycle, limits, stack, client, uploads, records, receivers, served, answers,
+        results = _check(db, lifecycle, counters, stack, client, uploads, records, receivers, served, answers,
                          failures, faults)
         _print(results, faults, answers, uploads, landed - began)
         _bogus(function)
@@ -515,8 +519,8 @@ def _wait_announced(uploads, receivers, records, deadline: float) -> None:
         time.sleep(1)  # polling the receivers until the bound; not a readiness check
 
 
-def _check(db, lifecycle, limits, stack, client, uploads, records, receivers, served, answers, failures, faults):
-    from lib.webhooks import EVENT_TYPES, event_id
+def _check(db, lifecycle, counters, stack, client, uploads, records, receivers, served, answers, failures, faults):
+    from lib.webhooks.fanout import EVENT_TYPES, event_id
 
     results = []
     for exc in failures:
@@ -591,12 +595,12 @@ def _check(db, lifecycle, limits, stack, client, uploads, records, receivers, se
     store = redis.Redis.from_url(stack.redis.url)
     mismatched = []
     for workspace in WORKSPACES:
-        for _ in range(int(limits.DOWN_SECONDS) * 4):
+        for _ in range(int(counters.DOWN_SECONDS) * 4):
             # Each workspace's next create: rebuilt if the store had been unreachable. One decided while the
             # instance still waits out a failure (no RateLimit field: the store was not asked) is tried again.
             probe = Upload(-1, "honest", workspace, samples.mp4_of_size(3000))
             asked = "RateLimit" in client.create(probe).headers
-            in_store = store.zcard(limits._keys(workspace, "live")[1])
+            in_store = store.zcard(counters._keys(workspace, "live")[1])
             in_firestore = lifecycle.pending_count(db, workspace, "live")
             client._api("POST", f"/v1/uploads/{probe.id}/cancel", workspace)
             if asked:
@@ -618,7 +622,7 @@ def _bogus(function) -> None:
     local caller (loopback: not limited, as every address was before issue 32) and from one address."""
     import json
 
-    from lib import auth
+    from lib.api import auth
 
     http = requests.Session()
     print("\n| 300 made-up keys from | Firestore reads each | p50 | 401 | 429 |\n|---|---|---|---|---|")

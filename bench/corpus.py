@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lib import media
-from lib.mediatypes import ALIASES, EXTENSIONS
+from lib.media.mediatypes import ALIASES, EXTENSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / ".corpus"

@@ -14,7 +14,7 @@ beyond this is our overhead.
       file) and decode each track's first frame (PyAV, in this process: no
       sandbox), place it in the served bucket (the same rewrite,
       if_generation_match=0), write the same completion to the record (the
-      fields lib/landing.py writes are part of the work, the webhook's owed
+      fields lib/uploads/settling.py writes are part of the work, the webhook's owed
       mark and the media included), conditioned on the update_time read (a
       conditional update in Firestore needs the read), publish the webhook
       event message (WEBHOOKS_TOPIC), and delete the staging object
@@ -66,7 +66,7 @@ def _decode(data: bytes) -> None:
                 return
 
 def _initiate() -> tuple[str, dict]:
-    """A session, and the upload record lib/lifecycle.py writes for it (the fields are part of the work)."""
+    """A session, and the upload record lib/uploads/lifecycle.py writes for it (the fields are part of the work)."""
     token = secrets.token_hex(16)
     name = f"uploads/floor/{token}.mp4"
     blob = _bucket.blob(name)
@@ -109,7 +109,7 @@ def floor(request):
         _upload_ref().create(record, retry=_FS_RETRY, timeout=2.5)
         body = {"upload_url": url}
     elif request.path == "/b":
-        # The same record as lib/idempotency.py writes: the fields are part of the work.
+        # The same record as lib/api/idempotency.py writes: the fields are part of the work.
         now = datetime.now(UTC)
         ref = _db.collection("floor").document(secrets.token_hex(32))
         claim = ref.create({"workspace_id": "ws_bench", "fingerprint": secrets.token_hex(32),

@@ -1,5 +1,5 @@
 """(k) The limiter's own cost: one create's admit (the Lua script, one round trip) against the local
-redis-server, as lib/limits.py makes it, one at a time for its latency; and the rate one Redis core
+redis-server, as lib/counters.py makes it, one at a time for its latency; and the rate one Redis core
 runs the script at, driven by redis-benchmark (50 connections, a random upload id each call), which
 this process's threads could not drive (they are bound by their own GIL first). Run by bench/run.py.
 """
@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 
 import redis
 
-from lib import limits, limits_store
+from lib.limits import counters, lua
 
-LIMITS = limits.Limits(creates_per_minute=600_000, max_pending_uploads=1_000_000)
+LIMITS = counters.Limits(creates_per_minute=600_000, max_pending_uploads=1_000_000)
 
 
 def measure(redis_url: str, db, one_at_a_time: int = 3000, calls: int = 200_000) -> dict:
-    limiter = limits.Limiter(redis_url)
+    limiter = counters.Limiter(redis_url)
     expires = datetime.now(UTC) + timedelta(hours=1)
     log: dict = {}
     seconds = []
@@ -41,10 +41,10 @@ def measure(redis_url: str, db, one_at_a_time: int = 3000, calls: int = 200_000)
 def server_rate(redis_url: str, expires_ms: int, calls: int) -> float:
     """Scripts a second one redis-server runs, from redis-benchmark's 50 connections."""
     store = redis.Redis.from_url(redis_url)
-    sha = store.script_load(limits_store.ADMIT)
+    sha = store.script_load(lua.ADMIT)
     port = str(urlsplit(redis_url).port)
-    keys = limits._keys("ws_rate", "live")[:3]
-    store.set(keys[2], int(store.get(limits.EPOCH_KEY) or 0))  # rebuilt: every call takes the admitting path
+    keys = counters._keys("ws_rate", "live")[:3]
+    store.set(keys[2], int(store.get(counters.EPOCH_KEY) or 0))  # rebuilt: every call takes the admitting path
     done = subprocess.run(["redis-benchmark", "-p", port, "-n", str(calls), "-c", "50", "-r", "1000000000",
                            "--csv", "EVALSHA", sha, "3", *keys, "upl___rand_int__", str(LIMITS.creates_per_minute),
                            str(LIMITS.max_pending_uploads), str(expires_ms), "0"],

@@ -251,11 +251,11 @@ def completion_latency(endpoint: emulators.Service, db, key: str, runs: int = 10
 def delivery_messages(db, receiver_url: str, count: int, spread: int = 1) -> list[str]:
     """`spread` webhook endpoints of ws_bench on the receiver, and `count` delivery pushes to
     them in turn (what the fan-out queues), each a distinct event with a realistic body. Spread
-    over EVENT_CONCURRENCY endpoints, the per-endpoint cap (lib/webhooks.py) never binds: (f)
+    over EVENT_CONCURRENCY endpoints, the per-endpoint cap (lib/fanout.py) never binds: (f)
     measures a delivery's cost, not one endpoint's share."""
     import base64
 
-    from lib import endpoints, webhooks
+    from lib.webhooks import endpoints, fanout
 
     hooks = [endpoints.create_endpoint(db, "ws_bench", "live", receiver_url, True, datetime.now(UTC))
              for _ in range(spread)]
@@ -269,7 +269,7 @@ def delivery_messages(db, receiver_url: str, count: int, spread: int = 1) -> lis
             "expires_at": f"{now:%Y-%m-%dT%H:%M:%SZ}", "completed_at": f"{now:%Y-%m-%dT%H:%M:%SZ}",
             "crc32c": "AAAAAA==", "md5": "1B2M2Y8AsgTpgAmY7PhCfg=="}}
         attributes = {"kind": "delivery", "endpoint_id": hooks[n % spread].id, "upload_id": upload_id,
-                      "event_id": webhooks.event_id(upload_id, "upload.completed"), "event_type": "upload.completed"}
+                      "event_id": fanout.event_id(upload_id, "upload.completed"), "event_type": "upload.completed"}
         bodies.append(json.dumps({"message": {
             "attributes": attributes, "data": base64.b64encode(json.dumps(event).encode()).decode(),
             "messageId": str(n), "publishTime": now.isoformat()}, "subscription": "bench", "deliveryAttempt": 1}))
@@ -366,9 +366,10 @@ def main() -> int:
         key = _make_key(db)
         # Limits on, as deployed: every create pays for its admit (the floor has none), under figures
         # this run never reaches.
-        from lib import config, limits
+        from lib.limits import counters
+        from lib.platform import config
         for workspace in ("ws_bench", "ws_isolation"):
-            limits.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
+            counters.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
 
         endpoint = emulators.start_function(env, log_dir, name="bench-endpoint")
         # The webhook pushes' function, as deployed: (f) and (g) go through it.
@@ -420,7 +421,7 @@ def main() -> int:
                                                     bodies))
         print(_row("f", EVENT_CONCURRENCY, delivery_runs), file=sys.stderr)
         # (g) the whole path to the receiver: one endpoint, the webhooks subscription and its relay now.
-        from lib import endpoints
+        from lib.webhooks import endpoints
         for hook in endpoints.list_endpoints(db, "ws_bench"):
             endpoints.remove_endpoint(db, hook.id)
         endpoints.create_endpoint(db, "ws_bench", "live", receiver.url, True, datetime.now(UTC))
@@ -517,7 +518,7 @@ def emulators_lines(service: emulators.Service) -> list[dict]:
 
 
 def _make_key(db, workspace: str = "ws_bench") -> str:
-    from lib import auth
+    from lib.api import auth
     return auth.create_key(db, workspace, "bench", "live")[0]
 
 
@@ -611,7 +612,7 @@ def _report(results, reference, imports, cold, rss, where, rounds, counts, event
         f"the deliveries function, while another workspace creates at concurrency 8, {counts[8]} requests; "
         f"median of {rounds} rounds): create p99 **{isolated['busy_p99']:.1f} ms** beside them against "
         f"**{isolated['quiet_p99']:.1f} ms** without, ratio **{isolated['ratio']:.2f}** (target ≤ 1.5).", "",
-        "**(k) the limiter** (lib/limits.py's admit, the Lua script that decides a create, against the local "
+        "**(k) the limiter** (lib/counters.py's admit, the Lua script that decides a create, against the local "
         "redis-server; every create in (a)-(c) and (j) paid for one, under figures it never reached): "
         f"p50 **{admits['p50_ms']:.2f} ms**, p99 {admits['p99_ms']:.2f} ms, one at a time from this process; "
         f"one Redis core runs it **{admits['per_second']:,.0f} times a second** (redis-benchmark, 50 "

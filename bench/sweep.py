@@ -4,7 +4,7 @@ Seeds `count` pending uploads past their expires_at into a Firestore database
 of their own on the emulator (sessions and objects on fake-gcs-server, where
 none of the objects exists, so each settles `expired`: an object lookup, a
 session DELETE, a second lookup and a conditional update), then times one
-`sweep.sweep` (lib/sweep.py) with an unbounded budget, in this process as the function
+`sweep.sweep` (lib/uploads/sweep.py) with an unbounded budget, in this process as the function
 runs it. Run by bench/run.py.
 """
 
@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 import requests
 
 from dev import emulators
-from lib import clients, lifecycle, sweep
+from lib.platform import clients
+from lib.uploads import lifecycle, sweep
 
 
 def measure(firestore_emulator: emulators.Service, storage_url: str, project: str, bucket: str,
@@ -31,7 +32,7 @@ def measure(firestore_emulator: emulators.Service, storage_url: str, project: st
         emulators.seed_expired_uploads(db, storage_url, bucket, count)
         client = storage.Client(project=project, credentials=AnonymousCredentials(),
                                 client_options={"api_endpoint": storage_url})
-        clients.wide_pools(client._http)  # pooled as the function's own clients are (lib/clients.py)
+        clients.wide_pools(client._http)  # pooled as the function's own clients are (lib/platform/clients.py)
         gcs = lifecycle.Storage(client, bucket, emulators.staging_bucket(bucket),
                                 clients.wide_pools(requests.Session()))
         started = time.perf_counter()

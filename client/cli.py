@@ -26,7 +26,7 @@ import requests
 from client import state
 from client.resumable import CHUNK_QUANTUM, Finalized, Misbehaved, Refused, SessionGone, Uploader
 from client.transport import GaveUp, Retry, session
-from lib.mediatypes import ALIASES, EXTENSIONS
+from lib.media.mediatypes import ALIASES, EXTENSIONS
 
 EXIT_OK = 0
 EXIT_REFUSED = 1       # the API or storage said no: `code: message` on stderr

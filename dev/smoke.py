@@ -9,7 +9,7 @@ environment (FRAMELANE_API_KEY) or a file (`--api-key-file`, `-` for standard in
 the command line, where `ps` shows it to every user of the machine. Each step prints its name, its
 time and what it saw; the first failure ends the run with exit 1, naming the step and why. The key
 and the upload URLs (bearer secrets) are never printed: a failure's message is redacted as the
-service's log lines are (lib/logs.py). What the smoke made is cancelled if it is still pending.
+service's log lines are (lib/platform/logs.py). What the smoke made is cancelled if it is still pending.
 
 `--emulators`: the deployment is `make run`'s. Steps that need what only Google runs (the CDN's
 headers and 404s, a cancelled session refusing bytes) are skipped there, each saying why.
@@ -38,10 +38,12 @@ import google_crc32c
 import requests
 
 from dev import samples
-from lib import attempts, auth, clock, endpoints, logs, targets
-from lib.clients import firestore_client
-from lib.config import ConfigError, FirestoreSettings
-from lib.errors import ApiError
+from lib.api import auth
+from lib.platform import clock, logs
+from lib.platform.clients import firestore_client
+from lib.platform.config import ConfigError, FirestoreSettings
+from lib.platform.errors import ApiError
+from lib.webhooks import attempts, endpoints, targets
 
 TIMEOUT = 30
 

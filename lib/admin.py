@@ -11,7 +11,7 @@ when FIRESTORE_EMULATOR_HOST is set. A new key is printed once and never
 stored; everything else only ever shows a key's id and display prefix. A
 webhook's signing secret is printed only by add-webhook and
 rotate-webhook-secret, never listed. A webhook URL is checked against the
-delivery rules (lib/targets.py) before it is stored; WEBHOOK_ALLOW_PRIVATE_TARGETS=true
+delivery rules (lib/webhooks/targets.py) before it is stored; WEBHOOK_ALLOW_PRIVATE_TARGETS=true
 allows loopback and http, as the local service does, but only against the
 emulator (FIRESTORE_EMULATOR_HOST set); elsewhere it is ignored with a warning.
 
@@ -29,10 +29,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from lib import attempts, auth, clock, config, endpoints, lifecycle, limits, targets
-from lib.clients import firestore_client, upstream
-from lib.config import ConfigError, FirestoreSettings, allow_private_targets
-from lib.errors import ServiceUnavailable
+from lib.api import auth
+from lib.limits import counters
+from lib.platform import clock, config
+from lib.platform.clients import firestore_client, upstream
+from lib.platform.config import ConfigError, FirestoreSettings, allow_private_targets
+from lib.platform.errors import ServiceUnavailable
+from lib.uploads import lifecycle
+from lib.webhooks import attempts, endpoints, targets
 
 
 def _workspace(value: str) -> str:
@@ -297,17 +301,17 @@ def _set_limits(db, args) -> int:
         print("error: give --creates-per-minute, --max-pending-uploads or both", file=sys.stderr)
         return 2
     with upstream():
-        now = _limits_of(limits.set_limits(db, args.workspace, args.creates_per_minute, args.max_pending_uploads))
+        now = _limits_of(counters.set_limits(db, args.workspace, args.creates_per_minute, args.max_pending_uploads))
     print(f"Workspace {args.workspace} may create {now.creates_per_minute} uploads a minute and have "
           f"{now.max_pending_uploads} pending (test and live each); instances apply it within "
-          f"{limits.LIMITS_CACHE_SECONDS + 1:.0f} s.")
+          f"{counters.LIMITS_CACHE_SECONDS + 1:.0f} s.")
     return 0
 
 
 def _limits(db, args) -> int:
     mode = "test" if args.test else "live"
     with upstream():
-        own = limits.stored(db, args.workspace)
+        own = counters.stored(db, args.workspace)
     now = _limits_of(own)
     row = {"workspace_id": args.workspace, "mode": mode, "creates_per_minute": now.creates_per_minute,
            "max_pending_uploads": now.max_pending_uploads,
@@ -322,10 +326,10 @@ def _limits(db, args) -> int:
     return 0
 
 
-def _limits_of(own: dict[str, Any] | None) -> limits.Limits:
+def _limits_of(own: dict[str, Any] | None) -> counters.Limits:
     """A workspace's limits from its own figures (`own`, as stored), the deployment's defaults
     (CREATES_PER_MINUTE, MAX_PENDING_UPLOADS, as the function reads them) for what it leaves out."""
-    return limits.of(own, limits.Limits(*config.limits_defaults(os.environ)))
+    return counters.of(own, counters.Limits(*config.limits_defaults(os.environ)))
 
 
 def _backfill_sweep_shards(db, _args) -> int:

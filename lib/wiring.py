@@ -1,7 +1,7 @@
 """The instance's parts, built from its settings: Firestore, Storage, the limits, Google's certificates, the announcer.
 
 main.py's handlers ask `Wiring` for what they pass to lib; it decides nothing. Each part is the
-instance's own (lib/clients.py `shared`), built at first use and kept, so a warm request builds no
+instance's own (lib/platform/clients.py `shared`), built at first use and kept, so a warm request builds no
 client.
 """
 
@@ -12,9 +12,13 @@ from typing import Any
 
 from google.cloud import firestore, storage
 
-from lib import create, lifecycle, limits, oidc, webhooks
-from lib.clients import Publisher, firestore_client, publisher, session_http, storage_client
-from lib.config import Settings
+from lib.api import create
+from lib.limits import counters
+from lib.platform import oidc
+from lib.platform.clients import Publisher, firestore_client, publisher, session_http, storage_client
+from lib.platform.config import Settings
+from lib.uploads import lifecycle
+from lib.webhooks import fanout
 
 
 @dataclass(frozen=True)
@@ -42,18 +46,18 @@ class Wiring:
 
     def limiting(self) -> create.Limiting:
         settings = self.settings
-        return create.Limiting(limits.limiter(settings.limits_redis_url, settings.limits_redis_auth,
+        return create.Limiting(counters.limiter(settings.limits_redis_url, settings.limits_redis_auth,
                                               settings.limits_redis_ca_cert),
-                               limits.Limits(settings.creates_per_minute, settings.max_pending_uploads))
+                               counters.Limits(settings.creates_per_minute, settings.max_pending_uploads))
 
     def certs(self) -> oidc.CertCache:
         """The instance's cache of Google's certificates, for every OIDC-checked route."""
         return oidc.cert_cache(self.settings.oidc_certs_url, session_http())
 
-    def announcer(self, log: dict[str, Any]) -> webhooks.Announcer | None:
+    def announcer(self, log: dict[str, Any]) -> fanout.Announcer | None:
         """Publishes each state change's webhook event (None while webhooks are off); a
         failed publish leaves the event owed, for the sweep, and this request's log says why."""
         if self.settings.webhooks_topic is None:
             return None
-        return webhooks.Announcer(self.publisher(), self.settings.webhooks_topic,
+        return fanout.Announcer(self.publisher(), self.settings.webhooks_topic,
                                   lambda reason: log.update(webhook_owed=reason))

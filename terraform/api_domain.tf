@@ -88,7 +88,7 @@ resource "google_compute_global_forwarding_rule" "api_https" {
 }
 
 # Cloud Armor on the API's backend: floods stop at Google's edge before they cost an instance or a
-# Firestore read. The function refuses an address's unknown keys past 30 a minute itself (lib/limits.py
+# Firestore read. The function refuses an address's unknown keys past 30 a minute itself (lib/limits/counters.py
 # AuthGuard); this is the volume backstop in front of it, and the API's own URL (ingress ALLOW_ALL) has
 # only the function's. Rules are evaluated lowest priority number first, the first match wins
 # (https://cloud.google.com/armor/docs/security-policy-overview). A refusal here is Cloud Armor's own

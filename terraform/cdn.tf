@@ -34,7 +34,7 @@ resource "google_compute_global_address" "cdn" {
 #   404 body. `make smoke` asks for `/`, `/uploads/` and listing queries on both
 #   kinds of path after every apply, and fails on anything but our 404.
 # - The uploads bucket holds nothing else to read: only objects the function
-#   placed there after verifying them (lib/landing.py), under the two prefixes;
+#   placed there after verifying them (lib/uploads/settling.py), under the two prefixes;
 #   unverified bytes wait in a bucket of their own (storage.tf), which no CDN
 #   route or grant reaches (test_terraform checks both).
 # - The custom error response policy turns a 403 or 404 from any bucket into
@@ -121,7 +121,7 @@ resource "google_storage_bucket" "cdn_not_found" {
   depends_on = [google_project_service.enabled]
 }
 
-# The API's error envelope (lib/errors.py NotFound), as the CDN's 404 body.
+# The API's error envelope (lib/platform/errors.py NotFound), as the CDN's 404 body.
 resource "google_storage_bucket_object" "cdn_not_found" {
   bucket        = google_storage_bucket.cdn_not_found.name
   name          = local.not_found_object

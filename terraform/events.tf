@@ -1,5 +1,5 @@
 # Storage events: the moment an upload's object is finalized, GCS tells the
-# function, which records the upload completed (lib/events.py).
+# function, which records the upload completed (lib/uploads/storage_events.py).
 #
 #   uploads bucket --OBJECT_FINALIZE (JSON_API_V1)--> topic --push, OIDC--> POST <function>/internal/storage-events
 #                                                       \--after max_delivery_attempts--> dead-letter topic --> pull subscription (kept 7 days)
@@ -76,7 +76,7 @@ resource "google_pubsub_topic_iam_member" "gcs_publishes" {
   member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
 }
 
-# One notification per upload prefix (lib/naming.py PREFIXES): a notification takes one prefix.
+# One notification per upload prefix (lib/uploads/naming.py PREFIXES): a notification takes one prefix.
 # On the staging bucket, where sessions write: the uploads bucket's objects are the function's own
 # placements of uploads it has already settled, so it has no notification.
 resource "google_storage_notification" "finalize" {

@@ -42,7 +42,7 @@ resource "google_firestore_field" "idempotency_unindexed" {
 }
 
 # The sweep's query, one per shard: sweep_shard == s, state == "pending",
-# expires_at <= now, ordered by expires_at (lib/lifecycle.py sweep). The shard
+# expires_at <= now, ordered by expires_at (lib/uploads/lifecycle.py sweep). The shard
 # leads so that the index's entries, whose expires_at increases with time, fall
 # in SWEEP_SHARDS ranges instead of one: Firestore takes about 500 writes a
 # second to a sequentially increasing index range
@@ -51,12 +51,12 @@ resource "google_firestore_field" "idempotency_unindexed" {
 #
 # And the sweep's republishing of owed webhook events, one query per shard:
 # sweep_shard == s, webhook_owed_at <= now - 10 min, ordered by webhook_owed_at
-# (lib/webhooks.py owed). Sharded for the same reason.
+# (lib/webhooks/fanout.py owed). Sharded for the same reason.
 locals {
   upload_indexes = {
     sweep = ["sweep_shard", "state", "expires_at"]
     owed  = ["sweep_shard", "webhook_owed_at"]
-    # A workspace's pending uploads, counted for ops (lib/lifecycle.py pending_count,
+    # A workspace's pending uploads, counted for ops (lib/uploads/lifecycle.py pending_count,
     # `python -m lib.admin limits`); no sequential field, so no hotspot.
     pending = ["workspace_id", "mode", "state"]
   }
@@ -96,7 +96,7 @@ resource "google_firestore_field" "uploads_unindexed" {
   index_config {}
 }
 
-# --- Webhooks (lib/webhooks.py) ---------------------------------------------------
+# --- Webhooks (lib/webhooks/fanout.py) ---------------------------------------------------
 
 # Delivery attempts are kept 7 days: Firestore deletes each once its expire_at has
 # passed (TTL deletion can lag by a day). Only ever compared by TTL: no index.
@@ -130,7 +130,7 @@ resource "google_firestore_index" "webhook_deliveries_recent" {
 }
 
 # Attempt documents are queried only on workspace_id and at (above); their
-# attempts are one JSON string (lib/webhooks.py write_rows), up to 500 of them:
+# attempts are one JSON string (lib/webhooks/fanout.py write_rows), up to 500 of them:
 # never worth an index entry.
 resource "google_firestore_field" "webhook_deliveries_unindexed" {
   for_each = toset(["attempts"])
@@ -144,7 +144,7 @@ resource "google_firestore_field" "webhook_deliveries_unindexed" {
 }
 
 # The fan-out's query: an upload's workspace_id and mode, both equalities
-# (lib/webhooks.py list_endpoints). list-webhooks filters on workspace_id alone,
+# (lib/webhooks/fanout.py list_endpoints). list-webhooks filters on workspace_id alone,
 # which its single-field index serves.
 resource "google_firestore_index" "webhook_endpoints_by_workspace_mode" {
   project     = var.project_id

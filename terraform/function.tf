@@ -20,7 +20,7 @@ locals {
     "8" = [4096, 32768]
   }
   memory_mib = tonumber(regex("^[0-9]+", var.memory)) * (endswith(var.memory, "Gi") ? 1024 : 1)
-  # Exactly the settings lib/config.py reads (tests/test_terraform.py holds them together), the
+  # Exactly the settings lib/platform/config.py reads (tests/test_terraform.py holds them together), the
   # same for both functions: both run main.py, which checks them all when it starts. The API's
   # limits add theirs (limits.tf local.limits_settings and the AUTH string as a secret).
   function_settings = {
@@ -41,7 +41,7 @@ locals {
     WEBHOOKS_TOPIC            = google_pubsub_topic.webhooks.name
     WEBHOOKS_SERVICE_ACCOUNT  = google_service_account.webhooks.email
     WEBHOOKS_AUDIENCE         = "own-url" # the URL each push reached: webhooks.tf says why
-    # The client's address is the X-Forwarded-For entry before the load balancer's own (lib/auth.py).
+    # The client's address is the X-Forwarded-For entry before the load balancer's own (lib/api/auth.py).
     API_LB_ADDRESS = local.api_enabled ? google_compute_global_address.api[0].address : ""
   }
 }
@@ -230,7 +230,7 @@ resource "google_cloudfunctions2_function" "deliveries" {
 }
 
 # Only the webhooks' push identity may invoke it (webhooks.tf says how Cloud Run checks its token);
-# the function checks each push's token again (lib/push.py: Google's signature, the URL it reached,
+# the function checks each push's token again (lib/platform/push.py: Google's signature, the URL it reached,
 # WEBHOOKS_SERVICE_ACCOUNT).
 resource "google_cloud_run_service_iam_member" "deliveries_push" {
   project  = var.project_id

@@ -20,7 +20,7 @@ resource "google_project_iam_member" "runtime_firestore" {
 # project: the function's Cloud Run service, where a narrower grant would go, exists only once the
 # function does. So it passes Cloud Run's check on the deliveries function too (function.tf
 # deliveries_push), which then refuses its tokens: it serves only those signed as the webhooks' push
-# account (lib/push.py).
+# account (lib/platform/push.py).
 resource "google_project_iam_member" "runtime_direct_vpc" {
   project = var.project_id
   role    = "roles/run.invoker"

@@ -1,4 +1,4 @@
-# The store every API instance counts each workspace's limits in (lib/limits.py): Memorystore for
+# The store every API instance counts each workspace's limits in (lib/limits/counters.py): Memorystore for
 # Redis 7.0, the version Debian's redis-server is locally, private to a network of its own, with TLS
 # and AUTH. Why Redis and what it costs: docs/operations.md, "Limits".
 #
@@ -110,7 +110,7 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_limits_auth" {
 }
 
 locals {
-  # What the API function reads for its limits (lib/config.py); the deliveries function settles no
+  # What the API function reads for its limits (lib/platform/config.py); the deliveries function settles no
   # upload and creates none, so it is given none of them.
   limits_settings = {
     LIMITS_REDIS_URL     = "rediss://${google_redis_instance.limits.host}:${google_redis_instance.limits.port}"

@@ -42,7 +42,7 @@ locals {
       condition   = "jsonPayload.route=\"/internal/webhooks\" AND jsonPayload.error_code=\"webhook_delivery_failed\""
     }
     limiter_unavailable = {
-      description = "Creates decided without the limits' shared store, which did not answer: the instance kept the limits alone (lib/limits.py)."
+      description = "Creates decided without the limits' shared store, which did not answer: the instance kept the limits alone (lib/limits/counters.py)."
       condition   = "jsonPayload.route=\"/v1/uploads\" AND jsonPayload.limiter=\"unavailable\""
     }
     webhook_dead_letters = {
@@ -50,7 +50,7 @@ locals {
       condition   = "jsonPayload.route=\"/internal/webhook-dead-letters\" AND httpRequest.status<300"
     }
     # GCS itself refuses bytes of another length than the session declared, or other checksums
-    # (lib/sessions.py), so such a rejection is never a client's doing: each one is worth a look.
+    # (lib/uploads/gcs_sessions.py), so such a rejection is never a client's doing: each one is worth a look.
     # content_mismatch and unreadable_media are clients' files, and are not counted here.
     integrity_rejections = {
       description = "Uploads the service rejected for their size or checksum (size_mismatch, checksum_mismatch), which GCS should have refused at the PUT."

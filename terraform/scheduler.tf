@@ -1,5 +1,5 @@
 locals {
-  # Each job sweeps an equal slice of lib/lifecycle.py's 64 shards (?shards=A-B);
+  # Each job sweeps an equal slice of lib/uploads/lifecycle.py's 64 shards (?shards=A-B);
   # one job sweeps them all with no parameter.
   sweep_shards = 64
   sweep_slice  = local.sweep_shards / var.sweep_jobs

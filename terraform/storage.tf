@@ -63,7 +63,7 @@ resource "google_storage_bucket" "uploads" {
   depends_on = [google_project_service.enabled]
 }
 
-# Where upload sessions write (lib/landing.py): an object is served from the uploads bucket only
+# Where upload sessions write (lib/uploads/settling.py): an object is served from the uploads bucket only
 # once it is checked, placed there by a rewrite. This bucket has no CDN backend and no reader but
 # the function, so nothing in it is ever served.
 # - Same location and storage class as the uploads bucket: a rewrite between them then completes in

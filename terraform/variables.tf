@@ -447,7 +447,7 @@ variable "creates_per_minute" {
 
   validation {
     condition     = var.creates_per_minute >= 1 && var.creates_per_minute <= 600000
-    error_message = "creates_per_minute must be 1-600000 (lib/config.py MAX_CREATES_PER_MINUTE)."
+    error_message = "creates_per_minute must be 1-600000 (lib/platform/config.py MAX_CREATES_PER_MINUTE)."
   }
 }
 
@@ -458,7 +458,7 @@ variable "max_pending_uploads" {
 
   validation {
     condition     = var.max_pending_uploads >= 1 && var.max_pending_uploads <= 1000000
-    error_message = "max_pending_uploads must be 1-1000000 (lib/config.py MAX_PENDING_UPLOADS)."
+    error_message = "max_pending_uploads must be 1-1000000 (lib/platform/config.py MAX_PENDING_UPLOADS)."
   }
 }
 

@@ -1,5 +1,5 @@
 # Webhooks: each state change of an upload is pushed, signed, to the endpoints
-# of its workspace and mode (lib/webhooks.py). One topic carries both steps:
+# of its workspace and mode (lib/webhooks/fanout.py). One topic carries both steps:
 #
 #   state change --event message--> topic --push, OIDC--> POST <deliveries>/internal/webhooks  (fan-out:
 #                                     ^                     one delivery message per endpoint)
@@ -36,7 +36,7 @@
 # push subscription's token carries the audience it is given
 # (https://cloud.google.com/pubsub/docs/authenticate-push-subscriptions): so the pushes' audience is
 # the function's own run.app URL (service_config.uri). The function checks the token again itself
-# (lib/push.py), for the URL the push reached (WEBHOOKS_AUDIENCE = own-url): its own URL cannot be
+# (lib/platform/push.py), for the URL the push reached (WEBHOOKS_AUDIENCE = own-url): its own URL cannot be
 # in its own settings, which Terraform must know before the function, and so its URL, exists.
 locals {
   webhooks_audience = google_cloudfunctions2_function.deliveries.service_config[0].uri
@@ -144,7 +144,7 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards_webhooks" {
 # it forwards the message with attributes added that name the source
 # subscription (https://cloud.google.com/pubsub/docs/handling-failures), not
 # in so many words that the original attributes are kept; so the route does not
-# rest on them (lib/webhooks.py Message.dead_lettered). It reads our attributes
+# rest on them (lib/webhooks/fanout.py Message.dead_lettered). It reads our attributes
 # when they are there, and otherwise the data: an event message's is its upload
 # id, a delivery's is the event body (the upload and the event type, hence the
 # event id). Only the endpoint is then unknown, and the row says so.

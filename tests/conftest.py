@@ -214,7 +214,7 @@ def deliveries_client(deliveries_app):
 @pytest.fixture
 def make_key(db):
     """Create a key in a fresh workspace (or a given one); returns (key, workspace_id)."""
-    from lib import auth
+    from lib.api import auth
 
     def make(workspace: str | None = None, mode: str = "live") -> tuple[str, str]:
         workspace = workspace or f"ws_{uuid.uuid4().hex[:12]}"

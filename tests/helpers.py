@@ -19,7 +19,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from dev import samples
-from lib.mediatypes import ALIASES, CONTENT_TYPES
+from lib.media.mediatypes import ALIASES, CONTENT_TYPES
 
 # Every API key minted through the `make_key` fixture this session, for the
 # secrets audit that runs last. (It lives here, not in conftest, because pytest
@@ -148,7 +148,7 @@ class RecordingProxy:
 
 def content_type_pattern() -> str:
     """The accepted `content_type` values as one regular expression (JSON Schema dialect): the
-    rule lib/naming.py's normalize_content_type applies, as the OpenAPI document must state it."""
+    rule lib/uploads/naming.py's normalize_content_type applies, as the OpenAPI document must state it."""
     def caseless(name: str) -> str:
         # Escape only what is syntax: ECMA regexes in unicode mode reject `\-`.
         return "".join(f"[{c}{c.upper()}]" if c.isalpha() else "\\" + c if c in ".+" else c for c in name)

@@ -12,7 +12,7 @@ from datetime import UTC
 
 import pytest
 
-from lib import auth
+from lib.api import auth
 from tests.conftest import ROOT
 
 
@@ -119,7 +119,7 @@ def webhook_cli(*args: str, allow_private: bool = False) -> subprocess.Completed
 
 
 def test_add_webhook_json_prints_exactly_the_documented_object(backends, db, workspace):
-    from lib import endpoints
+    from lib.webhooks import endpoints
     from tests.helpers import SESSION_WEBHOOK_SECRETS
 
     out = webhook_cli("add-webhook", "--workspace", workspace, "--url", "http://127.0.0.1:9/hooks", "--test",
@@ -155,7 +155,7 @@ def test_add_webhook_refuses_what_delivery_refuses_with_status_2(backends, db, w
 
 
 def test_rotate_and_remove_webhook(backends, db, workspace):
-    from lib import endpoints
+    from lib.webhooks import endpoints
     from tests.helpers import SESSION_WEBHOOK_SECRETS
 
     added = json.loads(webhook_cli("add-webhook", "--workspace", workspace, "--url", "https://127.0.0.1/h",
@@ -182,13 +182,13 @@ def test_rotate_and_remove_webhook(backends, db, workspace):
 def test_webhook_deliveries_limits_and_orders_newest_first(backends, db, workspace):
     from datetime import datetime, timedelta
 
-    from lib import attempts, outbound, webhooks
+    from lib.webhooks import attempts, fanout, outbound
 
     now = datetime.now(UTC)
     for n in range(5):
-        delivery = webhooks.Delivery("we_" + "0" * 32, f"evt_{n}", "upload.completed", "upl_" + "1" * 32, b"{}",
+        delivery = fanout.Delivery("we_" + "0" * 32, f"evt_{n}", "upload.completed", "upl_" + "1" * 32, b"{}",
                                      n + 1)
-        attempts.write_rows(db, [webhooks.attempt_row(None, delivery, outbound.Result(500, None, 12.5),
+        attempts.write_rows(db, [fanout.attempt_row(None, delivery, outbound.Result(500, None, 12.5),
                                                       now + timedelta(seconds=n), workspace=(workspace, "live"))])
     out = webhook_cli("webhook-deliveries", "--workspace", workspace, "--limit", "3", "--json")
     assert out.returncode == 0, out.stderr

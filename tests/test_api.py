@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lib import auth, naming, sweep
+from lib.api import auth
+from lib.uploads import naming, sweep
 from tests.conftest import BUCKET, STAGING_BUCKET
 from tests.helpers import content_type_pattern, media, parse_rfc3339_utc, response_schema_errors, schema_errors
 
@@ -287,7 +288,7 @@ def test_the_api_doc_names_every_route_and_the_sweeps_concurrency(main_module):
 def test_every_error_code_is_in_the_openapi_enum_and_the_readme_table(openapi_doc):
     import inspect
 
-    from lib import errors
+    from lib.platform import errors
     from tests.conftest import ROOT
 
     codes = {cls.code for _, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.ApiError)}
@@ -304,7 +305,7 @@ def test_a_warm_request_imports_nothing_and_builds_no_client(client, auth_header
     """Clients are made once per instance, and nothing is imported on the request path."""
     import sys
 
-    from lib import clients, config
+    from lib.platform import clients, config
     idem = {"Idempotency-Key": "warm-" + __import__("secrets").token_hex(8)}
     assert post(client, headers=auth_headers).status_code == 201  # warm: every path once
     assert post(client, headers={**auth_headers, **idem}).status_code == 201
@@ -351,11 +352,11 @@ def test_a_malformed_cors_origin_is_422_naming_the_field(client, key, value):
 
 
 def test_the_documents_cors_origin_pattern_is_the_codes_and_admits_all_it_accepts(openapi_doc):
-    """The document's pattern is lib/models.py's ORIGIN, which is the whole rule (an IPv6 address
+    """The document's pattern is lib/api/models.py's ORIGIN, which is the whole rule (an IPv6 address
     it admits in any valid form is bound in its canonical one, as its description says)."""
     import re
 
-    from lib.models import ORIGIN, is_origin
+    from lib.api.models import ORIGIN, is_origin
     pattern = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"]["cors_origin"]["anyOf"][0]["pattern"]
     assert pattern == f"^(?:{ORIGIN.pattern})(?![\\s\\S])"
     for value in ("https://app.example.com", "http://localhost:5173", "https://[::1]:8443", "https://a.b.c:1",
@@ -380,7 +381,7 @@ def test_the_client_address_is_the_one_googles_front_end_states(forwarded_for, r
 def test_an_address_sending_unknown_keys_is_refused_unread_past_its_limit(serve, make_key, openapi_doc):
     """Each unknown key costs a Firestore read until the address has sent AUTH_FAILURES_PER_MINUTE of them;
     then even a real key it has not shown before is refused unread (429), while other addresses are not."""
-    from lib import limits
+    from lib.limits import counters
 
     served = serve()
     address = f"198.51.100.{secrets.randbelow(200) + 1}"
@@ -391,20 +392,20 @@ def test_an_address_sending_unknown_keys_is_refused_unread_past_its_limit(serve,
         return served.post(json={"content_type": "video/mp4"},
                            headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": source})
 
-    for _ in range(limits.AUTH_FAILURES_PER_MINUTE):
+    for _ in range(counters.AUTH_FAILURES_PER_MINUTE):
         assert send(auth.generate_key("live"), address).status_code == 401
     refused = send(auth.generate_key("live"), address)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
     assert response_schema_errors(openapi_doc, 429, refused.json()) == []
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
-    assert refused.json()["error"]["details"]["limit"] == limits.AUTH_FAILURES_PER_MINUTE
+    assert refused.json()["error"]["details"]["limit"] == counters.AUTH_FAILURES_PER_MINUTE
     # Not looked up: a real key from that address is refused too, and served from another.
     assert send(real, address).status_code == 429
     assert send(real, other).status_code == 201
     lines = [line for line in served.log_lines() if line.get("limited") == "authentication"]
     assert len(lines) == 2 and all(line["httpRequest"]["status"] == 429 for line in lines)
     # Firestore was read for the first AUTH_FAILURES_PER_MINUTE keys and the real key's other address only.
-    assert sum(1 for line in served.log_lines() if line.get("key_lookup")) == limits.AUTH_FAILURES_PER_MINUTE + 1
+    assert sum(1 for line in served.log_lines() if line.get("key_lookup")) == counters.AUTH_FAILURES_PER_MINUTE + 1
 
 
 @pytest.mark.parametrize("path, template, params", [

@@ -21,7 +21,8 @@ import requests
 from google.cloud import firestore, storage
 
 from dev import emulators
-from lib import clients, lifecycle, sweep
+from lib.platform import clients
+from lib.uploads import lifecycle, sweep
 from tests.conftest import BUCKET, PROJECT, ROOT, STAGING_BUCKET
 
 SEEDED = 3000
@@ -49,7 +50,7 @@ class Announced:
 
 
 def storage_for() -> lifecycle.Storage:
-    """Clients pooled as the function's are (lib/clients.py), one set per call, as each instance has."""
+    """Clients pooled as the function's are (lib/platform/clients.py), one set per call, as each instance has."""
     client = storage.Client(project=PROJECT)
     clients.wide_pools(client._http)
     return lifecycle.Storage(client, BUCKET, STAGING_BUCKET, clients.wide_pools(requests.Session()))

@@ -35,7 +35,7 @@ from client import cli, state
 from client.resumable import Finalized, persisted
 from client.transport import GaveUp, Retry, retry_after
 from dev import emulators
-from lib.mediatypes import ALIASES, EXTENSIONS
+from lib.media.mediatypes import ALIASES, EXTENSIONS
 from tests.conftest import BUCKET, PROJECT, ROOT, Served, start_shipped
 from tests.helpers import SIZED_EXTENSIONS, Answer, RecordingProxy, Stall, media, sized_media
 

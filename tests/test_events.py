@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from dev.oidc_issuer import EVENTS_AUDIENCE
-from lib import events, landing, lifecycle, sessions
+from lib.uploads import gcs_sessions, lifecycle, settling, storage_events
 from tests.conftest import BUCKET, STAGING_BUCKET, start_shipped
 from tests.helpers import RecordingProxy, media, padded_mp4, schema_errors
 from tests.test_lifecycle import VIDEO, backdate, bearer, create, end_hour_now, put_bytes, record
@@ -130,7 +130,7 @@ def test_an_event_after_a_get_completed_the_upload_is_a_duplicate(client, db, gc
 
 
 def test_the_placements_own_event_is_ignored_and_deletes_nothing(client, db, gcs, landed, oidc_issuer):
-    """GCS notifies for the staging bucket only (terraform/events.tf), but an emulator publishes
+    """GCS notifies for the staging bucket only (terraform/storage_events.tf), but an emulator publishes
     the rewrite's OBJECT_FINALIZE in the served bucket too: it must never be taken for an upload."""
     key, out, _, resource = landed
     assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["status"] == "completed"
@@ -371,19 +371,19 @@ def test_checksums_are_part_of_the_idempotent_request(client, key):
 
 def test_object_names_map_to_upload_ids_only_in_the_shape_the_service_makes():
     hex32 = "0123456789abcdef" * 2
-    assert events.upload_id_for(f"uploads/ws_1/{hex32}.mp4") == f"upl_{hex32}"
-    assert events.upload_id_for(f"test-uploads/ws_1/{hex32}.webm") == f"upl_{hex32}"
+    assert storage_events.upload_id_for(f"uploads/ws_1/{hex32}.mp4") == f"upl_{hex32}"
+    assert storage_events.upload_id_for(f"test-uploads/ws_1/{hex32}.webm") == f"upl_{hex32}"
     for name in (f"uploads/{hex32}.mp4", f"other/ws_1/{hex32}.mp4", f"uploads/ws_1/{hex32}",
                  f"uploads/ws_1/x{hex32}.mp4", f"uploads/ws/1/{hex32}.mp4", f"uploads/ws_1/{hex32.upper()}.mp4", ""):
-        assert events.upload_id_for(name) is None, name
+        assert storage_events.upload_id_for(name) is None, name
 
 
 @pytest.mark.parametrize("field, size", [("crc32c", 4), ("md5", 16)])
 def test_the_documents_checksum_pattern_admits_exactly_what_the_code_accepts(openapi_doc, field, size):
     import re
 
-    from lib import models
-    from lib.errors import ValidationFailed
+    from lib.api import models
+    from lib.platform.errors import ValidationFailed
     pattern = openapi_doc["components"]["schemas"]["UploadRequest"]["properties"][field]["anyOf"][0]["pattern"]
     canonical = base64.b64encode(secrets.token_bytes(size)).decode()
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -483,7 +483,7 @@ def test_through_the_whole_path_late_bytes_are_deleted_and_unknown_objects_ackno
                              "name": name}, data=b"bytes", headers={"Content-Type": "video/mp4"}, timeout=10)
         assert resp.status_code == 200, resp.text
     outcomes = lambda: {line.get("outcome") for line in served.log_lines()  # noqa: E731
-                        if line.get("upload_id") in (out["id"], events.upload_id_for(stranger))}
+                        if line.get("upload_id") in (out["id"], storage_events.upload_id_for(stranger))}
     wait_for(lambda: {"deleted_late_object", "ignored_unknown_object"} <= outcomes(), what="both deliveries")
     gone = requests.get(f"{storage.url}/storage/v1/b/{STAGING_BUCKET}/o/"
                         f"{requests.utils.quote(object_name(out), safe='')}", timeout=10)
@@ -577,7 +577,7 @@ def test_a_settler_whose_write_loses_undoes_its_placement_unless_the_winner_comp
     end_hour_now(db, out["id"])  # after the bytes landed: each settler (a sweep too) looks, and they count
     name, token = object_name(out), oidc_issuer.token()
     resource, events_token = resource_of(gcs, name), oidc_issuer.events_token()
-    real_place, raced = sessions.place, []
+    real_place, raced = gcs_sessions.place, []
 
     def place_then_lose(*args, **kwargs):
         placed = real_place(*args, **kwargs)
@@ -587,12 +587,12 @@ def test_a_settler_whose_write_loses_undoes_its_placement_unless_the_winner_comp
             if winner in ("cancel", "sweep"):
                 changes = {"state": "cancelled" if winner == "cancel" else "expired"}
             else:
-                changes = {**landing.completed(placed),
+                changes = {**settling.completed(placed),
                            "media": {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]}}
             lifecycle.transition(db, current, changes)
         return placed
 
-    monkeypatch.setattr(sessions, "place", place_then_lose)
+    monkeypatch.setattr(gcs_sessions, "place", place_then_lose)
     status, said = _settle_by(loser, client, key, out, resource, events_token if loser == "event" else token)
     assert raced == [winner]  # the loser did place before its write
     final = record(db, out["id"])["state"]
@@ -646,7 +646,7 @@ def test_a_late_event_finishes_undoing_a_placement_its_settler_left_behind(clien
     put_bytes(out["upload_url"], data)
     name = object_name(out)
     resource = resource_of(gcs, name)
-    sessions.place(gcs, STAGING_BUCKET, BUCKET, name, int(resource["generation"]), "video/mp4")
+    gcs_sessions.place(gcs, STAGING_BUCKET, BUCKET, name, int(resource["generation"]), "video/mp4")
     lifecycle.transition(db, lifecycle.load_by_id(db, out["id"]), {"state": "cancelled"})
     assert requests.get(out["source_url"], timeout=10).status_code == 200  # what the dead instance left
     resp = push(client, envelope(resource), oidc_issuer.events_token())

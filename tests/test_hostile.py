@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import pytest
 import requests
 
-from lib import idempotency
+from lib.api import idempotency
 from tests.conftest import BUCKET, ROOT, start_shipped
 from tests.helpers import RecordingProxy
 
@@ -279,7 +279,7 @@ def test_idempotency_key_bytes_that_http_forbids_are_400_and_store_nothing(targe
     assert json.loads(body)["error"]["code"] == code
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    from lib import idempotency
+    from lib.api import idempotency
     stored = db.collection(idempotency.COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace))
     assert list(stored.stream()) == []
 
@@ -375,7 +375,7 @@ def test_schemathesis_finds_no_5xx_and_no_response_off_the_document(request, key
     assert summary and int(summary.group(1)) >= least, result.stdout[-2000:]
 
 
-# --- the HTTP server: request lines, headers, stalled clients (lib/server.py) ----------------------
+# --- the HTTP server: request lines, headers, stalled clients (lib/platform/server.py) ----------------------
 
 def exchange(url: str, data: bytes, timeout: float = 60) -> tuple[int, dict]:
     """Send raw bytes, read the whole answer; (status, JSON body)."""

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import idempotency, models, naming
+from lib.api import idempotency, models
+from lib.uploads import naming
 from tests.helpers import response_schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}

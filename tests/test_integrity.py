@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from lib import landing
-from lib.sessions import StoredObject
+from lib.uploads import settling
+from lib.uploads.gcs_sessions import StoredObject
 from tests.conftest import BUCKET, STAGING_BUCKET
 from tests.helpers import media, padded_mp4, schema_errors
 from tests.test_events import crc32c, envelope, md5, object_name, push, resource_of
@@ -187,16 +187,16 @@ def _declared(data: bytes, **overrides) -> dict:
     pytest.param({"size_bytes": 3}, _object(b"abc", crc=None, md5_hash=None), None, id="size-only"),
 ])
 def test_the_verdict_checks_each_declared_value(declaration, obj, code):
-    changes = landing.verdict(declaration, obj)
+    changes = settling.verdict(declaration, obj)
     if code is None:
-        assert changes == landing.completed(obj)
+        assert changes == settling.completed(obj)
     else:
         assert changes["state"] == "rejected" and changes["rejection_code"] == code
         assert changes["generation"] == obj.generation and "size_bytes" not in changes
 
 
 def test_a_size_rejection_says_what_landed_and_what_was_declared():
-    changes = landing.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024))
+    changes = settling.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024))
     assert "1024 bytes landed" in changes["rejection_message"]
     assert "200000000" in changes["rejection_message"]
 

@@ -55,6 +55,66 @@ def test_the_layers_hold_lib_never_imports_the_entrypoint_the_tooling_or_the_com
     assert not imported(ROOT / "main.py") & {"dev", "client", "tests", "bench"}
 
 
+# lib's packages, lowest first: a package imports only those before it (lib/__init__.py).
+LAYERS = ("platform", "media", "uploads", "limits", "api", "webhooks")
+
+
+def face(package: str) -> set[str]:
+    """The modules of `package` another package may import: its __init__'s FACE."""
+    tree = ast.parse((ROOT / "lib" / package / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["FACE"]:
+            return set(ast.literal_eval(node.value))
+    raise AssertionError(f"lib/{package}/__init__.py names no FACE")
+
+
+def lib_imports(path: Path) -> list[tuple[str, str]]:
+    """(package, module) for every lib import in `path`; module "" when the package itself is imported."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "lib":
+            parts = node.module.split(".")[1:]
+            if not parts:
+                found += [(alias.name, "") for alias in node.names]
+            elif len(parts) == 1 and (ROOT / "lib" / parts[0]).is_dir():
+                found += [(parts[0], alias.name) for alias in node.names
+                          if (ROOT / "lib" / parts[0] / f"{alias.name}.py").exists()] or [(parts[0], "")]
+            else:
+                found.append((parts[0], parts[1] if len(parts) > 1 else ""))
+    return found
+
+
+def test_the_packages_are_the_layers_the_readme_draws():
+    packages = {path.name for path in (ROOT / "lib").iterdir() if (path / "__init__.py").exists()}
+    assert packages == set(LAYERS)
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
+    for package in LAYERS:
+        assert f"\nlib/{package}/ " in layout, f"lib/{package}/ is missing from the README's layout"
+        assert face(package) <= {path.stem for path in (ROOT / "lib" / package).glob("*.py")}
+
+
+@pytest.mark.parametrize("path", [ROOT / "main.py", *LIB], ids=lambda path: path.relative_to(ROOT).as_posix())
+def test_no_package_reaches_up_or_into_another_packages_internals(path):
+    """A module imports its own package freely, a package before its own (LAYERS) only by the face it shows,
+    and nothing after it. main.py and lib's top-level modules (wiring, admin) compose: any package, by its face."""
+    rel = path.relative_to(ROOT / "lib").parts if path.is_relative_to(ROOT / "lib") else ("main.py",)
+    own = rel[0] if len(rel) > 1 else None
+    for package, module in lib_imports(path):
+        if package == own or package not in LAYERS:
+            continue
+        if own is not None:
+            assert LAYERS.index(package) < LAYERS.index(own), f"lib/{own} imports lib/{package}, a layer above it"
+        assert module == "" or module in face(package), f"{module} is inside lib/{package}, not its face"
+
+
+def test_the_layout_rule_sees_a_reach_up_and_a_reach_inside(tmp_path):
+    """The two rules above, shown failing on a module that breaks each."""
+    up = tmp_path / "up.py"
+    up.write_text("from lib.api import models\nfrom lib.webhooks.outbound import post\n")
+    assert lib_imports(up) == [("api", "models"), ("webhooks", "outbound")]
+    assert "outbound" not in face("webhooks") and LAYERS.index("api") > LAYERS.index("uploads")
+
+
 def test_settings_are_read_once_at_start_up_never_by_a_handler():
     """main.py loads the settings at import (a bad one stops the function starting); handlers use
     the loaded values, and nothing in lib reads the environment's settings on its own."""
@@ -66,9 +126,9 @@ def test_settings_are_read_once_at_start_up_never_by_a_handler():
 
 
 def test_the_api_keys_collection_has_one_owner():
-    """Issue 34: admin revoked and listed keys by writing the collection itself; lib/auth.py is now the only
+    """Issue 34: admin revoked and listed keys by writing the collection itself; lib/api/auth.py is now the only
     code that names it (creation, lookup, listing, revocation)."""
     sources = [ROOT / "main.py", *LIB, *sorted((ROOT / "dev").glob("*.py"))]
     named = [path.relative_to(ROOT).as_posix() for path in sources
              if "auth.COLLECTION" in path.read_text() or '"api_keys"' in path.read_text()]
-    assert named == ["lib/auth.py"]
+    assert named == ["lib/api/auth.py"]

@@ -18,8 +18,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dev.oidc_issuer import AUDIENCE
-from lib import landing, lifecycle, sweep
-from lib.config import GIB
+from lib.platform.config import GIB
+from lib.uploads import lifecycle, settling, sweep
 from tests.conftest import BUCKET, STAGING_BUCKET
 from tests.helpers import RecordingProxy, media, parse_rfc3339_utc, schema_errors
 
@@ -72,7 +72,7 @@ class RecordingAdapter(HTTPAdapter):
 @pytest.fixture
 def session_wire(app):
     """What the in-process function sends to upload session URLs."""
-    from lib.clients import session_http
+    from lib.platform.clients import session_http
 
     http = session_http()
     original = http.get_adapter("http://")
@@ -385,8 +385,8 @@ def test_a_sweep_with_storage_down_stops_after_the_first_wave_of_failures(serve,
 
 
 def test_a_sweep_starts_nothing_after_its_budget_and_no_step_after_its_grace(client, make_key, db):
-    from lib import config
-    from lib.clients import session_http, storage_client
+    from lib.platform import config
+    from lib.platform.clients import session_http, storage_client
 
     key, _ = make_key()
     out = create(client, key)
@@ -398,8 +398,8 @@ def test_a_sweep_starts_nothing_after_its_budget_and_no_step_after_its_grace(cli
     assert result.as_dict() == {"expired": 0, "completed": 0, "rejected": 0, "failed": 0, "more": True}
     snap = db.collection(lifecycle.COLLECTION).document(out["id"]).get()
     stale = lifecycle.Record(out["id"], snap.to_dict(), snap.update_time)
-    with pytest.raises(landing.OutOfTime):
-        landing.settle(db, gcs, stale, lifecycle.EXPIRED, deadline=0.0)
+    with pytest.raises(settling.OutOfTime):
+        settling.settle(db, gcs, stale, lifecycle.EXPIRED, deadline=0.0)
     assert record(db, out["id"])["state"] == "pending"
     # Within its budget the same sweep settles it.
     assert sweep.sweep(db, gcs, now, budget_seconds=20, grace_seconds=10).expired >= 1
@@ -653,24 +653,24 @@ class ScriptedSessionServer:
     pytest.param([503, 429, 499], True, 3, id="transient-then-cancelled"),
 ])
 def test_cancel_session_reads_each_gcs_answer(statuses, ended, deletes):
-    from lib import sessions
+    from lib.uploads import gcs_sessions
 
     server = ScriptedSessionServer(statuses)
     try:
-        status = sessions.cancel_session(requests.Session(), server.url)
-        assert sessions.session_ended(status) is ended and server.deletes == deletes
+        status = gcs_sessions.cancel_session(requests.Session(), server.url)
+        assert gcs_sessions.session_ended(status) is ended and server.deletes == deletes
     finally:
         server.close()
 
 
 def test_cancel_session_gives_up_on_a_failing_gcs_with_a_503():
-    from lib import sessions
-    from lib.errors import ServiceUnavailable
+    from lib.platform.errors import ServiceUnavailable
+    from lib.uploads import gcs_sessions
 
     server = ScriptedSessionServer([503])
     try:
         with pytest.raises(ServiceUnavailable):
-            sessions.cancel_session(requests.Session(), server.url)
+            gcs_sessions.cancel_session(requests.Session(), server.url)
         assert server.deletes >= 2  # retried within the budget, then gave up
     finally:
         server.close()

@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from lib import limits
+from lib.limits import counters
 from tests.conftest import ROOT
 from tests.helpers import padded_mp4, response_schema_errors
 from tests.tcpproxy import TcpProxy
@@ -32,7 +32,7 @@ SERVICE = re.compile(r'"creates";r=(\d+);t=(\d+)')
 def limited(db, make_key, creates: int | None = None, pending: int | None = None, mode: str = "live"):
     """A fresh workspace with its own limits; (key, workspace)."""
     key, workspace = make_key(mode=mode)
-    limits.set_limits(db, workspace, creates, pending)
+    counters.set_limits(db, workspace, creates, pending)
     return key, workspace
 
 
@@ -140,7 +140,7 @@ def test_the_slot_is_given_back_exactly_once_when_every_path_races_to_settle(
         out = _landed(client, key, gcs, size_bytes=3000 if outcome == "completed" else 2999)
     end_hour_now(db, out["id"])
     calls, freed = [], []
-    real = limits.Limiter.release
+    real = counters.Limiter.release
 
     def counting(self, workspace_id, mode, upload_id, log):
         calls.append(upload_id)
@@ -148,7 +148,7 @@ def test_the_slot_is_given_back_exactly_once_when_every_path_races_to_settle(
         freed.append(result)
         return result
 
-    monkeypatch.setattr(limits.Limiter, "release", counting)
+    monkeypatch.setattr(counters.Limiter, "release", counting)
     start = threading.Barrier(4)
 
     def run(path):
@@ -235,15 +235,15 @@ def test_a_change_is_read_again_within_five_seconds(served_default, db, make_key
     """An instance trusts what it read of a workspace's limits for under 5 s, so a change (one
     Firestore read after its entry goes) holds within 5 s; a served instance that has read the
     old figures picks the new ones up (waited for here with a generous bound, not timed)."""
-    assert limits.LIMITS_CACHE_SECONDS + 1 <= 5
-    assert limits._cache().ttl == limits.LIMITS_CACHE_SECONDS
+    assert counters.LIMITS_CACHE_SECONDS + 1 <= 5
+    assert counters._cache().ttl == counters.LIMITS_CACHE_SECONDS
     key, workspace = make_key()
 
     def shown() -> dict:
         return served_default.session.get(f"{served_default.url}/v1/limits", headers=bearer(key), timeout=30).json()
 
     assert shown()["max_pending_uploads"] == 1000  # read, and cached
-    limits.set_limits(db, workspace, None, 3)
+    counters.set_limits(db, workspace, None, 3)
     deadline = time.monotonic() + 30
     while shown()["max_pending_uploads"] != 3:
         assert time.monotonic() < deadline, "the served instance never saw the change"
@@ -261,7 +261,7 @@ def test_two_instances_sharing_the_store_admit_the_figure_at_most_burst_included
     admitted = statuses.count(201)
     assert statuses.count(429) == 60 - admitted
     # The figure, all at once. More only when a call outwaits the store's 250 ms on this busy machine and
-    # its instance decides alone (lib/limits.py _Local); docs/operations.md and docs/testing.md say 20 to 22.
+    # its instance decides alone (lib/counters.py _Local); docs/operations.md and docs/testing.md say 20 to 22.
     assert 20 <= admitted <= 22
 
 
@@ -323,20 +323,20 @@ def test_a_429s_wait_is_noted_and_is_never_shorter_than_retry_after():
 def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_it(backends, db):
     from datetime import UTC, datetime, timedelta
 
-    from lib.errors import RateLimited
+    from lib.platform.errors import RateLimited
 
-    limiter = limits.Limiter(backends["redis"].url)
+    limiter = counters.Limiter(backends["redis"].url)
     workspace, log = f"ws_{secrets.token_hex(6)}", {}
     expires = datetime.now(UTC) + timedelta(hours=1)
     for _ in range(5):
-        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, limits.Limits(5, 100), log)
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, counters.Limits(5, 100), log)
     with pytest.raises(RateLimited) as refused:
-        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, limits.Limits(2, 100), log)
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, counters.Limits(2, 100), log)
     assert 55 <= int(refused.value.headers["Retry-After"]) <= 60  # the fourth oldest leaves in about a minute
     assert limiter.usage(workspace, "live", log).creates == 5 and "limiter" not in log
     # A release frees only its own slot, once.
     upload = "upl_" + secrets.token_hex(16)
-    limiter.admit(db, workspace, "test", upload, expires, limits.Limits(5, 100), log)
+    limiter.admit(db, workspace, "test", upload, expires, counters.Limits(5, 100), log)
     assert limiter.release(workspace, "test", upload, log) is True
     assert limiter.release(workspace, "test", upload, log) is False
     assert limiter.usage(workspace, "test", log).pending == 0 and limiter.usage(workspace, "live", log).pending == 5
@@ -350,7 +350,7 @@ def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_
     ({"MAX_PENDING_UPLOADS": "lots"}, "MAX_PENDING_UPLOADS must be a whole number"),
 ])
 def test_malformed_limits_settings_stop_the_function_naming_themselves(env, message):
-    from lib import config
+    from lib.platform import config
 
     base = {"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "STAGING_BUCKET": "b-staging",
             "CDN_BASE_URL": "https://cdn.example.com"}
@@ -360,10 +360,10 @@ def test_malformed_limits_settings_stop_the_function_naming_themselves(env, mess
 
 
 def test_a_workspace_document_holding_anything_but_positive_whole_numbers_falls_back_to_the_defaults():
-    defaults = limits.Limits(600, 1000)
-    assert limits.of({"creates_per_minute": 5, "max_pending_uploads": 7}, defaults) == limits.Limits(5, 7)
+    defaults = counters.Limits(600, 1000)
+    assert counters.of({"creates_per_minute": 5, "max_pending_uploads": 7}, defaults) == counters.Limits(5, 7)
     for bad in ("12", 0, -3, 2.5, True, None, [1]):
-        assert limits.of({"creates_per_minute": bad, "max_pending_uploads": bad}, defaults) == defaults
+        assert counters.of({"creates_per_minute": bad, "max_pending_uploads": bad}, defaults) == defaults
 
 
 # --- the store failing: limits kept locally, the count rebuilt from Firestore -----------------------------
@@ -382,7 +382,7 @@ def own_store(log_dir):
 def _pending_record(db, workspace: str, upload_id: str) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from lib import lifecycle
+    from lib.uploads import lifecycle
     now = datetime.now(UTC)
     lifecycle.create_record(db, upload_id, lifecycle.new_fields(
         upload_id, workspace, "live", f"uploads/{workspace}/{upload_id[4:]}.mp4", "video/mp4", None, now,
@@ -390,23 +390,23 @@ def _pending_record(db, workspace: str, upload_id: str) -> None:
 
 
 def _settle(db, upload_id: str) -> None:
-    from lib import lifecycle
+    from lib.uploads import lifecycle
     lifecycle.transition(db, lifecycle.load_by_id(db, upload_id), {"state": "cancelled"})
 
 
 def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_firestore(db, own_store, monkeypatch):
     from datetime import UTC, datetime, timedelta
 
-    from lib.errors import QuotaExceeded, RateLimited
+    from lib.platform.errors import QuotaExceeded, RateLimited
 
     # Each refusal or admit while down recounts at once, and the store is tried again on the next call
     # after a failure: the test steps through an outage without waiting out its clocks.
-    monkeypatch.setattr(limits, "LOCAL_RECOUNT_SECONDS", 0.0)
-    monkeypatch.setattr(limits, "DOWN_SECONDS", 0.0)
-    limiter = limits.Limiter(own_store.url)
+    monkeypatch.setattr(counters, "LOCAL_RECOUNT_SECONDS", 0.0)
+    monkeypatch.setattr(counters, "DOWN_SECONDS", 0.0)
+    limiter = counters.Limiter(own_store.url)
     capped, busy = f"ws_{secrets.token_hex(6)}", f"ws_{secrets.token_hex(6)}"
     expires = datetime.now(UTC) + timedelta(hours=1)
-    figures = limits.Limits(creates_per_minute=100, max_pending_uploads=3)
+    figures = counters.Limits(creates_per_minute=100, max_pending_uploads=3)
 
     def admit(workspace: str, log: dict, figures=figures) -> str:
         upload_id = "upl_" + secrets.token_hex(16)
@@ -438,7 +438,7 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
     admitted = 0
     for _ in range(8):
         try:
-            admit(busy, {}, limits.Limits(creates_per_minute=5, max_pending_uploads=1000))
+            admit(busy, {}, counters.Limits(creates_per_minute=5, max_pending_uploads=1000))
             admitted += 1
         except RateLimited:
             pass
@@ -456,7 +456,7 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
 
 
 def lifecycle_pending(db, workspace: str) -> int:
-    from lib import lifecycle
+    from lib.uploads import lifecycle
     return lifecycle.pending_count(db, workspace, "live")
 
 
@@ -466,7 +466,7 @@ def test_a_store_that_comes_back_empty_counts_the_pending_uploads_firestore_hold
     for _ in range(3):
         assert post(client, key).status_code == 201
     store = redis.Redis.from_url(backends["redis"].url)
-    for name in limits._keys(workspace, "live"):
+    for name in counters._keys(workspace, "live"):
         store.delete(name)  # as a FLUSHALL does to this workspace (the shared store keeps the others')
     refused = post(client, key)
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "quota_exceeded"
@@ -480,12 +480,12 @@ def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever
     the workspace's count from Firestore before deciding (and the one after does not)."""
     from datetime import UTC, datetime, timedelta
 
-    monkeypatch.setattr(limits, "DOWN_SECONDS", 0.0)
-    monkeypatch.setattr(limits, "EPOCH_CACHE_SECONDS", 0.0)
-    saw, other = limits.Limiter(own_store.url), limits.Limiter(own_store.url)
+    monkeypatch.setattr(counters, "DOWN_SECONDS", 0.0)
+    monkeypatch.setattr(counters, "EPOCH_CACHE_SECONDS", 0.0)
+    saw, other = counters.Limiter(own_store.url), counters.Limiter(own_store.url)
     workspace = f"ws_{secrets.token_hex(6)}"
     expires = datetime.now(UTC) + timedelta(hours=1)
-    figures = limits.Limits(creates_per_minute=100, max_pending_uploads=2)
+    figures = counters.Limits(creates_per_minute=100, max_pending_uploads=2)
     held = []
     for limiter in (saw, other):
         upload_id = "upl_" + secrets.token_hex(16)
@@ -501,7 +501,7 @@ def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever
     first, second = {}, {}
     other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, first)
     assert first["limiter_rebuilt"] == 1 and "limiter" not in first
-    from lib.errors import QuotaExceeded
+    from lib.platform.errors import QuotaExceeded
     with pytest.raises(QuotaExceeded):
         other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, second)
     assert "limiter_rebuilt" not in second
@@ -512,20 +512,20 @@ def test_a_release_while_a_rebuild_reads_firestore_is_not_undone_by_it(db, own_s
     rebuild writes what it read: the released one stays out."""
     from datetime import UTC, datetime, timedelta
 
-    from lib import lifecycle
+    from lib.uploads import lifecycle
 
-    limiter = limits.Limiter(own_store.url)
+    limiter = counters.Limiter(own_store.url)
     workspace = f"ws_{secrets.token_hex(6)}"
     expires = datetime.now(UTC) + timedelta(hours=1)
-    figures = limits.Limits(creates_per_minute=100, max_pending_uploads=10)
+    figures = counters.Limits(creates_per_minute=100, max_pending_uploads=10)
     held = []
     for _ in range(2):
         upload_id = "upl_" + secrets.token_hex(16)
         limiter.admit(db, workspace, "live", upload_id, expires, figures, {})
         _pending_record(db, workspace, upload_id)
         held.append(upload_id)
-    redis.Redis.from_url(own_store.url).incr(limits.EPOCH_KEY)  # as after an outage: the next create rebuilds
-    monkeypatch.setattr(limits, "EPOCH_CACHE_SECONDS", 0.0)
+    redis.Redis.from_url(own_store.url).incr(counters.EPOCH_KEY)  # as after an outage: the next create rebuilds
+    monkeypatch.setattr(counters, "EPOCH_CACHE_SECONDS", 0.0)
     read = lifecycle.pending_expiries
 
     def read_then_settle(*args):

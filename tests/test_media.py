@@ -19,10 +19,10 @@ from PIL import Image
 
 from dev.samples import long_mp4
 from lib import media
+from lib.api.models import MediaFacts
 from lib.media import engines, probe, sandbox
 from lib.media.facts import CONTENT_MISMATCH, UNREADABLE_MEDIA, Budget, Limits, Verdict
-from lib.mediatypes import CONTENT_TYPES
-from lib.models import MediaFacts
+from lib.media.mediatypes import CONTENT_TYPES
 
 MEDIA = Path(__file__).resolve().parent / "media"
 FACTS = json.loads((MEDIA / "facts.json").read_text())

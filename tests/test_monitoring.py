@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from dev.receiver import Receiver
-from lib import endpoints
+from lib.webhooks import endpoints
 from tests.conftest import BUCKET, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS, start_shipped
 from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
 from tests.test_events import envelope, resource_of, wait_for
@@ -251,7 +251,7 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
 
 @pytest.fixture(scope="module")
 def make_key_module(db):
-    from lib import auth
+    from lib.api import auth
 
     def make():
         workspace = f"ws_{uuid.uuid4().hex[:12]}"

@@ -1,6 +1,6 @@
 """The sweep's certificate cache against a certificate endpoint that is slow,
 stalled, dribbling or failing: one fetch at a time, every wait bounded by the
-fetch's own bound, failures remembered briefly (lib/oidc.py CertCache)."""
+fetch's own bound, failures remembered briefly (lib/platform/oidc.py CertCache)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from lib.errors import ServiceUnavailable
-from lib.oidc import CertCache
+from lib.platform.errors import ServiceUnavailable
+from lib.platform.oidc import CertCache
 
 CERTS = {"kid-1": "-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n"}
 
@@ -162,9 +162,9 @@ def test_when_a_refetch_fails_a_key_already_known_is_still_checked(cert_server):
 def test_a_token_seen_before_skips_the_signature_check_but_not_the_others(oidc_issuer, monkeypatch):
     """The verified-token cache: the same text, verified once; audience, signer and time checked every time."""
     from dev.oidc_issuer import WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT
-    from lib import oidc
-    from lib.clients import session_http
-    from lib.errors import Forbidden, InvalidToken
+    from lib.platform import oidc
+    from lib.platform.clients import session_http
+    from lib.platform.errors import Forbidden, InvalidToken
 
     certs = oidc.cert_cache(oidc_issuer.certs_url, session_http())
     decodes = []
@@ -194,9 +194,9 @@ def test_a_refused_token_is_told_apart_by_its_own_claims_never_by_the_librarys_w
     """Issue 34: the reason came from substrings of google-auth's messages; it now comes from the
     token's claims, and says no more than what kind of failure it was (never the token)."""
     from dev.oidc_issuer import AUDIENCE, SERVICE_ACCOUNT
-    from lib import oidc
-    from lib.clients import session_http
-    from lib.errors import InvalidToken
+    from lib.platform import oidc
+    from lib.platform.clients import session_http
+    from lib.platform.errors import InvalidToken
 
     certs = oidc.cert_cache(oidc_issuer.certs_url, session_http())
     now = int(time.time())

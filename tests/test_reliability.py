@@ -19,14 +19,14 @@ import requests
 from google.cloud import firestore
 
 from dev import emulators
-from lib import auth, idempotency
+from lib.api import auth, idempotency
 from tests.conftest import start_shipped
 from tests.tcpproxy import TcpProxy
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
 BUCKET = "framelane-faults"
 PROJECT = "framelane-faults"
-# Every upstream call is budgeted in lib/clients.py: about 7 s for Firestore and
+# Every upstream call is budgeted in lib/platform/clients.py: about 7 s for Firestore and
 # 11 s for Storage at worst. A 503 must come well inside this bound, itself far
 # below the function's 60 s timeout.
 UPSTREAM_BOUND_SECONDS = 15
@@ -281,10 +281,11 @@ def test_a_thousand_requests_at_concurrency_32_all_succeed(served_default, make_
     """1,000 POSTs, 32 at a time, against one served function: every one a 201 with
     its own upload URL. Throughput and p99 are printed, not asserted (make bench). The
     workspace's limits are the highest ops may set, so they count but never refuse."""
-    from lib import config, limits
+    from lib.limits import counters
+    from lib.platform import config
 
     key, workspace = make_key()
-    limits.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
+    counters.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
     local = threading.local()
 
     def one(_):

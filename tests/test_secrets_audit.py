@@ -26,7 +26,7 @@ def function_logs(log_dir) -> dict[str, str]:
 
 
 def test_webhook_secrets_are_in_their_endpoint_records_and_nowhere_else(log_dir, db):
-    from lib import attempts, endpoints
+    from lib.webhooks import attempts, endpoints
 
     assert len(SESSION_WEBHOOK_SECRETS) >= 10
     logs = {path.name: path.read_text(errors="replace") for path in sorted(log_dir.glob("*.log"))}
@@ -92,7 +92,7 @@ def test_no_firestore_document_holds_a_plaintext_key(db):
 
 
 def test_settled_uploads_have_forgotten_their_session_urls(db):
-    from lib import lifecycle
+    from lib.uploads import lifecycle
 
     states = {}
     for snap in db.collection(lifecycle.COLLECTION).stream():

@@ -13,12 +13,12 @@ import pytest
 import requests
 
 from dev import emulators
-from lib import idempotency
+from lib.api import idempotency
 from tests.conftest import BUCKET
 from tests.helpers import RecordingProxy, media, response_schema_errors
 
 VIDEO = {"content_type": "video/mp4", "filename": "clip.mp4"}
-# The documented worst case for one upstream (lib/clients.py) is about 11 s;
+# The documented worst case for one upstream (lib/platform/clients.py) is about 11 s;
 # anything near the 60 s function timeout would mean a hang.
 UPSTREAM_BOUND_SECONDS = 15
 
@@ -177,7 +177,7 @@ def test_one_structured_log_line_per_request_without_secrets(served_default, mak
 def test_a_revoked_key_keeps_working_at_most_the_cache_ttl(serve, make_key, db):
     from datetime import datetime
 
-    from lib import auth
+    from lib.api import auth
     served = serve(API_KEY_CACHE_TTL_SECONDS="2")
     key, _ = make_key()
     headers = {"Authorization": f"Bearer {key}"}
@@ -192,7 +192,7 @@ def test_a_revoked_key_keeps_working_at_most_the_cache_ttl(serve, make_key, db):
 def test_an_unknown_key_is_refused_from_the_cache_briefly(serve, db):
     from datetime import datetime
 
-    from lib import auth
+    from lib.api import auth
     served = serve(API_KEY_CACHE_TTL_SECONDS="2")
     key = auth.generate_key("live")
     headers = {"Authorization": f"Bearer {key}"}

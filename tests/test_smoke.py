@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from dev.receiver import Receiver
-from lib import endpoints
+from lib.webhooks import endpoints
 from tests.conftest import ROOT
 from tests.test_webhooks import deliveries
 

@@ -1,4 +1,4 @@
-"""lib/targets.py and lib/outbound.py: the rules for outbound webhook requests, each refusal for
+"""lib/webhooks/targets.py and lib/webhooks/outbound.py: the rules for outbound webhook requests, each refusal for
 its stated reason, and the connection itself (pinned to the checked address, no redirects, bounded reads and time)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lib import outbound, targets
+from lib.webhooks import outbound, targets
 
 HOSTILE = [
     pytest.param("http://hooks.example.com/x", "must use https", id="plain-http"),

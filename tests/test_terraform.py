@@ -21,7 +21,10 @@ import hcl2
 import pytest
 
 from dev import tfschema
-from lib import attempts, config, endpoints, idempotency, landing, lifecycle, naming, sweep
+from lib.api import idempotency
+from lib.platform import config
+from lib.uploads import lifecycle, naming, settling, sweep
+from lib.webhooks import attempts, endpoints
 from tests.conftest import ROOT
 
 TF = ROOT / "terraform"
@@ -311,11 +314,11 @@ def test_framework_threads_match_the_request_concurrency():
 
 def test_no_other_code_reads_the_environment():
     readers = []
-    for path in [ROOT / "main.py", *sorted((ROOT / "lib").glob("*.py"))]:
+    for path in [ROOT / "main.py", *sorted((ROOT / "lib").rglob("*.py"))]:
         if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text()):
             readers.append(path.relative_to(ROOT).as_posix())
     # config.py parses it; admin.py hands os.environ to config's FirestoreSettings.from_env.
-    assert sorted(readers) == ["lib/admin.py", "lib/config.py"]
+    assert sorted(readers) == ["lib/admin.py", "lib/platform/config.py"]
 
 
 def test_entry_points_name_the_http_functions_in_main():
@@ -383,10 +386,10 @@ def test_upload_fields_are_exempt_from_single_field_indexing_but_state():
     written = lifecycle.new_fields("upl_" + "0" * 32, "ws", "live", "o", "video/mp4", None,
                                    datetime.now(UTC), datetime.now(UTC), "u")
     # What a new record holds, plus what settling adds (completion adds the object's facts).
-    from lib.sessions import StoredObject
+    from lib.uploads.gcs_sessions import StoredObject
     landed = StoredObject(1, 1, None, None, datetime.now(UTC))
-    completion, rejection = landing.completed(landed), landing.rejected(landed, "size_mismatch", "m")
-    checked = {"media", "media_bytes_read"}  # what landing.examine adds to either
+    completion, rejection = settling.completed(landed), settling.rejected(landed, "size_mismatch", "m")
+    checked = {"media", "media_bytes_read"}  # what settling.examine adds to either
     assert (set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection) | checked
             == set(lifecycle.FIELDS))
 
@@ -507,8 +510,8 @@ def test_a_buckets_403_or_404_is_our_one_404_and_other_errors_pass():
     body = resource(cdn, "google_storage_bucket_object", "cdn_not_found")
     assert unquote(rule["path"]) == "/${local.not_found_object}" and body["name"] == "${local.not_found_object}"
     assert unquote(body["content_type"]) == "application/json"
-    # The envelope the API gives an unknown path (lib/errors.py NotFound).
-    from lib.errors import NotFound
+    # The envelope the API gives an unknown path (lib/platform/errors.py NotFound).
+    from lib.platform.errors import NotFound
     assert f'code = "{NotFound.code}"' in body["content"] and "details = {}" in body["content"]
 
 
@@ -648,7 +651,7 @@ def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function
     # The job gives up only after the function's timeout, and the sweep stops well inside it.
     assert unquote(job["attempt_deadline"]) == "${min(var.timeout_seconds, 1800)}s"
     variables = tf_variables()
-    # A step starts by budget + grace and takes at most ~8 s (lib/clients.py).
+    # A step starts by budget + grace and takes at most ~8 s (lib/platform/clients.py).
     assert sweep.SWEEP_BUDGET_SECONDS + sweep.SWEEP_GRACE_SECONDS + 8 + 5 <= variables["timeout_seconds"]["default"]
     assert "cloudscheduler.googleapis.com" in (TF / "apis.tf").read_text()
 
@@ -678,7 +681,7 @@ def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes(
     notification = resource(tf, "google_storage_notification", "finalize")
     assert set(re.findall(r'"([a-z-]+/)"', notification["for_each"])) == set(naming.PREFIXES.values())
     assert notification["object_name_prefix"] == "${each.value}"
-    assert unquote(notification["payload_format"]) == "JSON_API_V1"  # lib/events.py reads the object resource
+    assert unquote(notification["payload_format"]) == "JSON_API_V1"  # storage_events.py reads the object
     assert [unquote(t) for t in notification["event_types"]] == ["OBJECT_FINALIZE"]
     assert notification["bucket"] == "${google_storage_bucket.staging.name}"  # where sessions write
     publisher = resource(tf, "google_pubsub_topic_iam_member", "gcs_publishes")

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from lib import auth, clock, idempotency, logs, models, naming, sweep
-from lib.config import ConfigError, Settings
-from lib.errors import (
+from lib.api import auth, idempotency, models
+from lib.platform import clock, logs
+from lib.platform.config import ConfigError, Settings
+from lib.platform.errors import (
     InvalidApiKey,
     InvalidIdempotencyKey,
     InvalidJson,
@@ -20,6 +21,7 @@ from lib.errors import (
     UnsupportedContentType,
     ValidationFailed,
 )
+from lib.uploads import naming, sweep
 from tests.helpers import content_type_pattern
 
 
@@ -165,7 +167,7 @@ def test_bearer_scheme_is_case_insensitive():
 
 
 def test_fingerprint_ignores_key_order_whitespace_and_equivalent_values_but_not_meaning():
-    from lib import models
+    from lib.api import models
 
     def fingerprint(raw: str) -> str:
         return models.validate_upload_request(json.loads(raw)).fingerprint("video/mp4")
@@ -438,7 +440,7 @@ def test_key_cache_ttl_setting():
 
 
 def test_storage_client_skips_the_per_call_proxy_environment_scan(monkeypatch):
-    from lib import clients
+    from lib.platform import clients
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # no credentials needed; nothing is sent
     client = clients._without_proxy_lookup(__import__("google.cloud.storage", fromlist=["Client"]).Client(project="p"))
     assert client._http.trust_env is False
@@ -446,7 +448,7 @@ def test_storage_client_skips_the_per_call_proxy_environment_scan(monkeypatch):
 
 def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
     """Past a pool's size urllib3 opens, then discards, a connection per call (and logs it)."""
-    from lib import clients
+    from lib.platform import clients
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing is sent
     # Fresh ones: other tests mount recording adapters on the instance's shared session.
     monkeypatch.delitem(clients._clients, ("session_http",), raising=False)

@@ -4,7 +4,7 @@ that verify every signature with `standardwebhooks`, as customers do.
 
 The event path's relay for the webhooks topic redelivers after 1 s, then 2 s,
 and dead-letters after WEBHOOK_MAX_ATTEMPTS (conftest.py); production's
-subscription backs off 10 s to 600 s for 100 attempts (terraform/webhooks.tf).
+subscription backs off 10 s to 600 s for 100 attempts (terraform/fanout.tf).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dev.oidc_issuer import WEBHOOKS_AUDIENCE
 from dev.receiver import Receiver
-from lib import attempts, endpoints, lifecycle, sweep, webhooks
+from lib.uploads import lifecycle, sweep
+from lib.webhooks import attempts, endpoints, fanout
 from tests.conftest import BUCKET, ROOT, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS
 from tests.helpers import SESSION_WEBHOOK_SECRETS, padded_mp4, schema_errors
 from tests.test_events import wait_for
@@ -100,7 +101,7 @@ def test_a_completed_upload_is_pushed_signed_with_the_upload_as_get_returns_it(e
     for name, pattern in documented.items():
         assert re.fullmatch(pattern, got.headers[name]), name
     assert got.headers["content-type"] == "application/json"
-    assert got.webhook_id == webhooks.event_id(out["id"], "upload.completed")
+    assert got.webhook_id == fanout.event_id(out["id"], "upload.completed")
     assert abs(int(got.headers["webhook-timestamp"]) - datetime.now(UTC).timestamp()) < 60
     assert got.headers["webhook-signature"].startswith("v1,") and " " not in got.headers["webhook-signature"]
     # Recorded: one attempt, 200; the owed mark cleared once fanned out.
@@ -122,7 +123,7 @@ def test_a_rejected_upload_is_pushed_with_its_rejection_and_its_bytes_are_gone(e
     put_bytes(out["upload_url"], padded_mp4(1024 * 3, secrets.randbits(64)))
     [got] = receiver.wait_for(1)
     assert got.verified and got.event["type"] == "upload.rejected"
-    assert got.webhook_id == webhooks.event_id(out["id"], "upload.rejected")
+    assert got.webhook_id == fanout.event_id(out["id"], "upload.rejected")
     data = got.event["data"]
     assert data == get(event_path, key, out["id"])
     assert data["status"] == "rejected" and data["size_bytes"] == 4096 and data["completed_at"] is None
@@ -159,7 +160,7 @@ def test_a_failing_receiver_gets_the_same_webhook_id_until_it_answers_2xx(event_
     out = upload(event_path, key, CLIP)
     got = receiver.wait_for(3)
     assert [item.answered for item in got] == [500, 500, 200]
-    assert {item.webhook_id for item in got} == {webhooks.event_id(out["id"], "upload.completed")}
+    assert {item.webhook_id for item in got} == {fanout.event_id(out["id"], "upload.completed")}
     assert all(item.verified for item in got) and len({item.body for item in got}) == 1
     rows = wait_for(lambda: len(r := deliveries(db, workspace, hook.id)) == 3 and r, what="three attempts")
     assert [(r["attempt"], r["status"]) for r in reversed(rows)] == [(1, 500), (2, 500), (3, 200)]
@@ -324,7 +325,7 @@ def test_a_redelivered_storage_event_publishes_the_event_its_first_attempt_owed(
     assert resp.status_code == 200, resp.text
     [got] = receiver.wait_for(1)
     assert got.verified and got.event["type"] == "upload.cancelled" and got.event["data"]["id"] == out["id"]
-    assert got.webhook_id == webhooks.event_id(out["id"], "upload.cancelled")
+    assert got.webhook_id == fanout.event_id(out["id"], "upload.cancelled")
     wait_for(lambda: lifecycle.OWED_FIELD not in record(db, out["id"]), what="the owed mark cleared")
 
 
@@ -335,8 +336,8 @@ def test_a_url_that_became_private_is_refused_at_delivery(event_path, make_key, 
     url = receiver.url.replace("http://", "https://")
     hook = endpoints.create_endpoint(db, workspace, "live", url, True, datetime.now(UTC))
     SESSION_WEBHOOK_SECRETS.add(hook.secret)
-    delivery = webhooks.Delivery(hook.id, "evt_x", "upload.completed", "upl_" + "0" * 32, b"{}", 1)
-    outcome = webhooks.deliver(db, delivery, allow_private=False, now=datetime.now(UTC))
+    delivery = fanout.Delivery(hook.id, "evt_x", "upload.completed", "upl_" + "0" * 32, b"{}", 1)
+    outcome = fanout.deliver(db, delivery, allow_private=False, now=datetime.now(UTC))
     assert not outcome.delivered and "loopback" in outcome.refused
     assert receiver.received == []
     [row] = deliveries(db, workspace, hook.id)
@@ -355,8 +356,8 @@ def webhook_push(client, route: str, body, token: str | None):
 def share_in_flight(endpoint_id: str) -> Iterator[None]:
     """This instance holds `endpoint_id`'s whole share of deliveries in flight while inside."""
     with contextlib.ExitStack() as held:
-        assert all(held.enter_context(webhooks.in_flight().slot(endpoint_id))
-                   for _ in range(webhooks.MAX_IN_FLIGHT_PER_ENDPOINT))
+        assert all(held.enter_context(fanout.in_flight().slot(endpoint_id))
+                   for _ in range(fanout.MAX_IN_FLIGHT_PER_ENDPOINT))
         yield
 
 
@@ -428,14 +429,14 @@ def test_a_dead_letter_is_recorded_from_its_data_alone_whatever_attributes_survi
     key, workspace = make_key()
     out = upload(event_path, key, CLIP)
     wait_for(lambda: get(event_path, key, out["id"])["status"] == "completed", what="the upload completed")
-    event_type, body = webhooks.event_body(lifecycle.load_by_id(db, out["id"]), "https://cdn.example")
+    event_type, body = fanout.event_body(lifecycle.load_by_id(db, out["id"]), "https://cdn.example")
     # A delivery: its data is the event body, which names the upload and the event.
     resp = webhook_push(deliveries_client, "/internal/webhook-dead-letters", dead_letter_envelope(body),
                         oidc_issuer.webhooks_token())
     assert resp.status_code == 200 and resp.get_json() == {"outcome": "dead_letter_recorded"}
     [row] = [r for r in deliveries(db, workspace) if r["dead_lettered"]]
     assert (row["upload_id"], row["event_type"], row["event_id"], row["mode"]) == \
-        (out["id"], event_type, webhooks.event_id(out["id"], event_type), "live")
+        (out["id"], event_type, fanout.event_id(out["id"], event_type), "live")
     assert row["endpoint_id"] is None and row["error"] == "dead_lettered"  # which endpoint is unknown, said so
     # An event message: its data is the upload's id; the owed mark (kept) brings it back.
     resp = webhook_push(deliveries_client, "/internal/webhook-dead-letters", dead_letter_envelope(out["id"].encode()),
@@ -461,8 +462,8 @@ def test_event_messages_carry_their_upload_id_in_their_data():
             published.extend(messages)
 
     record = lifecycle.Record("upl_" + "3" * 32, {}, None)
-    webhooks.Announcer(Recorder(), "t").publish([record])
-    assert published == [(record.id.encode(), {"kind": webhooks.KIND_EVENT, "upload_id": record.id})]
+    fanout.Announcer(Recorder(), "t").publish([record])
+    assert published == [(record.id.encode(), {"kind": fanout.KIND_EVENT, "upload_id": record.id})]
 
 
 def test_past_its_share_of_deliveries_in_flight_an_endpoint_waits_its_turn(deliveries_client, oidc_issuer,
@@ -572,17 +573,17 @@ def test_an_endpoint_failing_every_delivery_for_5_days_is_disabled_then_skipped_
     hook = endpoints.create_endpoint(db, workspace, "live", "http://127.0.0.1:9/refused", True,
                                      datetime.now(UTC))
     SESSION_WEBHOOK_SECRETS.add(hook.secret)
-    delivery = webhooks.Delivery(hook.id, "evt_" + "1" * 32, "upload.completed", "upl_" + "2" * 32, b"{}", 1)
+    delivery = fanout.Delivery(hook.id, "evt_" + "1" * 32, "upload.completed", "upl_" + "2" * 32, b"{}", 1)
     start = datetime.now(UTC)
-    first = webhooks.deliver(db, delivery, allow_private=True, now=start)
+    first = fanout.deliver(db, delivery, allow_private=True, now=start)
     assert first.label == "failed" and endpoints.get_endpoint(db, hook.id).failing_since == start
-    almost = webhooks.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER - timedelta(1))
+    almost = fanout.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER - timedelta(1))
     assert almost.label == "failed" and not almost.disabled and endpoints.get_endpoint(db, hook.id).disabled_at is None
-    last = webhooks.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER)
+    last = fanout.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER)
     assert last.label == "failed" and last.disabled
     stored = endpoints.get_endpoint(db, hook.id)
     assert stored.disabled_at == start + endpoints.DISABLE_AFTER and stored.public()["status"] == "disabled"
-    skipped = webhooks.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER + timedelta(1))
+    skipped = fanout.deliver(db, delivery, allow_private=True, now=start + endpoints.DISABLE_AFTER + timedelta(1))
     assert skipped.label == "endpoint_disabled" and skipped.result is None  # nothing sent
     listed = subprocess.run([sys.executable, "-m", "lib.admin", "list-webhooks", "--workspace", workspace, "--json"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -605,8 +606,8 @@ def test_a_success_resets_the_failure_clock(db, make_key):
                                          datetime.now(UTC))
         SESSION_WEBHOOK_SECRETS.add(hook.secret)
         endpoints.endpoint_ref(db, hook.id).update({"failing_since": datetime.now(UTC)})
-        delivery = webhooks.Delivery(hook.id, "evt_" + "3" * 32, "upload.completed", "upl_" + "4" * 32, b"{}", 1)
-        assert webhooks.deliver(db, delivery, allow_private=True, now=datetime.now(UTC)).delivered
+        delivery = fanout.Delivery(hook.id, "evt_" + "3" * 32, "upload.completed", "upl_" + "4" * 32, b"{}", 1)
+        assert fanout.deliver(db, delivery, allow_private=True, now=datetime.now(UTC)).delivered
     finally:
         ok.stop()
     assert endpoints.get_endpoint(db, hook.id).failing_since is None

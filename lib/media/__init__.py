@@ -18,4 +18,7 @@ from __future__ import annotations
 from lib.media.facts import Budget, Media, Usage, Verdict
 from lib.media.sandbox import BUDGET, CheckTimedOut, EngineFailed, check
 
+# The modules another package may import besides this face (lib/__init__.py).
+FACE = ("facts", "mediatypes")
+
 __all__ = ["BUDGET", "Budget", "CheckTimedOut", "EngineFailed", "Media", "Usage", "Verdict", "check"]

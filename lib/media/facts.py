@@ -9,7 +9,7 @@ from typing import Protocol
 CONTENT_MISMATCH, UNREADABLE_MEDIA = "content_mismatch", "unreadable_media"
 
 # The bounds a fact must hold to be stated. The engines give none outside them, and the API
-# (lib/models.py MediaFacts) shows a stored one outside them as null: JSON never carries NaN,
+# (lib/api/models.py MediaFacts) shows a stored one outside them as null: JSON never carries NaN,
 # Infinity, a negative duration or a picture no decoder would allocate.
 MAX_DURATION_SECONDS = 31 * 24 * 3600.0  # a month: no real file the renderer takes is longer
 MAX_DIMENSION = 65535  # the most JPEG, WebP and FFmpeg's image checks allow on a side

@@ -6,7 +6,7 @@ import codecs
 
 import filetype
 
-from lib.mediatypes import ALIASES
+from lib.media.mediatypes import ALIASES
 
 # Content types that share one format, each accepted for the other: the renderer reads them alike
 # (a video type still needs a video track, audio/mp4 an audio track: lib/media/moving.py); an

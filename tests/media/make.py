@@ -1,5 +1,5 @@
 """Makes the media fixtures in this folder (committed: tests read them, nothing here runs at
-test time). One small file per content type uploads take (lib/mediatypes.py), each a
+test time). One small file per content type uploads take (lib/media/mediatypes.py), each a
 second long at 64x48 where it has pictures, and what ffprobe says of each (facts.json), the
 answer the verifier (lib/media.py) must give.
 

@@ -19,22 +19,23 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from lib import clock, landing, lifecycle
-from lib.errors import ServiceUnavailable, SessionNotEnded, ValidationFailed, failure
+from lib.platform import clock
+from lib.platform.errors import ServiceUnavailable, SessionNotEnded, ValidationFailed, failure
+from lib.uploads import lifecycle, settling
 
 # No record is started after SWEEP_BUDGET_SECONDS and no upstream step after
 # SWEEP_BUDGET_SECONDS + SWEEP_GRACE_SECONDS; a step takes at most ~8 s
-# (lib/clients.py), so a call ends by ~45 s, inside the function's timeout (60 s).
+# (lib/platform/clients.py), so a call ends by ~45 s, inside the function's timeout (60 s).
 SWEEP_BUDGET_SECONDS = 25.0
 SWEEP_GRACE_SECONDS = 12.0
 # Records settled at once. Each is ~4 sequential upstream calls and almost no
 # CPU, so the rate grows with workers until the instance's CPU binds (docs/operations.md,
 # "Capacity"; bench (i)).
 SWEEP_WORKERS = 32
-# An event owed for longer than this is published again (lib/webhooks.py, step 1):
+# An event owed for longer than this is published again (lib/webhooks/fanout.py, step 1):
 # long enough that its own publish and fan-out are not still on their way.
 OWED_GRACE = timedelta(minutes=10)
-# ?shards=A-B: the slice of lib/lifecycle.py's shards one scheduler job sweeps.
+# ?shards=A-B: the slice of lib/uploads/lifecycle.py's shards one scheduler job sweeps.
 _SHARD_RANGE = re.compile(r"(?P<first>[0-9]{1,3})-(?P<last>[0-9]{1,3})")
 
 
@@ -68,7 +69,7 @@ class SweepResult:
 
 
 class Announcer(Protocol):
-    """lib/webhooks.py's Announcer: told of each state change (lifecycle.Announce); publishes owed events."""
+    """lib/webhooks/fanout.py's Announcer: told of each state change (lifecycle.Announce); publishes owed events."""
 
     def __call__(self, record: lifecycle.Record) -> None: ...
 
@@ -142,7 +143,7 @@ def sweep(db: firestore.Client, gcs: lifecycle.Storage, now: datetime, budget_se
 
     - no page is read and no record started after `budget_seconds`;
     - no upstream step of a record started after `budget_seconds +
-      grace_seconds` (lib/clients.py bounds each step: ~8 s Storage, ~7 s
+      grace_seconds` (lib/platform/clients.py bounds each step: ~8 s Storage, ~7 s
       Firestore);
     - after a record fails because a backend is unavailable, no more are
       started: the rest would only fail the same way.
@@ -170,7 +171,7 @@ def sweep(db: firestore.Client, gcs: lifecycle.Storage, now: datetime, budget_se
                         run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
                     if not run.may_start():
                         break
-                    run.in_flight[pool.submit(landing.settle, db, gcs, record, lifecycle.EXPIRED, finish_by,
+                    run.in_flight[pool.submit(settling.settle, db, gcs, record, lifecycle.EXPIRED, finish_by,
                                               announce)] = record
                 if len(records) < page_size:
                     del cursors[shard]
@@ -202,7 +203,7 @@ class _Run:
             record = self.in_flight.pop(future)
             try:
                 settled = future.result()
-            except landing.OutOfTime:
+            except settling.OutOfTime:
                 self.result.more = True
                 continue
             except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the rest

@@ -16,10 +16,13 @@ from typing import Any
 
 from google.cloud import firestore, storage
 
-from lib import clock, idempotency, lifecycle, limits, models, naming, sessions
-from lib.auth import ApiKey
-from lib.config import Settings
-from lib.errors import ApiError, UploadTooLarge
+from lib.api import idempotency, models
+from lib.api.auth import ApiKey
+from lib.limits import counters
+from lib.platform import clock
+from lib.platform.config import Settings
+from lib.platform.errors import ApiError, UploadTooLarge
+from lib.uploads import gcs_sessions, lifecycle, naming
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class Created:
 class Limiting:
     """The create's limits: the instance's store, and the defaults a workspace has until ops set its own."""
 
-    limiter: limits.Limiter
-    defaults: limits.Limits
+    limiter: counters.Limiter
+    defaults: counters.Limits
 
 
 def create(db: firestore.Client, client: storage.Client, settings: Settings, limiting: Limiting, key: ApiKey,
@@ -55,7 +58,7 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, lim
         ServiceUnavailable: Firestore or Storage is down or slow.
     """
     limiter = limiting.limiter
-    workspace_limits = (limits.for_workspace(db, key.workspace_id, limiting.defaults, log)
+    workspace_limits = (counters.for_workspace(db, key.workspace_id, limiting.defaults, log)
                         if limiter.enabled else None)
     taken: list[str] = []  # the ids this request took a slot for
 
@@ -72,12 +75,12 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, lim
         for upload_id in taken:  # the create failed: its slot and its place in the window go back
             limiter.give_back(key.workspace_id, key.mode, upload_id, log)
         if isinstance(exc, ApiError) and workspace_limits is not None and "RateLimit-Policy" not in exc.headers:
-            exc.headers.update(limits.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode, log)))
+            exc.headers.update(counters.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode, log)))
         raise
     for upload_id in taken:  # its record is written: Firestore counts it from now on
         limiter.done(key.workspace_id, key.mode, upload_id)
     if workspace_limits is not None and not created.headers:  # a replay: where the window stands now
-        return replace(created, headers=limits.headers(workspace_limits,
+        return replace(created, headers=counters.headers(workspace_limits,
                                                        limiter.usage(key.workspace_id, key.mode, log)))
     return created
 
@@ -100,7 +103,7 @@ def _create(db: firestore.Client, client: storage.Client, settings: Settings, ke
         created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
         # Only a new upload is limited (a replay never reaches here); before its session exists.
         fields.update(admit(upload_id, expires))
-        url = sessions.mint_session(client, settings.staging_bucket, name, content_type, bound_origin,
+        url = gcs_sessions.mint_session(client, settings.staging_bucket, name, content_type, bound_origin,
                                     upload.size_bytes, upload.crc32c, upload.md5)
         out = models.UploadOut(id=upload_id, upload_url=url, source_url=naming.source_url(settings.cdn_base_url, name),
                                expires_at=clock.rfc3339(expires))

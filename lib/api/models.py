@@ -15,8 +15,8 @@ from typing import IO, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from lib.errors import InvalidJson, PayloadTooLarge, RequestTimeout, ValidationFailed
 from lib.media.facts import sane_dimension, sane_duration
+from lib.platform.errors import InvalidJson, PayloadTooLarge, RequestTimeout, ValidationFailed
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -235,7 +235,7 @@ def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BO
     """The raw body, at most `limit` bytes, without reading an oversized one whole.
 
     `before_read` is asked before each read: False means the request's deadline
-    (lib/server.py) has passed, whose watchdog also ends a read that outlasts it.
+    (lib/platform/server.py) has passed, whose watchdog also ends a read that outlasts it.
 
     Raises:
         PayloadTooLarge: declared or actual length over the limit.
@@ -251,7 +251,7 @@ def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BO
         try:
             chunk = stream.read(min(_READ_SIZE, limit + 1 - size))
         except (BlockingIOError, TimeoutError):
-            # The server's per-read timeout (lib/server.py): the client stopped sending.
+            # The server's per-read timeout (lib/platform/server.py): the client stopped sending.
             raise RequestTimeout() from None
         if not chunk:
             break

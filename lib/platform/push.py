@@ -4,7 +4,7 @@ A push is an HTTP POST whose JSON body is `{"message": {"attributes",
 "data" (base64), "messageId", "publishTime"}, "subscription",
 "deliveryAttempt"}`, with the push subscription's Google-signed OIDC token in
 `Authorization` (https://cloud.google.com/pubsub/docs/push). The token is
-checked first (lib/oidc.py), so only then is the body read, as plain JSON:
+checked first (lib/platform/oidc.py), so only then is the body read, as plain JSON:
 it is Pub/Sub's, not a client's.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from lib import oidc
-from lib.errors import InvalidEvent
+from lib.platform import oidc
+from lib.platform.errors import InvalidEvent
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def receive(authorization: str | None, raw: bytes, audience: str | None, service
     that is not a push (the route's own words).
 
     Raises:
-        InvalidToken, Forbidden: the token is not the caller's (lib/oidc.py).
+        InvalidToken, Forbidden: the token is not the caller's (lib/platform/oidc.py).
         InvalidEvent: the body is not a Pub/Sub push envelope.
         ServiceUnavailable: Google's certificates cannot be had.
     """

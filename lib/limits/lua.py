@@ -1,4 +1,4 @@
-"""The scripts Redis runs for the limits (lib/limits.py): each decides atomically, on the server's own clock.
+"""The scripts Redis runs for the limits (lib/limits/counters.py): each decides atomically, on the server's own clock.
 
 Keys, all under one workspace's hash tag (one slot): KEYS[1] the rate log (a sorted set of admitted creates,
 scored by when, ms), KEYS[2] the pending set (upload ids scored by expires_at), KEYS[3] the mark of its last

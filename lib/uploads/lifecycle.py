@@ -4,12 +4,12 @@ One Firestore document per upload, `uploads/{upl_...}`. A record leaves
 `pending` exactly once, by a write conditioned on the `update_time` it was
 read at (`transition`), so a cancel, a GET, a storage event and a sweep racing
 on one upload agree on one outcome: whoever writes second re-reads and reports
-what the first decided. What decides it is lib/landing.py. Once settled, the
+what the first decided. What decides it is lib/uploads/settling.py. Once settled, the
 record forgets its session URL.
 
 Every read and write of the collection is here, owed webhook marks included:
-the sweep (lib/sweep.py) pages through `due` and settles each record, webhook
-fan-out (lib/webhooks.py) loads a record and `clear_owed`s it, and the
+the sweep (lib/uploads/sweep.py) pages through `due` and settles each record, webhook
+fan-out (lib/webhooks/fanout.py) loads a record and `clear_owed`s it, and the
 sweep's republishing finds what is still `owed`.
 """
 
@@ -26,10 +26,9 @@ from google.cloud import firestore, storage
 from google.cloud.firestore_v1.aggregation import AggregationQuery
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import clock, naming
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
-from lib.errors import UploadNotFound
-from lib.models import MediaFacts, Rejection, Upload
+from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
+from lib.platform.errors import UploadNotFound
+from lib.uploads import naming
 
 COLLECTION = "uploads"
 PENDING, COMPLETED, REJECTED, CANCELLED, EXPIRED = "pending", "completed", "rejected", "cancelled", "expired"
@@ -79,7 +78,7 @@ class Record:
         return self.data["state"]
 
 
-# Told of each state change this process stored (lib/webhooks.py's Announcer; None while webhooks are off).
+# Told of each state change this process stored (lib/webhooks/fanout.py's Announcer; None while webhooks are off).
 Announce = Callable[[Record], None]
 
 
@@ -87,7 +86,7 @@ Announce = Callable[[Record], None]
 class Storage:
     """What settling a record needs besides Firestore: GCS (the client, the served bucket, the
     staging bucket sessions write to, plain HTTP for session URLs), who to tell that an upload
-    left `pending` (lib/limits.py gives its slot back; None: no limits), and the request's log
+    left `pending` (lib/limits/counters.py gives its slot back; None: no limits), and the request's log
     line, for what verifying read (None: not logged)."""
 
     client: storage.Client
@@ -168,25 +167,6 @@ def load_by_id(db: firestore.Client, upload_id: str) -> Record:
     if not snap.exists:
         raise UploadNotFound()
     return Record.of(snap)
-
-
-def view(record: Record, cdn_base_url: str) -> Upload:
-    data = record.data
-    return Upload(
-        id=record.id,
-        status=data["state"],
-        source_url=naming.source_url(cdn_base_url, data["object_name"]),
-        content_type=data["content_type"],
-        size_bytes=data.get("size_bytes"),
-        created_at=clock.rfc3339(data["created_at"]),
-        expires_at=clock.rfc3339(data["expires_at"]),
-        completed_at=clock.rfc3339(data["completed_at"]) if data.get("completed_at") else None,
-        crc32c=data.get("crc32c"),
-        md5=data.get("md5"),
-        rejection=(Rejection(code=data["rejection_code"], message=data["rejection_message"])
-                   if data["state"] == REJECTED else None),
-        media=MediaFacts(**data["media"]) if data["state"] == COMPLETED and data.get("media") else None,
-    )
 
 
 def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
@@ -289,7 +269,7 @@ def pending_count(db: firestore.Client, workspace_id: str, mode: str) -> int:
 
 def pending_expiries(db: firestore.Client, workspace_id: str, mode: str) -> dict[str, datetime]:
     """Each of a workspace's pending uploads in `mode` and its expires_at (the limiter rebuilds its
-    count from these: lib/limits.py). One read per upload, paged by the client."""
+    count from these: lib/limits/counters.py). One read per upload, paged by the client."""
     with upstream():
         snaps = list(pending_query(db, workspace_id, mode).select(["expires_at"]).stream(
             retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 4))

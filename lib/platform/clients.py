@@ -26,8 +26,8 @@ from google.auth import exceptions as auth_exc
 from google.cloud import firestore, storage
 from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_DEFAULT_RETRY
 
-from lib.config import FirestoreSettings
-from lib.errors import ServiceUnavailable
+from lib.platform.config import FirestoreSettings
+from lib.platform.errors import ServiceUnavailable
 
 T = TypeVar("T")
 
@@ -50,7 +50,7 @@ FIRESTORE_CLEANUP_TIMEOUT = 1.5
 # session with if_generation_match=0 is conditional, so retrying it is safe.
 STORAGE_TIMEOUT = (2.0, 4.0)
 STORAGE_RETRY = STORAGE_DEFAULT_RETRY.with_delay(initial=0.1, maximum=1.0, multiplier=2.0).with_timeout(5.0)
-# A rewrite (placing a verified upload, lib/sessions.py `place`): "Any timeout logic that you set in
+# A rewrite (placing a verified upload, lib/uploads/gcs_sessions.py `place`): "Any timeout logic that you set in
 # conjunction with using this method should be at least 30 seconds"
 # (https://cloud.google.com/storage/docs/json_api/v1/objects/rewrite). Within one location and
 # storage class it answers at once; the bound is for the day it does not.

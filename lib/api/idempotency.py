@@ -39,8 +39,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_CLEANUP_TIMEOUT, FIRESTORE_RETRY, upstream
-from lib.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
+from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_CLEANUP_TIMEOUT, FIRESTORE_RETRY, upstream
+from lib.platform.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 
 COLLECTION = "idempotency_keys"
 IN_PROGRESS, COMPLETED = "in_progress", "completed"

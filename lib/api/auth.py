@@ -23,8 +23,9 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
-from lib.errors import InvalidApiKey
+from lib.platform import oidc
+from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
+from lib.platform.errors import InvalidApiKey
 
 COLLECTION = "api_keys"
 MODES = {"live": "fl_live_", "test": "fl_test_"}
@@ -58,28 +59,13 @@ def is_well_formed(key: str) -> bool:
     return _KEY.fullmatch(key) is not None
 
 
-def bearer(authorization: str | None, error: Callable[[str], Exception]) -> str:
-    """The credentials of an `Authorization: Bearer <credentials>` header (an API
-    key here, a Google OIDC token in lib/oidc.py).
-
-    Raises:
-        `error(reason)`: no header, or another scheme.
-    """
-    if not authorization:
-        raise error("missing Authorization header")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        raise error("Authorization scheme is not Bearer")
-    return credentials.strip()
-
-
 def bearer_key(authorization: str | None) -> str:
     """The key from an `Authorization: Bearer <key>` header, checked for form only.
 
     Raises:
         InvalidApiKey: missing header, another scheme, or not a key's shape.
     """
-    key = bearer(authorization, InvalidApiKey)
+    key = oidc.bearer(authorization, InvalidApiKey)
     if not is_well_formed(key):
         raise InvalidApiKey("malformed API key")
     return key
@@ -119,7 +105,7 @@ def lookup_cache(ttl: float) -> KeyLookupCache:
 
 
 class Guard(Protocol):
-    """What stands between a flood of made-up keys and Firestore (lib/limits.py: per client address)."""
+    """What stands between a flood of made-up keys and Firestore (lib/limits/counters.py: per client address)."""
 
     def check(self) -> None:
         """Raises AuthenticationsLimited when the caller's address failed too often of late."""

@@ -8,7 +8,7 @@ with a Google-signed OIDC token (checked in main.py, as the sweep's is).
 Delivery is at least once, in any order, so every outcome is idempotent and
 the HTTP status is the acknowledgement:
 
-- pending upload: settled by lib/landing.py `land` (checked, then placed at
+- pending upload: settled by lib/settling.py `land` (checked, then placed at
   its served name and `completed`, or `rejected`), by the same conditional
   write the lifecycle uses, so a racing cancel, GET or sweep agrees on one outcome;
 - already completed or rejected: nothing changes (a repeat), except that an event
@@ -35,13 +35,13 @@ from datetime import datetime
 from google.cloud import firestore
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
-from lib import landing, lifecycle, naming, sessions
-from lib.errors import InvalidEvent, UploadNotFound
-from lib.push import Push
+from lib.platform.errors import InvalidEvent, UploadNotFound
+from lib.platform.push import Push
+from lib.uploads import gcs_sessions, lifecycle, naming, settling
 
 FINALIZE = "OBJECT_FINALIZE"
 INT64_MAX = 2**63 - 1
-# An object name the service makes: `{prefix}{workspace}/{32 hex}.{ext}` (lib/naming.py new_upload).
+# An object name the service makes: `{prefix}{workspace}/{32 hex}.{ext}` (lib/uploads/naming.py new_upload).
 _PREFIXES = "|".join(re.escape(prefix) for prefix in naming.PREFIXES.values())
 _OBJECT = re.compile(rf"(?:{_PREFIXES})[A-Za-z0-9_-]{{1,64}}/([0-9a-f]{{32}})\.[a-z0-9]{{1,10}}")
 
@@ -52,12 +52,12 @@ class Event:
     bucket: str
     object_name: str
     message_id: str
-    obj: sessions.StoredObject | None  # set for OBJECT_FINALIZE
+    obj: gcs_sessions.StoredObject | None  # set for OBJECT_FINALIZE
     upload_id: str | None  # the upload owning object_name, if the service made such a name
 
 
 def from_push(push: Push) -> Event:
-    """The storage event a pushed message carries (lib/push.py read the envelope).
+    """The storage event a pushed message carries (lib/platform/push.py read the envelope).
 
     Raises:
         InvalidEvent: not a GCS notification.
@@ -70,7 +70,7 @@ def from_push(push: Push) -> Event:
     return Event(event_type, bucket, name, push.message_id, obj, upload_id_for(name))
 
 
-def _finalized(data: bytes, attributes: dict[str, str]) -> sessions.StoredObject:
+def _finalized(data: bytes, attributes: dict[str, str]) -> gcs_sessions.StoredObject:
     """The object resource (payload JSON_API_V1) the message's data holds."""
     if not data:
         raise InvalidEvent("an OBJECT_FINALIZE message has no data (payload format JSON_API_V1 expected)")
@@ -86,7 +86,7 @@ def _finalized(data: bytes, attributes: dict[str, str]) -> sessions.StoredObject
         found = _ObjectResource.model_validate(resource)
     except ValidationError as exc:
         raise InvalidEvent(_resource_failure(exc)) from None
-    return sessions.StoredObject(size=found.size, generation=found.generation, crc32c=found.crc32c,
+    return gcs_sessions.StoredObject(size=found.size, generation=found.generation, crc32c=found.crc32c,
                                  md5=found.md5Hash, created=found.timeCreated)
 
 
@@ -158,7 +158,7 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
     assert event.obj is not None  # from_push sets it for every FINALIZE
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
-        record = landing.land(db, gcs, record, event.obj, announce=announce)
+        record = settling.land(db, gcs, record, event.obj, announce=announce)
     elif announce is not None and record.data.get(lifecycle.OWED_FIELD) is not None:
         # Settled, its event still owed: the attempt that settled it may have died between its write and
         # its publish. A redelivery finishes that (the event's id is the same, so a repeat is one event).
@@ -168,11 +168,11 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
     if record.state == lifecycle.REJECTED:
         if not was_pending and not staged:
             # Landed at its served name: make sure the refused bytes are gone (a repeat).
-            sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
+            gcs_sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
         return "rejected" if was_pending else "duplicate"
     # Cancelled or expired, and yet these bytes are there: nothing keeps them, and nothing is served
     # (a settler that placed them and lost the race may have died before undoing it).
-    sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
+    gcs_sessions.delete_object(gcs.client, event.bucket, event.object_name, event.obj.generation)
     if staged:
-        landing.unserve(gcs, record)
+        settling.unserve(gcs, record)
     return "deleted_late_object"

@@ -45,8 +45,8 @@ from gunicorn.http import wsgi
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, NoMoreData, ParseException
 from gunicorn.workers.gthread import ThreadWorker
 
-from lib import logs
-from lib.errors import ApiError, BadHttpRequest, RequestHeadersTooLarge, RequestTimeout, UriTooLong
+from lib.platform import logs
+from lib.platform.errors import ApiError, BadHttpRequest, RequestHeadersTooLarge, RequestTimeout, UriTooLong
 
 # Longest request line (method, path, query, version): our routes need < 100.
 MAX_REQUEST_LINE = 8190
@@ -258,7 +258,7 @@ def install(request_deadline_seconds: float = REQUEST_DEADLINE_SECONDS) -> None:
 
     def closing_headers(self, headers):
         # gunicorn drops the application's Connection header; an answer that says it
-        # closes (408, 413: lib/errors.py) must say so on the wire, and close.
+        # closes (408, 413: lib/platform/errors.py) must say so on the wire, and close.
         if any(name.lower() == "connection" and value.strip().lower() == "close" for name, value in headers):
             self.force_close()
         process_headers(self, headers)

@@ -1,6 +1,6 @@
 """Resumable sessions and the objects they make: minting and cancelling a
 session, finding, reading (ranges), placing and deleting the object it made.
-Every call is bounded (lib/clients.py) and a transient failure is our 503."""
+Every call is bounded (lib/platform/clients.py) and a transient failure is our 503."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from lib.clients import REWRITE_TIMEOUT, STORAGE_RETRY, STORAGE_TIMEOUT, upstream
-from lib.errors import ObjectChanged
+from lib.platform.clients import REWRITE_TIMEOUT, STORAGE_RETRY, STORAGE_TIMEOUT, upstream
+from lib.platform.errors import ObjectChanged
 
 
 def mint_session(client: storage.Client, bucket: str, object_name: str, content_type: str,
@@ -69,7 +69,7 @@ def cancel_session(http: requests.Session, session_url: str) -> int:
     def attempt() -> int:
         status = http.delete(session_url, headers={"Content-Length": "0"}, timeout=STORAGE_TIMEOUT).status_code
         if status in _TRANSIENT_STATUSES:
-            # Retried within the Storage budget, then a 503 (lib/clients.py upstream()).
+            # Retried within the Storage budget, then a 503 (lib/platform/clients.py upstream()).
             raise gexc.from_http_status(status, "cancelling an upload session")
         return status
 

@@ -6,7 +6,7 @@ storage event, or a GET, cancel or sweep looking for itself), `land` decides:
 1. `verdict`: the size and each declared checksum, from the object's metadata (no reads);
 2. `examine`: the object's bytes, read in ranges within a counted budget and decoded in a sandboxed
    child, say whether it is the media declared and what it holds (lib/media/);
-3. a match is placed at its served name in the uploads bucket by one rewrite (`sessions.place`,
+3. a match is placed at its served name in the uploads bucket by one rewrite (`gcs_sessions.place`,
    a single request within one location and storage class), then recorded `completed` with its
    `media`, and the staging object deleted. `source_url` answers 404 until then;
 4. anything else is recorded `rejected`, and its bytes stay in the staging bucket, never served,
@@ -14,7 +14,7 @@ storage event, or a GET, cancel or sweep looking for itself), `land` decides:
 
 Every step is idempotent, so a second settler (a redelivered event, a racing GET) reaches the same
 outcome: the verdict depends only on the bytes, a placement finds its own earlier copy, and the
-record's write is conditional (lib/lifecycle.py `transition`). Uploads created before staging
+record's write is conditional (lib/uploads/lifecycle.py `transition`). Uploads created before staging
 (no `staged` field) landed at their served name: they are examined there, and a rejected one is
 deleted.
 
@@ -36,9 +36,11 @@ from typing import Any
 
 from google.cloud import firestore
 
-from lib import media, sessions
-from lib.errors import ObjectChanged, ServiceUnavailable, SessionNotEnded, UploadCompleted
-from lib.lifecycle import (
+from lib import media
+from lib.media.facts import CONTENT_MISMATCH, UNREADABLE_MEDIA
+from lib.platform.errors import ObjectChanged, ServiceUnavailable, SessionNotEnded, UploadCompleted
+from lib.uploads import gcs_sessions
+from lib.uploads.lifecycle import (
     CANCELLED,
     COMPLETED,
     EXPIRED,
@@ -50,7 +52,6 @@ from lib.lifecycle import (
     load_by_id,
     transition,
 )
-from lib.media.facts import CONTENT_MISMATCH, UNREADABLE_MEDIA
 
 # Why an upload was rejected (its `rejection.code`).
 SIZE_MISMATCH, CHECKSUM_MISMATCH = "size_mismatch", "checksum_mismatch"
@@ -62,19 +63,19 @@ _AGAIN = " It is not served; create a new upload and send the file again."
 CHECK_SECONDS = 10.0
 
 
-def completed(obj: sessions.StoredObject) -> dict[str, Any]:
+def completed(obj: gcs_sessions.StoredObject) -> dict[str, Any]:
     """The changes that record a pending upload as completed by `obj`."""
     return {"state": COMPLETED, "size_bytes": obj.size, "crc32c": obj.crc32c, "md5": obj.md5,
             "generation": obj.generation, "completed_at": obj.created}
 
 
-def rejected(obj: sessions.StoredObject, code: str, message: str) -> dict[str, Any]:
+def rejected(obj: gcs_sessions.StoredObject, code: str, message: str) -> dict[str, Any]:
     """The changes that record a pending upload as rejected: `size_bytes` keeps
     what was declared, `generation` names the object that was refused."""
     return {"state": REJECTED, "rejection_code": code, "rejection_message": message, "generation": obj.generation}
 
 
-def verdict(declared: dict[str, Any], obj: sessions.StoredObject) -> dict[str, Any]:
+def verdict(declared: dict[str, Any], obj: gcs_sessions.StoredObject) -> dict[str, Any]:
     """What the object's metadata says of a pending record (`declared`: its data): `completed` if
     it is the size declared and has each checksum declared, else `rejected`.
 
@@ -93,13 +94,13 @@ def verdict(declared: dict[str, Any], obj: sessions.StoredObject) -> dict[str, A
     return completed(obj)
 
 
-def examine(gcs: Storage, bucket: str, name: str, obj: sessions.StoredObject, content_type: str) -> dict[str, Any]:
+def examine(gcs: Storage, bucket: str, name: str, obj: gcs_sessions.StoredObject, content_type: str) -> dict[str, Any]:
     """What the object's bytes say (lib/media/: decoded in a sandboxed child, within a counted budget):
     `completed` with their `media`, or `rejected` (content_mismatch, unreadable_media); either with
     `media_bytes_read`, what the ranged reads took. A check that runs past CHECK_SECONDS, or whose
     engine cannot start, is a 503: the upload stays pending and is settled again, never a verdict
     that would depend on the clock."""
-    fetch = sessions.ranged(gcs.client, bucket, name, obj.generation)
+    fetch = gcs_sessions.ranged(gcs.client, bucket, name, obj.generation)
     try:
         found = media.check(content_type, obj.size, fetch, time.monotonic() + CHECK_SECONDS)
     except (media.CheckTimedOut, media.EngineFailed) as exc:
@@ -120,7 +121,7 @@ def examine(gcs: Storage, bucket: str, name: str, obj: sessions.StoredObject, co
     return {**changes, "media_bytes_read": found.usage.bytes_read}
 
 
-def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.StoredObject,
+def land(db: firestore.Client, gcs: Storage, record: Record, obj: gcs_sessions.StoredObject,
          step: Callable[[], None] = lambda: None, announce: Announce | None = None) -> Record:
     """Settle a pending record whose object `obj` has landed (module docstring, steps 1-4).
 
@@ -156,13 +157,13 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: sessions.Store
     if served is not None:
         # Theirs stands and it is not this placement: undone before anyone is told otherwise (a 503 if
         # Storage fails: the event is redelivered, and `unserve` finishes it).
-        sessions.delete_object(gcs.client, gcs.bucket, name, served)
+        gcs_sessions.delete_object(gcs.client, gcs.bucket, name, served)
     if settled.state in (CANCELLED, EXPIRED):
         forget_late(gcs, record, obj.generation)
     return settled
 
 
-def _decide(gcs: Storage, record: Record, obj: sessions.StoredObject, staged: bool,
+def _decide(gcs: Storage, record: Record, obj: gcs_sessions.StoredObject, staged: bool,
             step: Callable[[], None]) -> dict[str, Any]:
     """The changes that settle the record, its object checked, and placed if it passed."""
     where, name = gcs.landing_bucket(record), record.data["object_name"]
@@ -177,10 +178,10 @@ def _decide(gcs: Storage, record: Record, obj: sessions.StoredObject, staged: bo
         # Landed at its served name: deleted before the record says so, so a wrong object is never left
         # behind a rejection (if the write then fails, a redelivery or a look at the bucket settles it).
         step()
-        sessions.delete_object(gcs.client, where, name, obj.generation)
+        gcs_sessions.delete_object(gcs.client, where, name, obj.generation)
     if changes["state"] == COMPLETED and staged:
         step()
-        placed = sessions.place(gcs.client, gcs.staging_bucket, gcs.bucket, name, obj.generation,
+        placed = gcs_sessions.place(gcs.client, gcs.staging_bucket, gcs.bucket, name, obj.generation,
                                 record.data["content_type"])
         changes.update(generation=placed.generation, completed_at=placed.created)
     return changes
@@ -192,7 +193,7 @@ def forget_late(gcs: Storage, record: Record, generation: int) -> None:
     lifecycle rule; a legacy upload's landed at its served name, so that failure is a 503."""
     name = record.data["object_name"]
     if not record.data.get("staged"):
-        sessions.delete_object(gcs.client, gcs.bucket, name, generation)
+        gcs_sessions.delete_object(gcs.client, gcs.bucket, name, generation)
         return
     forget_staged(gcs, name, generation)
 
@@ -200,15 +201,15 @@ def forget_late(gcs: Storage, record: Record, generation: int) -> None:
 def unserve(gcs: Storage, record: Record) -> bool:
     """Make sure nothing is served for an upload that did not complete (a placement whose
     record write lost, left by an instance that died before undoing it). True if it deleted one."""
-    placed = sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
-    return placed is not None and sessions.delete_object(gcs.client, gcs.bucket, record.data["object_name"],
+    placed = gcs_sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
+    return placed is not None and gcs_sessions.delete_object(gcs.client, gcs.bucket, record.data["object_name"],
                                                          placed.generation)
 
 
 def forget_staged(gcs: Storage, name: str, generation: int) -> None:
     """Delete a placed upload's staging object; if Storage is unavailable, the bucket's lifecycle rule will."""
     try:
-        sessions.delete_object(gcs.client, gcs.staging_bucket, name, generation)
+        gcs_sessions.delete_object(gcs.client, gcs.staging_bucket, name, generation)
     except ServiceUnavailable:
         pass
 
@@ -265,14 +266,14 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
             raise OutOfTime()
 
     where = gcs.landing_bucket(record)
-    obj = sessions.stored_object(gcs.client, where, record.data["object_name"])
+    obj = gcs_sessions.stored_object(gcs.client, where, record.data["object_name"])
     if obj is None and end is not None:
         step()
-        status = sessions.cancel_session(gcs.http, record.data["session_url"])
+        status = gcs_sessions.cancel_session(gcs.http, record.data["session_url"])
         # The upload may have finished between the look and the cancel.
         step()
-        obj = sessions.stored_object(gcs.client, where, record.data["object_name"])
-        if obj is None and not sessions.session_ended(status):
+        obj = gcs_sessions.stored_object(gcs.client, where, record.data["object_name"])
+        if obj is None and not gcs_sessions.session_ended(status):
             # Neither cancelled nor finished: leave it pending for a later try.
             raise SessionNotEnded(status)
     if obj is not None:

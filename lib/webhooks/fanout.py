@@ -9,22 +9,22 @@ secret's predecessor still signs).
 
 The path, all at least once, every step's HTTP status its acknowledgement:
 
-1. A state change is stored (lib/lifecycle.py `transition`, whoever made it)
+1. A state change is stored (lib/uploads/lifecycle.py `transition`, whoever made it)
    together with `webhook_owed_at`; then one *event* message (the upload id)
    is published to the webhooks topic. If that publish fails, the owed mark
-   stays and the sweep publishes it again (lib/sweep.py).
+   stays and the sweep publishes it again (lib/uploads/sweep.py).
 2. The event message is pushed to `POST /internal/webhooks`: `fan_out`
    publishes one *delivery* message per endpoint of the upload's workspace
    and mode, carrying the exact body, then clears the owed mark.
 3. Each delivery message is pushed to the same route: `deliver` signs and
-   POSTs it (lib/targets.py checks the URL, lib/outbound.py sends) and records the attempt. A
+   POSTs it (lib/webhooks/targets.py checks the URL, lib/webhooks/outbound.py sends) and records the attempt. A
    2xx within 10 s acknowledges; anything else answers 502 and Pub/Sub
    retries that (event, endpoint) pair alone, with exponential backoff, until
    it dead-letters it; the dead-letter topic's push (`POST
    /internal/webhook-dead-letters`) records that too.
 
-Endpoints and their secrets are lib/endpoints.py's; the attempts each
-delivery records are lib/attempts.py's (written in batches, off the
+Endpoints and their secrets are lib/webhooks/endpoints.py's; the attempts each
+delivery records are lib/webhooks/attempts.py's (written in batches, off the
 request's path).
 """
 
@@ -42,11 +42,14 @@ from typing import Any, NamedTuple
 
 from google.cloud import firestore
 
-from lib import attempts, clock, endpoints, lifecycle, naming, outbound, targets
-from lib.clients import Publisher, shared
-from lib.endpoints import Endpoint, EndpointCache
-from lib.errors import InvalidEvent, ServiceUnavailable, UploadNotFound, failure
-from lib.push import Push
+from lib.api import views
+from lib.platform import clock
+from lib.platform.clients import Publisher, shared
+from lib.platform.errors import InvalidEvent, ServiceUnavailable, UploadNotFound, failure
+from lib.platform.push import Push
+from lib.uploads import lifecycle, naming
+from lib.webhooks import attempts, endpoints, outbound, targets
+from lib.webhooks.endpoints import Endpoint, EndpointCache
 
 EVENT_TYPES = {lifecycle.COMPLETED: "upload.completed", lifecycle.REJECTED: "upload.rejected",
                lifecycle.CANCELLED: "upload.cancelled", lifecycle.EXPIRED: "upload.expired"}
@@ -98,7 +101,7 @@ def event_body(record: lifecycle.Record, cdn_base_url: str) -> tuple[str, bytes]
     """The event's type and the exact bytes every endpoint receives (and we sign)."""
     event_type = EVENT_TYPES[record.state]
     body = {"type": event_type, "timestamp": clock.rfc3339(record.data["settled_at"]),
-            "data": lifecycle.view(record, cdn_base_url).model_dump()}
+            "data": views.view(record, cdn_base_url).model_dump()}
     return event_type, json.dumps(body, separators=(",", ":"), allow_nan=False).encode()  # as main._respond
 
 
@@ -146,7 +149,7 @@ class Message(NamedTuple):
 
     @classmethod
     def from_push(cls, push: Push) -> Message:
-        """Raises InvalidEvent: not one of our messages (lib/push.py read the envelope)."""
+        """Raises InvalidEvent: not one of our messages (lib/platform/push.py read the envelope)."""
         kind = push.attributes.get("kind")
         if kind not in (KIND_EVENT, KIND_DELIVERY):
             raise InvalidEvent(f"the message's kind is {kind!r}, not event or delivery", INVALID_PUSH)
@@ -287,7 +290,7 @@ def deliver(db: firestore.Client, delivery: Delivery, allow_private: bool, now: 
 
 def attempt_row(endpoint: Endpoint | None, delivery: Delivery, result: outbound.Result | None, now: datetime,
                 dead_lettered: bool = False, workspace: tuple[str, str] | None = None) -> dict[str, Any]:
-    """The attempt log's row (lib/attempts.py `Attempt`) for this delivery and what came of it."""
+    """The attempt log's row (lib/webhooks/attempts.py `Attempt`) for this delivery and what came of it."""
     workspace_id, mode = (endpoint.workspace_id, endpoint.mode) if endpoint else (workspace or (None, None))
     return attempts.Attempt(
         workspace_id=workspace_id, mode=mode, endpoint_id=delivery.endpoint_id or None,

@@ -1,5 +1,5 @@
 """The media types uploads take, their usual extensions and the other names
-tools give them. Pure data, no imports: the uploads function (`lib/naming.py`)
+tools give them. Pure data, no imports: the uploads function (`lib/uploads/naming.py`)
 and the upload command (`client/`) read the same table."""
 
 # What the renderer takes, each with the extensions its objects may get: the

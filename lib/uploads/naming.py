@@ -7,8 +7,8 @@ import re
 import secrets
 from urllib.parse import quote
 
-from lib.errors import UnsupportedContentType, ValidationFailed
-from lib.mediatypes import ALIASES, CONTENT_TYPES, EXTENSIONS
+from lib.media.mediatypes import ALIASES, CONTENT_TYPES, EXTENSIONS
+from lib.platform.errors import UnsupportedContentType, ValidationFailed
 
 SUPPORTED = sorted(CONTENT_TYPES)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

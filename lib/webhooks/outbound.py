@@ -1,4 +1,4 @@
-"""POSTs to webhook targets lib/targets.py checked: to a checked address, pooled, cut off at a deadline.
+"""POSTs to webhook targets lib/webhooks/targets.py checked: to a checked address, pooled, cut off at a deadline.
 
 The connection goes to one of the target's checked addresses (no second
 lookup), with the URL's host for TLS (SNI and certificate) and `Host`.
@@ -21,9 +21,9 @@ import threading
 import time
 from typing import NamedTuple
 
-from lib.targets import Target
+from lib.webhooks.targets import Target
 
-# A whole delivery, its lookup included (lib/webhooks.py deliver).
+# A whole delivery, its lookup included (lib/webhooks/fanout.py deliver).
 DELIVERY_TIMEOUT_SECONDS = 10.0
 # After the status: a body read to keep the connection is at most this big, and this quick.
 MAX_KEPT_BODY_BYTES = 4 * 1024

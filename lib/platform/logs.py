@@ -20,7 +20,7 @@ _SECRETS = (
     # Whole keys only: the display prefix (fl_live_ + 4 characters) stays readable.
     (re.compile(r"fl_(live|test)_[A-Za-z0-9_-]{16,}"), r"fl_\1_[REDACTED]"),
     (re.compile(r"(upload_id=)[^&\s\"'\\]+"), r"\1[REDACTED]"),
-    # A webhook signing secret (lib/endpoints.py).
+    # A webhook signing secret (lib/webhooks/endpoints.py).
     (re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"), "whsec_[REDACTED]"),
     (re.compile(r"(?i)(bearer\s+)[^\s\"'\\]+"), r"\1[REDACTED]"),
     # A JWT (the OIDC token of a scheduler or push call): header and payload are base64url JSON.

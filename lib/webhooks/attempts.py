@@ -3,7 +3,7 @@
 `webhook_deliveries/{auto}` documents each hold up to ROWS_PER_DOCUMENT
 attempts of one workspace and are deleted by a TTL policy on `expire_at`
 after DELIVERY_RETENTION. A row is an `Attempt`: it never holds a secret or the receiver's body
-(lib/webhooks.py `attempt_row` fills one from a delivery).
+(lib/webhooks/fanout.py `attempt_row` fills one from a delivery).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from lib import clock, logs
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, shared, upstream
+from lib.platform import clock, logs
+from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, shared, upstream
 
 DELIVERIES = "webhook_deliveries"
 # Delivery attempts are kept this long (Firestore TTL policy on `expire_at`).

@@ -28,8 +28,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from standardwebhooks.webhooks import Webhook
 
-from lib import clock, targets
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
+from lib.platform import clock
+from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, TtlLru, shared, upstream
+from lib.webhooks import targets
 
 ENDPOINTS = "webhook_endpoints"
 # The old secret keeps signing beside the new one for this long after a rotation.

@@ -2,7 +2,7 @@
 
 Each class carries its HTTP status and stable `code`; raising one anywhere in a
 request ends it with `{"error": {"code", "message", "details"}}` (main.py
-renders it; lib/server.py does for what the HTTP server refuses itself).
+renders it; lib/platform/server.py does for what the HTTP server refuses itself).
 `failure` names what went wrong for a log line.
 """
 
@@ -35,7 +35,7 @@ class InvalidJson(ApiError):
 
 
 class BadHttpRequest(ApiError):
-    """Refused by the HTTP server before the function runs (lib/server.py)."""
+    """Refused by the HTTP server before the function runs (lib/platform/server.py)."""
 
     status, code = 400, "bad_request"
     message = "The request is not valid HTTP/1.1."
@@ -169,7 +169,7 @@ class UriTooLong(ApiError):
 
 
 class RequestHeadersTooLarge(ApiError):
-    """Refused by the HTTP server before the function runs (lib/server.py)."""
+    """Refused by the HTTP server before the function runs (lib/platform/server.py)."""
 
     status, code = 431, "request_headers_too_large"
     message = "The request's headers are too many or too large."
@@ -199,7 +199,7 @@ class UploadTooLarge(ApiError):
 
 
 class RateLimited(ApiError):
-    """POST /v1/uploads: the workspace has created its creates-per-minute in the last 60 s (lib/limits.py)."""
+    """POST /v1/uploads: the workspace has created its creates-per-minute in the last 60 s (lib/limits/counters.py)."""
 
     status, code = 429, "rate_limited"
 
@@ -211,7 +211,7 @@ class RateLimited(ApiError):
 
 class AuthenticationsLimited(ApiError):
     """Any route taking an API key: this client address sent too many unknown or revoked keys in the
-    last minute (lib/limits.py `Limiter.auth_check`); refused before the key is looked up."""
+    last minute (lib/limits/counters.py `Limiter.auth_check`); refused before the key is looked up."""
 
     status, code = 429, "rate_limited"
 
@@ -223,7 +223,7 @@ class AuthenticationsLimited(ApiError):
 
 
 class QuotaExceeded(ApiError):
-    """POST /v1/uploads: the workspace has as many uploads pending as it may (lib/limits.py)."""
+    """POST /v1/uploads: the workspace has as many uploads pending as it may (lib/limits/counters.py)."""
 
     status, code = 429, "quota_exceeded"
 
@@ -243,7 +243,7 @@ class ServiceUnavailable(ApiError):
 
 class ObjectChanged(ServiceUnavailable):
     """The object being checked or placed went away meanwhile: another settler may have settled
-    it (lib/landing.py looks), else a retry sees the bucket as it is then."""
+    it (lib/uploads/settling.py looks), else a retry sees the bucket as it is then."""
 
     def __init__(self, reason: str):
         super().__init__(reason=reason)

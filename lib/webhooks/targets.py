@@ -16,10 +16,10 @@ network unless every hop is checked (OWASP's SSRF prevention cheat sheet; the
    rebinding DNS server to answer differently;
 4. the lookup is bounded (RESOLVE_TIMEOUT_SECONDS) and fair between hosts
    (`Lookups`); redirects are never followed and the whole delivery ends by
-   its deadline (10 s), however the receiver dribbles (lib/outbound.py sends it).
+   its deadline (10 s), however the receiver dribbles (lib/webhooks/outbound.py sends it).
 
 The same rules run when an endpoint is added (lib/admin.py) and at every
-delivery (lib/webhooks.py).
+delivery (lib/webhooks/fanout.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import dns.exception
 import dns.resolver
 import idna
 
-from lib.clients import TtlLru, shared
+from lib.platform.clients import TtlLru, shared
 
 MAX_URL_LENGTH = 2048
 # One lookup's whole time: both address families, every server and retry (dnspython's lifetime).

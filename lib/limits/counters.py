@@ -2,7 +2,7 @@
 
 Each workspace's test and live modes are counted apart, in sorted sets whose
 keys share one hash tag (`{workspace:mode}`), so one Lua script
-(lib/limits_store.py), one round trip, decides a create atomically:
+(lib/limits/lua.py), one round trip, decides a create atomically:
 
 - `rate`: one member per admitted create, scored by when (ms). A create is
   refused while the last 60 s hold `creates_per_minute` of them: a sliding
@@ -11,7 +11,7 @@ keys share one hash tag (`{workspace:mode}`), so one Lua script
   https://limits.readthedocs.io/en/stable/strategies.html).
 - `pending`: one member per pending upload (its id), scored by its
   `expires_at`. A slot is taken at create and given back by removing the
-  member: once, whoever settles the upload (lib/lifecycle.py's `transition`
+  member: once, whoever settles the upload (lib/uploads/lifecycle.py's `transition`
   calls `release` only for the write that stored the change), and a second
   removal would change nothing. A release that never arrives is dropped by
   the next rebuild (below), at the latest at the upload's expires_at.
@@ -53,10 +53,11 @@ import redis
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from lib import lifecycle, logs
-from lib.clients import FIRESTORE_ATTEMPT_TIMEOUT, TtlLru, shared
-from lib.errors import AuthenticationsLimited, QuotaExceeded, RateLimited
-from lib.limits_store import ADMIT, RELEASE, SYNC, USAGE, WINDOW_SECONDS
+from lib.limits.lua import ADMIT, RELEASE, SYNC, USAGE, WINDOW_SECONDS
+from lib.platform import logs
+from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, TtlLru, shared
+from lib.platform.errors import AuthenticationsLimited, QuotaExceeded, RateLimited
+from lib.uploads import lifecycle
 
 COLLECTION = "workspace_limits"
 # A change made by `set-limits` is seen within this (plus one Firestore read).
@@ -251,7 +252,7 @@ class Limiter:
         return bool(removed)
 
     def guard(self, address: str, log: dict[str, Any], enforced: bool = True) -> AuthGuard:
-        """The failed-authentication limit for one request from `address` (lib/auth.py `Guard`)."""
+        """The failed-authentication limit for one request from `address` (lib/api/auth.py `Guard`)."""
         return AuthGuard(self, address, log, enforced)
 
     def auth_failures(self, address: str, log: dict[str, Any], add: bool) -> tuple[int, int]:
@@ -277,9 +278,9 @@ class Limiter:
 
 
 class AuthGuard:
-    """lib/auth.py's `Guard` for one request: refuses its address once it has AUTH_FAILURES_PER_MINUTE
+    """lib/api/auth.py's `Guard` for one request: refuses its address once it has AUTH_FAILURES_PER_MINUTE
     failures in the current minute (a fixed window, from its first failure), and counts its failures.
-    Not `enforced` (a loopback caller: lib/auth.py is_loopback), it only notes the lookup. Either way
+    Not `enforced` (a loopback caller: lib/api/auth.py is_loopback), it only notes the lookup. Either way
     the request's log line says `key_lookup` when the key is read from Firestore."""
 
     def __init__(self, limiter: Limiter, address: str, log: dict[str, Any], enforced: bool = True):

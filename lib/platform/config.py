@@ -81,13 +81,13 @@ class FirestoreSettings:
 class Settings:
     firestore: FirestoreSettings
     upload_bucket: str
-    # Where sessions write: an upload is served from upload_bucket only once verified (lib/landing.py).
+    # Where sessions write: an upload is served from upload_bucket only once verified (lib/uploads/settling.py).
     staging_bucket: str
     cdn_base_url: str
     upload_url_ttl_seconds: int = 3600
     idempotency_ttl_seconds: int = 24 * 3600
     # How long an in-flight claim blocks its key. Every upstream call is bounded
-    # far below this (see lib/clients.py), so a live request never outlives it;
+    # far below this (see lib/platform/clients.py), so a live request never outlives it;
     # a claim left by a crashed instance frees the key when it runs out.
     idempotency_lease_seconds: int = 30
     # How long an instance trusts a key lookup: the longest a revoked key keeps
@@ -103,7 +103,7 @@ class Settings:
     # subscription's OIDC identity and audience. Unset, the route refuses every call.
     events_service_account: str | None = None
     events_audience: str | None = None
-    # Webhooks (lib/webhooks.py): the topic their event and delivery messages
+    # Webhooks (lib/webhooks/fanout.py): the topic their event and delivery messages
     # go through (unset: webhooks are off), and who may push them to
     # POST /internal/webhooks and /internal/webhook-dead-letters.
     webhooks_topic: str | None = None
@@ -114,12 +114,12 @@ class Settings:
     oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
     # Deliver webhooks to loopback/private addresses and plain http (local only).
     webhook_allow_private_targets: bool = False
-    # A request's line, headers and body, in all (lib/server.py); the tests shorten it.
+    # A request's line, headers and body, in all (lib/platform/server.py); the tests shorten it.
     request_deadline_seconds: int = 30
     # The API load balancer's own address (terraform/api_domain.tf), by which the client's is found in
-    # X-Forwarded-For (lib/auth.py client_address); unset: no load balancer in front.
+    # X-Forwarded-For (lib/api/auth.py client_address); unset: no load balancer in front.
     api_lb_address: str | None = None
-    # Limits (lib/limits.py): the store every instance counts in (redis:// or, with TLS,
+    # Limits (lib/limits/counters.py): the store every instance counts in (redis:// or, with TLS,
     # rediss://; unset: no limits), its AUTH string and its CA's PEM; the defaults a
     # workspace has until ops set its own (docs/api.md, "Limits").
     limits_redis_url: str | None = None

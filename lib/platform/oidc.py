@@ -1,6 +1,6 @@
 """Verifying the OIDC tokens Google sends to the internal routes: Cloud
 Scheduler's with each sweep call, Pub/Sub's with each push (storage events,
-webhook messages and their dead letters; lib/push.py).
+webhook messages and their dead letters; lib/platform/push.py).
 
 The token is a Google-signed ID token (RS256 JWT). It is accepted only when
 its signature checks out against Google's published certificates, it is
@@ -28,16 +28,15 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
 from google.auth import exceptions as auth_exc
 from google.auth import jwt
 
-from lib.auth import bearer
-from lib.clients import TtlLru, shared, upstream
-from lib.errors import Forbidden, InvalidToken, ServiceUnavailable
+from lib.platform.clients import TtlLru, shared, upstream
+from lib.platform.errors import Forbidden, InvalidToken, ServiceUnavailable
 
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
 CLOCK_SKEW_SECONDS = 30
@@ -205,6 +204,21 @@ def verify(authorization: str | None, audience: str | None, service_account: str
     if claims.get("email") != service_account or claims.get("email_verified") is not True:
         raise Forbidden(f"token is not from the {route}'s service account")
     return claims
+
+
+def bearer(authorization: str | None, error: Callable[[str], Exception]) -> str:
+    """The credentials of an `Authorization: Bearer <credentials>` header (a Google
+    OIDC token here, an API key in lib/api/auth.py).
+
+    Raises:
+        `error(reason)`: no header, or another scheme.
+    """
+    if not authorization:
+        raise error("missing Authorization header")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        raise error("Authorization scheme is not Bearer")
+    return credentials.strip()
 
 
 def _bearer(authorization: str | None) -> str:
