@@ -15,9 +15,10 @@ run: $(VENV)/.installed $(NODE_MODULES) redis
 test: lint $(CHECKOV_VENV)/.installed $(NODE_MODULES) chromium redis
 	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
 
-# ruff (lint) and mypy (types) with the settings in pyproject.toml; `make test` runs them first.
+# ruff (lint and format) and mypy (types) with the settings in pyproject.toml; `make test` runs them first.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/ruff format --check --no-cache .
 	$(VENV)/bin/mypy
 
 # Only the offline Terraform checks (fmt, checkov, provider schema, contracts).

@@ -34,7 +34,7 @@ from lib.platform.errors import (
     WebhookDeliveryFailed,
 )
 from lib.uploads import lifecycle, settling, storage_events, sweep
-from lib.webhooks import fanout
+from lib.webhooks import messages, pushes
 
 
 def _load_settings() -> config.Settings:
@@ -62,31 +62,47 @@ MAX_PATH_BYTES = 2048
 def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /v1/uploads: authenticate, then create (lib/api/create.py)."""
     key = _authenticate(request, log)
-    created = create.create(WIRING.db(), WIRING.gcs(), SETTINGS, WIRING.limiting(), key,
-                            request.headers.get("Idempotency-Key"), raw, request.headers.get("Origin"), log)
+    created = create.create(
+        WIRING.db(),
+        WIRING.gcs(),
+        SETTINGS,
+        WIRING.limiting(),
+        key,
+        request.headers.get("Idempotency-Key"),
+        raw,
+        request.headers.get("Origin"),
+        log,
+    )
     if created.replayed:
         return 200, created.body, {**created.headers, "Idempotent-Replayed": "true"}
     return 201, created.body, created.headers
 
 
 def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
-    """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/counters.py)."""
+    """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/limits/counters.py)."""
     key = _authenticate(request, log)
     limiting = WIRING.limiting()
     if not limiting.limiter.enabled:
         return 200, models.LimitsOut.off(key.mode).model_dump(), {}
     figures = counters.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
     usage = limiting.limiter.usage(key.workspace_id, key.mode, log)
-    out = models.LimitsOut.counted(key.mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates,
-                                   usage.pending)
+    out = models.LimitsOut.counted(
+        key.mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates, usage.pending
+    )
     return 200, out.model_dump(), counters.headers(figures, usage)
 
 
 def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
     record = _own_upload(request, log, params["upload_id"])
-    record = settling.refresh(WIRING.db(), WIRING.storage(log), record, clock.now(),
-                             lambda exc: log.update(unsettled=exc.reason), announce=WIRING.announcer(log))
+    record = settling.refresh(
+        WIRING.db(),
+        WIRING.storage(log),
+        record,
+        clock.now(),
+        lambda exc: log.update(unsettled=exc.reason),
+        announce=WIRING.announcer(log),
+    )
     return 200, views.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
@@ -99,13 +115,15 @@ def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], para
 
 def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at (lib/uploads/sweep.py)."""
-    oidc.verify(request.headers.get("Authorization"), SETTINGS.sweep_audience, SETTINGS.sweep_service_account,
-                WIRING.certs())
+    oidc.verify(
+        request.headers.get("Authorization"), SETTINGS.sweep_audience, SETTINGS.sweep_service_account, WIRING.certs()
+    )
     slice_ = sweep.shards(request.args.get("shards"))
     log["sweep_shards"] = f"{slice_.start}-{slice_.stop - 1}"  # also when the sweep's query fails
     # Many uploads settle in one sweep: what each verification read is not the request's to log.
-    report = sweep.run(WIRING.db(), dataclasses.replace(WIRING.storage(log), log=None), clock.now(), slice_,
-                       WIRING.announcer(log))
+    report = sweep.run(
+        WIRING.db(), dataclasses.replace(WIRING.storage(log), log=None), clock.now(), slice_, WIRING.announcer(log)
+    )
     log.update(report.log)
     if report.result.failed:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
@@ -115,8 +133,16 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
 
 def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/storage-events (Pub/Sub push, OIDC): a finalized object completes its upload."""
-    event = storage_events.from_push(push.receive(request.headers.get("Authorization"), raw, SETTINGS.events_audience,
-                                          SETTINGS.events_service_account, WIRING.certs(), "events"))
+    event = storage_events.from_push(
+        push.receive(
+            request.headers.get("Authorization"),
+            raw,
+            SETTINGS.events_audience,
+            SETTINGS.events_service_account,
+            WIRING.certs(),
+            "events",
+        )
+    )
     log.update(event_type=event.event_type, message_id=event.message_id[:64])
     if event.upload_id is not None:
         log["upload_id"] = event.upload_id
@@ -126,12 +152,18 @@ def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _para
 
 def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/webhooks (Pub/Sub push, OIDC): fan an event out, or deliver it to one endpoint."""
-    handled = fanout.handle(WIRING.db(), _webhook_push(request, raw, log), SETTINGS.webhooks_topic,
-                              WIRING.publisher, SETTINGS.cdn_base_url,
-                              SETTINGS.webhook_allow_private_targets, clock.now())
+    handled = pushes.handle(
+        WIRING.db(),
+        _webhook_push(request, raw, log),
+        SETTINGS.webhooks_topic,
+        WIRING.publisher,
+        SETTINGS.cdn_base_url,
+        SETTINGS.webhook_allow_private_targets,
+        clock.now(),
+    )
     log.update(handled.log)
     if handled.deferred:
-        raise DeliveryDeferred(reason=f"{fanout.MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to it in flight here")
+        raise DeliveryDeferred(reason=f"{pushes.MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to it in flight here")
     if handled.failed:
         raise WebhookDeliveryFailed()
     return 200, handled.body, {}
@@ -139,17 +171,30 @@ def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _pa
 
 def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
     """POST /internal/webhook-dead-letters (the dead-letter topic's push, OIDC): record what Pub/Sub gave up on."""
-    handled = fanout.dead_letter(WIRING.db(), _webhook_push(request, raw, log, fanout.Message.dead_lettered),
-                                   clock.now())
+    handled = pushes.dead_letter(
+        WIRING.db(), _webhook_push(request, raw, log, messages.Message.dead_lettered), clock.now()
+    )
     log.update(handled.log)
     return 200, handled.body, {}
 
 
-def _webhook_push(request: flask.Request, raw: bytes, log: dict[str, Any],
-                  read: Callable[[push.Push], fanout.Message] = fanout.Message.from_push) -> fanout.Message:
-    message = read(push.receive(
-        request.headers.get("Authorization"), raw, _audience(request, SETTINGS.webhooks_audience),
-        SETTINGS.webhooks_service_account, WIRING.certs(), "webhooks", fanout.INVALID_PUSH))
+def _webhook_push(
+    request: flask.Request,
+    raw: bytes,
+    log: dict[str, Any],
+    read: Callable[[push.Push], messages.Message] = messages.Message.from_push,
+) -> messages.Message:
+    message = read(
+        push.receive(
+            request.headers.get("Authorization"),
+            raw,
+            _audience(request, SETTINGS.webhooks_audience),
+            SETTINGS.webhooks_service_account,
+            WIRING.certs(),
+            "webhooks",
+            messages.INVALID_PUSH,
+        )
+    )
     log.update(kind=message.kind, message_id=message.message_id[:64])
     if message.upload_id:
         log["upload_id"] = message.upload_id[:64]
@@ -164,12 +209,12 @@ def _audience(request: flask.Request, audience: str | None) -> str | None:
 
 
 def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:
-    address = auth.client_address(request.headers.get("X-Forwarded-For"), request.remote_addr,
-                                  SETTINGS.api_lb_address)
-    # A flood of made-up keys from one address stops costing Firestore reads past its limit (lib/counters.py).
+    address = auth.client_address(request.headers.get("X-Forwarded-For"), request.remote_addr, SETTINGS.api_lb_address)
+    # A flood of made-up keys from one address stops costing Firestore reads past its limit (lib/limits/counters.py).
     guard = WIRING.limiting().limiter.guard(address, log, enforced=not auth.is_loopback(address))
-    key = auth.authenticate(WIRING.db(), request.headers.get("Authorization"),
-                            auth.lookup_cache(SETTINGS.api_key_cache_ttl_seconds), guard)
+    key = auth.authenticate(
+        WIRING.db(), request.headers.get("Authorization"), auth.lookup_cache(SETTINGS.api_key_cache_ttl_seconds), guard
+    )
     log.update(workspace_id=key.workspace_id, key_prefix=key.prefix)
     return key
 
@@ -214,7 +259,7 @@ DELIVERIES_ROUTES: Routes = (
     *_HEALTH,
 )
 # Every route of either function (the API document lists them all).
-ROUTES: Routes = (*UPLOADS_ROUTES, *DELIVERIES_ROUTES[:-len(_HEALTH)])
+ROUTES: Routes = (*UPLOADS_ROUTES, *DELIVERIES_ROUTES[: -len(_HEALTH)])
 Router = Callable[[str], tuple[dict[str, Handler], dict[str, str], str]]
 
 
@@ -228,8 +273,9 @@ def router(routes: Routes) -> Router:
         NotFound: no route has that path.
     """
     handlers = dict(routes)
-    rules = Map([Rule(re.sub(r"\{(\w+)\}", r"<\1>", template), endpoint=template) for template in handlers],
-                merge_slashes=False)
+    rules = Map(
+        [Rule(re.sub(r"\{(\w+)\}", r"<\1>", template), endpoint=template) for template in handlers], merge_slashes=False
+    )
     adapter = rules.bind("")
 
     def route(path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
@@ -240,6 +286,7 @@ def router(routes: Routes) -> Router:
         except HTTPException:  # no rule matches (or a redirect a rule without its trailing slash never asks)
             raise NotFound() from None
         return handlers[template], {name: str(value) for name, value in params.items()}, str(template)
+
     return route
 
 
@@ -305,8 +352,15 @@ def _framework_not_found(_exc: HTTPException) -> flask.Response:
     return _respond(flask.request, err.status, err.envelope(), err.headers, request_id, log, time.perf_counter())
 
 
-def _respond(request: flask.Request, status: int, body: dict[str, Any], headers: dict[str, str],
-             request_id: str, log: dict[str, Any], started: float) -> flask.Response:
+def _respond(
+    request: flask.Request,
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    request_id: str,
+    log: dict[str, Any],
+    started: float,
+) -> flask.Response:
     # Ends with a newline, so a shell prompt after curl starts on a line of its own.
     # allow_nan=False: a NaN or Infinity is no JSON a client can parse; refusing it here makes any
     # that got past the models (lib/api/models.py MediaFacts) a logged 500, never a body clients choke on.
@@ -324,5 +378,14 @@ def _respond(request: flask.Request, status: int, body: dict[str, Any], headers:
 
 
 def _log_request(request: flask.Request, status: int, log: dict[str, Any], started: float) -> None:
-    logs.emit(logs.request_line(request.method, request.path, status, time.perf_counter() - started, log,
-                                SETTINGS.firestore.project, request.headers.get("X-Cloud-Trace-Context")))
+    logs.emit(
+        logs.request_line(
+            request.method,
+            request.path,
+            status,
+            time.perf_counter() - started,
+            log,
+            SETTINGS.firestore.project,
+            request.headers.get("X-Cloud-Trace-Context"),
+        )
+    )

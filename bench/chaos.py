@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import random
 import secrets
@@ -69,6 +70,7 @@ TIMEOUT = 30  # a client's wait for one answer
 
 
 # -- the pushes' gate ---------------------------------------------------------------------------------
+
 
 class Gate:
     """A loopback TCP proxy for the relay's pushes: open, it forwards; shut, it takes each connection
@@ -121,14 +123,15 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for sock in (src, dst):
-            try:  # shutdown, not only close: it wakes the other direction's blocked recv, and tells the peer
+            with contextlib.suppress(
+                OSError
+            ):  # shutdown, not only close: it wakes the other direction's blocked recv, and tells the peer
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
 
 # -- the uploads ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Upload:
@@ -192,7 +195,7 @@ class Clients:
                 resp = self.http.request(method, self.api + path, headers=headers, timeout=TIMEOUT, **kwargs)
             except requests.RequestException:
                 self.answers.note(None)
-                time.sleep(min(0.2 * 2 ** attempt, 2))  # a client's backoff after a failed connection
+                time.sleep(min(0.2 * 2**attempt, 2))  # a client's backoff after a failed connection
                 continue
             self.answers.note(resp, started if create else None)
             in_use = resp.status_code == 409 and "idempotency_key_in_use" in resp.text  # its first try's lease
@@ -209,22 +212,33 @@ class Clients:
         """The bytes PUT whole, again after any failure, until the session answers 200 or 201."""
         for attempt in range(100):
             try:
-                resp = self.http.put(url, data=data() if callable(data) else data,
-                                     headers={"Content-Type": "video/mp4"}, timeout=TIMEOUT)
+                resp = self.http.put(
+                    url, data=data() if callable(data) else data, headers={"Content-Type": "video/mp4"}, timeout=TIMEOUT
+                )
                 if resp.status_code in (200, 201):
                     return
             except requests.RequestException:
                 pass
-            time.sleep(min(0.2 * 2 ** attempt, 2))
+            time.sleep(min(0.2 * 2**attempt, 2))
         raise RuntimeError("a PUT never succeeded")
 
     def create(self, upload: Upload) -> requests.Response:
-        body = {"content_type": "video/mp4", "size_bytes": len(upload.data), "filename": f"chaos-{upload.n}.mp4",
-                "crc32c": crc32c(upload.data if upload.kind != "bad_checksum" else upload.data[::-1] + b"x")}
+        body = {
+            "content_type": "video/mp4",
+            "size_bytes": len(upload.data),
+            "filename": f"chaos-{upload.n}.mp4",
+            "crc32c": crc32c(upload.data if upload.kind != "bad_checksum" else upload.data[::-1] + b"x"),
+        }
         if upload.kind == "bad_checksum":
             body.pop("size_bytes")  # only the checksum is wrong
-        resp = self._api("POST", "/v1/uploads", upload.workspace, create=True, json=body,
-                         headers={"Idempotency-Key": upload.idempotency_key})
+        resp = self._api(
+            "POST",
+            "/v1/uploads",
+            upload.workspace,
+            create=True,
+            json=body,
+            headers={"Idempotency-Key": upload.idempotency_key},
+        )
         if resp.status_code not in (200, 201):
             raise RuntimeError(f"create answered {resp.status_code}: {resp.text[:200]}")
         out = resp.json()
@@ -249,7 +263,7 @@ class Clients:
             started.set()
             for at in range(0, len(upload.data), 4096):
                 time.sleep(0.02)
-                yield upload.data[at:at + 4096]
+                yield upload.data[at : at + 4096]
 
         putter = threading.Thread(target=self.put, args=(url, trickle), daemon=True)
         putter.start()
@@ -263,12 +277,13 @@ class Clients:
 
 # -- the faults -------------------------------------------------------------------------------------
 
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if int(stat[1]) == pid:
@@ -290,8 +305,15 @@ class Faults:
         self.stop = threading.Event()
 
     def run(self) -> None:
-        kinds = ["api worker killed", "deliveries worker killed", "limits store frozen", "Storage frozen",
-                 "events relay killed", "webhooks relay killed", "pushes failing"]
+        kinds = [
+            "api worker killed",
+            "deliveries worker killed",
+            "limits store frozen",
+            "Storage frozen",
+            "events relay killed",
+            "webhooks relay killed",
+            "pushes failing",
+        ]
         while not self.stop.wait(self.rng.uniform(1.0, 3.0)):
             kind = self.rng.choice(kinds)
             start = time.monotonic()
@@ -326,6 +348,7 @@ class Faults:
 
 
 # -- the run ----------------------------------------------------------------------------------------
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n", 1)[0])
@@ -363,30 +386,62 @@ def run(count: int, clients: int, seconds: float, seed: int, log_dir: Path) -> b
         pubsub = stack.pubsub
         assert pubsub is not None
         trust = {k: v for k, v in issuer.env().items() if not k.startswith("SWEEP_")}
-        hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
-                                                              WEBHOOKS_DEAD_LETTER_TOPIC)
+        hooks, dead_letters = emulators.create_webhook_topics(
+            pubsub, PROJECT, WEBHOOKS_TOPIC, WEBHOOKS_DEAD_LETTER_TOPIC
+        )
         # The functions reach Storage through the generation preconditions fake-gcs-server ignores.
         preconditions = Preconditions(stack.storage.url)
-        env = emulators.function_env(stack.firestore, stack.storage, PROJECT, BUCKET, stack.redis, **trust,
-                                     PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
-                                     WEBHOOK_ALLOW_PRIVATE_TARGETS="true", STORAGE_EMULATOR_HOST=preconditions.url)
+        env = emulators.function_env(
+            stack.firestore,
+            stack.storage,
+            PROJECT,
+            BUCKET,
+            stack.redis,
+            **trust,
+            PUBSUB_EMULATOR_HOST=pubsub.extra["host"],
+            WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
+            WEBHOOK_ALLOW_PRIVATE_TARGETS="true",
+            STORAGE_EMULATOR_HOST=preconditions.url,
+        )
         function = emulators.start_function(env, log_dir)
         deliveries = emulators.start_function(env, log_dir, name="function-deliveries", target="deliveries")
         started += [function, deliveries]
         gate = Gate(int(function.url.rsplit(":", 1)[1]))
         parts: dict = {"function": function, "deliveries": deliveries, "gate": gate}
         parts["start_events_relay"] = lambda: emulators.start_relay(
-            pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}", gate.url + "/internal/storage-events",
-            issuer, log_dir, name=f"push-relay-events-{secrets.token_hex(2)}")
+            pubsub,
+            f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
+            gate.url + "/internal/storage-events",
+            issuer,
+            log_dir,
+            name=f"push-relay-events-{secrets.token_hex(2)}",
+        )
         parts["start_webhooks_relay"] = lambda: emulators.start_relay(
-            pubsub, hooks, deliveries.url + "/internal/webhooks", issuer, log_dir,
-            name=f"push-relay-webhooks-{secrets.token_hex(2)}", caller="webhooks",
-            extra_args=("--max-attempts", "100", "--dead-letter-topic",
-                        f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}"))
+            pubsub,
+            hooks,
+            deliveries.url + "/internal/webhooks",
+            issuer,
+            log_dir,
+            name=f"push-relay-webhooks-{secrets.token_hex(2)}",
+            caller="webhooks",
+            extra_args=(
+                "--max-attempts",
+                "100",
+                "--dead-letter-topic",
+                f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}",
+            ),
+        )
         parts["events_relay"] = parts["start_events_relay"]()
         parts["webhooks_relay"] = parts["start_webhooks_relay"]()
-        dead_relay = emulators.start_relay(pubsub, dead_letters, deliveries.url + "/internal/webhook-dead-letters",
-                                           issuer, log_dir, name="push-relay-dead-letters", caller="webhooks")
+        dead_relay = emulators.start_relay(
+            pubsub,
+            dead_letters,
+            deliveries.url + "/internal/webhook-dead-letters",
+            issuer,
+            log_dir,
+            name="push-relay-dead-letters",
+            caller="webhooks",
+        )
         started.append(dead_relay)
 
         db = emulators.firestore_client_for(stack.firestore, PROJECT)
@@ -409,8 +464,7 @@ def run(count: int, clients: int, seconds: float, seed: int, log_dir: Path) -> b
                     break
                 roll -= share
             size = rng.randint(3000, 200_000)
-            data = (samples.mp4_of_size(size, lambda k: rng.randbytes(k)) if kind != "not_media"
-                    else rng.randbytes(size))
+            data = samples.mp4_of_size(size, lambda k: rng.randbytes(k)) if kind != "not_media" else rng.randbytes(size)
             uploads.append(Upload(n, kind, WORKSPACES[n % len(WORKSPACES)], data, start=rng.uniform(0, seconds)))
 
         answers = Answers()
@@ -437,21 +491,29 @@ def run(count: int, clients: int, seconds: float, seed: int, log_dir: Path) -> b
         fault_thread.start()
         sampler.start()
         with ThreadPoolExecutor(clients) as pool:
-            failures = [exc for exc in pool.map(_attempt(client, began), sorted(uploads, key=lambda u: u.start))
-                        if exc is not None]
+            failures = [
+                exc
+                for exc in pool.map(_attempt(client, began), sorted(uploads, key=lambda u: u.start))
+                if exc is not None
+            ]
         faults.stop.set()
         fault_thread.join(30)
         landed = time.monotonic()
-        print(f"chaos: uploads made in {landed - began:.0f} s, {len(faults.done)} faults; waiting for every "
-              f"upload to settle and be announced", file=sys.stderr, flush=True)
+        print(
+            f"chaos: uploads made in {landed - began:.0f} s, {len(faults.done)} faults; waiting for every "
+            f"upload to settle and be announced",
+            file=sys.stderr,
+            flush=True,
+        )
 
         # Settled, by their storage events (nothing else looks: no GET, no sweep).
         records = _wait_settled(db, lifecycle, uploads, deadline=time.monotonic() + 180)
         _wait_announced(uploads, receivers, records, deadline=time.monotonic() + 120)
         sampling.set()
         sampler.join(10)
-        results = _check(db, lifecycle, counters, stack, client, uploads, records, receivers, served, answers,
-                         failures, faults)
+        results = _check(
+            db, lifecycle, counters, stack, client, uploads, records, receivers, served, answers, failures, faults
+        )
         _print(results, faults, answers, uploads, landed - began)
         _bogus(function)
         return all(held for _, held, _ in results)
@@ -467,10 +529,8 @@ def run(count: int, clients: int, seconds: float, seed: int, log_dir: Path) -> b
         if "preconditions" in locals():
             preconditions.stop()
         for service in reversed(started):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(service.pid, signal.SIGCONT)  # a frozen process cannot act on SIGTERM
-            except ProcessLookupError:
-                pass
             service.stop()
         issuer.stop()
 
@@ -483,6 +543,7 @@ def _attempt(client: Clients, began: float):
         except Exception as exc:  # noqa: BLE001 - reported as a failed invariant, with the others
             return exc
         return None
+
     return attempt
 
 
@@ -493,8 +554,10 @@ def _wait_settled(db, lifecycle, uploads: list[Upload], deadline: float) -> dict
             if upload.id is not None and records.get(upload.id, {}).get("state") in (None, "pending"):
                 snap = db.collection(lifecycle.COLLECTION).document(upload.id).get()
                 records[upload.id] = snap.to_dict() or {}
-        if all(records.get(u.id or "", {}).get("state") not in (None, "pending") for u in uploads) or \
-                time.monotonic() > deadline:
+        if (
+            all(records.get(u.id or "", {}).get("state") not in (None, "pending") for u in uploads)
+            or time.monotonic() > deadline
+        ):
             return records
         time.sleep(1)  # polling Firestore until the bound; not a readiness check
 
@@ -513,8 +576,7 @@ def _events(receiver: Receiver) -> dict[str, list]:
 
 def _wait_announced(uploads, receivers, records, deadline: float) -> None:
     while time.monotonic() < deadline:
-        if all(upload.id in _events(receiver) for upload in uploads
-               for receiver in receivers[upload.workspace]):
+        if all(upload.id in _events(receiver) for upload in uploads for receiver in receivers[upload.workspace]):
             return
         time.sleep(1)  # polling the receivers until the bound; not a readiness check
 
@@ -526,15 +588,30 @@ def _check(db, lifecycle, counters, stack, client, uploads, records, receivers, 
     for exc in failures:
         print(f"chaos: a client failed: {exc!r}", file=sys.stderr)
     states = {u.id: records.get(u.id or "", {}).get("state") for u in uploads}
-    results.append(("every client finished its upload", not failures, f"{len(failures)} failed"
-                    + (f": {failures[0]!r}" if failures else "")))
+    results.append(
+        (
+            "every client finished its upload",
+            not failures,
+            f"{len(failures)} failed" + (f": {failures[0]!r}" if failures else ""),
+        )
+    )
     pending = [u for u in uploads if states[u.id] in (None, "pending")]
-    results.append(("every upload settled by its storage event, no GET or sweep", not pending,
-                    f"{len(uploads) - len(pending)}/{len(uploads)}"))
+    results.append(
+        (
+            "every upload settled by its storage event, no GET or sweep",
+            not pending,
+            f"{len(uploads) - len(pending)}/{len(uploads)}",
+        )
+    )
     wrong = [u for u in uploads if states[u.id] != u.expected]
-    results.append(("each verdict the one its bytes deserve", not wrong,
-                    f"{len(uploads) - len(wrong)}/{len(uploads)} "
-                    + ", ".join(f"{u.kind}->{states[u.id]} (expected {u.expected})" for u in wrong[:3])))
+    results.append(
+        (
+            "each verdict the one its bytes deserve",
+            not wrong,
+            f"{len(uploads) - len(wrong)}/{len(uploads)} "
+            + ", ".join(f"{u.kind}->{states[u.id]} (expected {u.expected})" for u in wrong[:3]),
+        )
+    )
     # Announced once per endpoint, one webhook id per state change, within a minute of the bytes landing.
     unannounced, doubled, late, unverified, delays, settle_delays = 0, 0, 0, 0, [], []
     for workspace, workspace_receivers in receivers.items():
@@ -556,17 +633,30 @@ def _check(db, lifecycle, counters, stack, client, uploads, records, receivers, 
                 upload.settled_after = settled
                 upload.announced_after = max(upload.announced_after or 0, delay)
                 if delay > ANNOUNCE_SECONDS:
-                    print(f"chaos: {upload.id} ({upload.kind}, {states[upload.id]}) announced {delay:.1f} s after "
-                          f"its bytes landed (settled {settled:.1f} s after)", file=sys.stderr)
+                    print(
+                        f"chaos: {upload.id} ({upload.kind}, {states[upload.id]}) announced {delay:.1f} s after "
+                        f"its bytes landed (settled {settled:.1f} s after)",
+                        file=sys.stderr,
+                    )
                 late += delay > ANNOUNCE_SECONDS
     endpoints_count = sum(len(r) for r in receivers.values()) // len(receivers)
-    results.append(("announced to each endpoint under one webhook id", not unannounced and not doubled
-                    and not unverified, f"{len(uploads) * endpoints_count - unannounced} of "
-                    f"{len(uploads) * endpoints_count}; {doubled} with another id or type; {unverified} unverified"))
-    results.append((f"each announced within {ANNOUNCE_SECONDS} s of its bytes landing", not late and bool(delays),
-                    f"max {max(delays, default=0):.1f} s, median {statistics.median(delays or [0]):.1f} s "
-                    f"(settled: max {max(settle_delays, default=0):.1f} s, "
-                    f"median {statistics.median(settle_delays or [0]):.1f} s)"))
+    results.append(
+        (
+            "announced to each endpoint under one webhook id",
+            not unannounced and not doubled and not unverified,
+            f"{len(uploads) * endpoints_count - unannounced} of "
+            f"{len(uploads) * endpoints_count}; {doubled} with another id or type; {unverified} unverified",
+        )
+    )
+    results.append(
+        (
+            f"each announced within {ANNOUNCE_SECONDS} s of its bytes landing",
+            not late and bool(delays),
+            f"max {max(delays, default=0):.1f} s, median {statistics.median(delays or [0]):.1f} s "
+            f"(settled: max {max(settle_delays, default=0):.1f} s, "
+            f"median {statistics.median(settle_delays or [0]):.1f} s)",
+        )
+    )
     # source_url: exactly the completed, byte-exact, now and at every moment sampled.
     http = requests.Session()
     bad_now = 0
@@ -574,23 +664,45 @@ def _check(db, lifecycle, counters, stack, client, uploads, records, receivers, 
         if upload.source_url is None:
             continue  # its create never answered: counted above
         resp = http.get(upload.source_url, timeout=10)
-        wrong_now = (resp.status_code != 200 or resp.content != upload.data if states[upload.id] == "completed"
-                     else resp.status_code != 404)
+        wrong_now = (
+            resp.status_code != 200 or resp.content != upload.data
+            if states[upload.id] == "completed"
+            else resp.status_code != 404
+        )
         if wrong_now:
-            print(f"chaos: {upload.id} ({upload.kind}, {states[upload.id]}): source_url answers {resp.status_code}",
-                  file=sys.stderr)
+            print(
+                f"chaos: {upload.id} ({upload.kind}, {states[upload.id]}): source_url answers {resp.status_code}",
+                file=sys.stderr,
+            )
         bad_now += wrong_now
-    bad_sampled = sum(1 for _, upload, status, body in served
-                      if status == 200 and (states[upload.id] != "completed" or body != upload.data))
-    results.append(("source_url serves exactly the completed, byte-exact", not bad_now and not bad_sampled,
-                    f"{bad_now} wrong at the end; {bad_sampled} wrong of {len(served)} sampled during the run"))
+    bad_sampled = sum(
+        1
+        for _, upload, status, body in served
+        if status == 200 and (states[upload.id] != "completed" or body != upload.data)
+    )
+    results.append(
+        (
+            "source_url serves exactly the completed, byte-exact",
+            not bad_now and not bad_sampled,
+            f"{bad_now} wrong at the end; {bad_sampled} wrong of {len(served)} sampled during the run",
+        )
+    )
     # No Idempotency-Key made two uploads.
     twice = [u for u in uploads if len(u.created_ids) > 1]
     per_workspace = Counter(u.workspace for u in uploads)
-    stored = {ws: sum(1 for _ in db.collection(lifecycle.COLLECTION)
-                      .where(filter=FieldFilter("workspace_id", "==", ws)).stream()) for ws in WORKSPACES}
-    results.append(("no idempotent create made two uploads", not twice and stored == dict(per_workspace),
-                    f"records {sum(stored.values())} for {len(uploads)} uploads"))
+    stored = {
+        ws: sum(
+            1 for _ in db.collection(lifecycle.COLLECTION).where(filter=FieldFilter("workspace_id", "==", ws)).stream()
+        )
+        for ws in WORKSPACES
+    }
+    results.append(
+        (
+            "no idempotent create made two uploads",
+            not twice and stored == dict(per_workspace),
+            f"records {sum(stored.values())} for {len(uploads)} uploads",
+        )
+    )
     # The limiter's counts equal Firestore's once a create has reached the store again.
     store = redis.Redis.from_url(stack.redis.url)
     mismatched = []
@@ -608,12 +720,22 @@ def _check(db, lifecycle, counters, stack, client, uploads, records, receivers, 
             time.sleep(0.5)
         if in_store != in_firestore:
             mismatched.append(f"{workspace}: store {in_store}, Firestore {in_firestore}")
-    results.append(("the limiter's pending counts equal Firestore's", not mismatched,
-                    "; ".join(mismatched) or "equal for each workspace"))
+    results.append(
+        (
+            "the limiter's pending counts equal Firestore's",
+            not mismatched,
+            "; ".join(mismatched) or "equal for each workspace",
+        )
+    )
     fives = {status: n for status, n in answers.statuses.items() if status >= 500}
-    results.append(("no 5xx but 503s with Retry-After", set(fives) <= {503} and not answers.bare_503s,
-                    f"{fives or 'none'}; {answers.bare_503s} 503s without Retry-After; "
-                    f"{answers.connection_errors} connections cut (killed workers)"))
+    results.append(
+        (
+            "no 5xx but 503s with Retry-After",
+            set(fives) <= {503} and not answers.bare_503s,
+            f"{fives or 'none'}; {answers.bare_503s} 503s without Retry-After; "
+            f"{answers.connection_errors} connections cut (killed workers)",
+        )
+    )
     return results
 
 
@@ -631,14 +753,20 @@ def _bogus(function) -> None:
         seconds, statuses = [], Counter()
         for _ in range(300):
             started = time.perf_counter()
-            resp = http.post(function.url + "/v1/uploads", json={"content_type": "video/mp4"}, timeout=TIMEOUT,
-                             headers={"Authorization": f"Bearer {auth.generate_key('live')}", **headers})
+            resp = http.post(
+                function.url + "/v1/uploads",
+                json={"content_type": "video/mp4"},
+                timeout=TIMEOUT,
+                headers={"Authorization": f"Bearer {auth.generate_key('live')}", **headers},
+            )
             seconds.append(time.perf_counter() - started)
             statuses[resp.status_code] += 1
         lines = function.log_path.read_text(errors="replace").splitlines()[before:]
         reads = sum(1 for line in lines if line.startswith("{") and json.loads(line).get("key_lookup"))
-        print(f"| {name} | {reads / 300:.2f} | {statistics.median(seconds) * 1000:.1f} ms | {statuses[401]} | "
-              f"{statuses[429]} |")
+        print(
+            f"| {name} | {reads / 300:.2f} | {statistics.median(seconds) * 1000:.1f} ms | {statuses[401]} | "
+            f"{statuses[429]} |"
+        )
 
 
 def _print(results, faults: Faults, answers: Answers, uploads: list[Upload], seconds: float) -> None:
@@ -655,15 +783,24 @@ def _print(results, faults: Faults, answers: Answers, uploads: list[Upload], sec
         windows = [(f.start, f.end) for f in by_kind.get(kind, [])]
         during = [(s, d, st) for s, d, st in answers.creates if any(a <= s <= b for a, b in windows)]
         if during:
-            print(f"| {kind} | {len(during)} | {sum(st in (200, 201) for _, _, st in during)} | "
-                  f"{sum(st == 503 for _, _, st in during)} | {max(d for _, d, _ in during):.2f} s |")
+            print(
+                f"| {kind} | {len(during)} | {sum(st in (200, 201) for _, _, st in during)} | "
+                f"{sum(st == 503 for _, _, st in during)} | {max(d for _, d, _ in during):.2f} s |"
+            )
     print("\n| uploads landing during | uploads | settled after, max | announced after, max |\n|---|---|---|---|")
     for kind, done in sorted(by_kind.items()):
-        hit = [u for u in uploads if u.landed_at is not None and u.settled_after is not None
-               and any(f.start - 1 <= u.landed_at <= f.end + 1 for f in done)]
+        hit = [
+            u
+            for u in uploads
+            if u.landed_at is not None
+            and u.settled_after is not None
+            and any(f.start - 1 <= u.landed_at <= f.end + 1 for f in done)
+        ]
         if hit:
-            print(f"| {kind} | {len(hit)} | {max(u.settled_after for u in hit):.1f} s | "
-                  f"{max(u.announced_after or 0 for u in hit):.1f} s |")
+            print(
+                f"| {kind} | {len(hit)} | {max(u.settled_after for u in hit):.1f} s | "
+                f"{max(u.announced_after or 0 for u in hit):.1f} s |"
+            )
     print("\n| invariant | held | measured |\n|---|---|---|")
     for name, held, measured in results:
         print(f"| {name} | {'yes' if held else '**NO**'} | {measured} |")

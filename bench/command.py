@@ -41,8 +41,9 @@ def _floor(path: str, storage_url: str, bucket: str, chunk: int) -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    client = storage.Client(project="bench", credentials=AnonymousCredentials(),
-                            client_options={"api_endpoint": storage_url})
+    client = storage.Client(
+        project="bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": storage_url}
+    )
     name = f"bench-floor/{os.getpid()}.mp4"
     blob = client.bucket(emulators.staging_bucket(bucket)).blob(name, chunk_size=chunk)
     started = time.perf_counter()
@@ -60,20 +61,23 @@ def _floor(path: str, storage_url: str, bucket: str, chunk: int) -> None:
 # memory's high-water mark), so a child forked from this large process would
 # report at least this process's size. A small launcher forks the command and
 # reports the command's own peak, via wait4.
-_LAUNCHER = ("import os, sys\n"
-             "pid = os.fork()\n"
-             "if pid == 0:\n"
-             "    os.execv(sys.argv[2], sys.argv[2:])\n"
-             "_, status, usage = os.wait4(pid, 0)\n"
-             "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
-             "sys.exit(os.waitstatus_to_exitcode(status))\n")
+_LAUNCHER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
 
 
 def _run(argv: list[str], env: dict, rss_file: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MiB and stdout of one process."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(rss_file), *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, str(rss_file), *argv], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{argv[2:4]} exited {done.returncode}: {done.stderr[-2000:]}")
@@ -93,26 +97,43 @@ def measure(api_url: str, key: str, storage_url: str, bucket: str, rounds: int =
         path = Path(tmp) / "clip.mp4"
         path.write_bytes(samples.mp4_of_size(SIZE))  # a real MP4: the service checks it
         env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
-        command_env = {**env, "FRAMELANE_API_URL": api_url, "FRAMELANE_API_KEY": key,
-                       "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
+        command_env = {
+            **env,
+            "FRAMELANE_API_URL": api_url,
+            "FRAMELANE_API_KEY": key,
+            "XDG_CACHE_HOME": str(Path(tmp) / "cache"),
+        }
         floor, command, rss = [], [], []
         for round_ in range(rounds):  # interleaved: floor, command, floor, command, ...
             _delete_everything(storage_url, bucket)
-            _, _, out = _run([sys.executable, "-m", "bench.command", "floor", str(path), storage_url, bucket,
-                              str(CHUNK)], env, Path(tmp) / "rss")
+            _, _, out = _run(
+                [sys.executable, "-m", "bench.command", "floor", str(path), storage_url, bucket, str(CHUNK)],
+                env,
+                Path(tmp) / "rss",
+            )
             floor.append(float(out))
             _delete_everything(storage_url, bucket)
             # A new modification time is a new file identity: a new upload, not a replay of the last.
             os.utime(path, ns=(time.time_ns(), time.time_ns() + round_))
-            elapsed, peak, _ = _run([sys.executable, "-m", "client", "upload", str(path), "--json",
-                                     "--chunk-size", str(CHUNK)], command_env, Path(tmp) / "rss")
+            elapsed, peak, _ = _run(
+                [sys.executable, "-m", "client", "upload", str(path), "--json", "--chunk-size", str(CHUNK)],
+                command_env,
+                Path(tmp) / "rss",
+            )
             command.append(elapsed)
             rss.append(peak)
         _delete_everything(storage_url, bucket)
     floor_mibs = SIZE / MIB / statistics.median(floor)
     command_mibs = SIZE / MIB / statistics.median(command)
-    return {"floor_mibs": floor_mibs, "command_mibs": command_mibs, "ratio": command_mibs / floor_mibs,
-            "peak_rss_mib": max(rss), "rounds": rounds, "floor_s": floor, "command_s": command}
+    return {
+        "floor_mibs": floor_mibs,
+        "command_mibs": command_mibs,
+        "ratio": command_mibs / floor_mibs,
+        "peak_rss_mib": max(rss),
+        "rounds": rounds,
+        "floor_s": floor,
+        "command_s": command,
+    }
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["floor"]:

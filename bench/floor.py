@@ -47,11 +47,9 @@ _staging = storage.Client(project=_project).bucket(os.environ["STAGING_BUCKET"])
 _db = firestore.Client(project=_project)
 _replay = _db.collection("floor").document("replay")
 _FS_RETRY = gretry.Retry(initial=0.05, maximum=1.0, multiplier=2.0, timeout=4.0)
-_publisher = pubsub_v1.PublisherClient(
-    batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.0))
+_publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.0))
 _webhooks = _publisher.topic_path(_project, os.environ.get("WEBHOOKS_TOPIC", "webhooks"))
 _GCS_RETRY = DEFAULT_RETRY.with_delay(initial=0.1, maximum=1.0, multiplier=2.0).with_timeout(5.0)
-
 
 
 def _decode(data: bytes) -> None:
@@ -65,19 +63,31 @@ def _decode(data: bytes) -> None:
             if not waiting:
                 return
 
+
 def _initiate() -> tuple[str, dict]:
     """A session, and the upload record lib/uploads/lifecycle.py writes for it (the fields are part of the work)."""
     token = secrets.token_hex(16)
     name = f"uploads/floor/{token}.mp4"
     blob = _bucket.blob(name)
     blob.content_type = "video/mp4"
-    url = blob.create_resumable_upload_session(content_type="video/mp4", if_generation_match=0,
-                                               timeout=(2.0, 4.0), retry=_GCS_RETRY)
+    url = blob.create_resumable_upload_session(
+        content_type="video/mp4", if_generation_match=0, timeout=(2.0, 4.0), retry=_GCS_RETRY
+    )
     now = datetime.now(UTC).replace(microsecond=0)
-    record = {"workspace_id": "ws_bench", "mode": "live", "object_name": name, "content_type": "video/mp4",
-              "size_bytes": None, "created_at": now, "expires_at": now + timedelta(hours=1), "state": "pending",
-              "session_url": url, "sweep_shard": int(token[-4:], 16) % 64, "declared_crc32c": None,
-              "declared_md5": None}
+    record = {
+        "workspace_id": "ws_bench",
+        "mode": "live",
+        "object_name": name,
+        "content_type": "video/mp4",
+        "size_bytes": None,
+        "created_at": now,
+        "expires_at": now + timedelta(hours=1),
+        "state": "pending",
+        "session_url": url,
+        "sweep_shard": int(token[-4:], 16) % 64,
+        "declared_crc32c": None,
+        "declared_md5": None,
+    }
     return url, record
 
 
@@ -90,10 +100,18 @@ def _post_to_receiver(message: dict) -> None:
     attributes = message["attributes"]
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.request("POST", "/webhooks", body=base64.b64decode(message["data"]), headers={
-            "content-type": "application/json", "user-agent": "Framelane-Webhooks/1",
-            "webhook-id": attributes["event_id"], "webhook-timestamp": "1796000000",
-            "webhook-signature": "v1," + "A" * 43 + "="})
+        conn.request(
+            "POST",
+            "/webhooks",
+            body=base64.b64decode(message["data"]),
+            headers={
+                "content-type": "application/json",
+                "user-agent": "Framelane-Webhooks/1",
+                "webhook-id": attributes["event_id"],
+                "webhook-timestamp": "1796000000",
+                "webhook-signature": "v1," + "A" * 43 + "=",
+            },
+        )
         response = conn.getresponse()
         response.read(65536)
         if not 200 <= response.status < 300:
@@ -112,17 +130,27 @@ def floor(request):
         # The same record as lib/api/idempotency.py writes: the fields are part of the work.
         now = datetime.now(UTC)
         ref = _db.collection("floor").document(secrets.token_hex(32))
-        claim = ref.create({"workspace_id": "ws_bench", "fingerprint": secrets.token_hex(32),
-                            "state": "in_progress", "claim_token": secrets.token_hex(16), "response": None,
-                            "created_at": now, "lease_expires_at": now + timedelta(seconds=30),
-                            "expires_at": now + timedelta(days=1)},
-                           retry=_FS_RETRY, timeout=2.5)
+        claim = ref.create(
+            {
+                "workspace_id": "ws_bench",
+                "fingerprint": secrets.token_hex(32),
+                "state": "in_progress",
+                "claim_token": secrets.token_hex(16),
+                "response": None,
+                "created_at": now,
+                "lease_expires_at": now + timedelta(seconds=30),
+                "expires_at": now + timedelta(days=1),
+            },
+            retry=_FS_RETRY,
+            timeout=2.5,
+        )
         url, record = _initiate()
         body = {"upload_url": url}
         batch = _db.batch()
         batch.create(_upload_ref(), record)
-        batch.update(ref, {"state": "completed", "response": body},
-                     option=_db.write_option(last_update_time=claim.update_time))
+        batch.update(
+            ref, {"state": "completed", "response": body}, option=_db.write_option(last_update_time=claim.update_time)
+        )
         batch.commit(retry=_FS_RETRY, timeout=2.5)
     elif request.path == "/c":
         body = _replay.get(retry=_FS_RETRY, timeout=2.5).to_dict()["response"]
@@ -134,22 +162,41 @@ def floor(request):
         snap = ref.get(retry=_FS_RETRY, timeout=2.5)
         generation = int(obj["generation"])
         source = _staging.blob(name, generation=generation)
-        head = source.download_as_bytes(start=0, end=min(int(obj["size"]), 65536) - 1, raw_download=True,
-                                        checksum=None, timeout=(2.0, 4.0), retry=_GCS_RETRY)
+        head = source.download_as_bytes(
+            start=0,
+            end=min(int(obj["size"]), 65536) - 1,
+            raw_download=True,
+            checksum=None,
+            timeout=(2.0, 4.0),
+            retry=_GCS_RETRY,
+        )
         _decode(head)
         target = _bucket.blob(name)
         target.content_type = "video/mp4"
-        target.rewrite(source, if_generation_match=0, if_source_generation_match=generation, timeout=(2.0, 30.0),
-                       retry=_GCS_RETRY)
-        ref.update({"state": "completed", "size_bytes": int(obj["size"]), "crc32c": obj.get("crc32c"),
-                    "md5": obj.get("md5Hash"), "generation": target.generation, "completed_at": target.time_created,
-                    "media": {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264", "aac"]},
-                    "media_bytes_read": len(head),
-                    "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD,
-                    "webhook_owed_at": firestore.SERVER_TIMESTAMP},
-                   option=_db.write_option(last_update_time=snap.update_time), retry=_FS_RETRY, timeout=2.5)
-        _publisher.publish(_webhooks, b"", retry=_FS_RETRY, timeout=2.5, kind="event",
-                           upload_id=ref.id).result(timeout=6)
+        target.rewrite(
+            source, if_generation_match=0, if_source_generation_match=generation, timeout=(2.0, 30.0), retry=_GCS_RETRY
+        )
+        ref.update(
+            {
+                "state": "completed",
+                "size_bytes": int(obj["size"]),
+                "crc32c": obj.get("crc32c"),
+                "md5": obj.get("md5Hash"),
+                "generation": target.generation,
+                "completed_at": target.time_created,
+                "media": {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264", "aac"]},
+                "media_bytes_read": len(head),
+                "settled_at": firestore.SERVER_TIMESTAMP,
+                "session_url": firestore.DELETE_FIELD,
+                "webhook_owed_at": firestore.SERVER_TIMESTAMP,
+            },
+            option=_db.write_option(last_update_time=snap.update_time),
+            retry=_FS_RETRY,
+            timeout=2.5,
+        )
+        _publisher.publish(_webhooks, b"", retry=_FS_RETRY, timeout=2.5, kind="event", upload_id=ref.id).result(
+            timeout=6
+        )
         _staging.blob(name).delete(if_generation_match=generation, timeout=(2.0, 4.0), retry=_GCS_RETRY)
         body = {"outcome": "completed"}
     elif request.path == "/f":

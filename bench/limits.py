@@ -1,5 +1,5 @@
 """(k) The limiter's own cost: one create's admit (the Lua script, one round trip) against the local
-redis-server, as lib/counters.py makes it, one at a time for its latency; and the rate one Redis core
+redis-server, as lib/limits/counters.py makes it, one at a time for its latency; and the rate one Redis core
 runs the script at, driven by redis-benchmark (50 connections, a random upload id each call), which
 this process's threads could not drive (they are bound by their own GIL first). Run by bench/run.py.
 """
@@ -34,8 +34,11 @@ def measure(redis_url: str, db, one_at_a_time: int = 3000, calls: int = 200_000)
         seconds.append(time.perf_counter() - started)
     assert "limiter" not in log, log  # every call reached the store
     ordered = sorted(seconds)
-    return {"p50_ms": statistics.median(seconds) * 1000, "p99_ms": ordered[int(len(ordered) * 0.99)] * 1000,
-            "per_second": server_rate(redis_url, int(expires.timestamp() * 1000), calls)}
+    return {
+        "p50_ms": statistics.median(seconds) * 1000,
+        "p99_ms": ordered[int(len(ordered) * 0.99)] * 1000,
+        "per_second": server_rate(redis_url, int(expires.timestamp() * 1000), calls),
+    }
 
 
 def server_rate(redis_url: str, expires_ms: int, calls: int) -> float:
@@ -45,9 +48,32 @@ def server_rate(redis_url: str, expires_ms: int, calls: int) -> float:
     port = str(urlsplit(redis_url).port)
     keys = counters._keys("ws_rate", "live")[:3]
     store.set(keys[2], int(store.get(counters.EPOCH_KEY) or 0))  # rebuilt: every call takes the admitting path
-    done = subprocess.run(["redis-benchmark", "-p", port, "-n", str(calls), "-c", "50", "-r", "1000000000",
-                           "--csv", "EVALSHA", sha, "3", *keys, "upl___rand_int__", str(LIMITS.creates_per_minute),
-                           str(LIMITS.max_pending_uploads), str(expires_ms), "0"],
-                          capture_output=True, text=True, timeout=600, check=True)
+    done = subprocess.run(
+        [
+            "redis-benchmark",
+            "-p",
+            port,
+            "-n",
+            str(calls),
+            "-c",
+            "50",
+            "-r",
+            "1000000000",
+            "--csv",
+            "EVALSHA",
+            sha,
+            "3",
+            *keys,
+            "upl___rand_int__",
+            str(LIMITS.creates_per_minute),
+            str(LIMITS.max_pending_uploads),
+            str(expires_ms),
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     rows = list(csv.reader(done.stdout.splitlines()))
     return float(rows[-1][1])

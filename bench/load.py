@@ -40,8 +40,11 @@ async def worker(spec: dict, host: str, port: int, counter: list[int], latencies
                 headers.append(f"Idempotency-Key: {uuid.uuid4()}")
             elif spec["idempotency"] != "none":
                 headers.append(f"Idempotency-Key: {spec['idempotency']}")
-            request = (f"POST {spec['path']} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
-                       + "".join(h + "\r\n" for h in headers) + "\r\n").encode() + body
+            request = (
+                f"POST {spec['path']} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+                + "".join(h + "\r\n" for h in headers)
+                + "\r\n"
+            ).encode() + body
             started = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -64,13 +67,20 @@ async def run(spec: dict) -> dict:
     parts = urlsplit(spec["url"])
     counter, latencies, statuses = [0], [], {}
     started = time.perf_counter()
-    await asyncio.gather(*(worker(spec, parts.hostname, parts.port, counter, latencies, statuses)
-                           for _ in range(spec["concurrency"])))
+    await asyncio.gather(
+        *(worker(spec, parts.hostname, parts.port, counter, latencies, statuses) for _ in range(spec["concurrency"]))
+    )
     seconds = time.perf_counter() - started
     ordered = sorted(latencies)
-    return {"requests": len(latencies), "seconds": seconds, "rps": len(latencies) / seconds,
-            "p50": percentile(ordered, 50) * 1000, "p95": percentile(ordered, 95) * 1000,
-            "p99": percentile(ordered, 99) * 1000, "statuses": statuses}
+    return {
+        "requests": len(latencies),
+        "seconds": seconds,
+        "rps": len(latencies) / seconds,
+        "p50": percentile(ordered, 50) * 1000,
+        "p95": percentile(ordered, 95) * 1000,
+        "p99": percentile(ordered, 99) * 1000,
+        "statuses": statuses,
+    }
 
 
 if __name__ == "__main__":

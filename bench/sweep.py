@@ -21,8 +21,14 @@ from lib.platform import clients
 from lib.uploads import lifecycle, sweep
 
 
-def measure(firestore_emulator: emulators.Service, storage_url: str, project: str, bucket: str,
-            workers: tuple[int, ...] = (8, 16, 32), count: int = 2000) -> list[dict]:
+def measure(
+    firestore_emulator: emulators.Service,
+    storage_url: str,
+    project: str,
+    bucket: str,
+    workers: tuple[int, ...] = (8, 16, 32),
+    count: int = 2000,
+) -> list[dict]:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -30,16 +36,17 @@ def measure(firestore_emulator: emulators.Service, storage_url: str, project: st
     for n in workers:
         db = emulators.firestore_client_for(firestore_emulator, project, f"bench-sweep-{uuid.uuid4().hex[:8]}")
         emulators.seed_expired_uploads(db, storage_url, bucket, count)
-        client = storage.Client(project=project, credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": storage_url})
+        client = storage.Client(
+            project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": storage_url}
+        )
         clients.wide_pools(client._http)  # pooled as the function's own clients are (lib/platform/clients.py)
-        gcs = lifecycle.Storage(client, bucket, emulators.staging_bucket(bucket),
-                                clients.wide_pools(requests.Session()))
+        gcs = lifecycle.Storage(
+            client, bucket, emulators.staging_bucket(bucket), clients.wide_pools(requests.Session())
+        )
         started = time.perf_counter()
-        result = sweep.sweep(db, gcs, datetime.now(UTC), budget_seconds=3600, grace_seconds=60,
-                                 workers=n)
+        result = sweep.sweep(db, gcs, datetime.now(UTC), budget_seconds=3600, grace_seconds=60, workers=n)
         elapsed = time.perf_counter() - started
-        assert result.expired == count and not result.failed, result
+        assert result.expired == count, result
+        assert not result.failed, result
         rows.append({"workers": n, "count": count, "seconds": elapsed, "per_second": count / elapsed})
     return rows
-

@@ -29,12 +29,12 @@ from client.transport import GaveUp, Retry, session
 from lib.media.mediatypes import ALIASES, EXTENSIONS
 
 EXIT_OK = 0
-EXIT_REFUSED = 1       # the API or storage said no: `code: message` on stderr
-EXIT_USAGE = 2         # bad arguments, no key or URL, unreadable file, unknown type
+EXIT_REFUSED = 1  # the API or storage said no: `code: message` on stderr
+EXIT_USAGE = 2  # bad arguments, no key or URL, unreadable file, unknown type
 EXIT_FILE_CHANGED = 3  # the file changed since its upload was interrupted
-EXIT_GAVE_UP = 4       # retries ran out (network or service down); rerun to resume
+EXIT_GAVE_UP = 4  # retries ran out (network or service down); rerun to resume
 EXIT_NOT_THE_FILE = 5  # what landed is not the file (storage or the service says so); rerun to upload anew
-EXIT_NOT_MEDIA = 6     # the service read the file: it is not the content type declared; a rerun will not help
+EXIT_NOT_MEDIA = 6  # the service read the file: it is not the content type declared; a rerun will not help
 EXIT_INTERRUPTED = 130  # Ctrl-C; rerun to resume
 
 # What a session says, as the command goes on from it: an offset to send from, its final
@@ -68,13 +68,25 @@ class Api:
     def __init__(self, http: requests.Session, url: str, key: str, retry: Retry, timeout: float):
         self.http, self.url, self.key, self.retry, self.timeout = http, url.rstrip("/"), key, retry, timeout
 
-    def call(self, method: str, path: str, *, body: dict | None = None, headers: dict | None = None,
-             ok: tuple[int, ...] = (200,)) -> requests.Response:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict | None = None,
+        headers: dict | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> requests.Response:
         while True:
             try:
                 response = self.http.request(
-                    method, self.url + path, json=body, allow_redirects=False, timeout=(10, self.timeout),
-                    headers={"Authorization": f"Bearer {self.key}", **(headers or {})})
+                    method,
+                    self.url + path,
+                    json=body,
+                    allow_redirects=False,
+                    timeout=(10, self.timeout),
+                    headers={"Authorization": f"Bearer {self.key}", **(headers or {})},
+                )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 outcome: requests.Response | Exception = exc
             else:
@@ -121,8 +133,9 @@ def idempotency_key(file: state.FileId, body: dict[str, Any], previous: str | No
     the same session back; anything else the create says (another --content-type) is another
     request, so another key (the service refuses a key reused for other contents).
     `previous` is an upload of it that ended unfinished: then a new one."""
-    identity = json.dumps([file.path, file.device, file.inode, file.size, file.mtime_ns, body, previous],
-                          sort_keys=True)
+    identity = json.dumps(
+        [file.path, file.device, file.inode, file.size, file.mtime_ns, body, previous], sort_keys=True
+    )
     return "cli-" + hashlib.sha256(identity.encode()).hexdigest()
 
 
@@ -143,7 +156,7 @@ def parse_size(text: str) -> int:
 
 
 def _described(facts: dict) -> str:
-    """"1.0 s, 64x48, h264 + aac": what the service read of the bytes (the parts their format states)."""
+    """ "1.0 s, 64x48, h264 + aac": what the service read of the bytes (the parts their format states)."""
     parts = []
     if facts.get("duration_seconds") is not None:
         parts.append(f"{facts['duration_seconds']} s")
@@ -171,8 +184,17 @@ class Progress:
             from tqdm import tqdm
 
             # `initial`: what a resumed session already holds, so the rate counts only what we send.
-            self.bar = tqdm(total=total, initial=initial, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
-                            file=sys.stderr, dynamic_ncols=True, leave=True)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=name,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=True,
+            )
 
     def show(self, n: int) -> None:
         if self.bar is not None and n != self.bar.n:
@@ -209,8 +231,10 @@ class Command:
         content_type = args.content_type or guess_content_type(file.path)
         if content_type is None:
             supported = ", ".join(sorted(EXTENSIONS))
-            raise Failure(EXIT_USAGE, f"cannot tell the content type of {args.file} from its name; "
-                                      f"pass --content-type (one of: {supported})")
+            raise Failure(
+                EXIT_USAGE,
+                f"cannot tell the content type of {args.file} from its name; pass --content-type (one of: {supported})",
+            )
         where = state.path_for(args.api_url, args.api_key, file)
         saved, answer = self._resume(where, file, fd)
         if saved is None:
@@ -224,8 +248,10 @@ class Command:
                 answer = self._uploader(saved, fd, progress.show).send(offset)
         except SessionGone:
             state.remove(where)
-            raise Failure(EXIT_REFUSED, f"upload {saved.upload_id} was cancelled or has expired; "
-                                        "run the command again to start a new one") from None
+            raise Failure(
+                EXIT_REFUSED,
+                f"upload {saved.upload_id} was cancelled or has expired; run the command again to start a new one",
+            ) from None
         except Refused as exc:
             # Bytes other than the declared ones (size, CRC32C): the file changed under us.
             state.remove(where)
@@ -233,20 +259,27 @@ class Command:
         except Misbehaved as exc:
             # Nothing more is sent to that session, now or on a rerun (which starts a new upload).
             state.remove(where)
-            raise Failure(EXIT_REFUSED, f"{exc}; upload {saved.upload_id} was not completed; "
-                                        "run the command again to start a new one") from None
+            raise Failure(
+                EXIT_REFUSED,
+                f"{exc}; upload {saved.upload_id} was not completed; run the command again to start a new one",
+            ) from None
         finally:
             progress.close()
         state.remove(where)
         upload = self._confirm(saved, answer if isinstance(answer, Finalized) else None)  # send() finalized
         facts = upload.get("media") if upload.get("status") == "completed" else None
         if args.json:
-            self.out(json.dumps({"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size,
-                                 "media": facts}))
+            self.out(
+                json.dumps(
+                    {"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size, "media": facts}
+                )
+            )
         else:
-            self.out(f"uploaded {os.path.basename(file.path)} ({_human(file.size)})\n"
-                     f"id          {saved.upload_id}\nsource_url  {saved.source_url}"
-                     + (f"\nmedia       {_described(facts)}" if facts else ""))
+            self.out(
+                f"uploaded {os.path.basename(file.path)} ({_human(file.size)})\n"
+                f"id          {saved.upload_id}\nsource_url  {saved.source_url}"
+                + (f"\nmedia       {_described(facts)}" if facts else "")
+            )
         return EXIT_OK
 
     def _confirm(self, saved: state.Saved, final: Finalized | None) -> dict:
@@ -271,25 +304,30 @@ class Command:
         if status == "rejected":
             rejection = upload.get("rejection") or {}
             if rejection.get("code") in ("content_mismatch", "unreadable_media"):
-                raise Failure(EXIT_NOT_MEDIA, f"upload {saved.upload_id}: the service read {self.args.file} and "
-                                              f"refused it as {upload.get('content_type')}: {rejection.get('code')}: "
-                                              f"{rejection.get('message')} (pass --content-type with its real "
-                                              "type, or convert it)")
+                raise Failure(
+                    EXIT_NOT_MEDIA,
+                    f"upload {saved.upload_id}: the service read {self.args.file} and "
+                    f"refused it as {upload.get('content_type')}: {rejection.get('code')}: "
+                    f"{rejection.get('message')} (pass --content-type with its real "
+                    "type, or convert it)",
+                )
             problems.append(f"the service rejected it: {rejection.get('code')}: {rejection.get('message')}")
         elif status == "completed":
             if (upload.get("size_bytes"), upload.get("crc32c")) == (size, crc32c):
                 vouched = True
             else:
-                problems.append(f"the service recorded {upload.get('size_bytes')} bytes, "
-                                f"crc32c {upload.get('crc32c')}")
+                problems.append(f"the service recorded {upload.get('size_bytes')} bytes, crc32c {upload.get('crc32c')}")
         elif status != "pending":
             problems.append(f"the upload is {status}")
         if not problems and not vouched:
             problems.append("neither storage's final answer nor the service says what the object holds")
         if problems:
-            raise Failure(EXIT_NOT_THE_FILE, f"upload {saved.upload_id} does not hold {self.args.file} "
-                                             f"({'; '.join(problems)}). "
-                                             "Run the same command again to upload the file anew.")
+            raise Failure(
+                EXIT_NOT_THE_FILE,
+                f"upload {saved.upload_id} does not hold {self.args.file} "
+                f"({'; '.join(problems)}). "
+                "Run the same command again to upload the file anew.",
+            )
         return upload
 
     def _check_unchanged(self, file: state.FileId) -> None:
@@ -298,8 +336,11 @@ class Command:
         except OSError:
             now = None
         if now != file:
-            raise Failure(EXIT_FILE_CHANGED, f"{self.args.file} changed while it was being uploaded; "
-                                             "run the command again to upload it as it is now")
+            raise Failure(
+                EXIT_FILE_CHANGED,
+                f"{self.args.file} changed while it was being uploaded; "
+                "run the command again to upload it as it is now",
+            )
 
     def _resume(self, where, file: state.FileId, fd: int) -> tuple[state.Saved | None, Answer]:
         """The saved upload of this file and what its session says (`_ask_session`),
@@ -309,19 +350,29 @@ class Command:
             return None, None
         if saved.file != file:
             if not self.args.restart:
-                raise Failure(EXIT_FILE_CHANGED,
-                              f"{self.args.file} changed since upload {saved.upload_id} of it was interrupted "
-                              f"(it was {saved.file.size} bytes, modified at {saved.file.mtime_ns} ns; "
-                              f"it is {file.size} bytes, {file.mtime_ns} ns). Rerun with --restart to cancel "
-                              "that upload and upload the file as it is now.")
+                raise Failure(
+                    EXIT_FILE_CHANGED,
+                    f"{self.args.file} changed since upload {saved.upload_id} of it was interrupted "
+                    f"(it was {saved.file.size} bytes, modified at {saved.file.mtime_ns} ns; "
+                    f"it is {file.size} bytes, {file.mtime_ns} ns). Rerun with --restart to cancel "
+                    "that upload and upload the file as it is now.",
+                )
             self._cancel_quietly(saved.upload_id)
             state.remove(where)
             return None, None
         return self._ask_session(where, saved, fd)
 
     def _uploader(self, saved: state.Saved, fd: int, shown: Callable[[int], None] = lambda n: None) -> Uploader:
-        return Uploader(self.http, saved.upload_url, fd, saved.file.size, chunk=self.args.chunk_size,
-                        retry=self.retry, timeout=self.args.timeout, shown=shown)
+        return Uploader(
+            self.http,
+            saved.upload_url,
+            fd,
+            saved.file.size,
+            chunk=self.args.chunk_size,
+            retry=self.retry,
+            timeout=self.args.timeout,
+            shown=shown,
+        )
 
     def _ask_session(self, where, saved: state.Saved, fd: int) -> tuple[state.Saved | None, Answer]:
         """(saved, what its session holds or its final answer), (saved, None)
@@ -348,14 +399,18 @@ class Command:
     def _begin(self, where, file: state.FileId, fd: int, content_type: str) -> tuple[state.Saved, Answer]:
         crc32c = crc32c_of(fd, file.size)
         self._check_unchanged(file)
-        body: dict[str, Any] = {"content_type": content_type, "filename": os.path.basename(file.path),
-                                "crc32c": crc32c}
+        body: dict[str, Any] = {"content_type": content_type, "filename": os.path.basename(file.path), "crc32c": crc32c}
         if file.size:
             body["size_bytes"] = file.size
         previous = None
         for _ in range(3):
-            response = self.api.call("POST", "/v1/uploads", body=body, ok=(200, 201),
-                                     headers={"Idempotency-Key": idempotency_key(file, body, previous)})
+            response = self.api.call(
+                "POST",
+                "/v1/uploads",
+                body=body,
+                ok=(200, 201),
+                headers={"Idempotency-Key": idempotency_key(file, body, previous)},
+            )
             created = response.json()
             check_upload_url(self.args.api_url, created["upload_url"])
             saved = state.Saved(created["id"], created["upload_url"], created["source_url"], crc32c, file)
@@ -364,8 +419,9 @@ class Command:
                 return saved, 0
             # A replay: an earlier run made this upload; its session says how far it got.
             standing, answer = self._ask_session(where, saved, fd)
-            if isinstance(answer, Finalized) and (answer.differs(file.size, crc32c)
-                                                  or self._status(saved.upload_id) != "completed"):
+            if isinstance(answer, Finalized) and (
+                answer.differs(file.size, crc32c) or self._status(saved.upload_id) != "completed"
+            ):
                 # Finalized, but not as the file (the earlier run said so): a new upload.
                 state.remove(where)
                 self.note(f"upload {saved.upload_id} does not hold the file; starting a new one")
@@ -405,12 +461,23 @@ class Command:
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api-url", default=os.environ.get("FRAMELANE_API_URL"),
-                        help="the API's base URL (default: $FRAMELANE_API_URL)")
-    common.add_argument("--api-key", default=os.environ.get("FRAMELANE_API_KEY"),
-                        help="the API key (default: $FRAMELANE_API_KEY, which keeps it out of `ps`)")
-    common.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="how long to wait for any one answer before retrying (default 60)")
+    common.add_argument(
+        "--api-url",
+        default=os.environ.get("FRAMELANE_API_URL"),
+        help="the API's base URL (default: $FRAMELANE_API_URL)",
+    )
+    common.add_argument(
+        "--api-key",
+        default=os.environ.get("FRAMELANE_API_KEY"),
+        help="the API key (default: $FRAMELANE_API_KEY, which keeps it out of `ps`)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for any one answer before retrying (default 60)",
+    )
 
     top = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -419,10 +486,18 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--content-type", help="the file's media type (default: guessed from its name)")
     up.add_argument("--json", action="store_true", help="print {id, source_url, size_bytes} as JSON")
     up.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
-    up.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK, metavar="SIZE",
-                    help="bytes per PUT, a multiple of 256 KiB (default 8MiB)")
-    up.add_argument("--restart", action="store_true",
-                    help="if the file changed since its upload was interrupted, cancel that upload and start anew")
+    up.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=DEFAULT_CHUNK,
+        metavar="SIZE",
+        help="bytes per PUT, a multiple of 256 KiB (default 8MiB)",
+    )
+    up.add_argument(
+        "--restart",
+        action="store_true",
+        help="if the file changed since its upload was interrupted, cancel that upload and start anew",
+    )
     for name, text in (("status", "show an upload"), ("cancel", "cancel a pending upload")):
         sub = commands.add_parser(name, parents=[common], help=text)
         sub.add_argument("id")
@@ -439,28 +514,40 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "quiet", False):
             print(text, file=sys.stderr, flush=True)
 
-    def fail(status: int, message: str) -> int:
-        print(message, file=sys.stderr, flush=True)
-        return status
-
     if not args.api_url:
-        return fail(EXIT_USAGE, "error: no API URL: set FRAMELANE_API_URL or pass --api-url")
+        return _fail(EXIT_USAGE, "error: no API URL: set FRAMELANE_API_URL or pass --api-url")
     if not args.api_key:
-        return fail(EXIT_USAGE, "error: no API key: set FRAMELANE_API_KEY or pass --api-key")
+        return _fail(EXIT_USAGE, "error: no API key: set FRAMELANE_API_KEY or pass --api-key")
     try:
         command = Command(args, out, note)
         return getattr(command, args.command)()
-    except ApiError as exc:
-        return fail(exc.status, str(exc))
-    except Failure as exc:
-        return fail(exc.status, f"error: {exc}")
-    except GaveUp as exc:
-        return fail(EXIT_GAVE_UP, f"error: gave up ({exc.last}); run the same command again to resume")
-    except KeyboardInterrupt:
-        return fail(EXIT_INTERRUPTED, "error: interrupted; run the same command again to resume")
-    except Exception as exc:  # noqa: BLE001 - anything else: a clean line, never a traceback with the session URL
-        return fail(EXIT_REFUSED, f"error: unexpected {type(exc).__name__} (its details are not shown: they may "
-                                  "hold the upload's session URL); run the same command again to resume")
+    except BaseException as exc:  # noqa: BLE001 - every ending is a clean line and an exit status (_ending)
+        return _fail(*_ending(exc))
+
+
+def _fail(status: int, message: str) -> int:
+    print(message, file=sys.stderr, flush=True)
+    return status
+
+
+def _ending(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one line a command that raised `exc` ends with: never a traceback, which could
+    hold the upload's session URL."""
+    if isinstance(exc, ApiError):
+        return exc.status, str(exc)
+    if isinstance(exc, Failure):
+        return exc.status, f"error: {exc}"
+    if isinstance(exc, GaveUp):
+        return EXIT_GAVE_UP, f"error: gave up ({exc.last}); run the same command again to resume"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "error: interrupted; run the same command again to resume"
+    if not isinstance(exc, Exception):
+        raise exc  # SystemExit and the like end the command as they would
+    return (
+        EXIT_REFUSED,
+        f"error: unexpected {type(exc).__name__} (its details are not shown: they may "
+        "hold the upload's session URL); run the same command again to resume",
+    )
 
 
 def check_upload_url(api_url: str, upload_url: str) -> None:
@@ -473,8 +560,9 @@ def check_upload_url(api_url: str, upload_url: str) -> None:
     scheme = urlsplit(upload_url).scheme
     if scheme == "https" or (scheme == "http" and _on_loopback(api_url)):
         return
-    raise Failure(EXIT_REFUSED, f"the API returned an upload URL over {scheme or '(no scheme)'}, not https; "
-                                "the file was not sent")
+    raise Failure(
+        EXIT_REFUSED, f"the API returned an upload URL over {scheme or '(no scheme)'}, not https; the file was not sent"
+    )
 
 
 def _on_loopback(url: str) -> bool:

@@ -119,8 +119,18 @@ class Uploader:
     confirms); it may go back when a retry finds the session holds less.
     """
 
-    def __init__(self, http: requests.Session, url: str, fd: int, size: int, *, chunk: int,
-                 retry: Retry, timeout: float, shown: Callable[[int], None] = lambda n: None):
+    def __init__(
+        self,
+        http: requests.Session,
+        url: str,
+        fd: int,
+        size: int,
+        *,
+        chunk: int,
+        retry: Retry,
+        timeout: float,
+        shown: Callable[[int], None] = lambda n: None,
+    ):
         if chunk <= 0 or chunk % CHUNK_QUANTUM:
             raise ValueError(f"chunk size must be a positive multiple of {CHUNK_QUANTUM} bytes")
         self.http, self.url, self.fd, self.size = http, url, fd, size
@@ -130,8 +140,9 @@ class Uploader:
 
     def _put(self, headers: dict[str, str], body) -> requests.Response | Exception:
         try:
-            return self.http.put(self.url, data=body, headers=headers, timeout=(10, self.timeout),
-                                 allow_redirects=False)
+            return self.http.put(
+                self.url, data=body, headers=headers, timeout=(10, self.timeout), allow_redirects=False
+            )
         except (requests.ConnectionError, requests.Timeout) as exc:
             return exc
 
@@ -141,8 +152,9 @@ class Uploader:
         if isinstance(outcome, requests.Response):
             if outcome.status_code in (200, 201):
                 return Finalized.of(outcome)
-            if outcome.status_code in (301, 302, 303, 307) or (outcome.status_code == 308
-                                                                and "Location" in outcome.headers):
+            if outcome.status_code in (301, 302, 303, 307) or (
+                outcome.status_code == 308 and "Location" in outcome.headers
+            ):
                 raise Misbehaved(f"storage answered a redirect (HTTP {outcome.status_code}), which is not followed")
             if outcome.status_code == 308:
                 held = persisted(outcome)
@@ -159,8 +171,9 @@ class Uploader:
     def _spend(self, size: int) -> None:
         self._sent += size
         if self._sent > MAX_SENT_FACTOR * self.size + self.chunk:
-            raise Misbehaved(f"{self._sent} bytes were sent for a {self.size}-byte file and the session has not "
-                             "finished")
+            raise Misbehaved(
+                f"{self._sent} bytes were sent for a {self.size}-byte file and the session has not finished"
+            )
 
     def holds(self) -> int | Finalized:
         """How many bytes the session holds, or its final answer if it is

@@ -104,8 +104,10 @@ class Retry:
         if now - self._since + delay > self.budget:
             raise GaveUp(f"{describe(outcome)}, and {self.budget:.0f} s without progress")
         if isinstance(outcome, requests.Response) and outcome.status_code == 429:
-            self.note(f"{_error_code(outcome) or 'HTTP 429'}: waiting {delay:.0f} s as asked "
-                      f"(Retry-After: {outcome.headers.get('Retry-After', 'none')}), then trying again")
+            self.note(
+                f"{_error_code(outcome) or 'HTTP 429'}: waiting {delay:.0f} s as asked "
+                f"(Retry-After: {outcome.headers.get('Retry-After', 'none')}), then trying again"
+            )
         self.sleep(delay)
 
 

@@ -54,8 +54,10 @@ class Demo:
                 if path in FILES:
                     file, content_type = FILES[path]
                     if not file.exists():
-                        return self._send(503, {"error": {"code": "not_installed", "message":
-                                                          "run `npm ci` in dev/page (make run does)"}})
+                        return self._send(
+                            503,
+                            {"error": {"code": "not_installed", "message": "run `npm ci` in dev/page (make run does)"}},
+                        )
                     return self._send(200, file.read_bytes(), content_type)
                 match = UPLOAD_PATH.fullmatch(path)
                 if match:
@@ -67,16 +69,26 @@ class Demo:
                     return self._send(404, {"error": {"code": "not_found", "message": "No such route."}})
                 origin = demo.origin_for(self.headers.get("Host", ""))
                 if origin is None:
-                    return self._send(400, {"error": {"code": "unknown_host", "message":
-                                                      "Open the demo at the address make run printed."}})
+                    return self._send(
+                        400,
+                        {
+                            "error": {
+                                "code": "unknown_host",
+                                "message": "Open the demo at the address make run printed.",
+                            }
+                        },
+                    )
                 # Only the page itself may mint: another site's form or fetch carries its own Origin (or
                 # none), and a cross-site request without a preflight can only send text/plain or a form.
                 if self.headers.get("Origin") != origin:
-                    return self._send(403, {"error": {"code": "forbidden_origin", "message":
-                                                      "Only the demo page may create uploads."}})
+                    return self._send(
+                        403,
+                        {"error": {"code": "forbidden_origin", "message": "Only the demo page may create uploads."}},
+                    )
                 if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
-                    return self._send(415, {"error": {"code": "unsupported_media_type", "message":
-                                                      "Send application/json."}})
+                    return self._send(
+                        415, {"error": {"code": "unsupported_media_type", "message": "Send application/json."}}
+                    )
                 try:
                     asked = json.loads(self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 65536)))
                     body = {name: asked[name] for name in FIELDS if name in asked}
@@ -86,8 +98,13 @@ class Demo:
 
             def _relay(self, method: str, path: str, body: dict | None = None):
                 try:
-                    answer = demo.http.request(method, demo.api_url + path, json=body, timeout=30,
-                                               headers={"Authorization": f"Bearer {demo._key}"})
+                    answer = demo.http.request(
+                        method,
+                        demo.api_url + path,
+                        json=body,
+                        timeout=30,
+                        headers={"Authorization": f"Bearer {demo._key}"},
+                    )
                 except requests.RequestException as exc:
                     return self._send(502, {"error": {"code": "api_unreachable", "message": type(exc).__name__}})
                 self._send(answer.status_code, answer.content, "application/json")

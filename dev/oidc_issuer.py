@@ -31,8 +31,10 @@ EVENTS_SERVICE_ACCOUNT = "framelane-events@framelane-test.iam.gserviceaccount.co
 WEBHOOKS_AUDIENCE = "https://uploads.test/internal/webhooks"
 WEBHOOKS_SERVICE_ACCOUNT = "framelane-webhooks@framelane-test.iam.gserviceaccount.com"
 # Each push route's (audience, service account), by the name dev/emulators.py start_relay takes.
-CALLERS = {"events": (EVENTS_AUDIENCE, EVENTS_SERVICE_ACCOUNT),
-           "webhooks": (WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT)}
+CALLERS = {
+    "events": (EVENTS_AUDIENCE, EVENTS_SERVICE_ACCOUNT),
+    "webhooks": (WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT),
+}
 
 
 class SigningKey:
@@ -41,14 +43,20 @@ class SigningKey:
         self._private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "framelane-test-oidc")])
         now = datetime.now(UTC)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(self._private.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=2))
-                .sign(self._private, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._private.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=2))
+            .sign(self._private, hashes.SHA256())
+        )
         self.certificate_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        self.private_key_pem = self._private.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption())
+        self.private_key_pem = self._private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         self.signer = crypt.RSASigner.from_string(self.private_key_pem, key_id=self.kid)
 
 
@@ -103,17 +111,23 @@ class Issuer:
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
 
-    def token(self, signer: crypt.RSASigner | None = None, header: dict | None = None, key_id: str | None = None,
-              **overrides) -> str:
+    def token(
+        self, signer: crypt.RSASigner | None = None, header: dict | None = None, key_id: str | None = None, **overrides
+    ) -> str:
         """A signed ID token; claims given as None are left out."""
         return jwt.encode(signer or self.key.signer, self.claims(**overrides), header=header, key_id=key_id).decode()
 
     def env(self) -> dict[str, str]:
         """The function's settings that trust this issuer."""
-        return {"SWEEP_AUDIENCE": AUDIENCE, "SWEEP_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
-                "EVENTS_AUDIENCE": EVENTS_AUDIENCE, "EVENTS_SERVICE_ACCOUNT": EVENTS_SERVICE_ACCOUNT,
-                "WEBHOOKS_AUDIENCE": WEBHOOKS_AUDIENCE, "WEBHOOKS_SERVICE_ACCOUNT": WEBHOOKS_SERVICE_ACCOUNT,
-                "OIDC_CERTS_URL": self.certs_url}
+        return {
+            "SWEEP_AUDIENCE": AUDIENCE,
+            "SWEEP_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+            "EVENTS_AUDIENCE": EVENTS_AUDIENCE,
+            "EVENTS_SERVICE_ACCOUNT": EVENTS_SERVICE_ACCOUNT,
+            "WEBHOOKS_AUDIENCE": WEBHOOKS_AUDIENCE,
+            "WEBHOOKS_SERVICE_ACCOUNT": WEBHOOKS_SERVICE_ACCOUNT,
+            "OIDC_CERTS_URL": self.certs_url,
+        }
 
     def write_key(self, path) -> None:
         """The published key, for another local process to sign with (the push relay)."""

@@ -119,8 +119,9 @@ class Receiver:
                 continue
         return False
 
-    def wait_for(self, count: int, timeout: float = 30.0,
-                 where: Callable[[Received], bool] = lambda _item: True) -> list[Received]:
+    def wait_for(
+        self, count: int, timeout: float = 30.0, where: Callable[[Received], bool] = lambda _item: True
+    ) -> list[Received]:
         """The received requests matching `where`, once there are at least `count` (or at `timeout`)."""
         deadline = time.monotonic() + timeout
         with self._changed:

@@ -27,6 +27,7 @@ never a message's data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -44,9 +45,20 @@ IDLE_SECONDS = 0.05
 
 
 class Relay:
-    def __init__(self, pubsub_host: str, subscription: str, endpoint: str, audience: str, service_account: str,
-                 signer: crypt.Signer, min_backoff: float = 1.0, max_backoff: float = 10.0,
-                 max_attempts: int | None = None, dead_letter_topic: str | None = None, concurrency: int = 16):
+    def __init__(
+        self,
+        pubsub_host: str,
+        subscription: str,
+        endpoint: str,
+        audience: str,
+        service_account: str,
+        signer: crypt.Signer,
+        min_backoff: float = 1.0,
+        max_backoff: float = 10.0,
+        max_attempts: int | None = None,
+        dead_letter_topic: str | None = None,
+        concurrency: int = 16,
+    ):
         self.base = f"http://{pubsub_host}/v1/{subscription}"
         self.pubsub = f"http://{pubsub_host}/v1"
         self.subscription, self.endpoint = subscription, endpoint
@@ -63,8 +75,16 @@ class Relay:
 
     def token(self) -> str:
         now = int(time.time())
-        claims = {"iss": "https://accounts.google.com", "aud": self.audience, "azp": "relay", "sub": "relay",
-                  "email": self.service_account, "email_verified": True, "iat": now, "exp": now + 3600}
+        claims = {
+            "iss": "https://accounts.google.com",
+            "aud": self.audience,
+            "azp": "relay",
+            "sub": "relay",
+            "email": self.service_account,
+            "email_verified": True,
+            "iat": now,
+            "exp": now + 3600,
+        }
         return jwt.encode(self.signer, claims).decode()
 
     def pull(self, count: int) -> list[dict]:
@@ -72,8 +92,9 @@ class Relay:
         # was killed, or gave up waiting) as readily as to a live one, and they then sit unseen until
         # their ack deadline passes. A pull that returns at once leaves nothing behind; when it finds
         # nothing, the next is made after IDLE_SECONDS.
-        resp = self.http.post(f"{self.base}:pull", json={"maxMessages": count, "returnImmediately": True},
-                              timeout=(5, 30))
+        resp = self.http.post(
+            f"{self.base}:pull", json={"maxMessages": count, "returnImmediately": True}, timeout=(5, 30)
+        )
         resp.raise_for_status()
         return resp.json().get("receivedMessages", [])
 
@@ -82,11 +103,14 @@ class Relay:
         deadline is pushed back every HOLD_SECONDS, so only a relay that died gives it back (within
         the subscription's 10 s), never a slow push."""
         while not pushed.wait(HOLD_SECONDS):
-            try:
-                self.http.post(f"{self.base}:modifyAckDeadline", timeout=5,
-                               json={"ackIds": [ack_id], "ackDeadlineSeconds": 2 * HOLD_SECONDS})
-            except requests.RequestException:
-                pass  # the emulator is busy or gone: the message may come back, as it may on Pub/Sub
+            with contextlib.suppress(
+                requests.RequestException
+            ):  # the emulator is busy or gone: the message may come back, as it may on Pub/Sub
+                self.http.post(
+                    f"{self.base}:modifyAckDeadline",
+                    timeout=5,
+                    json={"ackIds": [ack_id], "ackDeadlineSeconds": 2 * HOLD_SECONDS},
+                )
 
     def deliver(self, received: dict) -> None:
         try:
@@ -100,15 +124,18 @@ class Relay:
         with self.lock:
             attempt = self.attempts.get(message_id, 0) + 1
             self.attempts[message_id] = attempt
-        envelope = {"message": {**message, "message_id": message_id, "publish_time": message.get("publishTime")},
-                    "subscription": self.subscription}
+        envelope = {
+            "message": {**message, "message_id": message_id, "publish_time": message.get("publishTime")},
+            "subscription": self.subscription,
+        }
         if self.dead_letter_topic:
             envelope["deliveryAttempt"] = attempt
         pushed = threading.Event()
         threading.Thread(target=self.hold, args=(received["ackId"], pushed), daemon=True).start()
         try:
-            resp = self.http.post(self.endpoint, json=envelope, timeout=60,
-                                  headers={"Authorization": f"Bearer {self.token()}"})
+            resp = self.http.post(
+                self.endpoint, json=envelope, timeout=60, headers={"Authorization": f"Bearer {self.token()}"}
+            )
             status: int | str = resp.status_code
         except requests.RequestException as exc:
             status = type(exc).__name__
@@ -118,27 +145,43 @@ class Relay:
         if isinstance(status, int) and 200 <= status < 300:
             outcome = "ack"
         elif self.dead_letter_topic and self.max_attempts and attempt >= self.max_attempts:
-            attributes = {**message.get("attributes", {}),
-                          "CloudPubSubDeadLetterSourceDeliveryCount": str(attempt),
-                          "CloudPubSubDeadLetterSourceSubscription": self.subscription.rsplit("/", 1)[-1]}
-            self.http.post(f"{self.pubsub}/{self.dead_letter_topic}:publish", timeout=10,
-                           json={"messages": [{"data": message.get("data", ""), "attributes": attributes}]}
-                           ).raise_for_status()
+            attributes = {
+                **message.get("attributes", {}),
+                "CloudPubSubDeadLetterSourceDeliveryCount": str(attempt),
+                "CloudPubSubDeadLetterSourceSubscription": self.subscription.rsplit("/", 1)[-1],
+            }
+            self.http.post(
+                f"{self.pubsub}/{self.dead_letter_topic}:publish",
+                timeout=10,
+                json={"messages": [{"data": message.get("data", ""), "attributes": attributes}]},
+            ).raise_for_status()
             outcome = "dead_lettered"
         if outcome == "nack":
             backoff = min(self.min_backoff * 2 ** (attempt - 1), self.max_backoff)
-            self.http.post(f"{self.base}:modifyAckDeadline", timeout=10,
-                           json={"ackIds": [received["ackId"]], "ackDeadlineSeconds": max(0, round(backoff))})
+            self.http.post(
+                f"{self.base}:modifyAckDeadline",
+                timeout=10,
+                json={"ackIds": [received["ackId"]], "ackDeadlineSeconds": max(0, round(backoff))},
+            )
         else:
             with self.lock:
                 self.attempts.pop(message_id, None)
             self.http.post(f"{self.base}:acknowledge", json={"ackIds": [received["ackId"]]}, timeout=10)
-        print(json.dumps({"relay": "delivery", "message_id": message_id, "status": status, "attempt": attempt,
-                          "outcome": outcome}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "relay": "delivery",
+                    "message_id": message_id,
+                    "status": status,
+                    "attempt": attempt,
+                    "outcome": outcome,
+                }
+            ),
+            flush=True,
+        )
 
     def run(self) -> None:
-        print(json.dumps({"relay": "ready", "subscription": self.subscription, "endpoint": self.endpoint}),
-              flush=True)
+        print(json.dumps({"relay": "ready", "subscription": self.subscription, "endpoint": self.endpoint}), flush=True)
         with ThreadPoolExecutor(self.concurrency) as pool:
             while True:
                 self.slots.acquire()  # at least one free slot before pulling
@@ -165,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dev.relay", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pubsub-host", required=True, help="the emulator, host:port")
     parser.add_argument("--subscription", required=True, help="projects/P/subscriptions/S, a pull subscription")
-    parser.add_argument("--endpoint", required=True, help="where to push, e.g. http://127.0.0.1:8080/internal/storage-events")
+    parser.add_argument(
+        "--endpoint", required=True, help="where to push, e.g. http://127.0.0.1:8080/internal/storage-events"
+    )
     parser.add_argument("--audience", required=True)
     parser.add_argument("--service-account", required=True)
     parser.add_argument("--key-file", required=True, help="PEM private key the function's OIDC_CERTS_URL publishes")
@@ -179,8 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.key_file, "rb") as handle:
         signer = crypt.RSASigner.from_string(handle.read(), key_id=args.key_id)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Relay(args.pubsub_host, args.subscription, args.endpoint, args.audience, args.service_account, signer,
-          args.min_backoff, args.max_backoff, args.max_attempts, args.dead_letter_topic, args.concurrency).run()
+    Relay(
+        args.pubsub_host,
+        args.subscription,
+        args.endpoint,
+        args.audience,
+        args.service_account,
+        signer,
+        args.min_backoff,
+        args.max_backoff,
+        args.max_attempts,
+        args.dead_letter_topic,
+        args.concurrency,
+    ).run()
     return 0
 
 

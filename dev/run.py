@@ -36,14 +36,27 @@ WEBHOOK_MAX_ATTEMPTS = 5
 
 
 def main() -> int:
-    ports = {name: int(os.environ.get(name, default)) for name, default in
-             (("FUNCTION_PORT", 8080), ("FIRESTORE_PORT", 8681), ("STORAGE_PORT", 4443), ("PUBSUB_PORT", 8085),
-              ("ISSUER_PORT", 8086), ("RECEIVER_PORT", 8087), ("DEMO_PORT", 8088), ("DELIVERIES_PORT", 8089),
-              ("REDIS_PORT", 6390))}
+    ports = {
+        name: int(os.environ.get(name, default))
+        for name, default in (
+            ("FUNCTION_PORT", 8080),
+            ("FIRESTORE_PORT", 8681),
+            ("STORAGE_PORT", 4443),
+            ("PUBSUB_PORT", 8085),
+            ("ISSUER_PORT", 8086),
+            ("RECEIVER_PORT", 8087),
+            ("DEMO_PORT", 8088),
+            ("DELIVERIES_PORT", 8089),
+            ("REDIS_PORT", 6390),
+        )
+    }
     busy = [f"{name}={port}" for name, port in ports.items() if emulators.port_in_use(port)]
     if busy:
-        print(f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
-              f"e.g. `make run FUNCTION_PORT=8090`.", file=sys.stderr)
+        print(
+            f"error: port in use: {', '.join(busy)}. Stop what holds it, or set another port, "
+            f"e.g. `make run FUNCTION_PORT=8090`.",
+            file=sys.stderr,
+        )
         return 1
 
     log_dir = emulators.new_log_dir("framelane-run-")
@@ -83,30 +96,70 @@ def _serve(ports: dict[str, int], log_dir) -> int:
         # (OIDC_CERTS_URL); the sweep stays shut (no SWEEP_*: no scheduler here).
         issuer = Issuer(port=ports["ISSUER_PORT"])
         trust = {k: v for k, v in issuer.env().items() if not k.startswith("SWEEP_")}
-        hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
-                                                              WEBHOOKS_DEAD_LETTER_TOPIC)
+        hooks, dead_letters = emulators.create_webhook_topics(
+            pubsub, PROJECT, WEBHOOKS_TOPIC, WEBHOOKS_DEAD_LETTER_TOPIC
+        )
         # Webhooks on, and allowed to reach the receiver on loopback (never so in a deployment).
-        env = emulators.function_env(firestore, storage, PROJECT, BUCKET, stack.redis, **trust,
-                                     PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
-                                     WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
+        env = emulators.function_env(
+            firestore,
+            storage,
+            PROJECT,
+            BUCKET,
+            stack.redis,
+            **trust,
+            PUBSUB_EMULATOR_HOST=pubsub.extra["host"],
+            WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
+            WEBHOOK_ALLOW_PRIVATE_TARGETS="true",
+        )
         key = _demo_key(firestore)
         receiver = Receiver(ports["RECEIVER_PORT"], on_event=print_event)
         endpoint = _demo_webhook(firestore, receiver)
         function = emulators.start_function(env, log_dir, ports["FUNCTION_PORT"])
         services.append(function)
         # The webhook pushes go to the deliveries function, as deployed (terraform/webhooks.tf).
-        deliveries = emulators.start_function(env, log_dir, ports["DELIVERIES_PORT"], name="function-deliveries",
-                                              target="deliveries")
+        deliveries = emulators.start_function(
+            env, log_dir, ports["DELIVERIES_PORT"], name="function-deliveries", target="deliveries"
+        )
         services.append(deliveries)
-        services.append(emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
-                                              function.url + "/internal/storage-events", issuer, log_dir))
-        services.append(emulators.start_relay(
-            pubsub, hooks, deliveries.url + "/internal/webhooks", issuer, log_dir, name="push-relay-webhooks",
-            caller="webhooks", extra_args=("--max-attempts", str(WEBHOOK_MAX_ATTEMPTS), "--dead-letter-topic",
-                                           f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}")))
-        services.append(emulators.start_relay(pubsub, dead_letters, deliveries.url + "/internal/webhook-dead-letters",
-                                              issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
+        services.append(
+            emulators.start_relay(
+                pubsub,
+                f"projects/{PROJECT}/subscriptions/{SUBSCRIPTION}",
+                function.url + "/internal/storage-events",
+                issuer,
+                log_dir,
+            )
+        )
+        services.append(
+            emulators.start_relay(
+                pubsub,
+                hooks,
+                deliveries.url + "/internal/webhooks",
+                issuer,
+                log_dir,
+                name="push-relay-webhooks",
+                caller="webhooks",
+                extra_args=(
+                    "--max-attempts",
+                    str(WEBHOOK_MAX_ATTEMPTS),
+                    "--dead-letter-topic",
+                    f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}",
+                ),
+            )
+        )
+        services.append(
+            emulators.start_relay(
+                pubsub,
+                dead_letters,
+                deliveries.url + "/internal/webhook-dead-letters",
+                issuer,
+                log_dir,
+                name="push-relay-dead-letters",
+                caller="webhooks",
+            )
+        )
         from dev.demo import Demo
+
         demo = Demo(function.url, key, ports["DEMO_PORT"])
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -146,15 +199,17 @@ def _demo_webhook(firestore: emulators.Service, receiver: Receiver):
     from lib.platform import clock
     from lib.webhooks import endpoints
 
-    endpoint = endpoints.create_endpoint(emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "live",
-                                        receiver.url, True, clock.now())
+    endpoint = endpoints.create_endpoint(
+        emulators.firestore_client_for(firestore, PROJECT), WORKSPACE, "live", receiver.url, True, clock.now()
+    )
     receiver.secrets.append(endpoint.secret)
     return endpoint
 
 
 def _print_instructions(url: str, key: str, env: dict, log_dir, endpoint, receiver: Receiver, demo) -> None:
-    print(f"""
-Framelane uploads is serving on {url} (emulators: Firestore {env['FIRESTORE_EMULATOR_HOST']}, Storage {env['STORAGE_EMULATOR_HOST']}).
+    print(
+        f"""
+Framelane uploads is serving on {url} (emulators: Firestore {env["FIRESTORE_EMULATOR_HOST"]}, Storage {env["STORAGE_EMULATOR_HOST"]}).
 Demo API key for workspace {WORKSPACE}: {key}
 
 Each block below stands alone: paste it into a shell in this directory.
@@ -218,12 +273,12 @@ Each block below stands alone: paste it into a shell in this directory.
    pending uploads); each create's answer carries RateLimit-Policy and RateLimit too:
 
   curl -sS {url}/v1/limits -H 'Authorization: Bearer {key}'
-  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin limits --workspace {WORKSPACE}
+  FIRESTORE_EMULATOR_HOST={env["FIRESTORE_EMULATOR_HOST"]} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin limits --workspace {WORKSPACE}
 
    Ops change a workspace's limits (every instance holds them within 5 s); past them a create
    answers 429 rate_limited or quota_exceeded. For {WORKSPACE}:
 
-  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin set-limits --workspace {WORKSPACE} --creates-per-minute 120 --max-pending-uploads 100
+  FIRESTORE_EMULATOR_HOST={env["FIRESTORE_EMULATOR_HOST"]} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin set-limits --workspace {WORKSPACE} --creates-per-minute 120 --max-pending-uploads 100
 
 7. Prove the deployment, as ops do after every apply and rollout (docs/operations.md): the whole
    journey, each step timed; here the steps only Google runs are skipped, each saying why:
@@ -239,14 +294,16 @@ each signature with the endpoint's secret (standardwebhooks) and prints each eve
 upload.completed, step 3's cancel upload.cancelled. Add your own endpoint (https only in a deployment;
 here loopback and http are allowed too), then list the delivery attempts:
 
-  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} WEBHOOK_ALLOW_PRIVATE_TARGETS=true \\
+  FIRESTORE_EMULATOR_HOST={env["FIRESTORE_EMULATOR_HOST"]} GOOGLE_CLOUD_PROJECT={PROJECT} WEBHOOK_ALLOW_PRIVATE_TARGETS=true \\
     .venv/bin/python -m lib.admin add-webhook --workspace {WORKSPACE} --url http://127.0.0.1:9000/hooks
-  FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} \\
+  FIRESTORE_EMULATOR_HOST={env["FIRESTORE_EMULATOR_HOST"]} GOOGLE_CLOUD_PROJECT={PROJECT} \\
     .venv/bin/python -m lib.admin webhook-deliveries --workspace {WORKSPACE}
 
-More keys: FIRESTORE_EMULATOR_HOST={env['FIRESTORE_EMULATOR_HOST']} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin create-key --workspace ws_other
+More keys: FIRESTORE_EMULATOR_HOST={env["FIRESTORE_EMULATOR_HOST"]} GOOGLE_CLOUD_PROJECT={PROJECT} .venv/bin/python -m lib.admin create-key --workspace ws_other
 Logs: {log_dir} (removed when you stop cleanly; kept when something fails)   Ctrl-C stops everything.
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ import av
 MEDIA = Path(__file__).resolve().parent.parent / "tests" / "media"
 
 
-def mp4_of_size(size: int, filler: Callable[[int], bytes] = os.urandom,
-                fixture: str = "clip-faststart.mp4") -> bytes:
+def mp4_of_size(size: int, filler: Callable[[int], bytes] = os.urandom, fixture: str = "clip-faststart.mp4") -> bytes:
     """An ISO BMFF file (MP4, MOV, M4A) of exactly `size` bytes: the fixture, then a `free` box of
     `filler`'s bytes (random by default, so each file's checksums are its own)."""
     base = (MEDIA / fixture).read_bytes()
@@ -51,8 +50,14 @@ def long_mp4(path: Path, seconds: int, audio_tracks: int, sample_rate: int = 480
                     _mux(out, sound, frame, k * 1024, 1024, Fraction(1, sample_rate))
 
 
-def _mux(out: av.container.OutputContainer, stream: av.stream.Stream, data: bytes, pts: int, duration: int,
-         time_base: Fraction) -> None:
+def _mux(
+    out: av.container.OutputContainer,
+    stream: av.stream.Stream,
+    data: bytes,
+    pts: int,
+    duration: int,
+    time_base: Fraction,
+) -> None:
     packet = av.Packet(data)
     packet.stream, packet.pts, packet.dts, packet.duration, packet.time_base = stream, pts, pts, duration, time_base
     out.mux(packet)

@@ -61,8 +61,16 @@ def crc32c(data: bytes) -> str:
 
 
 class Smoke:
-    def __init__(self, api_url: str, api_key: str, emulators: bool, event_seconds: float,
-                 out: Callable[[str], None] = print, webhook_url: str | None = None, webhook_seconds: float = 60.0):
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        emulators: bool,
+        event_seconds: float,
+        out: Callable[[str], None] = print,
+        webhook_url: str | None = None,
+        webhook_seconds: float = 60.0,
+    ):
         self.api = api_url.rstrip("/")
         self.auth = {"Authorization": f"Bearer {api_key}"}
         self.webhook_url = webhook_url
@@ -86,11 +94,18 @@ class Smoke:
         return resp
 
     def run(self) -> int:
-        steps = [("health", self.health), ("webhook endpoint", self.add_endpoint), ("create", self.create),
-                 ("put", self.put), ("completed by the storage event", self.completed),
-                 ("webhook delivered", self.delivered), ("source_url", self.source),
-                 ("the CDN serves nothing else", self.cdn_refuses), ("a rejected impostor", self.impostor),
-                 ("cancel", self.cancel)]
+        steps = [
+            ("health", self.health),
+            ("webhook endpoint", self.add_endpoint),
+            ("create", self.create),
+            ("put", self.put),
+            ("completed by the storage event", self.completed),
+            ("webhook delivered", self.delivered),
+            ("source_url", self.source),
+            ("the CDN serves nothing else", self.cdn_refuses),
+            ("a rejected impostor", self.impostor),
+            ("cancel", self.cancel),
+        ]
         try:
             for name, step in steps:
                 started = time.monotonic()
@@ -125,8 +140,9 @@ class Smoke:
         except (ConfigError, ApiError) as exc:  # no project set; an unknown key; Firestore unreachable
             raise StepFailed(f"cannot read the key's workspace from Firestore: {exc}") from None
         try:
-            self.endpoint = endpoints.create_endpoint(self.db, key.workspace_id, key.mode, self.webhook_url,
-                                                      allow_private=self.emulators, now=clock.now())
+            self.endpoint = endpoints.create_endpoint(
+                self.db, key.workspace_id, key.mode, self.webhook_url, allow_private=self.emulators, now=clock.now()
+            )
         except targets.TargetRefused as exc:  # the URL's rules, as add-webhook applies them
             raise StepFailed(f"the webhook URL is refused: {exc}") from None
         return f"{self.endpoint.id} for {key.workspace_id} ({key.mode})"
@@ -136,9 +152,13 @@ class Smoke:
             raise Skipped("no --webhook-url given")
         deadline = time.monotonic() + self.webhook_seconds
         while True:
-            rows = [row for row in attempts.recent_deliveries(self.db, self.endpoint.workspace_id, 100)
-                    if row["endpoint_id"] == self.endpoint.id and row["upload_id"] == self.upload["id"]
-                    and row["event_type"] == "upload.completed"]
+            rows = [
+                row
+                for row in attempts.recent_deliveries(self.db, self.endpoint.workspace_id, 100)
+                if row["endpoint_id"] == self.endpoint.id
+                and row["upload_id"] == self.upload["id"]
+                and row["event_type"] == "upload.completed"
+            ]
             if any(row["status"] and 200 <= row["status"] < 300 for row in rows):
                 return f"upload.completed answered 2xx, after {len(rows)} attempt(s)"
             if time.monotonic() >= deadline:
@@ -147,8 +167,12 @@ class Smoke:
             time.sleep(1)  # polling the attempt log, within the bound above
 
     def create(self) -> str:
-        body = {"content_type": "video/mp4", "filename": "smoke.mp4", "size_bytes": len(self.data),
-                "crc32c": crc32c(self.data)}
+        body = {
+            "content_type": "video/mp4",
+            "filename": "smoke.mp4",
+            "size_bytes": len(self.data),
+            "crc32c": crc32c(self.data),
+        }
         resp = self.call("POST", "/v1/uploads", 201, json=body)
         self.upload = resp.json()
         self.made.append(self.upload["id"])
@@ -156,8 +180,9 @@ class Smoke:
         return f"{self.upload['id']}" + (", with its RateLimit fields" if limits else ", limits off")
 
     def put(self) -> str:
-        resp = self.http.put(self.upload["upload_url"], data=self.data, headers={"Content-Type": "video/mp4"},
-                             timeout=TIMEOUT * 4)
+        resp = self.http.put(
+            self.upload["upload_url"], data=self.data, headers={"Content-Type": "video/mp4"}, timeout=TIMEOUT * 4
+        )
         if resp.status_code not in (200, 201):
             raise StepFailed(f"the session answered {resp.status_code} to the bytes")
         self.put_at = time.monotonic()
@@ -172,29 +197,39 @@ class Smoke:
         resp = self.call("GET", f"/v1/uploads/{self.upload['id']}", 200)
         shown = resp.json()
         if shown["status"] != "completed":
-            raise StepFailed(f"{self.event_seconds:.0f} s after the PUT the upload is {shown['status']}"
-                             + (f" ({shown['rejection']['code']})" if shown.get("rejection") else ""))
+            raise StepFailed(
+                f"{self.event_seconds:.0f} s after the PUT the upload is {shown['status']}"
+                + (f" ({shown['rejection']['code']})" if shown.get("rejection") else "")
+            )
         answered = email.utils.parsedate_to_datetime(resp.headers["Date"])
         placed = datetime.fromisoformat(shown["completed_at"].replace("Z", "+00:00"))
         if (answered - placed).total_seconds() < 2:  # both to the second; the GET comes >= 3 s after the PUT
-            raise StepFailed(f"completed at {shown['completed_at']}, by the GET itself (answered "
-                             f"{resp.headers['Date']}): no storage event did it within {self.event_seconds:.0f} s")
+            raise StepFailed(
+                f"completed at {shown['completed_at']}, by the GET itself (answered "
+                f"{resp.headers['Date']}): no storage event did it within {self.event_seconds:.0f} s"
+            )
         if (shown["size_bytes"], shown["crc32c"]) != (len(self.data), crc32c(self.data)):
             raise StepFailed(f"it holds {shown['size_bytes']} bytes, crc32c {shown['crc32c']}: not what was sent")
         facts = shown.get("media") or {}
         if (facts.get("width"), facts.get("height"), facts.get("codecs")) != (64, 48, ["h264"]):
             raise StepFailed(f"its media are {facts}, not the clip's 64x48 h264")
-        seen = (f"placed {max(0.0, (placed - self.put_date).total_seconds()):.0f} s after the PUT's answer"
-                if self.put_date else "the PUT's answer had no Date to measure from")
+        seen = (
+            f"placed {max(0.0, (placed - self.put_date).total_seconds()):.0f} s after the PUT's answer"
+            if self.put_date
+            else "the PUT's answer had no Date to measure from"
+        )
         # The step's own time is the wait before it looks (--event-seconds), not the event's latency.
-        return (f"{seen} (the servers' clocks, to the second; looked after the {self.event_seconds:.0f} s bound), "
-                f"completed_at {shown['completed_at']}, media {facts['duration_seconds']} s 64x48 h264")
+        return (
+            f"{seen} (the servers' clocks, to the second; looked after the {self.event_seconds:.0f} s bound), "
+            f"completed_at {shown['completed_at']}, media {facts['duration_seconds']} s 64x48 h264"
+        )
 
     def source(self) -> str:
         resp = self.http.get(self.upload["source_url"], timeout=TIMEOUT * 4)
         if resp.status_code != 200 or resp.content != self.data:
-            raise StepFailed(f"source_url answered {resp.status_code} with {len(resp.content):,} bytes, "
-                             "not the bytes sent")
+            raise StepFailed(
+                f"source_url answered {resp.status_code} with {len(resp.content):,} bytes, not the bytes sent"
+            )
         if resp.headers.get("X-Content-Type-Options", "").lower() != "nosniff":
             if self.emulators:
                 return "byte-exact (nosniff not checked: the local stand-in for the CDN is fake-gcs-server)"
@@ -205,8 +240,15 @@ class Smoke:
         if self.emulators:
             raise Skipped("the local stand-in for the CDN is fake-gcs-server, which lists its buckets")
         base = self.upload["source_url"].split("/test-uploads/", 1)[0].split("/uploads/", 1)[0]
-        for path in ("/", "/uploads/", "/test-uploads/", "/?prefix=uploads/", "/uploads?list-type=2",
-                     "/uploads/?list-type=2&prefix=uploads/", "/test-uploads/?prefix=test-uploads/"):
+        for path in (
+            "/",
+            "/uploads/",
+            "/test-uploads/",
+            "/?prefix=uploads/",
+            "/uploads?list-type=2",
+            "/uploads/?list-type=2&prefix=uploads/",
+            "/test-uploads/?prefix=test-uploads/",
+        ):
             resp = self.http.get(base + path, timeout=TIMEOUT)
             if resp.status_code != 404 or b"<ListBucketResult" in resp.content or b'"items"' in resp.content:
                 raise StepFailed(f"the CDN answered {path} with {resp.status_code}, not 404 (a listing?)")
@@ -248,8 +290,10 @@ class Smoke:
             try:
                 endpoints.remove_endpoint(self.db, self.endpoint.id)
             except Exception:  # noqa: BLE001 - the run's verdict stands; say what is left behind
-                self.out(f"note  could not remove webhook endpoint {self.endpoint.id}: "
-                         "python -m lib.admin remove-webhook removes it")
+                self.out(
+                    f"note  could not remove webhook endpoint {self.endpoint.id}: "
+                    "python -m lib.admin remove-webhook removes it"
+                )
         for upload_id in self.made:
             try:
                 self.http.post(f"{self.api}/v1/uploads/{upload_id}/cancel", headers=self.auth, timeout=TIMEOUT)
@@ -268,17 +312,34 @@ def _error(resp: requests.Response) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dev.smoke", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--api-url", required=True, help="the API's base URL (https://api.<domain>, or the function's)")
-    parser.add_argument("--api-key-file", type=argparse.FileType("r"),
-                        help="a file holding the API key (a test-mode fl_test_ key is enough; - for standard input); "
-                        "default: $FRAMELANE_API_KEY")
-    parser.add_argument("--emulators", action="store_true", help="the deployment is `make run`'s (skips what only "
-                        "Google runs, saying why)")
-    parser.add_argument("--event-seconds", type=float, default=10.0,
-                        help="how long the storage event may take to complete an upload (default 10)")
-    parser.add_argument("--webhook-url", help="also prove webhooks: a receiver answering 2xx (needs the ops "
-                        "credentials and GOOGLE_CLOUD_PROJECT; the endpoint is removed at the end)")
-    parser.add_argument("--webhook-seconds", type=float, default=60.0,
-                        help="how long the upload.completed delivery may take (default 60)")
+    parser.add_argument(
+        "--api-key-file",
+        type=argparse.FileType("r"),
+        help="a file holding the API key (a test-mode fl_test_ key is enough; - for standard input); "
+        "default: $FRAMELANE_API_KEY",
+    )
+    parser.add_argument(
+        "--emulators",
+        action="store_true",
+        help="the deployment is `make run`'s (skips what only Google runs, saying why)",
+    )
+    parser.add_argument(
+        "--event-seconds",
+        type=float,
+        default=10.0,
+        help="how long the storage event may take to complete an upload (default 10)",
+    )
+    parser.add_argument(
+        "--webhook-url",
+        help="also prove webhooks: a receiver answering 2xx (needs the ops "
+        "credentials and GOOGLE_CLOUD_PROJECT; the endpoint is removed at the end)",
+    )
+    parser.add_argument(
+        "--webhook-seconds",
+        type=float,
+        default=60.0,
+        help="how long the upload.completed delivery may take (default 60)",
+    )
     args = parser.parse_args(argv)
     if args.event_seconds < 3:
         parser.error("--event-seconds must be 3 or more: the step tells the event's completion from a GET's by it")
@@ -288,10 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         api_key = os.environ.get("FRAMELANE_API_KEY", "").strip()
     if not api_key:
-        parser.error("no API key: set FRAMELANE_API_KEY or pass --api-key-file (never the key itself: "
-                     "a command line is visible to every user of the machine)")
-    return Smoke(args.api_url, api_key, args.emulators, args.event_seconds,
-                 webhook_url=args.webhook_url, webhook_seconds=args.webhook_seconds).run()
+        parser.error(
+            "no API key: set FRAMELANE_API_KEY or pass --api-key-file (never the key itself: "
+            "a command line is visible to every user of the machine)"
+        )
+    return Smoke(
+        args.api_url,
+        api_key,
+        args.emulators,
+        args.event_seconds,
+        webhook_url=args.webhook_url,
+        webhook_seconds=args.webhook_seconds,
+    ).run()
 
 
 if __name__ == "__main__":

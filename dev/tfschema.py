@@ -45,13 +45,16 @@ PROVIDERS = {
 }
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider"}
 META_BLOCKS = {"lifecycle", "provisioner", "connection"}
-_CLASS_DOC = re.compile(r"registry\.terraform\.io/providers/hashicorp/([\w-]+)/([\d.]+)/docs/"
-                        r"(resources|data-sources)/\w+ (\w+)\}")
+_CLASS_DOC = re.compile(
+    r"registry\.terraform\.io/providers/hashicorp/([\w-]+)/([\d.]+)/docs/"
+    r"(resources|data-sources)/\w+ (\w+)\}"
+)
 _ARG_DOC = re.compile(r"#(\w+) \w+#\w+\}")
 _BASES = {"cdktn.TerraformResource": "resource", "cdktn.TerraformDataSource": "data"}
 
 
 # --- extracting the schema from a jsii assembly ----------------------------------
+
 
 def extract(assembly: dict, provider: str, provider_version: str) -> dict:
     """{"version", "resource": {type: struct}, "data": {type: struct}, "structs": {struct: {...}}}.
@@ -127,8 +130,21 @@ def load_schema(provider: str) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-                        f"{package}=={package_version}", "-d", tmp], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                f"{package}=={package_version}",
+                "-d",
+                tmp,
+            ],
+            check=True,
+        )
         wheel = next(Path(tmp).glob("*.whl"))
         schema = extract(assembly_from_wheel(wheel), provider, provider_version)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +155,7 @@ def load_schema(provider: str) -> dict:
 
 
 # --- checking .tf files ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -182,8 +199,9 @@ def _check_body(body: dict, struct: str, schema: dict, where: str, top: bool) ->
             continue
         if top and (key in META_ARGUMENTS or key in META_BLOCKS):
             continue
-        is_block = (isinstance(value, list) and value
-                    and all(isinstance(v, dict) and v.get("__is_block__") for v in value))
+        is_block = (
+            isinstance(value, list) and value and all(isinstance(v, dict) and v.get("__is_block__") for v in value)
+        )
         if is_block:
             if key not in spec["blocks"]:
                 hint = " (it is an argument)" if key in spec["attrs"] else ""
@@ -219,11 +237,17 @@ def constraint_admits(constraint: str, version: str) -> bool:
         want = _version_tuple(want_text)
         padded = have + (0,) * (len(want) - len(have))
         if op == "~>":
-            upper = want[:-1][:-1] + (want[:-1][-1] + 1,) if len(want) > 1 else (want[0] + 1,)
+            upper = (*want[:-1][:-1], want[:-1][-1] + 1) if len(want) > 1 else (want[0] + 1,)
             ok = padded >= want and padded[: len(upper)] < upper
         else:
-            ok = {"=": padded == want, "!=": padded != want, ">": padded > want, ">=": padded >= want,
-                  "<": padded < want, "<=": padded <= want}[op]
+            ok = {
+                "=": padded == want,
+                "!=": padded != want,
+                ">": padded > want,
+                ">=": padded >= want,
+                "<": padded < want,
+                "<=": padded <= want,
+            }[op]
         if not ok:
             return False
     return True
@@ -256,11 +280,16 @@ def check(directory: Path, schemas: dict[str, dict] | None = None) -> list[Probl
                     continue
                 struct = schema[kind].get(type_name)
                 if struct is None:
-                    problems.append(Problem(path.name, address,
-                                            f"unknown {kind} type {type_name!r} in provider {schema['version']}"))
+                    problems.append(
+                        Problem(
+                            path.name, address, f"unknown {kind} type {type_name!r} in provider {schema['version']}"
+                        )
+                    )
                     continue
-                problems += [Problem(path.name, where, message)
-                             for where, message in _check_body(body, struct, schema, address, True)]
+                problems += [
+                    Problem(path.name, where, message)
+                    for where, message in _check_body(body, struct, schema, address, True)
+                ]
         for terraform_block in tf.get("terraform", []):
             for required in terraform_block.get("required_providers", []):
                 for provider, spec in required.items():
@@ -272,8 +301,13 @@ def check(directory: Path, schemas: dict[str, dict] | None = None) -> list[Probl
                     version = PROVIDERS[provider][2]
                     constraint = _unquote(spec.get("version", ""))
                     if not constraint_admits(constraint, version):
-                        problems.append(Problem(path.name, "terraform", f"{provider} {constraint!r} does not "
-                                                f"admit {version}, the schema checked"))
+                        problems.append(
+                            Problem(
+                                path.name,
+                                "terraform",
+                                f"{provider} {constraint!r} does not admit {version}, the schema checked",
+                            )
+                        )
     return problems
 
 

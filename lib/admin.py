@@ -46,23 +46,24 @@ def _workspace(value: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lib.admin",
-                                     description="Manage Framelane API keys and webhook endpoints.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.admin", description="Manage Framelane API keys and webhook endpoints."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     create = commands.add_parser("create-key", help="create a key and print it once")
     create.add_argument("--workspace", required=True, type=_workspace, help="workspace id, e.g. ws_acme")
     create.add_argument("--name", help="a label for people, e.g. 'render backend'")
     create.add_argument("--test", action="store_true", help="a test-mode key (fl_test_...)")
-    create.add_argument("--json", action="store_true",
-                        help='print only {"id","key","workspace_id","prefix","mode"}')
+    create.add_argument("--json", action="store_true", help='print only {"id","key","workspace_id","prefix","mode"}')
 
     listing = commands.add_parser("list-keys", help="list a workspace's keys (never the secrets)")
     listing.add_argument("--workspace", required=True, type=_workspace)
     listing.add_argument("--json", action="store_true", help="print a JSON array")
 
     revoke = commands.add_parser(
-        "revoke-key", help="revoke a key; instances stop trusting it within API_KEY_CACHE_TTL_SECONDS (30 s)")
+        "revoke-key", help="revoke a key; instances stop trusting it within API_KEY_CACHE_TTL_SECONDS (30 s)"
+    )
     revoke.add_argument("key_id", metavar="KEY_ID", help="the id from create-key or list-keys (or the key itself)")
 
     add = commands.add_parser("add-webhook", help="add a webhook endpoint and print its signing secret once")
@@ -82,37 +83,52 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("endpoint_id", metavar="ID", help="the id from add-webhook or list-webhooks (we_...)")
 
     rotate = commands.add_parser(
-        "rotate-webhook-secret", help="a new signing secret; the old one keeps signing beside it for 24 hours")
+        "rotate-webhook-secret", help="a new signing secret; the old one keeps signing beside it for 24 hours"
+    )
     rotate.add_argument("endpoint_id", metavar="ID")
-    rotate.add_argument("--json", action="store_true",
-                        help='print only {"id","url","workspace_id","mode","secret","previous_secret_expires_at"}')
+    rotate.add_argument(
+        "--json",
+        action="store_true",
+        help='print only {"id","url","workspace_id","mode","secret","previous_secret_expires_at"}',
+    )
 
     _limits_parsers(commands)
 
-    commands.add_parser("backfill-sweep-shards",
-                        help="give upload records from before the sharded sweep index their shard (once)")
+    commands.add_parser(
+        "backfill-sweep-shards", help="give upload records from before the sharded sweep index their shard (once)"
+    )
     deliveries = commands.add_parser("webhook-deliveries", help="a workspace's recent delivery attempts")
     deliveries.add_argument("--workspace", required=True, type=_workspace)
-    deliveries.add_argument("--limit", type=_bounded(1000), default=50,
-                            help="how many, newest first (1-1000, default 50)")
+    deliveries.add_argument(
+        "--limit", type=_bounded(1000), default=50, help="how many, newest first (1-1000, default 50)"
+    )
     deliveries.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
 
 
 def _limits_parsers(commands: Any) -> None:
-    set_limits = commands.add_parser("set-limits",
-                                     help="set a workspace's own limits (instances apply them within 5 s)")
+    set_limits = commands.add_parser(
+        "set-limits", help="set a workspace's own limits (instances apply them within 5 s)"
+    )
     set_limits.add_argument("--workspace", required=True, type=_workspace)
-    set_limits.add_argument("--creates-per-minute", type=_bounded(config.MAX_CREATES_PER_MINUTE),
-                            help=f"uploads it may create in any 60 s (1-{config.MAX_CREATES_PER_MINUTE})")
-    set_limits.add_argument("--max-pending-uploads", type=_bounded(config.MAX_PENDING_UPLOADS),
-                            help=f"uploads it may have pending at once (1-{config.MAX_PENDING_UPLOADS})")
+    set_limits.add_argument(
+        "--creates-per-minute",
+        type=_bounded(config.MAX_CREATES_PER_MINUTE),
+        help=f"uploads it may create in any 60 s (1-{config.MAX_CREATES_PER_MINUTE})",
+    )
+    set_limits.add_argument(
+        "--max-pending-uploads",
+        type=_bounded(config.MAX_PENDING_UPLOADS),
+        help=f"uploads it may have pending at once (1-{config.MAX_PENDING_UPLOADS})",
+    )
     show_limits = commands.add_parser("limits", help="a workspace's limits and its pending uploads")
     show_limits.add_argument("--workspace", required=True, type=_workspace)
     show_limits.add_argument("--test", action="store_true", help="count its test-mode uploads (live by default)")
-    show_limits.add_argument("--json", action="store_true",
-                             help='print {"workspace_id","mode","creates_per_minute","max_pending_uploads",'
-                                  '"pending_uploads","source"}')
+    show_limits.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"workspace_id","mode","creates_per_minute","max_pending_uploads","pending_uploads","source"}',
+    )
 
 
 def _bounded(maximum: int) -> Callable[[str], int]:
@@ -124,6 +140,7 @@ def _bounded(maximum: int) -> Callable[[str], int]:
         if not 1 <= number <= maximum:
             raise argparse.ArgumentTypeError(f"must be between 1 and {maximum}")
         return number
+
     return parse
 
 
@@ -134,10 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    commands = {"create-key": _create, "list-keys": _list, "revoke-key": _revoke, "add-webhook": _add_webhook,
-                "list-webhooks": _list_webhooks, "remove-webhook": _remove_webhook, "enable-webhook": _enable_webhook,
-                "rotate-webhook-secret": _rotate_webhook_secret, "webhook-deliveries": _webhook_deliveries,
-                "backfill-sweep-shards": _backfill_sweep_shards, "set-limits": _set_limits, "limits": _limits}
+    commands = {
+        "create-key": _create,
+        "list-keys": _list,
+        "revoke-key": _revoke,
+        "add-webhook": _add_webhook,
+        "list-webhooks": _list_webhooks,
+        "remove-webhook": _remove_webhook,
+        "enable-webhook": _enable_webhook,
+        "rotate-webhook-secret": _rotate_webhook_secret,
+        "webhook-deliveries": _webhook_deliveries,
+        "backfill-sweep-shards": _backfill_sweep_shards,
+        "set-limits": _set_limits,
+        "limits": _limits,
+    }
     try:
         return commands[args.command](db, args)
     except ConfigError as exc:
@@ -152,8 +179,17 @@ def _create(db, args) -> int:
     with upstream():
         key, record = auth.create_key(db, args.workspace, args.name, "test" if args.test else "live")
     if args.json:
-        print(json.dumps({"id": record.id, "key": key, "workspace_id": record.workspace_id,
-                          "prefix": record.prefix, "mode": record.mode}))
+        print(
+            json.dumps(
+                {
+                    "id": record.id,
+                    "key": key,
+                    "workspace_id": record.workspace_id,
+                    "prefix": record.prefix,
+                    "mode": record.mode,
+                }
+            )
+        )
     else:
         print(f"Created {record.mode} key {record.id} for workspace {record.workspace_id}.", file=sys.stderr)
         print(key)
@@ -162,12 +198,23 @@ def _create(db, args) -> int:
 
 
 def _list(db, args) -> int:
-    rows = [{**row, "created_at": _iso(row["created_at"]), "revoked_at": _iso(row["revoked_at"])}
-            for row in auth.list_keys(db, args.workspace)]
-    return _show(rows, args.json, f"No keys for workspace {args.workspace}.", (
-        ("ID", 64, lambda row: row["id"]), ("PREFIX", 12, lambda row: row["prefix"]),
-        ("MODE", 4, lambda row: row["mode"]), ("CREATED", 20, lambda row: row["created_at"] or "-"),
-        ("REVOKED", 20, lambda row: row["revoked_at"] or "-"), ("NAME", 0, lambda row: row["name"] or "")))
+    rows = [
+        {**row, "created_at": _iso(row["created_at"]), "revoked_at": _iso(row["revoked_at"])}
+        for row in auth.list_keys(db, args.workspace)
+    ]
+    return _show(
+        rows,
+        args.json,
+        f"No keys for workspace {args.workspace}.",
+        (
+            ("ID", 64, lambda row: row["id"]),
+            ("PREFIX", 12, lambda row: row["prefix"]),
+            ("MODE", 4, lambda row: row["mode"]),
+            ("CREATED", 20, lambda row: row["created_at"] or "-"),
+            ("REVOKED", 20, lambda row: row["revoked_at"] or "-"),
+            ("NAME", 0, lambda row: row["name"] or ""),
+        ),
+    )
 
 
 Column = tuple[str, int, Callable[[dict], Any]]  # title, width (0: the last, unpadded), value
@@ -183,7 +230,7 @@ def _show(rows: list[dict], as_json: bool, empty: str, columns: tuple[Column, ..
         return 0
     print("  ".join(f"{title:<{width}}" if width else title for title, width, _ in columns))
     for row in rows:
-        print("  ".join(f"{str(value(row)):<{width}}" if width else str(value(row)) for _, width, value in columns))
+        print("  ".join(f"{value(row)!s:<{width}}" if width else str(value(row)) for _, width, value in columns))
     return 0
 
 
@@ -200,8 +247,10 @@ def _revoke(db, args) -> int:
     if revoked is None:
         print(f"error: no key with id {key_id}", file=sys.stderr)
         return 1
-    print(f"Revoked key {key_id} ({revoked.prefix}) at {_iso(revoked.revoked_at)}; "
-          "instances that looked it up recently accept it for up to API_KEY_CACHE_TTL_SECONDS (30 s) more.")
+    print(
+        f"Revoked key {key_id} ({revoked.prefix}) at {_iso(revoked.revoked_at)}; "
+        "instances that looked it up recently accept it for up to API_KEY_CACHE_TTL_SECONDS (30 s) more."
+    )
     return 0
 
 
@@ -212,39 +261,65 @@ def _allow_private() -> bool:
         return False
     if os.environ.get("FIRESTORE_EMULATOR_HOST"):
         return True
-    print("warning: WEBHOOK_ALLOW_PRIVATE_TARGETS is ignored: it applies only with FIRESTORE_EMULATOR_HOST "
-          "(a local stack), never to a deployment's Firestore", file=sys.stderr)
+    print(
+        "warning: WEBHOOK_ALLOW_PRIVATE_TARGETS is ignored: it applies only with FIRESTORE_EMULATOR_HOST "
+        "(a local stack), never to a deployment's Firestore",
+        file=sys.stderr,
+    )
     return False
 
 
 def _add_webhook(db, args) -> int:
     try:
-        endpoint = endpoints.create_endpoint(db, args.workspace, "test" if args.test else "live", args.url,
-                                            _allow_private(), datetime.now(UTC))
+        endpoint = endpoints.create_endpoint(
+            db, args.workspace, "test" if args.test else "live", args.url, _allow_private(), datetime.now(UTC)
+        )
     except targets.TargetRefused as exc:
         print(f"error: refused webhook URL: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"id": endpoint.id, "url": endpoint.url, "workspace_id": endpoint.workspace_id,
-                          "mode": endpoint.mode, "secret": endpoint.secret}))
+        print(
+            json.dumps(
+                {
+                    "id": endpoint.id,
+                    "url": endpoint.url,
+                    "workspace_id": endpoint.workspace_id,
+                    "mode": endpoint.mode,
+                    "secret": endpoint.secret,
+                }
+            )
+        )
     else:
-        print(f"Added {endpoint.mode} webhook endpoint {endpoint.id} for workspace {endpoint.workspace_id}: "
-              f"{endpoint.url}", file=sys.stderr)
+        print(
+            f"Added {endpoint.mode} webhook endpoint {endpoint.id} for workspace {endpoint.workspace_id}: "
+            f"{endpoint.url}",
+            file=sys.stderr,
+        )
         print(endpoint.secret)
-        print("That is its signing secret: store it now; it cannot be shown again "
-              "(rotate-webhook-secret makes a new one).", file=sys.stderr)
+        print(
+            "That is its signing secret: store it now; it cannot be shown again "
+            "(rotate-webhook-secret makes a new one).",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _list_webhooks(db, args) -> int:
     rows = [endpoint.public() for endpoint in endpoints.list_endpoints(db, args.workspace)]
-    return _show(rows, args.json, f"No webhook endpoints for workspace {args.workspace}.", (
-        ("ID", 35, lambda row: row["id"]), ("MODE", 4, lambda row: row["mode"]),
-        ("STATUS", 8, lambda row: row["status"]),
-        ("SINCE", 20, lambda row: row["disabled_at"] or row["failing_since"] or "-"),
-        ("CREATED", 20, lambda row: row["created_at"]),
-        ("OLD SECRET UNTIL", 20, lambda row: row["previous_secret_expires_at"] or "-"),
-        ("URL", 0, lambda row: row["url"])))
+    return _show(
+        rows,
+        args.json,
+        f"No webhook endpoints for workspace {args.workspace}.",
+        (
+            ("ID", 35, lambda row: row["id"]),
+            ("MODE", 4, lambda row: row["mode"]),
+            ("STATUS", 8, lambda row: row["status"]),
+            ("SINCE", 20, lambda row: row["disabled_at"] or row["failing_since"] or "-"),
+            ("CREATED", 20, lambda row: row["created_at"]),
+            ("OLD SECRET UNTIL", 20, lambda row: row["previous_secret_expires_at"] or "-"),
+            ("URL", 0, lambda row: row["url"]),
+        ),
+    )
 
 
 def _enable_webhook(db, args) -> int:
@@ -252,9 +327,11 @@ def _enable_webhook(db, args) -> int:
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
         return 1
-    print(f"Enabled webhook endpoint {endpoint.id} ({endpoint.url}); deliveries resume once instances' "
-          f"copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s). Events from while "
-          "it was disabled are not sent.")
+    print(
+        f"Enabled webhook endpoint {endpoint.id} ({endpoint.url}); deliveries resume once instances' "
+        f"copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s). Events from while "
+        "it was disabled are not sent."
+    )
     return 0
 
 
@@ -263,8 +340,10 @@ def _remove_webhook(db, args) -> int:
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
         return 1
-    print(f"Removed webhook endpoint {endpoint.id} ({endpoint.url}); nothing more is sent to it once "
-          f"instances' copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s).")
+    print(
+        f"Removed webhook endpoint {endpoint.id} ({endpoint.url}); nothing more is sent to it once "
+        f"instances' copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s)."
+    )
     return 0
 
 
@@ -276,24 +355,49 @@ def _rotate_webhook_secret(db, args) -> int:
     assert endpoint.previous_secret_expires_at is not None  # a rotation always sets it
     until = clock.rfc3339(endpoint.previous_secret_expires_at)
     if args.json:
-        print(json.dumps({"id": endpoint.id, "url": endpoint.url, "workspace_id": endpoint.workspace_id,
-                          "mode": endpoint.mode, "secret": endpoint.secret, "previous_secret_expires_at": until}))
+        print(
+            json.dumps(
+                {
+                    "id": endpoint.id,
+                    "url": endpoint.url,
+                    "workspace_id": endpoint.workspace_id,
+                    "mode": endpoint.mode,
+                    "secret": endpoint.secret,
+                    "previous_secret_expires_at": until,
+                }
+            )
+        )
     else:
         print(f"New signing secret for {endpoint.id} ({endpoint.url}):", file=sys.stderr)
         print(endpoint.secret)
-        print(f"Events are signed with both the new and the old secret until {until}; "
-              "switch the receiver to the new one before then.", file=sys.stderr)
+        print(
+            f"Events are signed with both the new and the old secret until {until}; "
+            "switch the receiver to the new one before then.",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _webhook_deliveries(db, args) -> int:
     rows = attempts.recent_deliveries(db, args.workspace, args.limit)
-    return _show(rows, args.json, f"No webhook deliveries for workspace {args.workspace} in the last 7 days.", (
-        ("AT", 20, lambda row: row["at"]), ("EVENT", 36, lambda row: row["event_id"]),
-        ("TYPE", 16, lambda row: row["event_type"]), ("ENDPOINT", 35, lambda row: row["endpoint_id"] or "-"),
-        ("TRY", 3, lambda row: "-" if row["attempt"] is None else row["attempt"]),
-        ("RESULT", 22, lambda row: "dead-lettered" if row["dead_lettered"] else (row["status"] or row["error"] or "-")),
-        ("MS", 0, lambda row: "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}")))
+    return _show(
+        rows,
+        args.json,
+        f"No webhook deliveries for workspace {args.workspace} in the last 7 days.",
+        (
+            ("AT", 20, lambda row: row["at"]),
+            ("EVENT", 36, lambda row: row["event_id"]),
+            ("TYPE", 16, lambda row: row["event_type"]),
+            ("ENDPOINT", 35, lambda row: row["endpoint_id"] or "-"),
+            ("TRY", 3, lambda row: "-" if row["attempt"] is None else row["attempt"]),
+            (
+                "RESULT",
+                22,
+                lambda row: "dead-lettered" if row["dead_lettered"] else (row["status"] or row["error"] or "-"),
+            ),
+            ("MS", 0, lambda row: "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}"),
+        ),
+    )
 
 
 def _set_limits(db, args) -> int:
@@ -302,9 +406,11 @@ def _set_limits(db, args) -> int:
         return 2
     with upstream():
         now = _limits_of(counters.set_limits(db, args.workspace, args.creates_per_minute, args.max_pending_uploads))
-    print(f"Workspace {args.workspace} may create {now.creates_per_minute} uploads a minute and have "
-          f"{now.max_pending_uploads} pending (test and live each); instances apply it within "
-          f"{counters.LIMITS_CACHE_SECONDS + 1:.0f} s.")
+    print(
+        f"Workspace {args.workspace} may create {now.creates_per_minute} uploads a minute and have "
+        f"{now.max_pending_uploads} pending (test and live each); instances apply it within "
+        f"{counters.LIMITS_CACHE_SECONDS + 1:.0f} s."
+    )
     return 0
 
 
@@ -313,16 +419,22 @@ def _limits(db, args) -> int:
     with upstream():
         own = counters.stored(db, args.workspace)
     now = _limits_of(own)
-    row = {"workspace_id": args.workspace, "mode": mode, "creates_per_minute": now.creates_per_minute,
-           "max_pending_uploads": now.max_pending_uploads,
-           "pending_uploads": lifecycle.pending_count(db, args.workspace, mode),
-           "source": "workspace" if own else "default"}
+    row = {
+        "workspace_id": args.workspace,
+        "mode": mode,
+        "creates_per_minute": now.creates_per_minute,
+        "max_pending_uploads": now.max_pending_uploads,
+        "pending_uploads": lifecycle.pending_count(db, args.workspace, mode),
+        "source": "workspace" if own else "default",
+    }
     if args.json:
         print(json.dumps(row))
         return 0
-    print(f"Workspace {args.workspace} ({mode}): {row['creates_per_minute']} creates a minute, "
-          f"{row['pending_uploads']} of {row['max_pending_uploads']} uploads pending "
-          f"({'its own limits' if own else 'the defaults'}).")
+    print(
+        f"Workspace {args.workspace} ({mode}): {row['creates_per_minute']} creates a minute, "
+        f"{row['pending_uploads']} of {row['max_pending_uploads']} uploads pending "
+        f"({'its own limits' if own else 'the defaults'})."
+    )
     return 0
 
 

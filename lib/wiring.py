@@ -39,16 +39,20 @@ class Wiring:
         limiter = self.limiting().limiter
         release = None
         if limiter.enabled:
+
             def release(record: lifecycle.Record) -> None:
                 limiter.release(record.data["workspace_id"], record.data["mode"], record.id, log)
-        return lifecycle.Storage(self.gcs(), self.settings.upload_bucket,
-                                 self.settings.staging_bucket, session_http(), release, log)
+
+        return lifecycle.Storage(
+            self.gcs(), self.settings.upload_bucket, self.settings.staging_bucket, session_http(), release, log
+        )
 
     def limiting(self) -> create.Limiting:
         settings = self.settings
-        return create.Limiting(counters.limiter(settings.limits_redis_url, settings.limits_redis_auth,
-                                              settings.limits_redis_ca_cert),
-                               counters.Limits(settings.creates_per_minute, settings.max_pending_uploads))
+        return create.Limiting(
+            counters.limiter(settings.limits_redis_url, settings.limits_redis_auth, settings.limits_redis_ca_cert),
+            counters.Limits(settings.creates_per_minute, settings.max_pending_uploads),
+        )
 
     def certs(self) -> oidc.CertCache:
         """The instance's cache of Google's certificates, for every OIDC-checked route."""
@@ -59,5 +63,6 @@ class Wiring:
         failed publish leaves the event owed, for the sweep, and this request's log says why."""
         if self.settings.webhooks_topic is None:
             return None
-        return fanout.Announcer(self.publisher(), self.settings.webhooks_topic,
-                                  lambda reason: log.update(webhook_owed=reason))
+        return fanout.Announcer(
+            self.publisher(), self.settings.webhooks_topic, lambda reason: log.update(webhook_owed=reason)
+        )

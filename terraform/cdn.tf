@@ -46,7 +46,7 @@ resource "google_compute_global_address" "cdn" {
 #   Cloud Storage object is projects/_/buckets/BUCKET/objects/NAME), and the
 #   bucket, where storage.objects.list is checked, is not an object.
 locals {
-  # lib/uploads.py PREFIXES
+  # lib/uploads/naming.py PREFIXES
   upload_prefixes = ["uploads/", "test-uploads/"]
   # Served with every response: browsers must not sniff an upload into HTML or script.
   cdn_response_headers = ["X-Content-Type-Options: nosniff"]
@@ -196,7 +196,7 @@ resource "google_compute_url_map" "cdn" {
     name            = "media"
     default_service = google_compute_backend_bucket.not_found.id
 
-    # lib/uploads.py PREFIXES
+    # lib/uploads/naming.py PREFIXES
     path_rule {
       paths   = ["/uploads/*"]
       service = google_compute_backend_bucket.uploads.id

@@ -130,7 +130,7 @@ resource "google_firestore_index" "webhook_deliveries_recent" {
 }
 
 # Attempt documents are queried only on workspace_id and at (above); their
-# attempts are one JSON string (lib/webhooks/fanout.py write_rows), up to 500 of them:
+# attempts are one JSON string (lib/webhooks/attempts.py write_rows), up to 500 of them:
 # never worth an index entry.
 resource "google_firestore_field" "webhook_deliveries_unindexed" {
   for_each = toset(["attempts"])
@@ -144,7 +144,7 @@ resource "google_firestore_field" "webhook_deliveries_unindexed" {
 }
 
 # The fan-out's query: an upload's workspace_id and mode, both equalities
-# (lib/webhooks/fanout.py list_endpoints). list-webhooks filters on workspace_id alone,
+# (lib/webhooks/endpoints.py list_endpoints). list-webhooks filters on workspace_id alone,
 # which its single-field index serves.
 resource "google_firestore_index" "webhook_endpoints_by_workspace_mode" {
   project     = var.project_id

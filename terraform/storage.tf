@@ -36,7 +36,7 @@ resource "google_storage_bucket" "uploads" {
     retention_duration_seconds = var.upload_soft_delete_days * 86400
   }
 
-  # Test-mode traffic never lingers: lib/uploads.py PREFIXES["test"].
+  # Test-mode traffic never lingers: lib/uploads/naming.py PREFIXES["test"].
   lifecycle_rule {
     action {
       type = "Delete"

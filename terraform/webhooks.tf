@@ -144,7 +144,7 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards_webhooks" {
 # it forwards the message with attributes added that name the source
 # subscription (https://cloud.google.com/pubsub/docs/handling-failures), not
 # in so many words that the original attributes are kept; so the route does not
-# rest on them (lib/webhooks/fanout.py Message.dead_lettered). It reads our attributes
+# rest on them (lib/webhooks/messages.py Message.dead_lettered). It reads our attributes
 # when they are there, and otherwise the data: an event message's is its upload
 # id, a delivery's is the event body (the upload and the event type, hence the
 # event id). Only the endpoint is then unknown, and the row says so.

@@ -98,8 +98,16 @@ def backends(log_dir, oidc_issuer):
     firestore, storage = stack.firestore, stack.storage
     try:
         env = emulators.function_env(firestore, storage, PROJECT, BUCKET, stack.redis, **oidc_issuer.env())
-        for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
-                     "UPLOAD_BUCKET", "STAGING_BUCKET", "CDN_BASE_URL", "LIMITS_REDIS_URL", *oidc_issuer.env()):
+        for name in (
+            "FIRESTORE_EMULATOR_HOST",
+            "STORAGE_EMULATOR_HOST",
+            "GOOGLE_CLOUD_PROJECT",
+            "UPLOAD_BUCKET",
+            "STAGING_BUCKET",
+            "CDN_BASE_URL",
+            "LIMITS_REDIS_URL",
+            *oidc_issuer.env(),
+        ):
             os.environ[name] = env[name]
         # The in-process app forgets key lookups at once, so tests that revoke a
         # key see it refused straight away; served functions keep the deployed
@@ -125,9 +133,21 @@ def shipped(tmp_path_factory) -> tuple[Path, Path]:
         zf.extractall(source)
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=True)
-    install = subprocess.run([str(env_dir / "bin/python"), "-m", "pip", "install", "--quiet",
-                              "--disable-pip-version-check", "-r", str(source / "requirements.txt")],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run(
+        [
+            str(env_dir / "bin/python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(source / "requirements.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-2000:]
     return source, env_dir / "bin"
 
@@ -141,36 +161,86 @@ def start_shipped(shipped: tuple[Path, Path], env: dict, log_dir: Path, **kwargs
 
 @pytest.fixture(scope="session")
 def event_path(backends, log_dir, oidc_issuer, shipped):
-    stack = emulators.start_stack(log_dir, PROJECT, BUCKET, events=(EVENTS_TOPIC, EVENTS_SUBSCRIPTION),
-                                  firestore=backends["firestore"], storage_name="fake-gcs-events",
-                                  redis=backends["redis"])
+    stack = emulators.start_stack(
+        log_dir,
+        PROJECT,
+        BUCKET,
+        events=(EVENTS_TOPIC, EVENTS_SUBSCRIPTION),
+        firestore=backends["firestore"],
+        storage_name="fake-gcs-events",
+        redis=backends["redis"],
+    )
     pubsub, storage = stack.pubsub, stack.storage
     assert pubsub is not None  # events on: start_stack started it
     started = list(stack.started)
     try:
-        hooks, dead_letters = emulators.create_webhook_topics(pubsub, PROJECT, WEBHOOKS_TOPIC,
-                                                              WEBHOOKS_DEAD_LETTER_TOPIC)
-        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
-                                     **oidc_issuer.env(),
-                                     PUBSUB_EMULATOR_HOST=pubsub.extra["host"], WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
-                                     WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
+        hooks, dead_letters = emulators.create_webhook_topics(
+            pubsub, PROJECT, WEBHOOKS_TOPIC, WEBHOOKS_DEAD_LETTER_TOPIC
+        )
+        env = emulators.function_env(
+            backends["firestore"],
+            storage,
+            PROJECT,
+            BUCKET,
+            backends["redis"],
+            **oidc_issuer.env(),
+            PUBSUB_EMULATOR_HOST=pubsub.extra["host"],
+            WEBHOOKS_TOPIC=WEBHOOKS_TOPIC,
+            WEBHOOK_ALLOW_PRIVATE_TARGETS="true",
+        )
         function = start_shipped(shipped, env, log_dir, name="function-events")
         started.append(function)
         # The webhook pushes go to the deliveries function, as deployed (terraform/webhooks.tf).
         deliveries = start_shipped(shipped, env, log_dir, name="function-deliveries", target="deliveries")
         started.append(deliveries)
-        relay = emulators.start_relay(pubsub, f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}",
-                                      function.url + "/internal/storage-events", oidc_issuer, log_dir)
+        relay = emulators.start_relay(
+            pubsub,
+            f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}",
+            function.url + "/internal/storage-events",
+            oidc_issuer,
+            log_dir,
+        )
         started.append(relay)
-        started.append(emulators.start_relay(
-            pubsub, hooks, deliveries.url + "/internal/webhooks", oidc_issuer, log_dir, name="push-relay-webhooks",
-            caller="webhooks", extra_args=("--min-backoff", "1", "--max-backoff", "2", "--max-attempts",
-                                           str(WEBHOOK_MAX_ATTEMPTS), "--dead-letter-topic",
-                                           f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}")))
-        started.append(emulators.start_relay(pubsub, dead_letters, deliveries.url + "/internal/webhook-dead-letters",
-                                             oidc_issuer, log_dir, name="push-relay-dead-letters", caller="webhooks"))
-        yield {"pubsub": pubsub, "storage": storage, "function": Served(function), "deliveries": Served(deliveries),
-               "relay": relay, "env": env}
+        started.append(
+            emulators.start_relay(
+                pubsub,
+                hooks,
+                deliveries.url + "/internal/webhooks",
+                oidc_issuer,
+                log_dir,
+                name="push-relay-webhooks",
+                caller="webhooks",
+                extra_args=(
+                    "--min-backoff",
+                    "1",
+                    "--max-backoff",
+                    "2",
+                    "--max-attempts",
+                    str(WEBHOOK_MAX_ATTEMPTS),
+                    "--dead-letter-topic",
+                    f"projects/{PROJECT}/topics/{WEBHOOKS_DEAD_LETTER_TOPIC}",
+                ),
+            )
+        )
+        started.append(
+            emulators.start_relay(
+                pubsub,
+                dead_letters,
+                deliveries.url + "/internal/webhook-dead-letters",
+                oidc_issuer,
+                log_dir,
+                name="push-relay-dead-letters",
+                caller="webhooks",
+            )
+        )
+        yield {
+            "pubsub": pubsub,
+            "storage": storage,
+            "function": Served(function),
+            "deliveries": Served(deliveries),
+            "relay": relay,
+            "env": env,
+        }
     finally:
         for service in reversed(started):
             service.stop()
@@ -179,18 +249,21 @@ def event_path(backends, log_dir, oidc_issuer, shipped):
 @pytest.fixture(scope="session")
 def db(backends):
     from google.cloud import firestore
+
     return firestore.Client(project=PROJECT)
 
 
 @pytest.fixture(scope="session")
 def gcs(backends):
     from google.cloud import storage
+
     return storage.Client(project=PROJECT)
 
 
 @pytest.fixture(scope="session")
 def app(backends):
     import functions_framework
+
     return functions_framework.create_app("uploads", str(ROOT / "main.py"))
 
 
@@ -203,6 +276,7 @@ def client(app):
 def deliveries_app(backends):
     """The webhooks function (`deliveries`), in-process: the webhook pushes' routes."""
     import functions_framework
+
     return functions_framework.create_app("deliveries", str(ROOT / "main.py"))
 
 
@@ -292,8 +366,12 @@ def main_module():
     under placeholder settings (it makes no client and calls nothing at import)."""
     if "main" in sys.modules:
         return sys.modules["main"]
-    placeholders = {"GOOGLE_CLOUD_PROJECT": PROJECT, "UPLOAD_BUCKET": BUCKET, "STAGING_BUCKET": STAGING_BUCKET,
-                    "CDN_BASE_URL": "https://cdn.invalid"}
+    placeholders = {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "UPLOAD_BUCKET": BUCKET,
+        "STAGING_BUCKET": STAGING_BUCKET,
+        "CDN_BASE_URL": "https://cdn.invalid",
+    }
     with mock.patch.dict(os.environ, {name: os.environ.get(name) or value for name, value in placeholders.items()}):
         import main
     return main

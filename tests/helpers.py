@@ -58,6 +58,7 @@ def parse_rfc3339_utc(value: str) -> datetime:
 @dataclass(frozen=True)
 class Answer:
     """A RecordingProxy script's reply in the server's place (the request is not forwarded)."""
+
     status: int
     headers: dict = field(default_factory=dict)
     body: bytes = b""
@@ -66,6 +67,7 @@ class Answer:
 @dataclass(frozen=True)
 class Stall:
     """A RecordingProxy script's order: forward, then hold the reply `seconds` before sending it."""
+
     seconds: float
 
 
@@ -80,8 +82,9 @@ class RecordingProxy:
     resumable session URL) names the proxy.
     """
 
-    def __init__(self, target_url: str, script: Callable[[dict], Answer | Stall | None] | None = None,
-                 keep_host: bool = False):
+    def __init__(
+        self, target_url: str, script: Callable[[dict], Answer | Stall | None] | None = None, keep_host: bool = False
+    ):
         target = urlsplit(target_url)
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -108,8 +111,13 @@ class RecordingProxy:
                     # emulator) waiting for the rest, and every request behind it.
                     self.close_connection = True
                     return
-                request = {"method": self.command, "path": self.path, "headers": dict(self.headers),
-                           "body": body or b"", "at": time.monotonic()}
+                request = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": body or b"",
+                    "at": time.monotonic(),
+                }
                 with proxy.lock:
                     proxy.requests.append(request)
                     order = script(request) if script else None
@@ -149,6 +157,7 @@ class RecordingProxy:
 def content_type_pattern() -> str:
     """The accepted `content_type` values as one regular expression (JSON Schema dialect): the
     rule lib/uploads/naming.py's normalize_content_type applies, as the OpenAPI document must state it."""
+
     def caseless(name: str) -> str:
         # Escape only what is syntax: ECMA regexes in unicode mode reject `\-`.
         return "".join(f"[{c}{c.upper()}]" if c.isalpha() else "\\" + c if c in ".+" else c for c in name)
@@ -159,7 +168,7 @@ def content_type_pattern() -> str:
     return f"^ *(?:{names}) *(?:;[^\\x00-\\x1f\\x7f-\\x9f]*)?(?![\\s\\S])"
 
 
-# --- media: what every PUT in the tests sends (the service verifies it, lib/media.py) ---------------------------
+# --- media: what every PUT in the tests sends (the service verifies it, lib/media/) ---------------------------
 
 MEDIA_DIR = Path(__file__).resolve().parent / "media"
 
@@ -174,8 +183,15 @@ def media(name: str = "clip.mp4") -> bytes:
 # MP4/MOV by a `free` box, WebM by its frames again (then a Void element inside its Segment), WAV by
 # more samples, MP3 by its frames again behind an ID3 tag that holds the seeded bytes; a PNG or JPEG
 # by bytes after its end, which decoders (Pillow's, browsers') never read.
-GROWS_FROM = {"mp4": "clip-faststart.mp4", "mov": "clip.mov", "m4a": "sound.m4a", "webm": "clip.webm",
-               "mp3": "sound.mp3", "png": "image.png", "jpg": "image.jpg"}
+GROWS_FROM = {
+    "mp4": "clip-faststart.mp4",
+    "mov": "clip.mov",
+    "m4a": "sound.m4a",
+    "webm": "clip.webm",
+    "mp3": "sound.mp3",
+    "png": "image.png",
+    "jpg": "image.jpg",
+}
 
 
 # The extensions sized_media makes.
@@ -188,8 +204,15 @@ def sized_media(extension: str, size: int, seed: int = 0) -> bytes:
     filler = random.Random(seed).randbytes
     if extension == "wav":  # 16-bit mono PCM at 8 kHz: any bytes are samples
         fmt = b"fmt " + (16).to_bytes(4, "little") + bytes.fromhex("0100 0100 401f0000 803e0000 0200 1000")
-        return b"RIFF" + (size - 8).to_bytes(4, "little") + b"WAVE" + fmt + b"data" + \
-            (size - 44).to_bytes(4, "little") + filler(size - 44)
+        return (
+            b"RIFF"
+            + (size - 8).to_bytes(4, "little")
+            + b"WAVE"
+            + fmt
+            + b"data"
+            + (size - 44).to_bytes(4, "little")
+            + filler(size - 44)
+        )
     base = media(GROWS_FROM[extension])
     if extension in ("mp4", "mov", "m4a"):
         return samples.mp4_of_size(size, filler, GROWS_FROM[extension])
@@ -206,9 +229,15 @@ def _webm_grown(base: bytes, size: int, filler: Callable[[int], bytes]) -> bytes
     base = samples.webm_clusters(base, size) if size > len(base) + 128 * 1024 else base
     at = base.index(b"\x18\x53\x80\x67") + 4  # the Segment's size, an 8-byte EBML number
     void = size - len(base)
-    grown = int.from_bytes(base[at:at + 8], "big") & ((1 << 56) - 1)
-    return (base[:at] + ((1 << 56) | (grown + void)).to_bytes(8, "big") + base[at + 8:]
-            + b"\xec" + ((1 << 56) | (void - 9)).to_bytes(8, "big") + filler(void - 9))
+    grown = int.from_bytes(base[at : at + 8], "big") & ((1 << 56) - 1)
+    return (
+        base[:at]
+        + ((1 << 56) | (grown + void)).to_bytes(8, "big")
+        + base[at + 8 :]
+        + b"\xec"
+        + ((1 << 56) | (void - 9)).to_bytes(8, "big")
+        + filler(void - 9)
+    )
 
 
 def _mp3_grown(base: bytes, size: int, filler: Callable[[int], bytes]) -> bytes:
@@ -218,9 +247,9 @@ def _mp3_grown(base: bytes, size: int, filler: Callable[[int], bytes]) -> bytes:
     header = base[tag_end + 2]  # sound.mp3 is MPEG-1 Layer III at a constant bitrate, its frames unpadded
     bitrate = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)[header >> 4] * 1000
     frame = 144 * bitrate // (44100, 48000, 32000)[(header >> 2) & 3]
-    frames = base[tag_end + frame:]  # after the Xing frame
+    frames = base[tag_end + frame :]  # after the Xing frame
     body = frames * max(1, (size - 64) // len(frames))
-    body = body[:len(body) - len(body) % frame] if len(body) > size - 64 else body
+    body = body[: len(body) - len(body) % frame] if len(body) > size - 64 else body
     private = size - len(body) - 10 - 10 - len(b"framelane\0")
     frame_data = b"framelane\0" + filler(private)
     tag = b"PRIV" + len(frame_data).to_bytes(4, "big") + b"\x00\x00" + frame_data

@@ -7,6 +7,7 @@ has a timeout, and stop() closes everything it accepted.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -34,10 +35,8 @@ class TcpProxy:
         self._stop.set()
         self._thread.join(timeout=5)
         for sock in self._open:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
         self._listener.close()
 
     def _accept(self) -> None:
@@ -77,7 +76,5 @@ class TcpProxy:
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

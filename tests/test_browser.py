@@ -22,16 +22,26 @@ from tests.helpers import RecordingProxy, padded_mp4
 
 CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
 # As root, with no network beyond loopback: no sandbox, and none of Chromium's own calls home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium where it may "
-                    "(apt-get as root); elsewhere install it or set CHROMIUM_BIN")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium where it may "
+            "(apt-get as root); elsewhere install it or set CHROMIUM_BIN"
+        )
     if not FILES["/upchunk.js"][0].exists():
         pytest.skip("dev/page/node_modules is missing: `make test` runs `npm ci` there")
     from playwright.sync_api import sync_playwright
@@ -44,7 +54,7 @@ def browser():
 
 @pytest.fixture
 def demo(served_default, make_key):
-    key, workspace = make_key()
+    key, _workspace = make_key()
     with RecordingProxy(served_default.url) as api:
         demo = Demo(api.url, key)
         yield demo, api, key
@@ -60,8 +70,14 @@ def test_the_page_uploads_cross_origin_in_chunks_with_pause_and_resume(browser, 
 
     page = browser.new_page()
     puts: list[dict] = []
-    page.on("requestfinished", lambda r: puts.append({"url": r.url, "status": r.response().status,
-                                                      "headers": r.headers}) if r.method == "PUT" else None)
+    page.on(
+        "requestfinished",
+        lambda r: (
+            puts.append({"url": r.url, "status": r.response().status, "headers": r.headers})
+            if r.method == "PUT"
+            else None
+        ),
+    )
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{demo.url}/?chunk_kib=256")
@@ -74,8 +90,9 @@ def test_the_page_uploads_cross_origin_in_chunks_with_pause_and_resume(browser, 
     page.wait_for_function("document.getElementById('status').textContent === 'Paused.'")
     upload_id = page.text_content("#upload-id")
     assert upload_id.startswith("upl_")
-    shown = requests.get(f"{api.url}/v1/uploads/{upload_id}", headers={"Authorization": f"Bearer {key}"},
-                         timeout=30).json()
+    shown = requests.get(
+        f"{api.url}/v1/uploads/{upload_id}", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ).json()
     assert shown["status"] == "pending"  # paused part-way: the object is not there yet
     progress_at_pause = float(page.eval_on_selector("#progress", "p => p.value"))
     assert 0 < progress_at_pause < 100
@@ -91,12 +108,17 @@ def test_the_page_uploads_cross_origin_in_chunks_with_pause_and_resume(browser, 
     # The page's backend, not the browser, minted it, naming the page's origin.
     [minted] = [r for r in api.requests if r["method"] == "POST"]
     sent = json.loads(minted["body"])
-    assert sent == {"filename": "clip.mp4", "content_type": "video/mp4", "size_bytes": len(data),
-                    "cors_origin": demo.url}
+    assert sent == {
+        "filename": "clip.mp4",
+        "content_type": "video/mp4",
+        "size_bytes": len(data),
+        "cors_origin": demo.url,
+    }
     assert not any("authorization" in p["headers"] for p in puts)  # the key stays server-side
 
     # The browser sent the bytes itself, in 256 KiB chunks, to storage on another origin.
-    assert len(puts) >= len(data) // (256 * 1024) and all(p["url"].startswith(storage) for p in puts)
+    assert len(puts) >= len(data) // (256 * 1024)
+    assert all(p["url"].startswith(storage) for p in puts)
     assert all(p["status"] in (200, 201, 308) for p in puts)
     assert requests.get(source_url, timeout=30).content == data
     page.close()
@@ -105,32 +127,36 @@ def test_the_page_uploads_cross_origin_in_chunks_with_pause_and_resume(browser, 
 def test_the_page_says_why_when_the_bytes_are_not_the_type_declared(browser, demo, tmp_path):
     """A page saved as clip.mp4: the browser declares video/mp4 (by the name), the service reads
     the bytes, refuses them, and never serves them."""
-    demo, api, key = demo
+    demo, _api, _key = demo
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"<!doctype html><title>not a video</title>" + b"<p>x</p>" * 1000)
     page = browser.new_page()
     page.goto(f"{demo.url}/")
     page.set_input_files("#file", str(path))
     page.click("#start")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('The upload is')",
-                           timeout=60_000)
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('The upload is')", timeout=60_000)
     assert page.text_content("#status").startswith("The upload is rejected (content_mismatch: ")
-    assert page.text_content("#upload-status") == "rejected" and page.text_content("#source") == ""
+    assert page.text_content("#upload-status") == "rejected"
+    assert page.text_content("#source") == ""
     page.close()
 
 
 def test_the_backend_refuses_a_host_it_does_not_serve_and_never_shows_its_key(demo):
     demo, api, key = demo
-    wrong = requests.post(f"{demo.url}/api/uploads", json={"content_type": "video/mp4"},
-                          headers={"Host": "evil.example:80"}, timeout=30)
-    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "unknown_host"
+    wrong = requests.post(
+        f"{demo.url}/api/uploads", json={"content_type": "video/mp4"}, headers={"Host": "evil.example:80"}, timeout=30
+    )
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["code"] == "unknown_host"
     assert not [r for r in api.requests if r["method"] == "POST"]
     page = requests.get(demo.url + "/", timeout=30).text + requests.get(demo.url + "/app.js", timeout=30).text
     assert key not in page
-    refused = requests.post(f"{demo.url}/api/uploads", json={"content_type": "text/html"},
-                            headers={"Origin": demo.url}, timeout=30)
+    refused = requests.post(
+        f"{demo.url}/api/uploads", json={"content_type": "text/html"}, headers={"Origin": demo.url}, timeout=30
+    )
     # As the API said:
-    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unsupported_content_type"
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "unsupported_content_type"
 
 
 def test_the_backend_mints_only_for_its_own_page_and_only_from_json(demo):
@@ -138,13 +164,19 @@ def test_the_backend_mints_only_for_its_own_page_and_only_from_json(demo):
     form or simple fetch (text/plain, no preflight) carries a foreign Origin, or no JSON."""
     demo, api, _ = demo
     body = json.dumps({"content_type": "video/mp4"})
-    for headers, status in (({"Origin": "https://evil.example", "Content-Type": "application/json"}, 403),
-                            ({"Content-Type": "application/json"}, 403),
-                            ({"Origin": demo.url, "Content-Type": "text/plain"}, 415),
-                            ({"Origin": demo.url, "Content-Type": "application/x-www-form-urlencoded"}, 415)):
+    for headers, status in (
+        ({"Origin": "https://evil.example", "Content-Type": "application/json"}, 403),
+        ({"Content-Type": "application/json"}, 403),
+        ({"Origin": demo.url, "Content-Type": "text/plain"}, 415),
+        ({"Origin": demo.url, "Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ):
         resp = requests.post(f"{demo.url}/api/uploads", data=body, headers=headers, timeout=30)
         assert resp.status_code == status, headers
     assert not [r for r in api.requests if r["method"] == "POST"]
-    minted = requests.post(f"{demo.url}/api/uploads", data=body, timeout=30,
-                           headers={"Origin": demo.url, "Content-Type": "application/json"})
+    minted = requests.post(
+        f"{demo.url}/api/uploads",
+        data=body,
+        timeout=30,
+        headers={"Origin": demo.url, "Content-Type": "application/json"},
+    )
     assert minted.status_code == 201

@@ -80,15 +80,24 @@ def test_thousands_of_expired_uploads_are_settled_exactly_once_by_overlapping_sw
 
     def one_run():
         # Each run its own clients, as each function instance has; pages of 20 so each shard has several.
-        return sweep.sweep(own_db, storage_for(), datetime.now(UTC), budget_seconds=math.inf,
-                           grace_seconds=math.inf, page_size=20, workers=8, announce=announced)
+        return sweep.sweep(
+            own_db,
+            storage_for(),
+            datetime.now(UTC),
+            budget_seconds=math.inf,
+            grace_seconds=math.inf,
+            page_size=20,
+            workers=8,
+            announce=announced,
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda _: one_run(), range(2)))
     assert [(r.failed, r.more) for r in results] == [(0, False), (0, False)]
     assert states(own_db, ids) == {"expired": SEEDED}
     assert sum(r.expired for r in results) == SEEDED  # counted once, whichever sweep won each upload
-    assert len(announced.ids) == SEEDED and set(announced.ids) == ids
+    assert len(announced.ids) == SEEDED
+    assert set(announced.ids) == ids
     # A last sweep finds nothing left to do.
     last = one_run()
     assert (last.expired, last.completed, last.rejected, last.failed, last.more) == (0, 0, 0, 0, False)
@@ -107,10 +116,10 @@ def test_the_sweep_reaches_every_shard_and_leaves_unexpired_uploads_alone(own_db
     due = seed(own_db, backends["storage"].url, 640)
     later = seed(own_db, backends["storage"].url, 64, expired_ago=timedelta(hours=-1))  # expires in an hour
     assert {lifecycle.shard_of(i) for i in due} == set(range(lifecycle.SWEEP_SHARDS))
-    result = sweep.sweep(own_db, storage_for(), datetime.now(UTC), budget_seconds=60,
-                         grace_seconds=15)
+    result = sweep.sweep(own_db, storage_for(), datetime.now(UTC), budget_seconds=60, grace_seconds=15)
     assert (result.expired, result.failed, result.more) == (640, 0, False)
-    assert states(own_db, due) == {"expired": 640} and states(own_db, later) == {"pending": 64}
+    assert states(own_db, due) == {"expired": 640}
+    assert states(own_db, later) == {"pending": 64}
 
 
 def test_records_from_before_the_shards_are_swept_once_backfilled(own_db, backends):
@@ -123,21 +132,35 @@ def test_records_from_before_the_shards_are_swept_once_backfilled(own_db, backen
         batch.update(lifecycle.ref(own_db, upload_id), {lifecycle.SHARD_FIELD: firestore.DELETE_FIELD})
     batch.commit()
     blind = sweep.sweep(own_db, storage_for(), datetime.now(UTC), 60, 15)
-    assert blind.expired == 0 and states(own_db, ids) == {"pending": 125}
+    assert blind.expired == 0
+    assert states(own_db, ids) == {"pending": 125}
 
     env = {**backends["env"], "FIRESTORE_DATABASE": own_db._database}
-    out = subprocess.run([sys.executable, "-m", "lib.admin", "backfill-sweep-shards"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "lib.admin", "backfill-sweep-shards"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("125 of 125 upload records given a sweep shard")
-    again = subprocess.run([sys.executable, "-m", "lib.admin", "backfill-sweep-shards"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "lib.admin", "backfill-sweep-shards"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.stdout.startswith("0 of 125 ")  # idempotent
     for upload_id in ids:
         assert lifecycle.ref(own_db, upload_id).get().get(lifecycle.SHARD_FIELD) == lifecycle.shard_of(upload_id)
 
     swept = sweep.sweep(own_db, storage_for(), datetime.now(UTC), 60, 15)
-    assert swept.expired == 125 and states(own_db, ids) == {"expired": 125}
+    assert swept.expired == 125
+    assert states(own_db, ids) == {"expired": 125}
 
 
 def test_a_scheduler_job_sweeps_only_its_slice_of_shards(own_db, backends):
@@ -158,8 +181,11 @@ def test_a_sweep_job_republishes_only_the_owed_events_of_its_own_shards(own_db, 
         batch.update(lifecycle.ref(own_db, upload_id), {lifecycle.OWED_FIELD: long_ago})
     batch.commit()
     now = datetime.now(UTC)
-    halves = [lifecycle.owed(own_db, now, limit=1000, shards=range(32)),
-              lifecycle.owed(own_db, now, limit=1000, shards=range(32, 64))]
+    halves = [
+        lifecycle.owed(own_db, now, limit=1000, shards=range(32)),
+        lifecycle.owed(own_db, now, limit=1000, shards=range(32, 64)),
+    ]
     found = [{record.id for record in half} for half in halves]
     assert found[0] == {i for i in ids if lifecycle.shard_of(i) < 32}
-    assert found[1] == ids - found[0] and not found[0] & found[1]
+    assert found[1] == ids - found[0]
+    assert not found[0] & found[1]

@@ -44,6 +44,7 @@ MIB = 1024 * 1024
 
 # --- helpers ---------------------------------------------------------------
 
+
 def write_media(path: Path, size: int) -> bytes:
     """A real file of the type its name says (tests/helpers.py sized_media), or random bytes for a
     type uploads do not take."""
@@ -62,8 +63,7 @@ class Command:
     """`python -m client` with a key, an API URL and a private cache directory."""
 
     def __init__(self, api_url: str, key: str, cache: Path):
-        self.env = {**os.environ, "FRAMELANE_API_URL": api_url, "FRAMELANE_API_KEY": key,
-                    "XDG_CACHE_HOME": str(cache)}
+        self.env = {**os.environ, "FRAMELANE_API_URL": api_url, "FRAMELANE_API_KEY": key, "XDG_CACHE_HOME": str(cache)}
         self.env.pop("PYTHONPATH", None)
         self.cache = cache
 
@@ -71,13 +71,13 @@ class Command:
         return [sys.executable, "-m", "client", *args]
 
     def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args), cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(self.argv(*args), cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def start(self, *args: str) -> subprocess.Popen:
         # SIGINT reaches it at its default, as from a terminal: conftest.py's pytest_configure.
-        return subprocess.Popen(self.argv(*args), cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.argv(*args), cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def saved(self) -> list[Path]:
         return sorted((self.cache / "framelane" / "uploads").glob("*.json"))
@@ -101,9 +101,10 @@ def session_holds(upload_url: str, size: int) -> int:
 
 
 def object_bytes(storage_url: str, source_url: str, cdn_base: str) -> bytes:
-    name = source_url[len(cdn_base) + 1:]
-    resp = requests.get(f"{storage_url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}", params={"alt": "media"},
-                        timeout=30)
+    name = source_url[len(cdn_base) + 1 :]
+    resp = requests.get(
+        f"{storage_url}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}", params={"alt": "media"}, timeout=30
+    )
     assert resp.status_code == 200, resp.text
     return resp.content
 
@@ -140,6 +141,7 @@ def interrupt_once_saved(proc: subprocess.Popen, command: Command) -> state.Save
 
 # --- fixtures --------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def resumable(backends, log_dir, shipped):
     """gcp-storage-emulator, and a served function minting sessions on it (through
@@ -153,11 +155,23 @@ def resumable(backends, log_dir, shipped):
     proxy = RecordingProxy(storage.url, script=script, keep_host=True).__enter__()
     function = None
     try:
-        env = emulators.function_env(backends["firestore"], storage, PROJECT, BUCKET, backends["redis"],
-                                     STORAGE_EMULATOR_HOST=proxy.url, CDN_BASE_URL=f"{storage.url}/{BUCKET}")
+        env = emulators.function_env(
+            backends["firestore"],
+            storage,
+            PROJECT,
+            BUCKET,
+            backends["redis"],
+            STORAGE_EMULATOR_HOST=proxy.url,
+            CDN_BASE_URL=f"{storage.url}/{BUCKET}",
+        )
         function = start_shipped(shipped, env, log_dir, name="function-gcp-storage-emulator")
-        yield {"storage": storage, "proxy": proxy, "scripts": scripts, "function": Served(function),
-               "cdn": f"{storage.url}/{BUCKET}"}
+        yield {
+            "storage": storage,
+            "proxy": proxy,
+            "scripts": scripts,
+            "function": Served(function),
+            "cdn": f"{storage.url}/{BUCKET}",
+        }
     finally:
         if function is not None:
             function.stop()
@@ -180,6 +194,7 @@ def on_fake_gcs(served_default, make_key, tmp_path):
 
 # --- against fake-gcs-server ------------------------------------------------
 
+
 def test_a_file_that_is_not_its_type_fails_with_its_own_status_and_why(on_fake_gcs, tmp_path):
     """A web page saved as .mp4: the upload goes through, the service reads it and refuses it; the
     command says so, with the status that means "rerunning will not help"."""
@@ -188,40 +203,47 @@ def test_a_file_that_is_not_its_type_fails_with_its_own_status_and_why(on_fake_g
     path.write_bytes(b"<!doctype html><title>saved page</title>" + b"<p>text</p>" * 500)
     done = command.run("upload", str(path))
     assert done.returncode == cli.EXIT_NOT_MEDIA == 6, done.stderr
-    assert "refused it as video/mp4: content_mismatch: " in done.stderr and "--content-type" in done.stderr
-    assert done.stdout == "" and command.saved() == []
+    assert "refused it as video/mp4: content_mismatch: " in done.stderr
+    assert "--content-type" in done.stderr
+    assert done.stdout == ""
+    assert command.saved() == []
     ok = tmp_path / "real.mp4"
     write_media(ok, MIB)
     done = command.run("upload", str(ok))
-    assert done.returncode == 0 and "media       1.0 s, 64x48, h264" in done.stdout, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "media       1.0 s, 64x48, h264" in done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("restart", [False, True])
-def test_the_commands_own_advice_works_a_picture_named_mp4_goes_up_with_its_real_type(on_fake_gcs, tmp_path,
-                                                                                      restart):
+def test_the_commands_own_advice_works_a_picture_named_mp4_goes_up_with_its_real_type(on_fake_gcs, tmp_path, restart):
     """A PNG renamed .mp4 is refused (exit 6, "pass --content-type"); passing its real type (with or without
     --restart) is another request, under another Idempotency-Key, and completes."""
     command, _ = on_fake_gcs
     path = tmp_path / "x.mp4"
     path.write_bytes(media("image.png"))
     refused = command.run("upload", str(path))
-    assert refused.returncode == cli.EXIT_NOT_MEDIA and "--content-type" in refused.stderr, refused.stderr
+    assert refused.returncode == cli.EXIT_NOT_MEDIA, refused.stderr
+    assert "--content-type" in refused.stderr, refused.stderr
     done = command.run("upload", str(path), "--content-type", "image/png", *(["--restart"] if restart else []))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("uploaded x.mp4") and "media       64x48, png" in done.stdout, done.stdout
+    assert done.stdout.startswith("uploaded x.mp4"), done.stdout
+    assert "media       64x48, png" in done.stdout, done.stdout
 
 
-def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_four_fields(on_fake_gcs, backends, tmp_path,
-                                                                              served_default):
+def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_four_fields(
+    on_fake_gcs, backends, tmp_path, served_default
+):
     command, _ = on_fake_gcs
     data = write_media(tmp_path / "clip.mp4", 64 * MIB)
     done = command.run("upload", str(tmp_path / "clip.mp4"), "--json")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     out = json.loads(done.stdout)
-    assert set(out) == {"id", "source_url", "size_bytes", "media"} and done.stdout.count("\n") == 1
+    assert set(out) == {"id", "source_url", "size_bytes", "media"}
+    assert done.stdout.count("\n") == 1
     assert out["media"] == {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]}
-    assert out["size_bytes"] == len(data) and out["source_url"].endswith(".mp4")
+    assert out["size_bytes"] == len(data)
+    assert out["source_url"].endswith(".mp4")
     cdn = backends["env"]["CDN_BASE_URL"]
     assert requests.get(out["source_url"], timeout=60).content == data
     assert command.saved() == []  # state removed once the upload ended
@@ -229,9 +251,11 @@ def test_64_mib_upload_is_byte_exact_and_json_output_is_exactly_the_four_fields(
     shown = command.run("status", out["id"])
     assert shown.returncode == 0, shown.stderr
     upload = json.loads(shown.stdout)
-    assert upload["status"] == "completed" and upload["size_bytes"] == len(data)
+    assert upload["status"] == "completed"
+    assert upload["size_bytes"] == len(data)
     assert upload["crc32c"] == crc32c(data)  # declared by the command, checked by storage
-    assert upload["content_type"] == "video/mp4" and out["source_url"].startswith(cdn)
+    assert upload["content_type"] == "video/mp4"
+    assert out["source_url"].startswith(cdn)
 
 
 def test_human_output_without_a_terminal_is_clean(on_fake_gcs, tmp_path):
@@ -242,19 +266,24 @@ def test_human_output_without_a_terminal_is_clean(on_fake_gcs, tmp_path):
     assert done.stderr == ""
     lines = done.stdout.splitlines()
     assert lines[0] == "uploaded voice.wav (3.0 MiB)"
-    assert lines[1].split()[0] == "id" and lines[1].split()[1].startswith("upl_")
-    assert lines[2].split()[0] == "source_url" and lines[2].split()[1].endswith(".wav")
+    assert lines[1].split()[0] == "id"
+    assert lines[1].split()[1].startswith("upl_")
+    assert lines[2].split()[0] == "source_url"
+    assert lines[2].split()[1].endswith(".wav")
     # What the service read of it: 16-bit mono samples at 8 kHz (tests/helpers.py sized_media).
     assert lines[3] == f"media       {round((3 * MIB + 5 - 44) / 16000, 3)} s, pcm_s16le"
-    assert len(lines) == 4 and "\r" not in done.stdout and "\x1b" not in done.stdout
+    assert len(lines) == 4
+    assert "\r" not in done.stdout
+    assert "\x1b" not in done.stdout
 
 
 def run_on_terminal(command: Command, *args: str) -> tuple[int, str]:
     """Run with stdout and stderr on a pseudo-terminal; what it showed there."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns, as a terminal has
-    proc = subprocess.Popen(command.argv(*args), cwd=ROOT, env=command.env, stdout=follower, stderr=follower,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command.argv(*args), cwd=ROOT, env=command.env, stdout=follower, stderr=follower, stdin=subprocess.DEVNULL
+    )
     os.close(follower)
     shown = b""
     while True:
@@ -278,19 +307,23 @@ def test_a_terminal_gets_a_progress_bar_unless_quiet(on_fake_gcs, tmp_path):
     write_media(tmp_path / "big.webm", 24 * MIB)
     status, shown = run_on_terminal(command, "upload", str(tmp_path / "big.webm"), "--chunk-size", "1MiB")
     assert status == 0, shown
-    assert "big.webm" in shown and "100%" in shown and "24.0M/24.0M" in shown  # bytes done of total
+    assert "big.webm" in shown
+    assert "100%" in shown
+    assert "24.0M/24.0M" in shown
     assert "B/s" in shown  # the rate
     write_media(tmp_path / "quiet.webm", 4 * MIB)
     status, shown = run_on_terminal(command, "upload", str(tmp_path / "quiet.webm"), "--quiet")
     assert status == 0, shown
-    assert "%" not in shown and "B/s" not in shown and "uploaded quiet.webm" in shown
+    assert "%" not in shown
+    assert "B/s" not in shown
+    assert "uploaded quiet.webm" in shown
 
 
 def test_a_changed_file_is_refused_then_restart_uploads_it_as_it_is_now(on_fake_gcs, tmp_path, backends, db):
     """Interrupted, then the file changes: exit 3 and nothing sent. --restart
     cancels the old upload and uploads the new bytes. (No status query is
     made before the refusal, so fake-gcs-server can judge this.)"""
-    command, workspace = on_fake_gcs
+    command, _workspace = on_fake_gcs
     path = tmp_path / "cut.mov"
     write_media(path, 32 * MIB)
     first = command.start("upload", str(path), "--chunk-size", "256KiB")
@@ -299,14 +332,16 @@ def test_a_changed_file_is_refused_then_restart_uploads_it_as_it_is_now(on_fake_
     new = write_media(path, 8 * MIB + 1)
     refused = command.run("upload", str(path))
     assert refused.returncode == cli.EXIT_FILE_CHANGED, refused.stderr
-    assert f"changed since upload {saved.upload_id}" in refused.stderr and "--restart" in refused.stderr
+    assert f"changed since upload {saved.upload_id}" in refused.stderr
+    assert "--restart" in refused.stderr
     assert refused.stdout == ""
     assert command.saved(), "the refusal keeps the state, so the choice stays the user's"
 
     restarted = command.run("upload", str(path), "--json", "--restart")
     assert restarted.returncode == 0, restarted.stderr
     out = json.loads(restarted.stdout)
-    assert out["id"] != saved.upload_id and out["size_bytes"] == len(new)
+    assert out["id"] != saved.upload_id
+    assert out["size_bytes"] == len(new)
     assert requests.get(out["source_url"], timeout=30).content == new
     old = json.loads(command.run("status", saved.upload_id).stdout)
     assert old["status"] == "cancelled"
@@ -317,27 +352,34 @@ def test_api_errors_print_code_and_message_with_documented_exit_statuses(on_fake
     command, _ = on_fake_gcs
     write_media(tmp_path / "notes.txt", 10)
     unknown = command.run("upload", str(tmp_path / "notes.txt"))
-    assert unknown.returncode == cli.EXIT_USAGE and "pass --content-type" in unknown.stderr
+    assert unknown.returncode == cli.EXIT_USAGE
+    assert "pass --content-type" in unknown.stderr
 
     refused = command.run("upload", str(tmp_path / "notes.txt"), "--content-type", "text/html")
     assert refused.returncode == cli.EXIT_REFUSED
-    assert refused.stderr.startswith("unsupported_content_type: ") and refused.stdout == ""
+    assert refused.stderr.startswith("unsupported_content_type: ")
+    assert refused.stdout == ""
 
     missing = command.run("status", "upl_" + "0" * 32)
-    assert missing.returncode == cli.EXIT_REFUSED and missing.stderr.startswith("upload_not_found: ")
+    assert missing.returncode == cli.EXIT_REFUSED
+    assert missing.stderr.startswith("upload_not_found: ")
 
     absent = command.run("upload", str(tmp_path / "nope.mp4"))
-    assert absent.returncode == cli.EXIT_USAGE and "cannot read" in absent.stderr
+    assert absent.returncode == cli.EXIT_USAGE
+    assert "cannot read" in absent.stderr
 
     bad_key = Command(command.env["FRAMELANE_API_URL"], "fl_live_" + "x" * 43, command.cache)
     denied = bad_key.run("status", "upl_" + "0" * 32)
-    assert denied.returncode == cli.EXIT_REFUSED and denied.stderr.startswith("invalid_api_key: ")
+    assert denied.returncode == cli.EXIT_REFUSED
+    assert denied.stderr.startswith("invalid_api_key: ")
     assert "fl_live_" not in denied.stderr  # the key is never echoed
 
     no_key = {k: v for k, v in command.env.items() if k != "FRAMELANE_API_KEY"}
-    usage = subprocess.run(command.argv("status", "x"), cwd=ROOT, env=no_key, capture_output=True, text=True,
-                           timeout=60)
-    assert usage.returncode == cli.EXIT_USAGE and "FRAMELANE_API_KEY" in usage.stderr
+    usage = subprocess.run(
+        command.argv("status", "x"), cwd=ROOT, env=no_key, capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode == cli.EXIT_USAGE
+    assert "FRAMELANE_API_KEY" in usage.stderr
 
 
 def test_cancel_cancels_and_forgets_the_saved_state(on_fake_gcs, tmp_path):
@@ -359,8 +401,11 @@ def test_429_with_retry_after_is_honoured(served_default, make_key, tmp_path):
     def script(request):
         if request["method"] == "POST" and not answered:
             answered.append(request["at"])
-            return Answer(429, {"Retry-After": "2", "Content-Type": "application/json"},
-                          b'{"error": {"code": "rate_limited", "message": "Slow down.", "details": {}}}')
+            return Answer(
+                429,
+                {"Retry-After": "2", "Content-Type": "application/json"},
+                b'{"error": {"code": "rate_limited", "message": "Slow down.", "details": {}}}',
+            )
         return None
 
     key, _ = make_key()
@@ -376,7 +421,8 @@ def test_429_with_retry_after_is_honoured(served_default, make_key, tmp_path):
 
 
 def test_on_fake_gcs_a_resume_finalizes_a_short_object_which_the_command_catches_and_the_next_run_uploads_anew(
-        on_fake_gcs, served_default, tmp_path, db):
+    on_fake_gcs, served_default, tmp_path, db
+):
     """`make run`'s step 4 on its stand-in: fake-gcs-server finalizes a session when asked what it
     holds, so the rerun's status query makes a short object. The command compares it with the
     file, says so and exits 5, never "uploaded"; the service rejects it; the next run starts anew."""
@@ -394,7 +440,8 @@ def test_on_fake_gcs_a_resume_finalizes_a_short_object_which_the_command_catches
     assert "Run the same command again to upload the file anew." in caught.stderr
     assert command.saved() == []
     upload = json.loads(command.run("status", saved.upload_id).stdout)
-    assert upload["status"] == "rejected" and upload["size_bytes"] == len(data)
+    assert upload["status"] == "rejected"
+    assert upload["size_bytes"] == len(data)
     assert requests.get(saved.source_url, timeout=30).status_code == 404  # the short object is gone
 
     anew = command.run("upload", str(path), "--json")
@@ -408,8 +455,12 @@ def test_on_fake_gcs_a_resume_finalizes_a_short_object_which_the_command_catches
 
 def test_a_rejection_the_service_reports_is_an_error_never_uploaded(served_default, make_key, tmp_path):
     """Storage's final answer matches the file, but the service says rejected: the command believes the service."""
-    rejected = {"status": "rejected", "size_bytes": 1000, "crc32c": None,
-                "rejection": {"code": "checksum_mismatch", "message": "Declared otherwise."}}
+    rejected = {
+        "status": "rejected",
+        "size_bytes": 1000,
+        "crc32c": None,
+        "rejection": {"code": "checksum_mismatch", "message": "Declared otherwise."},
+    }
 
     def script(request):
         if request["method"] == "GET" and request["path"].startswith("/v1/uploads/upl_"):
@@ -422,19 +473,23 @@ def test_a_rejection_the_service_reports_is_an_error_never_uploaded(served_defau
         write_media(tmp_path / "a.png", 1000)
         done = command.run("upload", str(tmp_path / "a.png"))
         gets = [r for r in proxy.requests if r["method"] == "GET"]
-    assert done.returncode == cli.EXIT_NOT_THE_FILE and done.stdout == ""
+    assert done.returncode == cli.EXIT_NOT_THE_FILE
+    assert done.stdout == ""
     assert "the service rejected it: checksum_mismatch: Declared otherwise." in done.stderr
     assert len(gets) == 1  # the upload's state is read once
 
 
-@pytest.mark.parametrize("resource, problem", [
-    ({"size": "1000", "crc32c": "AAAAAA=="}, None),
-    ({"size": 1000, "crc32c": "AAAAAA=="}, None),
-    ({"size": "999", "crc32c": "AAAAAA=="}, "storage finalized 999 bytes of the file's 1000"),
-    ({"size": "1000", "crc32c": "BBBBBB=="}, "the stored object's crc32c is BBBBBB==, the file's AAAAAA=="),
-    ({"size": "1000"}, None),  # says nothing of the crc32c: no facts, nothing vouched (the service must)
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    ("resource", "problem"),
+    [
+        ({"size": "1000", "crc32c": "AAAAAA=="}, None),
+        ({"size": 1000, "crc32c": "AAAAAA=="}, None),
+        ({"size": "999", "crc32c": "AAAAAA=="}, "storage finalized 999 bytes of the file's 1000"),
+        ({"size": "1000", "crc32c": "BBBBBB=="}, "the stored object's crc32c is BBBBBB==, the file's AAAAAA=="),
+        ({"size": "1000"}, None),  # says nothing of the crc32c: no facts, nothing vouched (the service must)
+        ({}, None),
+    ],
+)
 def test_the_final_answer_is_compared_with_the_file(resource, problem):
     final = Finalized(resource)
     assert final.differs(1000, "AAAAAA==") == problem
@@ -442,6 +497,7 @@ def test_the_final_answer_is_compared_with_the_file(resource, problem):
 
 
 # --- against gcp-storage-emulator: resuming -----------------------------------
+
 
 def test_sigkill_mid_upload_then_rerun_completes_with_one_upload_and_one_object(on_resumable, resumable, tmp_path, db):
     command, workspace = on_resumable
@@ -462,8 +518,11 @@ def test_sigkill_mid_upload_then_rerun_completes_with_one_upload_and_one_object(
     assert len(workspace_uploads(db, workspace)) == 1
     assert len(objects_under(resumable["storage"].url, f"uploads/{workspace}/")) == 1
     # Bytes the session already held were not sent again.
-    chunk_puts = [r for r in resumable["proxy"].requests
-                  if r["method"] == "PUT" and saved.upload_id[4:] in r["path"] and r["body"]]
+    chunk_puts = [
+        r
+        for r in resumable["proxy"].requests
+        if r["method"] == "PUT" and saved.upload_id[4:] in r["path"] and r["body"]
+    ]
     assert sum(len(r["body"]) for r in chunk_puts) < len(data) + 2 * 256 * 1024
 
 
@@ -508,24 +567,28 @@ def test_a_crash_before_the_state_was_saved_gets_the_same_session_back(on_resuma
     assert len(workspace_uploads(db, workspace)) == 1
 
 
-def test_a_replayed_session_finalized_with_other_bytes_is_left_for_a_new_upload(on_resumable, resumable, tmp_path,
-                                                                                db):
+def test_a_replayed_session_finalized_with_other_bytes_is_left_for_a_new_upload(on_resumable, resumable, tmp_path, db):
     """GCS answers a finalized session's status query with 200 and the object. When a rerun's replay
     names such a session and the object is not the file, the rerun uploads anew: it never calls it done."""
     command, workspace = on_resumable
     path = tmp_path / "replayed.mp4"
     data = write_media(path, 16 * MIB)
-    saved = kill_after_progress(command.start("upload", str(path), "--chunk-size", "256KiB"), command, len(data),
-                                1 * MIB, signal.SIGKILL)
+    saved = kill_after_progress(
+        command.start("upload", str(path), "--chunk-size", "256KiB"), command, len(data), 1 * MIB, signal.SIGKILL
+    )
     for leftover in command.saved():
         leftover.unlink()  # a crash before the state was saved: the rerun's POST is a replay
     status_query = f"bytes */{len(data)}"
 
     def script(request):
-        if (request["method"] == "PUT" and saved.upload_id[4:] in request["path"]
-                and request["headers"].get("Content-Range") == status_query):
-            return Answer(200, {"Content-Type": "application/json"},
-                          json.dumps({"size": str(MIB), "crc32c": "AAAAAA=="}).encode())
+        if (
+            request["method"] == "PUT"
+            and saved.upload_id[4:] in request["path"]
+            and request["headers"].get("Content-Range") == status_query
+        ):
+            return Answer(
+                200, {"Content-Type": "application/json"}, json.dumps({"size": str(MIB), "crc32c": "AAAAAA=="}).encode()
+            )
         return None
 
     resumable["scripts"].append(script)
@@ -564,22 +627,27 @@ def test_503s_and_a_stalled_chunk_are_ridden_out(on_resumable, resumable, tmp_pa
     assert object_bytes(resumable["storage"].url, json.loads(done.stdout)["source_url"], resumable["cdn"]) == data
     # Each failed chunk was sent again from the offset the session reported;
     # the stalled one was kept by the session, so not sent again.
-    assert chunks[1] == chunks[2] and chunks[3] == chunks[4]
-    assert len(chunks) == 9 and len(set(chunks)) == 7
+    assert chunks[1] == chunks[2]
+    assert chunks[3] == chunks[4]
+    assert len(chunks) == 9
+    assert len(set(chunks)) == 7
 
 
 # --- a storage server that misbehaves ---------------------------------------
 
+
 def _clean_failure(done, saved_url: str | None = None) -> None:
     """Exit 1 with one clean line: no traceback, never the session URL."""
     assert done.returncode == 1, (done.returncode, done.stderr)
-    assert "Traceback" not in done.stderr and "upload_id=" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "upload_id=" not in done.stderr
     if saved_url:
         assert saved_url not in done.stderr
 
 
-def test_an_offset_going_back_and_forth_is_bounded_and_the_file_never_sent_over_and_over(on_resumable, resumable,
-                                                                                         tmp_path):
+def test_an_offset_going_back_and_forth_is_bounded_and_the_file_never_sent_over_and_over(
+    on_resumable, resumable, tmp_path
+):
     """Storage takes each chunk, then says it holds nothing: every rise reset the retries and the
     command sent 100 MB for a 2 MiB file. Now the regressions and the bytes sent are bounded."""
     command, _ = on_resumable
@@ -598,13 +666,13 @@ def test_an_offset_going_back_and_forth_is_bounded_and_the_file_never_sent_over_
     before = len(resumable["proxy"].requests)  # the proxy is the module's: earlier tests' requests are there
     done = command.run("upload", str(path), "--chunk-size", "256KiB")
     _clean_failure(done)
-    assert "went back" in done.stderr and command.saved() == []
+    assert "went back" in done.stderr
+    assert command.saved() == []
     sent = sum(len(r["body"]) for r in resumable["proxy"].requests[before:] if r["method"] == "PUT" and r["body"])
     assert sent <= 3 * size + chunk
 
 
-def test_a_range_past_the_files_end_is_a_clean_error_and_a_rerun_does_not_repeat_it(on_resumable, resumable,
-                                                                                   tmp_path):
+def test_a_range_past_the_files_end_is_a_clean_error_and_a_rerun_does_not_repeat_it(on_resumable, resumable, tmp_path):
     """Once, storage's answer claiming more bytes than the file has crashed the command, and every
     rerun crashed the same way. Now it is a clean error, and a rerun (storage sane again) resumes
     the session from what it really holds. The first chunk reaches storage, so the session holds
@@ -624,7 +692,8 @@ def test_a_range_past_the_files_end_is_a_clean_error_and_a_rerun_does_not_repeat
     data = write_media(path, MIB)
     done = command.run("upload", str(path), "--chunk-size", "256KiB")
     _clean_failure(done)
-    assert "holds" in done.stderr and command.saved() == []
+    assert "holds" in done.stderr
+    assert command.saved() == []
     resumable["scripts"].clear()
     again = command.run("upload", str(path), "--json")
     assert again.returncode == 0, again.stderr
@@ -635,6 +704,7 @@ def test_a_redirect_from_storage_is_never_followed(on_resumable, resumable, tmp_
     """A 307 (or a 308 with Location) would carry the file to another host: refused, not followed."""
     command, _ = on_resumable
     with RecordingProxy(resumable["storage"].url) as elsewhere:
+
         def script(request):
             if request["method"] == "PUT" and request["body"]:
                 return Answer(307, {"Location": elsewhere.url + "/upload/storage/v1/b/x/o?upload_id=elsewhere"})
@@ -645,7 +715,8 @@ def test_a_redirect_from_storage_is_never_followed(on_resumable, resumable, tmp_
         write_media(path, MIB)
         done = command.run("upload", str(path), "--chunk-size", "256KiB")
         _clean_failure(done)
-        assert "redirect" in done.stderr and elsewhere.requests == []
+        assert "redirect" in done.stderr
+        assert elsewhere.requests == []
 
 
 def test_an_unexpected_failure_is_one_clean_line_without_the_session_url(on_resumable, resumable, tmp_path):
@@ -667,17 +738,22 @@ def test_an_unexpected_failure_is_one_clean_line_without_the_session_url(on_resu
 
 # --- no services ------------------------------------------------------------
 
-@pytest.mark.parametrize("api_url, upload_url, allowed", [
-    ("https://api.framelane.example", "https://storage.googleapis.com/upload?upload_id=x", True),
-    ("https://api.framelane.example", "http://storage.googleapis.com/upload?upload_id=x", False),
-    ("https://api.framelane.example", "ftp://storage.example/upload", False),
-    ("http://127.0.0.1:8080", "http://127.0.0.1:4443/upload?upload_id=x", True),
-    ("http://localhost:8080", "http://127.0.0.1:4443/upload", True),
-    ("http://[::1]:8080", "http://[::1]:4443/upload", True),
-    ("http://10.0.0.5:8080", "http://10.0.0.5:4443/upload", False),
-])
+
+@pytest.mark.parametrize(
+    ("api_url", "upload_url", "allowed"),
+    [
+        ("https://api.framelane.example", "https://storage.googleapis.com/upload?upload_id=x", True),
+        ("https://api.framelane.example", "http://storage.googleapis.com/upload?upload_id=x", False),
+        ("https://api.framelane.example", "ftp://storage.example/upload", False),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:4443/upload?upload_id=x", True),
+        ("http://localhost:8080", "http://127.0.0.1:4443/upload", True),
+        ("http://[::1]:8080", "http://[::1]:4443/upload", True),
+        ("http://10.0.0.5:8080", "http://10.0.0.5:4443/upload", False),
+    ],
+)
 def test_an_upload_url_over_plain_http_is_refused_unless_the_api_is_local(api_url, upload_url, allowed):
     from client import cli
+
     if allowed:
         cli.check_upload_url(api_url, upload_url)
     else:
@@ -700,7 +776,8 @@ def test_retry_is_bounded_in_attempts_and_in_time_and_honours_retry_after():
     retry.wait(timeout)
     with pytest.raises(GaveUp, match="4 tries in a row"):
         retry.wait(timeout)
-    assert len(slept) == 3 and all(0 <= s <= 2 ** i for i, s in enumerate(slept))
+    assert len(slept) == 3
+    assert all(0 <= s <= 2**i for i, s in enumerate(slept))
 
     retry.progress()
     busy = requests.Response()
@@ -726,7 +803,8 @@ def test_what_is_retried():
         assert not Retry.transient(response(status))
     assert Retry.transient(response(409, b'{"error": {"code": "idempotency_key_in_use"}}'))
     assert not Retry.transient(response(409, b'{"error": {"code": "idempotency_key_reused"}}'))
-    assert Retry.transient(requests.ConnectionError()) and Retry.transient(requests.Timeout())
+    assert Retry.transient(requests.ConnectionError())
+    assert Retry.transient(requests.Timeout())
 
 
 def test_retry_after_reads_seconds_and_http_dates():
@@ -747,11 +825,21 @@ def test_status_query_answers_are_read_as_gcs_sends_them():
     assert persisted(r) == 262144
 
 
-@pytest.mark.parametrize("name,expected", [
-    *((f"x.{ext}", media) for media, exts in EXTENSIONS.items() for ext in exts
-      if (media, ext) != ("audio/mp4", "mp4")),
-    ("CLIP.MP4", "video/mp4"), ("song.m4a", "audio/mp4"), ("notes.txt", None), ("noext", None),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        *(
+            (f"x.{ext}", media)
+            for media, exts in EXTENSIONS.items()
+            for ext in exts
+            if (media, ext) != ("audio/mp4", "mp4")
+        ),
+        ("CLIP.MP4", "video/mp4"),
+        ("song.m4a", "audio/mp4"),
+        ("notes.txt", None),
+        ("noext", None),
+    ],
+)
 def test_content_type_is_guessed_from_our_table(name, expected):
     assert cli.guess_content_type(name) == expected
 
@@ -770,11 +858,13 @@ def test_idempotency_key_follows_the_file_identity(tmp_path):
     assert key != cli.idempotency_key(file, "AAAAAA==", "upl_1")
     os.utime(path, ns=(1, 1))
     assert key != cli.idempotency_key(state.FileId.of(str(path)), "AAAAAA==", None)
-    assert len(key) <= 255 and key.isascii()
+    assert len(key) <= 255
+    assert key.isascii()
 
 
-@pytest.mark.parametrize("text,expected", [("8MiB", 8 * MIB), ("256KiB", 262144), ("262144", 262144),
-                                           ("1g", 1 << 30)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("8MiB", 8 * MIB), ("256KiB", 262144), ("262144", 262144), ("1g", 1 << 30)]
+)
 def test_chunk_sizes(text, expected):
     assert cli.parse_size(text) == expected
 

@@ -17,7 +17,8 @@ def test_the_contract_copy_is_the_shared_original(name):
     if not original.exists():
         pytest.skip(f"no shared original at {original} (a clone outside the workspace): the copy stands alone")
     assert (ROOT / "contract" / name).read_bytes() == original.read_bytes(), (
-        f"contract/{name} differs from {original}: copy the shared one over it")
+        f"contract/{name} differs from {original}: copy the shared one over it"
+    )
 
 
 def test_the_copy_is_the_whole_contract():

@@ -17,8 +17,11 @@ def vulnerability_data_reachable() -> str | None:
     pip-audit asks PyPI's per-release JSON API (/pypi/NAME/VERSION/json) for
     each dependency's known vulnerabilities.
     """
-    name, version = next(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
-                         if "==" in line and not line.startswith("#"))
+    name, version = next(
+        line.split("==")
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
     url = f"https://pypi.org/pypi/{name}/{version}/json"
     try:
         probe = requests.get(url, timeout=10)
@@ -32,12 +35,23 @@ def vulnerability_data_reachable() -> str | None:
 def test_requirements_have_no_known_vulnerabilities():
     missing = vulnerability_data_reachable()
     if missing:
-        pytest.skip(f"vulnerability data cannot be reached from here: {missing}; "
-                    "run `make audit` where it can")
-    result = subprocess.run([str(ROOT / ".venv/bin/pip-audit"), "-r", str(ROOT / "requirements.txt"),
-                             "--format", "json", "--progress-spinner", "off"],
-                            capture_output=True, text=True, timeout=600)
+        pytest.skip(f"vulnerability data cannot be reached from here: {missing}; run `make audit` where it can")
+    result = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/pip-audit"),
+            "-r",
+            str(ROOT / "requirements.txt"),
+            "--format",
+            "json",
+            "--progress-spinner",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = json.loads(result.stdout)
     unaudited = [d["name"] for d in report["dependencies"] if "skip_reason" in d]
     vulnerable = {d["name"]: [v["id"] for v in d["vulns"]] for d in report["dependencies"] if d.get("vulns")}
-    assert unaudited == [] and vulnerable == {}
+    assert unaudited == []
+    assert vulnerable == {}

@@ -10,8 +10,10 @@ import pytest
 from tests.conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-NUMBER = (r"(?<![\w.])~?\d[\d,]*(?:\.\d+)?\s?(?:ms|s|MiB|MB|KB|GB|%|bytes|req/s|a second|x|×)"
-          r"(?![\w/])")
+NUMBER = (
+    r"(?<![\w.])~?\d[\d,]*(?:\.\d+)?\s?(?:ms|s|MiB|MB|KB|GB|%|bytes|req/s|a second|x|×)"  # noqa: RUF001 - the multiplication sign is how the docs write a ratio
+    r"(?![\w/])"
+)
 
 
 def clauses(text: str) -> list[str]:
@@ -40,15 +42,18 @@ def test_no_doc_but_benchmarks_quotes_a_measured_figure(path):
     assert quoted_measurements(path.read_text()) == []
 
 
-@pytest.mark.parametrize("text, quoted", [
-    ("The sweep settles 250 a second (measured).", True),
-    ("a request answers 503 in about 5 s (measured by the tests), at worst 11 s.", True),
-    ("stalled clients wait up to 30 s (28 s measured: nine connections).", True),
-    ("PUT to completed: p50 281 ms on the emulators.", True),
-    ("What one run settles per second is [BENCHMARKS.md](../BENCHMARKS.md) (i).", False),
-    ("HumanCellAtlas measured a 35 GB object in ~1.5 s ([#2124](https://github.com/x/y)).", False),
-    ("mutagen and hachoir were measured in issue 23; not taken.", False),
-    ("a 503 within the upstream bound (Storage ~11 s).", False),
-])
+@pytest.mark.parametrize(
+    ("text", "quoted"),
+    [
+        ("The sweep settles 250 a second (measured).", True),
+        ("a request answers 503 in about 5 s (measured by the tests), at worst 11 s.", True),
+        ("stalled clients wait up to 30 s (28 s measured: nine connections).", True),
+        ("PUT to completed: p50 281 ms on the emulators.", True),
+        ("What one run settles per second is [BENCHMARKS.md](../BENCHMARKS.md) (i).", False),
+        ("HumanCellAtlas measured a 35 GB object in ~1.5 s ([#2124](https://github.com/x/y)).", False),
+        ("mutagen and hachoir were measured in issue 23; not taken.", False),
+        ("a 503 within the upstream bound (Storage ~11 s).", False),
+    ],
+)
 def test_the_rule_tells_a_quoted_measurement_from_a_bound_or_a_link(text, quoted):
     assert bool(quoted_measurements(text)) is quoted

@@ -78,11 +78,18 @@ def test_if_same_key_different_body_then_409_reused(client, ws_key, idem, openap
 def _leave_claim(db, workspace, idem, body=VIDEO, lease_left=timedelta(seconds=30), age=timedelta(0)):
     """The record a request leaves while it runs (or when it crashes mid-way)."""
     now = datetime.now(UTC) - age
-    record(db, workspace, idem).create({
-        "workspace_id": workspace, "fingerprint": fingerprint(body), "state": "in_progress",
-        "claim_token": "someone-else", "response": None, "created_at": now,
-        "lease_expires_at": datetime.now(UTC) + lease_left, "expires_at": now + timedelta(hours=24),
-    })
+    record(db, workspace, idem).create(
+        {
+            "workspace_id": workspace,
+            "fingerprint": fingerprint(body),
+            "state": "in_progress",
+            "claim_token": "someone-else",
+            "response": None,
+            "created_at": now,
+            "lease_expires_at": datetime.now(UTC) + lease_left,
+            "expires_at": now + timedelta(hours=24),
+        }
+    )
 
 
 def test_if_first_request_still_in_flight_then_409_in_use_with_retry_after(client, db, ws_key, idem, openapi_doc):
@@ -107,18 +114,26 @@ def test_if_crashed_claims_lease_ran_out_then_key_works_again(client, db, ws_key
     resp = post(client, key, idem)
     assert resp.status_code == 201
     doc = record(db, workspace, idem).get().to_dict()
-    assert doc["state"] == "completed" and doc["response"] == resp.get_json()
+    assert doc["state"] == "completed"
+    assert doc["response"] == resp.get_json()
     assert post(client, key, idem).status_code == 200
 
 
 def test_if_record_past_expires_at_then_treated_as_absent(client, db, ws_key, idem):
     key, workspace = ws_key
     old = datetime.now(UTC) - timedelta(hours=25)
-    record(db, workspace, idem).create({
-        "workspace_id": workspace, "fingerprint": "different-body", "state": "completed", "claim_token": "old",
-        "response": {"upload_url": "http://old", "source_url": "http://old", "expires_at": "2000-01-01T00:00:00Z"},
-        "created_at": old, "lease_expires_at": old, "expires_at": old + timedelta(hours=24),
-    })
+    record(db, workspace, idem).create(
+        {
+            "workspace_id": workspace,
+            "fingerprint": "different-body",
+            "state": "completed",
+            "claim_token": "old",
+            "response": {"upload_url": "http://old", "source_url": "http://old", "expires_at": "2000-01-01T00:00:00Z"},
+            "created_at": old,
+            "lease_expires_at": old,
+            "expires_at": old + timedelta(hours=24),
+        }
+    )
     resp = post(client, key, idem)
     assert resp.status_code == 201
     assert resp.get_json()["upload_url"] != "http://old"
@@ -129,7 +144,8 @@ def test_keys_are_scoped_per_workspace(client, make_key, idem):
     a, b = post(client, key_a, idem), post(client, key_b, idem)
     assert (a.status_code, b.status_code) == (201, 201)
     assert a.get_json()["upload_url"] != b.get_json()["upload_url"]
-    assert "ws_" in a.get_json()["source_url"] and a.get_json()["source_url"] != b.get_json()["source_url"]
+    assert "ws_" in a.get_json()["source_url"]
+    assert a.get_json()["source_url"] != b.get_json()["source_url"]
 
 
 def test_two_keys_of_one_workspace_share_its_idempotency_records(client, make_key, idem):
@@ -137,7 +153,8 @@ def test_two_keys_of_one_workspace_share_its_idempotency_records(client, make_ke
     key_2, _ = make_key(workspace)
     first = post(client, key_1, idem)
     again = post(client, key_2, idem)
-    assert again.status_code == 200 and again.get_json() == first.get_json()
+    assert again.status_code == 200
+    assert again.get_json() == first.get_json()
 
 
 def test_a_test_key_and_a_live_key_of_one_workspace_never_share_a_record(client, db, make_key, idem):
@@ -149,7 +166,8 @@ def test_a_test_key_and_a_live_key_of_one_workspace_never_share_a_record(client,
     assert (live.status_code, test.status_code, live_again.status_code) == (201, 201, 200)
     assert live_again.get_json() == live.get_json()
     assert test.get_json()["upload_url"] != live.get_json()["upload_url"]
-    assert "/test-uploads/" in test.get_json()["source_url"] and "/uploads/" in live.get_json()["source_url"]
+    assert "/test-uploads/" in test.get_json()["source_url"]
+    assert "/uploads/" in live.get_json()["source_url"]
     # Each key can see its own upload.
     for key, body in ((live_key, live), (test_key, test)):
         got = client.get(f"/v1/uploads/{body.get_json()['id']}", headers={"Authorization": f"Bearer {key}"})
@@ -157,15 +175,24 @@ def test_a_test_key_and_a_live_key_of_one_workspace_never_share_a_record(client,
     assert record(db, workspace, idem, "test").get().to_dict()["mode"] == "test"
 
 
-@pytest.mark.parametrize("first, second", [
-    pytest.param({"content_type": "video/mp4", "size_bytes": 2048}, {"content_type": "video/mp4", "size_bytes": 2048.0},
-                 id="integer-as-float"),
-    pytest.param({"content_type": "video/mp4", "filename": None}, {"content_type": "video/mp4"}, id="null-filename"),
-    pytest.param({"content_type": "video/mp4", "size_bytes": None}, {"content_type": "video/mp4"}, id="null-size"),
-    pytest.param({"content_type": "video/mp4"}, {"content_type": " Video/MP4; codecs=avc1 "},
-                 id="content-type-spelling"),
-    pytest.param({"content_type": "audio/wav"}, {"content_type": "audio/x-wav"}, id="content-type-alias"),
-])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param(
+            {"content_type": "video/mp4", "size_bytes": 2048},
+            {"content_type": "video/mp4", "size_bytes": 2048.0},
+            id="integer-as-float",
+        ),
+        pytest.param(
+            {"content_type": "video/mp4", "filename": None}, {"content_type": "video/mp4"}, id="null-filename"
+        ),
+        pytest.param({"content_type": "video/mp4", "size_bytes": None}, {"content_type": "video/mp4"}, id="null-size"),
+        pytest.param(
+            {"content_type": "video/mp4"}, {"content_type": " Video/MP4; codecs=avc1 "}, id="content-type-spelling"
+        ),
+        pytest.param({"content_type": "audio/wav"}, {"content_type": "audio/x-wav"}, id="content-type-alias"),
+    ],
+)
 def test_equivalent_bodies_replay_rather_than_conflict(client, ws_key, idem, first, second):
     key, _ = ws_key
     original = post(client, key, idem, body=first)
@@ -174,11 +201,14 @@ def test_equivalent_bodies_replay_rather_than_conflict(client, ws_key, idem, fir
     assert replay.get_json() == original.get_json()
 
 
-@pytest.mark.parametrize("body, status", [
-    pytest.param({"content_type": "text/html"}, 422, id="unsupported"),
-    pytest.param({"content_type": 1}, 422, id="invalid"),
-    pytest.param(None, 400, id="not-json"),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        pytest.param({"content_type": "text/html"}, 422, id="unsupported"),
+        pytest.param({"content_type": 1}, 422, id="invalid"),
+        pytest.param(None, 400, id="not-json"),
+    ],
+)
 def test_if_request_fails_validation_then_nothing_is_stored(client, db, ws_key, idem, body, status):
     key, workspace = ws_key
     resp = post(client, key, idem, body=body, raw=b"{" if body is None else None)
@@ -206,13 +236,18 @@ def test_a_request_whose_claim_was_taken_over_can_neither_complete_nor_release_i
     # Let the lease run out without waiting: move it into the past.
     record(db, workspace, idem).update({"lease_expires_at": datetime.now(UTC) - timedelta(seconds=1)})
     retry = idempotency.begin(db, workspace, "live", idem, fp, ttl_seconds=86400, lease_seconds=30)
-    assert isinstance(retry, idempotency.Claim) and retry.token != slow.token
+    assert isinstance(retry, idempotency.Claim)
+    assert retry.token != slow.token
 
     # The slow request's upload record rides in the same commit: it is not written either.
     slow_upload = db.collection("uploads").document(f"upl_{uuid.uuid4().hex}")
     with pytest.raises(idempotency.IdempotencyKeyInUse):
-        idempotency.complete(db, slow, {"upload_url": "slow", "source_url": "slow", "expires_at": "x"},
-                             also_create=(slow_upload, {"state": "pending"}))
+        idempotency.complete(
+            db,
+            slow,
+            {"upload_url": "slow", "source_url": "slow", "expires_at": "x"},
+            also_create=(slow_upload, {"state": "pending"}),
+        )
     assert not slow_upload.get().exists
     assert idempotency.release(db, slow) is False
     assert record(db, workspace, idem).get().to_dict()["claim_token"] == retry.token
@@ -231,15 +266,17 @@ def test_once_runs_its_work_once_releases_a_failed_claim_and_says_when_it_could_
     told: list[str] = []
 
     def run(work, key=idem):
-        return idempotency.once(db, workspace, "live", key, "f" * 64, 86400, 30, work,
-                                on_claim_left=lambda: told.append(key))
+        return idempotency.once(
+            db, workspace, "live", key, "f" * 64, 86400, 30, work, on_claim_left=lambda: told.append(key)
+        )
 
     def fail():
         raise RuntimeError("the work failed")
 
     with pytest.raises(RuntimeError):
         run(fail)
-    assert not record(db, workspace, idem).get().exists and told == []  # released: the retry runs afresh
+    assert not record(db, workspace, idem).get().exists
+    assert told == []
     stored = {"id": "upl_" + "1" * 32}
     assert run(lambda: (stored, None)) == (stored, False)
     assert run(lambda: pytest.fail("the work ran twice")) == (stored, True)
@@ -247,7 +284,8 @@ def test_once_runs_its_work_once_releases_a_failed_claim_and_says_when_it_could_
     monkeypatch.setattr(idempotency, "release", lambda _db, _claim: False)
     with pytest.raises(RuntimeError):
         run(fail, key=idem + "-2")
-    assert told == [idem + "-2"] and record(db, workspace, idem + "-2").get().get("state") == "in_progress"
+    assert told == [idem + "-2"]
+    assert record(db, workspace, idem + "-2").get().get("state") == "in_progress"
 
 
 def test_the_same_key_with_another_cors_origin_is_reused(client, key):

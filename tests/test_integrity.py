@@ -25,8 +25,7 @@ from tests.test_lifecycle import bearer, create, end_hour_now, put_bytes, record
 
 def declared(data: bytes, **overrides) -> dict:
     """A create body declaring `data`'s size and checksums, but for `overrides`."""
-    return {"content_type": "video/mp4", "size_bytes": len(data), "crc32c": crc32c(data), "md5": md5(data),
-            **overrides}
+    return {"content_type": "video/mp4", "size_bytes": len(data), "crc32c": crc32c(data), "md5": md5(data), **overrides}
 
 
 # Each way the bytes can differ from the declaration: (create body, what is PUT, code).
@@ -50,41 +49,52 @@ def assert_rejected(client, db, gcs, key: str, out: dict, code: str, openapi_doc
     bytes kept in the staging bucket (for support, until the bucket's lifecycle rule)."""
     got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
     stored = record(db, out["id"])
-    assert stored["state"] == "rejected" and stored["rejection_code"] == code
-    assert "session_url" not in stored and stored["settled_at"]
+    assert stored["state"] == "rejected"
+    assert stored["rejection_code"] == code
+    assert "session_url" not in stored
+    assert stored["settled_at"]
     assert gcs.bucket(BUCKET).get_blob(object_name(out)) is None  # source_url can never serve it
     assert requests.get(out["source_url"], timeout=10).status_code == 404
     assert gcs.bucket(STAGING_BUCKET).get_blob(object_name(out)) is not None
     assert got["media"] is None
-    assert got["status"] == "rejected" and got["size_bytes"] == stored["size_bytes"]
-    assert got["rejection"]["code"] == code and got["rejection"]["message"]
-    assert got["completed_at"] is None and got["crc32c"] is None and got["md5"] is None
+    assert got["status"] == "rejected"
+    assert got["size_bytes"] == stored["size_bytes"]
+    assert got["rejection"]["code"] == code
+    assert got["rejection"]["message"]
+    assert got["completed_at"] is None
+    assert got["crc32c"] is None
+    assert got["md5"] is None
     assert schema_errors(openapi_doc, "#/components/schemas/Upload", got) == []
     return got
 
 
-@pytest.mark.parametrize("body, sent, code", MISMATCHES)
+@pytest.mark.parametrize(("body", "sent", "code"), MISMATCHES)
 def test_a_storage_event_for_bytes_other_than_the_declared_ones_rejects_the_upload(
-        client, db, gcs, make_key, oidc_issuer, openapi_doc, body, sent, code):
+    client, db, gcs, make_key, oidc_issuer, openapi_doc, body, sent, code
+):
     key, _ = make_key()
     out = create(client, key, body)
     put_bytes(out["upload_url"], sent)
     resource = resource_of(gcs, object_name(out))
     resp = push(client, envelope(resource), oidc_issuer.events_token())
-    assert resp.status_code == 200 and resp.get_json() == {"outcome": "rejected"}
+    assert resp.status_code == 200
+    assert resp.get_json() == {"outcome": "rejected"}
     got = assert_rejected(client, db, gcs, key, out, code, openapi_doc)
     assert got["size_bytes"] == body.get("size_bytes")  # what the client declared, not what landed
     assert record(db, out["id"])["generation"] == int(resource["generation"])
     # A redelivery changes nothing; a cancel answers the rejection (nothing to cancel, nothing completed).
     again = push(client, envelope(resource), oidc_issuer.events_token())
-    assert again.status_code == 200 and again.get_json() == {"outcome": "duplicate"}
+    assert again.status_code == 200
+    assert again.get_json() == {"outcome": "duplicate"}
     cancelled = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
-    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "rejected"
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "rejected"
 
 
-@pytest.mark.parametrize("body, sent, code", MISMATCHES)
+@pytest.mark.parametrize(("body", "sent", "code"), MISMATCHES)
 def test_a_get_that_finds_bytes_other_than_the_declared_ones_rejects_the_upload(
-        client, db, gcs, make_key, openapi_doc, body, sent, code):
+    client, db, gcs, make_key, openapi_doc, body, sent, code
+):
     key, _ = make_key()
     out = create(client, key, body)
     put_bytes(out["upload_url"], sent)
@@ -92,19 +102,22 @@ def test_a_get_that_finds_bytes_other_than_the_declared_ones_rejects_the_upload(
     assert_rejected(client, db, gcs, key, out, code, openapi_doc)
 
 
-def test_a_cancel_that_finds_wrong_bytes_answers_the_rejection_not_upload_completed(client, db, gcs, make_key,
-                                                                                   openapi_doc):
+def test_a_cancel_that_finds_wrong_bytes_answers_the_rejection_not_upload_completed(
+    client, db, gcs, make_key, openapi_doc
+):
     key, _ = make_key()
     out = create(client, key, declared(DATA))
     put_bytes(out["upload_url"], DATA[:1000])
     resp = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
-    assert resp.status_code == 200 and resp.get_json()["status"] == "rejected"
+    assert resp.status_code == 200
+    assert resp.get_json()["status"] == "rejected"
     assert resp.get_json()["rejection"]["code"] == "size_mismatch"
     assert_rejected(client, db, gcs, key, out, "size_mismatch", openapi_doc)
 
 
-def test_the_sweep_rejects_an_expired_upload_whose_bytes_are_not_the_declared_ones(client, db, gcs, make_key,
-                                                                                  oidc_issuer, openapi_doc):
+def test_the_sweep_rejects_an_expired_upload_whose_bytes_are_not_the_declared_ones(
+    client, db, gcs, make_key, oidc_issuer, openapi_doc
+):
     key, _ = make_key()
     wrong, right = create(client, key, {"content_type": "video/mp4"}), create(client, key, declared(DATA))
     put_bytes(wrong["upload_url"], HTML)
@@ -114,7 +127,9 @@ def test_the_sweep_rejects_an_expired_upload_whose_bytes_are_not_the_declared_on
     resp = client.post("/internal/sweep", headers=bearer(oidc_issuer.token()))
     assert resp.status_code == 200, resp.get_data(as_text=True)
     counts = resp.get_json()
-    assert counts["rejected"] >= 1 and counts["completed"] >= 1 and counts["failed"] == 0
+    assert counts["rejected"] >= 1
+    assert counts["completed"] >= 1
+    assert counts["failed"] == 0
     assert schema_errors(openapi_doc, "#/components/schemas/SweepResult", counts) == []
     assert_rejected(client, db, gcs, key, wrong, "content_mismatch", openapi_doc)
     assert record(db, right["id"])["state"] == "completed"
@@ -129,11 +144,14 @@ def test_the_declared_bytes_complete_and_undeclared_values_are_not_checked(clien
     put_bytes(bare["upload_url"], CLIP)
     for out, size in ((exact, len(DATA)), (bare, len(CLIP))):
         got = client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()
-        assert got["status"] == "completed" and got["size_bytes"] == size and got["rejection"] is None
+        assert got["status"] == "completed"
+        assert got["size_bytes"] == size
+        assert got["rejection"] is None
 
 
 def test_with_storage_down_a_rejection_is_503_with_nothing_changed_and_its_redelivery_rejects(
-        backends, serve, client, db, gcs, make_key, oidc_issuer, openapi_doc):
+    backends, serve, client, db, gcs, make_key, oidc_issuer, openapi_doc
+):
     """The bytes are read before the record says anything: a failed read leaves it pending."""
     from dev.emulators import free_port
 
@@ -152,51 +170,66 @@ def test_with_storage_down_a_rejection_is_503_with_nothing_changed_and_its_redel
 
 def test_a_content_rejection_names_what_the_bytes_are_and_what_to_do(client, make_key):
     key, _ = make_key()
-    cases = ((declared(media("image.png")), media("image.png"), "The bytes are image/png, not video/mp4"),
-             ({"content_type": "audio/mpeg"}, media("captions.vtt"), "not audio/mpeg"))
+    cases = (
+        (declared(media("image.png")), media("image.png"), "The bytes are image/png, not video/mp4"),
+        ({"content_type": "audio/mpeg"}, media("captions.vtt"), "not audio/mpeg"),
+    )
     for body, sent, named in cases:
         out = create(client, key, body)
         put_bytes(out["upload_url"], sent)
         resp = client.post(f"/v1/uploads/{out['id']}/cancel", headers=bearer(key))
-        assert resp.status_code == 200 and resp.get_json()["status"] == "rejected"
+        assert resp.status_code == 200
+        assert resp.get_json()["status"] == "rejected"
         message = resp.get_json()["rejection"]["message"]
-        assert named in message and "declares the file's own content type" in message, message
+        assert named in message, message
+        assert "declares the file's own content type" in message, message
 
 
 # --- the verdict itself -------------------------------------------------------------------------------
 
+
 def _object(data: bytes, *, crc: str | None = "", md5_hash: str | None = "") -> StoredObject:
-    return StoredObject(size=len(data), generation=7, crc32c=crc32c(data) if crc == "" else crc,
-                        md5=md5(data) if md5_hash == "" else md5_hash, created=datetime.now(UTC))
+    return StoredObject(
+        size=len(data),
+        generation=7,
+        crc32c=crc32c(data) if crc == "" else crc,
+        md5=md5(data) if md5_hash == "" else md5_hash,
+        created=datetime.now(UTC),
+    )
 
 
 def _declared(data: bytes, **overrides) -> dict:
     return {"size_bytes": len(data), "declared_crc32c": crc32c(data), "declared_md5": md5(data), **overrides}
 
 
-@pytest.mark.parametrize("declaration, obj, code", [
-    pytest.param(_declared(b"abc"), _object(b"abc"), None, id="all-match"),
-    pytest.param({}, _object(b"abc"), None, id="nothing-declared"),
-    pytest.param({"size_bytes": None, "declared_crc32c": None, "declared_md5": None}, _object(b"x"), None,
-                 id="declared-null"),
-    pytest.param(_declared(b"abcd"), _object(b"abc"), "size_mismatch", id="size"),
-    pytest.param(_declared(b"abc", declared_crc32c=crc32c(b"abd")), _object(b"abc"), "checksum_mismatch", id="crc"),
-    pytest.param(_declared(b"abc", declared_md5=md5(b"abd")), _object(b"abc"), "checksum_mismatch", id="md5"),
-    # Declared but not reported by Storage: it cannot be checked, so it is not called completed.
-    pytest.param(_declared(b"abc"), _object(b"abc", md5_hash=None), "checksum_mismatch", id="md5-unreported"),
-    pytest.param({"size_bytes": 3}, _object(b"abc", crc=None, md5_hash=None), None, id="size-only"),
-])
+@pytest.mark.parametrize(
+    ("declaration", "obj", "code"),
+    [
+        pytest.param(_declared(b"abc"), _object(b"abc"), None, id="all-match"),
+        pytest.param({}, _object(b"abc"), None, id="nothing-declared"),
+        pytest.param(
+            {"size_bytes": None, "declared_crc32c": None, "declared_md5": None}, _object(b"x"), None, id="declared-null"
+        ),
+        pytest.param(_declared(b"abcd"), _object(b"abc"), "size_mismatch", id="size"),
+        pytest.param(_declared(b"abc", declared_crc32c=crc32c(b"abd")), _object(b"abc"), "checksum_mismatch", id="crc"),
+        pytest.param(_declared(b"abc", declared_md5=md5(b"abd")), _object(b"abc"), "checksum_mismatch", id="md5"),
+        # Declared but not reported by Storage: it cannot be checked, so it is not called completed.
+        pytest.param(_declared(b"abc"), _object(b"abc", md5_hash=None), "checksum_mismatch", id="md5-unreported"),
+        pytest.param({"size_bytes": 3}, _object(b"abc", crc=None, md5_hash=None), None, id="size-only"),
+    ],
+)
 def test_the_verdict_checks_each_declared_value(declaration, obj, code):
     changes = settling.verdict(declaration, obj)
     if code is None:
         assert changes == settling.completed(obj)
     else:
-        assert changes["state"] == "rejected" and changes["rejection_code"] == code
-        assert changes["generation"] == obj.generation and "size_bytes" not in changes
+        assert changes["state"] == "rejected"
+        assert changes["rejection_code"] == code
+        assert changes["generation"] == obj.generation
+        assert "size_bytes" not in changes
 
 
 def test_a_size_rejection_says_what_landed_and_what_was_declared():
     changes = settling.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024))
     assert "1024 bytes landed" in changes["rejection_message"]
     assert "200000000" in changes["rejection_message"]
-

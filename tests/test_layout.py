@@ -30,7 +30,8 @@ def imported(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", LIB, ids=lambda path: path.relative_to(ROOT / "lib").as_posix())
 def test_every_lib_module_opens_with_its_concern_and_is_in_the_readme_layout(path):
     docstring = ast.get_docstring(ast.parse(path.read_text()))
-    assert docstring and docstring.split("\n", 1)[0].strip(), f"{path.name} has no opening line"
+    assert docstring, f"{path.name} has no opening line"
+    assert docstring.split("\n", 1)[0].strip(), f"{path.name} has no opening line"
     layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
     name = path.relative_to(ROOT).as_posix()
     assert f"\n{name} " in layout, f"{name} is missing from the README's layout"
@@ -42,10 +43,13 @@ def test_no_lib_module_outgrows_its_room(path):
 
 
 def test_no_function_is_longer_than_a_screen():
-    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path in CHECKED for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in CHECKED
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
     assert long == []
 
 
@@ -77,8 +81,11 @@ def lib_imports(path: Path) -> list[tuple[str, str]]:
             if not parts:
                 found += [(alias.name, "") for alias in node.names]
             elif len(parts) == 1 and (ROOT / "lib" / parts[0]).is_dir():
-                found += [(parts[0], alias.name) for alias in node.names
-                          if (ROOT / "lib" / parts[0] / f"{alias.name}.py").exists()] or [(parts[0], "")]
+                found += [
+                    (parts[0], alias.name)
+                    for alias in node.names
+                    if (ROOT / "lib" / parts[0] / f"{alias.name}.py").exists()
+                ] or [(parts[0], "")]
             else:
                 found.append((parts[0], parts[1] if len(parts) > 1 else ""))
     return found
@@ -112,14 +119,16 @@ def test_the_layout_rule_sees_a_reach_up_and_a_reach_inside(tmp_path):
     up = tmp_path / "up.py"
     up.write_text("from lib.api import models\nfrom lib.webhooks.outbound import post\n")
     assert lib_imports(up) == [("api", "models"), ("webhooks", "outbound")]
-    assert "outbound" not in face("webhooks") and LAYERS.index("api") > LAYERS.index("uploads")
+    assert "outbound" not in face("webhooks")
+    assert LAYERS.index("api") > LAYERS.index("uploads")
 
 
 def test_settings_are_read_once_at_start_up_never_by_a_handler():
     """main.py loads the settings at import (a bad one stops the function starting); handlers use
     the loaded values, and nothing in lib reads the environment's settings on its own."""
     source = (ROOT / "main.py").read_text()
-    assert source.count("config.load(") == 1 and "\nSETTINGS = _load_settings()\n" in source
+    assert source.count("config.load(") == 1
+    assert "\nSETTINGS = _load_settings()\n" in source
     for path in LIB:
         if path.name != "config.py":
             assert "config.load(" not in path.read_text(), path.name
@@ -129,6 +138,9 @@ def test_the_api_keys_collection_has_one_owner():
     """Issue 34: admin revoked and listed keys by writing the collection itself; lib/api/auth.py is now the only
     code that names it (creation, lookup, listing, revocation)."""
     sources = [ROOT / "main.py", *LIB, *sorted((ROOT / "dev").glob("*.py"))]
-    named = [path.relative_to(ROOT).as_posix() for path in sources
-             if "auth.COLLECTION" in path.read_text() or '"api_keys"' in path.read_text()]
+    named = [
+        path.relative_to(ROOT).as_posix()
+        for path in sources
+        if "auth.COLLECTION" in path.read_text() or '"api_keys"' in path.read_text()
+    ]
     assert named == ["lib/api/auth.py"]

@@ -47,8 +47,10 @@ def pending_in_store(backends, workspace: str, mode: str = "live") -> int:
 
 # --- creates per minute ----------------------------------------------------------------------------------
 
-def test_a_workspace_may_spend_its_minute_at_once_and_then_is_refused_with_retry_after(client, db, make_key,
-                                                                                      openapi_doc):
+
+def test_a_workspace_may_spend_its_minute_at_once_and_then_is_refused_with_retry_after(
+    client, db, make_key, openapi_doc
+):
     key, _ = limited(db, make_key, creates=5)
     remaining = []
     for _ in range(5):
@@ -60,13 +62,16 @@ def test_a_workspace_may_spend_its_minute_at_once_and_then_is_refused_with_retry
     refused = post(client, key)
     assert refused.status_code == 429
     body = refused.get_json()
-    assert body["error"]["code"] == "rate_limited" and body["error"]["details"]["limit"] == 5
+    assert body["error"]["code"] == "rate_limited"
+    assert body["error"]["details"]["limit"] == 5
     assert not response_schema_errors(openapi_doc, 429, body)
     retry_after = refused.headers["Retry-After"]
-    assert retry_after.isdigit() and 1 <= int(retry_after) <= 60
+    assert retry_after.isdigit()
+    assert 1 <= int(retry_after) <= 60
     r, t = SERVICE.fullmatch(refused.headers["RateLimit"]).groups()
     # The draft: Retry-After is not earlier than the end of the effective window.
-    assert r == "0" and int(t) <= int(retry_after)
+    assert r == "0"
+    assert int(t) <= int(retry_after)
 
 
 def test_an_idempotent_replay_is_never_refused_for_rate(client, db, make_key):
@@ -76,7 +81,8 @@ def test_an_idempotent_replay_is_never_refused_for_rate(client, db, make_key):
     assert post(client, key).status_code == 201
     assert post(client, key).status_code == 429
     replay = post(client, key, {"Idempotency-Key": "k-1"})
-    assert replay.status_code == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.status_code == 200
+    assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.get_json() == first.get_json()
     assert SERVICE.fullmatch(replay.headers["RateLimit"]).group(1) == "0"  # where the window stands
     # A new key is a new create: refused.
@@ -92,27 +98,32 @@ def test_test_and_live_keys_are_counted_apart(client, db, make_key):
 
 
 def test_a_refused_or_failed_create_takes_nothing(client, db, make_key):
-    key, workspace = limited(db, make_key, creates=2, pending=5)
+    key, _workspace = limited(db, make_key, creates=2, pending=5)
     # Invalid: refused before the limits; nothing is counted, the fields are there.
     bad = client.post("/v1/uploads", json={"content_type": "text/x-nope"}, headers=bearer(key))
-    assert bad.status_code == 422 and SERVICE.fullmatch(bad.headers["RateLimit"]).group(1) == "2"
+    assert bad.status_code == 422
+    assert SERVICE.fullmatch(bad.headers["RateLimit"]).group(1) == "2"
     assert post(client, key).status_code == 201
     assert post(client, key).status_code == 201
     assert post(client, key).status_code == 429
     # A refused create took no slot and no place in the window.
     usage = client.get("/v1/limits", headers=bearer(key)).get_json()
-    assert usage["creates_in_last_minute"] == 2 and usage["pending_uploads"] == 2 and usage["creates_remaining"] == 0
+    assert usage["creates_in_last_minute"] == 2
+    assert usage["pending_uploads"] == 2
+    assert usage["creates_remaining"] == 0
 
 
 # --- pending uploads -------------------------------------------------------------------------------------
 
+
 def test_past_its_pending_uploads_a_workspace_is_refused_until_one_settles(client, db, make_key, openapi_doc):
-    key, workspace = limited(db, make_key, pending=2)
+    key, _workspace = limited(db, make_key, pending=2)
     first, _ = create(client, key), create(client, key)
     refused = post(client, key)
     assert refused.status_code == 429
     body = refused.get_json()
-    assert body["error"]["code"] == "quota_exceeded" and body["error"]["details"] == {"limit": 2, "pending": 2}
+    assert body["error"]["code"] == "quota_exceeded"
+    assert body["error"]["details"] == {"limit": 2, "pending": 2}
     assert not response_schema_errors(openapi_doc, 429, body)
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert client.post(f"/v1/uploads/{first['id']}/cancel", headers=bearer(key)).status_code == 200
@@ -128,7 +139,8 @@ def _landed(client, key, gcs, size_bytes: int | None = None):
 
 @pytest.mark.parametrize("outcome", ["completed", "rejected", "no bytes"])
 def test_the_slot_is_given_back_exactly_once_when_every_path_races_to_settle(
-        client, db, gcs, backends, make_key, oidc_issuer, monkeypatch, outcome):
+    client, db, gcs, backends, make_key, oidc_issuer, monkeypatch, outcome
+):
     """A GET, a cancel, the sweep and the storage event settle one upload at once (its hour over, so
     each of them would): one of them stores the change and only that one gives its slot back. The
     workspace's other pending upload keeps its own slot."""
@@ -166,11 +178,13 @@ def test_the_slot_is_given_back_exactly_once_when_every_path_races_to_settle(
     with ThreadPoolExecutor(4) as pool:
         statuses = list(pool.map(run, ["get", "cancel", "sweep", "event"]))
     # The sweep takes every due upload in the database; another test's it could not settle makes it 503.
-    assert all(status in (200, 409) for status in statuses[:2] + statuses[3:]) and statuses[2] in (200, 503), statuses
+    assert all(status in (200, 409) for status in statuses[:2] + statuses[3:]), statuses
+    assert statuses[2] in (200, 503), statuses
     state = record(db, out["id"])["state"]
     assert state == {"completed": "completed", "rejected": "rejected"}.get(outcome, state)
     assert state != "pending"
-    assert calls == [out["id"]] and freed == [True]
+    assert calls == [out["id"]]
+    assert freed == [True]
     assert pending_in_store(backends, workspace) == 1
     assert record(db, other["id"])["state"] == "pending"
 
@@ -181,8 +195,15 @@ def test_get_v1_limits_shows_the_workspaces_limits_and_usage(client, db, make_ke
     resp = client.get("/v1/limits", headers=bearer(key))
     assert resp.status_code == 200
     body = resp.get_json()
-    assert body == {"mode": "live", "enforced": True, "creates_per_minute": 7, "max_pending_uploads": 3,
-                    "creates_in_last_minute": 1, "creates_remaining": 6, "pending_uploads": 1}
+    assert body == {
+        "mode": "live",
+        "enforced": True,
+        "creates_per_minute": 7,
+        "max_pending_uploads": 3,
+        "creates_in_last_minute": 1,
+        "creates_remaining": 6,
+        "pending_uploads": 1,
+    }
     assert not response_schema_errors(openapi_doc, 200, body, path="/v1/limits", method="get")
     assert POLICY.fullmatch(resp.headers["RateLimit-Policy"]).group(1) == "7"
     assert client.get("/v1/limits").status_code == 401
@@ -192,42 +213,65 @@ def test_get_v1_limits_without_a_store_says_nothing_is_enforced(serve, make_key,
     key, _ = make_key()
     served = serve(drop=("LIMITS_REDIS_URL",))
     resp = served.session.get(served.url + "/v1/limits", headers=bearer(key), timeout=30)
-    assert resp.status_code == 200 and "RateLimit-Policy" not in resp.headers
+    assert resp.status_code == 200
+    assert "RateLimit-Policy" not in resp.headers
     body = resp.json()
-    assert body == {"mode": "live", "enforced": False, "creates_per_minute": None, "max_pending_uploads": None,
-                    "creates_in_last_minute": None, "creates_remaining": None, "pending_uploads": None}
+    assert body == {
+        "mode": "live",
+        "enforced": False,
+        "creates_per_minute": None,
+        "max_pending_uploads": None,
+        "creates_in_last_minute": None,
+        "creates_remaining": None,
+        "pending_uploads": None,
+    }
     assert not response_schema_errors(openapi_doc, 200, body, path="/v1/limits", method="get")
 
 
 def test_defaults_apply_until_ops_set_a_workspaces_own(client, key):
     body = client.get("/v1/limits", headers=bearer(key)).get_json()
-    assert body["creates_per_minute"] == 600 and body["max_pending_uploads"] == 1000
+    assert body["creates_per_minute"] == 600
+    assert body["max_pending_uploads"] == 1000
 
 
 # --- ops -------------------------------------------------------------------------------------------------
 
+
 def admin(backends, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "FIRESTORE_EMULATOR_HOST": backends["env"]["FIRESTORE_EMULATOR_HOST"],
-           "GOOGLE_CLOUD_PROJECT": backends["env"]["GOOGLE_CLOUD_PROJECT"]}
-    return subprocess.run([sys.executable, "-m", "lib.admin", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FIRESTORE_EMULATOR_HOST": backends["env"]["FIRESTORE_EMULATOR_HOST"],
+        "GOOGLE_CLOUD_PROJECT": backends["env"]["GOOGLE_CLOUD_PROJECT"],
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "lib.admin", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_ops_set_and_read_a_workspaces_limits_with_the_cli(backends, client, make_key):
     key, workspace = make_key()
     shown = admin(backends, "limits", "--workspace", workspace, "--json")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout) == {"workspace_id": workspace, "mode": "live", "creates_per_minute": 600,
-                                        "max_pending_uploads": 1000, "pending_uploads": 0, "source": "default"}
+    assert json.loads(shown.stdout) == {
+        "workspace_id": workspace,
+        "mode": "live",
+        "creates_per_minute": 600,
+        "max_pending_uploads": 1000,
+        "pending_uploads": 0,
+        "source": "default",
+    }
     done = admin(backends, "set-limits", "--workspace", workspace, "--max-pending-uploads", "1")
     assert done.returncode == 0, done.stderr
     create(client, key)
     shown = json.loads(admin(backends, "limits", "--workspace", workspace, "--json").stdout)
-    assert shown["max_pending_uploads"] == 1 and shown["creates_per_minute"] == 600
-    assert shown["pending_uploads"] == 1 and shown["source"] == "workspace"
+    assert shown["max_pending_uploads"] == 1
+    assert shown["creates_per_minute"] == 600
+    assert shown["pending_uploads"] == 1
+    assert shown["source"] == "workspace"
     assert post(client, key).get_json()["error"]["code"] == "quota_exceeded"
     refused = admin(backends, "set-limits", "--workspace", workspace, "--creates-per-minute", "0")
-    assert refused.returncode == 2 and "between 1 and" in refused.stderr
+    assert refused.returncode == 2
+    assert "between 1 and" in refused.stderr
     assert admin(backends, "set-limits", "--workspace", workspace).returncode == 2
 
 
@@ -252,16 +296,18 @@ def test_a_change_is_read_again_within_five_seconds(served_default, db, make_key
 
 # --- shared across instances; failing open ---------------------------------------------------------------
 
+
 def test_two_instances_sharing_the_store_admit_the_figure_at_most_burst_included(serve, db, make_key):
     key, _ = limited(db, make_key, creates=20, pending=1000)
     one, two = serve(), serve()
     with ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(lambda i: (one if i % 2 else two).post(json=VIDEO, headers=bearer(key)).status_code,
-                                 range(60)))
+        statuses = list(
+            pool.map(lambda i: (one if i % 2 else two).post(json=VIDEO, headers=bearer(key)).status_code, range(60))
+        )
     admitted = statuses.count(201)
     assert statuses.count(429) == 60 - admitted
     # The figure, all at once. More only when a call outwaits the store's 250 ms on this busy machine and
-    # its instance decides alone (lib/counters.py _Local); docs/operations.md and docs/testing.md say 20 to 22.
+    # its instance decides alone (lib/limits/counters.py _Local); docs/operations.md and docs/testing.md say 20 to 22.
     assert 20 <= admitted <= 22
 
 
@@ -271,14 +317,18 @@ def test_with_the_store_down_creates_are_served_and_the_log_says_so(serve, make_
         function = serve(LIMITS_REDIS_URL=f"redis://127.0.0.1:{stalled.port}")
         first = function.post(json=VIDEO, headers=bearer(key))
         second = function.post(json=VIDEO, headers=bearer(key))
-    assert first.status_code == 201 and second.status_code == 201
-    assert POLICY.fullmatch(first.headers["RateLimit-Policy"]) and "RateLimit" not in first.headers
+    assert first.status_code == 201
+    assert second.status_code == 201
+    assert POLICY.fullmatch(first.headers["RateLimit-Policy"])
+    assert "RateLimit" not in first.headers
     lines = [line for line in function.log_lines() if line.get("route") == "/v1/uploads"]
     assert [line.get("limiter") for line in lines] == ["unavailable", "unavailable"]
-    assert lines[0]["limiter_error"] == "TimeoutError" and "limiter_error" not in lines[1]  # not waited on again
+    assert lines[0]["limiter_error"] == "TimeoutError"
+    assert "limiter_error" not in lines[1]
 
 
 # --- the upload command ----------------------------------------------------------------------------------
+
 
 def test_the_upload_command_waits_out_a_429_as_asked_and_says_so(serve, db, make_key, tmp_path):
     """The workspace's one pending slot is held by an upload whose hour is 5 s: the command's
@@ -296,9 +346,11 @@ def test_the_upload_command_waits_out_a_429_as_asked_and_says_so(serve, db, make
     assert done.returncode == 0, done.stderr
     note = re.search(r"quota_exceeded: waiting (\d+) s as asked \(Retry-After: (\d+)\)", done.stderr)
     assert note, done.stderr
-    assert 1 <= int(note.group(2)) <= 5 and int(note.group(1)) >= int(note.group(2))
+    assert 1 <= int(note.group(2)) <= 5
+    assert int(note.group(1)) >= int(note.group(2))
     refused = [line for line in function.log_lines() if line.get("error_code") == "quota_exceeded"]
-    assert refused and refused[0]["workspace_id"] == workspace
+    assert refused
+    assert refused[0]["workspace_id"] == workspace
 
 
 def test_a_429s_wait_is_noted_and_is_never_shorter_than_retry_after():
@@ -310,8 +362,8 @@ def test_a_429s_wait_is_noted_and_is_never_shorter_than_retry_after():
     limited_.status_code, limited_._content = 429, b'{"error": {"code": "rate_limited", "message": "m"}}'
     limited_.headers["Retry-After"] = "9"
     retry.wait(limited_)
-    assert slept[0] >= 9 and notes == [f"rate_limited: waiting {slept[0]:.0f} s as asked (Retry-After: 9), "
-                                       "then trying again"]
+    assert slept[0] >= 9
+    assert notes == [f"rate_limited: waiting {slept[0]:.0f} s as asked (Retry-After: 9), then trying again"]
     busy = requests.Response()
     busy.status_code = 503
     retry.wait(busy)
@@ -319,6 +371,7 @@ def test_a_429s_wait_is_noted_and_is_never_shorter_than_retry_after():
 
 
 # --- the engine and its settings --------------------------------------------------------------------------
+
 
 def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_it(backends, db):
     from datetime import UTC, datetime, timedelta
@@ -333,27 +386,36 @@ def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_
     with pytest.raises(RateLimited) as refused:
         limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, counters.Limits(2, 100), log)
     assert 55 <= int(refused.value.headers["Retry-After"]) <= 60  # the fourth oldest leaves in about a minute
-    assert limiter.usage(workspace, "live", log).creates == 5 and "limiter" not in log
+    assert limiter.usage(workspace, "live", log).creates == 5
+    assert "limiter" not in log
     # A release frees only its own slot, once.
     upload = "upl_" + secrets.token_hex(16)
     limiter.admit(db, workspace, "test", upload, expires, counters.Limits(5, 100), log)
     assert limiter.release(workspace, "test", upload, log) is True
     assert limiter.release(workspace, "test", upload, log) is False
-    assert limiter.usage(workspace, "test", log).pending == 0 and limiter.usage(workspace, "live", log).pending == 5
+    assert limiter.usage(workspace, "test", log).pending == 0
+    assert limiter.usage(workspace, "live", log).pending == 5
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"LIMITS_REDIS_URL": "http://10.0.0.3:6379"}, "LIMITS_REDIS_URL must be"),
-    ({"LIMITS_REDIS_URL": "redis://:secret@10.0.0.3:6379"}, "LIMITS_REDIS_AUTH"),
-    ({"LIMITS_REDIS_URL": "rediss://10.0.0.3:6378"}, "LIMITS_REDIS_CA_CERT"),
-    ({"CREATES_PER_MINUTE": "0"}, "CREATES_PER_MINUTE must be between 1 and 600000"),
-    ({"MAX_PENDING_UPLOADS": "lots"}, "MAX_PENDING_UPLOADS must be a whole number"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LIMITS_REDIS_URL": "http://10.0.0.3:6379"}, "LIMITS_REDIS_URL must be"),
+        ({"LIMITS_REDIS_URL": "redis://:secret@10.0.0.3:6379"}, "LIMITS_REDIS_AUTH"),
+        ({"LIMITS_REDIS_URL": "rediss://10.0.0.3:6378"}, "LIMITS_REDIS_CA_CERT"),
+        ({"CREATES_PER_MINUTE": "0"}, "CREATES_PER_MINUTE must be between 1 and 600000"),
+        ({"MAX_PENDING_UPLOADS": "lots"}, "MAX_PENDING_UPLOADS must be a whole number"),
+    ],
+)
 def test_malformed_limits_settings_stop_the_function_naming_themselves(env, message):
     from lib.platform import config
 
-    base = {"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "STAGING_BUCKET": "b-staging",
-            "CDN_BASE_URL": "https://cdn.example.com"}
+    base = {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "UPLOAD_BUCKET": "b",
+        "STAGING_BUCKET": "b-staging",
+        "CDN_BASE_URL": "https://cdn.example.com",
+    }
     with pytest.raises(config.ConfigError, match=re.escape(message)) as refused:
         config.load({**base, **env})
     assert "secret" not in str(refused.value)  # never the password it was given
@@ -367,6 +429,7 @@ def test_a_workspace_document_holding_anything_but_positive_whole_numbers_falls_
 
 
 # --- the store failing: limits kept locally, the count rebuilt from Firestore -----------------------------
+
 
 @pytest.fixture
 def own_store(log_dir):
@@ -383,14 +446,28 @@ def _pending_record(db, workspace: str, upload_id: str) -> None:
     from datetime import UTC, datetime, timedelta
 
     from lib.uploads import lifecycle
+
     now = datetime.now(UTC)
-    lifecycle.create_record(db, upload_id, lifecycle.new_fields(
-        upload_id, workspace, "live", f"uploads/{workspace}/{upload_id[4:]}.mp4", "video/mp4", None, now,
-        now + timedelta(hours=1), "https://storage.example/session"))
+    lifecycle.create_record(
+        db,
+        upload_id,
+        lifecycle.new_fields(
+            upload_id,
+            workspace,
+            "live",
+            f"uploads/{workspace}/{upload_id[4:]}.mp4",
+            "video/mp4",
+            None,
+            now,
+            now + timedelta(hours=1),
+            "https://storage.example/session",
+        ),
+    )
 
 
 def _settle(db, upload_id: str) -> None:
     from lib.uploads import lifecycle
+
     lifecycle.transition(db, lifecycle.load_by_id(db, upload_id), {"state": "cancelled"})
 
 
@@ -424,7 +501,8 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
         log: dict = {}
         with pytest.raises(QuotaExceeded):
             admit(capped, log)
-        assert log["limiter"] == "unavailable" and log["limited_locally"] is True
+        assert log["limiter"] == "unavailable"
+        assert log["limited_locally"] is True
     # Two settle while it is frozen (their releases cannot reach it); two more are admitted, no more.
     for upload_id in first[:2]:
         _settle(db, upload_id)
@@ -449,7 +527,9 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
     os.kill(own_store.pid, signal.SIGCONT)
     log = {}
     admit(capped, log)
-    assert "limiter" not in log and log["limiter_rebuilt"] == 2 and log.get("limiter_recovered")
+    assert "limiter" not in log
+    assert log["limiter_rebuilt"] == 2
+    assert log.get("limiter_recovered")
     assert limiter.usage(capped, "live", {}).pending == 3 == lifecycle_pending(db, capped)
     with pytest.raises(QuotaExceeded):
         admit(capped, {})
@@ -457,6 +537,7 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
 
 def lifecycle_pending(db, workspace: str) -> int:
     from lib.uploads import lifecycle
+
     return lifecycle.pending_count(db, workspace, "live")
 
 
@@ -469,12 +550,12 @@ def test_a_store_that_comes_back_empty_counts_the_pending_uploads_firestore_hold
     for name in counters._keys(workspace, "live"):
         store.delete(name)  # as a FLUSHALL does to this workspace (the shared store keeps the others')
     refused = post(client, key)
-    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "quota_exceeded"
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "quota_exceeded"
     assert pending_in_store(backends, workspace) == 3
 
 
-def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever_saw_it(db, own_store,
-                                                                                        monkeypatch):
+def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever_saw_it(db, own_store, monkeypatch):
     """One instance saw the store fail, and a release was lost meanwhile; when it reaches the store again it advances
     the store's epoch, and the next create on another instance, which never saw the outage, rebuilds
     the workspace's count from Firestore before deciding (and the one after does not)."""
@@ -497,11 +578,14 @@ def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever
     _settle(db, held[0])  # settled by an instance that died before it could release the slot
     os.kill(own_store.pid, signal.SIGCONT)
     log: dict = {}
-    assert saw.usage(workspace, "live", log).pending == 2 and log.get("limiter_recovered")  # stale, for now
+    assert saw.usage(workspace, "live", log).pending == 2
+    assert log.get("limiter_recovered")
     first, second = {}, {}
     other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, first)
-    assert first["limiter_rebuilt"] == 1 and "limiter" not in first
+    assert first["limiter_rebuilt"] == 1
+    assert "limiter" not in first
     from lib.platform.errors import QuotaExceeded
+
     with pytest.raises(QuotaExceeded):
         other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, second)
     assert "limiter_rebuilt" not in second

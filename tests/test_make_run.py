@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import requests
 
@@ -18,19 +19,37 @@ from tests.conftest import ROOT
 
 def _start_make_run(tmp_path):
     """`python -m dev.run` on free ports, its output in a file, in a process group of its own."""
-    ports = {name: str(emulators.free_port()) for name in
-             ("FUNCTION_PORT", "FIRESTORE_PORT", "STORAGE_PORT", "PUBSUB_PORT", "ISSUER_PORT", "RECEIVER_PORT",
-              "DEMO_PORT", "DELIVERIES_PORT", "REDIS_PORT")}
+    ports = {
+        name: str(emulators.free_port())
+        for name in (
+            "FUNCTION_PORT",
+            "FIRESTORE_PORT",
+            "STORAGE_PORT",
+            "PUBSUB_PORT",
+            "ISSUER_PORT",
+            "RECEIVER_PORT",
+            "DEMO_PORT",
+            "DELIVERIES_PORT",
+            "REDIS_PORT",
+        )
+    }
     out_path = tmp_path / "make-run.out"
     with open(out_path, "wb") as out:
-        run = subprocess.Popen([sys.executable, "-m", "dev.run"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, **ports, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "dev.run"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ports, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
     return ports, out_path, run
 
 
 def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_path):
     ports, out_path, run = _start_make_run(tmp_path)
     try:
+
         def printed(pattern: str, timeout: float = 120) -> re.Match:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -44,10 +63,12 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         key = printed(r"Demo API key for workspace ws_demo: (fl_live_\S+)").group(1)
         printed(r"Ctrl-C stops everything")
         text = out_path.read_text()
-        assert "add-webhook --workspace ws_demo" in text and "webhook-deliveries --workspace ws_demo" in text
+        assert "add-webhook --workspace ws_demo" in text
+        assert "webhook-deliveries --workspace ws_demo" in text
         assert "-m client upload" in text
         # Step 4 says what the stand-in does to a resume, and that the command catches it.
-        assert "finalizes a session when asked how much it holds" in text and "(exit 5" in text
+        assert "finalizes a session when asked how much it holds" in text
+        assert "(exit 5" in text
         demo = f"http://127.0.0.1:{ports['DEMO_PORT']}"
         assert f"open {demo}" in text
         assert "Upload a file" in requests.get(demo + "/", timeout=30).text
@@ -55,14 +76,16 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         # Each printed block runs on its own, in a fresh shell, as a newcomer pastes it.
         blocks = printed_blocks(text)
         created = run_block(blocks["1"])
-        assert '"upload_url"' in created and '"id": "upl_' in created.replace('":"', '": "')
+        assert '"upload_url"' in created
+        assert '"id": "upl_' in created.replace('":"', '": "')
         cancelled = run_block(blocks["3"])
         assert '"status":"cancelled"' in cancelled.replace(" ", "")
         completed = run_block(blocks["2"])
         clip = (ROOT / "tests/media/clip.mp4").stat().st_size
         assert f"source_url: 200, {clip} bytes" in completed  # served once checked
-        assert '"media":{"duration_seconds":1.0,"width":64,"height":48,"codecs":["h264","aac"]}' in \
-            completed.replace(" ", "")
+        assert '"media":{"duration_seconds":1.0,"width":64,"height":48,"codecs":["h264","aac"]}' in completed.replace(
+            " ", ""
+        )
         assert '"status":"completed"' in completed.replace(" ", "")
         # The limits: the API's view (three creates so far, step 1's still pending) and the ops CLI's.
         limits_shown = run_block(blocks["6"])
@@ -73,24 +96,40 @@ def test_make_run_shows_a_put_turn_into_a_verified_upload_completed_webhook(tmp_
         assert "Workspace ws_demo may create 120 uploads a minute and have" in limits_shown
         assert "120 creates a minute" in run_block(blocks["6"].splitlines()[1])  # as stored, the ops CLI says
         url = f"http://127.0.0.1:{ports['FUNCTION_PORT']}"
-        created = requests.post(f"{url}/v1/uploads", json={"content_type": "video/mp4"},
-                                headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
-        put = requests.put(created["upload_url"], data=(ROOT / "tests/media/clip.mp4").read_bytes(),
-                           headers={"Content-Type": "video/mp4"}, timeout=30)
+        created = requests.post(
+            f"{url}/v1/uploads",
+            json={"content_type": "video/mp4"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        ).json()
+        put = requests.put(
+            created["upload_url"],
+            data=(ROOT / "tests/media/clip.mp4").read_bytes(),
+            headers={"Content-Type": "video/mp4"},
+            timeout=30,
+        )
         assert put.status_code in (200, 201)
-        line = printed(rf"\[webhook\] upload\.completed {created['id']} status=completed "
-                       r"\(webhook-id evt_[0-9a-f]{32}; (signature verified|SIGNATURE NOT VERIFIED)\)", timeout=30)
+        line = printed(
+            rf"\[webhook\] upload\.completed {created['id']} status=completed "
+            r"\(webhook-id evt_[0-9a-f]{32}; (signature verified|SIGNATURE NOT VERIFIED)\)",
+            timeout=30,
+        )
         assert line.group(1) == "signature verified"
         # Step 7: the smoke, through make, against this deployment; the key never echoed.
         smoked = run_block(blocks["7"])
-        assert "smoke: the deployment works" in smoked and "ok    completed by the storage event" in smoked
+        assert "smoke: the deployment works" in smoked
+        assert "ok    completed by the storage event" in smoked
         assert key not in smoked  # make echoes nothing of the command (@), the smoke never prints it
         assert key not in out_path.read_text().split("Demo API key", 1)[0]  # nothing before it printed the key
         # The commands after the steps, pasted as printed: add an endpoint, list the attempts, another key.
-        hooks = "".join(line[2:] + "\n" for line in text.split("\nWebhooks:", 1)[1].split("\nMore keys:", 1)[0]
-                        .splitlines() if line.startswith("  "))
+        hooks = "".join(
+            line[2:] + "\n"
+            for line in text.split("\nWebhooks:", 1)[1].split("\nMore keys:", 1)[0].splitlines()
+            if line.startswith("  ")
+        )
         listed = run_block(hooks)
-        assert re.search(r"^whsec_\S+$", listed, re.M) and "upload.completed" in listed, listed
+        assert re.search(r"^whsec_\S+$", listed, re.M), listed
+        assert "upload.completed" in listed, listed
         more = re.search(r"^More keys: (.+)$", text, re.M).group(1)
         assert re.search(r"^fl_live_\S+$", run_block(more), re.M)
     finally:
@@ -119,8 +158,14 @@ def printed_blocks(text: str) -> dict[str, str]:
 
 
 def run_block(block: str) -> str:
-    done = subprocess.run(["bash", "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if not k.startswith(("RESP", "ID"))})
+    done = subprocess.run(
+        ["bash", "-c", block],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("RESP", "ID"))},
+    )
     assert done.returncode == 0, (block, done.stdout, done.stderr)
     return done.stdout
 
@@ -131,7 +176,7 @@ def _children(pid: int) -> set[int]:
     for stat in os.listdir("/proc"):
         if stat.isdigit():
             try:
-                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{stat}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # gone meanwhile
             if int(fields[1]) == pid:
@@ -154,7 +199,8 @@ def test_ctrl_c_during_start_up_stops_at_once_and_leaves_nothing_running(tmp_pat
     try:
         deadline = time.monotonic() + 120
         while not (started := _children(run.pid)):
-            assert run.poll() is None and time.monotonic() < deadline, out_path.read_text()
+            assert run.poll() is None, out_path.read_text()
+            assert time.monotonic() < deadline, out_path.read_text()
             time.sleep(0.01)  # poll interval for its first child, not a stand-in for readiness
         os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to make run's group, not the emulators'
         run.wait(timeout=60)
@@ -165,6 +211,8 @@ def test_ctrl_c_during_start_up_stops_at_once_and_leaves_nothing_running(tmp_pat
     text = out_path.read_text()
     assert run.returncode == 0, text
     assert "Stopped during start-up; nothing is left running." in text
-    assert "Demo API key" not in text and "fl_live_" not in text and "Logs kept" not in text
+    assert "Demo API key" not in text
+    assert "fl_live_" not in text
+    assert "Logs kept" not in text
     assert not [pid for pid in started if _group_alive(pid)], text
     assert not _children(run.pid)

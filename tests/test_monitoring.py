@@ -41,6 +41,7 @@ BOTH_FUNCTIONS = (f'("{FUNCTION_NAME}" OR "{DELIVERIES_NAME}")', f'one_of("{FUNC
 
 # --- reading monitoring.tf ------------------------------------------------------
 
+
 def hcl_string(value: str) -> str:
     """A python-hcl2 string as Terraform means it: quotes off, escapes read."""
     if value[:1] == value[-1:] == '"':
@@ -92,11 +93,19 @@ def metrics() -> dict[str, dict]:
             for each_key, each in tf_locals()["failure_metrics"].items():
                 name = hcl_string(body["name"]).replace("${each.key}", each_key)
                 text = hcl_string(body["filter"]).replace("${each.value.condition}", hcl_string(each["condition"]))
-                found[each_key] = {"name": name.replace("${var.name}", default), "filter": resolve(text),
-                                   "body": body, "ref": f'google_logging_metric.{key}["{each_key}"]'}
+                found[each_key] = {
+                    "name": name.replace("${var.name}", default),
+                    "filter": resolve(text),
+                    "body": body,
+                    "ref": f'google_logging_metric.{key}["{each_key}"]',
+                }
         else:
-            found[key] = {"name": hcl_string(body["name"]).replace("${var.name}", default),
-                          "filter": resolve(body["filter"]), "body": body, "ref": f"google_logging_metric.{key}"}
+            found[key] = {
+                "name": hcl_string(body["name"]).replace("${var.name}", default),
+                "filter": resolve(body["filter"]),
+                "body": body,
+                "ref": f"google_logging_metric.{key}",
+            }
     return found
 
 
@@ -129,8 +138,10 @@ def expand(node, each: dict):
 
 # --- the filter language, as far as our filters use it -----------------------------
 
-CLAUSE = re.compile(r'(?P<path>[\w.]+)\s*(?P<op>>=|<=|!=|=|<|>|:)\s*'
-                    r'(?P<value>"(?:[^"\\]|\\.)*"|\*|-?\d+|\("[^"]*" OR "[^"]*"\)|one_of\("[^"]*", "[^"]*"\))')
+CLAUSE = re.compile(
+    r"(?P<path>[\w.]+)\s*(?P<op>>=|<=|!=|=|<|>|:)\s*"
+    r'(?P<value>"(?:[^"\\]|\\.)*"|\*|-?\d+|\("[^"]*" OR "[^"]*"\)|one_of\("[^"]*", "[^"]*"\))'
+)
 
 
 def field(line: dict, path: str):
@@ -168,9 +179,17 @@ def matches(filter_text: str, line: dict) -> bool:
             ok = value is not None and {"=": str(value) == expected, "!=": str(value) != expected}[op]
         else:
             number = int(raw)
-            ok = isinstance(value, (int, float)) and {
-                ">=": value >= number, "<=": value <= number, ">": value > number, "<": value < number,
-                "=": value == number, "!=": value != number}[op]
+            ok = (
+                isinstance(value, (int, float))
+                and {
+                    ">=": value >= number,
+                    "<=": value <= number,
+                    ">": value > number,
+                    "<": value < number,
+                    "=": value == number,
+                    "!=": value != number,
+                }[op]
+            )
         if not ok:
             return False
     return True
@@ -178,7 +197,7 @@ def matches(filter_text: str, line: dict) -> bool:
 
 def extract(extractor: str, line: dict):
     extractor = hcl_string(extractor)
-    match = re.fullmatch(r'EXTRACT\(([\w.]+)\)', extractor)
+    match = re.fullmatch(r"EXTRACT\(([\w.]+)\)", extractor)
     if match:
         return field(line, match.group(1))
     match = re.fullmatch(r'REGEXP_EXTRACT\(([\w.]+), "(.*)"\)', extractor)
@@ -190,9 +209,9 @@ def extract(extractor: str, line: dict):
 
 # --- real lines ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_module, db, gcs,
-          shipped):
+def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_module, db, gcs, shipped):
     """Request lines from the served functions (the API's and the deliveries'), each kind of request once at least."""
     key, workspace = make_key_module()
     tag = uuid.uuid4().hex[:8]
@@ -206,11 +225,19 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     served_default.session.get(f"{base}/health", timeout=30)
     served_default.post(json={"content_type": "text/html"}, headers=auth)
     # A create served without its limits: the store does not answer (nothing listens on port 9).
-    unlimited = start_shipped(shipped, dict(backends["env"], LIMITS_REDIS_URL="redis://127.0.0.1:9"), log_dir,
-                                         name=f"function-no-limits-{tag}")
+    unlimited = start_shipped(
+        shipped,
+        dict(backends["env"], LIMITS_REDIS_URL="redis://127.0.0.1:9"),
+        log_dir,
+        name=f"function-no-limits-{tag}",
+    )
     try:
-        assert requests.post(unlimited.url + "/v1/uploads", json={"content_type": "video/mp4"}, headers=auth,
-                             timeout=60).status_code == 201
+        assert (
+            requests.post(
+                unlimited.url + "/v1/uploads", json={"content_type": "video/mp4"}, headers=auth, timeout=60
+            ).status_code
+            == 201
+        )
     finally:
         unlimited.stop()
     unlimited_lines = [json.loads(raw) for raw in unlimited.log_path.read_text().splitlines() if raw.startswith("{")]
@@ -218,14 +245,22 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     # A sweep and a storage event failing on a dead Firestore.
     name = created.json()["source_url"].split(f"/{BUCKET}/", 1)[1]  # an object the service knows
     gcs.bucket(STAGING_BUCKET).blob(name).upload_from_string(b"x", content_type="video/mp4")  # where it lands
-    dead = start_shipped(shipped, dict(backends["env"], FIRESTORE_EMULATOR_HOST="127.0.0.1:9"), log_dir,
-                                    name=f"function-dead-firestore-{tag}")
+    dead = start_shipped(
+        shipped,
+        dict(backends["env"], FIRESTORE_EMULATOR_HOST="127.0.0.1:9"),
+        log_dir,
+        name=f"function-dead-firestore-{tag}",
+    )
     try:
-        sweep = requests.post(dead.url + "/internal/sweep", timeout=60,
-                              headers={"Authorization": f"Bearer {oidc_issuer.token()}"})
-        event = requests.post(dead.url + "/internal/storage-events", timeout=60,
-                              json=envelope(resource_of(gcs, name)),
-                              headers={"Authorization": f"Bearer {oidc_issuer.events_token()}"})
+        sweep = requests.post(
+            dead.url + "/internal/sweep", timeout=60, headers={"Authorization": f"Bearer {oidc_issuer.token()}"}
+        )
+        event = requests.post(
+            dead.url + "/internal/storage-events",
+            timeout=60,
+            json=envelope(resource_of(gcs, name)),
+            headers={"Authorization": f"Bearer {oidc_issuer.events_token()}"},
+        )
         assert (sweep.status_code, event.status_code) == (503, 503), (sweep.text, event.text)
     finally:
         dead.stop()
@@ -239,13 +274,19 @@ def lines(backends, log_dir, oidc_issuer, served_default, event_path, make_key_m
     try:
         upload(event_path, key, b"monitoring")
         receiver.wait_for(WEBHOOK_MAX_ATTEMPTS, timeout=60)
-        wait_for(lambda: [r for r in deliveries(db, workspace, hook.id) if r["dead_lettered"]], timeout=30,
-                 what="the dead-letter record")
+        wait_for(
+            lambda: [r for r in deliveries(db, workspace, hook.id) if r["dead_lettered"]],
+            timeout=30,
+            what="the dead-letter record",
+        )
     finally:
         receiver.stop()
     events_lines = event_path["function"].log_lines() + event_path["deliveries"].log_lines()
-    everything = [line for line in served_default.log_lines() + dead_lines + events_lines + unlimited_lines
-                  if "httpRequest" in line]
+    everything = [
+        line
+        for line in served_default.log_lines() + dead_lines + events_lines + unlimited_lines
+        if "httpRequest" in line
+    ]
     return everything
 
 
@@ -258,6 +299,7 @@ def make_key_module(db):
         key, _ = auth.create_key(db, workspace, "pytest", "live")
         SESSION_KEYS.add(key)
         return key, workspace
+
     return make
 
 
@@ -284,17 +326,21 @@ def test_the_latency_extractor_reads_a_number_of_seconds_from_every_line(lines):
     assert all(matches(filter_of("latency"), line) for line in lines)
     for line in lines:
         seconds = float(extract(body["value_extractor"], line))
-        assert math.isfinite(seconds) and 0 <= seconds < 120
+        assert math.isfinite(seconds)
+        assert 0 <= seconds < 120
         assert abs(seconds - float(line["httpRequest"]["latency"].rstrip("s"))) < 1e-9
 
 
-@pytest.mark.parametrize("metric,route,status", [
-    ("sweep_failures", "/internal/sweep", 503),
-    ("storage_event_failures", "/internal/storage-events", 503),
-    ("webhook_delivery_failures", "/internal/webhooks", 502),
-    ("webhook_dead_letters", "/internal/webhook-dead-letters", 200),
-    ("limiter_unavailable", "/v1/uploads", 201),
-])
+@pytest.mark.parametrize(
+    ("metric", "route", "status"),
+    [
+        ("sweep_failures", "/internal/sweep", 503),
+        ("storage_event_failures", "/internal/storage-events", 503),
+        ("webhook_delivery_failures", "/internal/webhooks", 502),
+        ("webhook_dead_letters", "/internal/webhook-dead-letters", 200),
+        ("limiter_unavailable", "/v1/uploads", 201),
+    ],
+)
 def test_each_failure_metric_counts_its_lines_and_nothing_else(lines, metric, route, status):
     counted = [line for line in lines if matches(filter_of(metric), line)]
     assert counted, f"{metric} matches none of the real lines"
@@ -307,16 +353,34 @@ def test_each_failure_metric_counts_its_lines_and_nothing_else(lines, metric, ro
 
 
 def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
-    defined = {m["ref"]: {unquote(label["key"]) for block in m["body"].get("metric_descriptor", [])
-                          for label in block.get("labels", [])} for m in metrics().values()}
+    defined = {
+        m["ref"]: {
+            unquote(label["key"])
+            for block in m["body"].get("metric_descriptor", [])
+            for label in block.get("labels", [])
+        }
+        for m in metrics().values()
+    }
     policies = globals()["policies"]()
-    assert set(policies) >= {"error_ratio", "create_latency", "sweep_failing", "pubsub_backlog", "dead_letters",
-                             "instances_near_max", "uptime", "limiter_unavailable", "integrity_rejections",
-                             "webhooks_deferred", "webhook_endpoint_disabled"}
-    gcp_metrics = {"pubsub.googleapis.com/subscription/oldest_unacked_message_age",
-                   "pubsub.googleapis.com/subscription/num_undelivered_messages",
-                   "run.googleapis.com/container/instance_count",
-                   "monitoring.googleapis.com/uptime_check/check_passed"}
+    assert set(policies) >= {
+        "error_ratio",
+        "create_latency",
+        "sweep_failing",
+        "pubsub_backlog",
+        "dead_letters",
+        "instances_near_max",
+        "uptime",
+        "limiter_unavailable",
+        "integrity_rejections",
+        "webhooks_deferred",
+        "webhook_endpoint_disabled",
+    }
+    gcp_metrics = {
+        "pubsub.googleapis.com/subscription/oldest_unacked_message_age",
+        "pubsub.googleapis.com/subscription/num_undelivered_messages",
+        "run.googleapis.com/container/instance_count",
+        "monitoring.googleapis.com/uptime_check/check_passed",
+    }
     for name, policy in policies.items():
         assert hcl_string(policy["notification_channels"]) == "${local.channels}", name
         assert "${local.runbook}" in policy["documentation"][0]["content"], name
@@ -329,8 +393,11 @@ def test_alert_policies_use_defined_metrics_and_labels_and_say_what_to_do():
                 metric_type = re.match(r'metric\.type = "((?:[^"$]|\$\{[^}]*\})+)"', text).group(1)
                 used_labels = set(re.findall(r"metric\.label\.(\w+)", text))
                 for aggregation in threshold.get("aggregations", []):
-                    used_labels |= {hcl_string(f).removeprefix("metric.label.")
-                                    for f in aggregation.get("group_by_fields", []) if "metric.label." in f}
+                    used_labels |= {
+                        hcl_string(f).removeprefix("metric.label.")
+                        for f in aggregation.get("group_by_fields", [])
+                        if "metric.label." in f
+                    }
                 ref = re.fullmatch(r"\$\{local\.log_metric\}/\$\{(.+)\.name\}", metric_type)
                 if ref:
                     assert ref.group(1) in defined, (name, metric_type)
@@ -380,30 +447,42 @@ def test_the_uptime_check_probes_an_unauthenticated_get_route_for_its_body(main_
     status, body, _ = main.health(None, b"", {}, {})
     assert status == 200
     assert hcl_string(check["content_matchers"][0]["content"]) in json.dumps(body, separators=(",", ":"))
-    assert http["use_ssl"] is True and http["validate_ssl"] is True
+    assert http["use_ssl"] is True
+    assert http["validate_ssl"] is True
 
 
 def test_the_dashboard_renders_to_json_with_the_charts_ops_need():
     template = (TF / "dashboard.json.tftpl").read_text()
-    values = {"name": "framelane-uploads", "requests_metric": "logging.googleapis.com/user/framelane-uploads/requests",
-              "latency_metric": "logging.googleapis.com/user/framelane-uploads/request_latencies",
-              "service": FUNCTION_NAME, "max_instances": "20"}
+    values = {
+        "name": "framelane-uploads",
+        "requests_metric": "logging.googleapis.com/user/framelane-uploads/requests",
+        "latency_metric": "logging.googleapis.com/user/framelane-uploads/request_latencies",
+        "service": FUNCTION_NAME,
+        "max_instances": "20",
+    }
     rendered = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], template)
-    assert "${" not in rendered and "%{" not in rendered
+    assert "${" not in rendered
+    assert "%{" not in rendered
     dashboard = json.loads(rendered)
     titles = [tile["widget"]["title"] for tile in dashboard["mosaicLayout"]["tiles"]]
     for needed in ("Requests per second", "5xx ratio", "latency", "Instances", "Pub/Sub"):
         assert any(needed in title for title in titles), needed
     filters = re.findall(r'"filter": "((?:[^"\\]|\\.)*)"', rendered)
     used = {re.search(r'metric\.type="([^"]+)"', json.loads(f'"{f}"')).group(1) for f in filters}
-    assert used == {values["requests_metric"], values["latency_metric"],
-                    "run.googleapis.com/container/instance_count",
-                    "pubsub.googleapis.com/subscription/oldest_unacked_message_age"}
+    assert used == {
+        values["requests_metric"],
+        values["latency_metric"],
+        "run.googleapis.com/container/instance_count",
+        "pubsub.googleapis.com/subscription/oldest_unacked_message_age",
+    }
     # The metric names the template is given are the ones monitoring.tf defines.
     call = hcl_string(resources("google_monitoring_dashboard")["uploads"]["dashboard_json"])
-    assert "google_logging_metric.requests.name" in call and "google_logging_metric.latency.name" in call
-    assert {m["name"] for m in metrics().values()} >= {"framelane-uploads/requests",
-                                                        "framelane-uploads/request_latencies"}
+    assert "google_logging_metric.requests.name" in call
+    assert "google_logging_metric.latency.name" in call
+    assert {m["name"] for m in metrics().values()} >= {
+        "framelane-uploads/requests",
+        "framelane-uploads/request_latencies",
+    }
 
 
 def test_the_filters_name_the_cloud_run_services_the_functions_run_as():
@@ -412,8 +491,10 @@ def test_the_filters_name_the_cloud_run_services_the_functions_run_as():
     for local, function in (("api_service", "uploads"), ("deliveries_service", "deliveries")):
         expression = hcl_string(main[local])
         # serviceConfig.service is "projects/{project}/locations/{region}/services/{service}".
-        assert expression == ('${element(reverse(split("/", google_cloudfunctions2_function.'
-                              f'{function}.service_config[0].service)), 0)}}'), expression
+        assert expression == (
+            '${element(reverse(split("/", google_cloudfunctions2_function.'
+            f"{function}.service_config[0].service)), 0)}}"
+        ), expression
     text = "\n".join(path.read_text() for path in (TF / "monitoring.tf", TF / "function.tf"))
     # No filter, chart or invoker grant names a function where a service is meant.
     assert "google_cloudfunctions2_function.uploads.name" not in text
@@ -438,9 +519,13 @@ def test_whatever_reads_a_log_based_metric_waits_until_monitoring_knows_it():
     for metric in metrics().values():
         ref = metric["ref"].split("[")[0]
         assert f"{ref}.id" in triggers or f"in {ref} :" in triggers, (metric["ref"], triggers)
-    readers = {**{f"google_monitoring_alert_policy.{name}": body for name, body in policies().items()},
-               **{f"google_monitoring_dashboard.{name}": body
-                  for name, body in resources("google_monitoring_dashboard").items()}}
+    readers = {
+        **{f"google_monitoring_alert_policy.{name}": body for name, body in policies().items()},
+        **{
+            f"google_monitoring_dashboard.{name}": body
+            for name, body in resources("google_monitoring_dashboard").items()
+        },
+    }
     waiting = set()
     for address, body in readers.items():
         text = json.dumps(body)
@@ -448,19 +533,28 @@ def test_whatever_reads_a_log_based_metric_waits_until_monitoring_knows_it():
             continue
         assert "${time_sleep.log_metrics}" in body.get("depends_on", []), address
         waiting.add(address)
-    assert {"google_monitoring_alert_policy.error_ratio", "google_monitoring_alert_policy.create_latency",
-            "google_monitoring_alert_policy.sweep_failing", "google_monitoring_alert_policy.dead_letters",
-            "google_monitoring_alert_policy.limiter_unavailable", "google_monitoring_dashboard.uploads"} <= waiting
+    assert {
+        "google_monitoring_alert_policy.error_ratio",
+        "google_monitoring_alert_policy.create_latency",
+        "google_monitoring_alert_policy.sweep_failing",
+        "google_monitoring_alert_policy.dead_letters",
+        "google_monitoring_alert_policy.limiter_unavailable",
+        "google_monitoring_dashboard.uploads",
+    } <= waiting
 
 
 def logged(capsys, route: str) -> list[dict]:
     """The request lines an in-process app wrote on `route` since the last call."""
-    return [line for line in (json.loads(raw) for raw in capsys.readouterr().out.splitlines() if raw.startswith("{"))
-            if line.get("route") == route and "httpRequest" in line]
+    return [
+        line
+        for line in (json.loads(raw) for raw in capsys.readouterr().out.splitlines() if raw.startswith("{"))
+        if line.get("route") == route and "httpRequest" in line
+    ]
 
 
 def test_the_ops_signals_count_rejected_integrity_deferred_deliveries_and_disabled_endpoints(
-        client, deliveries_client, db, make_key, oidc_issuer, capsys):
+    client, deliveries_client, db, make_key, oidc_issuer, capsys
+):
     """Issue 33's signals, against the lines the code writes: a rejection for size or checksum counts
     (GCS refuses those, so each is unexpected) and one for the file's content does not; a delivery
     deferred for its endpoint's share in flight counts, with its event and endpoint; the failure
@@ -468,27 +562,32 @@ def test_the_ops_signals_count_rejected_integrity_deferred_deliveries_and_disabl
     key, workspace = make_key()
     capsys.readouterr()
     rejected = {}
-    for code, body, sent in (("size_mismatch", declared(DATA), DATA[:2048]),
-                             ("checksum_mismatch", declared(DATA, crc32c=declared(b"other")["crc32c"]), DATA),
-                             ("content_mismatch", declared(HTML), HTML)):
+    for code, body, sent in (
+        ("size_mismatch", declared(DATA), DATA[:2048]),
+        ("checksum_mismatch", declared(DATA, crc32c=declared(b"other")["crc32c"]), DATA),
+        ("content_mismatch", declared(HTML), HTML),
+    ):
         out = create(client, key, body)
         put_bytes(out["upload_url"], sent)
         assert client.get(f"/v1/uploads/{out['id']}", headers=bearer(key)).get_json()["rejection"]["code"] == code
         [line] = [line for line in logged(capsys, "/v1/uploads/{upload_id}") if line.get("upload_id") == out["id"]]
         rejected[code] = line
     integrity = filter_of("integrity_rejections")
-    assert matches(integrity, rejected["size_mismatch"]) and matches(integrity, rejected["checksum_mismatch"])
+    assert matches(integrity, rejected["size_mismatch"])
+    assert matches(integrity, rejected["checksum_mismatch"])
     assert not matches(integrity, rejected["content_mismatch"])
     assert rejected["content_mismatch"]["rejection_code"] == "content_mismatch"  # logged, only not counted
 
     # Deferred: this instance already has the endpoint's share of deliveries in flight.
     busy = "we_" + uuid.uuid4().hex
     with share_in_flight(busy):
-        resp = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy),
-                            oidc_issuer.webhooks_token())
+        resp = webhook_push(
+            deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=busy), oidc_issuer.webhooks_token()
+        )
         assert resp.status_code == 429
     [deferred] = logged(capsys, "/internal/webhooks")
-    assert matches(filter_of("webhook_deliveries_deferred"), deferred) and deferred["endpoint_id"] == busy
+    assert matches(filter_of("webhook_deliveries_deferred"), deferred)
+    assert deferred["endpoint_id"] == busy
     assert not matches(filter_of("webhook_delivery_failures"), deferred)
 
     # Disabled: one endpoint failing for longer than DISABLE_AFTER already, one failing since now.
@@ -499,8 +598,12 @@ def test_the_ops_signals_count_rejected_integrity_deferred_deliveries_and_disabl
         SESSION_WEBHOOK_SECRETS.add(hook.secret)
         if failing_since is not None:
             endpoints.endpoint_ref(db, hook.id).update({"failing_since": failing_since})
-        resp = webhook_push(deliveries_client, "/internal/webhooks", delivery_envelope(endpoint_id=hook.id),
-                            oidc_issuer.webhooks_token())
+        resp = webhook_push(
+            deliveries_client,
+            "/internal/webhooks",
+            delivery_envelope(endpoint_id=hook.id),
+            oidc_issuer.webhooks_token(),
+        )
         assert resp.status_code == 502, resp.get_json()
         [lines[name]] = logged(capsys, "/internal/webhooks")
     assert matches(filter_of("webhook_endpoints_disabled"), lines["disabled"])
@@ -515,11 +618,16 @@ def test_each_counter_alert_reads_the_function_whose_lines_its_metric_counts():
     """The API's signals (the limiter, rejections) on the API function; the webhooks' on either."""
     alerts = tf_locals()["counter_alerts"]
     assert {key: each["api_only"] for key, each in alerts.items()} == {
-        "limiter_unavailable": True, "integrity_rejections": True,
-        "webhooks_deferred": False, "webhook_endpoint_disabled": False}
+        "limiter_unavailable": True,
+        "integrity_rejections": True,
+        "webhooks_deferred": False,
+        "webhook_endpoint_disabled": False,
+    }
     condition = resources("google_monitoring_alert_policy")["counters"]["conditions"][0]["condition_threshold"][0]
     assert "${each.value.api_only ? local.api_resource : local.run_resource}" in hcl_string(condition["filter"])
     # A policy that existed before the alerts were one resource is moved, not replaced.
     moved = [{k: v for k, v in block.items() if k in ("from", "to")} for block in monitoring().get("moved", [])]
-    assert {"from": "${google_monitoring_alert_policy.limiter_unavailable}",
-            "to": '${google_monitoring_alert_policy.counters["limiter_unavailable"]}'} in moved, moved
+    assert {
+        "from": "${google_monitoring_alert_policy.limiter_unavailable}",
+        "to": '${google_monitoring_alert_policy.counters["limiter_unavailable"]}',
+    } in moved, moved

@@ -183,8 +183,10 @@ def test_a_token_seen_before_skips_the_signature_check_but_not_the_others(oidc_i
     later = now + 3600 + oidc.CLOCK_SKEW_SECONDS + 5
     monkeypatch.setattr(oidc.time, "time", lambda: later)
     import datetime
-    monkeypatch.setattr(oidc.jwt._helpers, "utcnow",
-                        lambda: datetime.datetime.fromtimestamp(later, datetime.UTC).replace(tzinfo=None))
+
+    monkeypatch.setattr(
+        oidc.jwt._helpers, "utcnow", lambda: datetime.datetime.fromtimestamp(later, datetime.UTC).replace(tzinfo=None)
+    )
     with pytest.raises(InvalidToken, match="token"):
         oidc.verify(f"Bearer {token}", WEBHOOKS_AUDIENCE, WEBHOOKS_SERVICE_ACCOUNT, certs, route="webhooks")
     assert len(decodes) == 2

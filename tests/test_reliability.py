@@ -8,6 +8,7 @@ disturb the rest of the suite.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import statistics
 import threading
 import time
@@ -54,6 +55,7 @@ def race(url: str, key: str, idem: str, bodies: list[dict]) -> list[requests.Res
 
 # --- races -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [20, 40])
 def test_concurrent_retries_on_one_key_never_get_two_urls(served_default, key, n):
     responses = race(served_default.url, key, f"race-{uuid.uuid4()}", [VIDEO] * n)
@@ -79,6 +81,7 @@ def test_two_bodies_racing_on_one_key_exactly_one_wins(served_default, key):
 
 
 # --- dedicated backends for the fault tests --------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def faults(log_dir):
@@ -135,8 +138,9 @@ def serve_faults(faults, log_dir, shipped):
     started = []
 
     def start(**overrides):
-        service = start_shipped(shipped, fault_env(faults, **overrides), log_dir,
-                                           name=f"function-faults-{uuid.uuid4().hex[:6]}")
+        service = start_shipped(
+            shipped, fault_env(faults, **overrides), log_dir, name=f"function-faults-{uuid.uuid4().hex[:6]}"
+        )
         started.append(service)
         return service
 
@@ -165,6 +169,7 @@ def until_created(url: str, make_key, attempts: int = 30) -> tuple[requests.Resp
 
 # --- a crashed request ---------------------------------------------------------------------
 
+
 def test_a_request_killed_after_its_claim_frees_the_key_after_the_lease(faults, serve_faults, log_dir):
     key = new_key(faults)
     workspace = fault_db(faults).collection(auth.COLLECTION).document(auth.key_id(key)).get().get("workspace_id")
@@ -187,7 +192,8 @@ def test_a_request_killed_after_its_claim_frees_the_key_after_the_lease(faults, 
 
     survivor = serve_faults(IDEMPOTENCY_LEASE_SECONDS="3")
     blocked = post(survivor.url, key, idem)
-    assert blocked.status_code == 409 and blocked.json()["error"]["code"] == "idempotency_key_in_use"
+    assert blocked.status_code == 409
+    assert blocked.json()["error"]["code"] == "idempotency_key_in_use"
     assert 1 <= int(blocked.headers["Retry-After"]) <= 3
 
     lease_end = record.get().get("lease_expires_at")
@@ -196,17 +202,17 @@ def test_a_request_killed_after_its_claim_frees_the_key_after_the_lease(faults, 
     created = post(survivor.url, key, idem)
     assert created.status_code == 201, created.text
     replay = post(survivor.url, key, idem)
-    assert replay.status_code == 200 and replay.json()["upload_url"] == created.json()["upload_url"]
+    assert replay.status_code == 200
+    assert replay.json()["upload_url"] == created.json()["upload_url"]
 
 
 def _swallow(fn):
-    try:
+    with contextlib.suppress(requests.RequestException):  # the server was killed under this request, as intended
         fn()
-    except requests.RequestException:
-        pass  # the server was killed under this request, as intended
 
 
 # --- backends that go away --------------------------------------------------------------------
+
 
 def test_storage_down_gives_bounded_503s_and_the_running_function_recovers(faults, serve_faults, log_dir):
     function = serve_faults()
@@ -216,7 +222,8 @@ def test_storage_down_gives_bounded_503s_and_the_running_function_recovers(fault
     try:
         for idem in (None, f"down-{uuid.uuid4()}"):
             resp, elapsed = timed(lambda idem=idem: post(function.url, key, idem))
-            assert resp.status_code == 503 and resp.json()["error"]["code"] == "service_unavailable", resp.text
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["error"]["code"] == "service_unavailable", resp.text
             assert int(resp.headers["Retry-After"]) >= 1
             assert elapsed < UPSTREAM_BOUND_SECONDS
     finally:
@@ -236,7 +243,8 @@ def test_firestore_down_gives_bounded_503s_and_the_running_function_recovers(fau
         # a warm key, a cold key and an Idempotency-Key all get a bounded 503.
         for key, idem in ((warm, None), (cold, None), (warm, f"down-{uuid.uuid4()}")):
             resp, elapsed = timed(lambda key=key, idem=idem: post(function.url, key, idem))
-            assert resp.status_code == 503 and resp.json()["error"]["code"] == "service_unavailable", resp.text
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["error"]["code"] == "service_unavailable", resp.text
             assert elapsed < UPSTREAM_BOUND_SECONDS
     finally:
         restart_firestore(faults, log_dir)
@@ -246,6 +254,7 @@ def test_firestore_down_gives_bounded_503s_and_the_running_function_recovers(fau
 
 
 # --- backends that stall or crawl -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", ["storage", "firestore"])
 def test_a_stalled_backend_is_cut_off_by_the_timeouts(faults, serve_faults, backend):
@@ -267,15 +276,20 @@ def stalled_env(backend: str, port: int) -> dict:
 
 def test_slow_but_working_backends_still_succeed(faults, serve_faults):
     key = new_key(faults)
-    with TcpProxy("127.0.0.1", storage_port(faults), TcpProxy.DELAY, delay=0.5) as slow_storage, \
-            TcpProxy("127.0.0.1", firestore_port(faults), TcpProxy.DELAY, delay=0.5) as slow_firestore:
-        function = serve_faults(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{slow_storage.port}",
-                                FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{slow_firestore.port}")
+    with (
+        TcpProxy("127.0.0.1", storage_port(faults), TcpProxy.DELAY, delay=0.5) as slow_storage,
+        TcpProxy("127.0.0.1", firestore_port(faults), TcpProxy.DELAY, delay=0.5) as slow_firestore,
+    ):
+        function = serve_faults(
+            STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{slow_storage.port}",
+            FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{slow_firestore.port}",
+        )
         resp = post(function.url, key, f"slow-{uuid.uuid4()}")
     assert resp.status_code == 201, resp.text
 
 
 # --- load ------------------------------------------------------------------------------------------
+
 
 def test_a_thousand_requests_at_concurrency_32_all_succeed(served_default, make_key, db, capsys):
     """1,000 POSTs, 32 at a time, against one served function: every one a 201 with
@@ -304,5 +318,7 @@ def test_a_thousand_requests_at_concurrency_32_all_succeed(served_default, make_
     assert len({url for _, url, _ in results}) == 1000
     latencies = sorted(latency for _, _, latency in results)
     with capsys.disabled():
-        print(f"\nload: 1000 requests at concurrency 32 in {wall:.2f}s = {1000 / wall:.0f} req/s; "
-              f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {latencies[989] * 1000:.1f} ms")
+        print(
+            f"\nload: 1000 requests at concurrency 32 in {wall:.2f}s = {1000 / wall:.0f} req/s; "
+            f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {latencies[989] * 1000:.1f} ms"
+        )

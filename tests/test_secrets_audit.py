@@ -49,20 +49,24 @@ def test_webhook_secrets_are_in_their_endpoint_records_and_nowhere_else(log_dir,
 def test_no_push_relay_log_holds_a_token(log_dir):
     """The local relay (dev/relay.py) signs a token for every delivery: it logs none."""
     logs = {path.name: path.read_text(errors="replace") for path in sorted(log_dir.glob("push-relay*.log"))}
-    assert logs and any('"delivery"' in text for text in logs.values())
+    assert logs
+    assert any('"delivery"' in text for text in logs.values())
     for name, text in logs.items():
-        assert not re.search(r"eyJ[A-Za-z0-9_-]{8,}\.", text) and "Bearer" not in text, f"{name} holds a token"
+        assert not re.search(r"eyJ[A-Za-z0-9_-]{8,}\.", text), f"{name} holds a token"
+        assert "Bearer" not in text, f"{name} holds a token"
 
 
 def test_no_function_log_holds_a_key_an_authorization_value_or_an_upload_url(log_dir):
     logs = function_logs(log_dir)
     lines = [line for text in logs.values() for line in text.splitlines() if line.startswith("{")]
     # The audit must have something to read: the suite serves thousands of requests.
-    assert len(logs) >= 5 and len(lines) >= 1000, (len(logs), len(lines))
+    assert len(logs) >= 5, (len(logs), len(lines))
+    assert len(lines) >= 1000, (len(logs), len(lines))
     assert len(SESSION_KEYS) >= 50
     for name, text in logs.items():
         for key in SESSION_KEYS:
-            assert key not in text and key[12:] not in text, f"{name} holds an API key"
+            assert key not in text, f"{name} holds an API key"
+            assert key[12:] not in text, f"{name} holds an API key"
         assert not KEY_SHAPE.search(text), f"{name} holds something shaped like an API key"
         assert "upload_id=" not in text, f"{name} holds an upload URL"
         assert not re.search(r"(?i)bearer\s+\S", text), f"{name} holds an Authorization value"
@@ -76,7 +80,8 @@ def test_no_function_log_holds_a_key_an_authorization_value_or_an_upload_url(log
                     entry = json.loads(line)
                 except ValueError as exc:
                     pytest.fail(f"{name}:{number} is not one JSON object ({exc}): {line[:300]!r}")
-                assert "severity" in entry and "message" in entry
+                assert "severity" in entry
+                assert "message" in entry
 
 
 def test_no_firestore_document_holds_a_plaintext_key(db):
@@ -101,5 +106,10 @@ def test_settled_uploads_have_forgotten_their_session_urls(db):
         if doc["state"] != lifecycle.PENDING:
             assert "session_url" not in doc, f"{snap.id} is {doc['state']} but still holds its session URL"
     # The session saw every state, or this audit read nothing.
-    assert set(states) == {lifecycle.PENDING, lifecycle.COMPLETED, lifecycle.REJECTED, lifecycle.CANCELLED,
-                           lifecycle.EXPIRED}, states
+    assert set(states) == {
+        lifecycle.PENDING,
+        lifecycle.COMPLETED,
+        lifecycle.REJECTED,
+        lifecycle.CANCELLED,
+        lifecycle.EXPIRED,
+    }, states

@@ -24,8 +24,9 @@ UPSTREAM_BOUND_SECONDS = 15
 
 
 def test_a_real_put_to_the_upload_url_lands_under_the_source_url(served_default, key, gcs):
-    resp = served_default.post(json={"content_type": "image/png", "filename": "frame.PNG"},
-                               headers={"Authorization": f"Bearer {key}"})
+    resp = served_default.post(
+        json={"content_type": "image/png", "filename": "frame.PNG"}, headers={"Authorization": f"Bearer {key}"}
+    )
     assert resp.status_code == 201, resp.text
     body = resp.json()
     payload = media("image.png")
@@ -37,15 +38,24 @@ def test_a_real_put_to_the_upload_url_lands_under_the_source_url(served_default,
     # Locally CDN_BASE_URL is the emulator's public path, so source_url itself serves the bytes: not
     # before the service has checked them, which the GET makes it do.
     assert requests.get(body["source_url"], timeout=10).status_code == 404
-    shown = served_default.session.get(f"{served_default.url}/v1/uploads/{body['id']}",
-                                       headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
-    assert shown["status"] == "completed" and shown["media"] == {"duration_seconds": None, "width": 64, "height": 48,
-                                                                 "codecs": ["png"]}
+    shown = served_default.session.get(
+        f"{served_default.url}/v1/uploads/{body['id']}", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ).json()
+    assert shown["status"] == "completed"
+    assert shown["media"] == {
+        "duration_seconds": None,
+        "width": 64,
+        "height": 48,
+        "codecs": ["png"],
+    }
     blob = gcs.bucket(BUCKET).get_blob(name)
-    assert blob is not None and blob.content_type == "image/png" and blob.size == len(payload)
+    assert blob is not None
+    assert blob.content_type == "image/png"
+    assert blob.size == len(payload)
     assert blob.download_as_bytes() == payload
     fetched = requests.get(body["source_url"], timeout=10)
-    assert fetched.status_code == 200 and fetched.content == payload
+    assert fetched.status_code == 200
+    assert fetched.content == payload
 
 
 def test_session_initiation_carries_type_origin_and_create_only_precondition(backends, serve, key):
@@ -95,13 +105,21 @@ def test_if_firestore_is_down_then_bounded_503_but_malformed_keys_still_401(serv
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize("drop, overrides, named", [
-    pytest.param(("UPLOAD_BUCKET",), {}, "missing required environment variable UPLOAD_BUCKET", id="missing"),
-    pytest.param((), {"WEBHOOKS_TOPIC": "projects/p/topics/t"}, "WEBHOOKS_TOPIC must be a Pub/Sub topic id",
-                 id="topic-path"),
-    pytest.param((), {"UPLOAD_URL_TTL_SECONDS": "an hour"}, "UPLOAD_URL_TTL_SECONDS must be a whole number",
-                 id="not-a-number"),
-])
+@pytest.mark.parametrize(
+    ("drop", "overrides", "named"),
+    [
+        pytest.param(("UPLOAD_BUCKET",), {}, "missing required environment variable UPLOAD_BUCKET", id="missing"),
+        pytest.param(
+            (), {"WEBHOOKS_TOPIC": "projects/p/topics/t"}, "WEBHOOKS_TOPIC must be a Pub/Sub topic id", id="topic-path"
+        ),
+        pytest.param(
+            (),
+            {"UPLOAD_URL_TTL_SECONDS": "an hour"},
+            "UPLOAD_URL_TTL_SECONDS must be a whole number",
+            id="not-a-number",
+        ),
+    ],
+)
 def test_if_a_setting_is_missing_or_wrong_then_the_function_fails_to_start_naming_it(serve, drop, overrides, named):
     """Settings are read when the function starts: a bad one never serves a request (Cloud Run
     keeps the revision that started last) and its log says which setting and why."""
@@ -109,14 +127,16 @@ def test_if_a_setting_is_missing_or_wrong_then_the_function_fails_to_start_namin
         serve(drop=drop, **overrides)
     lines = [json.loads(raw) for raw in failed.value.log_path.read_text().splitlines() if raw.startswith("{")]
     line = next(line for line in lines if line.get("severity") == "CRITICAL")
-    assert line["message"].startswith("the function cannot start: ") and named in line["message"]
+    assert line["message"].startswith("the function cannot start: ")
+    assert named in line["message"]
 
 
 def test_if_bucket_does_not_exist_then_500_not_503(serve, key):
     """Sessions are minted in the staging bucket: a misconfigured one is a bug to see, not an outage to retry."""
     served = serve(STAGING_BUCKET="no-such-bucket-" + uuid.uuid4().hex[:8])
     resp = served.post(json=VIDEO, headers={"Authorization": f"Bearer {key}"})
-    assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal_error"
+    assert resp.status_code == 500
+    assert resp.json()["error"]["code"] == "internal_error"
 
 
 def test_concurrent_requests_on_one_key_never_get_two_urls(served_default, key):
@@ -133,7 +153,8 @@ def test_concurrent_requests_on_one_key_never_get_two_urls(served_default, key):
     # A set's subset test: sorted lists compared lexicographically failed whenever no replay (200) came back.
     assert {r.status_code for r in responses} <= {200, 201, 409}
     assert sum(r.status_code == 201 for r in responses) == 1
-    assert len(urls) == 1 and codes <= {"idempotency_key_in_use"}
+    assert len(urls) == 1
+    assert codes <= {"idempotency_key_in_use"}
 
 
 def test_one_structured_log_line_per_request_without_secrets(served_default, make_key):
@@ -143,26 +164,35 @@ def test_one_structured_log_line_per_request_without_secrets(served_default, mak
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem, "X-Cloud-Trace-Context": f"{trace}/1;o=1"}
     first = served_default.post(json=VIDEO, headers={**headers, "X-Request-Id": "log-test-1"})
     again = served_default.post(json=VIDEO, headers={**headers, "X-Request-Id": "log-test-2"})
-    bad = served_default.post(json=VIDEO, headers={"Authorization": "Bearer " + key[:-1] + "Z",
-                                                   "X-Request-Id": "log-test-3"})
+    bad = served_default.post(
+        json=VIDEO, headers={"Authorization": "Bearer " + key[:-1] + "Z", "X-Request-Id": "log-test-3"}
+    )
     assert (first.status_code, again.status_code, bad.status_code) == (201, 200, 401)
 
     lines = {line["request_id"]: line for line in served_default.log_lines() if "request_id" in line}
     created, replayed, refused = lines["log-test-1"], lines["log-test-2"], lines["log-test-3"]
-    assert created["severity"] == "INFO" and refused["severity"] == "WARNING"
+    assert created["severity"] == "INFO"
+    assert refused["severity"] == "WARNING"
     assert created["httpRequest"]["requestMethod"] == "POST"
     assert created["httpRequest"]["requestUrl"] == "/v1/uploads"
     assert created["httpRequest"]["status"] == 201
     assert created["httpRequest"]["latency"].endswith("s")
     assert created["logging.googleapis.com/trace"] == f"projects/framelane-test/traces/{trace}"
-    assert created["workspace_id"] == workspace and created["key_prefix"] == key[:12]
-    assert replayed["idempotent_replayed"] is True and "idempotent_replayed" not in created
-    assert refused["error_code"] == "invalid_api_key" and "unknown" in refused["reason"]
+    assert created["workspace_id"] == workspace
+    assert created["key_prefix"] == key[:12]
+    assert replayed["idempotent_replayed"] is True
+    assert "idempotent_replayed" not in created
+    assert refused["error_code"] == "invalid_api_key"
+    assert "unknown" in refused["reason"]
     assert created["route"] == refused["route"] == "/v1/uploads"
-    status = served_default.session.get(f"{served_default.url}/v1/uploads/{first.json()['id']}", timeout=30,
-                                        headers={"Authorization": f"Bearer {key}", "X-Request-Id": "log-test-4"})
-    lost = served_default.session.get(f"{served_default.url}/nowhere", headers={"X-Request-Id": "log-test-5"},
-                                      timeout=30)
+    status = served_default.session.get(
+        f"{served_default.url}/v1/uploads/{first.json()['id']}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {key}", "X-Request-Id": "log-test-4"},
+    )
+    lost = served_default.session.get(
+        f"{served_default.url}/nowhere", headers={"X-Request-Id": "log-test-5"}, timeout=30
+    )
     assert (status.status_code, lost.status_code) == (200, 404)
     lines = {line["request_id"]: line for line in served_default.log_lines() if "request_id" in line}
     assert lines["log-test-4"]["route"] == "/v1/uploads/{upload_id}"  # the template, never the id
@@ -178,6 +208,7 @@ def test_a_revoked_key_keeps_working_at_most_the_cache_ttl(serve, make_key, db):
     from datetime import datetime
 
     from lib.api import auth
+
     served = serve(API_KEY_CACHE_TTL_SECONDS="2")
     key, _ = make_key()
     headers = {"Authorization": f"Bearer {key}"}
@@ -193,13 +224,21 @@ def test_an_unknown_key_is_refused_from_the_cache_briefly(serve, db):
     from datetime import datetime
 
     from lib.api import auth
+
     served = serve(API_KEY_CACHE_TTL_SECONDS="2")
     key = auth.generate_key("live")
     headers = {"Authorization": f"Bearer {key}"}
     assert served.post(json=VIDEO, headers=headers).status_code == 401
-    db.collection(auth.COLLECTION).document(auth.key_id(key)).create({
-        "workspace_id": "ws_late", "name": None, "prefix": auth.display_prefix(key), "mode": "live",
-        "created_at": datetime.now(UTC), "revoked_at": None})
+    db.collection(auth.COLLECTION).document(auth.key_id(key)).create(
+        {
+            "workspace_id": "ws_late",
+            "name": None,
+            "prefix": auth.display_prefix(key),
+            "mode": "live",
+            "created_at": datetime.now(UTC),
+            "revoked_at": None,
+        }
+    )
     created_at = time.monotonic()
     refused = served.post(json=VIDEO, headers=headers)
     assert refused.status_code == 401
@@ -215,21 +254,27 @@ def test_paths_the_framework_answers_itself_still_get_the_envelope(served_defaul
         resp = requests.get(served_default.url + path, headers={"X-Request-Id": "framework-404"}, timeout=10)
         assert resp.status_code == 404
         assert resp.json()["error"]["code"] == "not_found"
-        assert resp.headers["X-Request-Id"] == "framework-404" and resp.headers["Cache-Control"] == "no-store"
+        assert resp.headers["X-Request-Id"] == "framework-404"
+        assert resp.headers["Cache-Control"] == "no-store"
 
 
 def test_cors_origin_is_bound_in_place_of_the_origin_header(backends, serve, key):
     """A backend minting for a browser names the browser's origin; the backend's own Origin (if any) is not used."""
     with RecordingProxy(backends["storage"].url) as proxy:
         served = serve(STORAGE_EMULATOR_HOST=proxy.url)
-        named = served.post(json={**VIDEO, "cors_origin": "https://app.example.com:8443"},
-                            headers={"Authorization": f"Bearer {key}", "Origin": "https://backend.example.net"})
+        named = served.post(
+            json={**VIDEO, "cors_origin": "https://app.example.com:8443"},
+            headers={"Authorization": f"Bearer {key}", "Origin": "https://backend.example.net"},
+        )
         assert named.status_code == 201, named.text
-        fallback = served.post(json={**VIDEO, "cors_origin": None},
-                               headers={"Authorization": f"Bearer {key}", "Origin": "https://page.example.org"})
+        fallback = served.post(
+            json={**VIDEO, "cors_origin": None},
+            headers={"Authorization": f"Bearer {key}", "Origin": "https://page.example.org"},
+        )
         assert fallback.status_code == 201, fallback.text
-    first, second = ({k.lower(): v for k, v in r["headers"].items()} for r in proxy.requests
-                     if "uploadType=resumable" in r["path"])
+    first, second = (
+        {k.lower(): v for k, v in r["headers"].items()} for r in proxy.requests if "uploadType=resumable" in r["path"]
+    )
     assert first["origin"] == "https://app.example.com:8443"
     assert second["origin"] == "https://page.example.org"
 
@@ -241,10 +286,16 @@ def test_health_answers_without_a_key_or_any_backend(serve, path):
     served = serve(FIRESTORE_EMULATOR_HOST="127.0.0.1:9", STORAGE_EMULATOR_HOST="http://127.0.0.1:9")
     answer = served.session.get(served.url + path, timeout=30)
     # Any call to the dead backends would have made this a 503.
-    assert answer.status_code == 200 and answer.json() == {"status": "ok"}
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok"}
     assert answer.headers["Cache-Control"] == "no-store"
     refused = served.session.post(served.url + path, timeout=30)
-    assert refused.status_code == 405 and refused.headers["Allow"] == "GET"
-    [line] = [line for line in served.log_lines() if line.get("httpRequest", {}).get("requestUrl") == path
-              and line["httpRequest"]["status"] == 200]
-    assert line["route"] == path and line["severity"] == "INFO"
+    assert refused.status_code == 405
+    assert refused.headers["Allow"] == "GET"
+    [line] = [
+        line
+        for line in served.log_lines()
+        if line.get("httpRequest", {}).get("requestUrl") == path and line["httpRequest"]["status"] == 200
+    ]
+    assert line["route"] == path
+    assert line["severity"] == "INFO"

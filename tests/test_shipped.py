@@ -23,29 +23,49 @@ def test_the_served_functions_run_the_archive_and_nothing_of_this_checkout(serve
         proc = Path(f"/proc/{served.service.pid}")
         argv = [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0")]
         # The venv's python running the venv's functions-framework (its shebang), on the archive's main.py.
-        assert argv[0].startswith(str(bin_dir)) and str(bin_dir / "functions-framework") in argv, argv
+        assert argv[0].startswith(str(bin_dir)), argv
+        assert str(bin_dir / "functions-framework") in argv, argv
         assert argv[argv.index("--source") + 1] == str(source / "main.py")
         environ = [item.split(b"=", 1)[0] for item in (proc / "environ").read_bytes().split(b"\0")]
         assert b"PYTHONPATH" not in environ
     # What only the dev requirements bring is not there: the archive installs requirements.txt alone.
     site = next((bin_dir.parent / "lib").glob("python3*/site-packages"))
-    assert (site / "functions_framework").is_dir() and not (site / "pytest").exists()
-    assert not (source / "tests").exists() and not (source / "dev").exists()
+    assert (site / "functions_framework").is_dir()
+    assert not (site / "pytest").exists()
+    assert not (source / "tests").exists()
+    assert not (source / "dev").exists()
 
 
 def test_the_shipped_archive_passes_the_smoke(event_path, make_key):
     key, _ = make_key(mode="test")
-    done = subprocess.run([sys.executable, "-m", "dev.smoke", "--api-url", event_path["function"].url, "--emulators",
-                           "--event-seconds", "3"], cwd=ROOT, env={**os.environ, "FRAMELANE_API_KEY": key},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dev.smoke",
+            "--api-url",
+            event_path["function"].url,
+            "--emulators",
+            "--event-seconds",
+            "3",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "FRAMELANE_API_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "smoke: the deployment works"
 
 
 def test_the_shipped_archive_serves_the_sweep_and_the_deliveries_function(event_path, oidc_issuer):
     """The sweep's token check needs google-auth's crypto; the deliveries function its own imports."""
-    sweep = requests.post(event_path["function"].url + "/internal/sweep",
-                          headers={"Authorization": f"Bearer {oidc_issuer.token()}"}, timeout=60)
+    sweep = requests.post(
+        event_path["function"].url + "/internal/sweep",
+        headers={"Authorization": f"Bearer {oidc_issuer.token()}"},
+        timeout=60,
+    )
     assert sweep.status_code == 200, sweep.text
     assert set(sweep.json()) == {"expired", "completed", "rejected", "failed", "more"}
     assert requests.get(event_path["deliveries"].url + "/health", timeout=30).status_code == 200

@@ -64,18 +64,21 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("url, reason", HOSTILE)
+@pytest.mark.parametrize(("url", "reason"), HOSTILE)
 def test_hostile_urls_are_refused_for_their_reason(url, reason):
     with pytest.raises(targets.TargetRefused, match=reason):
         targets.resolve(url, allow_private=False)
 
 
-@pytest.mark.parametrize("answers, reason", [
-    pytest.param(["93.184.215.14", "10.1.2.3"], "10.1.2.3: private", id="one-of-two-private"),
-    pytest.param(["2606:2800:21f:cb07:6820:80da:af6b:8b2c", "::1"], "::1: loopback", id="v6-loopback-among"),
-    pytest.param(["169.254.169.254"], "link-local", id="name-to-metadata"),
-    pytest.param([], "no address", id="nothing"),
-])
+@pytest.mark.parametrize(
+    ("answers", "reason"),
+    [
+        pytest.param(["93.184.215.14", "10.1.2.3"], "10.1.2.3: private", id="one-of-two-private"),
+        pytest.param(["2606:2800:21f:cb07:6820:80da:af6b:8b2c", "::1"], "::1: loopback", id="v6-loopback-among"),
+        pytest.param(["169.254.169.254"], "link-local", id="name-to-metadata"),
+        pytest.param([], "no address", id="nothing"),
+    ],
+)
 def test_a_name_is_refused_if_any_address_it_resolves_to_is_not_public(answers, reason):
     with pytest.raises(targets.TargetRefused, match=reason):
         targets.resolve("https://hooks.example.com/in", allow_private=False, resolver=lambda host, port: answers)
@@ -90,18 +93,29 @@ def test_a_name_that_does_not_resolve_is_refused():
 
 
 def test_public_addresses_pass_with_their_path_and_query():
-    target = targets.resolve("https://hooks.example.com:8443/in?token=abc", allow_private=False,
-                             resolver=lambda host, port: ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"])
-    assert (target.scheme, target.host, target.port, target.path) == ("https", "hooks.example.com", 8443,
-                                                                     "/in?token=abc")
+    target = targets.resolve(
+        "https://hooks.example.com:8443/in?token=abc",
+        allow_private=False,
+        resolver=lambda host, port: ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
+    )
+    assert (target.scheme, target.host, target.port, target.path) == (
+        "https",
+        "hooks.example.com",
+        8443,
+        "/in?token=abc",
+    )
     assert target.addresses == ("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c")
 
 
 def test_an_internationalised_name_is_looked_up_and_connected_to_in_its_ascii_form():
     asked = []
-    target = targets.resolve("https://B\u00fccher.example/in", allow_private=False,
-                             resolver=lambda host, port: asked.append(host) or ["93.184.215.14"])
-    assert asked == ["xn--bcher-kva.example"] and target.host == "xn--bcher-kva.example"
+    target = targets.resolve(
+        "https://B\u00fccher.example/in",
+        allow_private=False,
+        resolver=lambda host, port: asked.append(host) or ["93.184.215.14"],
+    )
+    assert asked == ["xn--bcher-kva.example"]
+    assert target.host == "xn--bcher-kva.example"
 
 
 def test_private_targets_and_http_pass_only_when_allowed():
@@ -149,6 +163,7 @@ def answer(status: int, body: bytes = b"", headers: dict | None = None):
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
         h.wfile.write(body)
+
     return handle
 
 
@@ -167,8 +182,11 @@ def test_the_connection_goes_to_the_checked_address_however_dns_answers_next():
     finally:
         checked.stop()
         elsewhere.stop()
-    assert result.ok and result.status == 204 and lookups == ["hooks.example.test"]
-    assert checked.hosts == [f"hooks.example.test:{checked.port}"] and elsewhere.hosts == []
+    assert result.ok
+    assert result.status == 204
+    assert lookups == ["hooks.example.test"]
+    assert checked.hosts == [f"hooks.example.test:{checked.port}"]
+    assert elsewhere.hosts == []
 
 
 def test_redirects_are_not_followed():
@@ -179,7 +197,9 @@ def test_redirects_are_not_followed():
     finally:
         other.stop()
         redirecting.stop()
-    assert result.status == 307 and not result.ok and other.hosts == []
+    assert result.status == 307
+    assert not result.ok
+    assert other.hosts == []
 
 
 def test_once_the_status_is_in_a_body_that_dribbles_holds_the_delivery_no_longer():
@@ -205,7 +225,9 @@ def test_once_the_status_is_in_a_body_that_dribbles_holds_the_delivery_no_longer
         worker.start()
         # Reading the body would last until the 60 s deadline: the post returns long before.
         worker.join(45)
-        assert done and done[0].ok and done[0].status == 200
+        assert done
+        assert done[0].ok
+        assert done[0].status == 200
     finally:
         stop.set()
         slow.stop()
@@ -226,7 +248,8 @@ def test_a_small_body_that_stalls_is_given_up_after_its_grace_and_the_connection
         worker = threading.Thread(target=lambda: done.append(outbound.post(target, b"{}", {}, timeout=60)))
         worker.start()
         worker.join(45)  # its grace (1 s) ends it, not the 60 s deadline
-        assert done and done[0].ok
+        assert done
+        assert done[0].ok
         assert outbound._pool.take(("http", "127.0.0.1", stalled.port, "127.0.0.1")) is None  # not kept
     finally:
         stop.set()
@@ -254,7 +277,8 @@ def test_a_receiver_that_dribbles_its_answer_is_cut_off_at_the_deadline():
     finally:
         stop.set()
         slow.stop()
-    assert result.error == "timeout" and result.status is None
+    assert result.error == "timeout"
+    assert result.status is None
     assert took < 3
 
 
@@ -263,7 +287,9 @@ def test_a_closed_port_is_a_connection_error_not_an_exception():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = outbound.post(targets.resolve(f"http://127.0.0.1:{port}/", True), b"{}", {})
-    assert result.error == "connection_refused" and result.status is None and not result.ok
+    assert result.error == "connection_refused"
+    assert result.status is None
+    assert not result.ok
 
 
 def test_tls_is_checked_against_the_urls_host():
@@ -273,7 +299,8 @@ def test_tls_is_checked_against_the_urls_host():
         result = outbound.post(targets.resolve(f"https://127.0.0.1:{plain.port}/", True), b"{}", {}, timeout=3)
     finally:
         plain.stop()
-    assert not result.ok and result.error in ("tls_error", "connection_closed", "connection_reset")
+    assert not result.ok
+    assert result.error in ("tls_error", "connection_closed", "connection_reset")
 
 
 def test_a_kept_alive_connection_is_reused_for_the_same_checked_address():
@@ -302,24 +329,36 @@ def test_a_pooled_connection_the_receiver_closed_is_replaced_once():
         second = outbound.post(target, b"{}", {})  # the pooled connection is dead: a new one is used
     finally:
         server.stop()
-    assert first.ok and second.ok and closing["n"] == 2 and len(set(server.peers)) == 2
+    assert first.ok
+    assert second.ok
+    assert closing["n"] == 2
+    assert len(set(server.peers)) == 2
 
 
 def test_a_connection_is_never_reused_for_another_address():
     """The pool is keyed by the checked address: when the name resolves elsewhere, a new connection goes there."""
     a = Server(answer(200), "127.0.0.1")
     try:
-        first = outbound.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
-                                             resolver=lambda h, p: ["127.0.0.1"]), b"{}", {})
+        first = outbound.post(
+            targets.resolve(f"http://hooks.example.test:{a.port}/", True, resolver=lambda h, p: ["127.0.0.1"]),
+            b"{}",
+            {},
+        )
         # Same name and port, now resolving to 127.0.0.2, where nothing listens on that port.
-        second = outbound.post(targets.resolve(f"http://hooks.example.test:{a.port}/", True,
-                                              resolver=lambda h, p: ["127.0.0.2"]), b"{}", {})
+        second = outbound.post(
+            targets.resolve(f"http://hooks.example.test:{a.port}/", True, resolver=lambda h, p: ["127.0.0.2"]),
+            b"{}",
+            {},
+        )
     finally:
         a.stop()
-    assert first.ok and second.error == "connection_refused" and len(a.peers) == 1
+    assert first.ok
+    assert second.error == "connection_refused"
+    assert len(a.peers) == 1
 
 
 # --- lookups: bounded, one per host, failures remembered, no shared queue ----------------------
+
 
 def until(condition, what: str, timeout: float = 10.0) -> None:
     """Poll `condition` (a readiness check between threads, not a stand-in for one)."""
@@ -345,7 +384,7 @@ def test_a_lookup_is_bounded_by_its_lifetime_and_nothing_keeps_running():
             targets.dns_lookup("hooks.example.com", 443, 0.3, resolver)
         assert threading.active_count() == before  # it ran in this thread: no lookup left behind
         lookups = targets.Lookups(lambda host, port, lifetime: targets.dns_lookup(host, port, lifetime, resolver))
-        with pytest.raises(targets.TargetRefused, match="did not resolve within 0.3 s"):
+        with pytest.raises(targets.TargetRefused, match=r"did not resolve within 0\.3 s"):
             lookups.addresses("hooks.example.com", 443, 0.3)
     finally:
         black_hole.close()
@@ -374,7 +413,7 @@ def test_a_waiting_lookup_gives_up_at_its_own_deadline():
     with ThreadPoolExecutor(1) as pool:
         leader = pool.submit(lookups.addresses, "slow.example.com", 443, 30)
         until(lambda: lookups._flights, "the leader's lookup")
-        with pytest.raises(targets.TargetRefused, match="did not resolve within 0.2 s"):
+        with pytest.raises(targets.TargetRefused, match=r"did not resolve within 0\.2 s"):
             lookups.addresses("slow.example.com", 443, 0.2)
         release.set()
         assert leader.result() == ["93.184.215.14"]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from datetime import UTC
 from pathlib import Path
+from typing import ClassVar
 
 import hcl2
 import pytest
@@ -57,27 +58,36 @@ def resource(tf: dict, type_name: str, name: str, kind: str = "resource") -> dic
 
 # --- 1. terraform fmt ----------------------------------------------------------------
 
+
 def test_terraform_files_are_formatted():
     binary = shutil.which("terraform")
     if binary is None:
         pytest.skip("no terraform binary on PATH (no registry here offers one); fmt is checked where it exists")
-    result = subprocess.run([binary, "fmt", "-check", "-recursive", "-diff", str(TF)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [binary, "fmt", "-check", "-recursive", "-diff", str(TF)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}"
 
 
 # --- 2. checkov ----------------------------------------------------------------------
 
+
 def test_checkov_passes_with_every_skip_inline_and_reasoned():
     binary = os.environ.get("CHECKOV_BIN", str(ROOT / ".venv-checkov/bin/checkov"))
     assert Path(binary).exists(), f"checkov not found at {binary}: run `make test`, which installs it in .venv-checkov"
-    result = subprocess.run([binary, "-d", str(TF), "--skip-download", "--framework", "terraform", "-o", "json"],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = subprocess.run(
+        [binary, "-d", str(TF), "--skip-download", "--framework", "terraform", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     report = json.loads(result.stdout)
     report = report[0] if isinstance(report, list) else report
     summary, results = report["summary"], report["results"]
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in results["failed_checks"]]
-    assert failed == [] and summary["failed"] == 0
+    assert failed == []
+    assert summary["failed"] == 0
     assert summary["parsing_errors"] == 0
     assert summary["resource_count"] >= 30, summary  # it really read the configuration
     for skipped in results["skipped_checks"]:
@@ -87,6 +97,7 @@ def test_checkov_passes_with_every_skip_inline_and_reasoned():
 
 
 # --- 3. provider schema -----------------------------------------------------------------
+
 
 def test_every_type_argument_and_block_exists_in_the_pinned_providers():
     problems = tfschema.check(TF)
@@ -104,17 +115,24 @@ def check_snippet(tmp_path: Path, schemas: dict, text: str) -> list[str]:
 
 
 def test_schema_check_catches_a_misspelled_argument(tmp_path, schemas):
-    problems = check_snippet(tmp_path, schemas, '''
+    problems = check_snippet(
+        tmp_path,
+        schemas,
+        """
 resource "google_storage_bucket" "b" {
   name     = "b"
   location = "US"
   uniform_bucket_level_acess = true
-}''')
+}""",
+    )
     assert problems == ["google_storage_bucket.b: unknown argument 'uniform_bucket_level_acess'"]
 
 
 def test_schema_check_catches_a_misspelled_nested_argument_and_block(tmp_path, schemas):
-    problems = check_snippet(tmp_path, schemas, '''
+    problems = check_snippet(
+        tmp_path,
+        schemas,
+        """
 resource "google_storage_bucket" "b" {
   name     = "b"
   location = "US"
@@ -125,31 +143,44 @@ resource "google_storage_bucket" "b" {
     for_each = [1]
     content {}
   }
-}''')
-    assert sorted(problems) == ["google_storage_bucket.b.cors: unknown argument 'orign'",
-                                "google_storage_bucket.b: unknown block 'lifecycle_rules' (dynamic)"]
+}""",
+    )
+    assert sorted(problems) == [
+        "google_storage_bucket.b.cors: unknown argument 'orign'",
+        "google_storage_bucket.b: unknown block 'lifecycle_rules' (dynamic)",
+    ]
 
 
 def test_schema_check_catches_a_missing_required_argument_and_block(tmp_path, schemas):
-    problems = check_snippet(tmp_path, schemas, '''
+    problems = check_snippet(
+        tmp_path,
+        schemas,
+        """
 resource "google_compute_backend_bucket" "b" {
   name = "b"
 }
 resource "google_compute_managed_ssl_certificate" "c" {
   name = "c"
   managed {}
-}''')
-    assert sorted(problems) == ["google_compute_backend_bucket.b: missing required argument 'bucket_name'",
-                                "google_compute_managed_ssl_certificate.c.managed: missing required argument 'domains'"]
+}""",
+    )
+    assert sorted(problems) == [
+        "google_compute_backend_bucket.b: missing required argument 'bucket_name'",
+        "google_compute_managed_ssl_certificate.c.managed: missing required argument 'domains'",
+    ]
 
 
 def test_schema_check_catches_an_unknown_resource_and_data_type(tmp_path, schemas):
-    problems = check_snippet(tmp_path, schemas, '''
+    problems = check_snippet(
+        tmp_path,
+        schemas,
+        """
 resource "google_cloudfunction2_function" "f" {
   name = "f"
 }
 data "google_projectt" "p" {}
-''')
+""",
+    )
     assert sorted(problems) == [
         "data.google_projectt.p: unknown data type 'google_projectt' in provider 8.7.0",
         "google_cloudfunction2_function.f: unknown resource type 'google_cloudfunction2_function' in provider 8.7.0",
@@ -157,17 +188,24 @@ data "google_projectt" "p" {}
 
 
 def test_schema_check_catches_a_block_written_as_an_argument(tmp_path, schemas):
-    problems = check_snippet(tmp_path, schemas, '''
+    problems = check_snippet(
+        tmp_path,
+        schemas,
+        """
 resource "google_firestore_field" "f" {
   collection = "c"
   field      = "f"
   ttl_config = {}
-}''')
+}""",
+    )
     assert problems == ["google_firestore_field.f: unknown argument 'ttl_config' (it is a block)"]
 
 
 def test_schema_check_accepts_meta_arguments_and_other_providers(tmp_path, schemas):
-    problems = check_snippet(tmp_path, schemas, '''
+    problems = check_snippet(
+        tmp_path,
+        schemas,
+        """
 resource "random_id" "k" {
   count       = 1
   byte_length = 16
@@ -182,24 +220,32 @@ data "archive_file" "z" {
     content  = "x"
     filename = "x"
   }
-}''')
+}""",
+    )
     assert problems == []
 
 
 def test_schema_check_reads_a_resource_against_the_provider_it_names(tmp_path, schemas):
-    beta = ('resource "google_project_service_identity" "p" {\n  provider = google-beta\n'
-            '  service  = "pubsub.googleapis.com"\n}')
+    beta = (
+        'resource "google_project_service_identity" "p" {\n  provider = google-beta\n'
+        '  service  = "pubsub.googleapis.com"\n}'
+    )
     assert check_snippet(tmp_path, schemas, beta) == []
     # The same resource on the GA provider does not exist; a typo is caught on the beta one too.
     assert check_snippet(tmp_path, schemas, beta.replace("  provider = google-beta\n", "")) == [
-        "google_project_service_identity.p: unknown resource type 'google_project_service_identity' in provider 8.7.0"]
+        "google_project_service_identity.p: unknown resource type 'google_project_service_identity' in provider 8.7.0"
+    ]
     assert check_snippet(tmp_path, schemas, beta.replace("service  =", "servce  =")) == [
         "google_project_service_identity.p: unknown argument 'servce'",
-        "google_project_service_identity.p: missing required argument 'service'"]
+        "google_project_service_identity.p: missing required argument 'service'",
+    ]
 
 
 def test_schema_check_reads_the_version_constraints(tmp_path, schemas):
-    problems = check_snippet(tmp_path, schemas, '''
+    problems = check_snippet(
+        tmp_path,
+        schemas,
+        """
 terraform {
   required_providers {
     google = {
@@ -207,53 +253,96 @@ terraform {
       version = "~> 7.0"
     }
   }
-}''')
+}""",
+    )
     assert problems == ["terraform: google '~> 7.0' does not admit 8.7.0, the schema checked"]
 
 
-@pytest.mark.parametrize("constraint, version, admits", [
-    ("~> 8.0", "8.7.0", True), ("~> 8.0", "9.0.0", False), ("~> 8.7.1", "8.7.9", True),
-    ("~> 8.7.1", "8.8.0", False), (">= 8.0, < 9.0", "8.7.0", True), ("= 8.6.0", "8.7.0", False),
-    ("~> 2.4", "2.8.1", True), ("~> 3.6", "3.9.1", True), ("!= 8.7.0", "8.7.0", False),
-])
+@pytest.mark.parametrize(
+    ("constraint", "version", "admits"),
+    [
+        ("~> 8.0", "8.7.0", True),
+        ("~> 8.0", "9.0.0", False),
+        ("~> 8.7.1", "8.7.9", True),
+        ("~> 8.7.1", "8.8.0", False),
+        (">= 8.0, < 9.0", "8.7.0", True),
+        ("= 8.6.0", "8.7.0", False),
+        ("~> 2.4", "2.8.1", True),
+        ("~> 3.6", "3.9.1", True),
+        ("!= 8.7.0", "8.7.0", False),
+    ],
+)
 def test_version_constraints_follow_terraform_semantics(constraint, version, admits):
     assert tfschema.constraint_admits(constraint, version) is admits
 
 
 def test_extraction_reads_types_arguments_and_required_flags_from_an_assembly():
     doc = "registry.terraform.io/providers/hashicorp/google/8.7.0/docs"
-    assembly = {"types": {
-        "p.thing.Thing": {"kind": "class", "base": "cdktn.TerraformResource",
-                          "docs": {"summary": f"Represents a {{@link https://{doc}/resources/thing google_thing}}."},
-                          "initializer": {"parameters": [{"name": "scope"}, {"name": "id"},
-                                                         {"name": "config", "type": {"fqn": "p.thing.ThingConfig"}}]}},
-        "p.thing.ThingConfig": {"kind": "interface", "datatype": True, "properties": [
-            {"name": "bucketName",
-             "docs": {"remarks": f"{{@link https://{doc}/resources/thing#bucket_name Thing#bucket_name}}"},
-             "type": {"primitive": "string"}},
-            {"name": "cdnPolicy", "optional": True, "type": {"union": {"types": [
-                {"fqn": "cdktn.IResolvable"},
-                {"collection": {"kind": "array", "elementtype": {"fqn": "p.thing.ThingCdnPolicy"}}}]}}},
-        ]},
-        "p.thing.ThingCdnPolicy": {"kind": "interface", "datatype": True, "properties": [
-            {"name": "defaultTtl", "optional": True, "type": {"primitive": "number"}}]},
-    }}
+    assembly = {
+        "types": {
+            "p.thing.Thing": {
+                "kind": "class",
+                "base": "cdktn.TerraformResource",
+                "docs": {"summary": f"Represents a {{@link https://{doc}/resources/thing google_thing}}."},
+                "initializer": {
+                    "parameters": [
+                        {"name": "scope"},
+                        {"name": "id"},
+                        {"name": "config", "type": {"fqn": "p.thing.ThingConfig"}},
+                    ]
+                },
+            },
+            "p.thing.ThingConfig": {
+                "kind": "interface",
+                "datatype": True,
+                "properties": [
+                    {
+                        "name": "bucketName",
+                        "docs": {"remarks": f"{{@link https://{doc}/resources/thing#bucket_name Thing#bucket_name}}"},
+                        "type": {"primitive": "string"},
+                    },
+                    {
+                        "name": "cdnPolicy",
+                        "optional": True,
+                        "type": {
+                            "union": {
+                                "types": [
+                                    {"fqn": "cdktn.IResolvable"},
+                                    {"collection": {"kind": "array", "elementtype": {"fqn": "p.thing.ThingCdnPolicy"}}},
+                                ]
+                            }
+                        },
+                    },
+                ],
+            },
+            "p.thing.ThingCdnPolicy": {
+                "kind": "interface",
+                "datatype": True,
+                "properties": [{"name": "defaultTtl", "optional": True, "type": {"primitive": "number"}}],
+            },
+        }
+    }
     schema = tfschema.extract(assembly, "google", "8.7.0")
     thing = schema["structs"][schema["resource"]["google_thing"]]
     assert thing["attrs"] == {"bucket_name": True}
     required, policy = thing["blocks"]["cdn_policy"]
-    assert required is False and schema["structs"][policy]["attrs"] == {"default_ttl": False}
+    assert required is False
+    assert schema["structs"][policy]["attrs"] == {"default_ttl": False}
 
 
 def test_the_extracted_google_schema_has_what_we_rely_on(schemas):
     google = schemas["google"]
     bucket = google["structs"][google["resource"]["google_storage_bucket"]]
-    assert bucket["attrs"]["name"] is True and bucket["attrs"]["location"] is True
-    assert bucket["attrs"]["uniform_bucket_level_access"] is False and "cors" in bucket["blocks"]
-    assert len(google["resource"]) > 1000 and "google_project" in google["data"]
+    assert bucket["attrs"]["name"] is True
+    assert bucket["attrs"]["location"] is True
+    assert bucket["attrs"]["uniform_bucket_level_access"] is False
+    assert "cors" in bucket["blocks"]
+    assert len(google["resource"]) > 1000
+    assert "google_project" in google["data"]
 
 
 # --- 4. contracts between the code and the infrastructure ----------------------------------
+
 
 def function_resource(name: str = "uploads") -> dict:
     return resource(load_tf("function.tf"), "google_cloudfunctions2_function", name)
@@ -264,8 +353,11 @@ def function_env(name: str = "uploads") -> dict:
     the API's limits (limits.tf local.limits_settings) and its secret ones, and its own THREADS."""
     service = function_resource(name)["service_config"][0]
     merged = service["environment_variables"]
-    match = re.fullmatch(r"\$\{merge\(local\.function_settings, (local\.limits_settings, )?"
-                         r"\{THREADS = (tostring\(var\.\w+\))\}\)\}", merged)
+    match = re.fullmatch(
+        r"\$\{merge\(local\.function_settings, (local\.limits_settings, )?"
+        r"\{THREADS = (tostring\(var\.\w+\))\}\)\}",
+        merged,
+    )
     assert match, merged
     env = {**tf_locals("function.tf")["function_settings"], "THREADS": f"${{{match.group(2)}}}"}
     if match.group(1):
@@ -277,7 +369,7 @@ def function_env(name: str = "uploads") -> dict:
 
 def test_function_env_vars_are_exactly_the_settings_the_code_reads():
     class Recording(dict):
-        read: set = set()
+        read: ClassVar[set] = set()
 
         def get(self, key, default=None):
             self.read.add(key)
@@ -287,8 +379,9 @@ def test_function_env_vars_are_exactly_the_settings_the_code_reads():
             self.read.add(key)
             return super().__getitem__(key)
 
-    env = Recording(GOOGLE_CLOUD_PROJECT="p", UPLOAD_BUCKET="b", STAGING_BUCKET="b-staging",
-                    CDN_BASE_URL="https://cdn.example.com")
+    env = Recording(
+        GOOGLE_CLOUD_PROJECT="p", UPLOAD_BUCKET="b", STAGING_BUCKET="b-staging", CDN_BASE_URL="https://cdn.example.com"
+    )
     config.Settings.from_env(env)
     declared = set(config.REQUIRED) | set(config.OPTIONAL)
     assert env.read == declared
@@ -297,7 +390,8 @@ def test_function_env_vars_are_exactly_the_settings_the_code_reads():
     # LOCAL_ONLY settings keep their defaults in a deployment. Both functions run main.py, which
     # checks every setting at start-up, so both get them all, but the limits' (the API's alone:
     # the deliveries function neither creates nor settles an upload).
-    assert set(config.LOCAL_ONLY) <= set(config.OPTIONAL) and set(config.SECRET) <= set(config.LIMITS)
+    assert set(config.LOCAL_ONLY) <= set(config.OPTIONAL)
+    assert set(config.SECRET) <= set(config.LIMITS)
     assert set(function_env("uploads")) == (declared - set(config.LOCAL_ONLY)) | {"THREADS"}
     assert set(function_env("deliveries")) == (declared - set(config.LOCAL_ONLY) - set(config.LIMITS)) | {"THREADS"}
     # The AUTH string is a secret environment variable, from Secret Manager; nothing else is.
@@ -323,15 +417,19 @@ def test_no_other_code_reads_the_environment():
 
 def test_entry_points_name_the_http_functions_in_main():
     tree = ast.parse((ROOT / "main.py").read_text())
-    decorated = {node.name: [ast.unparse(d) for d in node.decorator_list]
-                 for node in tree.body if isinstance(node, ast.FunctionDef)}
+    decorated = {
+        node.name: [ast.unparse(d) for d in node.decorator_list]
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+    }
     for name in ("uploads", "deliveries"):
         build = function_resource(name)["build_config"][0]
         assert unquote(build["entry_point"]) == name
         assert "functions_framework.http" in decorated[name]
         # One archive, one build: the same source object for both.
-        assert build["source"][0]["storage_source"][0]["object"] == \
-            "${google_storage_bucket_object.function_source.name}"
+        assert (
+            build["source"][0]["storage_source"][0]["object"] == "${google_storage_bucket_object.function_source.name}"
+        )
 
 
 def test_the_deliveries_function_has_its_own_identity_scale_and_timeout():
@@ -342,10 +440,12 @@ def test_the_deliveries_function_has_its_own_identity_scale_and_timeout():
     assert service["min_instance_count"] == 0  # it scales from nothing: no cost while no webhook is due
     variables = tf_variables()
     # One delivery's worst case (endpoint read ~7 s, the 10 s POST, the record ~7 s) fits its timeout.
-    assert 7 + 10 + 7 < variables["deliveries_timeout_seconds"]["default"]
+    assert variables["deliveries_timeout_seconds"]["default"] > 7 + 10 + 7
     iam = load_tf("iam.tf")
-    assert unquote(resource(iam, "google_project_iam_member", "deliveries_firestore")["member"]) == \
-        "serviceAccount:${google_service_account.deliveries.email}"
+    assert (
+        unquote(resource(iam, "google_project_iam_member", "deliveries_firestore")["member"])
+        == "serviceAccount:${google_service_account.deliveries.email}"
+    )
     # It holds no Storage grant: nothing of the uploads bucket is its business.
     storage_grants = [body for type_, _, body in all_resources() if type_ == "google_storage_bucket_iam_member"]
     assert not [g for g in storage_grants if "deliveries" in g["member"]]
@@ -383,15 +483,19 @@ def test_upload_fields_are_exempt_from_single_field_indexing_but_state():
     # their sequential values would otherwise cap writes at ~500 a second.
     assert fields == set(lifecycle.FIELDS) - {"state"}
     from datetime import datetime
-    written = lifecycle.new_fields("upl_" + "0" * 32, "ws", "live", "o", "video/mp4", None,
-                                   datetime.now(UTC), datetime.now(UTC), "u")
+
+    written = lifecycle.new_fields(
+        "upl_" + "0" * 32, "ws", "live", "o", "video/mp4", None, datetime.now(UTC), datetime.now(UTC), "u"
+    )
     # What a new record holds, plus what settling adds (completion adds the object's facts).
     from lib.uploads.gcs_sessions import StoredObject
+
     landed = StoredObject(1, 1, None, None, datetime.now(UTC))
     completion, rejection = settling.completed(landed), settling.rejected(landed, "size_mismatch", "m")
     checked = {"media", "media_bytes_read"}  # what settling.examine adds to either
-    assert (set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection) | checked
-            == set(lifecycle.FIELDS))
+    assert set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection) | checked == set(
+        lifecycle.FIELDS
+    )
 
 
 def index_fields(name: str) -> list[tuple[str, str]]:
@@ -403,7 +507,8 @@ def index_fields(name: str) -> list[tuple[str, str]]:
     assert unquote(index["query_scope"]) == "COLLECTION"
     (dynamic,) = index["dynamic"]
     content = dynamic['"fields"']["content"][0]
-    assert content["field_path"] == "${fields.value}" and unquote(content["order"]) == "ASCENDING"
+    assert content["field_path"] == "${fields.value}"
+    assert unquote(content["order"]) == "ASCENDING"
     locals_ = {k: v for block in tf["locals"] for k, v in block.items()}
     return [(unquote(field), "ASCENDING") for field in locals_["upload_indexes"][name]]
 
@@ -420,40 +525,49 @@ def query_shape(query) -> tuple[set[str], list[tuple[str, str]]]:
             equal.add(name)
         else:
             ranged.append(name)
-    orders = [(o.field.field_path, "ASCENDING" if o.direction.name == "ASCENDING" else "DESCENDING")
-              for o in structured.order_by]
+    orders = [
+        (o.field.field_path, "ASCENDING" if o.direction.name == "ASCENDING" else "DESCENDING")
+        for o in structured.order_by
+    ]
     assert {name for name, _ in orders} >= set(ranged)
     return equal, orders
 
 
 def test_the_pending_count_has_its_composite_index(db):
     equal, orders = query_shape(lifecycle.pending_query(db, "ws_x", "live"))
-    assert not orders and {name for name, _ in index_fields("pending")} == equal
+    assert not orders
+    assert {name for name, _ in index_fields("pending")} == equal
     # Its fields keep no single-field index of their own but state's: the composite serves it.
     exempt = resource(load_tf("firestore.tf"), "google_firestore_field", "uploads_unindexed")
     assert {"workspace_id", "mode"} <= set(re.findall(r'"(\w+)"', exempt["for_each"]))
 
 
-@pytest.mark.parametrize("index,make", [
-    ("sweep", lambda db, now: lifecycle.due_query(db, 7, now, 200)),
-    ("owed", lambda db, now: lifecycle.owed_query(db, 7, now, 200)),
-])
+@pytest.mark.parametrize(
+    ("index", "make"),
+    [
+        ("sweep", lambda db, now: lifecycle.due_query(db, 7, now, 200)),
+        ("owed", lambda db, now: lifecycle.owed_query(db, 7, now, 200)),
+    ],
+)
 def test_each_sharded_query_has_its_composite_index_with_the_shard_first(db, index, make):
     from datetime import datetime
+
     equal, orders = query_shape(make(db, datetime.now(UTC)))
     fields = index_fields(index)
     # Equality fields first (the shard leading), then the range field in its order.
     assert fields[0] == (lifecycle.SHARD_FIELD, "ASCENDING")
-    assert {name for name, _ in fields[:-len(orders)]} == equal
-    assert fields[-len(orders):] == orders
+    assert {name for name, _ in fields[: -len(orders)]} == equal
+    assert fields[-len(orders) :] == orders
 
 
 def test_every_shard_is_reachable_and_ids_spread_evenly():
     import secrets
+
     counts = [0] * lifecycle.SWEEP_SHARDS
     for _ in range(64_000):
         counts[lifecycle.shard_of("upl_" + secrets.token_hex(16))] += 1
-    assert min(counts) > 800 and max(counts) < 1200  # ~1000 each
+    assert min(counts) > 800
+    assert max(counts) < 1200
 
 
 def test_the_test_prefix_has_its_lifecycle_rule():
@@ -489,15 +603,19 @@ def test_only_the_upload_prefixes_reach_the_uploads_bucket():
     url_map = resource(cdn, "google_compute_url_map", "cdn")
     (matcher,) = url_map["path_matcher"]
     routes = {unquote(path): rule["service"] for rule in matcher["path_rule"] for path in rule["paths"]}
-    assert routes == {f"/{naming.PREFIXES['live']}*": "${google_compute_backend_bucket.uploads.id}",
-                      f"/{naming.PREFIXES['test']}*": "${google_compute_backend_bucket.uploads_test.id}"}
+    assert routes == {
+        f"/{naming.PREFIXES['live']}*": "${google_compute_backend_bucket.uploads.id}",
+        f"/{naming.PREFIXES['test']}*": "${google_compute_backend_bucket.uploads_test.id}",
+    }
     for name in ("uploads", "uploads_test"):
         assert resource(cdn, "google_compute_backend_bucket", name)["bucket_name"] == UPLOADS_BUCKET_NAME
     # Everything else (`/`, `/uploads`, any other path) goes to a bucket that is not the uploads bucket.
     not_found = "${google_compute_backend_bucket.not_found.id}"
     assert url_map["default_service"] == matcher["default_service"] == not_found
-    assert resource(cdn, "google_compute_backend_bucket", "not_found")["bucket_name"] == \
-        "${google_storage_bucket.cdn_not_found.name}"
+    assert (
+        resource(cdn, "google_compute_backend_bucket", "not_found")["bucket_name"]
+        == "${google_storage_bucket.cdn_not_found.name}"
+    )
 
 
 def test_a_buckets_403_or_404_is_our_one_404_and_other_errors_pass():
@@ -508,11 +626,14 @@ def test_a_buckets_403_or_404_is_our_one_404_and_other_errors_pass():
     assert sorted(unquote(c) for c in rule["match_response_codes"]) == ["403", "404"]  # not 4xx: a 416 must pass
     assert rule["override_response_code"] == 404
     body = resource(cdn, "google_storage_bucket_object", "cdn_not_found")
-    assert unquote(rule["path"]) == "/${local.not_found_object}" and body["name"] == "${local.not_found_object}"
+    assert unquote(rule["path"]) == "/${local.not_found_object}"
+    assert body["name"] == "${local.not_found_object}"
     assert unquote(body["content_type"]) == "application/json"
     # The envelope the API gives an unknown path (lib/platform/errors.py NotFound).
     from lib.platform.errors import NotFound
-    assert f'code = "{NotFound.code}"' in body["content"] and "details = {}" in body["content"]
+
+    assert f'code = "{NotFound.code}"' in body["content"]
+    assert "details = {}" in body["content"]
 
 
 def test_the_load_balancer_reads_by_private_bucket_access_as_documented_and_a_condition_is_opt_in():
@@ -526,7 +647,8 @@ def test_the_load_balancer_reads_by_private_bucket_access_as_documented_and_a_co
     # No page says the load balancer honours a conditioned grant: the condition is there only
     # when the operator asks for it, and off by default.
     variable = tf_variables()["cdn_grant_condition"]
-    assert variable["type"] == "bool" and variable["default"] is False
+    assert variable["type"] == "bool"
+    assert variable["default"] is False
     assert "condition" not in grant
     (dynamic,) = grant["dynamic"]
     (body,) = dynamic.values()
@@ -537,8 +659,11 @@ def test_the_load_balancer_reads_by_private_bucket_access_as_documented_and_a_co
     assert [unquote(p) for p in tf_locals("cdn.tf")["upload_prefixes"]] == list(naming.PREFIXES.values())
     expression = content["expression"]
     assert "for prefix in local.upload_prefixes" in expression
-    assert "resource.name.startsWith(" in expression and "/objects/${prefix}" in expression
-    assert "resource.name ==" not in expression and "resource.type" not in expression and "!" not in expression
+    assert "resource.name.startsWith(" in expression
+    assert "/objects/${prefix}" in expression
+    assert "resource.name ==" not in expression
+    assert "resource.type" not in expression
+    assert "!" not in expression
     error_grant = resource(cdn, "google_storage_bucket_iam_member", "cdn_reads_not_found")
     assert unquote(error_grant["member"]) == "serviceAccount:${local.lb_service_agent}"
     (error_dynamic,) = error_grant["dynamic"]
@@ -547,12 +672,18 @@ def test_the_load_balancer_reads_by_private_bucket_access_as_documented_and_a_co
     assert "/objects/${local.not_found_object}" in error_body["content"][0]["expression"]
     # The signed-URL route (cloud-cdn-fill, a key that signed nothing) is gone for good.
     text = "\n".join(path.read_text() for path in TF.glob("*.tf"))
-    assert "cloud-cdn-fill" not in text and "signed_url_key" not in text
+    assert "cloud-cdn-fill" not in text
+    assert "signed_url_key" not in text
     # No one else is granted read on the uploads bucket but the function.
-    readers = {body["member"] for type_, _, body in all_resources()
-               if type_ == "google_storage_bucket_iam_member" and body["bucket"] == UPLOADS_BUCKET_NAME}
-    assert readers == {'"serviceAccount:${local.lb_service_agent}"',
-                       '"serviceAccount:${google_service_account.runtime.email}"'}
+    readers = {
+        body["member"]
+        for type_, _, body in all_resources()
+        if type_ == "google_storage_bucket_iam_member" and body["bucket"] == UPLOADS_BUCKET_NAME
+    }
+    assert readers == {
+        '"serviceAccount:${local.lb_service_agent}"',
+        '"serviceAccount:${google_service_account.runtime.email}"',
+    }
 
 
 def test_every_cdn_backend_sends_nosniff_and_caches_everything():
@@ -562,18 +693,24 @@ def test_every_cdn_backend_sends_nosniff_and_caches_everything():
     assert len(backends) == 3
     for body in backends:
         assert body["custom_response_headers"] == "${local.cdn_response_headers}"
-        assert body["enable_cdn"] is True and unquote(body["cdn_policy"][0]["cache_mode"]) == "FORCE_CACHE_ALL"
+        assert body["enable_cdn"] is True
+        assert unquote(body["cdn_policy"][0]["cache_mode"]) == "FORCE_CACHE_ALL"
     test_backend = resource(cdn, "google_compute_backend_bucket", "uploads_test")
     policy = test_backend["cdn_policy"][0]
     # Cached at most an hour, never served stale: gone from the edge soon after the bucket drops it.
-    assert policy["default_ttl"] <= 3600 and policy["client_ttl"] <= 3600 and policy["serve_while_stale"] == 0
+    assert policy["default_ttl"] <= 3600
+    assert policy["client_ttl"] <= 3600
+    assert policy["serve_while_stale"] == 0
 
 
 def test_the_build_account_reads_only_the_function_source_and_writes_only_its_repository():
     iam, function = load_tf("iam.tf"), load_tf("function.tf")
     build_member = "serviceAccount:${google_service_account.build.email}"
-    project_roles = {unquote(body["role"]): body for type_, _, body in all_resources()
-                     if type_ == "google_project_iam_member" and unquote(body["member"]) == build_member}
+    project_roles = {
+        unquote(body["role"]): body
+        for type_, _, body in all_resources()
+        if type_ == "google_project_iam_member" and unquote(body["member"]) == build_member
+    }
     assert set(project_roles) == {"roles/logging.logWriter", "roles/storage.objectViewer"}
     expression = project_roles["roles/storage.objectViewer"]["condition"][0]["expression"]
     assert "for bucket in local.function_source_buckets" in expression
@@ -615,13 +752,17 @@ def sweep_job_uris(jobs: int) -> list[str]:
     uri = unquote(job["http_target"][0]["uri"])
     base = "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/sweep"
     assert uri.startswith(base)
-    tail = uri[len(base):]
+    tail = uri[len(base) :]
     slice_ = lifecycle.SWEEP_SHARDS // jobs
-    expected = ('${var.sweep_jobs == 1 ? "" : "?shards=${count.index * local.sweep_slice}-'
-                '${(count.index + 1) * local.sweep_slice - 1}"}')
+    expected = (
+        '${var.sweep_jobs == 1 ? "" : "?shards=${count.index * local.sweep_slice}-'
+        '${(count.index + 1) * local.sweep_slice - 1}"}'
+    )
     assert tail == expected
-    return ["/internal/sweep" if jobs == 1 else f"/internal/sweep?shards={i * slice_}-{(i + 1) * slice_ - 1}"
-            for i in range(jobs)]
+    return [
+        "/internal/sweep" if jobs == 1 else f"/internal/sweep?shards={i * slice_}-{(i + 1) * slice_ - 1}"
+        for i in range(jobs)
+    ]
 
 
 @pytest.mark.parametrize("jobs", [1, 2, 4, 8, 16, 32, 64])
@@ -652,7 +793,7 @@ def test_the_scheduler_calls_the_sweep_as_the_identity_and_audience_the_function
     assert unquote(job["attempt_deadline"]) == "${min(var.timeout_seconds, 1800)}s"
     variables = tf_variables()
     # A step starts by budget + grace and takes at most ~8 s (lib/platform/clients.py).
-    assert sweep.SWEEP_BUDGET_SECONDS + sweep.SWEEP_GRACE_SECONDS + 8 + 5 <= variables["timeout_seconds"]["default"]
+    assert variables["timeout_seconds"]["default"] >= sweep.SWEEP_BUDGET_SECONDS + sweep.SWEEP_GRACE_SECONDS + 8 + 5
     assert "cloudscheduler.googleapis.com" in (TF / "apis.tf").read_text()
 
 
@@ -662,8 +803,10 @@ def test_storage_events_reach_the_route_as_the_identity_and_audience_the_functio
     assert "POST" in main.UPLOADS("/internal/storage-events")[0]
     subscription = resource(tf, "google_pubsub_subscription", "storage_events")
     push = subscription["push_config"][0]
-    assert unquote(push["push_endpoint"]) == \
-        "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/storage-events"
+    assert (
+        unquote(push["push_endpoint"])
+        == "${google_cloudfunctions2_function.uploads.service_config[0].uri}/internal/storage-events"
+    )
     token = push["oidc_token"][0]
     env = function_env()
     assert token["service_account_email"] == env["EVENTS_SERVICE_ACCOUNT"] == "${google_service_account.events.email}"
@@ -696,12 +839,13 @@ def test_the_bucket_notifies_finalized_objects_under_exactly_the_codes_prefixes(
 def test_the_pubsub_service_agent_is_created_before_anything_grants_it_a_role():
     tf = load_tf("events.tf")
     identity = resource(tf, "google_project_service_identity", "pubsub")
-    assert identity["provider"] == "google-beta" and unquote(identity["service"]) == "pubsub.googleapis.com"
+    assert identity["provider"] == "google-beta"
+    assert unquote(identity["service"]) == "pubsub.googleapis.com"
     assert identity["depends_on"] == ["${google_project_service.enabled}"]
     # Every grant to the agent names it through the identity, so none can run before it exists.
     assert tf_locals("events.tf")["pubsub_agent"] == "${google_project_service_identity.pubsub.email}"
     text = "\n".join(path.read_text() for path in TF.glob("*.tf"))
-    assert "gcp-sa-pubsub.iam.gserviceaccount.com\"" not in text
+    assert 'gcp-sa-pubsub.iam.gserviceaccount.com"' not in text
     grants = [body for type_, _, body in all_resources() if "${local.pubsub_agent}" in json.dumps(body.get("member"))]
     # Its own role, then token minting, dead-letter publishing and forwarding, for events and webhooks.
     assert len(grants) == 7
@@ -710,8 +854,11 @@ def test_the_pubsub_service_agent_is_created_before_anything_grants_it_a_role():
     role = resource(tf, "google_project_iam_member", "pubsub_agent")
     assert unquote(role["role"]) == "roles/pubsub.serviceAgent"
     assert unquote(role["member"]) == "serviceAccount:${local.pubsub_agent}"
-    subscriptions = [(name, body) for type_, name, body in all_resources() if type_ == "google_pubsub_subscription"
-                     and "push_config" in body]
+    subscriptions = [
+        (name, body)
+        for type_, name, body in all_resources()
+        if type_ == "google_pubsub_subscription" and "push_config" in body
+    ]
     assert len(subscriptions) == 3
     for name, body in subscriptions:
         assert "${google_project_iam_member.pubsub_agent}" in body["depends_on"], name
@@ -737,11 +884,16 @@ def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_c
             main.UPLOADS(route)
         subscription = resource(tf, "google_pubsub_subscription", name)
         push = subscription["push_config"][0]
-        assert unquote(push["push_endpoint"]) == \
-            f"${{google_cloudfunctions2_function.deliveries.service_config[0].uri}}{route}"
+        assert (
+            unquote(push["push_endpoint"])
+            == f"${{google_cloudfunctions2_function.deliveries.service_config[0].uri}}{route}"
+        )
         token = push["oidc_token"][0]
-        assert token["service_account_email"] == env["WEBHOOKS_SERVICE_ACCOUNT"] == \
-            "${google_service_account.webhooks.email}"
+        assert (
+            token["service_account_email"]
+            == env["WEBHOOKS_SERVICE_ACCOUNT"]
+            == "${google_service_account.webhooks.email}"
+        )
         # Its own run.app URL, which Cloud Run's IAM check requires; the function checks the URL the
         # push reached, since its own URL cannot be among its settings (issue 33).
         assert token["audience"] == "${local.webhooks_audience}"
@@ -749,8 +901,10 @@ def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_c
         # Pub/Sub waits longer than one delivery can take (10 s POST plus the reads and the record).
         assert subscription["ack_deadline_seconds"] >= 30
         assert unquote(subscription["expiration_policy"][0]["ttl"]) == ""
-    assert resource(tf, "google_pubsub_subscription", "webhooks_dead")["topic"] == \
-        "${google_pubsub_topic.webhooks_dead.id}"
+    assert (
+        resource(tf, "google_pubsub_subscription", "webhooks_dead")["topic"]
+        == "${google_pubsub_topic.webhooks_dead.id}"
+    )
 
 
 def test_webhook_retries_back_off_exponentially_for_at_least_12_hours_then_dead_letter():
@@ -766,9 +920,10 @@ def test_webhook_retries_back_off_exponentially_for_at_least_12_hours_then_dead_
     lowest = int(re.search(r">= (\d+)", variable["validation"][0]["condition"]).group(1))
 
     def span(attempts: int) -> int:  # the waits between `attempts` deliveries, doubling from the minimum
-        return sum(min(minimum * 2 ** n, maximum) for n in range(attempts - 1))
+        return sum(min(minimum * 2**n, maximum) for n in range(attempts - 1))
 
-    assert span(lowest) >= 12 * 3600 and span(variable["default"]) >= 12 * 3600
+    assert span(lowest) >= 12 * 3600
+    assert span(variable["default"]) >= 12 * 3600
     assert variable["default"] <= 100
     retention = int(unquote(subscription["message_retention_duration"]).rstrip("s"))
     assert retention >= span(100) + 3600  # a message outlives its whole schedule
@@ -785,12 +940,15 @@ def test_webhook_retries_back_off_exponentially_for_at_least_12_hours_then_dead_
 def test_webhook_records_have_their_ttl_and_indexes_and_secrets_are_never_indexed():
     tf = load_tf("firestore.tf")
     ttl = resource(tf, "google_firestore_field", "webhook_deliveries_ttl")
-    assert unquote(ttl["collection"]) == attempts.DELIVERIES and unquote(ttl["field"]) == "expire_at"
+    assert unquote(ttl["collection"]) == attempts.DELIVERIES
+    assert unquote(ttl["field"]) == "expire_at"
     assert "ttl_config" in ttl
     assert attempts.DELIVERY_RETENTION.days == 7
     recent = resource(tf, "google_firestore_index", "webhook_deliveries_recent")
     assert [(unquote(f["field_path"]), unquote(f["order"])) for f in recent["fields"]] == [
-        ("workspace_id", "ASCENDING"), ("at", "DESCENDING")]
+        ("workspace_id", "ASCENDING"),
+        ("at", "DESCENDING"),
+    ]
     by_mode = resource(tf, "google_firestore_index", "webhook_endpoints_by_workspace_mode")
     assert unquote(by_mode["collection"]) == endpoints.ENDPOINTS
     assert [unquote(f["field_path"]) for f in by_mode["fields"]] == ["workspace_id", "mode"]
@@ -807,9 +965,11 @@ def test_max_upload_bytes_default_is_the_codes_and_the_documents():
     variables = tf_variables()
     assert variables["max_upload_bytes"]["default"] == config.Settings.max_upload_bytes
     import yaml
+
     doc = yaml.safe_load((ROOT / "openapi.yaml").read_text())
     size = doc["components"]["schemas"]["UploadRequest"]["properties"]["size_bytes"]["anyOf"][0]
-    assert size["maximum"] == config.Settings.max_upload_bytes and size["minimum"] == 1
+    assert size["maximum"] == config.Settings.max_upload_bytes
+    assert size["minimum"] == 1
 
 
 def test_runtime_account_may_create_read_and_delete_objects_in_both_buckets():
@@ -836,9 +996,13 @@ def test_the_staging_bucket_is_never_served_keeps_nothing_deleted_and_deletes_by
     assert condition == {"age": "${var.staging_retention_days}"}  # everything in the bucket
     assert tf_variables()["staging_retention_days"]["default"] == 3
     cdn = (TF / "cdn.tf").read_text()
-    assert "google_storage_bucket.staging" not in cdn and "staging" not in cdn.lower()
-    grants = [body for kind, _, body in all_resources() if kind == "google_storage_bucket_iam_member"
-              and body["bucket"] == "${google_storage_bucket.staging.name}"]
+    assert "google_storage_bucket.staging" not in cdn
+    assert "staging" not in cdn.lower()
+    grants = [
+        body
+        for kind, _, body in all_resources()
+        if kind == "google_storage_bucket_iam_member" and body["bucket"] == "${google_storage_bucket.staging.name}"
+    ]
     assert [unquote(grant["member"]) for grant in grants] == ["serviceAccount:${google_service_account.runtime.email}"]
 
 
@@ -850,7 +1014,7 @@ def archive_files() -> list[str]:
     """
     locals_ = {k: v for block in load_tf("function.tf")["locals"] for k, v in block.items()}
     expression = locals_["function_files"]
-    match = re.fullmatch(r'\$\{setunion\(\[(.*?)\], (.*)\)\}', expression)
+    match = re.fullmatch(r"\$\{setunion\(\[(.*?)\], (.*)\)\}", expression)
     assert match, f"unexpected function_files expression: {expression}"
     files = set(re.findall(r'"([^"]+)"', match.group(1)))
     for pattern in re.findall(r'fileset\(local\.repo_root, "([^"]+)"\)', match.group(2)):
@@ -872,8 +1036,12 @@ def imported_lib_modules(path: Path) -> set[str]:
             names |= lib_module(node.module or "")
             for alias in node.names:  # `from lib import media`, `from lib.media import engines`
                 names |= lib_module(f"{node.module}.{alias.name}")
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args \
-                and isinstance(node.args[0], ast.JoinedStr):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.JoinedStr)
+        ):
             # lib/media/engines.py imports its engines by name: every module of that package counts.
             prefix = "".join(part.value for part in node.args[0].values if isinstance(part, ast.Constant))
             names |= {p.relative_to(ROOT).as_posix() for p in (ROOT / prefix.replace(".", "/")).glob("*.py")}
@@ -896,10 +1064,12 @@ def test_archive_holds_exactly_what_the_function_needs():
             needed.add(module)
             todo.append(ROOT / module)
     assert {"lib/media/moving.py", "lib/media/probe.py"} <= needed  # the package, and its engines by name
-    assert needed and needed <= set(files)
+    assert needed
+    assert needed <= set(files)
 
 
 # --- the limits' store (limits.tf) ---------------------------------------------------------
+
 
 def test_the_limits_store_is_the_redis_we_test_against_private_authenticated_and_encrypted():
     tf = load_tf("limits.tf")
@@ -914,11 +1084,15 @@ def test_the_limits_store_is_the_redis_we_test_against_private_authenticated_and
     assert unquote(store["connect_mode"]) == "DIRECT_PEERING"
     # Nothing may connect into the network.
     wall = resource(tf, "google_compute_firewall", "limits_no_ingress")
-    assert unquote(wall["direction"]) == "INGRESS" and [unquote(r) for r in wall["source_ranges"]] == ["0.0.0.0/0"]
-    assert unquote(wall["deny"][0]["protocol"]) == "all" and "allow" not in wall
+    assert unquote(wall["direction"]) == "INGRESS"
+    assert [unquote(r) for r in wall["source_ranges"]] == ["0.0.0.0/0"]
+    assert unquote(wall["deny"][0]["protocol"]) == "all"
+    assert "allow" not in wall
     services = (TF / "apis.tf").read_text()
-    assert all(f'"{api}"' in services for api in ("redis.googleapis.com", "secretmanager.googleapis.com",
-                                                 "compute.googleapis.com"))
+    assert all(
+        f'"{api}"' in services
+        for api in ("redis.googleapis.com", "secretmanager.googleapis.com", "compute.googleapis.com")
+    )
 
 
 def test_the_api_function_reaches_the_store_as_the_code_expects_and_the_deliveries_one_does_not():
@@ -931,16 +1105,27 @@ def test_the_api_function_reaches_the_store_as_the_code_expects_and_the_deliveri
     assert unquote(api["direct_vpc_egress"]) == "VPC_EGRESS_PRIVATE_RANGES_ONLY"  # Google APIs as before
     assert "direct_vpc_network_interface" not in function_resource("deliveries")["service_config"][0]
     env = function_env("uploads")
-    assert env["LIMITS_REDIS_URL"] == \
-        '"rediss://${google_redis_instance.limits.host}:${google_redis_instance.limits.port}"'
+    assert (
+        env["LIMITS_REDIS_URL"]
+        == '"rediss://${google_redis_instance.limits.host}:${google_redis_instance.limits.port}"'
+    )
     assert "google_redis_instance.limits.server_ca_certs" in env["LIMITS_REDIS_CA_CERT"]
     assert env["CREATES_PER_MINUTE"] == "${tostring(var.creates_per_minute)}"
     assert env["MAX_PENDING_UPLOADS"] == "${tostring(var.max_pending_uploads)}"
     # The settings' shapes are ones the function accepts at start.
-    config.load({"GOOGLE_CLOUD_PROJECT": "p", "UPLOAD_BUCKET": "b", "STAGING_BUCKET": "b-staging",
-                 "CDN_BASE_URL": "https://cdn.example.com",
-                 "LIMITS_REDIS_URL": "rediss://10.1.2.3:6378", "LIMITS_REDIS_CA_CERT": "-----BEGIN CERTIFICATE-----",
-                 "LIMITS_REDIS_AUTH": "0f2b7c1e-uuid", "CREATES_PER_MINUTE": "600", "MAX_PENDING_UPLOADS": "1000"})
+    config.load(
+        {
+            "GOOGLE_CLOUD_PROJECT": "p",
+            "UPLOAD_BUCKET": "b",
+            "STAGING_BUCKET": "b-staging",
+            "CDN_BASE_URL": "https://cdn.example.com",
+            "LIMITS_REDIS_URL": "rediss://10.1.2.3:6378",
+            "LIMITS_REDIS_CA_CERT": "-----BEGIN CERTIFICATE-----",
+            "LIMITS_REDIS_AUTH": "0f2b7c1e-uuid",
+            "CREATES_PER_MINUTE": "600",
+            "MAX_PENDING_UPLOADS": "1000",
+        }
+    )
     variables = tf_variables()
     assert variables["creates_per_minute"]["default"] == config.Settings.creates_per_minute
     assert variables["max_pending_uploads"]["default"] == config.Settings.max_pending_uploads
@@ -959,8 +1144,10 @@ def test_the_stores_auth_string_is_a_secret_only_the_api_functions_identity_read
     reader = resource(tf, "google_secret_manager_secret_iam_member", "runtime_reads_limits_auth")
     assert unquote(reader["role"]) == "roles/secretmanager.secretAccessor"
     assert unquote(reader["member"]) == "serviceAccount:${google_service_account.runtime.email}"
-    assert function_resource("uploads")["service_config"][0]["service_account_email"] == \
-        "${google_service_account.runtime.email}"
+    assert (
+        function_resource("uploads")["service_config"][0]["service_account_email"]
+        == "${google_service_account.runtime.email}"
+    )
     # Granted before the function starts reading it.
     depends = function_resource("uploads")["depends_on"]
     assert "${google_secret_manager_secret_iam_member.runtime_reads_limits_auth}" in depends
@@ -974,8 +1161,9 @@ def test_the_default_subnet_holds_the_default_instances_and_direct_vpc_asks_no_l
     conditions = [c["condition"] for c in function_resource("uploads")["lifecycle"][0]["precondition"]]
     (subnet,) = [c for c in conditions if "var.limits_subnet_cidr" in c and "var.max_instances" in c]
     # Two revisions at the cap (a rollout), 2 addresses an instance, 16 reserved at a time, a margin of 4.
-    assert subnet == ('${2 * 2 * var.max_instances + 16 <= pow(2, 32 - tonumber(split("/", '
-                      'var.limits_subnet_cidr)[1])) - 4}')
+    assert subnet == (
+        '${2 * 2 * var.max_instances + 16 <= pow(2, 32 - tonumber(split("/", var.limits_subnet_cidr)[1])) - 4}'
+    )
 
     def fits(max_instances: int, prefix: int) -> bool:
         return 2 * 2 * max_instances + 16 <= 2 ** (32 - prefix) - 4
@@ -985,7 +1173,8 @@ def test_the_default_subnet_holds_the_default_instances_and_direct_vpc_asks_no_l
     # "well over 1000" where the rule allowed 118).
     most = max(n for n in range(1, 1001) if fits(n, prefix))
     claim = re.search(r"default /\d+ holds max_instances up to\s+#\s+(\d+)", (TF / "limits.tf").read_text())
-    assert claim and int(claim.group(1)) == most, (claim, most)
+    assert claim, (claim, most)
+    assert int(claim.group(1)) == most, (claim, most)
     operations = " ".join((ROOT / "docs" / "operations.md").read_text().split())
     assert f"the default /24 holds `max_instances` up to {most}." in operations
 
@@ -1010,15 +1199,22 @@ def test_the_limits_store_is_protected_explicitly_and_its_tier_change_is_an_oper
     assert "Changing the store's tier" in variables["limits_redis_tier"]["description"]
     operations = (ROOT / "docs" / "operations.md").read_text()
     section = operations.split("### Changing the store's tier", 1)[1].split("\n#", 1)[0]
-    for step in ("limits_redis_deletion_protection=false", "limits_redis_tier", "Firestore",
-                 "limits_redis_deletion_protection = true"):
+    for step in (
+        "limits_redis_deletion_protection=false",
+        "limits_redis_tier",
+        "Firestore",
+        "limits_redis_deletion_protection = true",
+    ):
         assert step in section, step
 
 
 def test_no_file_claims_a_rewrite_copies_no_bytes():
     """The rewrite page promises one request under its conditions, not that nothing is copied (issue 33)."""
-    texts = [path for pattern in ("terraform/*.tf", "lib/**/*.py", "docs/*.md", "README.md", "BENCHMARKS.md")
-             for path in ROOT.glob(pattern)]
+    texts = [
+        path
+        for pattern in ("terraform/*.tf", "lib/**/*.py", "docs/*.md", "README.md", "BENCHMARKS.md")
+        for path in ROOT.glob(pattern)
+    ]
     for path in texts:
         text = " ".join(path.read_text().split()).lower()
         for claim in ("copies no bytes", "no bytes copied", "copy no bytes", "copies nothing"):
@@ -1030,8 +1226,11 @@ def test_the_deploy_steps_are_one_apply_then_the_smoke_and_say_what_stops_a_firs
     pages leave open on a first apply is written there with the page checked."""
     operations = (ROOT / "docs" / "operations.md").read_text()
     steps = operations.split("### From an empty project to the first upload", 1)[1].split("\n### ", 1)[0]
-    commands = [line.split("#")[0].strip() for block in re.findall(r"```sh\n(.*?)```", steps, re.S)
-                for line in block.splitlines()]
+    commands = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```sh\n(.*?)```", steps, re.S)
+        for line in block.splitlines()
+    ]
     assert commands.count("terraform apply") == 1, commands
     assert not any(c.startswith("terraform apply ") for c in commands)
     # The init comment names every provider versions.tf requires.
@@ -1040,12 +1239,18 @@ def test_the_deploy_steps_are_one_apply_then_the_smoke_and_say_what_stops_a_firs
     for provider in (p for p in required if not p.startswith("__")):
         assert provider in init, provider
     # The smoke takes its key from a file written without the key ever on a command line.
-    assert "create-key --test" in steps and "umask 077" in steps
+    assert "create-key --test" in steps
+    assert "umask 077" in steps
     assert re.search(r"make smoke API_URL=\$\([^)]*\) API_KEY_FILE=~/\.framelane-smoke-key", steps)
     assert "> ~/.framelane-smoke-key" in steps
     stops = steps.split("**When the first apply stops.**", 1)[1]
-    for needed in ("https-lb.iam.gserviceaccount.com", "cloud.google.com/cdn/docs/configure-private-bucket-access",
-                   "log_metrics_wait_seconds", "terraform-provider-google/issues/11102", "Domain-restricted"):
+    for needed in (
+        "https-lb.iam.gserviceaccount.com",
+        "cloud.google.com/cdn/docs/configure-private-bucket-access",
+        "log_metrics_wait_seconds",
+        "terraform-provider-google/issues/11102",
+        "Domain-restricted",
+    ):
         assert needed in stops, needed
 
 
@@ -1058,8 +1263,11 @@ def test_only_the_webhooks_push_identity_may_invoke_the_deliveries_function():
     (grant,) = deliveries.values()
     assert unquote(grant["role"]) == "roles/run.invoker"
     assert unquote(grant["member"]) == "serviceAccount:${google_service_account.webhooks.email}"
-    assert tf_locals("webhooks.tf")["webhooks_audience"] == \
-        "${google_cloudfunctions2_function.deliveries.service_config[0].uri}"
+    assert (
+        tf_locals("webhooks.tf")["webhooks_audience"]
+        == "${google_cloudfunctions2_function.deliveries.service_config[0].uri}"
+    )
     # The API stays public: clients call it with API keys.
-    assert [unquote(body["member"]) for body in grants.values() if body["service"] == "${local.api_service}"] == \
-        ["allUsers"]
+    assert [unquote(body["member"]) for body in grants.values() if body["service"] == "${local.api_service}"] == [
+        "allUsers"
+    ]

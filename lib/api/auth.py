@@ -37,10 +37,10 @@ WORKSPACE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 @dataclass(frozen=True)
 class ApiKey:
-    id: str            # the SHA-256 hex of the key: the document id, safe to show
+    id: str  # the SHA-256 hex of the key: the document id, safe to show
     workspace_id: str
-    prefix: str        # e.g. "fl_live_AbCd": enough to recognise a key in a list or a log
-    mode: str          # "live" | "test"
+    prefix: str  # e.g. "fl_live_AbCd": enough to recognise a key in a list or a log
+    mode: str  # "live" | "test"
 
 
 def generate_key(mode: str) -> str:
@@ -141,8 +141,9 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLookupCache,
-                 guard: Guard | None = None) -> ApiKey:
+def authenticate(
+    db: firestore.Client, authorization: str | None, cache: KeyLookupCache, guard: Guard | None = None
+) -> ApiKey:
     """The active key behind the header. Malformed keys never reach Firestore;
     keys looked up recently are answered from `cache` without it; a key neither
     cached nor malformed is looked up only if `guard` lets its caller's address.
@@ -162,8 +163,8 @@ def authenticate(db: firestore.Client, authorization: str | None, cache: KeyLook
     if guard is not None:
         guard.check()
     with upstream():
-        snap = db.collection(COLLECTION).document(key_hash).get(
-            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT
+        snap = (
+            db.collection(COLLECTION).document(key_hash).get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
         )
     doc = snap.to_dict() if snap.exists else None
     if doc is None or doc.get("revoked_at") is not None:
@@ -202,9 +203,11 @@ def list_keys(db: firestore.Client, workspace_id: str) -> list[dict[str, Any]]:
     (never the key: only its hash is stored)."""
     query = db.collection(COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace_id))
     with upstream():
-        rows = [{"id": snap.id, **{name: doc.get(name) for name in _LISTED}}
-                for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
-                for doc in [snap.to_dict() or {}]]
+        rows = [
+            {"id": snap.id, **{name: doc.get(name) for name in _LISTED}}
+            for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+            for doc in [snap.to_dict() or {}]
+        ]
     return sorted(rows, key=lambda row: row["created_at"] or datetime.min.replace(tzinfo=UTC))
 
 
@@ -237,8 +240,12 @@ def revoke(db: firestore.Client, key_id: str, now: datetime) -> Revoked | None:
         revoked_at = now
         try:
             with upstream():
-                ref.update({"revoked_at": revoked_at}, option=db.write_option(last_update_time=snap.update_time),
-                           retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+                ref.update(
+                    {"revoked_at": revoked_at},
+                    option=db.write_option(last_update_time=snap.update_time),
+                    retry=FIRESTORE_RETRY,
+                    timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+                )
         except gexc.FailedPrecondition:
             raise KeyChanged(key_id) from None
     return Revoked(key_id, snap.get("prefix"), revoked_at)

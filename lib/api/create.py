@@ -42,8 +42,17 @@ class Limiting:
     defaults: counters.Limits
 
 
-def create(db: firestore.Client, client: storage.Client, settings: Settings, limiting: Limiting, key: ApiKey,
-           idempotency_key: str | None, raw: bytes, origin: str | None, log: dict[str, Any]) -> Created:
+def create(
+    db: firestore.Client,
+    client: storage.Client,
+    settings: Settings,
+    limiting: Limiting,
+    key: ApiKey,
+    idempotency_key: str | None,
+    raw: bytes,
+    origin: str | None,
+    log: dict[str, Any],
+) -> Created:
     """Create an upload for `key`'s workspace from the request body `raw`.
 
     `idempotency_key` is the Idempotency-Key header and `origin` the Origin
@@ -58,8 +67,7 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, lim
         ServiceUnavailable: Firestore or Storage is down or slow.
     """
     limiter = limiting.limiter
-    workspace_limits = (counters.for_workspace(db, key.workspace_id, limiting.defaults, log)
-                        if limiter.enabled else None)
+    workspace_limits = counters.for_workspace(db, key.workspace_id, limiting.defaults, log) if limiter.enabled else None
     taken: list[str] = []  # the ids this request took a slot for
 
     def admit(upload_id: str, expires: datetime) -> dict[str, str]:
@@ -80,14 +88,23 @@ def create(db: firestore.Client, client: storage.Client, settings: Settings, lim
     for upload_id in taken:  # its record is written: Firestore counts it from now on
         limiter.done(key.workspace_id, key.mode, upload_id)
     if workspace_limits is not None and not created.headers:  # a replay: where the window stands now
-        return replace(created, headers=counters.headers(workspace_limits,
-                                                       limiter.usage(key.workspace_id, key.mode, log)))
+        return replace(
+            created, headers=counters.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode, log))
+        )
     return created
 
 
-def _create(db: firestore.Client, client: storage.Client, settings: Settings, key: ApiKey,
-            idempotency_key: str | None, raw: bytes, origin: str | None, log: dict[str, Any],
-            admit: Callable[[str, datetime], dict[str, str]]) -> Created:
+def _create(
+    db: firestore.Client,
+    client: storage.Client,
+    settings: Settings,
+    key: ApiKey,
+    idempotency_key: str | None,
+    raw: bytes,
+    origin: str | None,
+    log: dict[str, Any],
+    admit: Callable[[str, datetime], dict[str, str]],
+) -> Created:
     idem_key = idempotency.parse_key(idempotency_key)
     upload = models.validate_upload_request(models.parse_json_object(raw))
     content_type = naming.normalize_content_type(upload.content_type)
@@ -103,12 +120,35 @@ def _create(db: firestore.Client, client: storage.Client, settings: Settings, ke
         created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
         # Only a new upload is limited (a replay never reaches here); before its session exists.
         fields.update(admit(upload_id, expires))
-        url = gcs_sessions.mint_session(client, settings.staging_bucket, name, content_type, bound_origin,
-                                    upload.size_bytes, upload.crc32c, upload.md5)
-        out = models.UploadOut(id=upload_id, upload_url=url, source_url=naming.source_url(settings.cdn_base_url, name),
-                               expires_at=clock.rfc3339(expires))
-        record = lifecycle.new_fields(upload_id, key.workspace_id, key.mode, name, content_type, upload.size_bytes,
-                                      created, expires, url, upload.crc32c, upload.md5)
+        url = gcs_sessions.mint_session(
+            client,
+            settings.staging_bucket,
+            name,
+            content_type,
+            bound_origin,
+            upload.size_bytes,
+            upload.crc32c,
+            upload.md5,
+        )
+        out = models.UploadOut(
+            id=upload_id,
+            upload_url=url,
+            source_url=naming.source_url(settings.cdn_base_url, name),
+            expires_at=clock.rfc3339(expires),
+        )
+        record = lifecycle.new_fields(
+            upload_id,
+            key.workspace_id,
+            key.mode,
+            name,
+            content_type,
+            upload.size_bytes,
+            created,
+            expires,
+            url,
+            upload.crc32c,
+            upload.md5,
+        )
         log["upload_id"] = upload_id
         return out, upload_id, record
 
@@ -122,9 +162,17 @@ def _create(db: firestore.Client, client: storage.Client, settings: Settings, ke
         # One atomic commit: the upload is recorded if and only if the key completes.
         return out.model_dump(), lifecycle.creation(db, upload_id, record)
 
-    body, replayed = idempotency.once(db, key.workspace_id, key.mode, idem_key, upload.fingerprint(content_type),
-                                      settings.idempotency_ttl_seconds, settings.idempotency_lease_seconds, work,
-                                      on_claim_left=lambda: log.update(claim_left_to_lease=True))
+    body, replayed = idempotency.once(
+        db,
+        key.workspace_id,
+        key.mode,
+        idem_key,
+        upload.fingerprint(content_type),
+        settings.idempotency_ttl_seconds,
+        settings.idempotency_lease_seconds,
+        work,
+        on_claim_left=lambda: log.update(claim_left_to_lease=True),
+    )
     if not replayed:
         return Created(body, False, fields)
     log["idempotent_replayed"] = True

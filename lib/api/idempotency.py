@@ -84,8 +84,17 @@ class Replay:
 Work = Callable[[], tuple[dict, tuple[firestore.DocumentReference, dict] | None]]
 
 
-def once(db: firestore.Client, workspace_id: str, mode: str, key: str, fingerprint: str, ttl_seconds: int,
-         lease_seconds: int, work: Work, on_claim_left: Callable[[], None] = lambda: None) -> tuple[dict, bool]:
+def once(
+    db: firestore.Client,
+    workspace_id: str,
+    mode: str,
+    key: str,
+    fingerprint: str,
+    ttl_seconds: int,
+    lease_seconds: int,
+    work: Work,
+    on_claim_left: Callable[[], None] = lambda: None,
+) -> tuple[dict, bool]:
     """Run `work` at most once for this key and request: (its body, False); or,
     for a request the key already completed, (the stored body, True).
 
@@ -113,8 +122,15 @@ def once(db: firestore.Client, workspace_id: str, mode: str, key: str, fingerpri
     return body, False
 
 
-def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fingerprint: str,
-          ttl_seconds: int, lease_seconds: int) -> Claim | Replay:
+def begin(
+    db: firestore.Client,
+    workspace_id: str,
+    mode: str,
+    key: str,
+    body_fingerprint: str,
+    ttl_seconds: int,
+    lease_seconds: int,
+) -> Claim | Replay:
     """Claim the key for this request, or return the stored response to replay.
 
     Raises:
@@ -126,12 +142,19 @@ def begin(db: firestore.Client, workspace_id: str, mode: str, key: str, body_fin
     token = secrets.token_hex(16)
 
     def claim_fields(now: datetime) -> dict:
-        return {"workspace_id": workspace_id, "mode": mode, "fingerprint": body_fingerprint, "state": IN_PROGRESS,
-                "claim_token": token, "response": None, "created_at": now,
-                "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                # Firestore's TTL policy deletes on this field; we also treat a
-                # record past it as absent, since TTL deletion lags by up to a day.
-                "expires_at": now + timedelta(seconds=ttl_seconds)}
+        return {
+            "workspace_id": workspace_id,
+            "mode": mode,
+            "fingerprint": body_fingerprint,
+            "state": IN_PROGRESS,
+            "claim_token": token,
+            "response": None,
+            "created_at": now,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            # Firestore's TTL policy deletes on this field; we also treat a
+            # record past it as absent, since TTL deletion lags by up to a day.
+            "expires_at": now + timedelta(seconds=ttl_seconds),
+        }
 
     # Two rounds cover a record deleted (released) between our create and get.
     for _ in range(2):
@@ -190,8 +213,12 @@ def _judge(doc: dict[str, Any], body_fingerprint: str, now: datetime) -> Replay 
     return None
 
 
-def complete(db: firestore.Client, claim: Claim, response_body: dict,
-             also_create: tuple[firestore.DocumentReference, dict] | None = None) -> None:
+def complete(
+    db: firestore.Client,
+    claim: Claim,
+    response_body: dict,
+    also_create: tuple[firestore.DocumentReference, dict] | None = None,
+) -> None:
     """Store the response under the claim; only the claim's owner can.
 
     `also_create` is a document created in the same atomic commit (the upload
@@ -205,8 +232,11 @@ def complete(db: firestore.Client, claim: Claim, response_body: dict,
     batch = db.batch()
     if also_create is not None:
         batch.create(*also_create)
-    batch.update(claim.ref, {"state": COMPLETED, "response": response_body},
-                 option=db.write_option(last_update_time=claim.update_time))
+    batch.update(
+        claim.ref,
+        {"state": COMPLETED, "response": response_body},
+        option=db.write_option(last_update_time=claim.update_time),
+    )
     try:
         with upstream():
             claim.update_time = batch.commit(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)[-1].update_time

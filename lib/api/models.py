@@ -36,9 +36,11 @@ _DNS = rf"(?=[^:]{{1,253}}{_END})(?:{_LABEL}\.)*(?![0-9]+{_END}){_LABEL}"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
 _H = r"[0-9a-f]{1,4}"
-_IPV6 = (rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}"
-         rf"|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
-         rf"|{_H}:(?::{_H}){{1,6}}|:(?:(?::{_H}){{1,7}}|:))")
+_IPV6 = (
+    rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}"
+    rf"|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+    rf"|{_H}:(?::{_H}){{1,6}}|:(?:(?::{_H}){{1,7}}|:))"
+)
 _HOST = rf"(?:{_IPV4}(?={_END})|{_DNS}|\[{_IPV6}\])"
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 ORIGIN = re.compile(rf"http://{_HOST}(?::(?!80(?![0-9])){_PORT})?|https://{_HOST}(?::(?!443(?![0-9])){_PORT})?")
@@ -113,8 +115,9 @@ class UploadRequest(BaseModel):
         if value is None:
             return None
         if not is_origin(value):
-            raise ValueError("must be an origin as a browser sends it: scheme://host[:port], lower-case, no path, "
-                             "no default port")
+            raise ValueError(
+                "must be an origin as a browser sends it: scheme://host[:port], lower-case, no path, no default port"
+            )
         return canonical_origin(value)
 
     @field_validator("crc32c")
@@ -217,21 +220,38 @@ class LimitsOut(BaseModel):
     @classmethod
     def off(cls, mode: str) -> LimitsOut:
         """Limits are off here (no store configured): nothing is enforced or counted."""
-        return cls(mode=mode, enforced=False, creates_per_minute=None, max_pending_uploads=None,
-                   creates_in_last_minute=None, creates_remaining=None, pending_uploads=None)
+        return cls(
+            mode=mode,
+            enforced=False,
+            creates_per_minute=None,
+            max_pending_uploads=None,
+            creates_in_last_minute=None,
+            creates_remaining=None,
+            pending_uploads=None,
+        )
 
     @classmethod
-    def counted(cls, mode: str, creates_per_minute: int, max_pending_uploads: int, creates: int | None,
-                pending: int | None) -> LimitsOut:
+    def counted(
+        cls, mode: str, creates_per_minute: int, max_pending_uploads: int, creates: int | None, pending: int | None
+    ) -> LimitsOut:
         """The figures and the usage the store reported (None: it did not answer)."""
-        return cls(mode=mode, enforced=True, creates_per_minute=creates_per_minute,
-                   max_pending_uploads=max_pending_uploads, creates_in_last_minute=creates,
-                   creates_remaining=None if creates is None else max(0, creates_per_minute - creates),
-                   pending_uploads=pending)
+        return cls(
+            mode=mode,
+            enforced=True,
+            creates_per_minute=creates_per_minute,
+            max_pending_uploads=max_pending_uploads,
+            creates_in_last_minute=creates,
+            creates_remaining=None if creates is None else max(0, creates_per_minute - creates),
+            pending_uploads=pending,
+        )
 
 
-def read_body(stream: IO[bytes], content_length: int | None, limit: int = MAX_BODY_BYTES,
-              before_read: Callable[[], bool] = lambda: True) -> bytes:
+def read_body(
+    stream: IO[bytes],
+    content_length: int | None,
+    limit: int = MAX_BODY_BYTES,
+    before_read: Callable[[], bool] = lambda: True,
+) -> bytes:
     """The raw body, at most `limit` bytes, without reading an oversized one whole.
 
     `before_read` is asked before each read: False means the request's deadline
@@ -306,8 +326,10 @@ def _reject_lone_surrogates(value: Any) -> None:
         item = stack.pop()
         if isinstance(item, str):
             if _SURROGATE.search(item):
-                raise InvalidJson("The request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
-                                  "which is not a Unicode character.")
+                raise InvalidJson(
+                    "The request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                    "which is not a Unicode character."
+                )
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
@@ -324,8 +346,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     """
     try:
         text = raw.decode("utf-8")
-        body = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
-                          parse_int=_parse_int)
+        body = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_int=_parse_int
+        )
     except InvalidJson:
         raise
     except UnicodeDecodeError:
@@ -355,8 +378,9 @@ def validate_upload_request(body: dict[str, Any]) -> UploadRequest:
         for err in errors[:MAX_FIELD_ERRORS]:
             field = ".".join(str(part) for part in err["loc"])[:100] or "body"
             message = _FIELD_RULES.get(field) if err["type"] == "value_error" else None
-            fields.append({"field": field, "type": err["type"],
-                           "message": message or _MESSAGES.get(err["type"], err["msg"])})
+            fields.append(
+                {"field": field, "type": err["type"], "message": message or _MESSAGES.get(err["type"], err["msg"])}
+            )
         details: dict[str, Any] = {"fields": fields}
         if len(errors) > MAX_FIELD_ERRORS:
             details["more_fields"] = len(errors) - MAX_FIELD_ERRORS
@@ -379,6 +403,8 @@ _DIGEST = "Must be the base64 of the digest, as GCS reports it (crc32c: 4 bytes,
 _FIELD_RULES = {
     "crc32c": _DIGEST,
     "md5": _DIGEST,
-    "cors_origin": ("Must be an origin as browsers send Origin: scheme://host[:port] (http or https, "
-                    "lower-case, no path, no default port, a port up to 65535)."),
+    "cors_origin": (
+        "Must be an origin as browsers send Origin: scheme://host[:port] (http or https, "
+        "lower-case, no path, no default port, a port up to 65535)."
+    ),
 }

@@ -21,7 +21,10 @@ def view(record: lifecycle.Record, cdn_base_url: str) -> Upload:
         completed_at=clock.rfc3339(data["completed_at"]) if data.get("completed_at") else None,
         crc32c=data.get("crc32c"),
         md5=data.get("md5"),
-        rejection=(Rejection(code=data["rejection_code"], message=data["rejection_message"])
-                   if data["state"] == lifecycle.REJECTED else None),
+        rejection=(
+            Rejection(code=data["rejection_code"], message=data["rejection_message"])
+            if data["state"] == lifecycle.REJECTED
+            else None
+        ),
         media=MediaFacts(**data["media"]) if data["state"] == lifecycle.COMPLETED and data.get("media") else None,
     )

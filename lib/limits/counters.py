@@ -133,8 +133,15 @@ class Limiter:
                 # (https://cloud.google.com/memorystore/docs/redis/in-transit-encryption).
                 tls = {"ssl_ca_data": ca_pem, "ssl_check_hostname": False}
             self._client = redis.Redis.from_url(
-                url, password=password, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT,
-                retry=None, retry_on_timeout=False, health_check_interval=0, **tls)
+                url,
+                password=password,
+                socket_timeout=STORE_TIMEOUT,
+                socket_connect_timeout=STORE_TIMEOUT,
+                retry=None,
+                retry_on_timeout=False,
+                health_check_interval=0,
+                **tls,
+            )
             self._admit = self._client.register_script(ADMIT)
             self._usage = self._client.register_script(USAGE)
             self._sync = self._client.register_script(SYNC)
@@ -176,8 +183,16 @@ class Limiter:
         self._epoch = (int(value), time.monotonic())
         return self._epoch[0]
 
-    def admit(self, db: firestore.Client, workspace_id: str, mode: str, upload_id: str, expires_at: datetime,
-              limits: Limits, log: dict[str, Any]) -> dict[str, str]:
+    def admit(
+        self,
+        db: firestore.Client,
+        workspace_id: str,
+        mode: str,
+        upload_id: str,
+        expires_at: datetime,
+        limits: Limits,
+        log: dict[str, Any],
+    ) -> dict[str, str]:
         """Take a create from the window and a pending slot for `upload_id`; the RateLimit fields.
         `done` (or `give_back`) must follow once the create has written its record (or failed).
 
@@ -192,8 +207,9 @@ class Limiter:
         epoch = self._store_epoch(log) if self.enabled else None
 
         def run() -> Any:
-            return self._admit(keys=keys, args=[upload_id, limits.creates_per_minute, limits.max_pending_uploads,
-                                                expires_ms, epoch])
+            return self._admit(
+                keys=keys, args=[upload_id, limits.creates_per_minute, limits.max_pending_uploads, expires_ms, epoch]
+            )
 
         reply = self._call(log, run) if epoch is not None else None
         if reply is not None and int(reply[0]) == -1:  # not rebuilt since the store's last outage, flush or start
@@ -242,8 +258,10 @@ class Limiter:
         """A create that failed after `admit`: its create and its slot are returned."""
         self._local.forget(workspace_id, mode, upload_id, rate=True)
         rate, pending, *_ = _keys(workspace_id, mode)
-        self._call(log, lambda: self._client.pipeline(transaction=False)
-                   .zrem(rate, upload_id).zrem(pending, upload_id).execute())
+        self._call(
+            log,
+            lambda: self._client.pipeline(transaction=False).zrem(rate, upload_id).zrem(pending, upload_id).execute(),
+        )
 
     def release(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> bool:
         """The upload left `pending`: its slot is free. True if this call freed it (in the store)."""
@@ -260,8 +278,16 @@ class Limiter:
         one more first. In the store, shared by every instance; while it is down, this instance's own."""
         name = f"fl:authfail:{address}"
         if add:
-            reply = self._call(log, lambda: self._client.pipeline(transaction=False).incr(name)
-                               .pexpire(name, WINDOW_SECONDS * 1000, nx=True).pttl(name).execute())
+            reply = self._call(
+                log,
+                lambda: (
+                    self._client.pipeline(transaction=False)
+                    .incr(name)
+                    .pexpire(name, WINDOW_SECONDS * 1000, nx=True)
+                    .pttl(name)
+                    .execute()
+                ),
+            )
         else:
             reply = self._call(log, lambda: self._client.pipeline(transaction=False).get(name).pttl(name).execute())
         if reply is None:
@@ -344,8 +370,9 @@ class _Local:
                 raise RateLimited(limits.creates_per_minute, frees, headers(limits, None))
             pending = count.base + len(count.carry | count.since)
             if pending >= limits.max_pending_uploads:
-                raise QuotaExceeded(limits.max_pending_uploads, pending, math.ceil(LOCAL_RECOUNT_SECONDS),
-                                    headers(limits, None))
+                raise QuotaExceeded(
+                    limits.max_pending_uploads, pending, math.ceil(LOCAL_RECOUNT_SECONDS), headers(limits, None)
+                )
             log.append((now, upload_id))
             count.since.add(upload_id)
             self._in_flight.setdefault(key, set()).add(upload_id)
@@ -390,10 +417,12 @@ def _keys(workspace_id: str, mode: str) -> list[str]:
 def limiter(url: str | None, password: str | None, ca_pem: str | None) -> Limiter:
     """The instance's one Limiter (its connection pool is thread-safe); made on first use, which
     says so in the log when limits are off."""
+
     def make() -> Limiter:
         if url is None:
             logs.emit({"severity": "WARNING", "message": "limits are off: LIMITS_REDIS_URL is not set"})
         return Limiter(url, password, ca_pem)
+
     return shared(("limiter", url), make)
 
 
@@ -427,12 +456,15 @@ def of(data: dict[str, Any] | None, defaults: Limits) -> Limits:
         value = data.get(name)
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
-    return Limits(figure("creates_per_minute", defaults.creates_per_minute),
-                  figure("max_pending_uploads", defaults.max_pending_uploads))
+    return Limits(
+        figure("creates_per_minute", defaults.creates_per_minute),
+        figure("max_pending_uploads", defaults.max_pending_uploads),
+    )
 
 
-def set_limits(db: firestore.Client, workspace_id: str, creates_per_minute: int | None,
-               max_pending_uploads: int | None) -> dict[str, Any]:
+def set_limits(
+    db: firestore.Client, workspace_id: str, creates_per_minute: int | None, max_pending_uploads: int | None
+) -> dict[str, Any]:
     """Set a workspace's own figures (None: leave as is); the document as stored."""
     changes: dict[str, Any] = {"updated_at": firestore.SERVER_TIMESTAMP}
     if creates_per_minute is not None:

@@ -37,7 +37,9 @@ end
 # Returns {admitted (1/0; -1: not rebuilt in this epoch, rebuild first), refused-by ("", "rate", "quota"),
 #          creates in the window, pending, ms until the rate log frees a create, ms until the first pending
 #          upload expires}.
-ADMIT = PRELUDE + """
+ADMIT = (
+    PRELUDE
+    + """
 local synced = redis.call('GET', KEYS[3])
 if not synced or tonumber(synced) < tonumber(ARGV[5]) then
   return {-1, 'unsynced', used, pending, 0, 0}
@@ -61,26 +63,35 @@ local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000)
 return {1, '', used + 1, pending + 1, frees(0), first_expiry()}
 """
+)
 # A release: the member leaves the pending set, and is noted in KEYS[4] for RELEASED_SECONDS, so that a
 # rebuild that read its record while it was still pending does not put it back. ARGV: the member. Returns 1
 # if it was there.
-RELEASE = PRELUDE + f"""
+RELEASE = (
+    PRELUDE
+    + f"""
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - {RELEASED_SECONDS * 1000})
 redis.call('PEXPIRE', KEYS[4], {RELEASED_SECONDS * 1000})
 return removed
 """
+)
 # Returns {creates in the window, pending, ms until the rate log frees one (0: it is empty)}.
-USAGE = PRELUDE + """
+USAGE = (
+    PRELUDE
+    + """
 return {used, pending, frees(0)}
 """
+)
 # The pending set rebuilt from Firestore's records. ARGV: the store's epoch; ms a create may still be writing
 # its record; how many ids follow that are settled (recorded, not pending: dropped); those ids; then (upload
 # id, expires_at ms) pairs: the workspace's pending records. Any other member they do not name is dropped
 # unless the rate log admitted it within that time (its record may not be written yet); then each record
 # still before its expiry is added, and the epoch marked. Returns the pending count.
-SYNC = PRELUDE + f"""
+SYNC = (
+    PRELUDE
+    + f"""
 local epoch, in_flight, settled = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 4, 3 + settled do redis.call('ZREM', KEYS[2], ARGV[i]) end
 local records = {{}}
@@ -100,3 +111,4 @@ if #last > 0 then redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]) + 1000) end
 redis.call('SET', KEYS[3], epoch, 'EX', {REBUILD_SECONDS})
 return redis.call('ZCARD', KEYS[2])
 """
+)

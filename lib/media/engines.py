@@ -8,6 +8,7 @@ Unreadable; whatever else one raises is a verdict too (lib/media/probe.py `judge
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Collection
@@ -41,10 +42,8 @@ def engine(declared: str) -> Engine:
 def prepare(declared: str) -> None:
     """Import the engine of `declared` (only that one: each costs its start-up) and what it loads lazily."""
     identify.prepare()
-    try:
+    with contextlib.suppress(Mismatch):  # check() says so
         engine(declared).prepare()
-    except Mismatch:
-        pass  # check() says so
 
 
 def check(declared: str, source: Source, limits: Limits) -> Media:

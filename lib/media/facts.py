@@ -63,14 +63,19 @@ class Media:
     codecs: tuple[str, ...] = ()
 
     @classmethod
-    def sane(cls, duration: object = None, width: object = None, height: object = None,
-             codecs: tuple[str, ...] = ()) -> Media:
+    def sane(
+        cls, duration: object = None, width: object = None, height: object = None, codecs: tuple[str, ...] = ()
+    ) -> Media:
         """Facts kept within the bounds above (a fact outside them is absent)."""
         return cls(sane_duration(duration), sane_dimension(width), sane_dimension(height), tuple(codecs))
 
     def as_record(self) -> dict[str, object]:
-        return {"duration_seconds": self.duration_seconds, "width": self.width, "height": self.height,
-                "codecs": list(self.codecs)}
+        return {
+            "duration_seconds": self.duration_seconds,
+            "width": self.width,
+            "height": self.height,
+            "codecs": list(self.codecs),
+        }
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,22 @@ def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:
             raise Unreadable(f"it lacks the table{plural} every font has: {', '.join(missing)}")
         tag = ""
         try:
-            for tag in face.keys():
+            for tag in face.keys():  # noqa: SIM118 - a TTFont is not iterable: keys() is how it lists its tables
                 face[tag]  # each table decompiled: a table directory in front of anything else fails here
             if "glyf" in face:
                 tag, glyphs = "glyf", face["glyf"]
                 for name in face.getGlyphOrder()[:GLYPHS]:
                     glyphs[name].expand(glyphs)
-        except (ttLib.TTLibError, struct.error, ValueError, KeyError, IndexError, AssertionError, EOFError,
-                TypeError, AttributeError):  # fontTools' words for a table whose bytes are not what it says
+        except (
+            ttLib.TTLibError,
+            struct.error,
+            ValueError,
+            KeyError,
+            IndexError,
+            AssertionError,
+            EOFError,
+            TypeError,
+            AttributeError,
+        ):  # fontTools' words for a table whose bytes are not what it says
             raise Unreadable(f"its {tag.strip()} table does not read") from None
     return Media.sane()

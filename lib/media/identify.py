@@ -11,8 +11,11 @@ from lib.media.mediatypes import ALIASES
 # Content types that share one format, each accepted for the other: the renderer reads them alike
 # (a video type still needs a video track, audio/mp4 an audio track: lib/media/moving.py); an
 # animated PNG is a PNG to every browser.
-FAMILIES = ({"video/mp4", "video/quicktime", "audio/mp4", "video/x-m4v"}, {"font/ttf", "font/otf"},
-            {"image/png", "image/apng"})
+FAMILIES = (
+    {"video/mp4", "video/quicktime", "audio/mp4", "video/x-m4v"},
+    {"font/ttf", "font/otf"},
+    {"image/png", "image/apng"},
+)
 
 
 def prepare() -> None:

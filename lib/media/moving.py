@@ -12,9 +12,14 @@ import av.logging
 from lib.media.facts import Limits, Media, Mismatch, Source, Unreadable
 
 TYPES = {  # the content type: the FFmpeg demuxers that may read it
-    "video/mp4": {"mov,mp4,m4a,3gp,3g2,mj2"}, "video/quicktime": {"mov,mp4,m4a,3gp,3g2,mj2"},
-    "audio/mp4": {"mov,mp4,m4a,3gp,3g2,mj2"}, "video/webm": {"matroska,webm"}, "audio/mpeg": {"mp3"},
-    "audio/wav": {"wav"}, "audio/aac": {"aac"}, "audio/ogg": {"ogg"},
+    "video/mp4": {"mov,mp4,m4a,3gp,3g2,mj2"},
+    "video/quicktime": {"mov,mp4,m4a,3gp,3g2,mj2"},
+    "audio/mp4": {"mov,mp4,m4a,3gp,3g2,mj2"},
+    "video/webm": {"matroska,webm"},
+    "audio/mpeg": {"mp3"},
+    "audio/wav": {"wav"},
+    "audio/aac": {"aac"},
+    "audio/ogg": {"ogg"},
 }
 # A track decodes if one of its first packets gives a frame (a stream may open on frames that need
 # earlier ones); the tail of a file is read for at most so many packets, from a seek to TAIL_AT of
@@ -48,8 +53,9 @@ def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:
     with container:
         if container.format.name not in TYPES[declared]:
             raise Mismatch(f"The bytes are {container.format.name.split(',')[0]}, not {declared}.")
-        tracks: list[Track] = [s for s in container.streams
-                               if isinstance(s, av.VideoStream | av.AudioStream) and not _cover(s)]
+        tracks: list[Track] = [
+            s for s in container.streams if isinstance(s, av.VideoStream | av.AudioStream) and not _cover(s)
+        ]
         pictures = [s for s in tracks if isinstance(s, av.VideoStream)]
         if declared.startswith("video/") and not pictures:
             raise Mismatch(f"It has no video track, so it is not {declared} (sound alone is audio/mp4).")
@@ -66,8 +72,11 @@ def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:
         except av.error.FFmpegError as exc:
             raise Unreadable(f"FFmpeg cannot read its frames ({exc.strerror})") from None
         picture = pictures[0].codec_context if pictures else None
-        codecs = tuple(name for s in container.streams if s.type in ("audio", "video", "subtitle")
-                       and (name := s.codec_context.codec.canonical_name) != "none")
+        codecs = tuple(
+            name
+            for s in container.streams
+            if s.type in ("audio", "video", "subtitle") and (name := s.codec_context.codec.canonical_name) != "none"
+        )
         return Media.sane(duration, picture and picture.width, picture and picture.height, codecs)
 
 
@@ -107,8 +116,9 @@ def _frames(stream: Track, packet: av.Packet | None) -> int:
         return 0  # this packet is damaged or needs earlier ones; the next may decode
 
 
-def _backed(container: av.container.InputContainer, tracks: list[Track], duration: float | None,
-            source: Source) -> None:
+def _backed(
+    container: av.container.InputContainer, tracks: list[Track], duration: float | None, source: Source
+) -> None:
     """Frames where the stated duration says they are, or Unreadable: a header whose facts the bytes do
     not back (a file cut short, a header in front of something else).
 
@@ -125,8 +135,10 @@ def _backed(container: av.container.InputContainer, tracks: list[Track], duratio
     raw = name in ("mp3", "aac")
     rate = tracks[0].bit_rate or 0  # the stream's own (its frames' or its Xing header's), not the file's size over time
     if raw and duration * rate / 8 * BACKED > source.size:
-        raise Unreadable(f"its header states {duration:.2f} s at {rate // 1000} kb/s, {duration * rate / 8:,.0f} "
-                         f"bytes, but the file holds {source.size:,}: it is cut short")
+        raise Unreadable(
+            f"its header states {duration:.2f} s at {rate // 1000} kb/s, {duration * rate / 8:,.0f} "
+            f"bytes, but the file holds {source.size:,}: it is cut short"
+        )
     if name == "matroska,webm" and CUES not in source.read_at(0, 4096):
         return
     start = container.start_time / av.time_base if container.start_time is not None else 0.0
@@ -141,8 +153,10 @@ def _backed(container: av.container.InputContainer, tracks: list[Track], duratio
         pass  # read on from the first frames: EOF before the target is a file cut short
     if _tail_decodes(container, tracks, target):
         return
-    raise Unreadable(f"its header states {duration:.2f} s, but no frame decodes where the bytes should hold "
-                     f"its last quarter: it is cut short or its frames are not media")
+    raise Unreadable(
+        f"its header states {duration:.2f} s, but no frame decodes where the bytes should hold "
+        f"its last quarter: it is cut short or its frames are not media"
+    )
 
 
 def _tail_decodes(container: av.container.InputContainer, tracks: list[Track], target: float | None) -> bool:
@@ -165,8 +179,11 @@ def _tail_decodes(container: av.container.InputContainer, tracks: list[Track], t
         if track is None or not packet.size:
             continue
         # Where the packet's frames end: a short file's one packet may span the target.
-        at = float((packet.pts + (packet.duration or 0)) * packet.time_base) \
-            if packet.pts is not None and packet.time_base else None
+        at = (
+            float((packet.pts + (packet.duration or 0)) * packet.time_base)
+            if packet.pts is not None and packet.time_base
+            else None
+        )
         if target is not None and (at is None or at < target):
             if not landed and (packet.is_keyframe or decoding is track):  # a decoder may hold frames back
                 decoding = track
@@ -178,5 +195,3 @@ def _tail_decodes(container: av.container.InputContainer, tracks: list[Track], t
         elif not sound and landed:
             return True
     return False
-
-

@@ -38,6 +38,5 @@ def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:
         except (OSError, SyntaxError, ValueError) as exc:
             raise Unreadable(f"its pixels do not decode ({exc})") from None
         animated = bool(getattr(image, "is_animated", False))
-        codec = {"PNG": "apng" if animated else "png", "JPEG": "mjpeg", "WEBP": "webp",
-                 "GIF": "gif"}[image.format]
+        codec = {"PNG": "apng" if animated else "png", "JPEG": "mjpeg", "WEBP": "webp", "GIF": "gif"}[image.format]
         return Media.sane(None, image.width, image.height, (codec,))

@@ -30,6 +30,7 @@ class OverBudget(OSError):
 
 # -- the sandbox ------------------------------------------------------------------------------------
 
+
 def limit(memory_bytes: int, cpu_seconds: int) -> None:
     """Address space, CPU time (SIGXCPU, then SIGKILL a second later), no file written, few files open."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
@@ -45,10 +46,24 @@ def limit(memory_bytes: int, cpu_seconds: int) -> None:
 # Numbers from the kernel's syscall tables (arch/x86/entry/syscalls/syscall_64.tbl, and the generic
 # table arm64 uses); the audit architecture values from include/uapi/linux/audit.h.
 _ARCHES = {
-    "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,
-                            "ptrace": 101, "execveat": 322, "clone3": 435}),
-    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "clone": 220, "execve": 221, "ptrace": 117,
-                             "execveat": 281, "clone3": 435}),
+    "x86_64": (
+        0xC000003E,
+        {
+            "socket": 41,
+            "socketpair": 53,
+            "clone": 56,
+            "fork": 57,
+            "vfork": 58,
+            "execve": 59,
+            "ptrace": 101,
+            "execveat": 322,
+            "clone3": 435,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {"socket": 198, "socketpair": 199, "clone": 220, "execve": 221, "ptrace": 117, "execveat": 281, "clone3": 435},
+    ),
 }
 _CLONE_THREAD = 0x00010000
 
@@ -66,12 +81,23 @@ def seccomp() -> bool:
     audit_arch, numbers = arch
     ld, jeq, jset, jge, ret = 0x20, 0x15, 0x45, 0x35, 0x06
     allow, deny, nosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
-    prog = [_bpf(ld, 0, 0, 4), _bpf(jeq, 1, 0, audit_arch), _bpf(ret, 0, 0, 0x80000000),  # other ABI: kill
-            _bpf(ld, 0, 0, 0), _bpf(jge, 0, 1, 0x40000000), _bpf(ret, 0, 0, deny)]  # x32 calls refused
+    prog = [
+        _bpf(ld, 0, 0, 4),
+        _bpf(jeq, 1, 0, audit_arch),
+        _bpf(ret, 0, 0, 0x80000000),  # other ABI: kill
+        _bpf(ld, 0, 0, 0),
+        _bpf(jge, 0, 1, 0x40000000),
+        _bpf(ret, 0, 0, deny),
+    ]  # x32 calls refused
     for name, number in numbers.items():
         if name == "clone":  # a thread (CLONE_THREAD in its flags, args[0]) may be made; a process not
-            prog += [_bpf(jeq, 0, 4, number), _bpf(ld, 0, 0, 16), _bpf(jset, 1, 0, _CLONE_THREAD),
-                     _bpf(ret, 0, 0, deny), _bpf(ret, 0, 0, allow)]
+            prog += [
+                _bpf(jeq, 0, 4, number),
+                _bpf(ld, 0, 0, 16),
+                _bpf(jset, 1, 0, _CLONE_THREAD),
+                _bpf(ret, 0, 0, deny),
+                _bpf(ret, 0, 0, allow),
+            ]
         else:  # clone3 is ENOSYS, so the C library falls back to clone, whose flags can be read
             prog += [_bpf(jeq, 0, 1, number), _bpf(ret, 0, 0, nosys if name == "clone3" else deny)]
     prog.append(_bpf(ret, 0, 0, allow))
@@ -97,6 +123,7 @@ def drop_root() -> None:
 
 
 # -- the object, read through the parent ----------------------------------------------------------
+
 
 class Remote(io.RawIOBase):
     """The object as a seekable file: each miss asks the parent for a range (it answers a window,
@@ -129,7 +156,7 @@ class Remote(io.RawIOBase):
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # io's own signature takes any buffer
         data = self.read_at(self.position, len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
 
@@ -146,7 +173,7 @@ class Remote(io.RawIOBase):
     def _cached(self, offset: int, end: int) -> bytes:
         for start, data in self.windows:
             if start <= offset < start + len(data):
-                return data[offset - start:min(end, start + len(data)) - start]
+                return data[offset - start : min(end, start + len(data)) - start]
         return b""
 
     def _ask(self, offset: int, end: int) -> bytes:
@@ -162,7 +189,7 @@ class Remote(io.RawIOBase):
         self.windows.append((offset, data))
         while sum(len(window) for _, window in self.windows) > self.KEEP and len(self.windows) > 1:
             self.windows.pop(0)
-        return data[:end - offset]
+        return data[: end - offset]
 
 
 def _exactly(stream: BinaryIO, count: int) -> bytes:
@@ -173,6 +200,7 @@ def _exactly(stream: BinaryIO, count: int) -> bytes:
 
 
 # -- the check ------------------------------------------------------------------------------------
+
 
 def judge(declared: str, source: Remote, limits: Limits) -> dict[str, object]:
     """The verdict's fields for the object `source` declared `declared`."""
@@ -189,8 +217,11 @@ def judge(declared: str, source: Remote, limits: Limits) -> dict[str, object]:
         # answers 503 and the upload is settled again), never a verdict on a file.
         return {"engine_failed": f"{type(exc).__name__}: {exc}"}
     except MemoryError:
-        return {"code": UNREADABLE_MEDIA, "reason": "decoding it needs more memory than a check may take",
-                "failure": "MemoryError"}
+        return {
+            "code": UNREADABLE_MEDIA,
+            "reason": "decoding it needs more memory than a check may take",
+            "failure": "MemoryError",
+        }
     except Exception as exc:  # noqa: BLE001 - no file may break its upload: whatever a decoder raises is a verdict
         if source.over_budget:
             return _over_budget(limits.max_bytes)
@@ -199,8 +230,10 @@ def judge(declared: str, source: Remote, limits: Limits) -> dict[str, object]:
 
 
 def _over_budget(max_bytes: int) -> dict[str, object]:
-    return {"code": UNREADABLE_MEDIA, "reason": f"it could not be checked within the verification budget "
-                                                f"({max_bytes // 2**20} MiB of reads)"}
+    return {
+        "code": UNREADABLE_MEDIA,
+        "reason": f"it could not be checked within the verification budget ({max_bytes // 2**20} MiB of reads)",
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -288,8 +321,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--self-test"]:
         import subprocess
 
-        child = subprocess.run([sys.executable, "-m", "lib.media.probe", "--self-test-child"], capture_output=True,
-                               check=False, timeout=60)
+        child = subprocess.run(
+            [sys.executable, "-m", "lib.media.probe", "--self-test-child"], capture_output=True, check=False, timeout=60
+        )
         print(child.stdout.decode() or child.stderr.decode(), end="")
         sys.exit(child.returncode)
     elif sys.argv[1:] == ["--self-test-child"]:

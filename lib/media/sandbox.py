@@ -42,8 +42,9 @@ CHECKS_AT_ONCE = 2
 _SLOTS = threading.BoundedSemaphore(CHECKS_AT_ONCE)
 VERDICT_BYTES = 64 * 1024  # the most a child's verdict may hold; more is a child gone wrong
 REASON_CHARS = 400  # of a refusal's reason kept (it becomes the rejection's message)
-_CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-          "from lib.media.probe import main; main(sys.argv[2:])")
+_CHILD = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); from lib.media.probe import main; main(sys.argv[2:])"
+)
 
 
 class CheckTimedOut(Exception):
@@ -80,13 +81,25 @@ class _Session:
 
     def run(self) -> Verdict:
         paths = json.dumps([p for p in sys.path if p])  # where this interpreter finds lib and the engines
-        limits = json.dumps({"memory_bytes": self.budget.memory_bytes, "cpu_seconds": self.budget.cpu_seconds,
-                             "max_pixels": self.budget.max_pixels, "max_bytes": self.budget.max_bytes})
-        self.child = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+        limits = json.dumps(
+            {
+                "memory_bytes": self.budget.memory_bytes,
+                "cpu_seconds": self.budget.cpu_seconds,
+                "max_pixels": self.budget.max_pixels,
+                "max_bytes": self.budget.max_bytes,
+            }
+        )
+        self.child = subprocess.Popen(  # our own interpreter and module, no shell
             [sys.executable, "-I", "-c", _CHILD, paths, self.declared, str(self.size), limits],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={"LC_ALL": "C.UTF-8"},
-            close_fds=True, start_new_session=True)
-        assert self.child.stdin is not None and self.child.stdout is not None
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={"LC_ALL": "C.UTF-8"},
+            close_fds=True,
+            start_new_session=True,
+        )
+        assert self.child.stdin is not None
+        assert self.child.stdout is not None
         self.to_child, self.from_child = self.child.stdin.fileno(), self.child.stdout.fileno()
         started = False
         try:
@@ -134,8 +147,9 @@ class _Session:
 
     def _window(self, offset: int) -> int:
         """Reads along a sequential run double their window; a seek starts again from the first."""
-        self.window = min(self.window * 2, self.budget.max_window) if offset == self.next_sequential \
-            else self.budget.first_window
+        self.window = (
+            min(self.window * 2, self.budget.max_window) if offset == self.next_sequential else self.budget.first_window
+        )
         return self.window
 
     def _verdict(self, said: dict[str, object]) -> Verdict:
@@ -144,8 +158,12 @@ class _Session:
         media = said.get("media")
         facts = None
         if isinstance(media, dict):
-            facts = Media.sane(media.get("duration_seconds"), media.get("width"), media.get("height"),
-                               tuple(str(codec) for codec in media.get("codecs") or ()))
+            facts = Media.sane(
+                media.get("duration_seconds"),
+                media.get("width"),
+                media.get("height"),
+                tuple(str(codec) for codec in media.get("codecs") or ()),
+            )
         cpu_ms = said.get("cpu_ms")
         self.usage.cpu_ms = float(cpu_ms) if isinstance(cpu_ms, int | float) else 0.0
         self.usage.sandbox = str(said.get("sandbox") or "")
@@ -185,7 +203,7 @@ class _Session:
         while view:
             self._wait(self.to_child, readable=False)
             try:
-                view = view[os.write(self.to_child, view[:1024 * 1024]):]
+                view = view[os.write(self.to_child, view[: 1024 * 1024]) :]
             except BrokenPipeError:
                 return  # the child is gone; its exit is read next
 

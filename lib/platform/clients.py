@@ -138,8 +138,9 @@ class TtlLru(Generic[V]):
 
 def firestore_client(settings: FirestoreSettings) -> firestore.Client:
     """The instance's Firestore client (honours FIRESTORE_EMULATOR_HOST)."""
-    return shared(("firestore", settings),
-                   lambda: firestore.Client(project=settings.project, database=settings.database))
+    return shared(
+        ("firestore", settings), lambda: firestore.Client(project=settings.project, database=settings.database)
+    )
 
 
 # Connections kept per host. The sweep's workers (main.SWEEP_WORKERS, 32) and
@@ -160,6 +161,7 @@ def wide_pools(http: requests.Session) -> requests.Session:
 
 def storage_client(project: str) -> storage.Client:
     """The instance's Storage client (honours STORAGE_EMULATOR_HOST)."""
+
     def make() -> storage.Client:
         client = _without_proxy_lookup(storage.Client(project=project))
         wide_pools(client._http)
@@ -174,6 +176,7 @@ def session_http() -> requests.Session:
     No credentials: a session URL is its own credential, and sending our
     token along with it would only widen what a leaked request shows.
     """
+
     def make() -> requests.Session:
         http = requests.Session()
         http.trust_env = False
@@ -205,7 +208,8 @@ class Publisher:
 
         # No batching delay: every message here is on a request's path.
         self._client = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.0))
+            batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.0)
+        )
         self._project = project
 
     def publish(self, topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
@@ -217,8 +221,10 @@ class Publisher:
         """
         path = self._client.topic_path(self._project, topic)
         with upstream():
-            futures = [self._client.publish(path, data, retry=PUBSUB_RETRY, timeout=PUBSUB_ATTEMPT_TIMEOUT,
-                                            **attributes) for data, attributes in messages]
+            futures = [
+                self._client.publish(path, data, retry=PUBSUB_RETRY, timeout=PUBSUB_ATTEMPT_TIMEOUT, **attributes)
+                for data, attributes in messages
+            ]
             for future in futures:
                 future.result(timeout=PUBSUB_WAIT_SECONDS)
 

@@ -172,8 +172,10 @@ def _limits(env: Mapping[str, str]) -> dict:
     if url is not None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname or parts.password or parts.query:
-            raise ConfigError("LIMITS_REDIS_URL must be redis://HOST:PORT or rediss://HOST:PORT "
-                              "(the AUTH string goes in LIMITS_REDIS_AUTH)")
+            raise ConfigError(
+                "LIMITS_REDIS_URL must be redis://HOST:PORT or rediss://HOST:PORT "
+                "(the AUTH string goes in LIMITS_REDIS_AUTH)"
+            )
     ca = env.get("LIMITS_REDIS_CA_CERT", "").strip() or None
     if url is not None and url.startswith("rediss://") and ca is None:
         raise ConfigError("LIMITS_REDIS_CA_CERT must hold the server CA's PEM when LIMITS_REDIS_URL is rediss://")
@@ -189,8 +191,10 @@ def _limits(env: Mapping[str, str]) -> dict:
 
 def limits_defaults(env: Mapping[str, str]) -> tuple[int, int]:
     """CREATES_PER_MINUTE and MAX_PENDING_UPLOADS: a workspace's figures until ops set its own."""
-    return (_integer(env, "CREATES_PER_MINUTE", 600, 1, MAX_CREATES_PER_MINUTE, "creates"),
-            _integer(env, "MAX_PENDING_UPLOADS", 1000, 1, MAX_PENDING_UPLOADS, "uploads"))
+    return (
+        _integer(env, "CREATES_PER_MINUTE", 600, 1, MAX_CREATES_PER_MINUTE, "creates"),
+        _integer(env, "MAX_PENDING_UPLOADS", 1000, 1, MAX_PENDING_UPLOADS, "uploads"),
+    )
 
 
 def allow_private_targets(env: Mapping[str, str]) -> bool:

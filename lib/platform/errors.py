@@ -16,8 +16,13 @@ class ApiError(Exception):
     code = "internal_error"
     message = "An internal error occurred. Retry later; if it persists, contact support with the X-Request-Id."
 
-    def __init__(self, message: str | None = None, details: Any = None, headers: dict[str, str] | None = None,
-                 reason: str | None = None):
+    def __init__(
+        self,
+        message: str | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+    ):
         super().__init__(message or self.message)
         self.message = message or self.message
         self.details = details if details is not None else {}
@@ -157,8 +162,9 @@ class PayloadTooLarge(ApiError):
 
     def __init__(self, limit: int):
         # The rest of the body is not read: the connection is closed instead.
-        super().__init__(f"The request body exceeds {limit} bytes.", details={"max_bytes": limit},
-                         headers={"Connection": "close"})
+        super().__init__(
+            f"The request body exceeds {limit} bytes.", details={"max_bytes": limit}, headers={"Connection": "close"}
+        )
 
 
 class UriTooLong(ApiError):
@@ -194,8 +200,9 @@ class UploadTooLarge(ApiError):
     status, code = 422, "upload_too_large"
 
     def __init__(self, limit: int):
-        super().__init__(f"size_bytes exceeds the largest upload allowed, {limit} bytes.",
-                         details={"max_size_bytes": limit})
+        super().__init__(
+            f"size_bytes exceeds the largest upload allowed, {limit} bytes.", details={"max_size_bytes": limit}
+        )
 
 
 class RateLimited(ApiError):
@@ -204,9 +211,11 @@ class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 
     def __init__(self, limit: int, retry_after: int, headers: dict[str, str]):
-        super().__init__(f"This workspace may create {limit} uploads a minute. Retry after the delay in Retry-After.",
-                         details={"limit": limit, "window_seconds": 60, "retry_after_seconds": retry_after},
-                         headers={**headers, "Retry-After": str(retry_after)})
+        super().__init__(
+            f"This workspace may create {limit} uploads a minute. Retry after the delay in Retry-After.",
+            details={"limit": limit, "window_seconds": 60, "retry_after_seconds": retry_after},
+            headers={**headers, "Retry-After": str(retry_after)},
+        )
 
 
 class AuthenticationsLimited(ApiError):
@@ -216,10 +225,12 @@ class AuthenticationsLimited(ApiError):
     status, code = 429, "rate_limited"
 
     def __init__(self, limit: int, retry_after: int):
-        super().__init__(f"Too many requests from this address carried an unknown or revoked API key "
-                         f"(at most {limit} a minute). Retry after the delay in Retry-After.",
-                         details={"limit": limit, "window_seconds": 60, "retry_after_seconds": retry_after},
-                         headers={"Retry-After": str(retry_after)})
+        super().__init__(
+            f"Too many requests from this address carried an unknown or revoked API key "
+            f"(at most {limit} a minute). Retry after the delay in Retry-After.",
+            details={"limit": limit, "window_seconds": 60, "retry_after_seconds": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 class QuotaExceeded(ApiError):
@@ -228,9 +239,12 @@ class QuotaExceeded(ApiError):
     status, code = 429, "quota_exceeded"
 
     def __init__(self, limit: int, pending: int, retry_after: int, headers: dict[str, str]):
-        super().__init__(f"This workspace has {pending} uploads pending and may have {limit}. Finish, cancel or "
-                         "let some expire, then retry.", details={"limit": limit, "pending": pending},
-                         headers={**headers, "Retry-After": str(retry_after)})
+        super().__init__(
+            f"This workspace has {pending} uploads pending and may have {limit}. Finish, cancel or "
+            "let some expire, then retry.",
+            details={"limit": limit, "pending": pending},
+            headers={**headers, "Retry-After": str(retry_after)},
+        )
 
 
 class ServiceUnavailable(ApiError):

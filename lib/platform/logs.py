@@ -32,9 +32,14 @@ _write_lock = threading.Lock()
 
 
 # One pass that finds whether any of the patterns might match; most lines hold none.
-_ANY_SECRET = re.compile("|".join(
-    f"(?i:{pattern.pattern.removeprefix('(?i)')})" if pattern.pattern.startswith("(?i)") else f"(?:{pattern.pattern})"
-    for pattern, _ in _SECRETS))
+_ANY_SECRET = re.compile(
+    "|".join(
+        f"(?i:{pattern.pattern.removeprefix('(?i)')})"
+        if pattern.pattern.startswith("(?i)")
+        else f"(?:{pattern.pattern})"
+        for pattern, _ in _SECRETS
+    )
+)
 
 
 def redact(text: str) -> str:
@@ -77,8 +82,15 @@ def request_id(incoming: str | None) -> str:
     return secrets.token_hex(16)
 
 
-def request_line(method: str, path: str, status: int, seconds: float, fields: dict[str, Any],
-                 project: str | None, trace_header: str | None) -> dict[str, Any]:
+def request_line(
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    fields: dict[str, Any],
+    project: str | None,
+    trace_header: str | None,
+) -> dict[str, Any]:
     """A request's log entry: its `httpRequest`, severity by status, trace, and the handler's `fields`
     (a `stack_trace` field becomes the message, which Error Reporting groups by)."""
     fields = dict(fields)
@@ -87,8 +99,12 @@ def request_line(method: str, path: str, status: int, seconds: float, fields: di
     entry: dict[str, Any] = {
         "severity": severity_for(status),
         "message": stack or f"{bounded(method, 16)} {path} {status}",
-        "httpRequest": {"requestMethod": bounded(method, 16), "requestUrl": path, "status": status,
-                        "latency": f"{seconds:.6f}s"},
+        "httpRequest": {
+            "requestMethod": bounded(method, 16),
+            "requestUrl": path,
+            "status": status,
+            "latency": f"{seconds:.6f}s",
+        },
     }
     entry.update(trace_field(project, trace_header))
     entry.update(fields)

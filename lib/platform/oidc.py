@@ -63,8 +63,15 @@ class CertCache:
     FETCH_SECONDS = 5.0
     MAX_BYTES = 256 * 1024
 
-    def __init__(self, url: str, http: requests.Session, default_ttl: float = 3600, max_ttl: float = 6 * 3600,
-                 min_refetch: float = 30, failure_ttl: float = 10):
+    def __init__(
+        self,
+        url: str,
+        http: requests.Session,
+        default_ttl: float = 3600,
+        max_ttl: float = 6 * 3600,
+        min_refetch: float = 30,
+        failure_ttl: float = 10,
+    ):
         self.url = url
         self._http = http
         self._default_ttl, self._max_ttl, self._min_refetch = default_ttl, max_ttl, min_refetch
@@ -115,8 +122,11 @@ class CertCache:
         try:
             certs, ttl = self._fetch()
         except Exception as exc:  # noqa: BLE001 - remembered, and raised to the waiting calls as a 503
-            failure = exc if isinstance(exc, ServiceUnavailable) else ServiceUnavailable(
-                reason=f"OIDC certificates: {type(exc).__name__}")
+            failure = (
+                exc
+                if isinstance(exc, ServiceUnavailable)
+                else ServiceUnavailable(reason=f"OIDC certificates: {type(exc).__name__}")
+            )
             with self._lock:
                 self._failure, self._failed_until = failure, time.monotonic() + self._failure_ttl
                 self._fetching = None
@@ -131,21 +141,20 @@ class CertCache:
     def _fetch(self) -> tuple[dict[str, str], float]:
         """Google's certificates and how long to keep them, within FETCH_SECONDS in all."""
         deadline = time.monotonic() + self.FETCH_SECONDS
-        with upstream():
-            with self._http.get(self.url, timeout=(2.0, 2.0), stream=True) as response:
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise ServiceUnavailable(reason=f"OIDC certificates: HTTP {response.status_code}")
-                response.raise_for_status()
-                body = bytearray()
-                # read1: whatever one socket read brings (each within the 2 s read
-                # timeout), so a server dribbling bytes cannot hold us past the deadline.
-                while chunk := response.raw.read1(16384, decode_content=True):
-                    body += chunk
-                    if len(body) > self.MAX_BYTES:
-                        raise RuntimeError("OIDC certificates: answer too large")
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("OIDC certificates: fetch took too long")
-                cache_control = response.headers.get("Cache-Control", "")
+        with upstream(), self._http.get(self.url, timeout=(2.0, 2.0), stream=True) as response:
+            if response.status_code >= 500 or response.status_code == 429:
+                raise ServiceUnavailable(reason=f"OIDC certificates: HTTP {response.status_code}")
+            response.raise_for_status()
+            body = bytearray()
+            # read1: whatever one socket read brings (each within the 2 s read
+            # timeout), so a server dribbling bytes cannot hold us past the deadline.
+            while chunk := response.raw.read1(16384, decode_content=True):
+                body += chunk
+                if len(body) > self.MAX_BYTES:
+                    raise RuntimeError("OIDC certificates: answer too large")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("OIDC certificates: fetch took too long")
+            cache_control = response.headers.get("Cache-Control", "")
         certs = json.loads(bytes(body))
         if not isinstance(certs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in certs.items()):
             raise RuntimeError("OIDC certificates: expected a JSON object of key id -> PEM certificate")
@@ -158,8 +167,9 @@ def cert_cache(url: str, http: requests.Session) -> CertCache:
     return shared(("oidc_certs", url), lambda: CertCache(url, http))
 
 
-def verify(authorization: str | None, audience: str | None, service_account: str | None,
-           certs: CertCache, route: str = "sweep") -> dict[str, Any]:
+def verify(
+    authorization: str | None, audience: str | None, service_account: str | None, certs: CertCache, route: str = "sweep"
+) -> dict[str, Any]:
     """The token's claims, if it is Google's, for `audience`, from `service_account`.
 
     `route` names the caller's settings in the log's reasons ("sweep" -> SWEEP_*).
@@ -172,15 +182,19 @@ def verify(authorization: str | None, audience: str | None, service_account: str
     if not audience or not service_account:
         raise Forbidden(f"{route} not configured ({route.upper()}_AUDIENCE, {route.upper()}_SERVICE_ACCOUNT)")
     token = _bearer(authorization)
-    try:
-        header = jwt.decode_header(token)
-    except (auth_exc.GoogleAuthError, ValueError):  # not base64url JSON, or not an object
-        raise InvalidToken("malformed token") from None
-    if header.get("alg") != "RS256":
-        raise InvalidToken("token not signed with RS256")
-    key_id = header.get("kid")
-    if not isinstance(key_id, str):
-        raise InvalidToken("token has no key id")
+    claims = _signed_claims(token, certs)
+    if claims.get("iss") not in GOOGLE_ISSUERS:
+        raise InvalidToken("token not issued by Google")
+    if claims.get("aud") != audience:
+        raise InvalidToken("token is for another audience")
+    if claims.get("email") != service_account or claims.get("email_verified") is not True:
+        raise Forbidden(f"token is not from the {route}'s service account")
+    return claims
+
+
+def _signed_claims(token: str, certs: CertCache) -> dict[str, Any]:
+    """The claims of a token signed by one of Google's current keys, within its time (remembered per token)."""
+    key_id = _key_id(token)
     known = certs.certs_for(key_id)
     if key_id not in known:
         raise InvalidToken("token signed by an unknown key")
@@ -190,20 +204,29 @@ def verify(authorization: str | None, audience: str | None, service_account: str
         claims = None  # its signature checked out, its time is up: decode() says why
     if claims is None:
         try:
-            claims = jwt.decode(token, certs={key_id: known[key_id]}, audience=None,
-                                clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
+            claims = jwt.decode(
+                token, certs={key_id: known[key_id]}, audience=None, clock_skew_in_seconds=CLOCK_SKEW_SECONDS
+            )
         except (auth_exc.GoogleAuthError, ValueError, TypeError):  # TypeError: an `exp` that is a string
             raise InvalidToken(_decode_failure(token)) from None
         if not all(isinstance(claims.get(name), int) for name in ("iat", "exp")):
             raise InvalidToken("token's iat or exp is not a whole number")
         _verified.put(token, claims)
-    if claims.get("iss") not in GOOGLE_ISSUERS:
-        raise InvalidToken("token not issued by Google")
-    if claims.get("aud") != audience:
-        raise InvalidToken("token is for another audience")
-    if claims.get("email") != service_account or claims.get("email_verified") is not True:
-        raise Forbidden(f"token is not from the {route}'s service account")
     return claims
+
+
+def _key_id(token: str) -> str:
+    """The id of the key that signed `token`, from its header (RS256 only)."""
+    try:
+        header = jwt.decode_header(token)
+    except (auth_exc.GoogleAuthError, ValueError):  # not base64url JSON, or not an object
+        raise InvalidToken("malformed token") from None
+    if header.get("alg") != "RS256":
+        raise InvalidToken("token not signed with RS256")
+    key_id = header.get("kid")
+    if not isinstance(key_id, str):
+        raise InvalidToken("token has no key id")
+    return key_id
 
 
 def bearer(authorization: str | None, error: Callable[[str], Exception]) -> str:

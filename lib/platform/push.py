@@ -31,8 +31,15 @@ class Push:
     attempt: int | None  # Pub/Sub's deliveryAttempt (set when the subscription dead-letters)
 
 
-def receive(authorization: str | None, raw: bytes, audience: str | None, service_account: str | None,
-            certs: oidc.CertCache, route: str, invalid: str | None = None) -> Push:
+def receive(
+    authorization: str | None,
+    raw: bytes,
+    audience: str | None,
+    service_account: str | None,
+    certs: oidc.CertCache,
+    route: str,
+    invalid: str | None = None,
+) -> Push:
     """The pushed message, once the token is checked: Google's, for `audience`,
     from `service_account` (the route's push subscription; `route` names its
     settings, "events" -> EVENTS_*). `invalid` is the 400's message for a body
@@ -71,10 +78,13 @@ class _Envelope(BaseModel):
 
 # What each part of a refused envelope is called in the 400's reason.
 _NOT_A_STRING_ID = "the message's messageId is not a string"
-_REASONS = {"message": "not a Pub/Sub push envelope: no message object",
-            "attributes": "the message's attributes are not strings",
-            "messageId": _NOT_A_STRING_ID, "message_id": _NOT_A_STRING_ID,
-            "data": "the message's data is not base64"}
+_REASONS = {
+    "message": "not a Pub/Sub push envelope: no message object",
+    "attributes": "the message's attributes are not strings",
+    "messageId": _NOT_A_STRING_ID,
+    "message_id": _NOT_A_STRING_ID,
+    "data": "the message's data is not base64",
+}
 
 
 def read(body: object, invalid: str | None = None) -> Push:

@@ -29,6 +29,7 @@ Everything else is functions-framework's own configuration, unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -89,22 +90,25 @@ class _Watch:
         elif state == "headers":
             err = RequestTimeout()
             request_id = secrets.token_hex(16)
-            try:
+            with contextlib.suppress(OSError):
                 # Best effort, never blocking: a small answer fits the socket's buffer.
                 self.sock.send(_raw_answer(err, request_id), socket.MSG_DONTWAIT)
-            except OSError:
-                pass
             _shutdown(self.sock, socket.SHUT_RDWR)  # the blocked read ends; gunicorn closes
-            logs.emit({"severity": "WARNING", "message": f"(refused by the HTTP server) {err.status}",
-                       "httpRequest": {"status": err.status}, "request_id": request_id, "error_code": err.code,
-                       "reason": f"request line and headers not complete within {REQUEST_DEADLINE_SECONDS:g} s"})
+            logs.emit(
+                {
+                    "severity": "WARNING",
+                    "message": f"(refused by the HTTP server) {err.status}",
+                    "httpRequest": {"status": err.status},
+                    "request_id": request_id,
+                    "error_code": err.code,
+                    "reason": f"request line and headers not complete within {REQUEST_DEADLINE_SECONDS:g} s",
+                }
+            )
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(how)
-    except OSError:
-        pass
 
 
 class _Watchdog:
@@ -165,8 +169,10 @@ def in_time() -> bool:
 def _raw_answer(err: ApiError, request_id: str) -> bytes:
     """A complete HTTP/1.1 answer carrying `err`'s envelope, which closes the connection."""
     body = json.dumps(err.envelope(), separators=(",", ":")).encode() + b"\n"  # as main.py's answers end
-    head = (f"HTTP/1.1 {err.status} {err.code}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Cache-Control: no-store\r\nX-Request-Id: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {err.status} {err.code}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Cache-Control: no-store\r\nX-Request-Id: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("latin-1") + body
 
 
@@ -201,14 +207,19 @@ class Worker(ThreadWorker):
             return
         err = refusal(exc)
         request_id = secrets.token_hex(16)
-        try:
+        with contextlib.suppress(OSError):  # the client is gone; nothing to tell it
             util.write_nonblock(client, _raw_answer(err, request_id))
-        except OSError:
-            pass  # the client is gone; nothing to tell it
         # Never the request line or a header: they are the client's bytes, possibly huge or secret.
-        logs.emit({"severity": logs.severity_for(err.status), "message": f"(refused by the HTTP server) {err.status}",
-                   "httpRequest": {"status": err.status}, "request_id": request_id, "error_code": err.code,
-                   "reason": type(exc).__name__})
+        logs.emit(
+            {
+                "severity": logs.severity_for(err.status),
+                "message": f"(refused by the HTTP server) {err.status}",
+                "httpRequest": {"status": err.status},
+                "request_id": request_id,
+                "error_code": err.code,
+                "reason": type(exc).__name__,
+            }
+        )
 
 
 # What gunicorn's body readers raise for framing it cannot follow (a chunk size that is no hex number, a
@@ -219,9 +230,12 @@ BODY_FRAMING_ERRORS = (ParseException, NoMoreData)
 def body_refusal(exc: Exception) -> ApiError:
     """The error for a body whose framing gunicorn cannot follow. The connection closes with it:
     where the next request would start on it is unknowable."""
-    return BadHttpRequest("The request body's framing is malformed (Transfer-Encoding: chunked as RFC 9112 "
-                          "section 7.1 defines it, or Content-Length).", headers={"Connection": "close"},
-                          reason=type(exc).__name__)
+    return BadHttpRequest(
+        "The request body's framing is malformed (Transfer-Encoding: chunked as RFC 9112 "
+        "section 7.1 defines it, or Content-Length).",
+        headers={"Connection": "close"},
+        reason=type(exc).__name__,
+    )
 
 
 def refusal(exc: ParseException) -> ApiError:
@@ -239,8 +253,13 @@ class _QuietSlowClients(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (BlockingIOError, TimeoutError)):
-            logs.emit({"severity": "WARNING", "message": "(dropped by the HTTP server) request read timed out",
-                       "reason": f"no data for {READ_TIMEOUT_SECONDS} s"})
+            logs.emit(
+                {
+                    "severity": "WARNING",
+                    "message": "(dropped by the HTTP server) request read timed out",
+                    "reason": f"no data for {READ_TIMEOUT_SECONDS} s",
+                }
+            )
             return False
         return True
 

@@ -16,9 +16,16 @@ from lib.platform.clients import REWRITE_TIMEOUT, STORAGE_RETRY, STORAGE_TIMEOUT
 from lib.platform.errors import ObjectChanged
 
 
-def mint_session(client: storage.Client, bucket: str, object_name: str, content_type: str,
-                 origin: str | None, size: int | None = None, crc32c: str | None = None,
-                 md5: str | None = None) -> str:
+def mint_session(
+    client: storage.Client,
+    bucket: str,
+    object_name: str,
+    content_type: str,
+    origin: str | None,
+    size: int | None = None,
+    crc32c: str | None = None,
+    md5: str | None = None,
+) -> str:
     """Initiate a GCS resumable upload session and return its URL (a bearer secret).
 
     The content type is set on the blob before the session is created so the
@@ -48,12 +55,14 @@ def mint_session(client: storage.Client, bucket: str, object_name: str, content_
             retry=STORAGE_RETRY,
         )
 
+
 # What a DELETE on a session URL answers once the session takes no more bytes:
 # 499 is GCS's "cancelled"; 404/410 a session already gone.
 _SESSION_ENDED = frozenset({499, 404, 410})
 # What STORAGE_RETRY retries. Any other answer (a 501 from a stand-in, a 400)
 # is returned for the caller to settle by the bucket, never raised as a 500.
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
 
 def cancel_session(http: requests.Session, session_url: str) -> int:
     """Cancel a resumable session (DELETE on its URL), so it accepts no more bytes.
@@ -66,6 +75,7 @@ def cancel_session(http: requests.Session, session_url: str) -> int:
     Raises:
         ServiceUnavailable: GCS is unavailable or slow (after retries).
     """
+
     def attempt() -> int:
         status = http.delete(session_url, headers={"Content-Length": "0"}, timeout=STORAGE_TIMEOUT).status_code
         if status in _TRANSIENT_STATUSES:
@@ -76,8 +86,10 @@ def cancel_session(http: requests.Session, session_url: str) -> int:
     with upstream():
         return STORAGE_RETRY(attempt)()
 
+
 def session_ended(status: int) -> bool:
     return status in _SESSION_ENDED
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -89,14 +101,17 @@ class StoredObject:
     md5: str | None
     created: datetime  # when it was finalized: the upload's completed_at
 
+
 def stored_object(client: storage.Client, bucket: str, object_name: str) -> StoredObject | None:
     """The object if it exists (its upload completed), else None."""
     with upstream():
         blob = client.bucket(bucket).get_blob(object_name, timeout=STORAGE_TIMEOUT, retry=STORAGE_RETRY)
     if blob is None:
         return None
-    return StoredObject(size=blob.size, generation=blob.generation, crc32c=blob.crc32c, md5=blob.md5_hash,
-                        created=blob.time_created)
+    return StoredObject(
+        size=blob.size, generation=blob.generation, crc32c=blob.crc32c, md5=blob.md5_hash, created=blob.time_created
+    )
+
 
 def delete_object(client: storage.Client, bucket: str, object_name: str, generation: int) -> bool:
     """Delete that generation of the object; False if it is already gone (or replaced).
@@ -105,8 +120,9 @@ def delete_object(client: storage.Client, bucket: str, object_name: str, generat
     """
     try:
         with upstream():
-            client.bucket(bucket).blob(object_name).delete(if_generation_match=generation, timeout=STORAGE_TIMEOUT,
-                                                           retry=STORAGE_RETRY)
+            client.bucket(bucket).blob(object_name).delete(
+                if_generation_match=generation, timeout=STORAGE_TIMEOUT, retry=STORAGE_RETRY
+            )
         return True
     except (gexc.NotFound, gexc.PreconditionFailed):
         return False
@@ -124,8 +140,14 @@ def ranged(client: storage.Client, bucket: str, object_name: str, generation: in
     def fetch(start: int, end: int) -> bytes:
         try:
             with upstream():
-                data: bytes = blob.download_as_bytes(start=start, end=end - 1, raw_download=True, checksum=None,
-                                                     timeout=STORAGE_TIMEOUT, retry=STORAGE_RETRY)
+                data: bytes = blob.download_as_bytes(
+                    start=start,
+                    end=end - 1,
+                    raw_download=True,
+                    checksum=None,
+                    timeout=STORAGE_TIMEOUT,
+                    retry=STORAGE_RETRY,
+                )
         except gexc.NotFound:
             raise ObjectChanged("the object changed while it was read") from None
         return data
@@ -133,8 +155,9 @@ def ranged(client: storage.Client, bucket: str, object_name: str, generation: in
     return fetch
 
 
-def place(client: storage.Client, staging_bucket: str, bucket: str, object_name: str, generation: int,
-          content_type: str) -> StoredObject:
+def place(
+    client: storage.Client, staging_bucket: str, bucket: str, object_name: str, generation: int, content_type: str
+) -> StoredObject:
     """Put that generation of the staging object at the same name in the served bucket, by one rewrite.
 
     Within one location and storage class a rewrite completes in a single request (in a dual-region,
@@ -154,9 +177,14 @@ def place(client: storage.Client, staging_bucket: str, bucket: str, object_name:
     try:
         with upstream():
             while True:  # one request within one location and storage class; a token otherwise
-                token, _, _ = target.rewrite(source, token=token, if_generation_match=0,
-                                             if_source_generation_match=generation,
-                                             timeout=REWRITE_TIMEOUT, retry=STORAGE_RETRY)
+                token, _, _ = target.rewrite(
+                    source,
+                    token=token,
+                    if_generation_match=0,
+                    if_source_generation_match=generation,
+                    timeout=REWRITE_TIMEOUT,
+                    retry=STORAGE_RETRY,
+                )
                 if token is None:
                     break
     except (gexc.PreconditionFailed, gexc.NotFound):
@@ -164,6 +192,10 @@ def place(client: storage.Client, staging_bucket: str, bucket: str, object_name:
         if placed is None:
             raise ObjectChanged("the staging object went away while it was placed") from None
         return placed
-    return StoredObject(size=target.size, generation=target.generation, crc32c=target.crc32c, md5=target.md5_hash,
-                        created=target.time_created)
-
+    return StoredObject(
+        size=target.size,
+        generation=target.generation,
+        crc32c=target.crc32c,
+        md5=target.md5_hash,
+        created=target.time_created,
+    )

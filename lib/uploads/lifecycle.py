@@ -34,10 +34,31 @@ COLLECTION = "uploads"
 PENDING, COMPLETED, REJECTED, CANCELLED, EXPIRED = "pending", "completed", "rejected", "cancelled", "expired"
 # Fields the record holds. Queried: (sweep_shard, state, expires_at) by the sweep, (sweep_shard,
 # webhook_owed_at) by its republishing of owed events, (workspace_id, mode, state) by `pending_count`.
-FIELDS = ("workspace_id", "mode", "object_name", "content_type", "size_bytes", "created_at", "expires_at",
-          "state", "session_url", "settled_at", "completed_at", "crc32c", "md5", "generation", "webhook_owed_at",
-          "sweep_shard", "declared_crc32c", "declared_md5", "rejection_code", "rejection_message", "staged", "media",
-          "media_bytes_read")
+FIELDS = (
+    "workspace_id",
+    "mode",
+    "object_name",
+    "content_type",
+    "size_bytes",
+    "created_at",
+    "expires_at",
+    "state",
+    "session_url",
+    "settled_at",
+    "completed_at",
+    "crc32c",
+    "md5",
+    "generation",
+    "webhook_owed_at",
+    "sweep_shard",
+    "declared_crc32c",
+    "declared_md5",
+    "rejection_code",
+    "rejection_message",
+    "staged",
+    "media",
+    "media_bytes_read",
+)
 # expires_at and webhook_owed_at increase with time. A collection with a
 # sequentially increasing indexed field takes about 500 writes a second
 # (https://firebase.google.com/docs/firestore/solutions/shard-timestamp, which
@@ -102,9 +123,19 @@ class Storage:
         return self.staging_bucket if record.data.get("staged") else self.bucket
 
 
-def new_fields(upload_id: str, workspace_id: str, mode: str, object_name: str, content_type: str,
-               size_bytes: int | None, created_at: datetime, expires_at: datetime, session_url: str,
-               crc32c: str | None = None, md5: str | None = None) -> dict[str, Any]:
+def new_fields(
+    upload_id: str,
+    workspace_id: str,
+    mode: str,
+    object_name: str,
+    content_type: str,
+    size_bytes: int | None,
+    created_at: datetime,
+    expires_at: datetime,
+    session_url: str,
+    crc32c: str | None = None,
+    md5: str | None = None,
+) -> dict[str, Any]:
     """A new pending record, its session writing to the staging bucket (`staged`). `size_bytes`,
     `crc32c` and `md5` are what the client declared (None: not declared): what lands is checked
     against them."""
@@ -129,8 +160,9 @@ def ref(db: firestore.Client, upload_id: str) -> firestore.DocumentReference:
     return db.collection(COLLECTION).document(upload_id)
 
 
-def creation(db: firestore.Client, upload_id: str,
-             fields: dict[str, Any]) -> tuple[firestore.DocumentReference, dict[str, Any]]:
+def creation(
+    db: firestore.Client, upload_id: str, fields: dict[str, Any]
+) -> tuple[firestore.DocumentReference, dict[str, Any]]:
     """A new upload's document and fields, for a caller that creates it in its own commit (idempotency.once)."""
     return ref(db, upload_id), fields
 
@@ -147,8 +179,8 @@ def create_record(db: firestore.Client, upload_id: str, fields: dict[str, Any]) 
 
 def load(db: firestore.Client, workspace_id: str, mode: str, upload_id: str) -> Record:
     """The caller's upload. Raises:
-        UploadNotFound: no such id, or it belongs to another workspace or mode
-            (the answer is the same: whether it exists elsewhere is not told).
+    UploadNotFound: no such id, or it belongs to another workspace or mode
+        (the answer is the same: whether it exists elsewhere is not told).
     """
     record = load_by_id(db, upload_id)
     if record.data.get("workspace_id") != workspace_id or record.data.get("mode") != mode:
@@ -158,7 +190,7 @@ def load(db: firestore.Client, workspace_id: str, mode: str, upload_id: str) -> 
 
 def load_by_id(db: firestore.Client, upload_id: str) -> Record:
     """The upload with this id, whoever's it is. Raises:
-        UploadNotFound: no such id.
+    UploadNotFound: no such id.
     """
     if not naming.UPLOAD_ID.fullmatch(upload_id):
         raise UploadNotFound()
@@ -169,8 +201,13 @@ def load_by_id(db: firestore.Client, upload_id: str) -> Record:
     return Record.of(snap)
 
 
-def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
-               announce: Announce | None = None, release: Callable[[Record], None] | None = None) -> Record:
+def transition(
+    db: firestore.Client,
+    record: Record,
+    changes: dict[str, Any],
+    announce: Announce | None = None,
+    release: Callable[[Record], None] | None = None,
+) -> Record:
     """Apply `changes` to a pending record, conditioned on the update_time it was read at.
 
     With `announce`, the write also marks the record's webhook event owed,
@@ -186,10 +223,11 @@ def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
     try:
         with upstream():
             result = document.update(
-                {**changes, **owed, "settled_at": firestore.SERVER_TIMESTAMP,
-                 "session_url": firestore.DELETE_FIELD},
+                {**changes, **owed, "settled_at": firestore.SERVER_TIMESTAMP, "session_url": firestore.DELETE_FIELD},
                 option=db.write_option(last_update_time=record.update_time),
-                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+                retry=FIRESTORE_RETRY,
+                timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+            )
     except gexc.FailedPrecondition:
         # Settled by someone else first (or our own write, its answer lost): theirs stands.
         with upstream():
@@ -210,16 +248,17 @@ def transition(db: firestore.Client, record: Record, changes: dict[str, Any],
 
 def due_query(db: firestore.Client, shard: int, now: datetime, page_size: int) -> firestore.Query:
     """One shard's uploads pending past expires_at, oldest first (terraform/firestore.tf upload_indexes.sweep)."""
-    return (db.collection(COLLECTION)
-            .where(filter=FieldFilter(SHARD_FIELD, "==", shard))
-            .where(filter=FieldFilter("state", "==", PENDING))
-            .where(filter=FieldFilter("expires_at", "<=", now))
-            .order_by("expires_at")
-            .limit(page_size))
+    return (
+        db.collection(COLLECTION)
+        .where(filter=FieldFilter(SHARD_FIELD, "==", shard))
+        .where(filter=FieldFilter("state", "==", PENDING))
+        .where(filter=FieldFilter("expires_at", "<=", now))
+        .order_by("expires_at")
+        .limit(page_size)
+    )
 
 
-def due(db: firestore.Client, shard: int, now: datetime, page_size: int,
-        after: Any = None) -> tuple[list[Record], Any]:
+def due(db: firestore.Client, shard: int, now: datetime, page_size: int, after: Any = None) -> tuple[list[Record], Any]:
     """A page of `due_query`, and the cursor the next page starts after
     (`after`: the previous page's cursor).
 
@@ -236,10 +275,13 @@ def due(db: firestore.Client, shard: int, now: datetime, page_size: int,
 
 def owed_query(db: firestore.Client, shard: int, cutoff: datetime, limit: int) -> firestore.Query:
     """One shard's records owing an event since before `cutoff` (terraform/firestore.tf upload_indexes.owed)."""
-    return (db.collection(COLLECTION)
-            .where(filter=FieldFilter(SHARD_FIELD, "==", shard))
-            .where(filter=FieldFilter(OWED_FIELD, "<=", cutoff))
-            .order_by(OWED_FIELD).limit(limit))
+    return (
+        db.collection(COLLECTION)
+        .where(filter=FieldFilter(SHARD_FIELD, "==", shard))
+        .where(filter=FieldFilter(OWED_FIELD, "<=", cutoff))
+        .order_by(OWED_FIELD)
+        .limit(limit)
+    )
 
 
 def owed(db: firestore.Client, cutoff: datetime, limit: int = 200, shards: range = range(SWEEP_SHARDS)) -> list[Record]:
@@ -253,7 +295,8 @@ def owed(db: firestore.Client, cutoff: datetime, limit: int = 200, shards: range
             break
         with upstream():
             snaps += owed_query(db, shard, cutoff, limit - len(snaps)).stream(
-                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2
+            )
     return [Record.of(snap) for snap in snaps]
 
 
@@ -262,8 +305,11 @@ def pending_count(db: firestore.Client, workspace_id: str, mode: str) -> int:
     ops: unlike the limiter's count, one past expires_at counts until the sweep expires it."""
     with upstream():
         # Typed as a list of results, it is a list of lists of them (one list per read).
-        result: Any = AggregationQuery(pending_query(db, workspace_id, mode)).count().get(
-            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+        result: Any = (
+            AggregationQuery(pending_query(db, workspace_id, mode))
+            .count()
+            .get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+        )
     return int(result[0][0].value)
 
 
@@ -271,8 +317,11 @@ def pending_expiries(db: firestore.Client, workspace_id: str, mode: str) -> dict
     """Each of a workspace's pending uploads in `mode` and its expires_at (the limiter rebuilds its
     count from these: lib/limits/counters.py). One read per upload, paged by the client."""
     with upstream():
-        snaps = list(pending_query(db, workspace_id, mode).select(["expires_at"]).stream(
-            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 4))
+        snaps = list(
+            pending_query(db, workspace_id, mode)
+            .select(["expires_at"])
+            .stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 4)
+        )
     return {snap.id: snap.get("expires_at") for snap in snaps}
 
 
@@ -281,22 +330,31 @@ def recorded(db: firestore.Client, upload_ids: list[str]) -> set[str]:
     if not upload_ids:
         return set()
     with upstream():
-        snaps = db.get_all([ref(db, upload_id) for upload_id in upload_ids], field_paths=["state"],
-                           retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+        snaps = db.get_all(
+            [ref(db, upload_id) for upload_id in upload_ids],
+            field_paths=["state"],
+            retry=FIRESTORE_RETRY,
+            timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2,
+        )
         return {snap.id for snap in snaps if snap.exists}
 
 
 def pending_query(db: firestore.Client, workspace_id: str, mode: str) -> firestore.Query:
-    return (db.collection(COLLECTION).where(filter=FieldFilter("workspace_id", "==", workspace_id))
-            .where(filter=FieldFilter("mode", "==", mode)).where(filter=FieldFilter("state", "==", PENDING)))
+    return (
+        db.collection(COLLECTION)
+        .where(filter=FieldFilter("workspace_id", "==", workspace_id))
+        .where(filter=FieldFilter("mode", "==", mode))
+        .where(filter=FieldFilter("state", "==", PENDING))
+    )
 
 
 def clear_owed(db: firestore.Client, record: Record) -> None:
     """The record's webhook event is fanned out: it is owed no more."""
     if OWED_FIELD in record.data:
         with upstream():
-            ref(db, record.id).update({OWED_FIELD: firestore.DELETE_FIELD},
-                                      retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+            ref(db, record.id).update(
+                {OWED_FIELD: firestore.DELETE_FIELD}, retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT
+            )
 
 
 def backfill_shards(db: firestore.Client, page_size: int = 500) -> tuple[int, int]:

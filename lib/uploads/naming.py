@@ -13,6 +13,7 @@ from lib.platform.errors import UnsupportedContentType, ValidationFailed
 SUPPORTED = sorted(CONTENT_TYPES)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
+
 def normalize_content_type(value: str) -> str:
     """Canonical media type for `value`, or an error the client can act on.
 
@@ -27,8 +28,15 @@ def normalize_content_type(value: str) -> str:
     """
     if _CONTROL.search(value):
         raise ValidationFailed(
-            details={"fields": [{"field": "content_type", "type": "control_characters",
-                                 "message": "content_type must not contain control characters"}]}
+            details={
+                "fields": [
+                    {
+                        "field": "content_type",
+                        "type": "control_characters",
+                        "message": "content_type must not contain control characters",
+                    }
+                ]
+            }
         )
     essence = value.split(";", 1)[0].strip(" ")
     if not essence.isascii():
@@ -37,6 +45,7 @@ def normalize_content_type(value: str) -> str:
     if essence not in CONTENT_TYPES:
         raise UnsupportedContentType(SUPPORTED)
     return essence
+
 
 def choose_extension(filename: str | None, content_type: str) -> str:
     """The filename's last suffix, ASCII-lower-cased, if it is one of the content
@@ -48,10 +57,12 @@ def choose_extension(filename: str | None, content_type: str) -> str:
             return suffix.lower()
     return CONTENT_TYPES[content_type]
 
+
 # Test-mode objects live under their own prefix, which a bucket lifecycle rule
 # deletes a day after upload (terraform/storage.tf).
 PREFIXES = {"live": "uploads/", "test": "test-uploads/"}
 UPLOAD_ID = re.compile(r"upl_[0-9a-f]{32}")
+
 
 def new_upload(workspace_id: str, extension: str, mode: str) -> tuple[str, str]:
     """A new upload's id and object name, from one 128-bit random token.
@@ -61,6 +72,7 @@ def new_upload(workspace_id: str, extension: str, mode: str) -> tuple[str, str]:
     """
     token = secrets.token_hex(16)
     return f"upl_{token}", f"{PREFIXES[mode]}{workspace_id}/{token}.{extension}"
+
 
 def source_url(cdn_base_url: str, object_name: str) -> str:
     return f"{cdn_base_url}/{quote(object_name, safe='/')}"

@@ -29,6 +29,7 @@ object, so a cancel or expiry that wrote first is never left serving bytes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -65,8 +66,14 @@ CHECK_SECONDS = 10.0
 
 def completed(obj: gcs_sessions.StoredObject) -> dict[str, Any]:
     """The changes that record a pending upload as completed by `obj`."""
-    return {"state": COMPLETED, "size_bytes": obj.size, "crc32c": obj.crc32c, "md5": obj.md5,
-            "generation": obj.generation, "completed_at": obj.created}
+    return {
+        "state": COMPLETED,
+        "size_bytes": obj.size,
+        "crc32c": obj.crc32c,
+        "md5": obj.md5,
+        "generation": obj.generation,
+        "completed_at": obj.created,
+    }
 
 
 def rejected(obj: gcs_sessions.StoredObject, code: str, message: str) -> dict[str, Any]:
@@ -89,8 +96,9 @@ def verdict(declared: dict[str, Any], obj: gcs_sessions.StoredObject) -> dict[st
         wanted = declared.get(f"declared_{name}")
         if wanted is not None and stored != wanted:
             landed = f"have {name} {stored}" if stored else f"have no {name} in Storage"
-            return rejected(obj, CHECKSUM_MISMATCH,
-                            f"The bytes that landed {landed}, but {name} {wanted} was declared." + _AGAIN)
+            return rejected(
+                obj, CHECKSUM_MISMATCH, f"The bytes that landed {landed}, but {name} {wanted} was declared." + _AGAIN
+            )
     return completed(obj)
 
 
@@ -106,23 +114,37 @@ def examine(gcs: Storage, bucket: str, name: str, obj: gcs_sessions.StoredObject
     except (media.CheckTimedOut, media.EngineFailed) as exc:
         raise ServiceUnavailable(reason=f"checking the object: {exc}") from None
     if gcs.log is not None:
-        gcs.log.update(media_bytes_read=found.usage.bytes_read, media_reads=found.usage.reads,
-                       media_cpu_ms=found.usage.cpu_ms, media_sandbox=found.usage.sandbox)
+        gcs.log.update(
+            media_bytes_read=found.usage.bytes_read,
+            media_reads=found.usage.reads,
+            media_cpu_ms=found.usage.cpu_ms,
+            media_sandbox=found.usage.sandbox,
+        )
         if found.failure:
             gcs.log["media_failure"] = found.failure
     if found.media is not None:
         changes = {**completed(obj), "media": found.media.as_record()}
     elif found.code == CONTENT_MISMATCH:
-        changes = rejected(obj, CONTENT_MISMATCH, f"{found.reason} Create a new upload that declares the file's own "
-                                                  "content type.")
+        changes = rejected(
+            obj, CONTENT_MISMATCH, f"{found.reason} Create a new upload that declares the file's own content type."
+        )
     else:
-        changes = rejected(obj, UNREADABLE_MEDIA, f"The bytes begin as {content_type} but cannot be read as it: "
-                                                  f"{found.reason}." + _AGAIN)
+        changes = rejected(
+            obj,
+            UNREADABLE_MEDIA,
+            f"The bytes begin as {content_type} but cannot be read as it: {found.reason}." + _AGAIN,
+        )
     return {**changes, "media_bytes_read": found.usage.bytes_read}
 
 
-def land(db: firestore.Client, gcs: Storage, record: Record, obj: gcs_sessions.StoredObject,
-         step: Callable[[], None] = lambda: None, announce: Announce | None = None) -> Record:
+def land(
+    db: firestore.Client,
+    gcs: Storage,
+    record: Record,
+    obj: gcs_sessions.StoredObject,
+    step: Callable[[], None] = lambda: None,
+    announce: Announce | None = None,
+) -> Record:
     """Settle a pending record whose object `obj` has landed (module docstring, steps 1-4).
 
     `step` is called before each upstream step (settle's deadline); `announce`
@@ -163,8 +185,9 @@ def land(db: firestore.Client, gcs: Storage, record: Record, obj: gcs_sessions.S
     return settled
 
 
-def _decide(gcs: Storage, record: Record, obj: gcs_sessions.StoredObject, staged: bool,
-            step: Callable[[], None]) -> dict[str, Any]:
+def _decide(
+    gcs: Storage, record: Record, obj: gcs_sessions.StoredObject, staged: bool, step: Callable[[], None]
+) -> dict[str, Any]:
     """The changes that settle the record, its object checked, and placed if it passed."""
     where, name = gcs.landing_bucket(record), record.data["object_name"]
     if obj.created >= record.data["expires_at"]:
@@ -181,8 +204,9 @@ def _decide(gcs: Storage, record: Record, obj: gcs_sessions.StoredObject, staged
         gcs_sessions.delete_object(gcs.client, where, name, obj.generation)
     if changes["state"] == COMPLETED and staged:
         step()
-        placed = gcs_sessions.place(gcs.client, gcs.staging_bucket, gcs.bucket, name, obj.generation,
-                                record.data["content_type"])
+        placed = gcs_sessions.place(
+            gcs.client, gcs.staging_bucket, gcs.bucket, name, obj.generation, record.data["content_type"]
+        )
         changes.update(generation=placed.generation, completed_at=placed.created)
     return changes
 
@@ -202,20 +226,25 @@ def unserve(gcs: Storage, record: Record) -> bool:
     """Make sure nothing is served for an upload that did not complete (a placement whose
     record write lost, left by an instance that died before undoing it). True if it deleted one."""
     placed = gcs_sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
-    return placed is not None and gcs_sessions.delete_object(gcs.client, gcs.bucket, record.data["object_name"],
-                                                         placed.generation)
+    return placed is not None and gcs_sessions.delete_object(
+        gcs.client, gcs.bucket, record.data["object_name"], placed.generation
+    )
 
 
 def forget_staged(gcs: Storage, name: str, generation: int) -> None:
     """Delete a placed upload's staging object; if Storage is unavailable, the bucket's lifecycle rule will."""
-    try:
+    with contextlib.suppress(ServiceUnavailable):
         gcs_sessions.delete_object(gcs.client, gcs.staging_bucket, name, generation)
-    except ServiceUnavailable:
-        pass
 
 
-def refresh(db: firestore.Client, gcs: Storage, record: Record, now: datetime,
-            on_unsettled: Callable[[SessionNotEnded], None] | None = None, announce: Announce | None = None) -> Record:
+def refresh(
+    db: firestore.Client,
+    gcs: Storage,
+    record: Record,
+    now: datetime,
+    on_unsettled: Callable[[SessionNotEnded], None] | None = None,
+    announce: Announce | None = None,
+) -> Record:
     """A pending record brought up to date: settled if its object has landed,
     expired (its session cancelled) if past `expires_at`, else unchanged.
 
@@ -249,8 +278,14 @@ class OutOfTime(Exception):
     """A settle step would start after its deadline; the record stays pending."""
 
 
-def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
-           deadline: float | None = None, announce: Announce | None = None) -> Record:
+def settle(
+    db: firestore.Client,
+    gcs: Storage,
+    record: Record,
+    end: str | None,
+    deadline: float | None = None,
+    announce: Announce | None = None,
+) -> Record:
     """Move a pending record on: `land` it if its object has landed; otherwise, when `end` is
     given, cancel its session and mark it `end`.
 
@@ -261,6 +296,7 @@ def settle(db: firestore.Client, gcs: Storage, record: Record, end: str | None,
     Returns the record as stored afterwards (another request's decision if it
     settled the record first).
     """
+
     def step() -> None:
         if deadline is not None and time.monotonic() >= deadline:
             raise OutOfTime()

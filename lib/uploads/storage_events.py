@@ -8,7 +8,7 @@ with a Google-signed OIDC token (checked in main.py, as the sweep's is).
 Delivery is at least once, in any order, so every outcome is idempotent and
 the HTTP status is the acknowledgement:
 
-- pending upload: settled by lib/settling.py `land` (checked, then placed at
+- pending upload: settled by lib/uploads/settling.py `land` (checked, then placed at
   its served name and `completed`, or `rejected`), by the same conditional
   write the lifecycle uses, so a racing cancel, GET or sweep agrees on one outcome;
 - already completed or rejected: nothing changes (a repeat), except that an event
@@ -86,8 +86,9 @@ def _finalized(data: bytes, attributes: dict[str, str]) -> gcs_sessions.StoredOb
         found = _ObjectResource.model_validate(resource)
     except ValidationError as exc:
         raise InvalidEvent(_resource_failure(exc)) from None
-    return gcs_sessions.StoredObject(size=found.size, generation=found.generation, crc32c=found.crc32c,
-                                 md5=found.md5Hash, created=found.timeCreated)
+    return gcs_sessions.StoredObject(
+        size=found.size, generation=found.generation, crc32c=found.crc32c, md5=found.md5Hash, created=found.timeCreated
+    )
 
 
 class _ObjectResource(BaseModel):
@@ -133,8 +134,9 @@ def upload_id_for(object_name: str) -> str | None:
     return f"upl_{match.group(1)}" if match else None
 
 
-def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
-           announce: lifecycle.Announce | None = None) -> str:
+def handle(
+    db: firestore.Client, gcs: lifecycle.Storage, event: Event, announce: lifecycle.Announce | None = None
+) -> str:
     """Apply one storage event; what became of it (for the answer and the log).
 
     Raises:
@@ -142,13 +144,8 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
     """
     if event.event_type != FINALIZE:
         return "ignored_event_type"
-    if event.bucket not in (gcs.bucket, gcs.staging_bucket) or event.upload_id is None:
-        return "ignored_unknown_object"
-    try:
-        record = lifecycle.load_by_id(db, event.upload_id)
-    except UploadNotFound:
-        return "ignored_unknown_object"
-    if record.data.get("object_name") != event.object_name:
+    record = _named_record(db, gcs, event)
+    if record is None:
         return "ignored_unknown_object"
     staged = bool(record.data.get("staged"))
     if staged and event.bucket == gcs.bucket:
@@ -165,6 +162,12 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
         announce(record)
     if record.state == lifecycle.COMPLETED:
         return "completed" if was_pending else "duplicate"
+    return _unserved(gcs, event, record, was_pending, staged)
+
+
+def _unserved(gcs: lifecycle.Storage, event: Event, record: lifecycle.Record, was_pending: bool, staged: bool) -> str:
+    """A finalized object whose upload is not completed: no bytes of it may stay where they would be served."""
+    assert event.obj is not None  # from_push sets it for every FINALIZE
     if record.state == lifecycle.REJECTED:
         if not was_pending and not staged:
             # Landed at its served name: make sure the refused bytes are gone (a repeat).
@@ -176,3 +179,14 @@ def handle(db: firestore.Client, gcs: lifecycle.Storage, event: Event,
     if staged:
         settling.unserve(gcs, record)
     return "deleted_late_object"
+
+
+def _named_record(db: firestore.Client, gcs: lifecycle.Storage, event: Event) -> lifecycle.Record | None:
+    """The record of the upload whose object the event names, if it is one of ours, in one of our buckets."""
+    if event.bucket not in (gcs.bucket, gcs.staging_bucket) or event.upload_id is None:
+        return None
+    try:
+        record = lifecycle.load_by_id(db, event.upload_id)
+    except UploadNotFound:
+        return None
+    return record if record.data.get("object_name") == event.object_name else None

@@ -50,8 +50,13 @@ def shards(value: str | None) -> range:
         return range(count)
     match = _SHARD_RANGE.fullmatch(value)
     if match is None or not int(match["first"]) <= int(match["last"]) < count:
-        raise ValidationFailed(details={"fields": [{
-            "field": "shards", "type": "invalid", "message": f"shards must be A-B with 0 <= A <= B < {count}"}]})
+        raise ValidationFailed(
+            details={
+                "fields": [
+                    {"field": "shards", "type": "invalid", "message": f"shards must be A-B with 0 <= A <= B < {count}"}
+                ]
+            }
+        )
     return range(int(match["first"]), int(match["last"]) + 1)
 
 
@@ -64,8 +69,13 @@ class SweepResult:
     more: bool = False  # stopped (time budget, or a backend down) with records maybe left
 
     def as_dict(self) -> dict[str, Any]:
-        return {"expired": self.expired, "completed": self.completed, "rejected": self.rejected,
-                "failed": self.failed, "more": self.more}
+        return {
+            "expired": self.expired,
+            "completed": self.completed,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "more": self.more,
+        }
 
 
 class Announcer(Protocol):
@@ -84,8 +94,9 @@ class Report:
     log: dict[str, Any] = field(default_factory=dict)
 
 
-def run(db: firestore.Client, gcs: lifecycle.Storage, now: datetime, slice_: range,
-        announcer: Announcer | None = None) -> Report:
+def run(
+    db: firestore.Client, gcs: lifecycle.Storage, now: datetime, slice_: range, announcer: Announcer | None = None
+) -> Report:
     """One scheduled call: settle `slice_`'s expired uploads within the budget,
     then (time left, webhooks on) republish the events its slice still owes.
 
@@ -102,8 +113,17 @@ def run(db: firestore.Client, gcs: lifecycle.Storage, now: datetime, slice_: ran
         failures.append(f"{upload_id}: {type(exc.__cause__ or exc).__name__}" + (f" ({reason})" if reason else ""))
 
     started = time.monotonic()
-    result = sweep(db, gcs, now, SWEEP_BUDGET_SECONDS, SWEEP_GRACE_SECONDS, workers=SWEEP_WORKERS,
-                   on_error=on_error, shards=slice_, announce=announcer)
+    result = sweep(
+        db,
+        gcs,
+        now,
+        SWEEP_BUDGET_SECONDS,
+        SWEEP_GRACE_SECONDS,
+        workers=SWEEP_WORKERS,
+        on_error=on_error,
+        shards=slice_,
+        announce=announcer,
+    )
     log: dict[str, Any] = {"sweep": result.as_dict()}
     if failures:
         log["sweep_failures"] = failures[:20]
@@ -128,10 +148,18 @@ def first_shard(count: int) -> int:
     return secrets.randbelow(count)
 
 
-def sweep(db: firestore.Client, gcs: lifecycle.Storage, now: datetime, budget_seconds: float,
-          grace_seconds: float, page_size: int = 200, workers: int = 8,
-          on_error: Callable[[str, BaseException], None] | None = None,
-          shards: range = range(lifecycle.SWEEP_SHARDS), announce: lifecycle.Announce | None = None) -> SweepResult:
+def sweep(
+    db: firestore.Client,
+    gcs: lifecycle.Storage,
+    now: datetime,
+    budget_seconds: float,
+    grace_seconds: float,
+    page_size: int = 200,
+    workers: int = 8,
+    on_error: Callable[[str, BaseException], None] | None = None,
+    shards: range = range(lifecycle.SWEEP_SHARDS),
+    announce: lifecycle.Announce | None = None,
+) -> SweepResult:
     """Settle every upload still pending after its `expires_at`, oldest first in each shard.
 
     Walks `shards` (all lifecycle.SWEEP_SHARDS by default; a slice when several scheduler
@@ -171,8 +199,9 @@ def sweep(db: firestore.Client, gcs: lifecycle.Storage, now: datetime, budget_se
                         run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
                     if not run.may_start():
                         break
-                    run.in_flight[pool.submit(settling.settle, db, gcs, record, lifecycle.EXPIRED, finish_by,
-                                              announce)] = record
+                    run.in_flight[
+                        pool.submit(settling.settle, db, gcs, record, lifecycle.EXPIRED, finish_by, announce)
+                    ] = record
                 if len(records) < page_size:
                     del cursors[shard]
                 else:
@@ -208,8 +237,9 @@ class _Run:
                 continue
             except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the rest
                 self.result.failed += 1
-                self._backend_down = self._backend_down or (isinstance(exc, ServiceUnavailable)
-                                                            and not isinstance(exc, SessionNotEnded))
+                self._backend_down = self._backend_down or (
+                    isinstance(exc, ServiceUnavailable) and not isinstance(exc, SessionNotEnded)
+                )
                 if self._on_error is not None:
                     self._on_error(record.id, exc)
                 continue

@@ -3,7 +3,7 @@
 `webhook_deliveries/{auto}` documents each hold up to ROWS_PER_DOCUMENT
 attempts of one workspace and are deleted by a TTL policy on `expire_at`
 after DELIVERY_RETENTION. A row is an `Attempt`: it never holds a secret or the receiver's body
-(lib/webhooks/fanout.py `attempt_row` fills one from a delivery).
+(lib/webhooks/sending.py `attempt_of` fills one from a delivery).
 """
 
 from __future__ import annotations
@@ -49,10 +49,21 @@ class Attempt:
 
     def row(self) -> dict[str, Any]:
         """The row as stored and listed."""
-        return {"workspace_id": self.workspace_id, "at": self.at, "mode": self.mode, "endpoint_id": self.endpoint_id,
-                "url": self.url, "event_id": self.event_id, "event_type": self.event_type,
-                "upload_id": self.upload_id, "attempt": self.attempt, "status": self.status, "error": self.error,
-                "latency_ms": self.latency_ms, "dead_lettered": self.dead_lettered}
+        return {
+            "workspace_id": self.workspace_id,
+            "at": self.at,
+            "mode": self.mode,
+            "endpoint_id": self.endpoint_id,
+            "url": self.url,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "upload_id": self.upload_id,
+            "attempt": self.attempt,
+            "status": self.status,
+            "error": self.error,
+            "latency_ms": self.latency_ms,
+            "dead_lettered": self.dead_lettered,
+        }
 
 
 def write_rows(db: firestore.Client, rows: list[dict[str, Any]]) -> None:
@@ -71,15 +82,22 @@ def write_rows(db: firestore.Client, rows: list[dict[str, Any]]) -> None:
     documents = []
     for workspace_id, own in by_workspace.items():
         for start in range(0, len(own), ROWS_PER_DOCUMENT):
-            chunk = own[start:start + ROWS_PER_DOCUMENT]
+            chunk = own[start : start + ROWS_PER_DOCUMENT]
             newest = max(row["at"] for row in chunk)
-            attempts = [{**{k: v for k, v in row.items() if k != "workspace_id"}, "at": row["at"].isoformat()}
-                        for row in chunk]
-            documents.append({"workspace_id": workspace_id, "at": newest, "expire_at": newest + DELIVERY_RETENTION,
-                              "attempts": json.dumps(attempts, separators=(",", ":"))})
+            attempts = [
+                {**{k: v for k, v in row.items() if k != "workspace_id"}, "at": row["at"].isoformat()} for row in chunk
+            ]
+            documents.append(
+                {
+                    "workspace_id": workspace_id,
+                    "at": newest,
+                    "expire_at": newest + DELIVERY_RETENTION,
+                    "attempts": json.dumps(attempts, separators=(",", ":")),
+                }
+            )
     for start in range(0, len(documents), 500):  # Firestore's limit of writes per commit
         batch = db.batch()
-        for document in documents[start:start + 500]:
+        for document in documents[start : start + 500]:
             batch.create(db.collection(DELIVERIES).document(), document)
         with upstream():
             batch.commit(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
@@ -138,8 +156,14 @@ class AttemptLog:
             except Exception as exc:  # noqa: BLE001 - kept for the next try, said in the log
                 with self._lock:
                     self._rows[:0] = rows
-                logs.emit({"severity": "ERROR", "message": "webhook attempt rows not recorded yet; retrying",
-                           "rows": len(rows), "reason": type(exc.__cause__ or exc).__name__})
+                logs.emit(
+                    {
+                        "severity": "ERROR",
+                        "message": "webhook attempt rows not recorded yet; retrying",
+                        "rows": len(rows),
+                        "reason": type(exc.__cause__ or exc).__name__,
+                    }
+                )
 
 
 def attempt_log(db: firestore.Client) -> AttemptLog:
@@ -155,8 +179,11 @@ def recent_deliveries(db: firestore.Client, workspace_id: str, limit: int) -> li
     hand and the next document is older than the oldest of them, no later
     document can hold a newer one.
     """
-    query = (db.collection(DELIVERIES).where(filter=FieldFilter("workspace_id", "==", workspace_id))
-             .order_by("at", direction=firestore.Query.DESCENDING))
+    query = (
+        db.collection(DELIVERIES)
+        .where(filter=FieldFilter("workspace_id", "==", workspace_id))
+        .order_by("at", direction=firestore.Query.DESCENDING)
+    )
     found: list[dict[str, Any]] = []
     with upstream():
         for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2):
@@ -169,6 +196,17 @@ def recent_deliveries(db: firestore.Client, workspace_id: str, limit: int) -> li
             for row in json.loads(document["attempts"]):
                 found.append({**row, "at": datetime.fromisoformat(row["at"])})
     found.sort(key=lambda row: row["at"], reverse=True)
-    fields = ("event_id", "event_type", "upload_id", "endpoint_id", "url", "mode", "attempt", "status", "error",
-              "latency_ms", "dead_lettered")
+    fields = (
+        "event_id",
+        "event_type",
+        "upload_id",
+        "endpoint_id",
+        "url",
+        "mode",
+        "attempt",
+        "status",
+        "error",
+        "latency_ms",
+        "dead_lettered",
+    )
     return [{"at": clock.rfc3339(row["at"]), **{name: row.get(name) for name in fields}} for row in found[:limit]]

@@ -67,20 +67,36 @@ class Endpoint:
     @classmethod
     def from_snapshot(cls, snap: Any) -> Endpoint:
         data = snap.to_dict()
-        return cls(snap.id, data["workspace_id"], data["mode"], data["url"], data["secret"], data["created_at"],
-                   data.get("previous_secret"), data.get("previous_secret_expires_at"), data.get("failing_since"),
-                   data.get("disabled_at"))
+        return cls(
+            snap.id,
+            data["workspace_id"],
+            data["mode"],
+            data["url"],
+            data["secret"],
+            data["created_at"],
+            data.get("previous_secret"),
+            data.get("previous_secret_expires_at"),
+            data.get("failing_since"),
+            data.get("disabled_at"),
+        )
 
     def public(self) -> dict[str, Any]:
         """What ops may see of it: everything but the secrets."""
+
         def at(value: datetime | None) -> str | None:
             return clock.rfc3339(value) if value else None
 
-        return {"id": self.id, "url": self.url, "workspace_id": self.workspace_id, "mode": self.mode,
-                "created_at": clock.rfc3339(self.created_at),
-                "previous_secret_expires_at": at(self.previous_secret_expires_at),
-                "status": "disabled" if self.disabled_at else "failing" if self.failing_since else "enabled",
-                "failing_since": at(self.failing_since), "disabled_at": at(self.disabled_at)}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "workspace_id": self.workspace_id,
+            "mode": self.mode,
+            "created_at": clock.rfc3339(self.created_at),
+            "previous_secret_expires_at": at(self.previous_secret_expires_at),
+            "status": "disabled" if self.disabled_at else "failing" if self.failing_since else "enabled",
+            "failing_since": at(self.failing_since),
+            "disabled_at": at(self.disabled_at),
+        }
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The current secret, and the previous one while its overlap lasts."""
@@ -98,8 +114,15 @@ def endpoint_ref(db: firestore.Client, endpoint_id: str) -> firestore.DocumentRe
     return db.collection(ENDPOINTS).document(endpoint_id)
 
 
-def create_endpoint(db: firestore.Client, workspace_id: str, mode: str, url: str, allow_private: bool,
-                    now: datetime, resolver: targets.Resolver | None = None) -> Endpoint:
+def create_endpoint(
+    db: firestore.Client,
+    workspace_id: str,
+    mode: str,
+    url: str,
+    allow_private: bool,
+    now: datetime,
+    resolver: targets.Resolver | None = None,
+) -> Endpoint:
     """A new endpoint with a fresh secret, once its URL passes the delivery rules.
 
     Raises:
@@ -110,7 +133,9 @@ def create_endpoint(db: firestore.Client, workspace_id: str, mode: str, url: str
     with upstream():
         endpoint_ref(db, endpoint.id).create(
             {"workspace_id": workspace_id, "mode": mode, "url": url, "secret": endpoint.secret, "created_at": now},
-            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+            retry=FIRESTORE_RETRY,
+            timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+        )
     return endpoint
 
 
@@ -155,8 +180,10 @@ def list_endpoints(db: firestore.Client, workspace_id: str, mode: str | None = N
     if mode is not None:
         query = query.where(filter=FieldFilter("mode", "==", mode))
     with upstream():
-        found = [Endpoint.from_snapshot(snap)
-                 for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)]
+        found = [
+            Endpoint.from_snapshot(snap)
+            for snap in query.stream(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT * 2)
+        ]
     return sorted(found, key=lambda endpoint: (endpoint.created_at, endpoint.id))
 
 
@@ -198,7 +225,9 @@ def enable(db: firestore.Client, endpoint_id: str) -> Endpoint | None:
         with upstream():
             endpoint_ref(db, endpoint_id).update(
                 {"disabled_at": firestore.DELETE_FIELD, "failing_since": firestore.DELETE_FIELD},
-                retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+                retry=FIRESTORE_RETRY,
+                timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+            )
     return get_endpoint(db, endpoint_id)
 
 
@@ -207,13 +236,27 @@ def rotate_secret(db: firestore.Client, endpoint_id: str, now: datetime) -> Endp
     endpoint = get_endpoint(db, endpoint_id)
     if endpoint is None:
         return None
-    rotated = Endpoint(endpoint.id, endpoint.workspace_id, endpoint.mode, endpoint.url, new_secret(),
-                       endpoint.created_at, endpoint.secret, now + ROTATION_OVERLAP)
+    rotated = Endpoint(
+        endpoint.id,
+        endpoint.workspace_id,
+        endpoint.mode,
+        endpoint.url,
+        new_secret(),
+        endpoint.created_at,
+        endpoint.secret,
+        now + ROTATION_OVERLAP,
+    )
     with upstream():
         endpoint_ref(db, endpoint_id).update(
-            {"secret": rotated.secret, "previous_secret": rotated.previous_secret,
-             "previous_secret_expires_at": rotated.previous_secret_expires_at, "rotated_at": now},
-            retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
+            {
+                "secret": rotated.secret,
+                "previous_secret": rotated.previous_secret,
+                "previous_secret_expires_at": rotated.previous_secret_expires_at,
+                "rotated_at": now,
+            },
+            retry=FIRESTORE_RETRY,
+            timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+        )
     return rotated
 
 

@@ -11,6 +11,7 @@ passes its deadline, however the receiver dribbles.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import http.client
@@ -23,7 +24,7 @@ from typing import NamedTuple
 
 from lib.webhooks.targets import Target
 
-# A whole delivery, its lookup included (lib/webhooks/fanout.py deliver).
+# A whole delivery, its lookup included (lib/webhooks/sending.py deliver).
 DELIVERY_TIMEOUT_SECONDS = 10.0
 # After the status: a body read to keep the connection is at most this big, and this quick.
 MAX_KEPT_BODY_BYTES = 4 * 1024
@@ -84,8 +85,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self._address, self._timeout, self._tls = address, timeout, context
 
     def connect(self) -> None:
-        self.sock = self._tls.wrap_socket(_connect(self._address, self.port, self._timeout),
-                                          server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(_connect(self._address, self.port, self._timeout), server_hostname=self.host)
 
 
 @functools.cache
@@ -139,11 +139,8 @@ class _Watchdog:
                     conn.cut_off = True
                     sock = conn.sock
                     if sock is not None:
-                        try:
+                        with contextlib.suppress(OSError):
                             sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass
-
 
     @staticmethod
     def _over(entry: tuple) -> bool:
@@ -169,7 +166,7 @@ class _Pool:
     MAX_IDLE_SECONDS = 20.0
 
     def __init__(self) -> None:
-        self._idle: dict[tuple, list[tuple[float, http.client.HTTPConnection]]] = {}
+        self._idle: dict[tuple, list[tuple[float, _PinnedHTTPConnection | _PinnedHTTPSConnection]]] = {}
         self._lock = threading.Lock()
 
     def take(self, key: tuple) -> _PinnedHTTPConnection | _PinnedHTTPSConnection | None:
@@ -185,28 +182,34 @@ class _Pool:
                 stale.append(conn)
         for conn in stale:
             conn.close()
-        return found  # type: ignore[return-value]
+        return found
 
-    def give(self, key: tuple, conn: http.client.HTTPConnection) -> None:
+    def give(self, key: tuple, conn: _PinnedHTTPConnection | _PinnedHTTPSConnection) -> None:
         evicted = []
+        kept = False
         with self._lock:
             idle = self._idle.pop(key, [])
             self._idle[key] = idle  # most recently used last
             if len(idle) < self.MAX_IDLE_PER_KEY:
                 idle.append((time.monotonic(), conn))
-                conn = None  # type: ignore[assignment]
+                kept = True
             while len(self._idle) > self.MAX_KEYS:
                 oldest = next(iter(self._idle))
                 evicted += [c for _, c in self._idle.pop(oldest)]
-        for extra in ([conn] if conn is not None else []) + evicted:
+        for extra in ([] if kept else [conn]) + evicted:
             extra.close()
 
 
 _pool = _Pool()
 
 
-def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = DELIVERY_TIMEOUT_SECONDS,
-         tls_context: ssl.SSLContext | None = None) -> Result:
+def post(
+    target: Target,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float = DELIVERY_TIMEOUT_SECONDS,
+    tls_context: ssl.SSLContext | None = None,
+) -> Result:
     """POST `body` to a checked target, connecting only to its checked addresses.
 
     Never raises for what the receiver does: the Result says what happened.
@@ -230,8 +233,9 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = 
             outcome = (None, "timeout")
             break
         if target.scheme == "https":
-            conn = _PinnedHTTPSConnection(target.host, target.port, address, deadline - time.monotonic(),
-                                          tls_context or _tls())
+            conn = _PinnedHTTPSConnection(
+                target.host, target.port, address, deadline - time.monotonic(), tls_context or _tls()
+            )
         else:
             conn = _PinnedHTTPConnection(target.host, target.port, address, deadline - time.monotonic())
         outcome, unreachable = _exchange(conn, key, target, body, headers, deadline, reused=False)
@@ -242,8 +246,15 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float = 
     return Result(status, error, round((time.monotonic() - started) * 1000, 1))
 
 
-def _exchange(conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, key: tuple, target: Target, body: bytes,
-              headers: dict[str, str], deadline: float, reused: bool) -> tuple[tuple[int | None, str | None], bool]:
+def _exchange(
+    conn: _PinnedHTTPConnection | _PinnedHTTPSConnection,
+    key: tuple,
+    target: Target,
+    body: bytes,
+    headers: dict[str, str],
+    deadline: float,
+    reused: bool,
+) -> tuple[tuple[int | None, str | None], bool]:
     """One request on `conn`: ((status, error), try-again), where try-again
     means a reused connection was found closed before any answer (`reused`), or a
     new one could not connect (not `reused`)."""
@@ -281,8 +292,9 @@ def _exchange(conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, key: tuple, 
             conn.close()
 
 
-def _drain(conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, response: http.client.HTTPResponse,
-           deadline: float) -> bool:
+def _drain(
+    conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, response: http.client.HTTPResponse, deadline: float
+) -> bool:
     """Read a small answer's body to keep the connection; whether it may be kept. A body
     of unknown length, or bigger than MAX_KEPT_BODY_BYTES, is not read at all, and a small
     one gets BODY_GRACE_SECONDS (within the deadline): the status was the answer."""

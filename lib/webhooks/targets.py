@@ -19,7 +19,7 @@ network unless every hop is checked (OWASP's SSRF prevention cheat sheet; the
    its deadline (10 s), however the receiver dribbles (lib/webhooks/outbound.py sends it).
 
 The same rules run when an endpoint is added (lib/admin.py) and at every
-delivery (lib/webhooks/fanout.py).
+delivery (lib/webhooks/sending.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import dns.exception
 import dns.resolver
@@ -80,25 +80,21 @@ def address_refusal(address: Address) -> str | None:
         if embedded is not None:
             reason = address_refusal(embedded)
             return f"{reason} (IPv4 {embedded} inside {address})" if reason else None
-    if address.is_unspecified:
-        return "unspecified address"
-    if address.is_loopback:
-        return "loopback address"
-    if address.is_link_local:
-        return "link-local address (169.254.169.254 is the metadata server)"
-    if address.is_multicast:
-        return "multicast address"
-    if address.version == 4 and address in _SHARED:
-        return "shared address space (100.64.0.0/10)"
-    if address.version == 6 and address.is_site_local:
-        return "site-local address"
-    if address.is_reserved or address == ipaddress.IPv4Address("255.255.255.255"):
-        return "reserved address"
-    if address.is_private:
-        return "private address"
-    if not address.is_global:
-        return "address that is not globally routable"
-    return None
+    return next((reason for breaks, reason in _ADDRESS_RULES if breaks(address)), None)
+
+
+# In order, the first that matches names the refusal.
+_ADDRESS_RULES: tuple[tuple[Callable[[Address], bool], str], ...] = (
+    (lambda a: a.is_unspecified, "unspecified address"),
+    (lambda a: a.is_loopback, "loopback address"),
+    (lambda a: a.is_link_local, "link-local address (169.254.169.254 is the metadata server)"),
+    (lambda a: a.is_multicast, "multicast address"),
+    (lambda a: a.version == 4 and a in _SHARED, "shared address space (100.64.0.0/10)"),
+    (lambda a: a.version == 6 and a.is_site_local, "site-local address"),
+    (lambda a: a.is_reserved or a == ipaddress.IPv4Address("255.255.255.255"), "reserved address"),
+    (lambda a: a.is_private, "private address"),
+    (lambda a: not a.is_global, "address that is not globally routable"),
+)
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -122,17 +118,7 @@ def check_url(url: str, allow_private: bool) -> tuple[str, str, int, str]:
     Raises:
         TargetRefused: the form breaks a rule.
     """
-    if not isinstance(url, str) or not url:
-        raise TargetRefused("the URL is empty")
-    if len(url) > MAX_URL_LENGTH:
-        raise TargetRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-        raise TargetRefused("the URL contains whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise TargetRefused(f"the URL is malformed ({exc})") from None
+    parts, port = _split(url)
     scheme = parts.scheme.lower()
     allowed = ("https", "http") if allow_private else ("https",)
     if scheme not in allowed:
@@ -145,15 +131,34 @@ def check_url(url: str, allow_private: bool) -> tuple[str, str, int, str]:
     if not host:
         raise TargetRefused("the URL has no host")
     if not allow_private:
-        lowered = host.lower()
-        if lowered in _INTERNAL_NAMES or lowered.endswith(_INTERNAL_SUFFIXES):
-            raise TargetRefused(f"host {host!r} is an internal name")
-        if "." not in lowered and ":" not in lowered and not lowered.isdigit():
-            raise TargetRefused(f"host {host!r} is a single-label (internal) name")
+        _refuse_internal_name(host)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     return scheme, host, port or (443 if scheme == "https" else 80), path
+
+
+def _split(url: str) -> tuple[SplitResult, int | None]:
+    """The URL's parts and port, if it is a string of a URL's length and characters that parses."""
+    if not isinstance(url, str) or not url:
+        raise TargetRefused("the URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise TargetRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise TargetRefused("the URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError as exc:
+        raise TargetRefused(f"the URL is malformed ({exc})") from None
+
+
+def _refuse_internal_name(host: str) -> None:
+    lowered = host.lower()
+    if lowered in _INTERNAL_NAMES or lowered.endswith(_INTERNAL_SUFFIXES):
+        raise TargetRefused(f"host {host!r} is an internal name")
+    if "." not in lowered and ":" not in lowered and not lowered.isdigit():
+        raise TargetRefused(f"host {host!r} is a single-label (internal) name")
 
 
 def _ascii_host(host: str) -> str:
@@ -232,8 +237,12 @@ class Lookups:
     at most one in flight per host (the others wait for its answer), and a host that failed
     is refused for FAILURE_MEMORY_SECONDS without asking again."""
 
-    def __init__(self, lookup: Lookup = dns_lookup, remember_failures: float = FAILURE_MEMORY_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        lookup: Lookup = dns_lookup,
+        remember_failures: float = FAILURE_MEMORY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._lookup = lookup
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
@@ -279,8 +288,9 @@ def lookups() -> Lookups:
     return shared(("webhook_lookups",), Lookups)
 
 
-def resolve(url: str, allow_private: bool, resolver: Resolver | None = None,
-            timeout: float = RESOLVE_TIMEOUT_SECONDS) -> Target:
+def resolve(
+    url: str, allow_private: bool, resolver: Resolver | None = None, timeout: float = RESOLVE_TIMEOUT_SECONDS
+) -> Target:
     """`url` checked: its form, then every address its host resolves to, the lookup
     bounded by `timeout` (the instance's Lookups; `resolver` stands in for DNS in tests).
 

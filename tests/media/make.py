@@ -1,7 +1,7 @@
 """Makes the media fixtures in this folder (committed: tests read them, nothing here runs at
 test time). One small file per content type uploads take (lib/media/mediatypes.py), each a
 second long at 64x48 where it has pictures, and what ffprobe says of each (facts.json), the
-answer the verifier (lib/media.py) must give.
+answer the verifier (lib/media/) must give.
 
 Run it again only to change a fixture: `make media-fixtures` (Debian's ffmpeg and ffprobe, and
 fontTools with brotli from requirements-dev.txt for the fonts).
@@ -21,40 +21,57 @@ TAIL = ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", 
 
 # file name -> (content type, ffmpeg arguments between the inputs and the output)
 MADE = {
-    "clip.mp4": ("video/mp4", PICTURE + SOUND + ["-c:v", "libx264", "-crf", "40", "-pix_fmt", "yuv420p",
-                                                 "-c:a", "aac", "-b:a", "16k"]),
-    "clip-faststart.mp4": ("video/mp4", PICTURE + ["-c:v", "libx264", "-crf", "40", "-pix_fmt", "yuv420p",
-                                                   "-movflags", "+faststart"]),
+    "clip.mp4": (
+        "video/mp4",
+        PICTURE + SOUND + ["-c:v", "libx264", "-crf", "40", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "16k"],
+    ),
+    "clip-faststart.mp4": (
+        "video/mp4",
+        [*PICTURE, "-c:v", "libx264", "-crf", "40", "-pix_fmt", "yuv420p", "-movflags", "+faststart"],
+    ),
     "clip.mov": ("video/quicktime", PICTURE + SOUND + ["-c:v", "mpeg4", "-q:v", "31", "-c:a", "aac", "-b:a", "16k"]),
-    "clip.webm": ("video/webm", PICTURE + SOUND + ["-c:v", "libvpx-vp9", "-crf", "60", "-b:v", "0",
-                                                   "-c:a", "libopus", "-b:a", "16k"]),
-    "image.png": ("image/png", PICTURE + ["-frames:v", "1"]),
-    "image.jpg": ("image/jpeg", PICTURE + ["-frames:v", "1", "-q:v", "20"]),
-    "image.webp": ("image/webp", PICTURE + ["-frames:v", "1", "-c:v", "libwebp", "-quality", "20"]),
-    "image.gif": ("image/gif", PICTURE + ["-frames:v", "1"]),
-    "sound.mp3": ("audio/mpeg", SOUND + ["-c:a", "libmp3lame", "-b:a", "32k"]),
-    "sound.wav": ("audio/wav", SOUND + ["-ar", "8000", "-c:a", "pcm_s16le"]),
-    "sound.aac": ("audio/aac", SOUND + ["-c:a", "aac", "-b:a", "16k", "-f", "adts"]),
-    "sound.m4a": ("audio/mp4", SOUND + ["-c:a", "aac", "-b:a", "16k"]),
-    "sound.ogg": ("audio/ogg", SOUND + ["-c:a", "libvorbis", "-q:a", "0"]),
-    "sound.opus": ("audio/ogg", SOUND + ["-c:a", "libopus", "-b:a", "16k"]),
+    "clip.webm": (
+        "video/webm",
+        PICTURE + SOUND + ["-c:v", "libvpx-vp9", "-crf", "60", "-b:v", "0", "-c:a", "libopus", "-b:a", "16k"],
+    ),
+    "image.png": ("image/png", [*PICTURE, "-frames:v", "1"]),
+    "image.jpg": ("image/jpeg", [*PICTURE, "-frames:v", "1", "-q:v", "20"]),
+    "image.webp": ("image/webp", [*PICTURE, "-frames:v", "1", "-c:v", "libwebp", "-quality", "20"]),
+    "image.gif": ("image/gif", [*PICTURE, "-frames:v", "1"]),
+    "sound.mp3": ("audio/mpeg", [*SOUND, "-c:a", "libmp3lame", "-b:a", "32k"]),
+    "sound.wav": ("audio/wav", [*SOUND, "-ar", "8000", "-c:a", "pcm_s16le"]),
+    "sound.aac": ("audio/aac", [*SOUND, "-c:a", "aac", "-b:a", "16k", "-f", "adts"]),
+    "sound.m4a": ("audio/mp4", [*SOUND, "-c:a", "aac", "-b:a", "16k"]),
+    "sound.ogg": ("audio/ogg", [*SOUND, "-c:a", "libvorbis", "-q:a", "0"]),
+    "sound.opus": ("audio/ogg", [*SOUND, "-c:a", "libopus", "-b:a", "16k"]),
 }
 WRITTEN = {
     "captions.vtt": ("text/vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\nHello, caf\u00e9\n"),
     "captions.srt": ("application/x-subrip", "1\n00:00:00,000 --> 00:00:01,000\nHello, caf\u00e9\n"),
 }
-FONTS = {"font.ttf": ("font/ttf", None), "font.otf": ("font/otf", None),
-         "font.woff": ("font/woff", "woff"), "font.woff2": ("font/woff2", "woff2")}
+FONTS = {
+    "font.ttf": ("font/ttf", None),
+    "font.otf": ("font/otf", None),
+    "font.woff": ("font/woff", "woff"),
+    "font.woff2": ("font/woff2", "woff2"),
+}
 
 
 def probe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-                          str(path)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     info = json.loads(out)
     video = [s for s in info["streams"] if s["codec_type"] == "video"]
-    return {"duration": float(info["format"].get("duration", 0)) or None,
-            "width": video[0]["width"] if video else None, "height": video[0]["height"] if video else None,
-            "streams": [s["codec_name"] for s in info["streams"]]}
+    return {
+        "duration": float(info["format"].get("duration", 0)) or None,
+        "width": video[0]["width"] if video else None,
+        "height": video[0]["height"] if video else None,
+        "streams": [s["codec_name"] for s in info["streams"]],
+    }
 
 
 def font(path: Path, flavor: str | None, cff: bool) -> None:
@@ -93,12 +110,10 @@ def main() -> None:
         facts[name] = {"content_type": content_type, **probe(path)}
     for name, (content_type, text) in WRITTEN.items():
         (HERE / name).write_text(text, encoding="utf-8")
-        facts[name] = {"content_type": content_type, "duration": None, "width": None, "height": None,
-                       "streams": []}
+        facts[name] = {"content_type": content_type, "duration": None, "width": None, "height": None, "streams": []}
     for name, (content_type, flavor) in FONTS.items():
         font(HERE / name, flavor, cff=name == "font.otf")
-        facts[name] = {"content_type": content_type, "duration": None, "width": None, "height": None,
-                       "streams": []}
+        facts[name] = {"content_type": content_type, "duration": None, "width": None, "height": None, "streams": []}
     (HERE / "facts.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
     for name in sorted(facts):
         print(f"{(HERE / name).stat().st_size:>7} {name}", file=sys.stderr)
