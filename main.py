@@ -22,7 +22,7 @@ from werkzeug.routing import Map, Rule
 
 from lib import wiring
 from lib.api import auth, create, models, views
-from lib.limits import counters
+from lib.limits import counters, quotas
 from lib.platform import clock, config, logs, oidc, push, server
 from lib.platform.errors import (
     ApiError,
@@ -84,7 +84,7 @@ def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params
     limiting = WIRING.limiting()
     if not limiting.limiter.enabled:
         return 200, models.LimitsOut.off(key.mode).model_dump(), {}
-    figures = counters.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
+    figures = quotas.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
     usage = limiting.limiter.usage(key.workspace_id, key.mode, log)
     out = models.LimitsOut.counted(
         key.mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates, usage.pending

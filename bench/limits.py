@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 import redis
 
-from lib.limits import counters, lua
+from lib.limits import counters, lua, quotas
 
-LIMITS = counters.Limits(creates_per_minute=600_000, max_pending_uploads=1_000_000)
+LIMITS = quotas.Limits(creates_per_minute=600_000, max_pending_uploads=1_000_000)
 
 
 def measure(redis_url: str, db, one_at_a_time: int = 3000, calls: int = 200_000) -> dict:

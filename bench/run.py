@@ -517,11 +517,11 @@ def main() -> int:
         key = _make_key(db)
         # Limits on, as deployed: every create pays for its admit (the floor has none), under figures
         # this run never reaches.
-        from lib.limits import counters
+        from lib.limits import quotas
         from lib.platform import config
 
         for workspace in ("ws_bench", "ws_isolation"):
-            counters.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
+            quotas.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
 
         endpoint = emulators.start_function(env, log_dir, name="bench-endpoint")
         # The webhook pushes' function, as deployed: (f) and (g) go through it.

@@ -267,20 +267,23 @@ class Command:
             progress.close()
         state.remove(where)
         upload = self._confirm(saved, answer if isinstance(answer, Finalized) else None)  # send() finalized
-        facts = upload.get("media") if upload.get("status") == "completed" else None
-        if args.json:
+        self._done(file, saved, upload.get("media") if upload.get("status") == "completed" else None)
+        return EXIT_OK
+
+    def _done(self, file: state.FileId, saved: state.Saved, facts: dict | None) -> None:
+        """Say what was uploaded: where it is served, and what the service found it holds."""
+        if self.args.json:
             self.out(
                 json.dumps(
                     {"id": saved.upload_id, "source_url": saved.source_url, "size_bytes": file.size, "media": facts}
                 )
             )
-        else:
-            self.out(
-                f"uploaded {os.path.basename(file.path)} ({_human(file.size)})\n"
-                f"id          {saved.upload_id}\nsource_url  {saved.source_url}"
-                + (f"\nmedia       {_described(facts)}" if facts else "")
-            )
-        return EXIT_OK
+            return
+        self.out(
+            f"uploaded {os.path.basename(file.path)} ({_human(file.size)})\n"
+            f"id          {saved.upload_id}\nsource_url  {saved.source_url}"
+            + (f"\nmedia       {_described(facts)}" if facts else "")
+        )
 
     def _confirm(self, saved: state.Saved, final: Finalized | None) -> dict:
         """That what landed is the file, as storage's final answer says (its

@@ -13,7 +13,7 @@ from typing import Any
 from google.cloud import firestore, storage
 
 from lib.api import create
-from lib.limits import counters
+from lib.limits import counters, quotas
 from lib.platform import oidc
 from lib.platform.clients import Publisher, firestore_client, publisher, session_http, storage_client
 from lib.platform.config import Settings
@@ -51,7 +51,7 @@ class Wiring:
         settings = self.settings
         return create.Limiting(
             counters.limiter(settings.limits_redis_url, settings.limits_redis_auth, settings.limits_redis_ca_cert),
-            counters.Limits(settings.creates_per_minute, settings.max_pending_uploads),
+            quotas.Limits(settings.creates_per_minute, settings.max_pending_uploads),
         )
 
     def certs(self) -> oidc.CertCache:

@@ -260,13 +260,13 @@ def test_webhook_deliveries_limits_and_orders_newest_first(backends, db, workspa
 def test_private_webhook_targets_are_allowed_only_against_the_emulator(monkeypatch, capsys, emulator, allowed):
     """A deployment's endpoints must pass the rules its deliveries apply: the CLI honours
     WEBHOOK_ALLOW_PRIVATE_TARGETS only with FIRESTORE_EMULATOR_HOST, and says so otherwise."""
-    from lib import admin
+    from lib.admin import hooks
 
     monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
     if emulator is None:
         monkeypatch.delenv("FIRESTORE_EMULATOR_HOST", raising=False)
     else:
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator)
-    assert admin._allow_private() is allowed
+    assert hooks._allow_private() is allowed
     warned = "WEBHOOK_ALLOW_PRIVATE_TARGETS is ignored" in capsys.readouterr().err
     assert warned is not allowed

@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from lib.limits import counters
+from lib.limits import counters, quotas
 from tests.conftest import ROOT
 from tests.helpers import padded_mp4, response_schema_errors
 from tests.tcpproxy import TcpProxy
@@ -32,7 +32,7 @@ SERVICE = re.compile(r'"creates";r=(\d+);t=(\d+)')
 def limited(db, make_key, creates: int | None = None, pending: int | None = None, mode: str = "live"):
     """A fresh workspace with its own limits; (key, workspace)."""
     key, workspace = make_key(mode=mode)
-    counters.set_limits(db, workspace, creates, pending)
+    quotas.set_limits(db, workspace, creates, pending)
     return key, workspace
 
 
@@ -279,15 +279,15 @@ def test_a_change_is_read_again_within_five_seconds(served_default, db, make_key
     """An instance trusts what it read of a workspace's limits for under 5 s, so a change (one
     Firestore read after its entry goes) holds within 5 s; a served instance that has read the
     old figures picks the new ones up (waited for here with a generous bound, not timed)."""
-    assert counters.LIMITS_CACHE_SECONDS + 1 <= 5
-    assert counters._cache().ttl == counters.LIMITS_CACHE_SECONDS
+    assert quotas.LIMITS_CACHE_SECONDS + 1 <= 5
+    assert quotas._cache().ttl == quotas.LIMITS_CACHE_SECONDS
     key, workspace = make_key()
 
     def shown() -> dict:
         return served_default.session.get(f"{served_default.url}/v1/limits", headers=bearer(key), timeout=30).json()
 
     assert shown()["max_pending_uploads"] == 1000  # read, and cached
-    counters.set_limits(db, workspace, None, 3)
+    quotas.set_limits(db, workspace, None, 3)
     deadline = time.monotonic() + 30
     while shown()["max_pending_uploads"] != 3:
         assert time.monotonic() < deadline, "the served instance never saw the change"
@@ -382,15 +382,15 @@ def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_
     workspace, log = f"ws_{secrets.token_hex(6)}", {}
     expires = datetime.now(UTC) + timedelta(hours=1)
     for _ in range(5):
-        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, counters.Limits(5, 100), log)
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, quotas.Limits(5, 100), log)
     with pytest.raises(RateLimited) as refused:
-        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, counters.Limits(2, 100), log)
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, quotas.Limits(2, 100), log)
     assert 55 <= int(refused.value.headers["Retry-After"]) <= 60  # the fourth oldest leaves in about a minute
     assert limiter.usage(workspace, "live", log).creates == 5
     assert "limiter" not in log
     # A release frees only its own slot, once.
     upload = "upl_" + secrets.token_hex(16)
-    limiter.admit(db, workspace, "test", upload, expires, counters.Limits(5, 100), log)
+    limiter.admit(db, workspace, "test", upload, expires, quotas.Limits(5, 100), log)
     assert limiter.release(workspace, "test", upload, log) is True
     assert limiter.release(workspace, "test", upload, log) is False
     assert limiter.usage(workspace, "test", log).pending == 0
@@ -422,10 +422,10 @@ def test_malformed_limits_settings_stop_the_function_naming_themselves(env, mess
 
 
 def test_a_workspace_document_holding_anything_but_positive_whole_numbers_falls_back_to_the_defaults():
-    defaults = counters.Limits(600, 1000)
-    assert counters.of({"creates_per_minute": 5, "max_pending_uploads": 7}, defaults) == counters.Limits(5, 7)
+    defaults = quotas.Limits(600, 1000)
+    assert quotas.of({"creates_per_minute": 5, "max_pending_uploads": 7}, defaults) == quotas.Limits(5, 7)
     for bad in ("12", 0, -3, 2.5, True, None, [1]):
-        assert counters.of({"creates_per_minute": bad, "max_pending_uploads": bad}, defaults) == defaults
+        assert quotas.of({"creates_per_minute": bad, "max_pending_uploads": bad}, defaults) == defaults
 
 
 # --- the store failing: limits kept locally, the count rebuilt from Firestore -----------------------------
@@ -483,7 +483,7 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
     limiter = counters.Limiter(own_store.url)
     capped, busy = f"ws_{secrets.token_hex(6)}", f"ws_{secrets.token_hex(6)}"
     expires = datetime.now(UTC) + timedelta(hours=1)
-    figures = counters.Limits(creates_per_minute=100, max_pending_uploads=3)
+    figures = quotas.Limits(creates_per_minute=100, max_pending_uploads=3)
 
     def admit(workspace: str, log: dict, figures=figures) -> str:
         upload_id = "upl_" + secrets.token_hex(16)
@@ -516,7 +516,7 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
     admitted = 0
     for _ in range(8):
         try:
-            admit(busy, {}, counters.Limits(creates_per_minute=5, max_pending_uploads=1000))
+            admit(busy, {}, quotas.Limits(creates_per_minute=5, max_pending_uploads=1000))
             admitted += 1
         except RateLimited:
             pass
@@ -566,7 +566,7 @@ def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever
     saw, other = counters.Limiter(own_store.url), counters.Limiter(own_store.url)
     workspace = f"ws_{secrets.token_hex(6)}"
     expires = datetime.now(UTC) + timedelta(hours=1)
-    figures = counters.Limits(creates_per_minute=100, max_pending_uploads=2)
+    figures = quotas.Limits(creates_per_minute=100, max_pending_uploads=2)
     held = []
     for limiter in (saw, other):
         upload_id = "upl_" + secrets.token_hex(16)
@@ -601,7 +601,7 @@ def test_a_release_while_a_rebuild_reads_firestore_is_not_undone_by_it(db, own_s
     limiter = counters.Limiter(own_store.url)
     workspace = f"ws_{secrets.token_hex(6)}"
     expires = datetime.now(UTC) + timedelta(hours=1)
-    figures = counters.Limits(creates_per_minute=100, max_pending_uploads=10)
+    figures = quotas.Limits(creates_per_minute=100, max_pending_uploads=10)
     held = []
     for _ in range(2):
         upload_id = "upl_" + secrets.token_hex(16)

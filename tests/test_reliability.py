@@ -295,11 +295,11 @@ def test_a_thousand_requests_at_concurrency_32_all_succeed(served_default, make_
     """1,000 POSTs, 32 at a time, against one served function: every one a 201 with
     its own upload URL. Throughput and p99 are printed, not asserted (make bench). The
     workspace's limits are the highest ops may set, so they count but never refuse."""
-    from lib.limits import counters
+    from lib.limits import quotas
     from lib.platform import config
 
     key, workspace = make_key()
-    counters.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
+    quotas.set_limits(db, workspace, config.MAX_CREATES_PER_MINUTE, config.MAX_PENDING_UPLOADS)
     local = threading.local()
 
     def one(_):

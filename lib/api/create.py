@@ -18,7 +18,7 @@ from google.cloud import firestore, storage
 
 from lib.api import idempotency, models
 from lib.api.auth import ApiKey
-from lib.limits import counters
+from lib.limits import counters, quotas
 from lib.platform import clock
 from lib.platform.config import Settings
 from lib.platform.errors import ApiError, UploadTooLarge
@@ -39,7 +39,7 @@ class Limiting:
     """The create's limits: the instance's store, and the defaults a workspace has until ops set its own."""
 
     limiter: counters.Limiter
-    defaults: counters.Limits
+    defaults: quotas.Limits
 
 
 def create(
@@ -67,7 +67,7 @@ def create(
         ServiceUnavailable: Firestore or Storage is down or slow.
     """
     limiter = limiting.limiter
-    workspace_limits = counters.for_workspace(db, key.workspace_id, limiting.defaults, log) if limiter.enabled else None
+    workspace_limits = quotas.for_workspace(db, key.workspace_id, limiting.defaults, log) if limiter.enabled else None
     taken: list[str] = []  # the ids this request took a slot for
 
     def admit(upload_id: str, expires: datetime) -> dict[str, str]:
@@ -106,49 +106,12 @@ def _create(
     admit: Callable[[str, datetime], dict[str, str]],
 ) -> Created:
     idem_key = idempotency.parse_key(idempotency_key)
-    upload = models.validate_upload_request(models.parse_json_object(raw))
-    content_type = naming.normalize_content_type(upload.content_type)
-    if upload.size_bytes is not None and upload.size_bytes > settings.max_upload_bytes:
-        raise UploadTooLarge(settings.max_upload_bytes)
-    extension = naming.choose_extension(upload.filename, content_type)
-    # A backend minting for a browser names it; else a browser calling us directly is its own origin.
-    bound_origin = upload.cors_origin or models.browser_origin(origin)
-    fields: dict[str, str] = {}
+    asked = _Asked.read(settings, raw, origin)
+    fields: dict[str, str] = {}  # the RateLimit fields of the admit, if one was made
 
     def mint() -> tuple[models.UploadOut, str, dict[str, Any]]:
-        upload_id, name = naming.new_upload(key.workspace_id, extension, key.mode)
-        created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
-        # Only a new upload is limited (a replay never reaches here); before its session exists.
-        fields.update(admit(upload_id, expires))
-        url = gcs_sessions.mint_session(
-            client,
-            settings.staging_bucket,
-            name,
-            content_type,
-            bound_origin,
-            upload.size_bytes,
-            upload.crc32c,
-            upload.md5,
-        )
-        out = models.UploadOut(
-            id=upload_id,
-            upload_url=url,
-            source_url=naming.source_url(settings.cdn_base_url, name),
-            expires_at=clock.rfc3339(expires),
-        )
-        record = lifecycle.new_fields(
-            upload_id,
-            key.workspace_id,
-            key.mode,
-            name,
-            content_type,
-            upload.size_bytes,
-            created,
-            expires,
-            url,
-            upload.crc32c,
-            upload.md5,
-        )
+        out, upload_id, record, admitted = _mint(client, settings, key, asked, admit)
+        fields.update(admitted)
         log["upload_id"] = upload_id
         return out, upload_id, record
 
@@ -167,7 +130,7 @@ def _create(
         key.workspace_id,
         key.mode,
         idem_key,
-        upload.fingerprint(content_type),
+        asked.upload.fingerprint(asked.content_type),
         settings.idempotency_ttl_seconds,
         settings.idempotency_lease_seconds,
         work,
@@ -178,3 +141,68 @@ def _create(
     log["idempotent_replayed"] = True
     # In the model's field order (Firestore gives a map's keys back sorted).
     return Created({name: body[name] for name in models.UploadOut.model_fields if name in body}, True, fields)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A create's body, read and checked: what its session and record are made from."""
+
+    upload: models.UploadRequest
+    content_type: str
+    extension: str
+    origin: str | None  # the browser origin the session is bound to
+
+    @classmethod
+    def read(cls, settings: Settings, raw: bytes, origin: str | None) -> _Asked:
+        upload = models.validate_upload_request(models.parse_json_object(raw))
+        content_type = naming.normalize_content_type(upload.content_type)
+        if upload.size_bytes is not None and upload.size_bytes > settings.max_upload_bytes:
+            raise UploadTooLarge(settings.max_upload_bytes)
+        extension = naming.choose_extension(upload.filename, content_type)
+        # A backend minting for a browser names it; else a browser calling us directly is its own origin.
+        return cls(upload, content_type, extension, upload.cors_origin or models.browser_origin(origin))
+
+
+def _mint(
+    client: storage.Client,
+    settings: Settings,
+    key: ApiKey,
+    asked: _Asked,
+    admit: Callable[[str, datetime], dict[str, str]],
+) -> tuple[models.UploadOut, str, dict[str, Any], dict[str, str]]:
+    """A new upload: admitted by the limits, its session minted; its answer, id, record and RateLimit fields."""
+    upload = asked.upload
+    upload_id, name = naming.new_upload(key.workspace_id, asked.extension, key.mode)
+    created, expires = clock.lifetime(clock.now(), settings.upload_url_ttl_seconds)
+    # Only a new upload is limited (a replay never reaches here); before its session exists.
+    admitted = admit(upload_id, expires)
+    url = gcs_sessions.mint_session(
+        client,
+        settings.staging_bucket,
+        name,
+        asked.content_type,
+        asked.origin,
+        upload.size_bytes,
+        upload.crc32c,
+        upload.md5,
+    )
+    out = models.UploadOut(
+        id=upload_id,
+        upload_url=url,
+        source_url=naming.source_url(settings.cdn_base_url, name),
+        expires_at=clock.rfc3339(expires),
+    )
+    record = lifecycle.new_fields(
+        upload_id,
+        key.workspace_id,
+        key.mode,
+        name,
+        asked.content_type,
+        upload.size_bytes,
+        created,
+        expires,
+        url,
+        upload.crc32c,
+        upload.md5,
+    )
+    return out, upload_id, record, admitted

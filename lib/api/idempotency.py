@@ -139,30 +139,15 @@ def begin(
         ServiceUnavailable: Firestore is down or slow.
     """
     ref = db.collection(COLLECTION).document(record_id(workspace_id, mode, key))
-    token = secrets.token_hex(16)
-
-    def claim_fields(now: datetime) -> dict:
-        return {
-            "workspace_id": workspace_id,
-            "mode": mode,
-            "fingerprint": body_fingerprint,
-            "state": IN_PROGRESS,
-            "claim_token": token,
-            "response": None,
-            "created_at": now,
-            "lease_expires_at": now + timedelta(seconds=lease_seconds),
-            # Firestore's TTL policy deletes on this field; we also treat a
-            # record past it as absent, since TTL deletion lags by up to a day.
-            "expires_at": now + timedelta(seconds=ttl_seconds),
-        }
-
+    claim = _ClaimFields(workspace_id, mode, body_fingerprint, secrets.token_hex(16), ttl_seconds, lease_seconds)
     # Two rounds cover a record deleted (released) between our create and get.
     for _ in range(2):
-        now = datetime.now(UTC)
         try:
             with upstream():
-                result = ref.create(claim_fields(now), retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
-            return Claim(ref, token, result.update_time)
+                result = ref.create(
+                    claim.at(datetime.now(UTC)), retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT
+                )
+            return Claim(ref, claim.token, result.update_time)
         except gexc.AlreadyExists:
             pass
         with upstream():
@@ -171,26 +156,65 @@ def begin(
             continue
         doc = snap.to_dict() or {}
         now = datetime.now(UTC)
-        if doc.get("claim_token") == token:
+        if doc.get("claim_token") == claim.token:
             # Our own create went through but its answer was lost and retried.
-            return Claim(ref, token, snap.update_time)
+            return Claim(ref, claim.token, snap.update_time)
         replay = _judge(doc, body_fingerprint, now)
-        if replay is not None:
-            return replay
-        # A crashed request's claim, or an expired record: take it over, but
-        # only if nobody else has written it since we read it.
-        try:
-            with upstream():
-                result = ref.update(
-                    claim_fields(now),
-                    option=db.write_option(last_update_time=snap.update_time),
-                    retry=FIRESTORE_RETRY,
-                    timeout=FIRESTORE_ATTEMPT_TIMEOUT,
-                )
-            return Claim(ref, token, result.update_time)
-        except (gexc.FailedPrecondition, gexc.NotFound):
-            raise IdempotencyKeyInUse() from None
+        return replay if replay is not None else _take_over(db, ref, snap, claim, now)
     raise IdempotencyKeyInUse()
+
+
+@dataclass(frozen=True)
+class _ClaimFields:
+    """What a claim of the key stores, as of the moment it is written."""
+
+    workspace_id: str
+    mode: str
+    fingerprint: str
+    token: str
+    ttl_seconds: int
+    lease_seconds: int
+
+    def at(self, now: datetime) -> dict[str, Any]:
+        return {
+            "workspace_id": self.workspace_id,
+            "mode": self.mode,
+            "fingerprint": self.fingerprint,
+            "state": IN_PROGRESS,
+            "claim_token": self.token,
+            "response": None,
+            "created_at": now,
+            "lease_expires_at": now + timedelta(seconds=self.lease_seconds),
+            # Firestore's TTL policy deletes on this field; we also treat a
+            # record past it as absent, since TTL deletion lags by up to a day.
+            "expires_at": now + timedelta(seconds=self.ttl_seconds),
+        }
+
+
+def _take_over(
+    db: firestore.Client,
+    ref: firestore.DocumentReference,
+    snap: firestore.DocumentSnapshot,
+    claim: _ClaimFields,
+    now: datetime,
+) -> Claim:
+    """A crashed request's claim, or an expired record, taken over: only if nobody else has written it since
+    `snap` was read.
+
+    Raises:
+        IdempotencyKeyInUse: somebody did.
+    """
+    try:
+        with upstream():
+            result = ref.update(
+                claim.at(now),
+                option=db.write_option(last_update_time=snap.update_time),
+                retry=FIRESTORE_RETRY,
+                timeout=FIRESTORE_ATTEMPT_TIMEOUT,
+            )
+        return Claim(ref, claim.token, result.update_time)
+    except (gexc.FailedPrecondition, gexc.NotFound):
+        raise IdempotencyKeyInUse() from None
 
 
 def _judge(doc: dict[str, Any], body_fingerprint: str, now: datetime) -> Replay | None:

@@ -4,4 +4,4 @@ Redis by every instance, kept per instance while it is down and rebuilt from Fir
 It decides admit or refuse; lib/api asks it before a create and tells it when a pending slot frees.
 """
 
-FACE = ("counters",)
+FACE = ("counters", "quotas")

@@ -162,19 +162,16 @@ def sweep(
 ) -> SweepResult:
     """Settle every upload still pending after its `expires_at`, oldest first in each shard.
 
-    Walks `shards` (all lifecycle.SWEEP_SHARDS by default; a slice when several scheduler
-    jobs share the work), a page of each in turn, each with its own cursor, so
-    a record that fails (and stays pending) is left for the next run rather
-    than retried in a loop. At most
-    `workers` records are in flight. Bounds, so the call ends well inside the
-    function's timeout whatever Storage does:
+    Walks `shards` (all lifecycle.SWEEP_SHARDS by default; a slice when several scheduler jobs share the work), a
+    page of each in turn, each with its own cursor, so a record that fails (and stays pending) is left for the
+    next run rather than retried in a loop. At most `workers` records are in flight. Bounds, so the call ends
+    well inside the function's timeout whatever Storage does:
 
     - no page is read and no record started after `budget_seconds`;
-    - no upstream step of a record started after `budget_seconds +
-      grace_seconds` (lib/platform/clients.py bounds each step: ~8 s Storage, ~7 s
-      Firestore);
-    - after a record fails because a backend is unavailable, no more are
-      started: the rest would only fail the same way.
+    - no upstream step of a record started after `budget_seconds + grace_seconds` (lib/platform/clients.py
+      bounds each step: ~8 s Storage, ~7 s Firestore);
+    - after a record fails because a backend is unavailable, no more are started: the rest would only fail
+      the same way.
 
     Records not reached are left pending and `more` is set.
 
@@ -184,30 +181,29 @@ def sweep(
     started = time.monotonic()
     run = _Run(started + budget_seconds, on_error)
     finish_by = started + budget_seconds + grace_seconds
-    # One page per shard per round, so a backlog in one shard cannot starve the
-    # others; the first shard is drawn at random (`first_shard`).
-    first = first_shard(len(shards))
-    cursors: dict[int, Any] = {shards[(first + i) % len(shards)]: None for i in range(len(shards))}
+    cursors = _cursors(shards)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while cursors and run.may_start():
             for shard in list(cursors):
                 if not run.may_start():
                     break
                 records, cursor = lifecycle.due(db, shard, now, page_size, cursors[shard])
-                for record in records:
-                    while len(run.in_flight) >= workers:
-                        run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
-                    if not run.may_start():
-                        break
-                    run.in_flight[
-                        pool.submit(settling.settle, db, gcs, record, lifecycle.EXPIRED, finish_by, announce)
-                    ] = record
+                run.start(
+                    pool, records, workers, lambda record: (db, gcs, record, lifecycle.EXPIRED, finish_by, announce)
+                )
                 if len(records) < page_size:
                     del cursors[shard]
                 else:
                     cursors[shard] = cursor
         run.collect(wait(run.in_flight).done)
     return run.result
+
+
+def _cursors(shards: range) -> dict[int, Any]:
+    """Each shard's cursor (none yet), in the order a round visits them: one page per shard per round, so a
+    backlog in one shard cannot starve the others; the first shard drawn at random (`first_shard`)."""
+    first = first_shard(len(shards))
+    return {shards[(first + i) % len(shards)]: None for i in range(len(shards))}
 
 
 class _Run:
@@ -218,6 +214,17 @@ class _Run:
         self.in_flight: dict[Future, lifecycle.Record] = {}
         self._start_by, self._on_error = start_by, on_error
         self._backend_down = False
+
+    def start(
+        self, pool: ThreadPoolExecutor, records: list[lifecycle.Record], workers: int, args: Callable[..., tuple]
+    ) -> None:
+        """Settle `records` (settling.settle(*args(record))), at most `workers` in flight, while more may start."""
+        for record in records:
+            while len(self.in_flight) >= workers:
+                self.collect(wait(self.in_flight, return_when=FIRST_COMPLETED).done)
+            if not self.may_start():
+                return
+            self.in_flight[pool.submit(settling.settle, *args(record))] = record
 
     def may_start(self) -> bool:
         """Whether another page or record may start (within the budget, and no backend down)."""

@@ -18,7 +18,7 @@ network unless every hop is checked (OWASP's SSRF prevention cheat sheet; the
    (`Lookups`); redirects are never followed and the whole delivery ends by
    its deadline (10 s), however the receiver dribbles (lib/webhooks/outbound.py sends it).
 
-The same rules run when an endpoint is added (lib/admin.py) and at every
+The same rules run when an endpoint is added (lib/admin/hooks.py) and at every
 delivery (lib/webhooks/sending.py).
 """
 
