@@ -38,17 +38,7 @@ def add(db, args) -> int:
         print(f"error: refused webhook URL: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "id": endpoint.id,
-                    "url": endpoint.url,
-                    "workspace_id": endpoint.workspace_id,
-                    "mode": endpoint.mode,
-                    "secret": endpoint.secret,
-                }
-            )
-        )
+        print(json.dumps(_with_secret(endpoint)))
     else:
         print(
             f"Added {endpoint.mode} webhook endpoint {endpoint.id} for workspace {endpoint.workspace_id}: "
@@ -115,18 +105,7 @@ def rotate_secret(db, args) -> int:
     assert endpoint.previous_secret_expires_at is not None  # a rotation always sets it
     until = clock.rfc3339(endpoint.previous_secret_expires_at)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "id": endpoint.id,
-                    "url": endpoint.url,
-                    "workspace_id": endpoint.workspace_id,
-                    "mode": endpoint.mode,
-                    "secret": endpoint.secret,
-                    "previous_secret_expires_at": until,
-                }
-            )
-        )
+        print(json.dumps({**_with_secret(endpoint), "previous_secret_expires_at": until}))
     else:
         print(f"New signing secret for {endpoint.id} ({endpoint.url}):", file=sys.stderr)
         print(endpoint.secret)
@@ -158,3 +137,14 @@ def deliveries(db, args) -> int:
             ("MS", 0, lambda row: "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f}"),
         ),
     )
+
+
+def _with_secret(endpoint: endpoints.Endpoint) -> dict[str, str]:
+    """What --json prints of an endpoint whose secret is shown (add-webhook, rotate-webhook-secret): once."""
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "workspace_id": endpoint.workspace_id,
+        "mode": endpoint.mode,
+        "secret": endpoint.secret,
+    }
