@@ -1,36 +1,25 @@
-"""Cloud Function entrypoint `uploads`: route, read the request, call lib, render.
-
-Every response is JSON, carries `X-Request-Id` and `Cache-Control: no-store`
-(bodies hold bearer URLs), and every non-2xx body is the error envelope. One
-structured log line is written per request (lib/platform/logs.py).
+"""Cloud Function entrypoints `uploads` (the API, the sweep, storage events) and `deliveries` (webhook pushes):
+the settings checked at start-up, each function's routing table, and handlers that read the request, call lib
+and say what to answer. lib/platform/http.py serves (routing, bodies, the envelope, the log line); lib/wiring.py
+holds the parts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
-import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
 
 from lib import wiring
-from lib.api import auth, create, models, views
-from lib.limits import counters, quotas
-from lib.platform import clock, config, logs, oidc, push, server
+from lib.api import auth, create, views
+from lib.platform import clock, config, http, logs, oidc, push, server
 from lib.platform.errors import (
-    ApiError,
     DeliveryDeferred,
-    MethodNotAllowed,
-    NotFound,
     ServiceUnavailable,
-    UriTooLong,
     WebhookDeliveryFailed,
 )
 from lib.uploads import lifecycle, settling, storage_events, sweep
@@ -54,12 +43,8 @@ WIRING = wiring.Wiring(SETTINGS)
 # Before functions-framework builds its gunicorn (it imports this module first).
 server.install(SETTINGS.request_deadline_seconds)
 
-Result = tuple[int, dict[str, Any], dict[str, str]]
-# Our longest route is ~50 characters; anything past this is refused before routing.
-MAX_PATH_BYTES = 2048
 
-
-def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
     """POST /v1/uploads: authenticate, then create (lib/api/create.py)."""
     key = _authenticate(request, log)
     created = create.create(
@@ -78,21 +63,13 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
     return 201, created.body, created.headers
 
 
-def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
     """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/limits/counters.py)."""
     key = _authenticate(request, log)
-    limiting = WIRING.limiting()
-    if not limiting.limiter.enabled:
-        return 200, models.LimitsOut.off(key.mode).model_dump(), {}
-    figures = quotas.for_workspace(WIRING.db(), key.workspace_id, limiting.defaults, log)
-    usage = limiting.limiter.usage(key.workspace_id, key.mode, log)
-    out = models.LimitsOut.counted(
-        key.mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates, usage.pending
-    )
-    return 200, out.model_dump(), counters.headers(figures, usage)
+    return 200, *views.limits(WIRING.db(), WIRING.limiting(), key.workspace_id, key.mode, log)
 
 
-def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
+def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> http.Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
     record = _own_upload(request, log, params["upload_id"])
     record = settling.refresh(
@@ -106,14 +83,14 @@ def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params:
     return 200, views.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
-def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> Result:
+def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> http.Result:
     """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
     record = _own_upload(request, log, params["upload_id"])
     record = settling.cancel(WIRING.db(), WIRING.storage(log), record, announce=WIRING.announcer(log))
     return 200, views.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
-def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
     """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at (lib/uploads/sweep.py)."""
     oidc.verify(
         request.headers.get("Authorization"), SETTINGS.sweep_audience, SETTINGS.sweep_service_account, WIRING.certs()
@@ -131,7 +108,7 @@ def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params:
     return 200, report.result.as_dict(), {}
 
 
-def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
     """POST /internal/storage-events (Pub/Sub push, OIDC): a finalized object completes its upload."""
     event = storage_events.from_push(
         push.receive(
@@ -143,14 +120,12 @@ def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _para
             "events",
         )
     )
-    log.update(event_type=event.event_type, message_id=event.message_id[:64])
-    if event.upload_id is not None:
-        log["upload_id"] = event.upload_id
+    log.update(event.log_fields())
     log["outcome"] = storage_events.handle(WIRING.db(), WIRING.storage(log), event, WIRING.announcer(log))
     return 200, {"outcome": log["outcome"]}, {}
 
 
-def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
     """POST /internal/webhooks (Pub/Sub push, OIDC): fan an event out, or deliver it to one endpoint."""
     handled = pushes.handle(
         WIRING.db(),
@@ -169,7 +144,9 @@ def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _pa
     return 200, handled.body, {}
 
 
-def webhook_dead_letter(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> Result:
+def webhook_dead_letter(
+    request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]
+) -> http.Result:
     """POST /internal/webhook-dead-letters (the dead-letter topic's push, OIDC): record what Pub/Sub gave up on."""
     handled = pushes.dead_letter(
         WIRING.db(), _webhook_push(request, raw, log, messages.Message.dead_lettered), clock.now()
@@ -188,24 +165,15 @@ def _webhook_push(
         push.receive(
             request.headers.get("Authorization"),
             raw,
-            _audience(request, SETTINGS.webhooks_audience),
+            push.audience(request.host, SETTINGS.webhooks_audience),
             SETTINGS.webhooks_service_account,
             WIRING.certs(),
             "webhooks",
             messages.INVALID_PUSH,
         )
     )
-    log.update(kind=message.kind, message_id=message.message_id[:64])
-    if message.upload_id:
-        log["upload_id"] = message.upload_id[:64]
+    log.update(message.log_fields())
     return message
-
-
-def _audience(request: flask.Request, audience: str | None) -> str | None:
-    """The audience a push's token must carry: as set, or (config.OWN_URL) the URL the push reached. Set so
-    only behind Cloud Run's IAM check, which has already required the token's audience to be this service's
-    run.app URL (https://cloud.google.com/run/docs/configuring/custom-audiences): this checks it again."""
-    return f"https://{request.host}" if audience == config.OWN_URL else audience
 
 
 def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:
@@ -227,24 +195,19 @@ def _own_upload(request: flask.Request, log: dict[str, Any], upload_id: str) -> 
     return record
 
 
-def health(_request: flask.Request, _raw: bytes, _log: dict[str, Any], _params: dict[str, str]) -> Result:
+def health(_request: flask.Request, _raw: bytes, _log: dict[str, Any], _params: dict[str, str]) -> http.Result:
     """Liveness for uptime checks: no authentication, no upstream call, nothing
     about the deployment. An answer means an instance is serving this code."""
     return 200, {"status": "ok"}, {}
 
 
-# (request, its body as read, the log line's fields, the path's parameters)
-Handler = Callable[[flask.Request, bytes, dict[str, Any], dict[str, str]], Result]
-# Each route's template (`/v1/uploads/{upload_id}`: the log line's `route`, a label of the request
-# metrics that stays few-valued) and the methods it answers.
-Routes = tuple[tuple[str, dict[str, Handler]], ...]
 # Cloud Run reserves some paths ending in "z" (its known issues advise avoiding
 # them all), so the uptime check probes /health; /healthz is the usual name.
-_HEALTH: Routes = (("/health", {"GET": health}), ("/healthz", {"GET": health}))
+_HEALTH: http.Routes = (("/health", {"GET": health}), ("/healthz", {"GET": health}))
 # Two functions from this one source: `uploads` serves the API, the scheduler and storage events;
 # `deliveries` serves the webhook pushes, so a slow receiver holds a thread of its own instances,
 # never one of the API's (docs/operations.md, "Two functions").
-UPLOADS_ROUTES: Routes = (
+UPLOADS_ROUTES: http.Routes = (
     ("/v1/uploads", {"POST": create_upload}),
     ("/v1/uploads/{upload_id}", {"GET": get_upload}),
     ("/v1/uploads/{upload_id}/cancel", {"POST": cancel_upload}),
@@ -253,139 +216,31 @@ UPLOADS_ROUTES: Routes = (
     ("/internal/storage-events", {"POST": storage_event}),
     *_HEALTH,
 )
-DELIVERIES_ROUTES: Routes = (
+DELIVERIES_ROUTES: http.Routes = (
     ("/internal/webhooks", {"POST": webhook_message}),
     ("/internal/webhook-dead-letters", {"POST": webhook_dead_letter}),
     *_HEALTH,
 )
 # Every route of either function (the API document lists them all).
-ROUTES: Routes = (*UPLOADS_ROUTES, *DELIVERIES_ROUTES[: -len(_HEALTH)])
-Router = Callable[[str], tuple[dict[str, Handler], dict[str, str], str]]
+ROUTES: http.Routes = (*UPLOADS_ROUTES, *DELIVERIES_ROUTES[: -len(_HEALTH)])
 
 
-def router(routes: Routes) -> Router:
-    """The path's route: its handlers by method, the path's parameters, its template.
-
-    werkzeug's routing matches the path alone (its rules take any method), so a wrong method is our
-    405 with the route's own `Allow`, never werkzeug's, which adds HEAD to every GET.
-
-    Raises:
-        NotFound: no route has that path.
-    """
-    handlers = dict(routes)
-    rules = Map(
-        [Rule(re.sub(r"\{(\w+)\}", r"<\1>", template), endpoint=template) for template in handlers], merge_slashes=False
-    )
-    adapter = rules.bind("")
-
-    def route(path: str) -> tuple[dict[str, Handler], dict[str, str], str]:
-        if path.startswith("//"):  # werkzeug's matcher drops extra leading slashes; no route of ours has them
-            raise NotFound()
-        try:
-            template, params = adapter.match(path)
-        except HTTPException:  # no rule matches (or a redirect a rule without its trailing slash never asks)
-            raise NotFound() from None
-        return handlers[template], {name: str(value) for name, value in params.items()}, str(template)
-
-    return route
-
-
-UPLOADS, DELIVERIES = router(UPLOADS_ROUTES), router(DELIVERIES_ROUTES)
+UPLOADS, DELIVERIES = http.router(UPLOADS_ROUTES), http.router(DELIVERIES_ROUTES)
 
 
 @functions_framework.http
 def uploads(request: flask.Request) -> flask.Response:
     """The API function: uploads, the sweep, storage events."""
-    return _serve(request, UPLOADS)
+    return http.serve(request, UPLOADS, SETTINGS.firestore.project)
 
 
 @functions_framework.http
 def deliveries(request: flask.Request) -> flask.Response:
     """The webhooks function: fan-out, deliveries and dead letters, pushed by Pub/Sub."""
-    return _serve(request, DELIVERIES)
-
-
-def _serve(request: flask.Request, route: Router) -> flask.Response:
-    started = time.perf_counter()
-    request_id = logs.request_id(request.headers.get("X-Request-Id"))
-    # `route` is replaced by the matched route's template; "(none)": no route matched.
-    log: dict[str, Any] = {"request_id": request_id, "route": "(none)"}
-    try:
-        if len(request.path) > MAX_PATH_BYTES:
-            raise UriTooLong(MAX_PATH_BYTES)
-        # Every request's body is read (at most 64 KiB, each read bounded by
-        # lib/platform/server.py) before anything can answer early: otherwise
-        # functions-framework reads it after our answer, unbounded by us.
-        server.headers_read()
-        try:
-            raw = models.read_body(request.stream, request.content_length, before_read=server.in_time)
-        except server.BODY_FRAMING_ERRORS as exc:
-            raise server.body_refusal(exc) from None
-        server.body_read()
-        methods, params, log["route"] = route(request.path)
-        handler = methods.get(request.method)
-        if handler is None:
-            raise MethodNotAllowed(tuple(methods))
-        status, body, headers = handler(request, raw, log, params)
-    except ApiError as err:
-        status, body, headers = err.status, err.envelope(), err.headers
-        log["error_code"] = err.code
-        if err.reason is not None:
-            log["reason"] = err.reason
-        elif err.__cause__ is not None:
-            log["reason"] = f"{type(err.__cause__).__name__}: {err.__cause__}"[:500]
-    except Exception as exc:  # noqa: BLE001 - the envelope for anything unexpected
-        internal = ApiError()
-        status, body, headers = internal.status, internal.envelope(), internal.headers
-        log["error_code"] = internal.code
-        log["reason"] = f"{type(exc).__name__}: {exc}"[:500]
-        log["stack_trace"] = traceback.format_exc()
-    return _respond(request, status, body, headers, request_id, log, started)
+    return http.serve(request, DELIVERIES, SETTINGS.firestore.project)
 
 
 @functions_framework.errorhandler(404)
 def _framework_not_found(_exc: HTTPException) -> flask.Response:
     """The framework answers /robots.txt and /favicon.ico itself; keep the envelope there too."""
-    err = NotFound()
-    request_id = logs.request_id(flask.request.headers.get("X-Request-Id"))
-    log = {"request_id": request_id, "route": "(none)", "error_code": err.code}
-    return _respond(flask.request, err.status, err.envelope(), err.headers, request_id, log, time.perf_counter())
-
-
-def _respond(
-    request: flask.Request,
-    status: int,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    request_id: str,
-    log: dict[str, Any],
-    started: float,
-) -> flask.Response:
-    # Ends with a newline, so a shell prompt after curl starts on a line of its own.
-    # allow_nan=False: a NaN or Infinity is no JSON a client can parse; refusing it here makes any
-    # that got past the models (lib/api/models.py MediaFacts) a logged 500, never a body clients choke on.
-    payload = json.dumps(body, separators=(",", ":"), allow_nan=False) + "\n"
-    # functions-framework reads the rest of the request body after each response
-    # unless the response is streamed. A response that closes the connection
-    # (408: the body stalled; 413: it is too large) is streamed, so it does not.
-    content = iter([payload]) if headers.get("Connection") == "close" else payload
-    response = flask.Response(content, status=status, mimetype="application/json")
-    response.headers.update(headers)
-    response.headers["X-Request-Id"] = request_id
-    response.headers["Cache-Control"] = "no-store"
-    _log_request(request, status, log, started)
-    return response
-
-
-def _log_request(request: flask.Request, status: int, log: dict[str, Any], started: float) -> None:
-    logs.emit(
-        logs.request_line(
-            request.method,
-            request.path,
-            status,
-            time.perf_counter() - started,
-            log,
-            SETTINGS.firestore.project,
-            request.headers.get("X-Cloud-Trace-Context"),
-        )
-    )
+    return http.not_found(SETTINGS.firestore.project)

@@ -14,6 +14,7 @@ LIB = sorted(path for path in (ROOT / "lib").rglob("*.py") if path.name != "__in
 CHECKED = [ROOT / "main.py", *LIB, *sorted((ROOT / "client").glob("*.py"))]
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 50
+MAX_MAIN_LINES = 250
 
 
 def imported(path: Path) -> set[str]:
@@ -35,6 +36,12 @@ def test_every_lib_module_opens_with_its_concern_and_is_in_the_readme_layout(pat
     layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
     name = path.relative_to(ROOT).as_posix()
     assert f"\n{name} " in layout, f"{name} is missing from the README's layout"
+
+
+def test_main_is_an_entrypoint_not_a_room():
+    """Issue 34: main.py holds the settings, the routing tables and thin handlers; serving is lib/platform/http.py's,
+    the parts lib/wiring.py's, what a request may do lib's."""
+    assert len((ROOT / "main.py").read_text().splitlines()) <= MAX_MAIN_LINES
 
 
 @pytest.mark.parametrize("path", LIB, ids=lambda path: path.relative_to(ROOT / "lib").as_posix())

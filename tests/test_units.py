@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from lib.api import auth, idempotency, models
-from lib.platform import clock, logs
+from lib.platform import clock, http, logs
 from lib.platform.config import ConfigError, Settings
 from lib.platform.errors import (
     InvalidApiKey,
@@ -244,13 +244,13 @@ def test_if_body_not_a_json_object_then_invalid_json(raw, message):
 
 
 def test_body_over_limit_is_refused_without_reading_it_whole():
-    stream = io.BytesIO(b"x" * (models.MAX_BODY_BYTES + 10))
+    stream = io.BytesIO(b"x" * (http.MAX_BODY_BYTES + 10))
     with pytest.raises(PayloadTooLarge):
-        models.read_body(stream, None)
-    assert stream.tell() == models.MAX_BODY_BYTES + 1
+        http.read_body(stream, None)
+    assert stream.tell() == http.MAX_BODY_BYTES + 1
     with pytest.raises(PayloadTooLarge):
-        models.read_body(io.BytesIO(b""), models.MAX_BODY_BYTES + 1)
-    assert models.read_body(io.BytesIO(b"x" * models.MAX_BODY_BYTES), None) == b"x" * models.MAX_BODY_BYTES
+        http.read_body(io.BytesIO(b""), http.MAX_BODY_BYTES + 1)
+    assert http.read_body(io.BytesIO(b"x" * http.MAX_BODY_BYTES), None) == b"x" * http.MAX_BODY_BYTES
 
 
 @pytest.mark.parametrize(
@@ -530,6 +530,6 @@ def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing is sent
     # Fresh ones: other tests mount recording adapters on the instance's shared session.
     monkeypatch.delitem(clients._clients, ("session_http",), raising=False)
-    for http in (clients.session_http(), clients.storage_client("p-pool")._http):
+    for session in (clients.session_http(), clients.storage_client("p-pool")._http):
         for scheme in ("https://", "http://"):
-            assert http.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= sweep.SWEEP_WORKERS + 16
+            assert session.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= sweep.SWEEP_WORKERS + 16

@@ -9,17 +9,13 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Callable
-from typing import IO, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from lib.media.facts import sane_dimension, sane_duration
-from lib.platform.errors import InvalidJson, PayloadTooLarge, RequestTimeout, ValidationFailed
-
-MAX_BODY_BYTES = 64 * 1024
-
+from lib.platform.errors import InvalidJson, ValidationFailed
 
 # An origin exactly as browsers serialize it in `Origin` (the HTML standard's
 # serialization: scheme://host[:port], lower-case, no path, no default port):
@@ -244,47 +240,6 @@ class LimitsOut(BaseModel):
             creates_remaining=None if creates is None else max(0, creates_per_minute - creates),
             pending_uploads=pending,
         )
-
-
-def read_body(
-    stream: IO[bytes],
-    content_length: int | None,
-    limit: int = MAX_BODY_BYTES,
-    before_read: Callable[[], bool] = lambda: True,
-) -> bytes:
-    """The raw body, at most `limit` bytes, without reading an oversized one whole.
-
-    `before_read` is asked before each read: False means the request's deadline
-    (lib/platform/server.py) has passed, whose watchdog also ends a read that outlasts it.
-
-    Raises:
-        PayloadTooLarge: declared or actual length over the limit.
-        RequestTimeout: the body stopped arriving (a read timed out, or the deadline passed).
-    """
-    if content_length is not None and content_length > limit:
-        raise PayloadTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        if not before_read():
-            raise RequestTimeout()
-        try:
-            chunk = stream.read(min(_READ_SIZE, limit + 1 - size))
-        except (BlockingIOError, TimeoutError):
-            # The server's per-read timeout (lib/platform/server.py): the client stopped sending.
-            raise RequestTimeout() from None
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > limit:
-        raise PayloadTooLarge(limit)
-    if content_length is not None and size < content_length:
-        raise RequestTimeout()  # it ended short: the client stopped sending, or its time ran out
-    return b"".join(chunks)
-
-
-_READ_SIZE = 16 * 1024
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

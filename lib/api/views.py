@@ -1,8 +1,15 @@
-"""The API's view of an upload record: what GET returns and what a webhook event carries as its `data`."""
+"""What the API shows: an upload record as GET returns it and a webhook event carries it as its `data`; a
+workspace's limits as GET /v1/limits does."""
 
 from __future__ import annotations
 
-from lib.api.models import MediaFacts, Rejection, Upload
+from typing import Any
+
+from google.cloud import firestore
+
+from lib.api.create import Limiting
+from lib.api.models import LimitsOut, MediaFacts, Rejection, Upload
+from lib.limits import counters, quotas
 from lib.platform import clock
 from lib.uploads import lifecycle, naming
 
@@ -28,3 +35,15 @@ def view(record: lifecycle.Record, cdn_base_url: str) -> Upload:
         ),
         media=MediaFacts(**data["media"]) if data["state"] == lifecycle.COMPLETED and data.get("media") else None,
     )
+
+
+def limits(
+    db: firestore.Client, limiting: Limiting, workspace_id: str, mode: str, log: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """GET /v1/limits: a workspace's limits and where its mode stands, and the RateLimit fields."""
+    if not limiting.limiter.enabled:
+        return LimitsOut.off(mode).model_dump(), {}
+    figures = quotas.for_workspace(db, workspace_id, limiting.defaults, log)
+    usage = limiting.limiter.usage(workspace_id, mode, log)
+    out = LimitsOut.counted(mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates, usage.pending)
+    return out.model_dump(), counters.headers(figures, usage)

@@ -4,4 +4,4 @@ error envelope, the request log line, the HTTP server, OIDC tokens and Pub/Sub p
 It imports no other package of lib.
 """
 
-FACE = ("clients", "clock", "config", "errors", "logs", "oidc", "push", "server")
+FACE = ("clients", "clock", "config", "errors", "http", "logs", "oidc", "push", "server")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from lib.platform import oidc
+from lib.platform.config import OWN_URL
 from lib.platform.errors import InvalidEvent
 
 
@@ -29,6 +30,13 @@ class Push:
     attributes: dict[str, str]
     data: bytes  # the message's data, decoded (empty when it has none)
     attempt: int | None  # Pub/Sub's deliveryAttempt (set when the subscription dead-letters)
+
+
+def audience(host: str, configured: str | None) -> str | None:
+    """The audience a push's token must carry: as set, or (config.OWN_URL) the URL the push reached. Set so
+    only behind Cloud Run's IAM check, which has already required the token's audience to be this service's
+    run.app URL (https://cloud.google.com/run/docs/configuring/custom-audiences): this checks it again."""
+    return f"https://{host}" if configured == OWN_URL else configured
 
 
 def receive(

@@ -15,7 +15,7 @@ does, before functions-framework builds its server) makes the server:
 - give a request's line, headers and body REQUEST_DEADLINE_SECONDS in all,
   however they dribble: at the deadline a watchdog answers 408 and closes when
   the line and headers are not in, and stops the body's reading when they are
-  (main.py then answers 408 itself: models.read_body);
+  (lib/platform/http.py then answers 408 itself: read_body);
 - send `Connection: close` whenever an answer says it closes (gunicorn drops
   the application's Connection header otherwise), so a client never reuses a
   connection the server then closes; gunicorn itself closes as RFC 9112 9.6
@@ -86,7 +86,7 @@ class _Watch:
             if state in ("headers", "body"):
                 self._state = "cut"
         if state == "body":
-            _shutdown(self.sock, socket.SHUT_RD)  # the blocked read ends; models.read_body says 408
+            _shutdown(self.sock, socket.SHUT_RD)  # the blocked read ends; http.read_body says 408
         elif state == "headers":
             err = RequestTimeout()
             request_id = secrets.token_hex(16)

@@ -55,6 +55,11 @@ class Event:
     obj: gcs_sessions.StoredObject | None  # set for OBJECT_FINALIZE
     upload_id: str | None  # the upload owning object_name, if the service made such a name
 
+    def log_fields(self) -> dict[str, str]:
+        """What the request's log line says of the event."""
+        fields = {"event_type": self.event_type, "message_id": self.message_id[:64]}
+        return fields if self.upload_id is None else {**fields, "upload_id": self.upload_id}
+
 
 def from_push(push: Push) -> Event:
     """The storage event a pushed message carries (lib/platform/push.py read the envelope).

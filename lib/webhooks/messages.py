@@ -26,6 +26,11 @@ class Message(NamedTuple):
     def upload_id(self) -> str | None:
         return self.attributes.get("upload_id")
 
+    def log_fields(self) -> dict[str, str]:
+        """What the request's log line says of the message (ids cut to a length a log can hold)."""
+        fields = {"kind": self.kind, "message_id": self.message_id[:64]}
+        return {**fields, "upload_id": self.upload_id[:64]} if self.upload_id else fields
+
     @classmethod
     def from_push(cls, push: Push) -> Message:
         """Raises InvalidEvent: not one of our messages (lib/platform/push.py read the envelope)."""
