@@ -27,6 +27,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from google.cloud import firestore
+
 from lib.admin import hooks, keys, limits
 from lib.api import auth
 from lib.platform import config
@@ -99,7 +101,7 @@ def _adder(commands: Any) -> Callable[..., argparse.ArgumentParser]:
     says what it prints ("[...]": a JSON array)."""
 
     def add(name: str, text: str, json: str | None = None, workspace: bool = True) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=text)
+        command: argparse.ArgumentParser = commands.add_parser(name, help=text)
         if workspace:
             command.add_argument("--workspace", required=True, type=_workspace, help="workspace id, e.g. ws_acme")
         if json:
@@ -174,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _backfill_sweep_shards(db, _args) -> int:
+def _backfill_sweep_shards(db: firestore.Client, _args: argparse.Namespace) -> int:
     read, given = lifecycle.backfill_shards(db)
     print(f"{given} of {read} upload records given a sweep shard; the sweep now reaches them all.")
     return 0

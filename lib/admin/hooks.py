@@ -3,10 +3,13 @@ rotate-webhook-secret, webhook-deliveries."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from datetime import UTC, datetime
+
+from google.cloud import firestore
 
 from lib.admin.show import table
 from lib.platform import clock
@@ -29,7 +32,7 @@ def _allow_private() -> bool:
     return False
 
 
-def add(db, args) -> int:
+def add(db: firestore.Client, args: argparse.Namespace) -> int:
     try:
         endpoint = endpoints.create_endpoint(
             db, args.workspace, "test" if args.test else "live", args.url, _allow_private(), datetime.now(UTC)
@@ -54,7 +57,7 @@ def add(db, args) -> int:
     return 0
 
 
-def list_webhooks(db, args) -> int:
+def list_webhooks(db: firestore.Client, args: argparse.Namespace) -> int:
     rows = [endpoint.public() for endpoint in endpoints.list_endpoints(db, args.workspace)]
     return table(
         rows,
@@ -72,7 +75,7 @@ def list_webhooks(db, args) -> int:
     )
 
 
-def enable(db, args) -> int:
+def enable(db: firestore.Client, args: argparse.Namespace) -> int:
     endpoint = endpoints.enable(db, args.endpoint_id)
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
@@ -85,7 +88,7 @@ def enable(db, args) -> int:
     return 0
 
 
-def remove(db, args) -> int:
+def remove(db: firestore.Client, args: argparse.Namespace) -> int:
     endpoint = endpoints.remove_endpoint(db, args.endpoint_id)
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
@@ -97,7 +100,7 @@ def remove(db, args) -> int:
     return 0
 
 
-def rotate_secret(db, args) -> int:
+def rotate_secret(db: firestore.Client, args: argparse.Namespace) -> int:
     endpoint = endpoints.rotate_secret(db, args.endpoint_id, datetime.now(UTC))
     if endpoint is None:
         print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
@@ -117,7 +120,7 @@ def rotate_secret(db, args) -> int:
     return 0
 
 
-def deliveries(db, args) -> int:
+def deliveries(db: firestore.Client, args: argparse.Namespace) -> int:
     rows = attempts.recent_deliveries(db, args.workspace, args.limit)
     return table(
         rows,

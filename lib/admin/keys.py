@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from datetime import UTC, datetime
+
+from google.cloud import firestore
 
 from lib.admin.show import iso, table
 from lib.api import auth
 from lib.platform.clients import upstream
 
 
-def create(db, args) -> int:
+def create(db: firestore.Client, args: argparse.Namespace) -> int:
     with upstream():
         key, record = auth.create_key(db, args.workspace, args.name, "test" if args.test else "live")
     if args.json:
@@ -33,7 +36,7 @@ def create(db, args) -> int:
     return 0
 
 
-def list_keys(db, args) -> int:
+def list_keys(db: firestore.Client, args: argparse.Namespace) -> int:
     rows = [
         {**row, "created_at": iso(row["created_at"]), "revoked_at": iso(row["revoked_at"])}
         for row in auth.list_keys(db, args.workspace)
@@ -53,7 +56,7 @@ def list_keys(db, args) -> int:
     )
 
 
-def revoke(db, args) -> int:
+def revoke(db: firestore.Client, args: argparse.Namespace) -> int:
     key_id = auth.key_id(args.key_id) if auth.is_well_formed(args.key_id) else args.key_id.lower()
     if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
         print("error: KEY_ID must be a key id (64 hex characters) as list-keys prints it", file=sys.stderr)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from typing import Any
+
+from google.cloud import firestore
 
 from lib.limits import quotas
 from lib.platform import config
@@ -13,7 +16,7 @@ from lib.platform.clients import upstream
 from lib.uploads import lifecycle
 
 
-def set_limits(db, args) -> int:
+def set_limits(db: firestore.Client, args: argparse.Namespace) -> int:
     if args.creates_per_minute is None and args.max_pending_uploads is None:
         print("error: give --creates-per-minute, --max-pending-uploads or both", file=sys.stderr)
         return 2
@@ -27,7 +30,7 @@ def set_limits(db, args) -> int:
     return 0
 
 
-def show(db, args) -> int:
+def show(db: firestore.Client, args: argparse.Namespace) -> int:
     mode = "test" if args.test else "live"
     with upstream():
         own = quotas.stored(db, args.workspace)

@@ -10,10 +10,10 @@ from typing import Any
 
 from lib.platform import clock
 
-Column = tuple[str, int, Callable[[dict], Any]]  # title, width (0: the last, unpadded), value
+Column = tuple[str, int, Callable[[dict[str, Any]], Any]]  # title, width (0: the last, unpadded), value
 
 
-def table(rows: list[dict], as_json: bool, empty: str, columns: tuple[Column, ...]) -> int:
+def table(rows: list[dict[str, Any]], as_json: bool, empty: str, columns: tuple[Column, ...]) -> int:
     """`rows` as a JSON array, or as a table (or `empty`, on stderr, when there are none)."""
     if as_json:
         print(json.dumps(rows))

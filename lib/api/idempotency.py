@@ -76,12 +76,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class Replay:
-    body: dict
+    body: dict[str, Any]
 
 
 # What `once` runs: the response body, and a document to create in the same
 # commit as the key's completion (None: nothing more to store).
-Work = Callable[[], tuple[dict, tuple[firestore.DocumentReference, dict] | None]]
+Work = Callable[[], tuple[dict[str, Any], tuple[firestore.DocumentReference, dict[str, Any]] | None]]
 
 
 def once(
@@ -94,7 +94,7 @@ def once(
     lease_seconds: int,
     work: Work,
     on_claim_left: Callable[[], None] = lambda: None,
-) -> tuple[dict, bool]:
+) -> tuple[dict[str, Any], bool]:
     """Run `work` at most once for this key and request: (its body, False); or,
     for a request the key already completed, (the stored body, True).
 
@@ -194,7 +194,7 @@ class _ClaimFields:
 def _take_over(
     db: firestore.Client,
     ref: firestore.DocumentReference,
-    snap: firestore.DocumentSnapshot,
+    snap: firestore.DocumentSnapshot[Any],
     claim: _ClaimFields,
     now: datetime,
 ) -> Claim:
@@ -240,8 +240,8 @@ def _judge(doc: dict[str, Any], body_fingerprint: str, now: datetime) -> Replay 
 def complete(
     db: firestore.Client,
     claim: Claim,
-    response_body: dict,
-    also_create: tuple[firestore.DocumentReference, dict] | None = None,
+    response_body: dict[str, Any],
+    also_create: tuple[firestore.DocumentReference, dict[str, Any]] | None = None,
 ) -> None:
     """Store the response under the claim; only the claim's owner can.
 

@@ -266,7 +266,7 @@ def _parse_int(text: str) -> int:
     digits = text.lstrip("-")
     if len(digits) <= _INT_DIGITS:
         return int(text)
-    magnitude = 10 ** (len(digits) - 1)
+    magnitude = int(10 ** (len(digits) - 1))
     return -magnitude if text.startswith("-") else magnitude
 
 

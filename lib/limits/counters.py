@@ -45,9 +45,10 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from google.cloud import firestore
@@ -74,6 +75,7 @@ IN_FLIGHT_MS = 30_000
 # Unknown or revoked API keys one client address may send in a minute before the rest of that minute's
 # keys from it are refused unread (a 429): a flood of made-up keys costs a Firestore read each otherwise.
 AUTH_FAILURES_PER_MINUTE = 30
+T = TypeVar("T")
 # The policy's name in the RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11).
 POLICY = "creates"
 
@@ -138,7 +140,7 @@ class Limiter:
             self._sync = self._client.register_script(SYNC)
             self._release = self._client.register_script(RELEASE)
 
-    def _call(self, log: dict[str, Any], run):
+    def _call(self, log: dict[str, Any], run: Callable[[], T]) -> T | None:
         """`run()` against the store, or None (logged) if it is down or fails now."""
         if not self.enabled or time.monotonic() < self._down_until:
             if self.enabled:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 import av
 import av.logging
@@ -109,7 +110,7 @@ def _decode_first_frames(container: av.container.InputContainer, tracks: list[Tr
     raise Unreadable(f"its {stream.type} track ({stream.codec_context.codec.canonical_name}) does not decode")
 
 
-def _frames(stream: Track, packet: av.Packet | None) -> int:
+def _frames(stream: Track, packet: av.Packet[Any] | None) -> int:
     try:
         return len(stream.decode(packet))
     except av.error.FFmpegError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import IO, cast
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from lib.media.facts import Limits, Media, Mismatch, Source, Unreadable
 
@@ -22,7 +22,7 @@ def check(declared: str, source: Source, known: bool, limits: Limits) -> Media:
         image = Image.open(cast(IO[bytes], source), formats=sorted({f for fs in TYPES.values() for f in fs}))
     except Image.DecompressionBombError:
         raise Unreadable(f"it is a picture of more than {limits.max_pixels:,} pixels") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         if known:
             raise Unreadable("Pillow cannot read it as a picture") from None
         raise Mismatch(f"The bytes are no picture, so they are not {declared}.") from None

@@ -89,10 +89,10 @@ def upstream() -> Iterator[None]:
 
 
 _lock = threading.Lock()
-_clients: dict[tuple, Any] = {}
+_clients: dict[tuple[Any, ...], Any] = {}
 
 
-def shared(key: tuple, make: Callable[[], T]) -> T:
+def shared(key: tuple[Any, ...], make: Callable[[], T]) -> T:
     """The instance's one object for `key` (a client, a cache), made on first use by one thread only."""
     client = _clients.get(key)
     if client is None:

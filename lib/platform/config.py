@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 # Every environment variable the function reads, required first. Terraform's
@@ -156,7 +157,7 @@ class Settings:
         )
 
 
-def _caller(env: Mapping[str, str], route: str) -> dict:
+def _caller(env: Mapping[str, str], route: str) -> dict[str, Any]:
     """An internal route's allowed caller: {ROUTE}_SERVICE_ACCOUNT and {ROUTE}_AUDIENCE, both or neither."""
     account = env.get(f"{route}_SERVICE_ACCOUNT", "").strip() or None
     audience = env.get(f"{route}_AUDIENCE", "").strip() or None
@@ -167,7 +168,7 @@ def _caller(env: Mapping[str, str], route: str) -> dict:
     return {f"{route.lower()}_service_account": account, f"{route.lower()}_audience": audience}
 
 
-def _limits(env: Mapping[str, str]) -> dict:
+def _limits(env: Mapping[str, str]) -> dict[str, Any]:
     url = env.get("LIMITS_REDIS_URL", "").strip() or None
     if url is not None:
         parts = urlsplit(url)

@@ -135,7 +135,7 @@ class RequestTimeout(ApiError):
     status, code = 408, "request_timeout"
     message = "The request body stopped arriving before it was complete."
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(headers={"Connection": "close"})
 
 

@@ -39,6 +39,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from functions_framework._http import gunicorn as ff_gunicorn
 from gunicorn import util
@@ -179,7 +181,7 @@ def _raw_answer(err: ApiError, request_id: str) -> bytes:
 class Worker(ThreadWorker):
     """gunicorn's threaded worker with a read timeout and JSON errors."""
 
-    def enqueue_req(self, conn):
+    def enqueue_req(self, conn: Any) -> None:  # gunicorn's TConn, untyped there
         # A kernel-level receive timeout survives gthread's setblocking(True)
         # (a Python-level settimeout would not); a read past it fails with
         # EAGAIN, which ends the request and frees the thread.
@@ -189,7 +191,7 @@ class Worker(ThreadWorker):
             conn.framelane_timeout_set = True
         super().enqueue_req(conn)
 
-    def handle(self, conn):
+    def handle(self, conn: Any) -> Any:
         # The request's deadline runs from when a thread takes it up (a connection with no data yet
         # waits on the poller, not here); its line and headers are watched until main.py has them.
         deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS
@@ -201,7 +203,7 @@ class Worker(ThreadWorker):
             _request.watch.done()
             _request.sock = _request.deadline = _request.watch = None
 
-    def handle_error(self, req, client, addr, exc):
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         if not isinstance(exc, ParseException):
             super().handle_error(req, client, addr, exc)
             return
@@ -272,17 +274,18 @@ def install(request_deadline_seconds: float = REQUEST_DEADLINE_SECONDS) -> None:
     application = ff_gunicorn.GunicornApplication
     if getattr(application.load_config, "_framelane", False):
         return
-    original = application.load_config
+    original: Callable[[Any], None] = application.load_config
     process_headers = wsgi.Response.process_headers
 
-    def closing_headers(self, headers):
+    def closing_headers(self: wsgi.Response, headers: Iterable[tuple[str, str]]) -> None:
+        headers = list(headers)  # read twice below
         # gunicorn drops the application's Connection header; an answer that says it
         # closes (408, 413: lib/platform/errors.py) must say so on the wire, and close.
         if any(name.lower() == "connection" and value.strip().lower() == "close" for name, value in headers):
             self.force_close()
         process_headers(self, headers)
 
-    def load_config(self):
+    def load_config(self: Any) -> None:
         original(self)
         self.cfg.set("limit_request_line", MAX_REQUEST_LINE)
         # functions-framework picks its own worker only for THREADED_TIMEOUT_ENABLED, which we never set.

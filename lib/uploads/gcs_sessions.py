@@ -46,13 +46,15 @@ def mint_session(
     if md5 is not None:
         blob.md5_hash = md5
     with upstream():
-        return blob.create_resumable_upload_session(
-            content_type=content_type,
-            size=size,
-            origin=origin,
-            if_generation_match=0,
-            timeout=STORAGE_TIMEOUT,
-            retry=STORAGE_RETRY,
+        return str(
+            blob.create_resumable_upload_session(
+                content_type=content_type,
+                size=size,
+                origin=origin,
+                if_generation_match=0,
+                timeout=STORAGE_TIMEOUT,
+                retry=STORAGE_RETRY,
+            )
         )
 
 

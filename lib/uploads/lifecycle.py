@@ -96,7 +96,7 @@ class Record:
 
     @property
     def state(self) -> str:
-        return self.data["state"]
+        return str(self.data["state"])
 
 
 # Told of each state change this process stored (lib/webhooks/fanout.py's Announcer; None while webhooks are off).

@@ -31,6 +31,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from google.cloud import firestore
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
@@ -111,9 +112,9 @@ class _ObjectResource(BaseModel):
 
     @field_validator("size", "generation", mode="before")
     @classmethod
-    def _whole(cls, value: object) -> int:
+    def _whole(cls, value: Any) -> int:  # any JSON value; what int() refuses is refused
         try:
-            return int(value)  # type: ignore[call-overload]  # any JSON value; what int() refuses is refused
+            return int(value)
         except (TypeError, ValueError):
             raise ValueError("not a whole number") from None
 

@@ -211,12 +211,16 @@ class _Run:
 
     def __init__(self, start_by: float, on_error: Callable[[str, BaseException], None] | None):
         self.result = SweepResult()
-        self.in_flight: dict[Future, lifecycle.Record] = {}
+        self.in_flight: dict[Future[lifecycle.Record], lifecycle.Record] = {}
         self._start_by, self._on_error = start_by, on_error
         self._backend_down = False
 
     def start(
-        self, pool: ThreadPoolExecutor, records: list[lifecycle.Record], workers: int, args: Callable[..., tuple]
+        self,
+        pool: ThreadPoolExecutor,
+        records: list[lifecycle.Record],
+        workers: int,
+        args: Callable[[lifecycle.Record], tuple[Any, ...]],
     ) -> None:
         """Settle `records` (settling.settle(*args(record))), at most `workers` in flight, while more may start."""
         for record in records:
@@ -233,7 +237,7 @@ class _Run:
             return False
         return True
 
-    def collect(self, done: set[Future]) -> None:
+    def collect(self, done: set[Future[lifecycle.Record]]) -> None:
         """Count the records whose settling finished."""
         for future in done:
             record = self.in_flight.pop(future)

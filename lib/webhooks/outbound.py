@@ -143,12 +143,16 @@ class _Watchdog:
                             sock.shutdown(socket.SHUT_RDWR)
 
     @staticmethod
-    def _over(entry: tuple) -> bool:
+    def _over(entry: tuple[float, int, _PinnedHTTPConnection | _PinnedHTTPSConnection, int]) -> bool:
         _, _, conn, exchange = entry
-        return conn.exchange != exchange or conn.finished
+        return bool(conn.exchange != exchange or conn.finished)
 
 
 _watchdog = _Watchdog()
+
+
+# A pooled connection's (scheme, host, port, address): one checked address of one target.
+_Key = tuple[str, str, int, str]
 
 
 class _Pool:
@@ -166,10 +170,10 @@ class _Pool:
     MAX_IDLE_SECONDS = 20.0
 
     def __init__(self) -> None:
-        self._idle: dict[tuple, list[tuple[float, _PinnedHTTPConnection | _PinnedHTTPSConnection]]] = {}
+        self._idle: dict[_Key, list[tuple[float, _PinnedHTTPConnection | _PinnedHTTPSConnection]]] = {}
         self._lock = threading.Lock()
 
-    def take(self, key: tuple) -> _PinnedHTTPConnection | _PinnedHTTPSConnection | None:
+    def take(self, key: _Key) -> _PinnedHTTPConnection | _PinnedHTTPSConnection | None:
         stale = []
         found = None
         with self._lock:
@@ -184,7 +188,7 @@ class _Pool:
             conn.close()
         return found
 
-    def give(self, key: tuple, conn: _PinnedHTTPConnection | _PinnedHTTPSConnection) -> None:
+    def give(self, key: _Key, conn: _PinnedHTTPConnection | _PinnedHTTPSConnection) -> None:
         evicted = []
         kept = False
         with self._lock:
@@ -248,7 +252,7 @@ def post(
 
 def _exchange(
     conn: _PinnedHTTPConnection | _PinnedHTTPSConnection,
-    key: tuple,
+    key: _Key,
     target: Target,
     body: bytes,
     headers: dict[str, str],
