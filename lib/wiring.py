@@ -41,7 +41,7 @@ class Wiring:
         if limiter.enabled:
 
             def release(record: lifecycle.Record) -> None:
-                limiter.release(record.data["workspace_id"], record.data["mode"], record.id, log)
+                limiter.release(record.workspace_id, record.mode, record.id, log)
 
         return lifecycle.Storage(
             self.gcs(), self.settings.upload_bucket, self.settings.staging_bucket, session_http(), release, log

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from dev.oidc_issuer import EVENTS_AUDIENCE
-from lib.uploads import gcs_sessions, lifecycle, settling, storage_events
+from lib.uploads import gcs_sessions, lifecycle, storage_events
 from tests.conftest import BUCKET, STAGING_BUCKET, start_shipped
 from tests.helpers import RecordingProxy, media, padded_mp4, schema_errors
 from tests.test_lifecycle import VIDEO, backdate, bearer, create, end_hour_now, put_bytes, record
@@ -721,13 +721,11 @@ def test_a_settler_whose_write_loses_undoes_its_placement_unless_the_winner_comp
             raced.append(winner)
             current = lifecycle.load_by_id(db, out["id"])
             if winner in ("cancel", "sweep"):
-                changes = {"state": "cancelled" if winner == "cancel" else "expired"}
+                ending = lifecycle.Settlement.cancel() if winner == "cancel" else lifecycle.Settlement.expire()
             else:
-                changes = {
-                    **settling.completed(placed),
-                    "media": {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]},
-                }
-            lifecycle.transition(db, current, changes)
+                facts = {"duration_seconds": 1.0, "width": 64, "height": 48, "codecs": ["h264"]}
+                ending = lifecycle.Settlement.complete(placed, facts)
+            lifecycle.transition(db, current, ending)
         return placed
 
     monkeypatch.setattr(gcs_sessions, "place", place_then_lose)
@@ -792,7 +790,7 @@ def test_a_late_event_finishes_undoing_a_placement_its_settler_left_behind(clien
     name = object_name(out)
     resource = resource_of(gcs, name)
     gcs_sessions.place(gcs, STAGING_BUCKET, BUCKET, name, int(resource["generation"]), "video/mp4")
-    lifecycle.transition(db, lifecycle.load_by_id(db, out["id"]), {"state": "cancelled"})
+    lifecycle.transition(db, lifecycle.load_by_id(db, out["id"]), lifecycle.Settlement.cancel())
     assert requests.get(out["source_url"], timeout=10).status_code == 200  # what the dead instance left
     resp = push(client, envelope(resource), oidc_issuer.events_token())
     assert resp.status_code == 200

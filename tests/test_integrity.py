@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from lib.uploads import settling
+from lib.uploads import lifecycle, settling
 from lib.uploads.gcs_sessions import StoredObject
 from tests.conftest import BUCKET, STAGING_BUCKET
 from tests.helpers import media, padded_mp4, schema_errors
@@ -219,9 +219,9 @@ def _declared(data: bytes, **overrides) -> dict:
     ],
 )
 def test_the_verdict_checks_each_declared_value(declaration, obj, code):
-    changes = settling.verdict(declaration, obj)
+    changes = settling.verdict(declaration, obj).changes()
     if code is None:
-        assert changes == settling.completed(obj)
+        assert changes == lifecycle.Settlement.complete(obj).changes()
     else:
         assert changes["state"] == "rejected"
         assert changes["rejection_code"] == code
@@ -230,6 +230,6 @@ def test_the_verdict_checks_each_declared_value(declaration, obj, code):
 
 
 def test_a_size_rejection_says_what_landed_and_what_was_declared():
-    changes = settling.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024))
+    changes = settling.verdict({"size_bytes": 200_000_000}, _object(b"x" * 1024)).changes()
     assert "1024 bytes landed" in changes["rejection_message"]
     assert "200000000" in changes["rejection_message"]

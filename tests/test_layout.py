@@ -156,3 +156,16 @@ def test_the_api_keys_collection_has_one_owner():
         if "auth.COLLECTION" in path.read_text() or '"api_keys"' in path.read_text()
     ]
     assert named == ["lib/api/auth.py"]
+
+
+def test_the_upload_record_has_one_owner():
+    """Issue 34: settling, storage events, webhooks and the API's view read `record.data[...]`; now only
+    lib/uploads/records.py touches a record's document (`_doc`), only lifecycle.py (which stores and reads it)
+    names the collection, and every other room reads the typed Record and ends it by a Settlement."""
+    sources = [ROOT / "main.py", *LIB]
+    reaching = [
+        path.relative_to(ROOT).as_posix()
+        for path in sources
+        if "._doc" in path.read_text() or "lifecycle.COLLECTION" in path.read_text() or ".data[" in path.read_text()
+    ]
+    assert reaching == ["lib/uploads/records.py"]

@@ -468,7 +468,7 @@ def _pending_record(db, workspace: str, upload_id: str) -> None:
 def _settle(db, upload_id: str) -> None:
     from lib.uploads import lifecycle
 
-    lifecycle.transition(db, lifecycle.load_by_id(db, upload_id), {"state": "cancelled"})
+    lifecycle.transition(db, lifecycle.load_by_id(db, upload_id), lifecycle.Settlement.cancel())
 
 
 def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_firestore(db, own_store, monkeypatch):

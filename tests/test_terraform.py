@@ -24,7 +24,7 @@ import pytest
 from dev import tfschema
 from lib.api import idempotency
 from lib.platform import config
-from lib.uploads import lifecycle, naming, settling, sweep
+from lib.uploads import lifecycle, naming, sweep
 from lib.webhooks import attempts, endpoints
 from tests.conftest import ROOT
 
@@ -497,7 +497,8 @@ def test_upload_fields_are_exempt_from_single_field_indexing_but_state():
     from lib.uploads.gcs_sessions import StoredObject
 
     landed = StoredObject(1, 1, None, None, datetime.now(UTC))
-    completion, rejection = settling.completed(landed), settling.rejected(landed, "size_mismatch", "m")
+    completion = lifecycle.Settlement.complete(landed).changes()
+    rejection = lifecycle.Settlement.reject(landed, "size_mismatch", "m").changes()
     checked = {"media", "media_bytes_read"}  # what settling.examine adds to either
     assert set(written) | {"settled_at", lifecycle.OWED_FIELD} | set(completion) | set(rejection) | checked == set(
         lifecycle.FIELDS

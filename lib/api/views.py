@@ -16,24 +16,21 @@ from lib.uploads import lifecycle, naming
 
 def view(record: lifecycle.Record, cdn_base_url: str) -> Upload:
     """The upload as the API shows it: GET's body, and the `data` of its webhook events."""
-    data = record.data
+    rejection = record.rejection
+    media = record.media
     return Upload(
         id=record.id,
-        status=data["state"],
-        source_url=naming.source_url(cdn_base_url, data["object_name"]),
-        content_type=data["content_type"],
-        size_bytes=data.get("size_bytes"),
-        created_at=clock.rfc3339(data["created_at"]),
-        expires_at=clock.rfc3339(data["expires_at"]),
-        completed_at=clock.rfc3339(data["completed_at"]) if data.get("completed_at") else None,
-        crc32c=data.get("crc32c"),
-        md5=data.get("md5"),
-        rejection=(
-            Rejection(code=data["rejection_code"], message=data["rejection_message"])
-            if data["state"] == lifecycle.REJECTED
-            else None
-        ),
-        media=MediaFacts(**data["media"]) if data["state"] == lifecycle.COMPLETED and data.get("media") else None,
+        status=record.state,
+        source_url=naming.source_url(cdn_base_url, record.object_name),
+        content_type=record.content_type,
+        size_bytes=record.size_bytes,
+        created_at=clock.rfc3339(record.created_at),
+        expires_at=clock.rfc3339(record.expires_at),
+        completed_at=clock.rfc3339(record.completed_at) if record.completed_at else None,
+        crc32c=record.crc32c,
+        md5=record.md5,
+        rejection=Rejection(code=rejection[0], message=rejection[1]) if rejection else None,
+        media=MediaFacts(**media) if media else None,
     )
 
 

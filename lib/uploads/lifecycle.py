@@ -1,8 +1,9 @@
-"""Upload records and their states (pending, then completed, rejected, cancelled, expired); their one reader and writer.
+"""Upload records stored and read: the uploads collection's one reader and writer (what a record is, and how a
+pending one ends, is lib/uploads/records.py's; its names are re-exported here, the record's face).
 
 One Firestore document per upload, `uploads/{upl_...}`. A record leaves
 `pending` exactly once, by a write conditioned on the `update_time` it was
-read at (`transition`), so a cancel, a GET, a storage event and a sweep racing
+read at (`transition`, given a Settlement), so a cancel, a GET, a storage event and a sweep racing
 on one upload agree on one outcome: whoever writes second re-reads and reports
 what the first decided. What decides it is lib/uploads/settling.py. Once settled, the
 record forgets its session URL.
@@ -29,76 +30,50 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, FIRESTORE_RETRY, upstream
 from lib.platform.errors import UploadNotFound
 from lib.uploads import naming
+from lib.uploads.records import (
+    CANCELLED as CANCELLED,
+)
+from lib.uploads.records import (
+    COMPLETED as COMPLETED,
+)
+from lib.uploads.records import (
+    EXPIRED as EXPIRED,
+)
+from lib.uploads.records import (
+    FIELDS as FIELDS,
+)
+from lib.uploads.records import (
+    OWED_FIELD as OWED_FIELD,
+)
+from lib.uploads.records import (  # re-exported: lifecycle is the record's face
+    PENDING as PENDING,
+)
+from lib.uploads.records import (
+    REJECTED as REJECTED,
+)
+from lib.uploads.records import (
+    SHARD_FIELD as SHARD_FIELD,
+)
+from lib.uploads.records import (
+    SWEEP_SHARDS as SWEEP_SHARDS,
+)
+from lib.uploads.records import (
+    Record as Record,
+)
+from lib.uploads.records import (
+    Settlement as Settlement,
+)
+from lib.uploads.records import (
+    State as State,
+)
+from lib.uploads.records import (
+    new_fields as new_fields,
+)
+from lib.uploads.records import (
+    shard_of as shard_of,
+)
 
 COLLECTION = "uploads"
-PENDING, COMPLETED, REJECTED, CANCELLED, EXPIRED = "pending", "completed", "rejected", "cancelled", "expired"
-# Fields the record holds. Queried: (sweep_shard, state, expires_at) by the sweep, (sweep_shard,
-# webhook_owed_at) by its republishing of owed events, (workspace_id, mode, state) by `pending_count`.
-FIELDS = (
-    "workspace_id",
-    "mode",
-    "object_name",
-    "content_type",
-    "size_bytes",
-    "created_at",
-    "expires_at",
-    "state",
-    "session_url",
-    "settled_at",
-    "completed_at",
-    "crc32c",
-    "md5",
-    "generation",
-    "webhook_owed_at",
-    "sweep_shard",
-    "declared_crc32c",
-    "declared_md5",
-    "rejection_code",
-    "rejection_message",
-    "staged",
-    "media",
-    "media_bytes_read",
-)
-# expires_at and webhook_owed_at increase with time. A collection with a
-# sequentially increasing indexed field takes about 500 writes a second
-# (https://firebase.google.com/docs/firestore/solutions/shard-timestamp, which
-# lifts it as here: a shard field leading the composite index, one query per
-# shard, the timestamp itself left out of single-field indexing). Every upload
-# writes the sweep's index twice (created pending, then settled): with
-# SWEEP_SHARDS ranges, 64 x 500 / 2 = 16,000 uploads a second.
-SHARD_FIELD = "sweep_shard"
-SWEEP_SHARDS = 64
-
-
-# Set with every state change while webhooks are on, cleared once the event is fanned out
-# to the workspace's endpoints (`clear_owed`); the sweep publishes again what stays owed (`owed`).
-OWED_FIELD = "webhook_owed_at"
-
-
-def shard_of(upload_id: str) -> int:
-    """The record's shard: from the id's random hex, so it is as even as the ids."""
-    return int(upload_id[-4:], 16) % SWEEP_SHARDS
-
-
-@dataclass(frozen=True)
-class Record:
-    id: str
-    data: dict[str, Any]
-    update_time: Any
-    # True on the record `transition` returns when its own write stored the
-    # change (False: another request settled it first, or nothing was written).
-    ours: bool = False
-
-    @classmethod
-    def of(cls, snap: Any) -> Record:
-        """The record a snapshot of an existing upload document holds."""
-        return cls(snap.id, snap.to_dict() or {}, snap.update_time)
-
-    @property
-    def state(self) -> str:
-        return str(self.data["state"])
-
-
 # Told of each state change this process stored (lib/webhooks/fanout.py's Announcer; None while webhooks are off).
 Announce = Callable[[Record], None]
 
@@ -120,40 +95,7 @@ class Storage:
     def landing_bucket(self, record: Record) -> str:
         """Where the upload's session writes: the staging bucket, or (a record from before staging,
         with no `staged` field) the served bucket itself."""
-        return self.staging_bucket if record.data.get("staged") else self.bucket
-
-
-def new_fields(
-    upload_id: str,
-    workspace_id: str,
-    mode: str,
-    object_name: str,
-    content_type: str,
-    size_bytes: int | None,
-    created_at: datetime,
-    expires_at: datetime,
-    session_url: str,
-    crc32c: str | None = None,
-    md5: str | None = None,
-) -> dict[str, Any]:
-    """A new pending record, its session writing to the staging bucket (`staged`). `size_bytes`,
-    `crc32c` and `md5` are what the client declared (None: not declared): what lands is checked
-    against them."""
-    return {
-        SHARD_FIELD: shard_of(upload_id),
-        "workspace_id": workspace_id,
-        "mode": mode,
-        "object_name": object_name,
-        "content_type": content_type,
-        "size_bytes": size_bytes,
-        "created_at": created_at,
-        "expires_at": expires_at,
-        "state": PENDING,
-        "session_url": session_url,
-        "declared_crc32c": crc32c,
-        "declared_md5": md5,
-        "staged": True,
-    }
+        return self.staging_bucket if record.staged else self.bucket
 
 
 def ref(db: firestore.Client, upload_id: str) -> firestore.DocumentReference:
@@ -183,7 +125,7 @@ def load(db: firestore.Client, workspace_id: str, mode: str, upload_id: str) -> 
         (the answer is the same: whether it exists elsewhere is not told).
     """
     record = load_by_id(db, upload_id)
-    if record.data.get("workspace_id") != workspace_id or record.data.get("mode") != mode:
+    if record.workspace_id != workspace_id or record.mode != mode:
         raise UploadNotFound()
     return record
 
@@ -204,11 +146,11 @@ def load_by_id(db: firestore.Client, upload_id: str) -> Record:
 def transition(
     db: firestore.Client,
     record: Record,
-    changes: dict[str, Any],
+    settlement: Settlement,
     announce: Announce | None = None,
     release: Callable[[Record], None] | None = None,
 ) -> Record:
-    """Apply `changes` to a pending record, conditioned on the update_time it was read at.
+    """Apply `settlement` to a pending record, conditioned on the update_time it was read at.
 
     With `announce`, the write also marks the record's webhook event owed,
     and `announce` is called with the stored record once the write landed
@@ -219,6 +161,7 @@ def transition(
     settled it first) theirs, which stands.
     """
     document = ref(db, record.id)
+    changes = settlement.changes()
     owed = {OWED_FIELD: firestore.SERVER_TIMESTAMP} if announce is not None else {}
     try:
         with upstream():
@@ -234,11 +177,7 @@ def transition(
             snap = document.get(retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT)
         return Record.of(snap)
     # Ours landed: the stored record is the one we read plus our changes (no second read).
-    data = {k: v for k, v in record.data.items() if k != "session_url"}
-    data.update(changes, settled_at=result.update_time)
-    if owed:
-        data[OWED_FIELD] = result.update_time
-    settled = Record(record.id, data, result.update_time, ours=True)
+    settled = record.settled_by(settlement, result.update_time, owed=bool(owed))
     if release is not None:
         release(settled)
     if announce is not None:
@@ -350,7 +289,7 @@ def pending_query(db: firestore.Client, workspace_id: str, mode: str) -> firesto
 
 def clear_owed(db: firestore.Client, record: Record) -> None:
     """The record's webhook event is fanned out: it is owed no more."""
-    if OWED_FIELD in record.data:
+    if record.owed:
         with upstream():
             ref(db, record.id).update(
                 {OWED_FIELD: firestore.DELETE_FIELD}, retry=FIRESTORE_RETRY, timeout=FIRESTORE_ATTEMPT_TIMEOUT

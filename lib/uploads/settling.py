@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,7 @@ from lib.uploads.lifecycle import (
     REJECTED,
     Announce,
     Record,
+    Settlement,
     Storage,
     load_by_id,
     transition,
@@ -64,26 +66,8 @@ _AGAIN = " It is not served; create a new upload and send the file again."
 CHECK_SECONDS = 10.0
 
 
-def completed(obj: gcs_sessions.StoredObject) -> dict[str, Any]:
-    """The changes that record a pending upload as completed by `obj`."""
-    return {
-        "state": COMPLETED,
-        "size_bytes": obj.size,
-        "crc32c": obj.crc32c,
-        "md5": obj.md5,
-        "generation": obj.generation,
-        "completed_at": obj.created,
-    }
-
-
-def rejected(obj: gcs_sessions.StoredObject, code: str, message: str) -> dict[str, Any]:
-    """The changes that record a pending upload as rejected: `size_bytes` keeps
-    what was declared, `generation` names the object that was refused."""
-    return {"state": REJECTED, "rejection_code": code, "rejection_message": message, "generation": obj.generation}
-
-
-def verdict(declared: dict[str, Any], obj: gcs_sessions.StoredObject) -> dict[str, Any]:
-    """What the object's metadata says of a pending record (`declared`: its data): `completed` if
+def verdict(declared: dict[str, Any], obj: gcs_sessions.StoredObject) -> Settlement:
+    """What the object's metadata says of a pending record (`declared`: Record.declared): `completed` if
     it is the size declared and has each checksum declared, else `rejected`.
 
     A checksum declared but not reported by Storage cannot be checked, so it is
@@ -91,18 +75,20 @@ def verdict(declared: dict[str, Any], obj: gcs_sessions.StoredObject) -> dict[st
     """
     size = declared.get("size_bytes")
     if size is not None and obj.size != size:
-        return rejected(obj, SIZE_MISMATCH, f"{obj.size} bytes landed, but size_bytes declared {size}." + _AGAIN)
+        return Settlement.reject(
+            obj, SIZE_MISMATCH, f"{obj.size} bytes landed, but size_bytes declared {size}." + _AGAIN
+        )
     for name, stored in (("crc32c", obj.crc32c), ("md5", obj.md5)):
         wanted = declared.get(f"declared_{name}")
         if wanted is not None and stored != wanted:
             landed = f"have {name} {stored}" if stored else f"have no {name} in Storage"
-            return rejected(
+            return Settlement.reject(
                 obj, CHECKSUM_MISMATCH, f"The bytes that landed {landed}, but {name} {wanted} was declared." + _AGAIN
             )
-    return completed(obj)
+    return Settlement.complete(obj)
 
 
-def examine(gcs: Storage, bucket: str, name: str, obj: gcs_sessions.StoredObject, content_type: str) -> dict[str, Any]:
+def examine(gcs: Storage, bucket: str, name: str, obj: gcs_sessions.StoredObject, content_type: str) -> Settlement:
     """What the object's bytes say (lib/media/: decoded in a sandboxed child, within a counted budget):
     `completed` with their `media`, or `rejected` (content_mismatch, unreadable_media); either with
     `media_bytes_read`, what the ranged reads took. A check that runs past CHECK_SECONDS, or whose
@@ -123,18 +109,18 @@ def examine(gcs: Storage, bucket: str, name: str, obj: gcs_sessions.StoredObject
         if found.failure:
             gcs.log["media_failure"] = found.failure
     if found.media is not None:
-        changes = {**completed(obj), "media": found.media.as_record()}
+        settlement = Settlement.complete(obj, found.media.as_record())
     elif found.code == CONTENT_MISMATCH:
-        changes = rejected(
+        settlement = Settlement.reject(
             obj, CONTENT_MISMATCH, f"{found.reason} Create a new upload that declares the file's own content type."
         )
     else:
-        changes = rejected(
+        settlement = Settlement.reject(
             obj,
             UNREADABLE_MEDIA,
             f"The bytes begin as {content_type} but cannot be read as it: {found.reason}." + _AGAIN,
         )
-    return {**changes, "media_bytes_read": found.usage.bytes_read}
+    return replace(settlement, media_bytes_read=found.usage.bytes_read)
 
 
 def land(
@@ -157,22 +143,22 @@ def land(
     left serving bytes. Bytes finalized at or after `expires_at` make the upload `expired`,
     unchecked and never placed, whoever looks first.
     """
-    staged = bool(record.data.get("staged"))
+    staged = record.staged
     try:
-        changes = _decide(gcs, record, obj, staged, step)
+        settlement = _decide(gcs, record, obj, staged, step)
     except ObjectChanged:
         current = load_by_id(db, record.id)
         if current.state != PENDING:
             return current
         raise
     step()
-    settled = transition(db, record, changes, announce, gcs.release)
-    if settled.ours and settled.state == REJECTED and gcs.log is not None:
-        gcs.log["rejection_code"] = settled.data["rejection_code"]  # the alert on integrity rejections counts it
-    name = record.data["object_name"]
+    settled = transition(db, record, settlement, announce, gcs.release)
+    if settled.ours and settled.rejection is not None and gcs.log is not None:
+        gcs.log["rejection_code"] = settled.rejection[0]  # the alert on integrity rejections counts it
+    name = record.object_name
     # What this call left at the served name: its placement, or a legacy upload's own object.
-    served = changes["generation"] if changes["state"] == COMPLETED else None
-    if settled.state == COMPLETED and settled.data.get("generation") == served:
+    served = settlement.generation if settlement.state == COMPLETED else None
+    if settled.state == COMPLETED and settled.generation == served:
         if staged:
             forget_staged(gcs, name, obj.generation)
         return settled
@@ -187,36 +173,36 @@ def land(
 
 def _decide(
     gcs: Storage, record: Record, obj: gcs_sessions.StoredObject, staged: bool, step: Callable[[], None]
-) -> dict[str, Any]:
-    """The changes that settle the record, its object checked, and placed if it passed."""
-    where, name = gcs.landing_bucket(record), record.data["object_name"]
-    if obj.created >= record.data["expires_at"]:
+) -> Settlement:
+    """How the record ends, its object checked, and placed if it passed."""
+    where, name = gcs.landing_bucket(record), record.object_name
+    if obj.created >= record.expires_at:
         # Finalized too late: judged by when its bytes landed, not by who looked first.
-        return {"state": EXPIRED}
-    changes = verdict(record.data, obj)
-    if changes["state"] == COMPLETED:
+        return Settlement.expire()
+    settlement = verdict(record.declared, obj)
+    if settlement.state == COMPLETED:
         step()
-        changes = examine(gcs, where, name, obj, record.data["content_type"])
-    if changes["state"] == REJECTED and not staged:
+        settlement = examine(gcs, where, name, obj, record.content_type)
+    if settlement.state == REJECTED and not staged:
         # Landed at its served name: deleted before the record says so, so a wrong object is never left
         # behind a rejection (if the write then fails, a redelivery or a look at the bucket settles it).
         step()
         gcs_sessions.delete_object(gcs.client, where, name, obj.generation)
-    if changes["state"] == COMPLETED and staged:
+    if settlement.state == COMPLETED and staged:
         step()
         placed = gcs_sessions.place(
-            gcs.client, gcs.staging_bucket, gcs.bucket, name, obj.generation, record.data["content_type"]
+            gcs.client, gcs.staging_bucket, gcs.bucket, name, obj.generation, record.content_type
         )
-        changes.update(generation=placed.generation, completed_at=placed.created)
-    return changes
+        settlement = replace(settlement, generation=placed.generation, completed_at=placed.created)
+    return settlement
 
 
 def forget_late(gcs: Storage, record: Record, generation: int) -> None:
     """Delete the object a cancelled or expired upload's session made after all (conditioned on its
     generation). Staged bytes are never served, so Storage failing leaves them to the bucket's
     lifecycle rule; a legacy upload's landed at its served name, so that failure is a 503."""
-    name = record.data["object_name"]
-    if not record.data.get("staged"):
+    name = record.object_name
+    if not record.staged:
         gcs_sessions.delete_object(gcs.client, gcs.bucket, name, generation)
         return
     forget_staged(gcs, name, generation)
@@ -225,9 +211,9 @@ def forget_late(gcs: Storage, record: Record, generation: int) -> None:
 def unserve(gcs: Storage, record: Record) -> bool:
     """Make sure nothing is served for an upload that did not complete (a placement whose
     record write lost, left by an instance that died before undoing it). True if it deleted one."""
-    placed = gcs_sessions.stored_object(gcs.client, gcs.bucket, record.data["object_name"])
+    placed = gcs_sessions.stored_object(gcs.client, gcs.bucket, record.object_name)
     return placed is not None and gcs_sessions.delete_object(
-        gcs.client, gcs.bucket, record.data["object_name"], placed.generation
+        gcs.client, gcs.bucket, record.object_name, placed.generation
     )
 
 
@@ -254,7 +240,7 @@ def refresh(
     if record.state != PENDING:
         return record
     try:
-        return settle(db, gcs, record, EXPIRED if now >= record.data["expires_at"] else None, announce=announce)
+        return settle(db, gcs, record, EXPIRED if now >= record.expires_at else None, announce=announce)
     except SessionNotEnded as exc:
         if on_unsettled is not None:
             on_unsettled(exc)
@@ -302,13 +288,13 @@ def settle(
             raise OutOfTime()
 
     where = gcs.landing_bucket(record)
-    obj = gcs_sessions.stored_object(gcs.client, where, record.data["object_name"])
+    obj = gcs_sessions.stored_object(gcs.client, where, record.object_name)
     if obj is None and end is not None:
         step()
-        status = gcs_sessions.cancel_session(gcs.http, record.data["session_url"])
+        status = gcs_sessions.cancel_session(gcs.http, record.session_url)
         # The upload may have finished between the look and the cancel.
         step()
-        obj = gcs_sessions.stored_object(gcs.client, where, record.data["object_name"])
+        obj = gcs_sessions.stored_object(gcs.client, where, record.object_name)
         if obj is None and not gcs_sessions.session_ended(status):
             # Neither cancelled nor finished: leave it pending for a later try.
             raise SessionNotEnded(status)
@@ -317,4 +303,6 @@ def settle(
     if end is None:
         return record
     step()
-    return transition(db, record, {"state": end}, announce, gcs.release)
+    return transition(
+        db, record, Settlement.cancel() if end == CANCELLED else Settlement.expire(), announce, gcs.release
+    )

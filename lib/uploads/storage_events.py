@@ -153,7 +153,7 @@ def handle(
     record = _named_record(db, gcs, event)
     if record is None:
         return "ignored_unknown_object"
-    staged = bool(record.data.get("staged"))
+    staged = record.staged
     if staged and event.bucket == gcs.bucket:
         return "ignored_placement"  # our own rewrite of a verified upload
     if event.bucket != gcs.landing_bucket(record):
@@ -162,7 +162,7 @@ def handle(
     was_pending = record.state == lifecycle.PENDING
     if was_pending:
         record = settling.land(db, gcs, record, event.obj, announce=announce)
-    elif announce is not None and record.data.get(lifecycle.OWED_FIELD) is not None:
+    elif announce is not None and record.owed:
         # Settled, its event still owed: the attempt that settled it may have died between its write and
         # its publish. A redelivery finishes that (the event's id is the same, so a repeat is one event).
         announce(record)
@@ -195,4 +195,4 @@ def _named_record(db: firestore.Client, gcs: lifecycle.Storage, event: Event) ->
         record = lifecycle.load_by_id(db, event.upload_id)
     except UploadNotFound:
         return None
-    return record if record.data.get("object_name") == event.object_name else None
+    return record if record.object_name == event.object_name else None

@@ -104,7 +104,7 @@ def event_body(record: lifecycle.Record, cdn_base_url: str) -> tuple[str, bytes]
     event_type = EVENT_TYPES[record.state]
     body = {
         "type": event_type,
-        "timestamp": clock.rfc3339(record.data["settled_at"]),
+        "timestamp": clock.rfc3339(record.settled_at),
         "data": views.view(record, cdn_base_url).model_dump(),
     }
     return event_type, json.dumps(body, separators=(",", ":"), allow_nan=False).encode()  # as main._respond
@@ -126,7 +126,7 @@ def fan_out(db: firestore.Client, publisher: Publisher, topic: str, upload_id: s
     # A disabled endpoint gets nothing: no delivery message is queued for it at all.
     found = [
         endpoint
-        for endpoint in endpoints.list_endpoints(db, record.data["workspace_id"], record.data["mode"])
+        for endpoint in endpoints.list_endpoints(db, record.workspace_id, record.mode)
         if endpoint.disabled_at is None
     ]
     if found:

@@ -164,7 +164,7 @@ def dead_lettered(db: firestore.Client, delivery: Delivery, now: datetime) -> st
     if endpoint is None:
         try:
             record = lifecycle.load_by_id(db, delivery.upload_id)
-            workspace = (record.data["workspace_id"], record.data["mode"])
+            workspace = (record.workspace_id, record.mode)
         except Exception:  # noqa: BLE001 - the row is still worth writing without its workspace
             workspace = None
     attempts.write_rows(db, [attempt_of(endpoint, delivery, None, now, dead_lettered=True, workspace=workspace)])
