@@ -23,7 +23,7 @@ lint: $(VENV)/.installed
 
 # Only the offline Terraform checks (fmt, checkov, provider schema, contracts).
 tfcheck: $(VENV)/.installed $(CHECKOV_VENV)/.installed
-	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest tests/test_terraform.py $(PYTEST_ARGS)
+	CHECKOV_BIN=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest tests/deploy/test_terraform.py $(PYTEST_ARGS)
 
 # The request path beside its floor; writes the tables into BENCHMARKS.md.
 bench: $(VENV)/.installed redis ffmpeg
@@ -72,7 +72,7 @@ $(NODE_MODULES): $(PAGE_DIR)/package.json $(PAGE_DIR)/package-lock.json
 	cd $(PAGE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
-# Debian's Chromium, for the browser test (tests/test_browser.py), where we may install it.
+# Debian's Chromium, for the browser test (tests/client/test_browser.py), where we may install it.
 chromium:
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -80,7 +80,7 @@ chromium:
 	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
 	      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	  else \
-	    echo "note: no chromium on PATH and not root: tests/test_browser.py will skip (install Debian's chromium)"; \
+	    echo "note: no chromium on PATH and not root: tests/client/test_browser.py will skip (install Debian's chromium)"; \
 	  fi; }
 
 # Debian's redis-server: the store the limits count in (lib/limits/counters.py), as Memorystore for

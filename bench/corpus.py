@@ -498,7 +498,7 @@ def run() -> dict:
 def fuzz(corpus: list[tuple[Path, dict]], files: int = 120, each: int = 4) -> dict:
     """Truncations and mutations of real files, through the sandboxed child: every one must end in sane
     facts or a refusal (never an exception out of the check, never a fact outside its bounds)."""
-    from tests.test_media import mutations  # the same damage the tests do to the fixtures
+    from tests.media.test_media import mutations  # the same damage the tests do to the fixtures
 
     rng = random.Random(31)
     real = [(path, expected) for path, expected in corpus if "/real/" in str(path)]

@@ -20,7 +20,7 @@ locals {
     "8" = [4096, 32768]
   }
   memory_mib = tonumber(regex("^[0-9]+", var.memory)) * (endswith(var.memory, "Gi") ? 1024 : 1)
-  # Exactly the settings lib/platform/config.py reads (tests/test_terraform.py holds them together), the
+  # Exactly the settings lib/platform/config.py reads (tests/deploy/test_terraform.py holds them together), the
   # same for both functions: both run main.py, which checks them all when it starts. The API's
   # limits add theirs (limits.tf local.limits_settings and the AUTH string as a secret).
   function_settings = {

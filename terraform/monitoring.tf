@@ -7,7 +7,7 @@
 # fields in jsonPayload (https://cloud.google.com/logging/docs/structured-logging).
 # Every filter below names `jsonPayload.route`, which only our line carries, so
 # Cloud Run's own request log (it has an httpRequest too) is never counted
-# twice. tests/test_terraform.py evaluates each filter against the lines a
+# twice. tests/deploy/test_terraform.py evaluates each filter against the lines a
 # served function really writes.
 #
 # A 2nd-gen function runs as a Cloud Run service (main.tf: local.api_service

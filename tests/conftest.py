@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "framelane-test"
 BUCKET = "framelane-test-uploads"
 STAGING_BUCKET = emulators.staging_bucket(BUCKET)
-# The public contract, kept beside the code (contract/); tests/test_contract.py holds it to
+# The public contract, kept beside the code (contract/); tests/api/test_contract.py holds it to
 # the shared original wherever that is beside the repository.
 SEED = ROOT / "contract" / "uploads-openapi.yaml"
 SHARED_SEED = ROOT.parent / "shared" / "seed"
@@ -111,7 +111,7 @@ def backends(log_dir, oidc_issuer):
             os.environ[name] = env[name]
         # The in-process app forgets key lookups at once, so tests that revoke a
         # key see it refused straight away; served functions keep the deployed
-        # default (tests/test_served.py covers the cache itself).
+        # default (tests/api/test_served.py covers the cache itself).
         os.environ["API_KEY_CACHE_TTL_SECONDS"] = "0"
         yield {"firestore": firestore, "storage": storage, "redis": stack.redis, "env": env}
     finally:
@@ -121,7 +121,7 @@ def backends(log_dir, oidc_issuer):
 @pytest.fixture(scope="session")
 def shipped(tmp_path_factory) -> tuple[Path, Path]:
     """(source dir, the virtualenv's bin) of the archive as terraform zips it, installed as shipped."""
-    from tests.test_terraform import archive_files
+    from tests.hcl import archive_files
 
     tmp = tmp_path_factory.mktemp("shipped")
     zip_path = tmp / "function-source.zip"

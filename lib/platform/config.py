@@ -1,7 +1,7 @@
 """Settings: read from the environment and validated once, when the function starts.
 
 Terraform sets exactly the names read here but LOCAL_ONLY;
-`tests/test_terraform.py` holds the two together. A missing or malformed
+`tests/deploy/test_terraform.py` holds the two together. A missing or malformed
 variable raises `ConfigError` naming the variable and why; main.py loads the
 settings at import, so a bad setting stops the function from starting (the
 new revision never serves) instead of failing every request.

@@ -15,7 +15,7 @@ import pytest
 from dev.receiver import Receiver
 from lib.webhooks import endpoints
 from tests.conftest import ROOT
-from tests.test_webhooks import deliveries
+from tests.webhooks.test_webhooks import deliveries
 
 
 def smoke(url: str, key: str, *extra: str) -> subprocess.CompletedProcess:
@@ -134,7 +134,7 @@ def test_the_cdn_step_fails_on_any_listing_the_url_map_could_let_through(listing
     """What keeps listings out on a deployment is the URL map (terraform/cdn.tf): the smoke asks for
     them on both kinds of path, and any one answered is a failure naming it."""
     from dev.smoke import Smoke, StepFailed
-    from tests.test_targets import Server, answer
+    from tests.webhooks.test_targets import Server, answer
 
     listing = answer(200, b"<ListBucketResult><Contents><Key>uploads/x</Key></Contents></ListBucketResult>")
     not_found = answer(404, b'{"error": {"code": "not_found"}}')

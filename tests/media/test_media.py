@@ -23,8 +23,9 @@ from lib.api.models import MediaFacts
 from lib.media import engines, probe, sandbox
 from lib.media.facts import CONTENT_MISMATCH, UNREADABLE_MEDIA, Budget, Limits, Verdict
 from lib.media.mediatypes import CONTENT_TYPES
+from tests.conftest import ROOT
 
-MEDIA = Path(__file__).resolve().parent / "media"
+MEDIA = Path(__file__).resolve().parent  # the fixtures beside this file
 FACTS = json.loads((MEDIA / "facts.json").read_text())
 NAMES = sorted(FACTS)
 LIMITS = Limits(media.BUDGET.max_pixels, media.BUDGET.max_bytes)
@@ -552,7 +553,7 @@ def test_the_sandbox_refuses_sockets_programs_processes_and_file_writes():
         capture_output=True,
         check=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
     )
     results = json.loads(said.stdout)
     assert results["seccomp"] == "installed"

@@ -18,42 +18,18 @@ from datetime import UTC
 from pathlib import Path
 from typing import ClassVar
 
-import hcl2
 import pytest
 
 from dev import tfschema
 from lib.api import idempotency
 from lib.platform import config
+from lib.platform.errors import NotFound
 from lib.uploads import lifecycle, naming, sweep
 from lib.webhooks import attempts, endpoints
 from tests.conftest import ROOT
+from tests.hcl import TF, archive_files, load_tf, resource, tf_variables, unquote
 
-TF = ROOT / "terraform"
 UPLOADS_BUCKET_NAME = "${google_storage_bucket.uploads.name}"
-
-
-def load_tf(name: str) -> dict:
-    with (TF / name).open() as handle:
-        return hcl2.load(handle)
-
-
-def unquote(value: str) -> str:
-    return value[1:-1] if isinstance(value, str) and value[:1] == value[-1:] == '"' else value
-
-
-def tf_variables() -> dict:
-    """variables.tf as {name: body}."""
-    return {unquote(k): v for block in load_tf("variables.tf")["variable"] for k, v in block.items()}
-
-
-def resource(tf: dict, type_name: str, name: str, kind: str = "resource") -> dict:
-    for entry in tf.get(kind, []):
-        for type_label, named in entry.items():
-            if unquote(type_label) == type_name:
-                for name_label, body in named.items():
-                    if unquote(name_label) == name:
-                        return body
-    raise KeyError(f"{kind} {type_name}.{name}")
 
 
 # --- 1. terraform fmt ----------------------------------------------------------------
@@ -887,7 +863,7 @@ def test_webhooks_reach_their_routes_as_the_identity_and_audience_the_function_c
     for name, route in (("webhooks", "/internal/webhooks"), ("webhooks_dead", "/internal/webhook-dead-letters")):
         # Served by the deliveries function, and never by the API's.
         assert "POST" in main.DELIVERIES(route)[0]
-        with pytest.raises(main.NotFound):
+        with pytest.raises(NotFound):
             main.UPLOADS(route)
         subscription = resource(tf, "google_pubsub_subscription", name)
         push = subscription["push_config"][0]
@@ -1011,22 +987,6 @@ def test_the_staging_bucket_is_never_served_keeps_nothing_deleted_and_deletes_by
         if kind == "google_storage_bucket_iam_member" and body["bucket"] == "${google_storage_bucket.staging.name}"
     ]
     assert [unquote(grant["member"]) for grant in grants] == ["serviceAccount:${google_service_account.runtime.email}"]
-
-
-def archive_files() -> list[str]:
-    """The files terraform's archive_file zips, from function.tf's `function_files` local.
-
-    The expression is `setunion([literal files], fileset(local.repo_root, "glob"), ...)`;
-    anything else there should fail this test rather than be guessed at.
-    """
-    locals_ = {k: v for block in load_tf("function.tf")["locals"] for k, v in block.items()}
-    expression = locals_["function_files"]
-    match = re.fullmatch(r"\$\{setunion\(\[(.*?)\], (.*)\)\}", expression)
-    assert match, f"unexpected function_files expression: {expression}"
-    files = set(re.findall(r'"([^"]+)"', match.group(1)))
-    for pattern in re.findall(r'fileset\(local\.repo_root, "([^"]+)"\)', match.group(2)):
-        files |= {p.relative_to(ROOT).as_posix() for p in ROOT.glob(pattern) if p.is_file()}
-    return sorted(files)
 
 
 def lib_module(dotted: str) -> set[str]:

@@ -26,12 +26,12 @@ import requests
 from dev.receiver import Receiver
 from lib.webhooks import endpoints
 from tests.conftest import BUCKET, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS, start_shipped
+from tests.hcl import TF, load_tf, tf_variables, unquote
 from tests.helpers import SESSION_KEYS, SESSION_WEBHOOK_SECRETS
-from tests.test_events import envelope, resource_of, wait_for
-from tests.test_integrity import DATA, HTML, declared
-from tests.test_lifecycle import bearer, create, put_bytes
-from tests.test_terraform import TF, load_tf, tf_variables, unquote
-from tests.test_webhooks import deliveries, delivery_envelope, share_in_flight, upload, webhook_push
+from tests.uploads.test_events import envelope, resource_of, wait_for
+from tests.uploads.test_integrity import DATA, HTML, declared
+from tests.uploads.test_lifecycle import bearer, create, put_bytes
+from tests.webhooks.test_webhooks import deliveries, delivery_envelope, share_in_flight, upload, webhook_push
 
 FUNCTION_NAME = unquote(tf_variables()["function_name"]["default"])
 DELIVERIES_NAME = unquote(tf_variables()["deliveries_function_name"]["default"])

@@ -19,8 +19,8 @@ from lib.uploads import lifecycle, settling
 from lib.uploads.gcs_sessions import StoredObject
 from tests.conftest import BUCKET, STAGING_BUCKET
 from tests.helpers import media, padded_mp4, schema_errors
-from tests.test_events import crc32c, envelope, md5, object_name, push, resource_of
-from tests.test_lifecycle import bearer, create, end_hour_now, put_bytes, record
+from tests.uploads.test_events import crc32c, envelope, md5, object_name, push, resource_of
+from tests.uploads.test_lifecycle import bearer, create, end_hour_now, put_bytes, record
 
 
 def declared(data: bytes, **overrides) -> dict:

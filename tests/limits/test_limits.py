@@ -22,8 +22,8 @@ from lib.limits import counters, quotas
 from tests.conftest import ROOT
 from tests.helpers import padded_mp4, response_schema_errors
 from tests.tcpproxy import TcpProxy
-from tests.test_events import envelope, object_name, push, resource_of
-from tests.test_lifecycle import VIDEO, bearer, create, end_hour_now, put_bytes, record
+from tests.uploads.test_events import envelope, object_name, push, resource_of
+from tests.uploads.test_lifecycle import VIDEO, bearer, create, end_hour_now, put_bytes, record
 
 POLICY = re.compile(r'"creates";q=(\d+);w=60')
 SERVICE = re.compile(r'"creates";r=(\d+);t=(\d+)')
@@ -334,7 +334,7 @@ def test_the_upload_command_waits_out_a_429_as_asked_and_says_so(serve, db, make
     """The workspace's one pending slot is held by an upload whose hour is 5 s: the command's
     create is refused (quota_exceeded, Retry-After up to 5), it says so on stderr, waits, and
     uploads once the slot frees."""
-    from tests.test_client import Command
+    from tests.client.test_client import Command
 
     key, workspace = limited(db, make_key, pending=1)
     function = serve(UPLOAD_URL_TTL_SECONDS="5")

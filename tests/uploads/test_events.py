@@ -20,7 +20,7 @@ from dev.oidc_issuer import EVENTS_AUDIENCE
 from lib.uploads import gcs_sessions, lifecycle, storage_events
 from tests.conftest import BUCKET, STAGING_BUCKET, start_shipped
 from tests.helpers import RecordingProxy, media, padded_mp4, schema_errors
-from tests.test_lifecycle import VIDEO, backdate, bearer, create, end_hour_now, put_bytes, record
+from tests.uploads.test_lifecycle import VIDEO, backdate, bearer, create, end_hour_now, put_bytes, record
 
 ROUTE = "/internal/storage-events"
 

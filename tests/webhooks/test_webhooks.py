@@ -30,8 +30,8 @@ from lib.uploads import lifecycle, sweep
 from lib.webhooks import attempts, endpoints, fanout, messages, pushes, sending
 from tests.conftest import BUCKET, ROOT, STAGING_BUCKET, WEBHOOK_MAX_ATTEMPTS
 from tests.helpers import SESSION_WEBHOOK_SECRETS, padded_mp4, schema_errors
-from tests.test_events import wait_for
-from tests.test_lifecycle import CLIP, VIDEO, backdate, bearer, put_bytes, record
+from tests.uploads.test_events import wait_for
+from tests.uploads.test_lifecycle import CLIP, VIDEO, backdate, bearer, put_bytes, record
 
 
 @pytest.fixture
@@ -770,7 +770,7 @@ def test_an_endpoint_failing_every_delivery_for_5_days_is_disabled_then_skipped_
 
 
 def test_a_success_resets_the_failure_clock(db, make_key):
-    from tests.test_targets import Server, answer
+    from tests.webhooks.test_targets import Server, answer
 
     _, workspace = make_key()
     ok = Server(answer(204))
