@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import flask
 import functions_framework
@@ -44,9 +43,9 @@ WIRING = wiring.Wiring(SETTINGS)
 server.install(SETTINGS.request_deadline_seconds)
 
 
-def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
+def create_upload(request: flask.Request, raw: bytes, _params: dict[str, str]) -> http.Result:
     """POST /v1/uploads: authenticate, then create (lib/api/create.py)."""
-    key = _authenticate(request, log)
+    key = _authenticate(request)
     created = create.create(
         WIRING.db(),
         WIRING.gcs(),
@@ -56,59 +55,58 @@ def create_upload(request: flask.Request, raw: bytes, log: dict[str, Any], _para
         request.headers.get("Idempotency-Key"),
         raw,
         request.headers.get("Origin"),
-        log,
     )
     if created.replayed:
         return 200, created.body, {**created.headers, "Idempotent-Replayed": "true"}
     return 201, created.body, created.headers
 
 
-def get_limits(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
+def get_limits(request: flask.Request, _raw: bytes, _params: dict[str, str]) -> http.Result:
     """GET /v1/limits: the key's workspace's limits and where its mode stands (lib/limits/counters.py)."""
-    key = _authenticate(request, log)
-    return 200, *views.limits(WIRING.db(), WIRING.limiting(), key.workspace_id, key.mode, log)
+    key = _authenticate(request)
+    return 200, *views.limits(WIRING.db(), WIRING.limiting(), key.workspace_id, key.mode)
 
 
-def get_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> http.Result:
+def get_upload(request: flask.Request, _raw: bytes, params: dict[str, str]) -> http.Result:
     """GET /v1/uploads/{id}: the upload, its status brought up to date."""
-    record = _own_upload(request, log, params["upload_id"])
+    record = _own_upload(request, params["upload_id"])
     record = settling.refresh(
         WIRING.db(),
-        WIRING.storage(log),
+        WIRING.storage(),
         record,
         clock.now(),
-        lambda exc: log.update(unsettled=exc.reason),
-        announce=WIRING.announcer(log),
+        lambda exc: logs.note(unsettled=exc.reason),
+        announce=WIRING.announcer(),
     )
     return 200, views.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
-def cancel_upload(request: flask.Request, _raw: bytes, log: dict[str, Any], params: dict[str, str]) -> http.Result:
+def cancel_upload(request: flask.Request, _raw: bytes, params: dict[str, str]) -> http.Result:
     """POST /v1/uploads/{id}/cancel: cancel the session; idempotent; 409 once completed."""
-    record = _own_upload(request, log, params["upload_id"])
-    record = settling.cancel(WIRING.db(), WIRING.storage(log), record, announce=WIRING.announcer(log))
+    record = _own_upload(request, params["upload_id"])
+    record = settling.cancel(WIRING.db(), WIRING.storage(), record, announce=WIRING.announcer())
     return 200, views.view(record, SETTINGS.cdn_base_url).model_dump(), {}
 
 
-def run_sweep(request: flask.Request, _raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
+def run_sweep(request: flask.Request, _raw: bytes, _params: dict[str, str]) -> http.Result:
     """POST /internal/sweep (Cloud Scheduler, OIDC): expire uploads pending past expires_at (lib/uploads/sweep.py)."""
     oidc.verify(
         request.headers.get("Authorization"), SETTINGS.sweep_audience, SETTINGS.sweep_service_account, WIRING.certs()
     )
     slice_ = sweep.shards(request.args.get("shards"))
-    log["sweep_shards"] = f"{slice_.start}-{slice_.stop - 1}"  # also when the sweep's query fails
+    logs.note(sweep_shards=f"{slice_.start}-{slice_.stop - 1}")  # also when the sweep's query fails
     # Many uploads settle in one sweep: what each verification read is not the request's to log.
     report = sweep.run(
-        WIRING.db(), dataclasses.replace(WIRING.storage(log), log=None), clock.now(), slice_, WIRING.announcer(log)
+        WIRING.db(), dataclasses.replace(WIRING.storage(), noting=False), clock.now(), slice_, WIRING.announcer()
     )
-    log.update(report.log)
+    logs.note(**report.log)
     if report.result.failed:
         # Done work stays done; the scheduler's retry (or the next run) takes the rest.
         raise ServiceUnavailable(retry_after=30, details={"sweep": report.result.as_dict()})
     return 200, report.result.as_dict(), {}
 
 
-def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
+def storage_event(request: flask.Request, raw: bytes, _params: dict[str, str]) -> http.Result:
     """POST /internal/storage-events (Pub/Sub push, OIDC): a finalized object completes its upload."""
     event = storage_events.from_push(
         push.receive(
@@ -120,23 +118,24 @@ def storage_event(request: flask.Request, raw: bytes, log: dict[str, Any], _para
             "events",
         )
     )
-    log.update(event.log_fields())
-    log["outcome"] = storage_events.handle(WIRING.db(), WIRING.storage(log), event, WIRING.announcer(log))
-    return 200, {"outcome": log["outcome"]}, {}
+    logs.note(**event.log_fields())
+    outcome = storage_events.handle(WIRING.db(), WIRING.storage(), event, WIRING.announcer())
+    logs.note(outcome=outcome)
+    return 200, {"outcome": outcome}, {}
 
 
-def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]) -> http.Result:
+def webhook_message(request: flask.Request, raw: bytes, _params: dict[str, str]) -> http.Result:
     """POST /internal/webhooks (Pub/Sub push, OIDC): fan an event out, or deliver it to one endpoint."""
     handled = pushes.handle(
         WIRING.db(),
-        _webhook_push(request, raw, log),
+        _webhook_push(request, raw),
         SETTINGS.webhooks_topic,
         WIRING.publisher,
         SETTINGS.cdn_base_url,
         SETTINGS.webhook_allow_private_targets,
         clock.now(),
     )
-    log.update(handled.log)
+    logs.note(**handled.log)
     if handled.deferred:
         raise DeliveryDeferred(reason=f"{pushes.MAX_IN_FLIGHT_PER_ENDPOINT} deliveries to it in flight here")
     if handled.failed:
@@ -144,21 +143,16 @@ def webhook_message(request: flask.Request, raw: bytes, log: dict[str, Any], _pa
     return 200, handled.body, {}
 
 
-def webhook_dead_letter(
-    request: flask.Request, raw: bytes, log: dict[str, Any], _params: dict[str, str]
-) -> http.Result:
+def webhook_dead_letter(request: flask.Request, raw: bytes, _params: dict[str, str]) -> http.Result:
     """POST /internal/webhook-dead-letters (the dead-letter topic's push, OIDC): record what Pub/Sub gave up on."""
-    handled = pushes.dead_letter(
-        WIRING.db(), _webhook_push(request, raw, log, messages.Message.dead_lettered), clock.now()
-    )
-    log.update(handled.log)
+    handled = pushes.dead_letter(WIRING.db(), _webhook_push(request, raw, messages.Message.dead_lettered), clock.now())
+    logs.note(**handled.log)
     return 200, handled.body, {}
 
 
 def _webhook_push(
     request: flask.Request,
     raw: bytes,
-    log: dict[str, Any],
     read: Callable[[push.Push], messages.Message] = messages.Message.from_push,
 ) -> messages.Message:
     message = read(
@@ -172,30 +166,30 @@ def _webhook_push(
             messages.INVALID_PUSH,
         )
     )
-    log.update(message.log_fields())
+    logs.note(**message.log_fields())
     return message
 
 
-def _authenticate(request: flask.Request, log: dict[str, Any]) -> auth.ApiKey:
+def _authenticate(request: flask.Request) -> auth.ApiKey:
     address = auth.client_address(request.headers.get("X-Forwarded-For"), request.remote_addr, SETTINGS.api_lb_address)
     # A flood of made-up keys from one address stops costing Firestore reads past its limit (lib/limits/counters.py).
-    guard = WIRING.limiting().limiter.guard(address, log, enforced=not auth.is_loopback(address))
+    guard = WIRING.limiting().limiter.guard(address, enforced=not auth.is_loopback(address))
     key = auth.authenticate(
         WIRING.db(), request.headers.get("Authorization"), auth.lookup_cache(SETTINGS.api_key_cache_ttl_seconds), guard
     )
-    log.update(workspace_id=key.workspace_id, key_prefix=key.prefix)
+    logs.note(workspace_id=key.workspace_id, key_prefix=key.prefix)
     return key
 
 
-def _own_upload(request: flask.Request, log: dict[str, Any], upload_id: str) -> lifecycle.Record:
+def _own_upload(request: flask.Request, upload_id: str) -> lifecycle.Record:
     """The caller's upload (404 if it is not theirs)."""
-    key = _authenticate(request, log)
+    key = _authenticate(request)
     record = lifecycle.load(WIRING.db(), key.workspace_id, key.mode, upload_id)
-    log["upload_id"] = record.id
+    logs.note(upload_id=record.id)
     return record
 
 
-def health(_request: flask.Request, _raw: bytes, _log: dict[str, Any], _params: dict[str, str]) -> http.Result:
+def health(_request: flask.Request, _raw: bytes, _params: dict[str, str]) -> http.Result:
     """Liveness for uptime checks: no authentication, no upstream call, nothing
     about the deployment. An answer means an instance is serving this code."""
     return 200, {"status": "ok"}, {}

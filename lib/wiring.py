@@ -8,13 +8,12 @@ client.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from google.cloud import firestore, storage
 
 from lib.api import create
 from lib.limits import counters, quotas
-from lib.platform import oidc
+from lib.platform import logs, oidc
 from lib.platform.clients import Publisher, firestore_client, publisher, session_http, storage_client
 from lib.platform.config import Settings
 from lib.uploads import lifecycle
@@ -34,17 +33,17 @@ class Wiring:
     def publisher(self) -> Publisher:
         return publisher(self.settings.firestore.project)
 
-    def storage(self, log: dict[str, Any]) -> lifecycle.Storage:
+    def storage(self) -> lifecycle.Storage:
         """GCS, and the limiter told of each upload that leaves `pending` (its slot is free)."""
         limiter = self.limiting().limiter
         release = None
         if limiter.enabled:
 
             def release(record: lifecycle.Record) -> None:
-                limiter.release(record.workspace_id, record.mode, record.id, log)
+                limiter.release(record.workspace_id, record.mode, record.id)
 
         return lifecycle.Storage(
-            self.gcs(), self.settings.upload_bucket, self.settings.staging_bucket, session_http(), release, log
+            self.gcs(), self.settings.upload_bucket, self.settings.staging_bucket, session_http(), release
         )
 
     def limiting(self) -> create.Limiting:
@@ -58,11 +57,11 @@ class Wiring:
         """The instance's cache of Google's certificates, for every OIDC-checked route."""
         return oidc.cert_cache(self.settings.oidc_certs_url, session_http())
 
-    def announcer(self, log: dict[str, Any]) -> fanout.Announcer | None:
+    def announcer(self) -> fanout.Announcer | None:
         """Publishes each state change's webhook event (None while webhooks are off); a
         failed publish leaves the event owed, for the sweep, and this request's log says why."""
         if self.settings.webhooks_topic is None:
             return None
         return fanout.Announcer(
-            self.publisher(), self.settings.webhooks_topic, lambda reason: log.update(webhook_owed=reason)
+            self.publisher(), self.settings.webhooks_topic, lambda reason: logs.note(webhook_owed=reason)
         )

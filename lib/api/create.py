@@ -19,7 +19,7 @@ from google.cloud import firestore, storage
 from lib.api import idempotency, models
 from lib.api.auth import ApiKey
 from lib.limits import counters, quotas
-from lib.platform import clock
+from lib.platform import clock, logs
 from lib.platform.config import Settings
 from lib.platform.errors import ApiError, UploadTooLarge
 from lib.uploads import gcs_sessions, lifecycle, naming
@@ -51,12 +51,11 @@ def create(
     idempotency_key: str | None,
     raw: bytes,
     origin: str | None,
-    log: dict[str, Any],
 ) -> Created:
     """Create an upload for `key`'s workspace from the request body `raw`.
 
     `idempotency_key` is the Idempotency-Key header and `origin` the Origin
-    header, as received (both checked here). `log` is the request's log line.
+    header, as received (both checked here).
     Every answer, an error's too, carries the RateLimit fields while limits are on.
 
     Raises:
@@ -67,30 +66,28 @@ def create(
         ServiceUnavailable: Firestore or Storage is down or slow.
     """
     limiter = limiting.limiter
-    workspace_limits = quotas.for_workspace(db, key.workspace_id, limiting.defaults, log) if limiter.enabled else None
+    workspace_limits = quotas.for_workspace(db, key.workspace_id, limiting.defaults) if limiter.enabled else None
     taken: list[str] = []  # the ids this request took a slot for
 
     def admit(upload_id: str, expires: datetime) -> dict[str, str]:
         if workspace_limits is None:
             return {}
-        fields = limiter.admit(db, key.workspace_id, key.mode, upload_id, expires, workspace_limits, log)
+        fields = limiter.admit(db, key.workspace_id, key.mode, upload_id, expires, workspace_limits)
         taken.append(upload_id)
         return fields
 
     try:
-        created = _create(db, client, settings, key, idempotency_key, raw, origin, log, admit)
+        created = _create(db, client, settings, key, idempotency_key, raw, origin, admit)
     except BaseException as exc:
         for upload_id in taken:  # the create failed: its slot and its place in the window go back
-            limiter.give_back(key.workspace_id, key.mode, upload_id, log)
+            limiter.give_back(key.workspace_id, key.mode, upload_id)
         if isinstance(exc, ApiError) and workspace_limits is not None and "RateLimit-Policy" not in exc.headers:
-            exc.headers.update(counters.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode, log)))
+            exc.headers.update(counters.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode)))
         raise
     for upload_id in taken:  # its record is written: Firestore counts it from now on
         limiter.done(key.workspace_id, key.mode, upload_id)
     if workspace_limits is not None and not created.headers:  # a replay: where the window stands now
-        return replace(
-            created, headers=counters.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode, log))
-        )
+        return replace(created, headers=counters.headers(workspace_limits, limiter.usage(key.workspace_id, key.mode)))
     return created
 
 
@@ -102,7 +99,6 @@ def _create(
     idempotency_key: str | None,
     raw: bytes,
     origin: str | None,
-    log: dict[str, Any],
     admit: Callable[[str, datetime], dict[str, str]],
 ) -> Created:
     idem_key = idempotency.parse_key(idempotency_key)
@@ -112,7 +108,7 @@ def _create(
     def mint() -> tuple[models.UploadOut, str, dict[str, Any]]:
         out, upload_id, record, admitted = _mint(client, settings, key, asked, admit)
         fields.update(admitted)
-        log["upload_id"] = upload_id
+        logs.note(upload_id=upload_id)
         return out, upload_id, record
 
     if idem_key is None:
@@ -134,11 +130,11 @@ def _create(
         settings.idempotency_ttl_seconds,
         settings.idempotency_lease_seconds,
         work,
-        on_claim_left=lambda: log.update(claim_left_to_lease=True),
+        on_claim_left=lambda: logs.note(claim_left_to_lease=True),
     )
     if not replayed:
         return Created(body, False, fields)
-    log["idempotent_replayed"] = True
+    logs.note(idempotent_replayed=True)
     # In the model's field order (Firestore gives a map's keys back sorted).
     return Created({name: body[name] for name in models.UploadOut.model_fields if name in body}, True, fields)
 

@@ -35,12 +35,12 @@ def view(record: lifecycle.Record, cdn_base_url: str) -> Upload:
 
 
 def limits(
-    db: firestore.Client, limiting: Limiting, workspace_id: str, mode: str, log: dict[str, Any]
+    db: firestore.Client, limiting: Limiting, workspace_id: str, mode: str
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """GET /v1/limits: a workspace's limits and where its mode stands, and the RateLimit fields."""
     if not limiting.limiter.enabled:
         return LimitsOut.off(mode).model_dump(), {}
-    figures = quotas.for_workspace(db, workspace_id, limiting.defaults, log)
-    usage = limiting.limiter.usage(workspace_id, mode, log)
+    figures = quotas.for_workspace(db, workspace_id, limiting.defaults)
+    usage = limiting.limiter.usage(workspace_id, mode)
     out = LimitsOut.counted(mode, figures.creates_per_minute, figures.max_pending_uploads, usage.creates, usage.pending)
     return out.model_dump(), counters.headers(figures, usage)

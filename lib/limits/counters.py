@@ -140,18 +140,18 @@ class Limiter:
             self._sync = self._client.register_script(SYNC)
             self._release = self._client.register_script(RELEASE)
 
-    def _call(self, log: dict[str, Any], run: Callable[[], T]) -> T | None:
+    def _call(self, run: Callable[[], T]) -> T | None:
         """`run()` against the store, or None (logged) if it is down or fails now."""
         if not self.enabled or time.monotonic() < self._down_until:
             if self.enabled:
-                log["limiter"] = "unavailable"
+                logs.note(limiter="unavailable")
             return None
         try:
             result = run()
         except redis.RedisError as exc:
             self._down_until = time.monotonic() + DOWN_SECONDS
             self._was_down = True
-            log.update(limiter="unavailable", limiter_error=type(exc).__name__)
+            logs.note(limiter="unavailable", limiter_error=type(exc).__name__)
             return None
         if self._was_down:  # it answers again: what it holds is rebuilt before it is trusted
             try:
@@ -160,15 +160,15 @@ class Limiter:
                 return result  # failed again at once: the next call tries the epoch once more
             self._was_down = False
             self._local = _Local()
-            log["limiter_recovered"] = True
+            logs.note(limiter_recovered=True)
         return result
 
-    def _store_epoch(self, log: dict[str, Any]) -> int | None:
+    def _store_epoch(self) -> int | None:
         """The store's epoch (EPOCH_KEY), read at most every EPOCH_CACHE_SECONDS; None if it is down."""
         cached = self._epoch
         if cached is not None and time.monotonic() - cached[1] < EPOCH_CACHE_SECONDS:
             return cached[0]
-        value = self._call(log, lambda: self._client.get(EPOCH_KEY) or b"0")
+        value = self._call(lambda: self._client.get(EPOCH_KEY) or b"0")
         if value is None:
             return None
         if self._epoch is not cached and self._epoch is not None:
@@ -184,7 +184,6 @@ class Limiter:
         upload_id: str,
         expires_at: datetime,
         limits: Limits,
-        log: dict[str, Any],
     ) -> dict[str, str]:
         """Take a create from the window and a pending slot for `upload_id`; the RateLimit fields.
         `done` (or `give_back`) must follow once the create has written its record (or failed).
@@ -197,21 +196,21 @@ class Limiter:
         keys = _keys(workspace_id, mode)
         expires_ms = int(expires_at.timestamp() * 1000)
 
-        epoch = self._store_epoch(log) if self.enabled else None
+        epoch = self._store_epoch() if self.enabled else None
 
         def run() -> Any:
             return self._admit(
                 keys=keys, args=[upload_id, limits.creates_per_minute, limits.max_pending_uploads, expires_ms, epoch]
             )
 
-        reply = self._call(log, run) if epoch is not None else None
+        reply = self._call(run) if epoch is not None else None
         if reply is not None and int(reply[0]) == -1:  # not rebuilt since the store's last outage, flush or start
-            self._rebuild(db, workspace_id, mode, epoch, log)
-            reply = self._call(log, run)
+            self._rebuild(db, workspace_id, mode, epoch)
+            reply = self._call(run)
             if reply is not None and int(reply[0]) == -1:
                 reply = None  # flushed again at once: this one is decided locally
         if reply is None:
-            log["limited_locally"] = True
+            logs.note(limited_locally=True)
             self._local.admit(db, workspace_id, mode, upload_id, limits)
             return headers(limits, None)
         admitted, refused, used, pending, frees_ms, expiry_ms = reply
@@ -220,16 +219,16 @@ class Limiter:
             return fields
         refused = refused.decode() if isinstance(refused, bytes) else refused
         if refused == "rate":
-            log["limited"] = "rate"
+            logs.note(limited="rate")
             raise RateLimited(limits.creates_per_minute, _seconds(int(frees_ms)), fields)
-        log["limited"] = "quota"
+        logs.note(limited="quota")
         # A slot frees when an upload settles; at the latest when the first one expires.
         raise QuotaExceeded(limits.max_pending_uploads, int(pending), min(_seconds(int(expiry_ms)), 60), fields)
 
-    def _rebuild(self, db: firestore.Client, workspace_id: str, mode: str, epoch: Any, log: dict[str, Any]) -> None:
+    def _rebuild(self, db: firestore.Client, workspace_id: str, mode: str, epoch: Any) -> None:
         """The store's pending set for the workspace made Firestore's (module docstring)."""
         keys = _keys(workspace_id, mode)
-        members = self._call(log, lambda: self._client.zrange(keys[1], 0, -1))
+        members = self._call(lambda: self._client.zrange(keys[1], 0, -1))
         if members is None:
             return
         records = lifecycle.pending_expiries(db, workspace_id, mode)
@@ -240,39 +239,37 @@ class Limiter:
         for upload_id, expires in records.items():
             pairs += [upload_id, int(expires.timestamp() * 1000)]
         args = [epoch, IN_FLIGHT_MS, len(settled), *settled, *pairs]
-        if self._call(log, lambda: self._sync(keys=keys, args=args)) is not None:
-            log["limiter_rebuilt"] = len(records)
+        if self._call(lambda: self._sync(keys=keys, args=args)) is not None:
+            logs.note(limiter_rebuilt=len(records))
 
     def done(self, workspace_id: str, mode: str, upload_id: str) -> None:
         """A create admitted by `admit` has written its record: Firestore counts it now."""
         self._local.done(workspace_id, mode, upload_id)
 
-    def give_back(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> None:
+    def give_back(self, workspace_id: str, mode: str, upload_id: str) -> None:
         """A create that failed after `admit`: its create and its slot are returned."""
         self._local.forget(workspace_id, mode, upload_id, rate=True)
         rate, pending, *_ = _keys(workspace_id, mode)
         self._call(
-            log,
             lambda: self._client.pipeline(transaction=False).zrem(rate, upload_id).zrem(pending, upload_id).execute(),
         )
 
-    def release(self, workspace_id: str, mode: str, upload_id: str, log: dict[str, Any]) -> bool:
+    def release(self, workspace_id: str, mode: str, upload_id: str) -> bool:
         """The upload left `pending`: its slot is free. True if this call freed it (in the store)."""
         self._local.forget(workspace_id, mode, upload_id, rate=False)
-        removed = self._call(log, lambda: self._release(keys=_keys(workspace_id, mode), args=[upload_id]))
+        removed = self._call(lambda: self._release(keys=_keys(workspace_id, mode), args=[upload_id]))
         return bool(removed)
 
-    def guard(self, address: str, log: dict[str, Any], enforced: bool = True) -> AuthGuard:
+    def guard(self, address: str, enforced: bool = True) -> AuthGuard:
         """The failed-authentication limit for one request from `address` (lib/api/auth.py `Guard`)."""
-        return AuthGuard(self, address, log, enforced)
+        return AuthGuard(self, address, enforced)
 
-    def auth_failures(self, address: str, log: dict[str, Any], add: bool) -> tuple[int, int]:
+    def auth_failures(self, address: str, add: bool) -> tuple[int, int]:
         """The address's failed authentications in its current minute, and the ms left of it; with `add`,
         one more first. In the store, shared by every instance; while it is down, this instance's own."""
         name = f"fl:authfail:{address}"
         if add:
             reply = self._call(
-                log,
                 lambda: (
                     self._client.pipeline(transaction=False)
                     .incr(name)
@@ -282,14 +279,14 @@ class Limiter:
                 ),
             )
         else:
-            reply = self._call(log, lambda: self._client.pipeline(transaction=False).get(name).pttl(name).execute())
+            reply = self._call(lambda: self._client.pipeline(transaction=False).get(name).pttl(name).execute())
         if reply is None:
             return self._local.auth_failures(address, add)
         count, left = int(reply[0] or 0), int(reply[-1])
         return count, left if left > 0 else WINDOW_SECONDS * 1000
 
-    def usage(self, workspace_id: str, mode: str, log: dict[str, Any]) -> Usage:
-        reply = self._call(log, lambda: self._usage(keys=_keys(workspace_id, mode)[:2]))
+    def usage(self, workspace_id: str, mode: str) -> Usage:
+        reply = self._call(lambda: self._usage(keys=_keys(workspace_id, mode)[:2]))
         if reply is None:
             return Usage(None, None, None)
         creates, pending, frees_ms = (int(value) for value in reply)
@@ -302,20 +299,20 @@ class AuthGuard:
     Not `enforced` (a loopback caller: lib/api/auth.py is_loopback), it only notes the lookup. Either way
     the request's log line says `key_lookup` when the key is read from Firestore."""
 
-    def __init__(self, limiter: Limiter, address: str, log: dict[str, Any], enforced: bool = True):
-        self._limiter, self._address, self._log, self._enforced = limiter, address, log, enforced
+    def __init__(self, limiter: Limiter, address: str, enforced: bool = True):
+        self._limiter, self._address, self._enforced = limiter, address, enforced
 
     def check(self) -> None:
         if self._enforced:
-            count, left_ms = self._limiter.auth_failures(self._address, self._log, add=False)
+            count, left_ms = self._limiter.auth_failures(self._address, add=False)
             if count >= AUTH_FAILURES_PER_MINUTE:
-                self._log["limited"] = "authentication"
+                logs.note(limited="authentication")
                 raise AuthenticationsLimited(AUTH_FAILURES_PER_MINUTE, _seconds(left_ms))
-        self._log["key_lookup"] = True
+        logs.note(key_lookup=True)
 
     def failed(self) -> None:
         if self._enforced:
-            self._limiter.auth_failures(self._address, self._log, add=True)
+            self._limiter.auth_failures(self._address, add=True)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from lib.platform import logs
 from lib.platform.clients import FIRESTORE_ATTEMPT_TIMEOUT, TtlLru, shared
 
 COLLECTION = "workspace_limits"
@@ -26,7 +27,7 @@ def _cache() -> TtlLru[Limits]:
     return shared(("workspace_limits",), lambda: TtlLru[Limits](LIMITS_CACHE_SECONDS, 10_000))
 
 
-def for_workspace(db: firestore.Client, workspace_id: str, defaults: Limits, log: dict[str, Any]) -> Limits:
+def for_workspace(db: firestore.Client, workspace_id: str, defaults: Limits) -> Limits:
     """The workspace's limits: its own where ops set them, else `defaults`. A failed
     read uses the defaults for this request (logged) rather than fail the create."""
     cache = _cache()
@@ -36,7 +37,7 @@ def for_workspace(db: firestore.Client, workspace_id: str, defaults: Limits, log
     try:
         snap = db.collection(COLLECTION).document(workspace_id).get(timeout=FIRESTORE_ATTEMPT_TIMEOUT)
     except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
-        log["limits_read_failed"] = type(exc).__name__
+        logs.note(limits_read_failed=type(exc).__name__)
         return defaults
     limits = of(snap.to_dict() if snap.exists else None, defaults)
     cache.put(workspace_id, limits)

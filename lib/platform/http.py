@@ -25,8 +25,8 @@ MAX_PATH_BYTES = 2048
 # A request body is at most this (the create's JSON is a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
 
-# (request, its body as read, the log line's fields, the path's parameters)
-Handler = Callable[[flask.Request, bytes, dict[str, Any], dict[str, str]], Result]
+# (request, its body as read, the path's parameters); what it notes (logs.note) is on the request's log line
+Handler = Callable[[flask.Request, bytes, dict[str, str]], Result]
 # Each route's template (`/v1/uploads/{upload_id}`: the log line's `route`, a label of the request
 # metrics that stays few-valued) and the methods it answers.
 Routes = tuple[tuple[str, dict[str, Handler]], ...]
@@ -65,7 +65,13 @@ def serve(request: flask.Request, route: Router, project: str | None) -> flask.R
     started = time.perf_counter()
     request_id = logs.request_id(request.headers.get("X-Request-Id"))
     # `route` is replaced by the matched route's template; "(none)": no route matched.
-    log: dict[str, Any] = {"request_id": request_id, "route": "(none)"}
+    with logs.collecting(request_id=request_id, route="(none)") as log:
+        status, body, headers = _answer(request, route, log)
+    return respond(request, status, body, headers, request_id, log, started, project)
+
+
+def _answer(request: flask.Request, route: Router, log: dict[str, Any]) -> Result:
+    """What the route's handler answers, or the envelope of what it raised (said on the log line)."""
     try:
         if len(request.path) > MAX_PATH_BYTES:
             raise UriTooLong(MAX_PATH_BYTES)
@@ -82,21 +88,20 @@ def serve(request: flask.Request, route: Router, project: str | None) -> flask.R
         handler = methods.get(request.method)
         if handler is None:
             raise MethodNotAllowed(tuple(methods))
-        status, body, headers = handler(request, raw, log, params)
+        return handler(request, raw, params)
     except ApiError as err:
-        status, body, headers = err.status, err.envelope(), err.headers
         log["error_code"] = err.code
         if err.reason is not None:
             log["reason"] = err.reason
         elif err.__cause__ is not None:
             log["reason"] = f"{type(err.__cause__).__name__}: {err.__cause__}"[:500]
+        return err.status, err.envelope(), err.headers
     except Exception as exc:  # noqa: BLE001 - the envelope for anything unexpected
         internal = ApiError()
-        status, body, headers = internal.status, internal.envelope(), internal.headers
-        log["error_code"] = internal.code
-        log["reason"] = f"{type(exc).__name__}: {exc}"[:500]
-        log["stack_trace"] = traceback.format_exc()
-    return respond(request, status, body, headers, request_id, log, started, project)
+        log.update(
+            error_code=internal.code, reason=f"{type(exc).__name__}: {exc}"[:500], stack_trace=traceback.format_exc()
+        )
+        return internal.status, internal.envelope(), internal.headers
 
 
 def not_found(project: str | None) -> flask.Response:

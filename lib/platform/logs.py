@@ -9,11 +9,14 @@ scrubbed of anything shaped like a key, a session URL's upload_id or a JWT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
 import sys
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 _SECRETS = (
@@ -40,6 +43,28 @@ _ANY_SECRET = re.compile(
         for pattern, _ in _SECRETS
     )
 )
+
+# The fields of the log line of the request this thread serves (lib/platform/http.py opens it): any room adds
+# to it with `note`, so no dict is handed down the calls; outside a request, a note goes nowhere.
+_line: ContextVar[dict[str, Any] | None] = ContextVar("framelane_request_line", default=None)
+
+
+@contextlib.contextmanager
+def collecting(**initial: Any) -> Iterator[dict[str, Any]]:
+    """The log line's fields for the code run inside, starting from `initial`."""
+    line = dict(initial)
+    token = _line.set(line)
+    try:
+        yield line
+    finally:
+        _line.reset(token)
+
+
+def note(**fields: Any) -> None:
+    """Add `fields` to the log line of the request being served."""
+    line = _line.get()
+    if line is not None:
+        line.update(fields)
 
 
 def redact(text: str) -> str:

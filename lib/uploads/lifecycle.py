@@ -82,15 +82,15 @@ Announce = Callable[[Record], None]
 class Storage:
     """What settling a record needs besides Firestore: GCS (the client, the served bucket, the
     staging bucket sessions write to, plain HTTP for session URLs), who to tell that an upload
-    left `pending` (lib/limits/counters.py gives its slot back; None: no limits), and the request's log
-    line, for what verifying read (None: not logged)."""
+    left `pending` (lib/limits/counters.py gives its slot back; None: no limits), and whether what
+    verifying read is noted on the request's log line (`noting`; the sweep, settling many at once, notes none)."""
 
     client: storage.Client
     bucket: str
     staging_bucket: str
     http: requests.Session
     release: Callable[[Record], None] | None = None
-    log: dict[str, Any] | None = None
+    noting: bool = True
 
     def landing_bucket(self, record: Record) -> str:
         """Where the upload's session writes: the staging bucket, or (a record from before staging,

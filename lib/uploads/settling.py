@@ -40,6 +40,7 @@ from google.cloud import firestore
 
 from lib import media
 from lib.media.facts import CONTENT_MISMATCH, UNREADABLE_MEDIA
+from lib.platform import logs
 from lib.platform.errors import ObjectChanged, ServiceUnavailable, SessionNotEnded, UploadCompleted
 from lib.uploads import gcs_sessions
 from lib.uploads.lifecycle import (
@@ -99,15 +100,15 @@ def examine(gcs: Storage, bucket: str, name: str, obj: gcs_sessions.StoredObject
         found = media.check(content_type, obj.size, fetch, time.monotonic() + CHECK_SECONDS)
     except (media.CheckTimedOut, media.EngineFailed) as exc:
         raise ServiceUnavailable(reason=f"checking the object: {exc}") from None
-    if gcs.log is not None:
-        gcs.log.update(
+    if gcs.noting:
+        logs.note(
             media_bytes_read=found.usage.bytes_read,
             media_reads=found.usage.reads,
             media_cpu_ms=found.usage.cpu_ms,
             media_sandbox=found.usage.sandbox,
         )
         if found.failure:
-            gcs.log["media_failure"] = found.failure
+            logs.note(media_failure=found.failure)
     if found.media is not None:
         settlement = Settlement.complete(obj, found.media.as_record())
     elif found.code == CONTENT_MISMATCH:
@@ -153,8 +154,8 @@ def land(
         raise
     step()
     settled = transition(db, record, settlement, announce, gcs.release)
-    if settled.ours and settled.rejection is not None and gcs.log is not None:
-        gcs.log["rejection_code"] = settled.rejection[0]  # the alert on integrity rejections counts it
+    if settled.ours and settled.rejection is not None and gcs.noting:
+        logs.note(rejection_code=settled.rejection[0])  # the alert on integrity rejections counts it
     name = record.object_name
     # What this call left at the served name: its placement, or a legacy upload's own object.
     served = settlement.generation if settlement.state == COMPLETED else None

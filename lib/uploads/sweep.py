@@ -8,6 +8,7 @@ webhooks on, republishes the events its slice still owes (`run`).
 
 from __future__ import annotations
 
+import contextvars
 import re
 import secrets
 import time
@@ -228,7 +229,8 @@ class _Run:
                 self.collect(wait(self.in_flight, return_when=FIRST_COMPLETED).done)
             if not self.may_start():
                 return
-            self.in_flight[pool.submit(settling.settle, *args(record))] = record
+            # In a copy of this request's context: what settling notes (lib/platform/logs.py) is its log line's.
+            self.in_flight[pool.submit(contextvars.copy_context().run, settling.settle, *args(record))] = record
 
     def may_start(self) -> bool:
         """Whether another page or record may start (within the budget, and no backend down)."""

@@ -19,6 +19,7 @@ import redis
 import requests
 
 from lib.limits import counters, quotas
+from lib.platform import logs
 from tests.conftest import ROOT
 from tests.helpers import padded_mp4, response_schema_errors
 from tests.tcpproxy import TcpProxy
@@ -154,9 +155,9 @@ def test_the_slot_is_given_back_exactly_once_when_every_path_races_to_settle(
     calls, freed = [], []
     real = counters.Limiter.release
 
-    def counting(self, workspace_id, mode, upload_id, log):
+    def counting(self, workspace_id, mode, upload_id):
         calls.append(upload_id)
-        result = real(self, workspace_id, mode, upload_id, log)
+        result = real(self, workspace_id, mode, upload_id)
         freed.append(result)
         return result
 
@@ -379,22 +380,23 @@ def test_a_limit_lowered_below_what_the_window_holds_refuses_until_enough_leave_
     from lib.platform.errors import RateLimited
 
     limiter = counters.Limiter(backends["redis"].url)
-    workspace, log = f"ws_{secrets.token_hex(6)}", {}
+    workspace = f"ws_{secrets.token_hex(6)}"
     expires = datetime.now(UTC) + timedelta(hours=1)
-    for _ in range(5):
-        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, quotas.Limits(5, 100), log)
-    with pytest.raises(RateLimited) as refused:
-        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, quotas.Limits(2, 100), log)
-    assert 55 <= int(refused.value.headers["Retry-After"]) <= 60  # the fourth oldest leaves in about a minute
-    assert limiter.usage(workspace, "live", log).creates == 5
+    with logs.collecting() as log:
+        for _ in range(5):
+            limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, quotas.Limits(5, 100))
+        with pytest.raises(RateLimited) as refused:
+            limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, quotas.Limits(2, 100))
+        assert 55 <= int(refused.value.headers["Retry-After"]) <= 60  # the fourth oldest leaves in about a minute
+        assert limiter.usage(workspace, "live").creates == 5
     assert "limiter" not in log
     # A release frees only its own slot, once.
     upload = "upl_" + secrets.token_hex(16)
-    limiter.admit(db, workspace, "test", upload, expires, quotas.Limits(5, 100), log)
-    assert limiter.release(workspace, "test", upload, log) is True
-    assert limiter.release(workspace, "test", upload, log) is False
-    assert limiter.usage(workspace, "test", log).pending == 0
-    assert limiter.usage(workspace, "live", log).pending == 5
+    limiter.admit(db, workspace, "test", upload, expires, quotas.Limits(5, 100))
+    assert limiter.release(workspace, "test", upload) is True
+    assert limiter.release(workspace, "test", upload) is False
+    assert limiter.usage(workspace, "test").pending == 0
+    assert limiter.usage(workspace, "live").pending == 5
 
 
 @pytest.mark.parametrize(
@@ -485,38 +487,37 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
     expires = datetime.now(UTC) + timedelta(hours=1)
     figures = quotas.Limits(creates_per_minute=100, max_pending_uploads=3)
 
-    def admit(workspace: str, log: dict, figures=figures) -> str:
+    def admit(workspace: str, figures=figures) -> str:
         upload_id = "upl_" + secrets.token_hex(16)
-        limiter.admit(db, workspace, "live", upload_id, expires, figures, log)
+        limiter.admit(db, workspace, "live", upload_id, expires, figures)
         _pending_record(db, workspace, upload_id)
         limiter.done(workspace, "live", upload_id)
         return upload_id
 
-    first = [admit(capped, {}) for _ in range(3)]
+    first = [admit(capped) for _ in range(3)]
     with pytest.raises(QuotaExceeded):
-        admit(capped, {})
+        admit(capped)
     # The store freezes: the cap still holds, counted from Firestore's records.
     os.kill(own_store.pid, signal.SIGSTOP)
     for _ in range(10):
-        log: dict = {}
-        with pytest.raises(QuotaExceeded):
-            admit(capped, log)
+        with logs.collecting() as log, pytest.raises(QuotaExceeded):
+            admit(capped)
         assert log["limiter"] == "unavailable"
         assert log["limited_locally"] is True
     # Two settle while it is frozen (their releases cannot reach it); two more are admitted, no more.
     for upload_id in first[:2]:
         _settle(db, upload_id)
-        limiter.release(capped, "live", upload_id, {})
-    meanwhile = [admit(capped, {}) for _ in range(2)]
+        limiter.release(capped, "live", upload_id)
+    meanwhile = [admit(capped) for _ in range(2)]
     with pytest.raises(QuotaExceeded):
-        admit(capped, {})
+        admit(capped)
     _settle(db, meanwhile[0])
-    limiter.release(capped, "live", meanwhile[0], {})
+    limiter.release(capped, "live", meanwhile[0])
     # Creates per minute hold too: the whole figure, on this instance's own log.
     admitted = 0
     for _ in range(8):
         try:
-            admit(busy, {}, quotas.Limits(creates_per_minute=5, max_pending_uploads=1000))
+            admit(busy, quotas.Limits(creates_per_minute=5, max_pending_uploads=1000))
             admitted += 1
         except RateLimited:
             pass
@@ -525,14 +526,14 @@ def test_a_store_outage_keeps_each_limit_and_its_end_rebuilds_the_count_from_fir
     # admitted meanwhile: the first create rebuilds the workspace's count from Firestore (2 pending), so
     # one more fits, and no more.
     os.kill(own_store.pid, signal.SIGCONT)
-    log = {}
-    admit(capped, log)
+    with logs.collecting() as log:
+        admit(capped)
     assert "limiter" not in log
     assert log["limiter_rebuilt"] == 2
     assert log.get("limiter_recovered")
-    assert limiter.usage(capped, "live", {}).pending == 3 == lifecycle_pending(db, capped)
+    assert limiter.usage(capped, "live").pending == 3 == lifecycle_pending(db, capped)
     with pytest.raises(QuotaExceeded):
-        admit(capped, {})
+        admit(capped)
 
 
 def lifecycle_pending(db, workspace: str) -> int:
@@ -570,24 +571,24 @@ def test_after_an_outage_every_instance_rebuilds_a_workspaces_count_once_whoever
     held = []
     for limiter in (saw, other):
         upload_id = "upl_" + secrets.token_hex(16)
-        limiter.admit(db, workspace, "live", upload_id, expires, figures, {})
+        limiter.admit(db, workspace, "live", upload_id, expires, figures)
         _pending_record(db, workspace, upload_id)
         held.append(upload_id)
     os.kill(own_store.pid, signal.SIGSTOP)
-    assert saw.usage(workspace, "live", {}).pending is None  # it sees the outage
+    assert saw.usage(workspace, "live").pending is None  # it sees the outage
     _settle(db, held[0])  # settled by an instance that died before it could release the slot
     os.kill(own_store.pid, signal.SIGCONT)
-    log: dict = {}
-    assert saw.usage(workspace, "live", log).pending == 2
+    with logs.collecting() as log:
+        assert saw.usage(workspace, "live").pending == 2
     assert log.get("limiter_recovered")
-    first, second = {}, {}
-    other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, first)
+    with logs.collecting() as first:
+        other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures)
     assert first["limiter_rebuilt"] == 1
     assert "limiter" not in first
     from lib.platform.errors import QuotaExceeded
 
-    with pytest.raises(QuotaExceeded):
-        other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, second)
+    with logs.collecting() as second, pytest.raises(QuotaExceeded):
+        other.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures)
     assert "limiter_rebuilt" not in second
 
 
@@ -605,7 +606,7 @@ def test_a_release_while_a_rebuild_reads_firestore_is_not_undone_by_it(db, own_s
     held = []
     for _ in range(2):
         upload_id = "upl_" + secrets.token_hex(16)
-        limiter.admit(db, workspace, "live", upload_id, expires, figures, {})
+        limiter.admit(db, workspace, "live", upload_id, expires, figures)
         _pending_record(db, workspace, upload_id)
         held.append(upload_id)
     redis.Redis.from_url(own_store.url).incr(counters.EPOCH_KEY)  # as after an outage: the next create rebuilds
@@ -615,11 +616,11 @@ def test_a_release_while_a_rebuild_reads_firestore_is_not_undone_by_it(db, own_s
     def read_then_settle(*args):
         found = read(*args)
         _settle(db, held[0])
-        limiter.release(workspace, "live", held[0], {})  # between the rebuild's read and its write
+        limiter.release(workspace, "live", held[0])  # between the rebuild's read and its write
         return found
 
     monkeypatch.setattr(lifecycle, "pending_expiries", read_then_settle)
-    log: dict = {}
-    limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures, log)
+    with logs.collecting() as log:
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures)
     assert log["limiter_rebuilt"] == 2  # it read both as pending
-    assert limiter.usage(workspace, "live", {}).pending == 2  # the one still pending and the new one
+    assert limiter.usage(workspace, "live").pending == 2  # the one still pending and the new one

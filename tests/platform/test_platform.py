@@ -167,3 +167,24 @@ def test_key_cache_ttl_setting():
     assert Settings.from_env(dict(BASE_ENV, API_KEY_CACHE_TTL_SECONDS="0")).api_key_cache_ttl_seconds == 0
     with pytest.raises(ConfigError, match="API_KEY_CACHE_TTL_SECONDS"):
         Settings.from_env(dict(BASE_ENV, API_KEY_CACHE_TTL_SECONDS="3600"))
+
+
+def test_a_note_lands_on_the_line_of_the_request_being_served_and_nowhere_else():
+    """Issue 34: the request's log fields live in a context variable (lib/platform/logs.py), not a dict handed
+    down; a note outside a request, or in another thread, goes nowhere, and a line ends with its request."""
+    import threading
+
+    logs.note(stray=True)  # no request: nothing to land on, and no error
+    with logs.collecting(request_id="r1") as line:
+        logs.note(upload_id="upl_1")
+        seen: list = []
+        worker = threading.Thread(target=lambda: (logs.note(from_thread=True), seen.append(True)))
+        worker.start()
+        worker.join()
+        with logs.collecting(request_id="r2") as inner:
+            logs.note(inner_only=True)
+        logs.note(after_inner=True)
+    logs.note(after=True)
+    assert seen == [True]
+    assert line == {"request_id": "r1", "upload_id": "upl_1", "after_inner": True}
+    assert inner == {"request_id": "r2", "inner_only": True}
