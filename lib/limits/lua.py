@@ -4,6 +4,12 @@ Keys, all under one workspace's hash tag (one slot): KEYS[1] the rate log (a sor
 scored by when, ms), KEYS[2] the pending set (upload ids scored by expires_at), KEYS[3] the mark of its last
 rebuild from Firestore (the store's epoch then; it expires after REBUILD_SECONDS), KEYS[4] the last
 minute's releases.
+
+Why scripts of our own, not a rate-limiting library: `limits` (https://pypi.org/project/limits/, the
+well-kept one, with Redis storage) counts hits per key in a fixed, moving or sliding window. A create is
+decided against two things at once, the window and the set of uploads still pending (each held by id,
+freed when it settles or at its expires_at), and that set is rebuilt from Firestore; no strategy there
+holds such a set, so one atomic script per decision is ours.
 """
 
 from __future__ import annotations

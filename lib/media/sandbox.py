@@ -16,6 +16,11 @@ against the `Budget`, and enforces a wall-clock deadline of its own: past it the
 `CheckTimedOut` (Storage or the machine was slow: the caller answers 503 and the upload stays
 pending), never a verdict. A child that dies is a verdict about its bytes (a decoder crashed or ran
 out of CPU or memory on them), unless it died before saying it started: that is ours, `EngineFailed`.
+
+Why this is ours: the decoders (PyAV, Pillow, fontTools) read a file object for as long as they like.
+What a check may take is counted where those reads are served (bytes and reads, here), and bounded by
+the kernel in the child (setrlimit for CPU time and memory, seccomp for what it may call); the piece
+between them, a child that asks its parent for ranges, is what no library we found does.
 """
 
 from __future__ import annotations
