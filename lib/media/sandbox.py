@@ -18,9 +18,10 @@ pending), never a verdict. A child that dies is a verdict about its bytes (a dec
 out of CPU or memory on them), unless it died before saying it started: that is ours, `EngineFailed`.
 
 Why this is ours: the decoders (PyAV, Pillow, fontTools) read a file object for as long as they like.
-What a check may take is counted where those reads are served (bytes and reads, here), and bounded by
-the kernel in the child (setrlimit for CPU time and memory, seccomp for what it may call); the piece
-between them, a child that asks its parent for ranges, is what no library we found does.
+What a check may take is counted where those reads are served (bytes and reads, here) and bounded by
+the kernel in the child (setrlimit for CPU time and memory, seccomp for what it may call); what joins
+the two is this protocol, a child asking its parent for each range, which is particular to how the
+bytes reach us (ranged reads of one Storage object) and so written here.
 """
 
 from __future__ import annotations
