@@ -444,7 +444,7 @@ def test_the_uptime_check_probes_an_unauthenticated_get_route_for_its_body(main_
     assert not path.endswith("z")  # Cloud Run reserves some paths ending in "z"
     handlers, _, _ = main.UPLOADS(path)
     assert handlers.get("GET") is main.health
-    status, body, _ = main.health(None, b"", {}, {})
+    status, body, _ = main.health(None, b"", {})
     assert status == 200
     assert hcl_string(check["content_matchers"][0]["content"]) in json.dumps(body, separators=(",", ":"))
     assert http["use_ssl"] is True
