@@ -1,12 +1,14 @@
 """POSTs to webhook targets lib/webhooks/targets.py checked: to a checked address, pooled, cut off at a deadline.
 
-The connection goes to one of the target's checked addresses (no second
-lookup), with the URL's host for TLS (SNI and certificate) and `Host`.
-Redirects are never followed. The status is the answer: once it is in, the
-body is read only to keep the connection for the next delivery, and only if
-it is small (MAX_KEPT_BODY_BYTES) and comes within BODY_GRACE_SECONDS; else the
-connection is dropped. A watchdog thread shuts a connection whose exchange
-passes its deadline, however the receiver dribbles.
+The pools are urllib3's: one per checked address (a PoolManager keyed by scheme, address, port and the URL's
+host, the least recently used dropped first), whose connections go to that address and no other (no second
+lookup), with the URL's host for TLS (SNI and certificate) and `Host`. Redirects are never followed and
+nothing is retried by urllib3. The status is the answer: once it is in, the body is read only to keep the
+connection for the next delivery, and only if it is small (MAX_KEPT_BODY_BYTES) and comes within
+BODY_GRACE_SECONDS; else the connection is dropped.
+
+What stays ours is the watchdog: urllib3's timeouts bound each read, not an exchange, so one thread shuts a
+connection whose exchange passes its deadline, however the receiver dribbles.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ import socket
 import ssl
 import threading
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import HTTPError, ProtocolError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from lib.webhooks.targets import Target
 
@@ -29,6 +36,12 @@ DELIVERY_TIMEOUT_SECONDS = 10.0
 # After the status: a body read to keep the connection is at most this big, and this quick.
 MAX_KEPT_BODY_BYTES = 4 * 1024
 BODY_GRACE_SECONDS = 1.0
+# Idle connections kept per checked address (above the threads an instance runs, 16, so none is closed for
+# want of room), addresses kept, and how long a connection may idle: below the idle timeouts servers and
+# load balancers commonly use (60 s and more).
+MAX_IDLE_PER_ADDRESS = 32
+MAX_ADDRESSES = 512
+MAX_IDLE_SECONDS = 20.0
 
 
 class Result(NamedTuple):
@@ -43,7 +56,7 @@ class Result(NamedTuple):
         return self.status is not None and 200 <= self.status < 300 and self.error is None
 
 
-def _connect(address: str, port: int, timeout: float) -> socket.socket:
+def _connect(address: str, port: int, timeout: float | None) -> socket.socket:
     """A TCP connection to exactly this address: no lookup of any kind (not even
     getaddrinfo's of a literal), so nothing can answer with another one."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -58,40 +71,92 @@ def _connect(address: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Plain HTTP to a checked address (allowed only with private targets)."""
+class _Exchange(threading.local):
+    """The exchange this thread is making: its deadline, and the connection it went out on."""
 
-    exchange = 0  # requests made on it so far (the watchdog watches one exchange)
+    deadline = 0.0
+    conn: _PinnedHTTPConnection | None = None
+    reused = False  # the connection was open before this exchange (kept from an earlier one)
+    connected = False  # a connection was made or reused
+
+
+_current = _Exchange()
+
+
+class _PinnedHTTPConnection(HTTPConnection):
+    """Plain HTTP to a checked address (allowed only with private targets), watched while in use."""
+
+    exchange = 0  # exchanges made on it so far (the watchdog watches one)
     finished = False  # set when the exchange is over: the watchdog leaves it alone
     cut_off = False  # set by the watchdog at the deadline
+    idle_since = 0.0  # when its last exchange ended (kept for the next)
 
-    def __init__(self, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self._address, self._timeout = address, timeout
+    def _new_conn(self) -> socket.socket:
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None  # the pool always sets one
+        return _connect(self._dns_host, self.port, timeout)
 
-    def connect(self) -> None:
-        self.sock = _connect(self._address, self.port, self._timeout)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """TLS to a checked address; SNI and certificate checked against the URL's host."""
-
-    exchange = 0  # requests made on it so far (the watchdog watches one exchange)
-    finished = False  # set when the exchange is over: the watchdog leaves it alone
-    cut_off = False  # set by the watchdog at the deadline
-
-    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._address, self._timeout, self._tls = address, timeout, context
+    def _begin(self) -> None:
+        """This thread's exchange starts on this connection: watched until its deadline."""
+        if _current.conn is self:
+            return
+        if self.sock is not None and time.monotonic() - self.idle_since >= MAX_IDLE_SECONDS:
+            self.close()  # idle too long: the receiver may be closing it as we send
+        _current.conn = self
+        _current.reused = _current.connected = self.sock is not None
+        self.exchange += 1
+        self.finished = self.cut_off = False
+        _watchdog.watch(_current.deadline, self, self.exchange)
 
     def connect(self) -> None:
-        self.sock = self._tls.wrap_socket(_connect(self._address, self.port, self._timeout), server_hostname=self.host)
+        self._begin()
+        super().connect()
+        _current.connected = True
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._begin()
+        super().request(*args, **kwargs)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection, HTTPSConnection):
+    """TLS to a checked address; SNI and certificate checked against the URL's host (the pool's server_hostname)."""
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _PinnedHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _PinnedHTTPSConnection
+
+
+_pools = urllib3.PoolManager(num_pools=MAX_ADDRESSES, maxsize=MAX_IDLE_PER_ADDRESS, block=False, retries=False)
+_pools.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 @functools.cache
 def _tls() -> ssl.SSLContext:
     # Made on first use: loading the system's CA certificates costs tens of milliseconds at import.
     return ssl.create_default_context()
+
+
+def _pool(target: Target, address: str, tls_context: ssl.SSLContext | None) -> urllib3.HTTPConnectionPool:
+    """The pool of connections to `address` for `target`'s host."""
+    if target.scheme != "https":
+        return _pools.connection_from_host(address, target.port, "http")
+    return _pools.connection_from_host(
+        address,
+        target.port,
+        "https",
+        # server_hostname is what ssl sends (SNI) and checks the certificate against (the context checks
+        # hostnames); an assert_hostname would have urllib3 turn that check off and do its own.
+        pool_kwargs={"server_hostname": target.host, "ssl_context": tls_context or _tls()},
+    )
+
+
+def kept(target: Target, address: str, tls_context: ssl.SSLContext | None = None) -> int:
+    """How many open connections to `address` the pool keeps for `target` (for tests and ops)."""
+    idle = _pool(target, address, tls_context).pool
+    return sum(1 for conn in list(idle.queue if idle else []) if conn is not None and conn.sock is not None)
 
 
 class _Watchdog:
@@ -102,12 +167,12 @@ class _Watchdog:
     GRANULARITY = 0.25
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _PinnedHTTPConnection | _PinnedHTTPSConnection, int]] = []
+        self._heap: list[tuple[float, int, _PinnedHTTPConnection, int]] = []
         self._order = itertools.count()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def watch(self, deadline: float, conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, exchange: int) -> None:
+    def watch(self, deadline: float, conn: _PinnedHTTPConnection, exchange: int) -> None:
         """Cut `conn` off at `deadline` (time.monotonic()) unless that exchange (a kept-alive
         connection has several) is `finished` first; its `cut_off` then says so."""
         with self._changed:
@@ -143,68 +208,12 @@ class _Watchdog:
                             sock.shutdown(socket.SHUT_RDWR)
 
     @staticmethod
-    def _over(entry: tuple[float, int, _PinnedHTTPConnection | _PinnedHTTPSConnection, int]) -> bool:
+    def _over(entry: tuple[float, int, _PinnedHTTPConnection, int]) -> bool:
         _, _, conn, exchange = entry
         return bool(conn.exchange != exchange or conn.finished)
 
 
 _watchdog = _Watchdog()
-
-
-# A pooled connection's (scheme, host, port, address): one checked address of one target.
-_Key = tuple[str, str, int, str]
-
-
-class _Pool:
-    """Idle keep-alive connections, by (scheme, host, port, checked address).
-
-    A connection is only ever reused for the address it was opened to, and
-    only after the URL passed the rules again (resolve()). Reuse spares a
-    TCP and a TLS handshake per delivery. Bounded: MAX_IDLE_PER_KEY per key,
-    MAX_KEYS keys (least recently used closed first), MAX_IDLE_SECONDS idle.
-    """
-
-    MAX_IDLE_PER_KEY = 32  # above the threads an instance runs (16), so none is closed for want of room
-    MAX_KEYS = 512
-    # Below the idle timeouts servers and load balancers commonly use (60 s and more).
-    MAX_IDLE_SECONDS = 20.0
-
-    def __init__(self) -> None:
-        self._idle: dict[_Key, list[tuple[float, _PinnedHTTPConnection | _PinnedHTTPSConnection]]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: _Key) -> _PinnedHTTPConnection | _PinnedHTTPSConnection | None:
-        stale = []
-        found = None
-        with self._lock:
-            idle = self._idle.get(key)
-            while idle:
-                since, conn = idle.pop()
-                if time.monotonic() - since < self.MAX_IDLE_SECONDS:
-                    found = conn
-                    break
-                stale.append(conn)
-        for conn in stale:
-            conn.close()
-        return found
-
-    def give(self, key: _Key, conn: _PinnedHTTPConnection | _PinnedHTTPSConnection) -> None:
-        evicted = []
-        kept = False
-        with self._lock:
-            idle = self._idle.pop(key, [])
-            self._idle[key] = idle  # most recently used last
-            if len(idle) < self.MAX_IDLE_PER_KEY:
-                idle.append((time.monotonic(), conn))
-                kept = True
-            while len(self._idle) > self.MAX_KEYS:
-                oldest = next(iter(self._idle))
-                evicted += [c for _, c in self._idle.pop(oldest)]
-        for extra in ([] if kept else [conn]) + evicted:
-            extra.close()
-
-
-_pool = _Pool()
 
 
 def post(
@@ -220,105 +229,114 @@ def post(
     The whole exchange (connect, TLS, request, status) ends by `timeout`. A
     connection the receiver keeps alive, its small answer read to the end
     within BODY_GRACE_SECONDS, is kept for the next delivery to the same
-    address (_Pool); one found closed by the receiver before answering is
-    replaced by a new one, once.
+    address; one found closed by the receiver before answering is replaced by
+    a new one, once.
     """
     started = time.monotonic()
     deadline = started + timeout
     outcome: tuple[int | None, str | None] = (None, "timeout")
     for index, address in enumerate(target.addresses):
-        key = (target.scheme, target.host, target.port, address)
-        conn = _pool.take(key)
-        if conn is not None:
-            outcome, stale = _exchange(conn, key, target, body, headers, deadline, reused=True)
-            if not stale:
+        pool = _pool(target, address, tls_context)
+        for _ in range(2):  # a kept connection found closed is replaced, once
+            if deadline <= time.monotonic():
+                return Result(None, "timeout", round((time.monotonic() - started) * 1000, 1))
+            outcome, stale = _exchange(pool, target, body, headers, deadline)
+            if not (stale and _current.reused):
                 break
-        if deadline <= time.monotonic():
-            outcome = (None, "timeout")
-            break
-        if target.scheme == "https":
-            conn = _PinnedHTTPSConnection(
-                target.host, target.port, address, deadline - time.monotonic(), tls_context or _tls()
-            )
-        else:
-            conn = _PinnedHTTPConnection(target.host, target.port, address, deadline - time.monotonic())
-        outcome, unreachable = _exchange(conn, key, target, body, headers, deadline, reused=False)
-        if not unreachable or index == len(target.addresses) - 1:
+        if _current.connected or index == len(target.addresses) - 1:
             break
         # Not connected: the next checked address may answer.
     status, error = outcome
     return Result(status, error, round((time.monotonic() - started) * 1000, 1))
 
 
+def _host_header(target: Target) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default = 443 if target.scheme == "https" else 80
+    return host if target.port == default else f"{host}:{target.port}"
+
+
 def _exchange(
-    conn: _PinnedHTTPConnection | _PinnedHTTPSConnection,
-    key: _Key,
-    target: Target,
-    body: bytes,
-    headers: dict[str, str],
-    deadline: float,
-    reused: bool,
+    pool: urllib3.HTTPConnectionPool, target: Target, body: bytes, headers: dict[str, str], deadline: float
 ) -> tuple[tuple[int | None, str | None], bool]:
-    """One request on `conn`: ((status, error), try-again), where try-again
-    means a reused connection was found closed before any answer (`reused`), or a
-    new one could not connect (not `reused`)."""
-    conn.exchange += 1
-    conn.finished = conn.cut_off = False
-    _watchdog.watch(deadline, conn, conn.exchange)
-    keep = connected = False
+    """One request from `pool`: ((status, error), stale), stale meaning the receiver had closed the
+    connection before any answer."""
+    _current.deadline, _current.conn, _current.reused, _current.connected = deadline, None, False, False
+    left = max(deadline - time.monotonic(), 0.001)
     try:
-        if reused:
-            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        else:
-            conn.connect()
-        connected = True
-        conn.request("POST", target.path, body=body, headers=headers)
-        response = conn.getresponse()
+        response = pool.urlopen(
+            "POST",
+            target.path,
+            body=body,
+            headers={**headers, "Host": _host_header(target)},
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+            release_conn=False,
+            timeout=urllib3.Timeout(connect=left, read=left),
+        )
+    except (HTTPError, OSError, http.client.HTTPException) as exc:
+        conn = _current.conn
+        if conn is not None:
+            conn.finished = True
+        cut_off = conn is not None and conn.cut_off
+        return ((None, "timeout") if cut_off else (None, _error_class(exc))), _stale(exc)
+    conn = _current.conn
+    assert conn is not None  # urlopen made its request on one of ours
+    keep = False
+    try:
         if conn.cut_off:  # the status line came, the headers were still dribbling at the deadline
             return (None, "timeout"), False
         keep = _drain(conn, response, deadline)
         return (response.status, None), False
-    except ssl.SSLError as exc:
-        if conn.cut_off:
-            return (None, "timeout"), False
-        error = "tls_certificate_error" if isinstance(exc, ssl.SSLCertVerificationError) else "tls_error"
-        return (None, error), False
-    except (OSError, http.client.HTTPException) as exc:
-        if conn.cut_off or isinstance(exc, TimeoutError):
-            return (None, "timeout"), False
-        stale = reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
-        return (None, _error_class(exc)), stale or (not reused and not connected)
     finally:
         conn.finished = True
         if keep:
-            _pool.give(key, conn)
+            conn.idle_since = time.monotonic()
         else:
             conn.close()
+        response.release_conn()  # back to its pool: kept open, or closed (the pool connects it again)
 
 
-def _drain(
-    conn: _PinnedHTTPConnection | _PinnedHTTPSConnection, response: http.client.HTTPResponse, deadline: float
-) -> bool:
+def _drain(conn: _PinnedHTTPConnection, response: urllib3.BaseHTTPResponse, deadline: float) -> bool:
     """Read a small answer's body to keep the connection; whether it may be kept. A body
     of unknown length, or bigger than MAX_KEPT_BODY_BYTES, is not read at all, and a small
     one gets BODY_GRACE_SECONDS (within the deadline): the status was the answer."""
-    if response.will_close or response.length is None or response.length > MAX_KEPT_BODY_BYTES:
+    length = response.length_remaining
+    closing = response.version < 11 or "close" in response.headers.get("connection", "").lower()
+    if closing or length is None or length > MAX_KEPT_BODY_BYTES:
         return False
     _watchdog.watch(min(deadline, time.monotonic() + BODY_GRACE_SECONDS), conn, conn.exchange)
     try:
-        response.read(response.length)
-    except (OSError, http.client.HTTPException):
+        response.read(length, decode_content=False)
+    except (HTTPError, OSError, http.client.HTTPException):
         return False
-    return response.isclosed() and not conn.cut_off
+    return response.length_remaining == 0 and not conn.cut_off
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error under urllib3's wrapping (ProtocolError's reason, SSLError's)."""
+    if isinstance(exc, (ProtocolError, SSLError)) and exc.args and isinstance(exc.args[-1], BaseException):
+        return exc.args[-1]
+    return exc
+
+
+def _stale(exc: BaseException) -> bool:
+    cause = _cause(exc)
+    return isinstance(cause, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
 
 
 def _error_class(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
+    cause = _cause(exc)
+    if isinstance(exc, SSLError) or isinstance(cause, ssl.SSLError):
+        return "tls_certificate_error" if isinstance(cause, ssl.SSLCertVerificationError) else "tls_error"
+    if isinstance(exc, Urllib3Timeout) or isinstance(cause, TimeoutError):
+        return "timeout"
+    if isinstance(cause, ConnectionRefusedError):
         return "connection_refused"
-    if isinstance(exc, ConnectionResetError):
+    if isinstance(cause, ConnectionResetError):  # RemoteDisconnected is one too
         return "connection_reset"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "connection_closed"
-    if isinstance(exc, http.client.HTTPException):
+    if isinstance(cause, http.client.HTTPException):
         return "invalid_http_response"
     return "connection_error"

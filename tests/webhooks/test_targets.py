@@ -4,6 +4,7 @@ its stated reason, and the connection itself (pinned to the checked address, no 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -127,7 +128,7 @@ def test_private_targets_and_http_pass_only_when_allowed():
 class Server:
     """A tiny HTTP server on `host` whose handler the test supplies (POST and GET); records Host headers."""
 
-    def __init__(self, handle, host: str = "127.0.0.1"):
+    def __init__(self, handle, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None):
         hosts = self.hosts = []
         peers = self.peers = []
 
@@ -146,6 +147,8 @@ class Server:
                 pass
 
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -250,7 +253,7 @@ def test_a_small_body_that_stalls_is_given_up_after_its_grace_and_the_connection
         worker.join(45)  # its grace (1 s) ends it, not the 60 s deadline
         assert done
         assert done[0].ok
-        assert outbound._pool.take(("http", "127.0.0.1", stalled.port, "127.0.0.1")) is None  # not kept
+        assert outbound.kept(target, "127.0.0.1") == 0  # not kept
     finally:
         stop.set()
         stalled.stop()
@@ -460,3 +463,81 @@ def test_a_failed_lookup_is_remembered_briefly():
     with pytest.raises(targets.TargetRefused):
         lookups.addresses("gone.example.com", 443, 3)
     assert len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory):
+    """A CA the client trusts, and a server certificate it signed for hooks.example.test only."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("test ca"))
+        .issuer_name(name("test ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name("hooks.example.test"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    client = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return server, client
+
+
+def test_tls_goes_to_the_checked_address_with_the_urls_host_for_its_certificate_and_host(tls_pair):
+    """Issue 34 (urllib3's pools): connected to the checked address, the TLS handshake names and checks the
+    URL's host (a certificate for it passes, the same address under another name does not), and `Host` is it."""
+    server_tls, client_tls = tls_pair
+    names = []
+
+    def sni(sock, server_name, _context):
+        names.append(server_name)
+
+    server_tls.sni_callback = sni
+    secure = Server(answer(204), tls=server_tls)
+    try:
+        for_it = targets.resolve(
+            f"https://hooks.example.test:{secure.port}/in", True, resolver=lambda h, p: ["127.0.0.1"]
+        )
+        other = targets.resolve(
+            f"https://other.example.test:{secure.port}/in", True, resolver=lambda h, p: ["127.0.0.1"]
+        )
+        results = [outbound.post(for_it, b"{}", {}, tls_context=client_tls) for _ in range(2)]
+        refused = outbound.post(other, b"{}", {}, tls_context=client_tls)
+    finally:
+        secure.stop()
+    assert [result.status for result in results] == [204, 204]
+    assert secure.hosts == [f"hooks.example.test:{secure.port}"] * 2
+    assert len(set(secure.peers)) == 1  # the second delivery reused the first's connection
+    assert refused.error == "tls_certificate_error"
+    assert refused.status is None
+    assert names == ["hooks.example.test", "other.example.test"]
