@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lib.api import auth
+from lib.platform.errors import NotFound
 from lib.uploads import naming, sweep
 from tests.conftest import BUCKET, STAGING_BUCKET
 from tests.helpers import content_type_pattern, media, parse_rfc3339_utc, response_schema_errors, schema_errors
@@ -533,7 +534,7 @@ def test_the_router_finds_each_route_with_its_parameters(main_module, path, temp
 def test_the_router_matches_whole_paths_only(main_module, path):
     """werkzeug's routing (issue 34) with what the hand-written one did: no slash merged or stripped,
     no case folded, and the API's router never serves the deliveries function's routes."""
-    with pytest.raises(main_module.NotFound):
+    with pytest.raises(NotFound):
         main_module.UPLOADS(path)
 
 
