@@ -114,7 +114,25 @@ class _PinnedHTTPConnection(HTTPConnection):
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         self._begin()
-        super().request(*args, **kwargs)
+        # urllib3 sends the header block and then the body, two sends; held, the headers go with the
+        # body's first bytes in one (as http.client does), a packet and a syscall fewer per delivery.
+        self._held: bytes | None = None
+        self._holding = True
+        try:
+            super().request(*args, **kwargs)
+            if self._held is not None:  # no body followed
+                super().send(self._held)
+        finally:
+            self._held, self._holding = None, False
+
+    def send(self, data: Any) -> None:
+        if self._holding and isinstance(data, bytes):
+            self._holding = False
+            self._held = data  # the header block (http.client's first send of a request)
+            return
+        if self._held is not None and isinstance(data, bytes):
+            data, self._held = self._held + data, None
+        super().send(data)
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection, HTTPSConnection):

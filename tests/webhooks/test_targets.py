@@ -541,3 +541,22 @@ def test_tls_goes_to_the_checked_address_with_the_urls_host_for_its_certificate_
     assert refused.error == "tls_certificate_error"
     assert refused.status is None
     assert names == ["hooks.example.test", "other.example.test"]
+
+
+def test_the_headers_go_out_with_or_without_a_body():
+    """outbound holds urllib3's header block to send it with the body's first bytes; a request with no body,
+    or a body of many packets, still arrives whole."""
+    lengths = []
+
+    def count(h):
+        lengths.append(h.headers.get("Content-Length"))
+        answer(204)(h)
+
+    server = Server(count)
+    try:
+        target = targets.resolve(f"http://127.0.0.1:{server.port}/", True)
+        results = [outbound.post(target, body, {}, timeout=5) for body in (b"", b"{}", b"x" * 200_000)]
+    finally:
+        server.stop()
+    assert [result.status for result in results] == [204, 204, 204]
+    assert lengths == ["0", "2", "200000"]
