@@ -524,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = Command(args, out, note)
         return getattr(command, args.command)()
-    except BaseException as exc:  # noqa: BLE001 - every ending is a clean line and an exit status (_ending)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "error: interrupted; run the same command again to resume")
+    except Exception as exc:  # noqa: BLE001 - every ending is a clean line and an exit status (_ending)
         return _fail(*_ending(exc))
 
 
@@ -533,7 +535,7 @@ def _fail(status: int, message: str) -> int:
     return status
 
 
-def _ending(exc: BaseException) -> tuple[int, str]:
+def _ending(exc: Exception) -> tuple[int, str]:
     """The exit status and the one line a command that raised `exc` ends with: never a traceback, which could
     hold the upload's session URL."""
     if isinstance(exc, ApiError):
@@ -542,10 +544,6 @@ def _ending(exc: BaseException) -> tuple[int, str]:
         return exc.status, f"error: {exc}"
     if isinstance(exc, GaveUp):
         return EXIT_GAVE_UP, f"error: gave up ({exc.last}); run the same command again to resume"
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "error: interrupted; run the same command again to resume"
-    if not isinstance(exc, Exception):
-        raise exc  # SystemExit and the like end the command as they would
     return (
         EXIT_REFUSED,
         f"error: unexpected {type(exc).__name__} (its details are not shown: they may "

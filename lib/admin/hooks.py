@@ -78,8 +78,7 @@ def list_webhooks(db: firestore.Client, args: argparse.Namespace) -> int:
 def enable(db: firestore.Client, args: argparse.Namespace) -> int:
     endpoint = endpoints.enable(db, args.endpoint_id)
     if endpoint is None:
-        print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
-        return 1
+        return _no_endpoint(args.endpoint_id)
     print(
         f"Enabled webhook endpoint {endpoint.id} ({endpoint.url}); deliveries resume once instances' "
         f"copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s). Events from while "
@@ -91,8 +90,7 @@ def enable(db: firestore.Client, args: argparse.Namespace) -> int:
 def remove(db: firestore.Client, args: argparse.Namespace) -> int:
     endpoint = endpoints.remove_endpoint(db, args.endpoint_id)
     if endpoint is None:
-        print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
-        return 1
+        return _no_endpoint(args.endpoint_id)
     print(
         f"Removed webhook endpoint {endpoint.id} ({endpoint.url}); nothing more is sent to it once "
         f"instances' copies of it are out of date (at most {endpoints.ENDPOINT_CACHE_SECONDS:.0f} s)."
@@ -103,8 +101,7 @@ def remove(db: firestore.Client, args: argparse.Namespace) -> int:
 def rotate_secret(db: firestore.Client, args: argparse.Namespace) -> int:
     endpoint = endpoints.rotate_secret(db, args.endpoint_id, datetime.now(UTC))
     if endpoint is None:
-        print(f"error: no webhook endpoint with id {args.endpoint_id}", file=sys.stderr)
-        return 1
+        return _no_endpoint(args.endpoint_id)
     assert endpoint.previous_secret_expires_at is not None  # a rotation always sets it
     until = clock.rfc3339(endpoint.previous_secret_expires_at)
     if args.json:
@@ -151,3 +148,8 @@ def _with_secret(endpoint: endpoints.Endpoint) -> dict[str, str]:
         "mode": endpoint.mode,
         "secret": endpoint.secret,
     }
+
+
+def _no_endpoint(endpoint_id: str) -> int:
+    print(f"error: no webhook endpoint with id {endpoint_id}", file=sys.stderr)
+    return 1

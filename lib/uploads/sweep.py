@@ -9,6 +9,7 @@ webhooks on, republishes the events its slice still owes (`run`).
 from __future__ import annotations
 
 import contextvars
+import functools
 import re
 import secrets
 import time
@@ -183,15 +184,14 @@ def sweep(
     run = _Run(started + budget_seconds, on_error)
     finish_by = started + budget_seconds + grace_seconds
     cursors = _cursors(shards)
+    expire = functools.partial(settling.settle, db, gcs, end=lifecycle.EXPIRED, deadline=finish_by, announce=announce)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while cursors and run.may_start():
             for shard in list(cursors):
                 if not run.may_start():
                     break
                 records, cursor = lifecycle.due(db, shard, now, page_size, cursors[shard])
-                run.start(
-                    pool, records, workers, lambda record: (db, gcs, record, lifecycle.EXPIRED, finish_by, announce)
-                )
+                run.start(pool, records, workers, expire)
                 if len(records) < page_size:
                     del cursors[shard]
                 else:
@@ -221,16 +221,16 @@ class _Run:
         pool: ThreadPoolExecutor,
         records: list[lifecycle.Record],
         workers: int,
-        args: Callable[[lifecycle.Record], tuple[Any, ...]],
+        settle: Callable[[lifecycle.Record], lifecycle.Record],
     ) -> None:
-        """Settle `records` (settling.settle(*args(record))), at most `workers` in flight, while more may start."""
+        """`settle` each of `records`, at most `workers` in flight, while more may start."""
         for record in records:
             while len(self.in_flight) >= workers:
                 self.collect(wait(self.in_flight, return_when=FIRST_COMPLETED).done)
             if not self.may_start():
                 return
             # In a copy of this request's context: what settling notes (lib/platform/logs.py) is its log line's.
-            self.in_flight[pool.submit(contextvars.copy_context().run, settling.settle, *args(record))] = record
+            self.in_flight[pool.submit(contextvars.copy_context().run, settle, record)] = record
 
     def may_start(self) -> bool:
         """Whether another page or record may start (within the budget, and no backend down)."""

@@ -9,6 +9,7 @@ after DELIVERY_RETENTION. A row is an `Attempt`: it never holds a secret or the 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass
@@ -48,22 +49,8 @@ class Attempt:
     dead_lettered: bool = False
 
     def row(self) -> dict[str, Any]:
-        """The row as stored and listed."""
-        return {
-            "workspace_id": self.workspace_id,
-            "at": self.at,
-            "mode": self.mode,
-            "endpoint_id": self.endpoint_id,
-            "url": self.url,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "upload_id": self.upload_id,
-            "attempt": self.attempt,
-            "status": self.status,
-            "error": self.error,
-            "latency_ms": self.latency_ms,
-            "dead_lettered": self.dead_lettered,
-        }
+        """The row as stored and listed: every field."""
+        return dataclasses.asdict(self)
 
 
 def write_rows(db: firestore.Client, rows: list[dict[str, Any]]) -> None:

@@ -90,6 +90,8 @@ class _PinnedHTTPConnection(HTTPConnection):
     finished = False  # set when the exchange is over: the watchdog leaves it alone
     cut_off = False  # set by the watchdog at the deadline
     idle_since = 0.0  # when its last exchange ended (kept for the next)
+    _held: bytes | None = None  # a request's header block, sent with its body's first bytes (request)
+    _holding = False
 
     def _new_conn(self) -> socket.socket:
         timeout = self.timeout if isinstance(self.timeout, (int, float)) else None  # the pool always sets one
@@ -116,8 +118,7 @@ class _PinnedHTTPConnection(HTTPConnection):
         self._begin()
         # urllib3 sends the header block and then the body, two sends; held, the headers go with the
         # body's first bytes in one (as http.client does), a packet and a syscall fewer per delivery.
-        self._held: bytes | None = None
-        self._holding = True
+        self._held, self._holding = None, True
         try:
             super().request(*args, **kwargs)
             if self._held is not None:  # no body followed
@@ -172,7 +173,7 @@ def _pool(target: Target, address: str, tls_context: ssl.SSLContext | None) -> u
 
 
 def kept(target: Target, address: str, tls_context: ssl.SSLContext | None = None) -> int:
-    """How many open connections to `address` the pool keeps for `target` (for tests and ops)."""
+    """How many open connections to `address` the pool keeps for `target` (what the tests look at)."""
     idle = _pool(target, address, tls_context).pool
     return sum(1 for conn in list(idle.queue if idle else []) if conn is not None and conn.sock is not None)
 
