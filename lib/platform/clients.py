@@ -28,8 +28,11 @@ from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_DEFAULT_RETRY
 
 from lib.platform.config import FirestoreSettings
 from lib.platform.errors import ServiceUnavailable
+from lib.platform.logs import keep_urls_out_of_urllib3
 
 T = TypeVar("T")
+
+keep_urls_out_of_urllib3()  # Storage's calls go through requests; an upload session's URL is a secret
 
 # Firestore (gRPC): seconds per attempt, and the retry budget across attempts.
 FIRESTORE_ATTEMPT_TIMEOUT = 2.5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import secrets
 import sys
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 _SECRETS = (
     # Whole keys only: the display prefix (fl_live_ + 4 characters) stays readable.
@@ -143,3 +145,33 @@ def emit(entry: dict[str, Any]) -> None:
     with _write_lock:  # whole lines, even with many request threads
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+class _OriginsOnly(logging.Filter):
+    """urllib3 names the URL it fetched in a few records: the WARNING "Failed to parse headers (url=...)"
+    when a receiver's header block is malformed, its retry warnings, every request at DEBUG (a path). A
+    webhook URL's query or path may carry the customer's token and an upload session's URL is a secret, so
+    such a record keeps the URL's origin and loses the rest; nothing else about the record changes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_origin(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def _origin(text: str) -> str:
+    if text.startswith(("http://", "https://")):
+        parts = urlsplit(text)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}/[REDACTED]"
+    return "/[REDACTED]" if text.startswith("/") else text
+
+
+def keep_urls_out_of_urllib3() -> None:
+    """Install the filter on urllib3's two loggers that name URLs (once; a logger's filters see only the
+    records logged on it, not its children's). lib/platform/clients.py (Storage's calls go through requests)
+    and lib/webhooks/outbound.py call it as they load."""
+    for name in ("urllib3.connection", "urllib3.connectionpool"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(each, _OriginsOnly) for each in logger.filters):
+            logger.addFilter(_OriginsOnly())

@@ -29,6 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+from lib.platform.logs import keep_urls_out_of_urllib3
 from lib.webhooks.targets import Target
 
 # A whole delivery, its lookup included (lib/webhooks/sending.py deliver).
@@ -42,6 +43,8 @@ BODY_GRACE_SECONDS = 1.0
 MAX_IDLE_PER_ADDRESS = 32
 MAX_ADDRESSES = 512
 MAX_IDLE_SECONDS = 20.0
+
+keep_urls_out_of_urllib3()  # a webhook URL may carry the customer's token
 
 
 class Result(NamedTuple):

@@ -162,6 +162,37 @@ def test_shared_http_sessions_keep_a_connection_per_sweep_worker(monkeypatch):
             assert session.get_adapter(scheme + "storage.googleapis.com")._pool_maxsize >= sweep.SWEEP_WORKERS + 16
 
 
+def test_urllib3_logs_no_session_url_of_a_storage_call(caplog):
+    """Storage's calls go through requests and urllib3, which logs each request's path at DEBUG; an upload
+    session's URL is a secret, so only its origin may show."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from lib.platform import clients
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            self.send_response(308)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/upload/storage/v1/b/bk/o?uploadType=resumable&upload_id=Secret1"
+    try:
+        with caplog.at_level("DEBUG", logger="urllib3"):
+            assert clients.session_http().put(url, data=b"x", timeout=5).status_code == 308
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert any(record.name == "urllib3.connectionpool" and "PUT" in record.getMessage() for record in caplog.records)
+    assert "Secret1" not in caplog.text
+    assert "/upload/storage" not in caplog.text
+
+
 def test_key_cache_ttl_setting():
     assert Settings.from_env(BASE_ENV).api_key_cache_ttl_seconds == 30
     assert Settings.from_env(dict(BASE_ENV, API_KEY_CACHE_TTL_SECONDS="0")).api_key_cache_ttl_seconds == 0

@@ -560,3 +560,29 @@ def test_the_headers_go_out_with_or_without_a_body():
         server.stop()
     assert [result.status for result in results] == [204, 204, 204]
     assert lengths == ["0", "2", "200000"]
+
+
+def test_a_receivers_malformed_headers_log_no_more_of_the_url_than_its_origin(caplog):
+    """urllib3 warns "Failed to parse headers (url=...)" with the whole URL, whose query may carry the
+    customer's token; lib/platform/logs.py keeps only the origin. The delivery itself stands."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def receive():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nnot a header line\r\n\r\n")
+
+    threading.Thread(target=receive, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        with caplog.at_level("DEBUG", logger="urllib3"):
+            result = outbound.post(targets.resolve(f"http://127.0.0.1:{port}/in/tok?token=s3cret", True), b"{}", {})
+    finally:
+        listener.close()
+    assert result.status == 204
+    warnings = [record.getMessage() for record in caplog.records if "Failed to parse headers" in record.getMessage()]
+    assert warnings, "the malformed answer should have made urllib3 warn"
+    assert f"url=http://127.0.0.1:{port}/[REDACTED]" in warnings[0]
+    assert "s3cret" not in caplog.text
+    assert "/in/tok" not in caplog.text
