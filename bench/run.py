@@ -10,6 +10,7 @@ BENCH_ROUNDS (3) and BENCH_SCALE (1.0) trade time for precision.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -661,10 +662,17 @@ def main() -> int:
         refused = [line for line in emulators_lines(endpoint) if line.get("limited") or line.get("limiter")]
         assert not refused, refused[:3]  # the figures were never reached, the store always answered
 
+        seen = len(emulators_lines(endpoint))
         rss = [rss_mib(worker_pid(endpoint))]
         for _ in range(2):
             measured(endpoint, "/v1/uploads", key, 8, 10_000, "none")
             rss.append(rss_mib(worker_pid(endpoint)))
+        # What else the worker served meanwhile (a relay's late pushes would be in the figure).
+        beside = collections.Counter(
+            (line.get("httpRequest") or {}).get("requestUrl", "?") for line in emulators_lines(endpoint)[seen:]
+        )
+        del beside["/v1/uploads"]
+        print(f"memory {', '.join(f'{x:.1f}' for x in rss)} MiB; beside the creates: {dict(beside)}", file=sys.stderr)
         where = profile(endpoint, key)
         reference = in_process_reference(env)
         imports = import_times()

@@ -49,8 +49,8 @@ class Attempt:
     dead_lettered: bool = False
 
     def row(self) -> dict[str, Any]:
-        """The row as stored and listed: every field."""
-        return dataclasses.asdict(self)
+        """The row as stored and listed: every field (as they are: dataclasses.asdict deep-copies each)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
 def write_rows(db: firestore.Client, rows: list[dict[str, Any]]) -> None:

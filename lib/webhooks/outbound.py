@@ -2,8 +2,10 @@
 
 The pools are urllib3's: one per checked address (a PoolManager keyed by scheme, address, port and the URL's
 host, the least recently used dropped first), whose connections go to that address and no other (no second
-lookup), with the URL's host for TLS (SNI and certificate) and `Host`. Redirects are never followed and
-nothing is retried by urllib3. The status is the answer: once it is in, the body is read only to keep the
+lookup), with the URL's host for TLS (SNI and certificate) and `Host`. The exchange on a connection is
+http.client's (urllib3's connections are http.client's, extended): urllib3's request and response layers
+(retries, redirects, decoding) are work a delivery never wants, so nothing is retried or redirected. The
+status is the answer: once it is in, the body is read only to keep the
 connection for the next delivery, and only if it is small (MAX_KEPT_BODY_BYTES) and comes within
 BODY_GRACE_SECONDS; else the connection is dropped.
 
@@ -22,7 +24,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple, cast
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -74,18 +76,6 @@ def _connect(address: str, port: int, timeout: float | None) -> socket.socket:
     return sock
 
 
-class _Exchange(threading.local):
-    """The exchange this thread is making: its deadline, and the connection it went out on."""
-
-    deadline = 0.0
-    conn: _PinnedHTTPConnection | None = None
-    reused = False  # the connection was open before this exchange (kept from an earlier one)
-    connected = False  # a connection was made or reused
-
-
-_current = _Exchange()
-
-
 class _PinnedHTTPConnection(HTTPConnection):
     """Plain HTTP to a checked address (allowed only with private targets), watched while in use."""
 
@@ -93,50 +83,10 @@ class _PinnedHTTPConnection(HTTPConnection):
     finished = False  # set when the exchange is over: the watchdog leaves it alone
     cut_off = False  # set by the watchdog at the deadline
     idle_since = 0.0  # when its last exchange ended (kept for the next)
-    _held: bytes | None = None  # a request's header block, sent with its body's first bytes (request)
-    _holding = False
 
     def _new_conn(self) -> socket.socket:
         timeout = self.timeout if isinstance(self.timeout, (int, float)) else None  # the pool always sets one
         return _connect(self._dns_host, self.port, timeout)
-
-    def _begin(self) -> None:
-        """This thread's exchange starts on this connection: watched until its deadline."""
-        if _current.conn is self:
-            return
-        if self.sock is not None and time.monotonic() - self.idle_since >= MAX_IDLE_SECONDS:
-            self.close()  # idle too long: the receiver may be closing it as we send
-        _current.conn = self
-        _current.reused = _current.connected = self.sock is not None
-        self.exchange += 1
-        self.finished = self.cut_off = False
-        _watchdog.watch(_current.deadline, self, self.exchange)
-
-    def connect(self) -> None:
-        self._begin()
-        super().connect()
-        _current.connected = True
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        self._begin()
-        # urllib3 sends the header block and then the body, two sends; held, the headers go with the
-        # body's first bytes in one (as http.client does), a packet and a syscall fewer per delivery.
-        self._held, self._holding = None, True
-        try:
-            super().request(*args, **kwargs)
-            if self._held is not None:  # no body followed
-                super().send(self._held)
-        finally:
-            self._held, self._holding = None, False
-
-    def send(self, data: Any) -> None:
-        if self._holding and isinstance(data, bytes):
-            self._holding = False
-            self._held = data  # the header block (http.client's first send of a request)
-            return
-        if self._held is not None and isinstance(data, bytes):
-            data, self._held = self._held + data, None
-        super().send(data)
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection, HTTPSConnection):
@@ -262,10 +212,10 @@ def post(
         for _ in range(2):  # a kept connection found closed is replaced, once
             if deadline <= time.monotonic():
                 return Result(None, "timeout", round((time.monotonic() - started) * 1000, 1))
-            outcome, stale = _exchange(pool, target, body, headers, deadline)
-            if not (stale and _current.reused):
+            outcome, stale, connected = _exchange(pool, target, body, headers, deadline)
+            if not stale:
                 break
-        if _current.connected or index == len(target.addresses) - 1:
+        if connected or index == len(target.addresses) - 1:
             break
         # Not connected: the next checked address may answer.
     status, error = outcome
@@ -280,61 +230,62 @@ def _host_header(target: Target) -> str:
 
 def _exchange(
     pool: urllib3.HTTPConnectionPool, target: Target, body: bytes, headers: dict[str, str], deadline: float
-) -> tuple[tuple[int | None, str | None], bool]:
-    """One request from `pool`: ((status, error), stale), stale meaning the receiver had closed the
-    connection before any answer."""
-    _current.deadline, _current.conn, _current.reused, _current.connected = deadline, None, False, False
-    left = max(deadline - time.monotonic(), 0.001)
+) -> tuple[tuple[int | None, str | None], bool, bool]:
+    """One request on a connection from `pool`: ((status, error), stale, connected), stale meaning a kept
+    connection the receiver had closed before any answer, connected that a connection was made or reused.
+
+    The pool's connections are taken and given back with its `_get_conn`/`_put_conn` (what its `urlopen`
+    does around a request; urllib3 is pinned and tests/webhooks/test_targets.py holds the behaviour). Its
+    `urlopen` cost ~0.3 ms of CPU a delivery more than this, about a seventh of one (BENCHMARKS.md, (f))."""
+    conn = cast(_PinnedHTTPConnection, pool._get_conn())
+    if conn.sock is not None and time.monotonic() - conn.idle_since >= MAX_IDLE_SECONDS:
+        conn.close()  # idle too long: the receiver may be closing it as we send
+    reused = conn.sock is not None
+    conn.exchange += 1
+    conn.finished = conn.cut_off = False
+    _watchdog.watch(deadline, conn, conn.exchange)
+    keep = connected = False
     try:
-        response = pool.urlopen(
-            "POST",
-            target.path,
-            body=body,
-            headers={**headers, "Host": _host_header(target)},
-            retries=False,
-            redirect=False,
-            assert_same_host=False,
-            preload_content=False,
-            release_conn=False,
-            timeout=urllib3.Timeout(connect=left, read=left),
+        left = max(deadline - time.monotonic(), 0.001)
+        if conn.sock is not None:
+            conn.sock.settimeout(left)
+        else:
+            conn.timeout = left
+            conn.connect()  # urllib3's: TLS with the URL's host as server_hostname
+        connected = True
+        http.client.HTTPConnection.request(
+            conn, "POST", target.path, body=body, headers={**headers, "Host": _host_header(target)}
         )
-    except (HTTPError, OSError, http.client.HTTPException) as exc:
-        conn = _current.conn
-        if conn is not None:
-            conn.finished = True
-        cut_off = conn is not None and conn.cut_off
-        return ((None, "timeout") if cut_off else (None, _error_class(exc))), _stale(exc)
-    conn = _current.conn
-    assert conn is not None  # urlopen made its request on one of ours
-    keep = False
-    try:
+        response = http.client.HTTPConnection.getresponse(conn)
         if conn.cut_off:  # the status line came, the headers were still dribbling at the deadline
-            return (None, "timeout"), False
+            return (None, "timeout"), False, True
         keep = _drain(conn, response, deadline)
-        return (response.status, None), False
+        return (response.status, None), False, True
+    except (HTTPError, OSError, http.client.HTTPException) as exc:
+        if conn.cut_off:
+            return (None, "timeout"), False, connected
+        return (None, _error_class(exc)), reused and _stale(exc), connected
     finally:
         conn.finished = True
         if keep:
             conn.idle_since = time.monotonic()
         else:
             conn.close()
-        response.release_conn()  # back to its pool: kept open, or closed (the pool connects it again)
+        pool._put_conn(conn)  # kept open, or closed (the pool connects it again)
 
 
-def _drain(conn: _PinnedHTTPConnection, response: urllib3.BaseHTTPResponse, deadline: float) -> bool:
+def _drain(conn: _PinnedHTTPConnection, response: http.client.HTTPResponse, deadline: float) -> bool:
     """Read a small answer's body to keep the connection; whether it may be kept. A body
     of unknown length, or bigger than MAX_KEPT_BODY_BYTES, is not read at all, and a small
     one gets BODY_GRACE_SECONDS (within the deadline): the status was the answer."""
-    length = response.length_remaining
-    closing = response.version < 11 or "close" in response.headers.get("connection", "").lower()
-    if closing or length is None or length > MAX_KEPT_BODY_BYTES:
+    if response.will_close or response.length is None or response.length > MAX_KEPT_BODY_BYTES:
         return False
     _watchdog.watch(min(deadline, time.monotonic() + BODY_GRACE_SECONDS), conn, conn.exchange)
     try:
-        response.read(length, decode_content=False)
-    except (HTTPError, OSError, http.client.HTTPException):
+        response.read(response.length)
+    except (OSError, http.client.HTTPException):
         return False
-    return response.length_remaining == 0 and not conn.cut_off
+    return response.isclosed() and not conn.cut_off
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -562,9 +562,10 @@ def test_the_headers_go_out_with_or_without_a_body():
     assert lengths == ["0", "2", "200000"]
 
 
-def test_a_receivers_malformed_headers_log_no_more_of_the_url_than_its_origin(caplog):
-    """urllib3 warns "Failed to parse headers (url=...)" with the whole URL, whose query may carry the
-    customer's token; lib/platform/logs.py keeps only the origin. The delivery itself stands."""
+def test_a_receivers_malformed_headers_log_nothing_of_the_url(caplog):
+    """A header block with a stray line (urllib3's own response layer warns "Failed to parse headers
+    (url=...)" with the whole URL, whose query may carry the customer's token; lib/platform/logs.py keeps
+    only the origin of such records): the delivery stands and no log record holds the URL's path or query."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def receive():
@@ -581,8 +582,5 @@ def test_a_receivers_malformed_headers_log_no_more_of_the_url_than_its_origin(ca
     finally:
         listener.close()
     assert result.status == 204
-    warnings = [record.getMessage() for record in caplog.records if "Failed to parse headers" in record.getMessage()]
-    assert warnings, "the malformed answer should have made urllib3 warn"
-    assert f"url=http://127.0.0.1:{port}/[REDACTED]" in warnings[0]
     assert "s3cret" not in caplog.text
     assert "/in/tok" not in caplog.text
