@@ -72,6 +72,8 @@ EPOCH_KEY = "fl:epoch"
 EPOCH_CACHE_SECONDS = 1.0
 # A create admitted this recently may still be writing its record (its request's deadline): a rebuild keeps it.
 IN_FLIGHT_MS = 30_000
+# Locks that let one create per workspace at a time rebuild its count (Limiter._rebuild_once), by hash.
+REBUILD_LOCKS = 64
 # Unknown or revoked API keys one client address may send in a minute before the rest of that minute's
 # keys from it are refused unread (a 429): a flood of made-up keys costs a Firestore read each otherwise.
 AUTH_FAILURES_PER_MINUTE = 30
@@ -117,6 +119,7 @@ class Limiter:
         self._was_down = False
         self._epoch: tuple[int, float] | None = None  # the store's epoch, and when it was read
         self._local = _Local()
+        self._rebuilding = [threading.Lock() for _ in range(REBUILD_LOCKS)]
         self._client: Any = None
         if url is not None:
             tls: dict[str, Any] = {}
@@ -205,7 +208,7 @@ class Limiter:
 
         reply = self._call(run) if epoch is not None else None
         if reply is not None and int(reply[0]) == -1:  # not rebuilt since the store's last outage, flush or start
-            self._rebuild(db, workspace_id, mode, epoch)
+            self._rebuild_once(db, workspace_id, mode, epoch)
             reply = self._call(run)
             if reply is not None and int(reply[0]) == -1:
                 reply = None  # flushed again at once: this one is decided locally
@@ -224,6 +227,17 @@ class Limiter:
         logs.note(limited="quota")
         # A slot frees when an upload settles; at the latest when the first one expires.
         raise QuotaExceeded(limits.max_pending_uploads, int(pending), min(_seconds(int(expiry_ms)), 60), fields)
+
+    def _rebuild_once(self, db: firestore.Client, workspace_id: str, mode: str, epoch: Any) -> None:
+        """`_rebuild`, by one of the instance's creates that found the count unsynced; the others wait for it
+        and then find the store's mark current. Each rebuilding at once (reading every pending record) made
+        one workspace's 19,000 take 10-50 s under load and the store time out, which started another epoch."""
+        keys = _keys(workspace_id, mode)
+        with self._rebuilding[hash(keys[2]) % REBUILD_LOCKS]:
+            mark = self._call(lambda: self._client.get(keys[2]))
+            if mark is not None and int(mark) == int(epoch):
+                return  # rebuilt in this epoch while this one waited
+            self._rebuild(db, workspace_id, mode, epoch)
 
     def _rebuild(self, db: firestore.Client, workspace_id: str, mode: str, epoch: Any) -> None:
         """The store's pending set for the workspace made Firestore's (module docstring)."""

@@ -624,3 +624,66 @@ def test_a_release_while_a_rebuild_reads_firestore_is_not_undone_by_it(db, own_s
         limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures)
     assert log["limiter_rebuilt"] == 2  # it read both as pending
     assert limiter.usage(workspace, "live").pending == 2  # the one still pending and the new one
+
+
+def test_creates_that_find_a_count_unsynced_at_once_rebuild_it_once(db, own_store, monkeypatch):
+    """Eight creates of one workspace find its count unsynced together (a new epoch): one reads Firestore's
+    pending records, the others wait for that rebuild and then admit against it without reading again."""
+    from datetime import UTC, datetime, timedelta
+
+    from lib.uploads import lifecycle
+
+    limiter = counters.Limiter(own_store.url)
+    workspace = f"ws_{secrets.token_hex(6)}"
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    figures = quotas.Limits(creates_per_minute=100, max_pending_uploads=100)
+    limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures)
+    redis.Redis.from_url(own_store.url).incr(counters.EPOCH_KEY)  # as after an outage
+    monkeypatch.setattr(counters, "EPOCH_CACHE_SECONDS", 0.0)
+    read, reads, inside, go = lifecycle.pending_expiries, [], threading.Event(), threading.Event()
+
+    def held_read(*args):
+        reads.append(args)
+        inside.set()
+        assert go.wait(30)
+        return read(*args)
+
+    monkeypatch.setattr(lifecycle, "pending_expiries", held_read)
+    stripe = hash(counters._keys(workspace, "live")[2]) % counters.REBUILD_LOCKS
+    waiting = []
+
+    class Counted:
+        """The workspace's lock, saying who waits on it."""
+
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            waiting.append(threading.get_ident())
+            self.lock.acquire()
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    limiter._rebuilding[stripe] = Counted(limiter._rebuilding[stripe])
+    admitted = []
+
+    def create():
+        limiter.admit(db, workspace, "live", "upl_" + secrets.token_hex(16), expires, figures)
+        admitted.append(1)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    threads[0].start()
+    assert inside.wait(30)  # the first is reading Firestore
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(waiting) < 8 and time.monotonic() < deadline:  # the seven others reach the lock (or read too)
+        time.sleep(0.01)
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(waiting) == 8
+    assert len(reads) == 1
+    assert len(admitted) == 8
+    assert limiter.usage(workspace, "live").pending == 9
