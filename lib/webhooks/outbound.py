@@ -28,7 +28,7 @@ from typing import NamedTuple, cast
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import HTTPError, ProtocolError, SSLError
+from urllib3.exceptions import ClosedPoolError, HTTPError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from lib.platform.logs import keep_urls_out_of_urllib3
@@ -208,8 +208,8 @@ def post(
     deadline = started + timeout
     outcome: tuple[int | None, str | None] = (None, "timeout")
     for index, address in enumerate(target.addresses):
-        pool = _pool(target, address, tls_context)
-        for _ in range(2):  # a kept connection found closed is replaced, once
+        for _ in range(2):  # a kept connection found closed (or a pool dropped meanwhile) is replaced, once
+            pool = _pool(target, address, tls_context)
             if deadline <= time.monotonic():
                 return Result(None, "timeout", round((time.monotonic() - started) * 1000, 1))
             outcome, stale, connected = _exchange(pool, target, body, headers, deadline)
@@ -236,8 +236,12 @@ def _exchange(
 
     The pool's connections are taken and given back with its `_get_conn`/`_put_conn` (what its `urlopen`
     does around a request; urllib3 is pinned and tests/webhooks/test_targets.py holds the behaviour). Its
-    `urlopen` cost ~0.3 ms of CPU a delivery more than this, about a seventh of one (BENCHMARKS.md, (f))."""
-    conn = cast(_PinnedHTTPConnection, pool._get_conn())
+    `urlopen` costs a delivery more CPU than this (BENCHMARKS.md, (f)). A pool the manager dropped for a
+    newer address (and closed) since `_pool` returned it counts as stale: the caller takes a new one."""
+    try:
+        conn = cast(_PinnedHTTPConnection, pool._get_conn())
+    except ClosedPoolError as exc:
+        return (None, _error_class(exc)), True, False
     if conn.sock is not None and time.monotonic() - conn.idle_since >= MAX_IDLE_SECONDS:
         conn.close()  # idle too long: the receiver may be closing it as we send
     reused = conn.sock is not None

@@ -584,3 +584,26 @@ def test_a_receivers_malformed_headers_log_nothing_of_the_url(caplog):
     assert result.status == 204
     assert "s3cret" not in caplog.text
     assert "/in/tok" not in caplog.text
+
+
+def test_a_pool_the_manager_dropped_meanwhile_is_replaced(monkeypatch):
+    """Past MAX_ADDRESSES the manager closes its least recently used pool; one closed between its lookup and
+    its use is taken again, not raised."""
+    server = Server(answer(204))
+    try:
+        target = targets.resolve(f"http://127.0.0.1:{server.port}/", True)
+        stale = outbound._pool(target, "127.0.0.1", None)
+        outbound._pools.clear()  # dropped from the manager, then closed: what an eviction does
+        stale.close()
+        lookup, handed = outbound._pool, []
+
+        def stale_first(*args):
+            handed.append(args)
+            return stale if len(handed) == 1 else lookup(*args)
+
+        monkeypatch.setattr(outbound, "_pool", stale_first)
+        result = outbound.post(target, b"{}", {}, timeout=5)
+    finally:
+        server.stop()
+    assert result.status == 204
+    assert len(handed) == 2
