@@ -230,8 +230,8 @@ class Limiter:
 
     def _rebuild_once(self, db: firestore.Client, workspace_id: str, mode: str, epoch: Any) -> None:
         """`_rebuild`, by one of the instance's creates that found the count unsynced; the others wait for it
-        and then find the store's mark current. Each rebuilding at once (reading every pending record) made
-        one workspace's 19,000 take 10-50 s under load and the store time out, which started another epoch."""
+        and then find the store's mark current. Each rebuilding at once (reading every pending record) timed
+        the store out under load, which started another epoch (BENCHMARKS.md, "Memory")."""
         keys = _keys(workspace_id, mode)
         with self._rebuilding[hash(keys[2]) % REBUILD_LOCKS]:
             mark = self._call(lambda: self._client.get(keys[2]))
